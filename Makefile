@@ -1,0 +1,24 @@
+# The README's two commands: `make demo` runs the main job, `make test` runs
+# every test (installing missing system packages first).
+GO ?= go
+
+.PHONY: build demo test vet fuzz bench
+
+build:
+	$(GO) build ./...
+
+demo:
+	./scripts/demo.sh
+
+test:
+	./scripts/test-deps.sh
+	$(GO) vet ./...
+	$(GO) vet -tags nopkcs11 ./...
+	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	$(GO) test -race -timeout 30m ./...
+
+fuzz:
+	./scripts/fuzz.sh
+
+bench:
+	./bench/verify.sh

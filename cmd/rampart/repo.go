@@ -1,0 +1,427 @@
+package main
+
+import (
+	"crypto"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/repo"
+)
+
+func openRepo(e *env, dir string) (*repo.Repo, error) {
+	r, err := repo.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	r.Notify = func(s string) { fmt.Fprintf(e.stderr, "rampart: note: %s\n", s) }
+	return r, nil
+}
+
+var repoInitCmd = &command{
+	name:    "repo init",
+	summary: "create a repository and its root of trust",
+	usage: `
+Usage: rampart repo init DIR --root-key PUB... --root-threshold N --targets-key PUB...
+                         (--online-key PUB | --snapshot-key PUB --timestamp-key PUB)
+                         [--targets-threshold N] [--expiry ROLE=DURATION...]
+
+Creates DIR with root version 1 and an empty targets role, both staged and
+unsigned. Keys are .pub files or PKCS#11 URIs. The online key signs
+snapshot and timestamp at every publish.
+
+Flags:
+    --root-key PUB           a root key (repeat for each key holder)
+    --root-threshold N       root signatures required (default 1)
+    --targets-key PUB        a targets key (repeat)
+    --targets-threshold N    targets signatures required (default 1)
+    --online-key PUB         the snapshot and timestamp key
+    --snapshot-key PUB       the snapshot key, when it differs
+    --timestamp-key PUB      the timestamp key, when it differs
+    --expiry ROLE=DURATION   how long new versions of ROLE stay valid: root
+                             (default 365d), targets (182d), delegated
+                             (every product role, 182d), snapshot (7d),
+                             timestamp (1d); DURATION like 36h, 30d, 1y
+
+Example:
+    rampart repo init repo --root-key keys/root-a.pub --root-key keys/root-b.pub \
+        --root-threshold 2 --targets-key keys/targets.pub --online-key keys/online.pub
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo init", flag.ContinueOnError)
+		var rootKeys, targetsKeys, expiry multiFlag
+		fs.Var(&rootKeys, "root-key", "")
+		fs.Var(&targetsKeys, "targets-key", "")
+		rootTh := fs.Int("root-threshold", 1, "")
+		targetsTh := fs.Int("targets-threshold", 1, "")
+		online := fs.String("online-key", "", "")
+		snapKey := fs.String("snapshot-key", "", "")
+		tsKey := fs.String("timestamp-key", "", "")
+		fs.Var(&expiry, "expiry", "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usagef("rampart repo init --help shows an example", "repo init takes one argument, the repository directory")
+		}
+		if *snapKey == "" {
+			*snapKey = *online
+		}
+		if *tsKey == "" {
+			*tsKey = *online
+		}
+		if len(rootKeys) == 0 || len(targetsKeys) == 0 || *snapKey == "" || *tsKey == "" {
+			return usagef("rampart repo init --help shows an example", "repo init needs --root-key, --targets-key and --online-key")
+		}
+		opt := repo.InitOptions{RootThreshold: *rootTh, TargetsThreshold: *targetsTh, Expiry: map[string]repo.Duration{}}
+		if opt.RootKeys, err = loadPublics(rootKeys); err != nil {
+			return err
+		}
+		if opt.TargetsKeys, err = loadPublics(targetsKeys); err != nil {
+			return err
+		}
+		if opt.SnapshotKeys, err = loadPublics([]string{*snapKey}); err != nil {
+			return err
+		}
+		if opt.TimestampKeys, err = loadPublics([]string{*tsKey}); err != nil {
+			return err
+		}
+		for _, x := range expiry {
+			role, dur, ok := strings.Cut(x, "=")
+			if !ok {
+				return usagef("example: --expiry timestamp=2d", "--expiry %q is not ROLE=DURATION", x)
+			}
+			d, err := repo.ParseDuration(dur)
+			if err != nil {
+				return usagef("", "--expiry %s: %v", role, err)
+			}
+			opt.Expiry[role] = d
+		}
+		r, err := repo.Init(pos[0], opt)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		fmt.Fprintf(e.stderr, "rampart: created %s; next, the root key holders sign: rampart repo sign %s root --key KEY\n", pos[0], pos[0])
+		return nil
+	},
+}
+
+var repoSignCmd = &command{
+	name:    "repo sign",
+	summary: "add one signature to a staged role",
+	usage: `
+Usage: rampart repo sign DIR ROLE --key KEY [--passphrase-file FILE]
+
+Adds the signature of KEY (a .key file or a PKCS#11 URI) to the staged
+version of ROLE (root, targets or a product). Each key holder signs on their
+own; a key signs a role at most once. Prints the key id that signed.
+
+Example:
+    rampart repo sign repo acme-gw --key keys/rel-a.key
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo sign", flag.ContinueOnError)
+		key := fs.String("key", "", "")
+		ppFile := fs.String("passphrase-file", "", "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 2 || *key == "" {
+			return usagef("example: rampart repo sign repo root --key keys/root-a.key", "repo sign takes DIR and ROLE, and --key")
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		s, err := keys.Open(*key, passphraseSource(e, *ppFile))
+		if err != nil {
+			return err
+		}
+		defer s.Close()
+		id, err := r.Sign(pos[1], s)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "%s signed by %s\n", pos[1], id)
+		return nil
+	},
+}
+
+var repoDelegateCmd = &command{
+	name:    "repo delegate",
+	summary: "delegate a product line to its release signers",
+	usage: `
+Usage: rampart repo delegate DIR PRODUCT --key PUB... --threshold N
+
+Delegates the target paths PRODUCT/*/* from the targets role to a new
+terminating role PRODUCT held by the given keys, N of which must sign each
+release. Stages targets (its signers sign again) and the new role.
+
+Example:
+    rampart repo delegate repo acme-gw --key keys/rel-a.pub --key keys/rel-b.pub \
+        --key keys/rel-c.pub --threshold 2
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo delegate", flag.ContinueOnError)
+		var ks multiFlag
+		fs.Var(&ks, "key", "")
+		th := fs.Int("threshold", 1, "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 2 || len(ks) == 0 {
+			return usagef("rampart repo delegate --help shows an example", "repo delegate takes DIR and PRODUCT, and at least one --key")
+		}
+		pubs, err := loadPublics(ks)
+		if err != nil {
+			return err
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return r.Delegate(pos[1], pubs, *th)
+	},
+}
+
+var repoStatusCmd = &command{
+	name:    "repo status",
+	summary: "show each role's version, signatures, missing keys and expiry",
+	usage: `
+Usage: rampart repo status DIR [--json]
+
+For root, targets and every product role: the version the next publish
+would write, whether it is staged, the signatures present against the
+threshold, the key ids still missing, and the expiry. Exits 0 whatever the
+state; "ready" says whether publish would accept the role.
+
+Example:
+    rampart repo status repo
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo status", flag.ContinueOnError)
+		asJSON := fs.Bool("json", false, "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usagef("example: rampart repo status repo", "repo status takes one argument, the repository directory")
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		st, err := r.Status()
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(st)
+		}
+		tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "ROLE\tVERSION\tSTATE\tSIGNATURES\tEXPIRES\tREADY")
+		for _, s := range st {
+			state := "published"
+			if s.Staged {
+				state = "staged"
+			}
+			var sigs []string
+			for _, q := range s.Requirements {
+				sigs = append(sigs, fmt.Sprintf("%d/%d", len(q.Signed), q.Threshold))
+			}
+			ready := "yes"
+			if s.Expired {
+				ready = "no (expired)"
+			} else if !s.Ready {
+				ready = "no"
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", s.Role, s.Version, state, strings.Join(sigs, " + "), s.Expires.Format("2006-01-02T15:04:05Z"), ready)
+		}
+		tw.Flush()
+		for _, s := range st {
+			for _, q := range s.Requirements {
+				if !q.Met() {
+					fmt.Fprintf(e.stdout, "%s needs %d more signature(s) from %s; not yet signed by:\n", s.Role, q.Threshold-len(q.Signed), q.Name)
+					for _, id := range q.Missing {
+						fmt.Fprintf(e.stdout, "    %s\n", id)
+					}
+				}
+			}
+			for _, id := range s.Invalid {
+				fmt.Fprintf(e.stdout, "%s carries a signature by %s that does not verify (a revoked key, or a changed document)\n", s.Role, id)
+			}
+		}
+		return nil
+	},
+}
+
+var repoPublishCmd = &command{
+	name:    "repo publish",
+	summary: "sign snapshot and timestamp and write DIR/public",
+	usage: `
+Usage: rampart repo publish DIR --key KEY... [--passphrase-file FILE] [--json]
+
+Refuses, writing nothing, unless every role meets its threshold and none has
+expired. Then signs a new snapshot and timestamp with the online key(s),
+checks the whole new repository as a TUF client would, and writes the staged
+roles, payloads and chunk indexes into DIR/public, timestamp.json last.
+Run it with no staged change to renew snapshot and timestamp.
+
+Example:
+    rampart repo publish repo --key keys/online.key
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo publish", flag.ContinueOnError)
+		var ks multiFlag
+		fs.Var(&ks, "key", "")
+		ppFile := fs.String("passphrase-file", "", "")
+		asJSON := fs.Bool("json", false, "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 || len(ks) == 0 {
+			return usagef("example: rampart repo publish repo --key keys/online.key", "repo publish takes DIR and at least one --key")
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		pass := passphraseSource(e, *ppFile)
+		var signers []keys.Signer
+		for _, k := range ks {
+			s, err := keys.Open(k, pass)
+			if err != nil {
+				return err
+			}
+			defer s.Close()
+			signers = append(signers, s)
+		}
+		res, err := r.Publish(signers)
+		if err != nil {
+			return err
+		}
+		if *asJSON {
+			return json.NewEncoder(e.stdout).Encode(res)
+		}
+		fmt.Fprintf(e.stdout, "published %s/public: root %d, targets %d, snapshot %d, timestamp %d\n", pos[0], res.Versions["root"], res.Versions["targets"], res.Versions["snapshot"], res.Versions["timestamp"])
+		return nil
+	},
+}
+
+var repoRotateCmd = &command{
+	name:    "repo rotate",
+	summary: "add or revoke a role's keys, change its threshold",
+	usage: `
+Usage: rampart repo rotate DIR ROLE [--add-key PUB...] [--remove-key KEYID|PUB...] [--threshold N]
+
+ROLE is root, targets, snapshot, timestamp or a product. Keys of the
+top-level roles live in root: rotating them stages a new root version, which
+must be signed by a threshold of the old root keys and of the new ones.
+Product keys live in targets: rotating them stages targets. After a key is
+revoked, its signatures stop counting; a role left below its threshold must
+be staged again (rampart repo stage) and re-signed before publishing.
+
+Example:
+    rampart repo rotate repo acme-gw --remove-key 4f1c...e9 --add-key keys/rel-d.pub
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo rotate", flag.ContinueOnError)
+		var add, remove multiFlag
+		fs.Var(&add, "add-key", "")
+		fs.Var(&remove, "remove-key", "")
+		th := fs.Int("threshold", 0, "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 2 {
+			return usagef("rampart repo rotate --help shows an example", "repo rotate takes DIR and ROLE")
+		}
+		opt := repo.RotateOptions{Threshold: *th}
+		if opt.Add, err = loadPublics(add); err != nil {
+			return err
+		}
+		for _, rm := range remove {
+			id := rm
+			if _, err := os.Stat(rm); err == nil {
+				var pub crypto.PublicKey
+				if pub, err = keys.LoadPublic(rm); err != nil {
+					return err
+				}
+				if id, err = keys.ID(pub); err != nil {
+					return err
+				}
+			}
+			opt.Remove = append(opt.Remove, id)
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return r.Rotate(pos[1], opt)
+	},
+}
+
+var repoStageCmd = &command{
+	name:    "repo stage",
+	summary: "start a new version of a role (renew expiry, re-sign)",
+	usage: `
+Usage: rampart repo stage DIR ROLE
+
+Stages a new version of ROLE with a fresh expiry and no signatures.
+
+Example:
+    rampart repo stage repo targets
+`,
+	run: func(e *env, args []string) error {
+		return withRepoRole(e, args, "repo stage", func(r *repo.Repo, role string) error { return r.Stage(role) })
+	},
+}
+
+var repoUnstageCmd = &command{
+	name:    "repo unstage",
+	summary: "discard the staged version of a role",
+	usage: `
+Usage: rampart repo unstage DIR ROLE
+
+Example:
+    rampart repo unstage repo acme-gw
+`,
+	run: func(e *env, args []string) error {
+		return withRepoRole(e, args, "repo unstage", func(r *repo.Repo, role string) error { return r.Unstage(role) })
+	},
+}
+
+func withRepoRole(e *env, args []string, name string, f func(*repo.Repo, string) error) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 2 {
+		return usagef("", "%s takes DIR and ROLE", name)
+	}
+	r, err := openRepo(e, pos[0])
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return f(r, pos[1])
+}

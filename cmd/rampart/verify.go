@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+var verifyCmd = &command{
+	name:    "verify",
+	summary: "verify an offline bundle against a trusted root",
+	usage: `
+Usage: rampart verify BUNDLE --root ROOT.json [--hardware ID]
+                      [--min-security-version N] [--at TIME] [--json]
+
+Checks, in this order and without a network: the root chain from the
+trusted ROOT.json (thresholds of old and new keys at every rotation), the
+timestamp, snapshot, targets and product role (signatures, thresholds,
+expiry, version consistency), the release's hardware ids and security
+version, the chunk index against its signed hash, and every chunk of the
+image against the index. The image is streamed: memory use does not grow
+with its size. Exit status 1 means the bundle was refused.
+
+Flags:
+    --root FILE                 the root you trust (e.g. 1.root.json)
+    --hardware ID               require the release to support ID
+    --min-security-version N    refuse releases whose security version is below N
+    --at TIME                   check expiry at TIME (RFC 3339) instead of now
+    --json                      print the result (or the refusal) as JSON
+
+Example:
+    rampart verify acme-gw-2.4.1.rbundle --root repo/public/1.root.json --hardware acme-gw-rev2
+`,
+	run: runVerify,
+}
+
+type verifyOutput struct {
+	Verified        bool                 `json:"verified"`
+	Target          string               `json:"target,omitempty"`
+	Product         string               `json:"product,omitempty"`
+	Version         string               `json:"version,omitempty"`
+	SecurityVersion *uint64              `json:"security_version,omitempty"`
+	HardwareIDs     []string             `json:"hardware_ids,omitempty"`
+	Length          int64                `json:"length,omitempty"`
+	SHA256          string               `json:"sha256,omitempty"`
+	Chunks          int                  `json:"chunks,omitempty"`
+	Role            string               `json:"role,omitempty"`
+	Signers         []string             `json:"signers,omitempty"`
+	Threshold       int                  `json:"threshold,omitempty"`
+	Versions        map[string]int64     `json:"versions,omitempty"`
+	Expires         map[string]time.Time `json:"expires,omitempty"`
+	Class           verify.Class         `json:"class,omitempty"`
+	RefusedRole     string               `json:"refused_role,omitempty"`
+	Error           string               `json:"error,omitempty"`
+}
+
+func runVerify(e *env, args []string) error {
+	fs := flag.NewFlagSet("verify", flag.ContinueOnError)
+	rootPath := fs.String("root", "", "")
+	hw := fs.String("hardware", "", "")
+	minSV := fs.String("min-security-version", "0", "")
+	at := fs.String("at", "", "")
+	asJSON := fs.Bool("json", false, "")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || *rootPath == "" {
+		return usagef("example: rampart verify fw.rbundle --root 1.root.json", "verify takes BUNDLE and --root")
+	}
+	opt := verify.Options{Hardware: *hw}
+	if opt.MinSecurityVersion, err = strconv.ParseUint(*minSV, 10, 64); err != nil {
+		return usagef("", "--min-security-version %q is not a non-negative integer", *minSV)
+	}
+	if *at != "" {
+		if opt.Time, err = time.Parse(time.RFC3339, *at); err != nil {
+			return usagef("example: --at 2027-01-31T12:00:00Z", "--at %q is not an RFC 3339 time", *at)
+		}
+	}
+	root, err := readBounded(*rootPath, bundle.MaxMetadata)
+	if err != nil {
+		return err
+	}
+	out, err := verifyBundle(e, pos[0], root, opt)
+	if err != nil {
+		var ve *verify.Error
+		if *asJSON && errors.As(err, &ve) {
+			json.NewEncoder(e.stdout).Encode(verifyOutput{Class: ve.Class, RefusedRole: ve.Role, Error: ve.Error()})
+		}
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	fmt.Fprintf(e.stdout, "verified %s\n", out.Target)
+	fmt.Fprintf(e.stdout, "  version %s, security version %d, hardware %s\n", out.Version, *out.SecurityVersion, strings.Join(out.HardwareIDs, ", "))
+	fmt.Fprintf(e.stdout, "  %d bytes in %d chunks, sha256 %s\n", out.Length, out.Chunks, out.SHA256)
+	fmt.Fprintf(e.stdout, "  signed by %d of %d %s keys: %s\n", len(out.Signers), out.Threshold, out.Role, strings.Join(out.Signers, ", "))
+	fmt.Fprintf(e.stdout, "  root version %d; timestamp expires %s\n", out.Versions["root"], out.Expires["timestamp"].Format(time.RFC3339))
+	return nil
+}
+
+func verifyBundle(e *env, path string, root []byte, opt verify.Options) (*verifyOutput, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	br, err := bundle.NewReader(bufio.NewReaderSize(f, 1<<20))
+	if err != nil {
+		return nil, bundleRefusal(path, err)
+	}
+	res, err := verify.Target(root, verify.Metadata{
+		Roots: br.Roots, Timestamp: br.Timestamp, Snapshot: br.Snapshot, Targets: br.Targets,
+		Delegated: map[string][]byte{br.Role: br.Delegated},
+	}, br.Target, opt)
+	if err != nil {
+		return nil, err
+	}
+	ix, err := verify.Index(res, br.Index)
+	if err != nil {
+		return nil, err
+	}
+	if br.ImageSize != res.File.Length {
+		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("%s: the bundle's image is %d bytes, the signed length is %d", path, br.ImageSize, res.File.Length)}
+	}
+	img, stop := startProgress(e, "verifying", br.Image(), br.ImageSize)
+	err = verify.Image(ix, img, nil, 0)
+	stop()
+	if err != nil {
+		return nil, bundleRefusal(path, err)
+	}
+	if err := br.Finish(); err != nil {
+		return nil, bundleRefusal(path, err)
+	}
+	sv := res.Release.SecurityVersion
+	return &verifyOutput{
+		Verified: true, Target: res.Target, Product: res.Release.Product, Version: res.Release.Version,
+		SecurityVersion: &sv, HardwareIDs: res.Release.HardwareIDs, Length: res.File.Length,
+		SHA256: hex.EncodeToString(res.File.Hashes["sha256"]), Chunks: len(ix.Chunks), Role: res.Role,
+		Signers: res.Signers, Threshold: res.Threshold, Versions: res.Versions, Expires: res.Expires,
+	}, nil
+}
+
+// bundleRefusal turns a bundle format error into a verification refusal.
+func bundleRefusal(path string, err error) error {
+	var ve *verify.Error
+	if errors.As(err, &ve) {
+		return err
+	}
+	for _, s := range []error{bundle.ErrEscape, bundle.ErrTruncated, bundle.ErrTrailing, bundle.ErrMalformed} {
+		if errors.Is(err, s) {
+			return &verify.Error{Class: verify.Malformed, Msg: path, Err: err}
+		}
+	}
+	return err
+}
+
+func readBounded(path string, limit int64) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(b)) > limit {
+		return nil, usagef("", "%s is larger than %d bytes; it is not a root metadata file", path, limit)
+	}
+	return b, nil
+}

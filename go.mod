@@ -1,0 +1,25 @@
+module github.com/rampartfw/rampart
+
+go 1.26.8
+
+require (
+	filippo.io/age v1.3.2
+	github.com/miekg/pkcs11 v1.1.2
+	github.com/secure-systems-lab/go-securesystemslib v0.11.1
+	github.com/sigstore/sigstore v1.10.11
+	github.com/theupdateframework/go-tuf/v2 v2.4.2
+	golang.org/x/mod v0.43.0
+	golang.org/x/term v0.48.0
+)
+
+require (
+	filippo.io/hpke v0.4.0 // indirect
+	github.com/google/go-containerregistry v0.21.9 // indirect
+	github.com/opencontainers/go-digest v1.0.0 // indirect
+	github.com/sigstore/protobuf-specs v0.5.2 // indirect
+	github.com/youmark/pkcs8 v0.0.0-20240726163527-a2c0da244d78 // indirect
+	golang.org/x/crypto v0.55.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
+	google.golang.org/genproto/googleapis/api v0.0.0-20260727163830-6c54dddc4772 // indirect
+	google.golang.org/protobuf v1.36.12 // indirect
+)

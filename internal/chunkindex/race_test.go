@@ -1,0 +1,5 @@
+//go:build race
+
+package chunkindex
+
+const raceEnabled = true

@@ -1,0 +1,308 @@
+package repo
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+// PublishResult lists the versions that publish wrote.
+type PublishResult struct {
+	Versions map[string]int64 `json:"versions"`
+	// Written are the metadata files written, relative to public/.
+	Written []string `json:"written"`
+}
+
+// Publish signs a new snapshot and timestamp with the online keys and
+// writes every staged role into public/. It refuses, writing nothing, unless
+// every role meets its threshold and none has expired; and before writing it
+// verifies the complete new repository the way a TUF client will. The
+// timestamp is written last, so a reader never sees a timestamp that names
+// metadata not yet stored.
+func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
+	s, err := r.load()
+	if err != nil {
+		return nil, err
+	}
+	statuses, err := r.status(s)
+	if err != nil {
+		return nil, err
+	}
+	var problems []string
+	for _, st := range statuses {
+		if st.Expired {
+			problems = append(problems, fmt.Sprintf("%s version %d expired at %s; stage a new version (rampart repo stage %s %s) and sign it", st.Role, st.Version, st.Expires.Format("2006-01-02T15:04:05Z"), r.Dir, st.Role))
+			continue
+		}
+		for _, q := range st.Requirements {
+			if !q.Met() {
+				what := "staged"
+				if !st.Staged {
+					what = "published"
+				}
+				p := fmt.Sprintf("%s (%s version %d) has %d of %d signatures from %s; missing: %s", st.Role, what, st.Version, len(q.Signed), q.Threshold, q.Name, strings.Join(q.Missing, ", "))
+				if !st.Staged {
+					p += fmt.Sprintf("; its keys changed, so stage it again (rampart repo stage %s %s) and sign it", r.Dir, st.Role)
+				}
+				problems = append(problems, p)
+			}
+		}
+	}
+	if len(problems) > 0 {
+		return nil, fmt.Errorf("%w:\n  %s", ErrBelowThreshold, strings.Join(problems, "\n  "))
+	}
+
+	// Encode every role as it will be published.
+	docs := map[string][]byte{}
+	res := &PublishResult{Versions: map[string]int64{}}
+	var rootBytes []byte
+	if s.rootStaged {
+		if rootBytes, err = s.root.ToBytes(true); err != nil {
+			return nil, err
+		}
+	}
+	roles := []string{metadata.TARGETS}
+	for _, d := range s.delegatedRoles() {
+		roles = append(roles, d.Name)
+	}
+	snapVersion, tsVersion := int64(1), int64(1)
+	if s.snapshot != nil {
+		snapVersion = s.snapshot.Signed.Version + 1
+	}
+	if s.timestamp != nil {
+		tsVersion = s.timestamp.Signed.Version + 1
+	}
+	snap := metadata.Snapshot(r.now().Add(r.cfg.ExpiryFor(metadata.SNAPSHOT)))
+	snap.Signed.Version = snapVersion
+	snap.Signed.Meta = map[string]*metadata.MetaFiles{}
+	for _, role := range roles {
+		doc, staged := s.doc(role)
+		var b []byte
+		v := versionOf(doc)
+		if staged {
+			m := doc.(*metadata.Metadata[metadata.TargetsType])
+			if b, err = m.ToBytes(true); err != nil {
+				return nil, err
+			}
+			docs[role] = b
+		} else if b, err = os.ReadFile(r.publicPath(role, v)); err != nil {
+			return nil, err
+		}
+		mf := metadata.MetaFile(v)
+		mf.Length = int64(len(b))
+		mf.Hashes = metadata.Hashes{"sha256": sha256Sum(b)}
+		snap.Signed.Meta[role+".json"] = mf
+		res.Versions[role] = v
+	}
+	if err := signOnline(s.root, metadata.SNAPSHOT, snap, online); err != nil {
+		return nil, err
+	}
+	snapBytes, err := snap.ToBytes(true)
+	if err != nil {
+		return nil, err
+	}
+	ts := metadata.Timestamp(r.now().Add(r.cfg.ExpiryFor(metadata.TIMESTAMP)))
+	ts.Signed.Version = tsVersion
+	smf := metadata.MetaFile(snapVersion)
+	smf.Length = int64(len(snapBytes))
+	smf.Hashes = metadata.Hashes{"sha256": sha256Sum(snapBytes)}
+	ts.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": smf}
+	if err := signOnline(s.root, metadata.TIMESTAMP, ts, online); err != nil {
+		return nil, err
+	}
+	tsBytes, err := ts.ToBytes(true)
+	if err != nil {
+		return nil, err
+	}
+	res.Versions[metadata.ROOT] = s.root.Signed.Version
+	res.Versions[metadata.SNAPSHOT] = snapVersion
+	res.Versions[metadata.TIMESTAMP] = tsVersion
+
+	// Verify the whole new repository as a client would, from the first
+	// root, before a single file is written.
+	md, trusted, err := r.clientView(s, rootBytes, docs, snapBytes, tsBytes)
+	if err != nil {
+		return nil, err
+	}
+	if err := verify.Repository(trusted, md, r.now()); err != nil {
+		return nil, fmt.Errorf("the repository would not verify for clients, nothing was published: %w", err)
+	}
+
+	if err := os.MkdirAll(r.publicDir(), 0o755); err != nil {
+		return nil, err
+	}
+	if err := r.publishBlobs(s); err != nil {
+		return nil, err
+	}
+	write := func(name string, b []byte) error {
+		res.Written = append(res.Written, name)
+		return atomicfile.WriteFile(filepath.Join(r.publicDir(), name), b, 0o644)
+	}
+	if rootBytes != nil {
+		if err := write(fmt.Sprintf("%d.root.json", s.root.Signed.Version), rootBytes); err != nil {
+			return nil, err
+		}
+		if err := write("root.json", rootBytes); err != nil {
+			return nil, err
+		}
+	}
+	for _, role := range roles {
+		if b, ok := docs[role]; ok {
+			if err := write(fmt.Sprintf("%d.%s.json", res.Versions[role], role), b); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if err := write(fmt.Sprintf("%d.snapshot.json", snapVersion), snapBytes); err != nil {
+		return nil, err
+	}
+	if err := write("timestamp.json", tsBytes); err != nil {
+		return nil, err
+	}
+	// Only now is the staged state consumed.
+	if s.rootStaged {
+		os.Remove(r.stagedPath(metadata.ROOT))
+	}
+	for _, role := range roles {
+		if _, ok := docs[role]; ok {
+			os.Remove(r.stagedPath(role))
+		}
+	}
+	return res, nil
+}
+
+// signOnline signs an online role with every given key authorised for it
+// and checks the role's threshold with go-tuf.
+func signOnline[T metadata.Roles](root *metadata.Metadata[metadata.RootType], role string, m *metadata.Metadata[T], online []keys.Signer) error {
+	want := root.Signed.Roles[role].KeyIDs
+	signed := 0
+	for _, sg := range online {
+		id, err := keys.ID(sg.Public())
+		if err != nil {
+			return err
+		}
+		if !slices.Contains(want, id) {
+			continue
+		}
+		if _, err := m.Sign(keys.ForTUF(sg)); err != nil {
+			return fmt.Errorf("signing %s with key %s: %w", role, id, err)
+		}
+		signed++
+	}
+	if signed == 0 {
+		var got []string
+		for _, sg := range online {
+			id, _ := keys.ID(sg.Public())
+			got = append(got, id)
+		}
+		return fmt.Errorf("%w: none of the given keys (%s) is a %s key; the root names %s", ErrNotAuthorised, strings.Join(got, ", "), role, strings.Join(want, ", "))
+	}
+	if err := root.VerifyDelegate(role, m); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrBelowThreshold, role, err)
+	}
+	return nil
+}
+
+// clientView assembles the metadata a client would fetch after this
+// publish, and the first root it would trust.
+func (r *Repo) clientView(s *state, stagedRoot []byte, docs map[string][]byte, snap, ts []byte) (verify.Metadata, []byte, error) {
+	md := verify.Metadata{Snapshot: snap, Timestamp: ts, Delegated: map[string][]byte{}}
+	vs, err := r.publishedRootVersions()
+	if err != nil {
+		return md, nil, err
+	}
+	var trusted []byte
+	for _, v := range vs {
+		b, err := os.ReadFile(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v)))
+		if err != nil {
+			return md, nil, err
+		}
+		if trusted == nil {
+			trusted = b
+		} else {
+			md.Roots = append(md.Roots, b)
+		}
+	}
+	if stagedRoot != nil {
+		if trusted == nil {
+			trusted = stagedRoot
+		} else {
+			md.Roots = append(md.Roots, stagedRoot)
+		}
+	}
+	get := func(role string) ([]byte, error) {
+		if b, ok := docs[role]; ok {
+			return b, nil
+		}
+		return os.ReadFile(r.publicPath(role, s.pubVersion[role]))
+	}
+	if md.Targets, err = get(metadata.TARGETS); err != nil {
+		return md, nil, err
+	}
+	for _, d := range s.delegatedRoles() {
+		b, err := get(d.Name)
+		if err != nil {
+			return md, nil, err
+		}
+		md.Delegated[d.Name] = b
+	}
+	return md, trusted, nil
+}
+
+// publishBlobs moves the payload and chunk index of every target in a
+// staged product role into public/targets/, under consistent-snapshot
+// names.
+func (r *Repo) publishBlobs(s *state) error {
+	for role, staged := range s.rolesStaged {
+		if !staged {
+			continue
+		}
+		for path, tf := range s.roles[role].Signed.Targets {
+			m, err := release.FromTarget(path, tf)
+			if err != nil {
+				return err
+			}
+			img, ix := PublicTargetPaths(path, tf.Hashes["sha256"].String(), m.Index.SHA256)
+			for _, p := range []struct{ blob, dst string }{
+				{tf.Hashes["sha256"].String(), img},
+				{m.Index.SHA256, ix},
+			} {
+				dst := filepath.Join(r.publicDir(), p.dst)
+				if _, err := os.Stat(dst); err == nil {
+					continue
+				}
+				if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+					return err
+				}
+				if err := atomicfile.Rename(r.blobPath(p.blob), dst); err != nil {
+					if errors.Is(err, fs.ErrNotExist) {
+						return fmt.Errorf("payload %s of %s is missing from %s: the staged release is incomplete; remove it with rampart repo unstage %s", p.blob, path, r.blobDir(), role)
+					}
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// PublicTargetPaths returns where a target's payload and chunk index live,
+// relative to public/: consistent-snapshot names, HASH.FILENAME, in the
+// target's directory.
+func PublicTargetPaths(target, imageSHA256, indexSHA256 string) (image, index string) {
+	dir, file := filepath.Split(target)
+	image = filepath.Join("targets", dir, imageSHA256+"."+file)
+	index = filepath.Join("targets", dir, indexSHA256+"."+file+release.IndexSuffix)
+	return image, index
+}

@@ -1,0 +1,108 @@
+package verify
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/failure"
+)
+
+// Class names the kind of attack or fault a refusal defends against. The
+// values are stable: they appear in JSON output, reports and metrics.
+type Class string
+
+const (
+	// BadSignature: a signature does not verify or a role lacks its threshold
+	// (arbitrary installation, key compromise below threshold, revoked keys).
+	BadSignature Class = "bad-signature"
+	// Expired: metadata is past its expiry (indefinite freeze).
+	Expired Class = "expired"
+	// Rollback: a version number went backwards or skipped (rollback,
+	// fast-forward).
+	Rollback Class = "rollback"
+	// Mismatch: bytes differ from the hash or length that signed metadata
+	// names (tampering in transit, mix-and-match, endless data).
+	Mismatch Class = "mismatch"
+	// WrongHardware: the release does not list the device's hardware id.
+	WrongHardware Class = "wrong-hardware"
+	// Downgrade: the release's security version is below the minimum.
+	Downgrade Class = "security-version"
+	// MissingTarget: the requested target or a role it needs is absent.
+	MissingTarget Class = "missing-target"
+	// Malformed: input that does not parse or breaks the format's rules.
+	Malformed Class = "malformed"
+)
+
+// Error is a verification refusal.
+type Error struct {
+	Class Class
+	// Role is the TUF role concerned, when there is one.
+	Role string
+	Msg  string
+	Err  error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return fmt.Sprintf("%s: %v", e.Msg, e.Err)
+	}
+	return e.Msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// FailureKind makes every refusal exit with the "verification refused" code.
+func (e *Error) FailureKind() failure.Kind { return failure.Refused }
+
+// FailureHint gives the operator a next step for each class.
+func (e *Error) FailureHint() string {
+	switch e.Class {
+	case Expired:
+		return "the repository must publish fresh metadata (rampart repo publish); do not install from it until then"
+	case BadSignature:
+		return "the file was modified or not signed by enough authorised keys; obtain it again from the release owner"
+	case Mismatch:
+		return "the content differs from what was signed: the file is corrupt or was tampered with"
+	case Rollback:
+		return "the metadata is older than what was already trusted: someone is replaying old metadata"
+	case WrongHardware:
+		return "this release is not built for that hardware; pick the release for your hardware id"
+	case Downgrade:
+		return "installing it would lower the anti-rollback counter; use a release with a higher security version"
+	case Malformed:
+		return "the file is damaged or not a Rampart file"
+	}
+	return ""
+}
+
+func refuse(c Class, role string, err error, format string, args ...any) *Error {
+	return &Error{Class: c, Role: role, Msg: fmt.Sprintf(format, args...), Err: err}
+}
+
+// classify maps go-tuf's error hierarchy onto refusal classes.
+func classify(role string, err error) *Error {
+	var ve *Error
+	if errors.As(err, &ve) {
+		return ve
+	}
+	switch {
+	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
+		return refuse(BadSignature, role, nil, "%s: %s", role, tufMsg(err))
+	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
+		return refuse(Expired, role, nil, "%s: %s", role, tufMsg(err))
+	case errors.Is(err, &metadata.ErrBadVersionNumber{}), errors.Is(err, &metadata.ErrEqualVersionNumber{}):
+		return refuse(Rollback, role, nil, "%s: %s", role, tufMsg(err))
+	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}):
+		return refuse(Mismatch, role, nil, "%s: %s", role, tufMsg(err))
+	}
+	return refuse(Malformed, role, nil, "%s: %s", role, tufMsg(err))
+}
+
+func tufMsg(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}

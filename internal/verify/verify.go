@@ -1,0 +1,306 @@
+// Package verify decides whether a release may be trusted. It is pure: it
+// takes metadata bytes, a trusted root and a reference time, and returns the
+// verified release or a typed refusal (*Error) naming the attack class. It
+// never reads files or the network, and it hands on no byte it has not
+// verified.
+//
+// Metadata checks are go-tuf's trustedmetadata state machine (root chain,
+// thresholds, expiry, version monotonicity, snapshot and timestamp
+// consistency); this package adds Rampart's release rules on top: hardware
+// id, security version, and the chunk index that authenticates the image.
+package verify
+
+import (
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
+
+	"github.com/rampartfw/rampart/internal/chunkindex"
+	"github.com/rampartfw/rampart/internal/release"
+)
+
+// Metadata is the untrusted metadata needed to verify one target.
+type Metadata struct {
+	// Roots are root versions after the trusted one, in ascending order.
+	// Versions at or below the trusted root's are skipped.
+	Roots     [][]byte
+	Timestamp []byte
+	Snapshot  []byte
+	Targets   []byte
+	// Delegated maps a delegated role name to its metadata.
+	Delegated map[string][]byte
+}
+
+// Options are the device- or operator-side requirements.
+type Options struct {
+	// Hardware, when set, must be among the release's hardware ids.
+	Hardware string
+	// MinSecurityVersion is the lowest acceptable security version.
+	MinSecurityVersion uint64
+	// Time is the reference time for expiry; zero means now.
+	Time time.Time
+}
+
+// Result is a verified release.
+type Result struct {
+	Target  string
+	File    *metadata.TargetFiles
+	Release *release.Meta
+	// Role is the delegated role that signed the target, Signers the key ids
+	// whose signatures on it verify, Threshold the role's threshold.
+	Role      string
+	Signers   []string
+	Threshold int
+	// Versions and Expires of each role that was checked.
+	Versions map[string]int64
+	Expires  map[string]time.Time
+}
+
+// Target verifies the metadata chain from trustedRoot down to target.
+func Target(trustedRoot []byte, md Metadata, target string, opt Options) (*Result, error) {
+	trusted, err := trustedmetadata.New(trustedRoot)
+	if err != nil {
+		return nil, classify("root", fmt.Errorf("trusted root: %w", err))
+	}
+	if !opt.Time.IsZero() {
+		trusted.RefTime = opt.Time.UTC()
+	}
+	for _, raw := range md.Roots {
+		r, err := metadata.Root().FromBytes(raw)
+		if err != nil {
+			return nil, classify("root", err)
+		}
+		if r.Signed.Version <= trusted.Root.Signed.Version {
+			continue
+		}
+		if _, err := trusted.UpdateRoot(raw); err != nil {
+			return nil, classify("root", fmt.Errorf("root version %d: %w", r.Signed.Version, err))
+		}
+	}
+	if _, err := trusted.UpdateTimestamp(md.Timestamp); err != nil {
+		return nil, expiryOr(trusted, "timestamp", md.Timestamp, err)
+	}
+	if _, err := trusted.UpdateSnapshot(md.Snapshot, false); err != nil {
+		return nil, expiryOr(trusted, "snapshot", md.Snapshot, err)
+	}
+	if _, err := trusted.UpdateTargets(md.Targets); err != nil {
+		return nil, expiryOr(trusted, "targets", md.Targets, err)
+	}
+
+	res := &Result{Target: target, Versions: map[string]int64{}, Expires: map[string]time.Time{}}
+	res.Versions["root"], res.Expires["root"] = trusted.Root.Signed.Version, trusted.Root.Signed.Expires
+	res.Versions["timestamp"], res.Expires["timestamp"] = trusted.Timestamp.Signed.Version, trusted.Timestamp.Signed.Expires
+	res.Versions["snapshot"], res.Expires["snapshot"] = trusted.Snapshot.Signed.Version, trusted.Snapshot.Signed.Expires
+	top := trusted.Targets[metadata.TARGETS]
+	res.Versions["targets"], res.Expires["targets"] = top.Signed.Version, top.Signed.Expires
+
+	if _, _, _, err := release.ParseTargetPath(target); err != nil {
+		return nil, refuse(Malformed, "", err, "target %q", target)
+	}
+	// Rampart repositories delegate every product path to one terminating
+	// role; the top-level targets role lists no releases itself.
+	if tf, ok := top.Signed.Targets[target]; ok {
+		res.File, res.Role = tf, metadata.TARGETS
+		res.Threshold = trusted.Root.Signed.Roles[metadata.TARGETS].Threshold
+		res.Signers = ValidSigners(trusted.Root.Signed.Keys, trusted.Root.Signed.Roles[metadata.TARGETS].KeyIDs, top)
+	} else {
+		if top.Signed.Delegations == nil {
+			return nil, refuse(MissingTarget, "targets", nil, "no role is delegated target %s", target)
+		}
+		for _, rr := range top.Signed.Delegations.GetRolesForTarget(target) {
+			raw, ok := md.Delegated[rr.Name]
+			if !ok {
+				return nil, refuse(MissingTarget, rr.Name, nil, "metadata of role %s, delegated target %s, is missing", rr.Name, target)
+			}
+			role, err := trusted.UpdateDelegatedTargets(raw, rr.Name, metadata.TARGETS)
+			if err != nil {
+				return nil, expiryOr(trusted, rr.Name, raw, err)
+			}
+			res.Versions[rr.Name], res.Expires[rr.Name] = role.Signed.Version, role.Signed.Expires
+			if tf, ok := role.Signed.Targets[target]; ok {
+				res.File, res.Role = tf, rr.Name
+				for _, d := range top.Signed.Delegations.Roles {
+					if d.Name == rr.Name {
+						res.Threshold = d.Threshold
+						res.Signers = ValidSigners(top.Signed.Delegations.Keys, d.KeyIDs, role)
+					}
+				}
+				break
+			}
+			if rr.Terminating {
+				break
+			}
+		}
+		if res.File == nil {
+			return nil, refuse(MissingTarget, "", nil, "target %s is not in the signed metadata", target)
+		}
+	}
+
+	rel, err := release.FromTarget(target, res.File)
+	if err != nil {
+		return nil, refuse(Malformed, res.Role, err, "release metadata")
+	}
+	res.Release = rel
+	if _, ok := res.File.Hashes["sha256"]; !ok {
+		return nil, refuse(Malformed, res.Role, nil, "target %s has no sha256 hash", target)
+	}
+	if opt.Hardware != "" && !rel.Supports(opt.Hardware) {
+		return nil, refuse(WrongHardware, res.Role, nil, "release %s is for hardware %v, not %s", target, rel.HardwareIDs, opt.Hardware)
+	}
+	if rel.SecurityVersion < opt.MinSecurityVersion {
+		return nil, refuse(Downgrade, res.Role, nil, "release %s has security version %d, below the required minimum %d", target, rel.SecurityVersion, opt.MinSecurityVersion)
+	}
+	return res, nil
+}
+
+// expiryOr turns go-tuf's expiry errors into a message that names the role
+// and the instant it expired; other errors are classified as they are.
+func expiryOr(trusted *trustedmetadata.TrustedMetadata, role string, raw []byte, err error) error {
+	if !errors.Is(err, &metadata.ErrExpiredMetadata{}) {
+		return classify(role, err)
+	}
+	// go-tuf reports the final root's expiry while loading the timestamp.
+	if trusted.Root.Signed.IsExpired(trusted.RefTime) {
+		return refuse(Expired, "root", nil, "the root role expired at %s (checked at %s)", stamp(trusted.Root.Signed.Expires), stamp(trusted.RefTime))
+	}
+	if role == "snapshot" && trusted.Timestamp != nil && trusted.Timestamp.Signed.IsExpired(trusted.RefTime) {
+		// go-tuf checks the timestamp's expiry only when the snapshot loads.
+		return refuse(Expired, "timestamp", nil, "the timestamp role expired at %s (checked at %s)", stamp(trusted.Timestamp.Signed.Expires), stamp(trusted.RefTime))
+	}
+	if role == "targets" && trusted.Snapshot != nil && trusted.Snapshot.Signed.IsExpired(trusted.RefTime) {
+		return refuse(Expired, "snapshot", nil, "the snapshot role expired at %s (checked at %s)", stamp(trusted.Snapshot.Signed.Expires), stamp(trusted.RefTime))
+	}
+	var exp time.Time
+	switch role {
+	case "timestamp":
+		if m, e := metadata.Timestamp().FromBytes(raw); e == nil {
+			exp = m.Signed.Expires
+		}
+	case "snapshot":
+		if m, e := metadata.Snapshot().FromBytes(raw); e == nil {
+			exp = m.Signed.Expires
+		}
+	default:
+		if m, e := metadata.Targets().FromBytes(raw); e == nil {
+			exp = m.Signed.Expires
+		}
+	}
+	return refuse(Expired, role, nil, "the %s role expired at %s (checked at %s)", role, stamp(exp), stamp(trusted.RefTime))
+}
+
+func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+
+// ValidSigners returns the ids of the keys among keyIDs whose signature on md
+// verifies. It asks go-tuf to verify each key alone (threshold 1), so the
+// signature check itself is go-tuf's.
+func ValidSigners(keys map[string]*metadata.Key, keyIDs []string, md any) []string {
+	var out []string
+	for _, id := range keyIDs {
+		k, ok := keys[id]
+		if !ok {
+			continue
+		}
+		probe := metadata.Root()
+		probe.Signed.Keys = map[string]*metadata.Key{id: k}
+		probe.Signed.Roles = map[string]*metadata.Role{"probe": {KeyIDs: []string{id}, Threshold: 1}}
+		if probe.VerifyDelegate("probe", md) == nil {
+			out = append(out, id)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Index authenticates a chunk index against the verified release and
+// parses it. The index must also agree with the target's own length and
+// SHA-256, so the index, the target entry and the image cannot drift apart.
+func Index(res *Result, data []byte) (*chunkindex.Index, error) {
+	ref := res.Release.Index
+	if int64(len(data)) != ref.Length {
+		return nil, refuse(Mismatch, res.Role, nil, "chunk index is %d bytes, signed metadata says %d", len(data), ref.Length)
+	}
+	sum := sha256Hex(data)
+	if sum != ref.SHA256 {
+		return nil, refuse(Mismatch, res.Role, nil, "chunk index sha256 %s differs from the signed %s", sum, ref.SHA256)
+	}
+	ix, err := chunkindex.Parse(data)
+	if err != nil {
+		return nil, refuse(Malformed, res.Role, err, "chunk index")
+	}
+	if ix.ImageLength != res.File.Length {
+		return nil, refuse(Mismatch, res.Role, nil, "chunk index covers %d bytes, the signed target is %d bytes", ix.ImageLength, res.File.Length)
+	}
+	if hex.EncodeToString(ix.ImageHash[:]) != hex.EncodeToString(res.File.Hashes["sha256"]) {
+		return nil, refuse(Mismatch, res.Role, nil, "chunk index image sha256 differs from the signed target hash")
+	}
+	if ix.ChunkSize != ref.ChunkSize {
+		return nil, refuse(Mismatch, res.Role, nil, "chunk index uses chunk size %d, signed metadata says %d", ix.ChunkSize, ref.ChunkSize)
+	}
+	return ix, nil
+}
+
+// Image streams the image from r through the verified index, writing each
+// chunk to w (which may be nil) only after it verified. Every byte of the
+// image is covered by a chunk hash from the signed index, which is why no
+// separate whole-image pass is needed.
+func Image(ix *chunkindex.Index, r io.Reader, w io.Writer, workers int) error {
+	err := ix.VerifyStream(r, w, workers)
+	if err == nil {
+		return nil
+	}
+	var cm *chunkindex.ChunkMismatchError
+	switch {
+	case errors.As(err, &cm):
+		return refuse(Mismatch, "", err, "image chunk %d at offset %d does not match its signed hash", cm.Chunk, cm.Offset)
+	case errors.Is(err, chunkindex.ErrImageTooShort):
+		return refuse(Mismatch, "", err, "image is shorter than the signed length %d", ix.ImageLength)
+	case errors.Is(err, chunkindex.ErrImageTooLong):
+		return refuse(Mismatch, "", err, "image is longer than the signed length %d", ix.ImageLength)
+	}
+	return err
+}
+
+// Repository verifies a whole repository the way a client refreshing it
+// would: the root chain, timestamp, snapshot, top-level targets and every
+// delegated role the targets role names, at time at.
+func Repository(trustedRoot []byte, md Metadata, at time.Time) error {
+	trusted, err := trustedmetadata.New(trustedRoot)
+	if err != nil {
+		return classify("root", err)
+	}
+	trusted.RefTime = at.UTC()
+	for _, raw := range md.Roots {
+		if _, err := trusted.UpdateRoot(raw); err != nil {
+			return classify("root", err)
+		}
+	}
+	if _, err := trusted.UpdateTimestamp(md.Timestamp); err != nil {
+		return expiryOr(trusted, "timestamp", md.Timestamp, err)
+	}
+	if _, err := trusted.UpdateSnapshot(md.Snapshot, false); err != nil {
+		return expiryOr(trusted, "snapshot", md.Snapshot, err)
+	}
+	top, err := trusted.UpdateTargets(md.Targets)
+	if err != nil {
+		return expiryOr(trusted, "targets", md.Targets, err)
+	}
+	if top.Signed.Delegations == nil {
+		return nil
+	}
+	for _, d := range top.Signed.Delegations.Roles {
+		raw, ok := md.Delegated[d.Name]
+		if !ok {
+			return refuse(MissingTarget, d.Name, nil, "metadata of delegated role %s is missing", d.Name)
+		}
+		if _, err := trusted.UpdateDelegatedTargets(raw, d.Name, metadata.TARGETS); err != nil {
+			return expiryOr(trusted, d.Name, raw, err)
+		}
+	}
+	return nil
+}

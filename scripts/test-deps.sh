@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs when it is missing. Idempotent and quiet
+# when everything is present; called by `make test` (and so by .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages, keyed by a file or command that proves each is installed.
+need=()
+check() { # check PACKAGE PATH-OR-COMMAND
+  if [[ "$2" == /* ]]; then [[ -e "$2" ]] || need+=("$1"); else command -v "$2" >/dev/null || need+=("$1"); fi
+}
+check softhsm2 softhsm2-util
+check opensc pkcs11-tool
+check nodejs node
+check npm npm
+check openssl openssl
+
+if ((${#need[@]})); then
+  echo "test-deps: installing ${need[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  sudo_cmd=()
+  [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# npm packages for interop tests (tuf-js as an independent TUF client).
+for dir in $(find internal cmd -name package.json -not -path '*/node_modules/*' -printf '%h\n' 2>/dev/null); do
+  if [[ ! -d "$dir/node_modules" || "$dir/package-lock.json" -nt "$dir/node_modules" ]]; then
+    echo "test-deps: npm ci in $dir" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
+done
