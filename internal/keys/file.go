@@ -231,3 +231,6 @@ func readBounded(name string) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// InMemory wraps a private key held in memory as a Signer.
+func InMemory(s crypto.Signer) Signer { return memSigner{s} }
