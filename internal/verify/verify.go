@@ -12,6 +12,7 @@ package verify
 
 import (
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -64,6 +65,9 @@ type Result struct {
 
 // Target verifies the metadata chain from trustedRoot down to target.
 func Target(trustedRoot []byte, md Metadata, target string, opt Options) (*Result, error) {
+	if err := checkDuplicateSignatures(trustedRoot, md); err != nil {
+		return nil, err
+	}
 	trusted, err := trustedmetadata.New(trustedRoot)
 	if err != nil {
 		return nil, classify("root", fmt.Errorf("trusted root: %w", err))
@@ -254,7 +258,7 @@ func Image(ix *chunkindex.Index, r io.Reader, w io.Writer, workers int) error {
 	if err == nil {
 		return nil
 	}
-	var cm *chunkindex.ChunkMismatchError
+	var cm chunkindex.ChunkMismatchError
 	switch {
 	case errors.As(err, &cm):
 		return refuse(Mismatch, "", err, "image chunk %d at offset %d does not match its signed hash", cm.Chunk, cm.Offset)
@@ -270,6 +274,9 @@ func Image(ix *chunkindex.Index, r io.Reader, w io.Writer, workers int) error {
 // would: the root chain, timestamp, snapshot, top-level targets and every
 // delegated role the targets role names, at time at.
 func Repository(trustedRoot []byte, md Metadata, at time.Time) error {
+	if err := checkDuplicateSignatures(trustedRoot, md); err != nil {
+		return err
+	}
 	trusted, err := trustedmetadata.New(trustedRoot)
 	if err != nil {
 		return classify("root", err)
@@ -300,6 +307,46 @@ func Repository(trustedRoot []byte, md Metadata, at time.Time) error {
 		}
 		if _, err := trusted.UpdateDelegatedTargets(raw, d.Name, metadata.TARGETS); err != nil {
 			return expiryOr(trusted, d.Name, raw, err)
+		}
+	}
+	return nil
+}
+
+// checkDuplicateSignatures refuses a document that carries two signatures
+// under one key id. go-tuf refuses it too, as a generic value error; naming
+// it here tells the operator that someone tried to count a key twice.
+func checkDuplicateSignatures(root []byte, md Metadata) error {
+	docs := []struct {
+		role string
+		b    []byte
+	}{{"root", root}, {"timestamp", md.Timestamp}, {"snapshot", md.Snapshot}, {"targets", md.Targets}}
+	for _, r := range md.Roots {
+		docs = append(docs, struct {
+			role string
+			b    []byte
+		}{"root", r})
+	}
+	for name, b := range md.Delegated {
+		docs = append(docs, struct {
+			role string
+			b    []byte
+		}{name, b})
+	}
+	for _, d := range docs {
+		var env struct {
+			Signatures []struct {
+				KeyID string `json:"keyid"`
+			} `json:"signatures"`
+		}
+		if json.Unmarshal(d.b, &env) != nil {
+			continue // go-tuf reports the parse error with its context
+		}
+		seen := map[string]bool{}
+		for _, s := range env.Signatures {
+			if seen[s.KeyID] {
+				return refuse(BadSignature, d.role, nil, "%s is signed twice by key %s; a key counts once towards a threshold", d.role, s.KeyID)
+			}
+			seen[s.KeyID] = true
 		}
 	}
 	return nil
