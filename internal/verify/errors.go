@@ -89,15 +89,15 @@ func classify(role string, err error) *Error {
 	}
 	switch {
 	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
-		return refuse(BadSignature, role, nil, "%s: %s", role, tufMsg(err))
+		return refuse(BadSignature, role, nil, "%s: not signed by enough authorised keys (%s)", role, tufMsg(err))
 	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
-		return refuse(Expired, role, nil, "%s: %s", role, tufMsg(err))
+		return refuse(Expired, role, nil, "%s: expired (%s)", role, tufMsg(err))
 	case errors.Is(err, &metadata.ErrBadVersionNumber{}), errors.Is(err, &metadata.ErrEqualVersionNumber{}):
-		return refuse(Rollback, role, nil, "%s: %s", role, tufMsg(err))
+		return refuse(Rollback, role, nil, "%s: version number check failed (%s)", role, tufMsg(err))
 	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}):
-		return refuse(Mismatch, role, nil, "%s: %s", role, tufMsg(err))
+		return refuse(Mismatch, role, nil, "%s: length or hash mismatch with what the parent role signed (%s)", role, tufMsg(err))
 	}
-	return refuse(Malformed, role, nil, "%s: %s", role, tufMsg(err))
+	return refuse(Malformed, role, nil, "%s: malformed or inconsistent metadata (%s)", role, tufMsg(err))
 }
 
 func tufMsg(err error) string {

@@ -1,0 +1,210 @@
+package main
+
+import (
+	"archive/tar"
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/rampartfw/rampart/internal/keys"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"rampart": func() {
+			// Scripts generate dozens of keys; age's default scrypt cost
+			// would make each take a second.
+			keys.SetTestOnlyWorkFactor(10)
+			os.Exit(run(os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}))
+		},
+	})
+}
+
+func TestScripts(t *testing.T) {
+	testscript.Run(t, testscript.Params{
+		Dir:                 "testdata/script",
+		RequireExplicitExec: true,
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"mkimage":       cmdMkimage,
+			"perm":          cmdPerm,
+			"flipbyte":      cmdFlipbyte,
+			"truncate":      cmdTruncate,
+			"appendbytes":   cmdAppend,
+			"replace":       cmdReplace,
+			"bundle-flip":   cmdBundleFlip,
+			"bundle-rename": cmdBundleRename,
+			"bundle-extra":  cmdBundleExtra,
+			"bundle-edit":   cmdBundleEdit,
+		},
+		Setup: func(e *testscript.Env) error {
+			e.Setenv("RAMPART_PASSPHRASE", "correct-horse")
+			return nil
+		},
+	})
+}
+
+func size(ts *testscript.TestScript, s string) int64 {
+	mult := int64(1)
+	switch {
+	case strings.HasSuffix(s, "K"):
+		mult, s = 1<<10, strings.TrimSuffix(s, "K")
+	case strings.HasSuffix(s, "M"):
+		mult, s = 1<<20, strings.TrimSuffix(s, "M")
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	ts.Check(err)
+	return n * mult
+}
+
+// mkimage FILE SIZE [SEED]: deterministic pseudo-random image.
+func cmdMkimage(ts *testscript.TestScript, neg bool, args []string) {
+	seed := uint64(1)
+	if len(args) == 3 {
+		seed = uint64(size(ts, args[2]))
+	}
+	r := rand.New(rand.NewPCG(seed, 2))
+	b := make([]byte, size(ts, args[1]))
+	for i := range b {
+		b[i] = byte(r.Uint32())
+	}
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), b, 0o644))
+}
+
+// perm FILE MODE: assert a file's permission bits.
+func cmdPerm(ts *testscript.TestScript, neg bool, args []string) {
+	fi, err := os.Stat(ts.MkAbs(args[0]))
+	ts.Check(err)
+	want, err := strconv.ParseUint(args[1], 8, 32)
+	ts.Check(err)
+	if (uint64(fi.Mode().Perm()) == want) == neg {
+		ts.Fatalf("%s has mode %o", args[0], fi.Mode().Perm())
+	}
+}
+
+// flipbyte FILE OFFSET: flip the low bit of one byte (negative: from the end).
+func cmdFlipbyte(ts *testscript.TestScript, neg bool, args []string) {
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	i := int(size(ts, args[1]))
+	if i < 0 {
+		i += len(b)
+	}
+	b[i] ^= 1
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), b, 0o644))
+}
+
+// truncate FILE SIZE
+func cmdTruncate(ts *testscript.TestScript, neg bool, args []string) {
+	ts.Check(os.Truncate(ts.MkAbs(args[0]), size(ts, args[1])))
+}
+
+// appendbytes FILE N: append N bytes of 0xAA.
+func cmdAppend(ts *testscript.TestScript, neg bool, args []string) {
+	f, err := os.OpenFile(ts.MkAbs(args[0]), os.O_APPEND|os.O_WRONLY, 0)
+	ts.Check(err)
+	_, err = f.Write(bytes.Repeat([]byte{0xAA}, int(size(ts, args[1]))))
+	ts.Check(err)
+	ts.Check(f.Close())
+}
+
+// replace FILE OLD NEW: replace the first occurrence of OLD, which must exist.
+func cmdReplace(ts *testscript.TestScript, neg bool, args []string) {
+	b, err := os.ReadFile(ts.MkAbs(args[0]))
+	ts.Check(err)
+	if !bytes.Contains(b, []byte(args[1])) {
+		ts.Fatalf("%s does not contain %q", args[0], args[1])
+	}
+	b = bytes.Replace(b, []byte(args[1]), []byte(args[2]), 1)
+	ts.Check(os.WriteFile(ts.MkAbs(args[0]), b, 0o644))
+}
+
+// rewriteBundle copies a bundle's tar stream member by member through edit,
+// the way an attacker with a tar tool would.
+func rewriteBundle(ts *testscript.TestScript, in, out string, edit func(h *tar.Header, body []byte) (*tar.Header, []byte), extra func(tw *tar.Writer)) {
+	f, err := os.Open(ts.MkAbs(in))
+	ts.Check(err)
+	defer f.Close()
+	var buf bytes.Buffer
+	tr, tw := tar.NewReader(f), tar.NewWriter(&buf)
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		ts.Check(err)
+		body, err := io.ReadAll(tr)
+		ts.Check(err)
+		h, body = edit(h, body)
+		h.Size = int64(len(body))
+		ts.Check(tw.WriteHeader(h))
+		_, err = tw.Write(body)
+		ts.Check(err)
+	}
+	if extra != nil {
+		extra(tw)
+	}
+	ts.Check(tw.Close())
+	ts.Check(os.WriteFile(ts.MkAbs(out), buf.Bytes(), 0o644))
+}
+
+// bundle-flip IN OUT MEMBER OFFSET
+func cmdBundleFlip(ts *testscript.TestScript, neg bool, args []string) {
+	off := int(size(ts, args[3]))
+	found := false
+	rewriteBundle(ts, args[0], args[1], func(h *tar.Header, b []byte) (*tar.Header, []byte) {
+		if h.Name == args[2] {
+			i := off
+			if i < 0 {
+				i += len(b)
+			}
+			b[i] ^= 1
+			found = true
+		}
+		return h, b
+	}, nil)
+	if !found {
+		ts.Fatalf("no member %s", args[2])
+	}
+}
+
+// bundle-edit IN OUT MEMBER OLD NEW: replace text inside one member.
+func cmdBundleEdit(ts *testscript.TestScript, neg bool, args []string) {
+	rewriteBundle(ts, args[0], args[1], func(h *tar.Header, b []byte) (*tar.Header, []byte) {
+		if h.Name == args[2] {
+			if !bytes.Contains(b, []byte(args[3])) {
+				ts.Fatalf("member %s does not contain %q", args[2], args[3])
+			}
+			b = bytes.Replace(b, []byte(args[3]), []byte(args[4]), 1)
+		}
+		return h, b
+	}, nil)
+}
+
+// bundle-rename IN OUT MEMBER NEWNAME
+func cmdBundleRename(ts *testscript.TestScript, neg bool, args []string) {
+	rewriteBundle(ts, args[0], args[1], func(h *tar.Header, b []byte) (*tar.Header, []byte) {
+		if h.Name == args[2] {
+			h.Name = args[3]
+		}
+		return h, b
+	}, nil)
+}
+
+// bundle-extra IN OUT NAME: append a member after the image.
+func cmdBundleExtra(ts *testscript.TestScript, neg bool, args []string) {
+	rewriteBundle(ts, args[0], args[1], func(h *tar.Header, b []byte) (*tar.Header, []byte) { return h, b }, func(tw *tar.Writer) {
+		body := []byte("extra\n")
+		ts.Check(tw.WriteHeader(&tar.Header{Name: args[2], Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg}))
+		_, err := tw.Write(body)
+		ts.Check(err)
+	})
+}
+
+var _ = fmt.Sprint
