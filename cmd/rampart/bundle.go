@@ -14,7 +14,7 @@ var bundleCmd = &command{
 	name:    "bundle",
 	summary: "write an offline bundle of a published release",
 	usage: `
-Usage: rampart bundle DIR PRODUCT/VERSION -o FILE
+Usage: rampart bundle DIR PRODUCT/VERSION -o|--output FILE
 
 Writes one file holding the release's image, its chunk index and every
 metadata file needed to verify it offline: the root chain, timestamp,

@@ -102,7 +102,7 @@ var keyIDCmd = &command{
 	name:    "key id",
 	summary: "print the TUF key id of a public key, key file or PKCS#11 key",
 	usage: `
-Usage: rampart key id KEY [--json]
+Usage: rampart key id KEY [--passphrase-file FILE] [--json]
 
 KEY is a .pub file, a .key file (asks for its passphrase) or a PKCS#11 URI.
 

@@ -3,10 +3,13 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"crypto/sha256"
 	"fmt"
 	"io"
+	"io/fs"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -42,6 +45,7 @@ func TestScripts(t *testing.T) {
 			"bundle-rename": cmdBundleRename,
 			"bundle-extra":  cmdBundleExtra,
 			"bundle-edit":   cmdBundleEdit,
+			"treehash":      cmdTreehash,
 		},
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("RAMPART_PASSPHRASE", "correct-horse")
@@ -207,4 +211,32 @@ func cmdBundleExtra(ts *testscript.TestScript, neg bool, args []string) {
 	})
 }
 
-var _ = fmt.Sprint
+// treehash DIR: print a digest of every file's path, mode and content
+// under DIR, to show that a refused command changed nothing.
+func cmdTreehash(ts *testscript.TestScript, neg bool, args []string) {
+	h := sha256.New()
+	root := ts.MkAbs(args[0])
+	ts.Check(filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(root, p)
+		if rel == ".lock" {
+			return nil
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s %v\n", rel, info.Mode())
+		if d.Type().IsRegular() {
+			b, err := os.ReadFile(p)
+			if err != nil {
+				return err
+			}
+			h.Write(b)
+		}
+		return nil
+	}))
+	fmt.Fprintf(ts.Stdout(), "%x\n", h.Sum(nil))
+}

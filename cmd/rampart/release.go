@@ -15,7 +15,8 @@ var releaseAddCmd = &command{
 	usage: `
 Usage: rampart release add DIR IMAGE --product P --version V --security-version N
                            --hardware ID... [--filename NAME]
-                           [--allow-lower-security-version REASON] [--json]
+                           [--allow-lower-security-version REASON]
+                           [--chunk-size BYTES] [--json]
 
 Copies IMAGE into the repository, cuts it into chunks and writes its chunk
 index, and adds the target P/V/NAME to the product's role (staged: its
@@ -23,6 +24,8 @@ release signers sign it next). V is a semantic version; N is the
 anti-rollback counter devices compare with theirs. N may not go below the
 product's highest security version unless a REASON is given, which is
 recorded in the signed metadata. A version is never added twice.
+--chunk-size overrides the chunk index's chunk size (a power of two,
+default 1 MiB; see docs/release-format.md).
 
 Example:
     rampart release add repo fw.img --product acme-gw --version 2.4.1 \

@@ -45,7 +45,8 @@ Flags:
     --expiry ROLE=DURATION   how long new versions of ROLE stay valid: root
                              (default 365d), targets (182d), delegated
                              (every product role, 182d), snapshot (7d),
-                             timestamp (1d); DURATION like 36h, 30d, 1y
+                             timestamp (1d), or a product name; DURATION
+                             like 36h, 30d, 1y
 
 Example:
     rampart repo init repo --root-key keys/root-a.pub --root-key keys/root-b.pub \

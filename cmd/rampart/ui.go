@@ -44,7 +44,7 @@ var classes = []struct {
 	kind failure.Kind
 	hint string
 }{
-	{repo.ErrBelowThreshold, failure.Refused, "collect the missing signatures with rampart repo sign, then publish again"},
+	{repo.ErrBelowThreshold, failure.Refused, "collect the missing signatures with rampart repo sign, then publish again; a published role whose keys changed must first be staged again with rampart repo stage"},
 	{repo.ErrNotAuthorised, failure.Refused, "check the key with rampart key id and the role's keys with rampart repo status"},
 	{repo.ErrAlreadySigned, failure.Refused, "a key counts once towards a threshold; ask another key holder to sign"},
 	{repo.ErrSecurityLower, failure.Refused, ""},

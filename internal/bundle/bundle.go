@@ -286,9 +286,14 @@ func (br *Reader) body(hdr *tar.Header, limit int64) ([]byte, error) {
 	if hdr.Size > limit {
 		return nil, fmt.Errorf("%w: member %s is %d bytes, the limit is %d", ErrMalformed, hdr.Name, hdr.Size, limit)
 	}
-	b := make([]byte, hdr.Size)
-	if _, err := io.ReadFull(br.tr, b); err != nil {
+	// Read rather than allocate the declared size: a hostile header may
+	// claim megabytes that never follow.
+	b, err := io.ReadAll(io.LimitReader(br.tr, hdr.Size))
+	if err != nil {
 		return nil, br.wrap(fmt.Errorf("member %s: %w", hdr.Name, err))
+	}
+	if int64(len(b)) != hdr.Size {
+		return nil, fmt.Errorf("%w: member %s: %v", ErrTruncated, hdr.Name, io.ErrUnexpectedEOF)
 	}
 	return b, nil
 }

@@ -617,8 +617,8 @@ func (p *p11Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		mech = pkcs11.NewMechanism(ckmEdDSA, nil)
 	case *ecdsa.PublicKey:
 		h := opts.HashFunc()
-		if h == crypto.Hash(0) || !h.Available() || len(digest) != h.Size() {
-			return nil, fmt.Errorf("pkcs11: ecdsa signs a digest; got %d bytes for hash %v", len(digest), h)
+		if n := digestSize(h); n == 0 || len(digest) != n {
+			return nil, fmt.Errorf("pkcs11: ecdsa signs a SHA-256, SHA-384 or SHA-512 digest; got %d bytes for hash %v", len(digest), h)
 		}
 		mech = pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)
 		ecdsaSig = true
@@ -639,16 +639,16 @@ func (p *p11Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		default:
 			return nil, fmt.Errorf("pkcs11: rsa-pss with hash %v is not supported; use SHA-256, SHA-384 or SHA-512", h)
 		}
-		if len(digest) != h.Size() {
+		if len(digest) != digestSize(h) {
 			return nil, fmt.Errorf("pkcs11: rsa-pss signs a digest; got %d bytes for hash %v", len(digest), h)
 		}
 		salt := pss.SaltLength
 		switch salt {
 		case rsa.PSSSaltLengthEqualsHash:
-			salt = h.Size()
+			salt = digestSize(h)
 		case rsa.PSSSaltLengthAuto:
 			// As crypto/rsa does: the largest salt that fits.
-			salt = (pub.N.BitLen()-1+7)/8 - 2 - h.Size()
+			salt = (pub.N.BitLen()-1+7)/8 - 2 - digestSize(h)
 		}
 		if salt < 0 {
 			return nil, fmt.Errorf("pkcs11: invalid rsa-pss salt length %d", pss.SaltLength)
@@ -674,6 +674,20 @@ func (p *p11Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		return ecdsaRawToASN1(sig)
 	}
 	return sig, nil
+}
+
+// digestSize is h.Size() for the hashes we sign, and 0 for the rest:
+// crypto.Hash.Size panics on values it does not know, and callers choose h.
+func digestSize(h crypto.Hash) int {
+	switch h {
+	case crypto.SHA256:
+		return 32
+	case crypto.SHA384:
+		return 48
+	case crypto.SHA512:
+		return 64
+	}
+	return 0
 }
 
 // ecdsaRawToASN1 converts CKM_ECDSA's r||s into the DER SEQUENCE that

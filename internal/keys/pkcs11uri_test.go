@@ -229,6 +229,11 @@ func FuzzParsePKCS11URI(f *testing.F) {
 			// String redacts the PIN, so compare the rest.
 			u.pinValue = "REDACTED"
 		}
+		if len(u.String()) > maxPKCS11URI {
+			// String encodes more than the input may have (every id byte
+			// becomes %XX), so a long input can format past the limit.
+			return
+		}
 		again, err := parsePKCS11URI(u.String())
 		if err != nil {
 			t.Fatalf("String() of %q gives %q, which does not parse: %v", s, u.String(), err)

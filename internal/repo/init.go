@@ -37,8 +37,8 @@ func Init(dir string, opt InitOptions) (*Repo, error) {
 	}
 	cfg := &Config{Format: 1, Expiry: map[string]Duration{}}
 	for role, d := range opt.Expiry {
-		if _, ok := DefaultExpiry[role]; !ok {
-			return nil, fmt.Errorf("%w: unknown role %q in expiry (use root, targets, delegated, snapshot or timestamp)", ErrBadInput, role)
+		if _, ok := DefaultExpiry[role]; !ok && !isProduct(role) {
+			return nil, fmt.Errorf("%w: unknown role %q in expiry (use root, targets, delegated, snapshot, timestamp or a product name)", ErrBadInput, role)
 		}
 		cfg.Expiry[role] = d
 	}

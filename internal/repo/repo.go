@@ -141,7 +141,10 @@ type state struct {
 	root       *metadata.Metadata[metadata.RootType]
 	rootStaged bool
 	// prevRoot is the latest published root, nil before the first publish.
-	prevRoot      *metadata.Metadata[metadata.RootType]
+	prevRoot *metadata.Metadata[metadata.RootType]
+	// parentRoot is the root version before the effective one, whose keys
+	// also had to sign it; nil for version 1.
+	parentRoot    *metadata.Metadata[metadata.RootType]
 	targets       *metadata.Metadata[metadata.TargetsType]
 	targetsStaged bool
 	roles         map[string]*metadata.Metadata[metadata.TargetsType]
@@ -231,6 +234,13 @@ func (r *Repo) load() (*state, error) {
 	}
 	if s.root == nil {
 		return nil, fmt.Errorf("%s: %w (no root metadata)", r.Dir, ErrNotRepository)
+	}
+	if s.rootStaged {
+		s.parentRoot = s.prevRoot
+	} else if v := s.root.Signed.Version; v > 1 {
+		if s.parentRoot, err = readMeta(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v-1)), metadata.Root()); err != nil {
+			return nil, err
+		}
 	}
 	if m, err := readMeta(r.stagedPath(metadata.TARGETS), metadata.Targets()); err == nil {
 		s.targets, s.targetsStaged = m, true

@@ -34,9 +34,9 @@ func (s *state) authorities(role string) ([]authority, []string, error) {
 	case metadata.ROOT:
 		a := []authority{rootAuthority(s.root, metadata.ROOT)}
 		names := []string{"new root keys"}
-		if s.prevRoot != nil && s.rootStaged {
-			a = append(a, rootAuthority(s.prevRoot, metadata.ROOT))
-			names = append(names, fmt.Sprintf("root version %d keys", s.prevRoot.Signed.Version))
+		if s.parentRoot != nil {
+			a = append(a, rootAuthority(s.parentRoot, metadata.ROOT))
+			names = append(names, fmt.Sprintf("root version %d keys", s.parentRoot.Signed.Version))
 		}
 		return a, names, nil
 	case metadata.TARGETS, metadata.SNAPSHOT, metadata.TIMESTAMP:
@@ -259,7 +259,7 @@ func (r *Repo) status(s *state) ([]RoleStatus, error) {
 		valid := map[string]bool{}
 		for i, a := range auths {
 			signed := verify.ValidSigners(a.keys, a.keyIDs, doc)
-			q := Requirement{Name: names[i], Threshold: a.threshold, Signed: signed}
+			q := Requirement{Name: names[i], Threshold: a.threshold, Signed: append([]string{}, signed...), Missing: []string{}}
 			for _, id := range a.keyIDs {
 				if !slices.Contains(signed, id) {
 					q.Missing = append(q.Missing, id)

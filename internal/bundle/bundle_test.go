@@ -1,0 +1,136 @@
+package bundle
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+func sample() (*Contents, []byte) {
+	img := bytes.Repeat([]byte("firmware"), 1000)
+	return &Contents{
+		Manifest:  Manifest{Target: "acme-gw/2.4.1/fw.img", Role: "acme-gw"},
+		Roots:     [][]byte{[]byte(`{"root":1}`), []byte(`{"root":2}`)},
+		Timestamp: []byte(`{"ts":1}`),
+		Snapshot:  []byte(`{"snap":1}`),
+		Targets:   []byte(`{"targets":1}`),
+		Delegated: []byte(`{"acme":1}`),
+		Index:     []byte("index-bytes"),
+		ImageSize: int64(len(img)),
+	}, img
+}
+
+func encode(t testing.TB, c *Contents, img []byte) []byte {
+	var buf bytes.Buffer
+	if err := Write(&buf, c, bytes.NewReader(img)); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+func TestRoundTrip(t *testing.T) {
+	c, img := sample()
+	b := encode(t, c, img)
+	r, err := NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(r.Image())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, img) || len(r.Roots) != 2 || string(r.Roots[1]) != `{"root":2}` || string(r.Index) != "index-bytes" || r.Target != c.Target {
+		t.Fatal("round trip lost data")
+	}
+	if err := r.Finish(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestWriteRefusesShortImage(t *testing.T) {
+	c, img := sample()
+	var buf bytes.Buffer
+	if err := Write(&buf, c, bytes.NewReader(img[:10])); err == nil {
+		t.Fatal("a short image was written")
+	}
+}
+
+func TestReaderRefusals(t *testing.T) {
+	c, img := sample()
+	good := encode(t, c, img)
+	cases := []struct {
+		name string
+		data []byte
+		want error
+		msg  string
+	}{
+		{"empty", nil, ErrTruncated, "archive ended before the image"},
+		{"not tar", []byte(strings.Repeat("x", 2048)), ErrMalformed, ""},
+		{"cut in metadata", good[:1500], ErrTruncated, ""},
+		{"wrong role", encode(t, &Contents{Manifest: Manifest{Target: "acme-gw/2.4.1/fw.img", Role: "other"}, Roots: c.Roots, ImageSize: c.ImageSize}, img), ErrMalformed, "names role"},
+		{"bad target", encode(t, &Contents{Manifest: Manifest{Target: "../x", Role: "acme-gw"}, Roots: c.Roots, ImageSize: c.ImageSize}, img), ErrMalformed, "PRODUCT/VERSION/FILENAME"},
+		{"no roots", encode(t, &Contents{Manifest: c.Manifest, ImageSize: c.ImageSize}, img), ErrMalformed, "expected member metadata/1.root.json"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := NewReader(bytes.NewReader(tc.data))
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.msg) {
+				t.Fatalf("got %v, want %v containing %q", err, tc.want, tc.msg)
+			}
+		})
+	}
+}
+
+func TestReaderBoundsMetadata(t *testing.T) {
+	c, img := sample()
+	c.Targets = bytes.Repeat([]byte{' '}, MaxMetadata+1)
+	_, err := NewReader(bytes.NewReader(encode(t, c, img)))
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "the limit is") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestFinishRefusesTrailingData(t *testing.T) {
+	c, img := sample()
+	b := append(encode(t, c, img), 'x')
+	r, err := NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, r.Image())
+	if err := r.Finish(); !errors.Is(err, ErrTrailing) {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// FuzzReader feeds arbitrary bytes to the reader: it must never panic, and
+// must either refuse with one of its errors or yield a bundle whose parts
+// are within the limits.
+func FuzzReader(f *testing.F) {
+	c, img := sample()
+	good := encode(f, c, img)
+	f.Add(good)
+	f.Add(good[:1024])
+	f.Add(good[:len(good)-1024])
+	f.Add(append(bytes.Clone(good), 1, 2, 3))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := NewReader(bytes.NewReader(data))
+		if err != nil {
+			if !errors.Is(err, ErrMalformed) && !errors.Is(err, ErrTruncated) && !errors.Is(err, ErrEscape) {
+				t.Fatalf("unclassified error %v", err)
+			}
+			return
+		}
+		if len(r.Roots) == 0 || len(r.Roots) > MaxRoots || len(r.Index) > MaxIndex {
+			t.Fatal("accepted a bundle outside the limits")
+		}
+		n, _ := io.Copy(io.Discard, io.LimitReader(r.Image(), r.ImageSize+1))
+		if n > r.ImageSize {
+			t.Fatal("image longer than its header")
+		}
+		_ = r.Finish()
+	})
+}
