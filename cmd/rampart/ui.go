@@ -49,6 +49,7 @@ var classes = []struct {
 	{repo.ErrAlreadySigned, failure.Refused, "a key counts once towards a threshold; ask another key holder to sign"},
 	{repo.ErrSecurityLower, failure.Refused, ""},
 	{repo.ErrExpired, failure.Refused, ""},
+	{repo.ErrCorruptStaging, failure.Refused, ""},
 	{repo.ErrLocked, failure.Environment, "wait for the other rampart command on this repository to finish"},
 	{repo.ErrNotRepository, failure.Input, "create one with rampart repo init, or check the path"},
 	{repo.ErrExists, failure.Input, ""},

@@ -3,7 +3,6 @@ package repo
 import (
 	"encoding/hex"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 
@@ -95,11 +94,15 @@ func (r *Repo) AddRelease(opt ReleaseOptions) (*AddedRelease, error) {
 	if err := os.MkdirAll(r.blobDir(), 0o755); err != nil {
 		return nil, err
 	}
-	imgBlob, ix, err := r.ingest(opt.Image, opt.ChunkSize)
+	imgBlob, existed, ix, err := r.ingest(opt.Image, opt.ChunkSize)
 	if err != nil {
 		return nil, err
 	}
-	cleanup := []string{imgBlob}
+	var cleanup []string
+	if !existed {
+		// Another staged release with the same content owns an existing blob.
+		cleanup = append(cleanup, imgBlob)
+	}
 	defer func() {
 		for _, p := range cleanup {
 			os.Remove(p)
@@ -111,10 +114,12 @@ func (r *Repo) AddRelease(opt ReleaseOptions) (*AddedRelease, error) {
 	}
 	ixHash := sha256Hex(ixBytes)
 	ixBlob := r.blobPath(ixHash)
-	if err := atomicfile.WriteFile(ixBlob, ixBytes, 0o644); err != nil {
-		return nil, err
+	if _, err := os.Stat(ixBlob); err != nil {
+		if err := atomicfile.WriteFile(ixBlob, ixBytes, 0o644); err != nil {
+			return nil, err
+		}
+		cleanup = append(cleanup, ixBlob)
 	}
-	cleanup = append(cleanup, ixBlob)
 	meta.Index = release.IndexRef{Length: int64(len(ixBytes)), SHA256: ixHash, ChunkSize: ix.ChunkSize}
 	if err := meta.Validate(); err != nil {
 		return nil, err
@@ -137,26 +142,25 @@ func (r *Repo) AddRelease(opt ReleaseOptions) (*AddedRelease, error) {
 	return &AddedRelease{Target: target, Length: ix.ImageLength, SHA256: hex.EncodeToString(ix.ImageHash[:]), Meta: meta, Chunks: len(ix.Chunks)}, nil
 }
 
-// ingest copies the image into the blob store and indexes the copy, so that
-// what was hashed is exactly what will be published even if the source
-// changes meanwhile. The copy uses copy_file_range (io.Copy between files),
-// which stays in the kernel.
-func (r *Repo) ingest(image string, chunkSize int64) (string, *chunkindex.Index, error) {
+// ingest copies the image into the blob store and indexes it in the same
+// pass, so that what was hashed is exactly what will be published even if
+// the source changes meanwhile.
+func (r *Repo) ingest(image string, chunkSize int64) (blob string, existed bool, ix *chunkindex.Index, err error) {
 	src, err := os.Open(image)
 	if err != nil {
-		return "", nil, err
+		return "", false, nil, err
 	}
 	defer src.Close()
 	if fi, err := src.Stat(); err != nil {
-		return "", nil, err
+		return "", false, nil, err
 	} else if !fi.Mode().IsRegular() {
-		return "", nil, fmt.Errorf("%w: %s is not a regular file", ErrBadInput, image)
+		return "", false, nil, fmt.Errorf("%w: %s is not a regular file", ErrBadInput, image)
 	} else if fi.Size() == 0 {
-		return "", nil, fmt.Errorf("%w: %s is empty", ErrBadInput, image)
+		return "", false, nil, fmt.Errorf("%w: %s is empty", ErrBadInput, image)
 	}
 	tmp, err := os.CreateTemp(r.blobDir(), ".ingest-*")
 	if err != nil {
-		return "", nil, err
+		return "", false, nil, err
 	}
 	ok := false
 	defer func() {
@@ -165,20 +169,25 @@ func (r *Repo) ingest(image string, chunkSize int64) (string, *chunkindex.Index,
 			os.Remove(tmp.Name())
 		}
 	}()
-	if _, err := io.Copy(tmp, src); err != nil {
-		return "", nil, fmt.Errorf("copying %s: %w", image, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return "", nil, err
-	}
-	ix, err := chunkindex.BuildFile(tmp.Name(), chunkSize)
+	// One read of the source feeds the copy and both hash passes, so the
+	// bytes indexed are exactly the bytes stored, and the copy overlaps the
+	// hashing instead of adding to it.
+	//
+	// The blob is not fsynced here: nothing refers to it until publish,
+	// which verifies every staged blob against its index and fsyncs it
+	// before the new metadata is written. Write-behind starts the disk
+	// writes now so that publish's fsync finds little left to do.
+	ix, err = chunkindex.Copy(atomicfile.WriteBehind(tmp), src, chunkSize)
 	if err != nil {
-		return "", nil, err
+		return "", false, nil, fmt.Errorf("indexing %s: %w", image, err)
 	}
 	dst := r.blobPath(hex.EncodeToString(ix.ImageHash[:]))
+	if _, err := os.Stat(dst); err == nil {
+		return dst, true, ix, nil // the deferred cleanup drops our copy
+	}
 	if err := atomicfile.Rename(tmp.Name(), dst); err != nil {
-		return "", nil, err
+		return "", false, nil, err
 	}
 	ok = true
-	return dst, ix, nil
+	return dst, false, ix, nil
 }

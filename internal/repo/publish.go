@@ -1,8 +1,10 @@
 package repo
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -12,6 +14,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/chunkindex"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/verify"
@@ -142,7 +145,8 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 	if err := os.MkdirAll(r.publicDir(), 0o755); err != nil {
 		return nil, err
 	}
-	if err := r.publishBlobs(s); err != nil {
+	usedBlobs, err := r.publishBlobs(s)
+	if err != nil {
 		return nil, err
 	}
 	write := func(name string, b []byte) error {
@@ -178,6 +182,9 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 		if _, ok := docs[role]; ok {
 			os.Remove(r.stagedPath(role))
 		}
+	}
+	for _, b := range usedBlobs {
+		os.Remove(b)
 	}
 	return res, nil
 }
@@ -263,7 +270,7 @@ func (r *Repo) clientView(s *state, stagedRoot []byte, docs map[string][]byte, s
 // publishBlobs moves the payload and chunk index of every target in a
 // staged product role into public/targets/, under consistent-snapshot
 // names.
-func (r *Repo) publishBlobs(s *state) error {
+func (r *Repo) publishBlobs(s *state) (used []string, err error) {
 	for role, staged := range s.rolesStaged {
 		if !staged {
 			continue
@@ -271,9 +278,14 @@ func (r *Repo) publishBlobs(s *state) error {
 		for path, tf := range s.roles[role].Signed.Targets {
 			m, err := release.FromTarget(path, tf)
 			if err != nil {
-				return err
+				return nil, err
 			}
 			img, ix := PublicTargetPaths(path, tf.Hashes["sha256"].String(), m.Index.SHA256)
+			if _, err := os.Stat(filepath.Join(r.publicDir(), img)); err != nil {
+				if err := r.checkStagedBlob(path, tf, m); err != nil {
+					return nil, err
+				}
+			}
 			for _, p := range []struct{ blob, dst string }{
 				{tf.Hashes["sha256"].String(), img},
 				{m.Index.SHA256, ix},
@@ -283,18 +295,67 @@ func (r *Repo) publishBlobs(s *state) error {
 					continue
 				}
 				if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-					return err
+					return nil, err
 				}
-				if err := atomicfile.Rename(r.blobPath(p.blob), dst); err != nil {
+				// Link, not rename: releases with identical content
+				// share one content-addressed blob.
+				if err := linkOrCopy(r.blobPath(p.blob), dst); err != nil {
 					if errors.Is(err, fs.ErrNotExist) {
-						return fmt.Errorf("payload %s of %s is missing from %s: the staged release is incomplete; remove it with rampart repo unstage %s", p.blob, path, r.blobDir(), role)
+						return nil, fmt.Errorf("payload %s of %s is missing from %s: the staged release is incomplete; remove it with rampart repo unstage %s", p.blob, path, r.blobDir(), role)
 					}
-					return err
+					return nil, err
 				}
+				used = append(used, r.blobPath(p.blob))
 			}
 		}
 	}
+	return used, nil
+}
+
+// checkStagedBlob verifies a staged payload and its index against the
+// target about to be published, and makes both durable. Staged blobs may
+// sit on disk for days while signers sign, and release add leaves the
+// fsync to this point.
+func (r *Repo) checkStagedBlob(path string, tf *metadata.TargetFiles, m *release.Meta) error {
+	ixPath := r.blobPath(m.Index.SHA256)
+	ixBytes, err := os.ReadFile(ixPath)
+	if err != nil {
+		return fmt.Errorf("chunk index %s of %s: %w (remove the release with rampart repo unstage %s)", m.Index.SHA256, path, err, m.Product)
+	}
+	ix, err := chunkindex.Parse(ixBytes)
+	if err != nil || sha256Hex(ixBytes) != m.Index.SHA256 || ix.ImageLength != tf.Length || hex.EncodeToString(ix.ImageHash[:]) != tf.Hashes["sha256"].String() {
+		return fmt.Errorf("%w: the staged chunk index of %s does not match its signed metadata; remove the release with rampart repo unstage %s and add it again", ErrCorruptStaging, path, m.Product)
+	}
+	f, err := os.Open(r.blobPath(tf.Hashes["sha256"].String()))
+	if err != nil {
+		return fmt.Errorf("payload of %s: %w (remove the release with rampart repo unstage %s)", path, err, m.Product)
+	}
+	defer f.Close()
+	if err := ix.VerifyStream(f, nil, 0); err != nil {
+		return fmt.Errorf("%w: the staged payload of %s does not match its signed hashes (%v); remove the release with rampart repo unstage %s and add it again", ErrCorruptStaging, path, err, m.Product)
+	}
+	if err := f.Sync(); err != nil {
+		return err
+	}
 	return nil
+}
+
+// linkOrCopy makes dst a durable copy of src, by hard link when possible.
+func linkOrCopy(src, dst string) error {
+	if err := os.Link(src, dst); err == nil {
+		return atomicfile.SyncDir(filepath.Dir(dst))
+	} else if errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	return atomicfile.Write(dst, 0o644, func(w io.Writer) error {
+		_, err := io.Copy(w, in)
+		return err
+	})
 }
 
 // PublicTargetPaths returns where a target's payload and chunk index live,

@@ -57,6 +57,7 @@ var (
 	ErrBadInput       = errors.New("invalid input")
 	ErrExpired        = errors.New("role has expired")
 	ErrLocked         = errors.New("repository is locked by another rampart command")
+	ErrCorruptStaging = errors.New("staged release is corrupt")
 )
 
 // Repo is an open repository. It is not safe for concurrent use; the
