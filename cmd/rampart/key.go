@@ -4,6 +4,9 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	iofs "io/fs"
+	"os"
+	"path/filepath"
 
 	"github.com/rampartfw/rampart/internal/keys"
 )
@@ -58,6 +61,14 @@ Example:
 		if *uri != "" {
 			if *noPass || *ppFile != "" {
 				return usagef("a token protects its keys with its PIN", "--pkcs11 cannot be combined with passphrase flags")
+			}
+			// Check the output first: a key made in the token whose .pub
+			// cannot be written would be stranded there.
+			if _, err := os.Lstat(pubPath); err == nil {
+				return fmt.Errorf("%s already exists: %w", pubPath, iofs.ErrExist)
+			}
+			if err := os.MkdirAll(filepath.Dir(pubPath), 0o755); err != nil {
+				return err
 			}
 			p, err := keys.GeneratePKCS11(*uri, t)
 			if err != nil {

@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -46,6 +47,13 @@ func TestScripts(t *testing.T) {
 			"bundle-extra":  cmdBundleExtra,
 			"bundle-edit":   cmdBundleEdit,
 			"treehash":      cmdTreehash,
+			"softhsm-setup": cmdSoftHSMSetup,
+		},
+		Condition: func(cond string) (bool, error) {
+			if cond == "pkcs11" {
+				return pkcs11Built, nil
+			}
+			return false, fmt.Errorf("unknown condition %q", cond)
 		},
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("RAMPART_PASSPHRASE", "correct-horse")
@@ -209,6 +217,37 @@ func cmdBundleExtra(ts *testscript.TestScript, neg bool, args []string) {
 		_, err := tw.Write(body)
 		ts.Check(err)
 	})
+}
+
+// softhsm-setup LABEL...: create a private SoftHSM2 configuration in $WORK,
+// initialise one token per label with user PIN 1234 (written to
+// $WORK/pin.txt), and set SOFTHSM2_CONF and MODULE for the script.
+func cmdSoftHSMSetup(ts *testscript.TestScript, neg bool, args []string) {
+	if _, err := exec.LookPath("softhsm2-util"); err != nil {
+		ts.Fatalf("softhsm2-util not found: run make test (scripts/test-deps.sh installs softhsm2)")
+	}
+	dir := ts.MkAbs("softhsm")
+	ts.Check(os.MkdirAll(filepath.Join(dir, "tokens"), 0o700))
+	conf := filepath.Join(dir, "softhsm2.conf")
+	ts.Check(os.WriteFile(conf, []byte(fmt.Sprintf("directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", dir)), 0o600))
+	ts.Setenv("SOFTHSM2_CONF", conf)
+	module := "/usr/lib/softhsm/libsofthsm2.so"
+	if out, err := exec.Command("dpkg", "-L", "libsofthsm2").Output(); err == nil {
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasSuffix(l, "/libsofthsm2.so") {
+				module = l
+			}
+		}
+	}
+	ts.Setenv("MODULE", module)
+	ts.Check(os.WriteFile(ts.MkAbs("pin.txt"), []byte("1234\n"), 0o600))
+	for _, label := range args {
+		cmd := exec.Command("softhsm2-util", "--init-token", "--free", "--label", label, "--so-pin", "12345678", "--pin", "1234")
+		cmd.Env = append(os.Environ(), "SOFTHSM2_CONF="+conf)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			ts.Fatalf("softhsm2-util: %v\n%s", err, out)
+		}
+	}
 }
 
 // treehash DIR: print a digest of every file's path, mode and content

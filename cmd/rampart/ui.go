@@ -65,6 +65,7 @@ var classes = []struct {
 	{keys.ErrTokenLogin, failure.Input, "check the PIN given by pin-source= or RAMPART_PKCS11_PIN; a locked token must be unlocked by its security officer"},
 	{keys.ErrObjectNotFound, failure.Input, "check object= or id= in the PKCS#11 URI; pkcs11-tool -O lists objects"},
 	{keys.ErrNoPKCS11, failure.Environment, ""},
+	{keys.ErrBadURI, failure.Input, "the format is pkcs11:token=LABEL;object=LABEL?module-path=/path/to/module.so&pin-source=file:/path/to/pin (docs/key-ceremony.md)"},
 	{bundle.ErrEscape, failure.Refused, ""},
 	{fs.ErrExist, failure.Input, "choose another name or remove the existing file first; rampart never overwrites keys"},
 	{fs.ErrNotExist, failure.Input, "check the path"},

@@ -57,6 +57,7 @@ var (
 	ErrTokenNotFound   = errors.New("PKCS#11 token not found")
 	ErrTokenLogin      = errors.New("PKCS#11 token login failed")
 	ErrObjectNotFound  = errors.New("PKCS#11 key object not found")
+	ErrBadURI          = errors.New("invalid PKCS#11 URI")
 )
 
 // Signer is a private key, held in memory or in a token, that can sign.
@@ -166,6 +167,9 @@ type Passphrase func() (string, error)
 // Open opens the private key named by ref: a PKCS#11 URI or a key file path.
 func Open(ref string, pass Passphrase) (Signer, error) {
 	if IsPKCS11URI(ref) {
+		if err := checkPKCS11URI(ref); err != nil {
+			return nil, err
+		}
 		return openPKCS11(ref)
 	}
 	return OpenFile(ref, pass)
@@ -174,7 +178,7 @@ func Open(ref string, pass Passphrase) (Signer, error) {
 // LoadPublic loads the public key named by ref: a PKCS#11 URI or a PEM file.
 func LoadPublic(ref string) (crypto.PublicKey, error) {
 	if IsPKCS11URI(ref) {
-		s, err := openPKCS11(ref)
+		s, err := Open(ref, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -187,5 +191,25 @@ func LoadPublic(ref string) (crypto.PublicKey, error) {
 // GeneratePKCS11 creates a key of type t inside the token named by uri and
 // returns its public key. The private key never leaves the token.
 func GeneratePKCS11(uri string, t Type) (crypto.PublicKey, error) {
+	if err := checkPKCS11URI(uri); err != nil {
+		return nil, err
+	}
 	return generatePKCS11(uri, t)
+}
+
+// checkPKCS11URI validates a URI, its module and its PIN source before any
+// module is loaded, so that a mistyped URI is an input error, not an
+// environment one.
+func checkPKCS11URI(ref string) error {
+	u, err := parsePKCS11URI(ref)
+	if err == nil {
+		_, err = u.resolvedModule()
+	}
+	if err == nil {
+		_, err = u.resolvedPIN()
+	}
+	if err != nil {
+		return fmt.Errorf("%w: %v", ErrBadURI, err)
+	}
+	return nil
 }

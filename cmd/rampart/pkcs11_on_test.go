@@ -1,0 +1,5 @@
+//go:build cgo && !nopkcs11
+
+package main
+
+const pkcs11Built = true
