@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Runs every fuzz target for FUZZTIME each (default 2m). New failing inputs
+# land in the package's testdata/fuzz/ and fail `go test` until fixed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FUZZTIME=${FUZZTIME:-2m}
+targets=(
+  "./internal/bundle FuzzReader"
+  "./internal/chunkindex FuzzParse"
+  "./internal/keys FuzzParsePKCS11URI"
+  "./internal/release FuzzFromTarget"
+)
+for t in "${targets[@]}"; do
+  read -r pkg name <<< "$t"
+  echo "fuzz: $name ($pkg) for $FUZZTIME" >&2
+  go test -run='^$' -fuzz="^${name}\$" -fuzztime="$FUZZTIME" "$pkg"
+done
