@@ -261,6 +261,14 @@ func (br *Reader) header() (*tar.Header, error) {
 	if hdr.Typeflag != tar.TypeReg {
 		return nil, fmt.Errorf("%w: member %q is not a regular file (type %q)", ErrMalformed, hdr.Name, hdr.Typeflag)
 	}
+	// PAX records can turn a regular entry into a sparse file whose holes
+	// read as zeros that are not in the stream: a few bytes of input could
+	// then pose as gigabytes. Bundles are written without them.
+	for k := range hdr.PAXRecords {
+		if strings.HasPrefix(k, "GNU.sparse.") {
+			return nil, fmt.Errorf("%w: member %q is a sparse file", ErrMalformed, hdr.Name)
+		}
+	}
 	if hdr.Size < 0 {
 		return nil, fmt.Errorf("%w: member %q has a negative size", ErrMalformed, hdr.Name)
 	}

@@ -3,6 +3,7 @@ package bundle
 import (
 	"bytes"
 	"errors"
+	"os"
 	"io"
 	"strings"
 	"testing"
@@ -105,6 +106,36 @@ func TestFinishRefusesTrailingData(t *testing.T) {
 	}
 }
 
+// testdata/sparse.rbundle is the sample bundle with its image member
+// rewritten by Python's tarfile as a PAX sparse file (GNU sparse 0.1) that
+// claims 1 GiB while the archive holds 8000 bytes; see
+// testdata/make-sparse.py. tar.Writer refuses to write such records.
+func TestReaderRefusesSparse(t *testing.T) {
+	b, err := os.ReadFile("testdata/sparse.rbundle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := NewReader(bytes.NewReader(b))
+	if err == nil {
+		t.Fatalf("sparse image accepted, size %d", r.ImageSize)
+	}
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "sparse") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+// TestWriteSample writes testdata/sample.rbundle when asked, as the input
+// of testdata/make-sparse.py.
+func TestWriteSample(t *testing.T) {
+	if os.Getenv("BUNDLE_WRITE_SAMPLE") == "" {
+		t.Skip("set BUNDLE_WRITE_SAMPLE=1 to regenerate testdata/sample.rbundle")
+	}
+	c, img := sample()
+	if err := os.WriteFile("testdata/sample.rbundle", encode(t, c, img), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // FuzzReader feeds arbitrary bytes to the reader: it must never panic, and
 // must either refuse with one of its errors or yield a bundle whose parts
 // are within the limits.
@@ -116,6 +147,9 @@ func FuzzReader(f *testing.F) {
 	f.Add(good[:len(good)-1024])
 	f.Add(append(bytes.Clone(good), 1, 2, 3))
 	f.Add([]byte{})
+	if sparse, err := os.ReadFile("testdata/sparse.rbundle"); err == nil {
+		f.Add(sparse)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r, err := NewReader(bytes.NewReader(data))
 		if err != nil {
