@@ -108,7 +108,7 @@ func runVerify(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "verified %s\n", out.Target)
 	fmt.Fprintf(e.stdout, "  version %s, security version %d, hardware %s\n", out.Version, *out.SecurityVersion, strings.Join(out.HardwareIDs, ", "))
 	fmt.Fprintf(e.stdout, "  %d bytes in %d chunks, sha256 %s\n", out.Length, out.Chunks, out.SHA256)
-	fmt.Fprintf(e.stdout, "  signed by %d of %d %s keys: %s\n", len(out.Signers), out.Threshold, out.Role, strings.Join(out.Signers, ", "))
+	fmt.Fprintf(e.stdout, "  signed by %d %s keys (threshold %d): %s\n", len(out.Signers), out.Role, out.Threshold, strings.Join(out.Signers, ", "))
 	fmt.Fprintf(e.stdout, "  root version %d; timestamp expires %s\n", out.Versions["root"], out.Expires["timestamp"].Format(time.RFC3339))
 	return nil
 }
