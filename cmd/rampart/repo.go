@@ -9,6 +9,7 @@ import (
 	"strings"
 	"text/tabwriter"
 
+	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/repo"
 )
@@ -152,6 +153,57 @@ Example:
 			return err
 		}
 		fmt.Fprintf(e.stdout, "%s signed by %s\n", pos[1], id)
+		return nil
+	},
+}
+
+var repoImportCmd = &command{
+	name:    "repo import-signatures",
+	summary: "merge signatures made on other copies of a staged role",
+	usage: `
+Usage: rampart repo import-signatures DIR ROLE FILE...
+
+Key holders can sign in parallel, each on their own copy of the repository
+directory. Each FILE is a signed copy of ROLE's staged metadata (from the
+copy's staged/ directory); its content must be identical to DIR's staged
+ROLE. Every signature not yet present is checked (authorised key, valid
+signature) and added. Prints the key ids added.
+
+Example:
+    rampart repo import-signatures repo acme-gw holder-b/repo/staged/roles/acme-gw.json
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo import-signatures", flag.ContinueOnError)
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) < 3 {
+			return usagef("rampart repo import-signatures --help shows an example", "repo import-signatures takes DIR, ROLE and at least one FILE")
+		}
+		copies := map[string][]byte{}
+		for _, f := range pos[2:] {
+			b, err := readBounded(f, bundle.MaxMetadata)
+			if err != nil {
+				return err
+			}
+			copies[f] = b
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		added, err := r.ImportSignatures(pos[1], copies)
+		if err != nil {
+			return err
+		}
+		if len(added) == 0 {
+			fmt.Fprintf(e.stderr, "rampart: note: no new signatures; %s already carries them all\n", pos[1])
+		}
+		for _, id := range added {
+			fmt.Fprintf(e.stdout, "%s signed by %s\n", pos[1], id)
+		}
 		return nil
 	},
 }

@@ -3,8 +3,8 @@ package bundle
 import (
 	"bytes"
 	"errors"
-	"os"
 	"io"
+	"os"
 	"strings"
 	"testing"
 )
