@@ -1,0 +1,148 @@
+package blob
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/rampartfw/rampart/internal/atomicfile"
+)
+
+// FS stores blobs as files under a directory, fanned out by the first two
+// hex digits of their digest. A blob is written to a temporary file, hashed
+// on the way, fsynced, and renamed into place only when it matches, so a
+// crash or a bad upload never leaves a partial blob under a real name.
+type FS struct {
+	dir string
+}
+
+// NewFS returns a Store rooted at dir, creating it if needed.
+func NewFS(dir string) (*FS, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
+		return nil, err
+	}
+	return &FS{dir: dir}, nil
+}
+
+func (s *FS) path(d string) string { return filepath.Join(s.dir, d[:2], d) }
+
+func (s *FS) Put(ctx context.Context, digest string, length int64, r io.Reader) (err error) {
+	if err := CheckDigest(digest); err != nil {
+		return err
+	}
+	if length < 0 {
+		return fmt.Errorf("%w: negative length %d", ErrMismatch, length)
+	}
+	tmp, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "put-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		tmp.Close()
+		if err != nil {
+			os.Remove(tmp.Name())
+		}
+	}()
+	h := sha256.New()
+	// One byte more than expected reveals an over-long body without
+	// reading an endless one.
+	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(ctxReader{ctx, r}, length+1))
+	if err != nil {
+		return fmt.Errorf("blob %s: %w", digest, err)
+	}
+	if n != length {
+		return fmt.Errorf("%w: blob %s: got %s bytes, expected %d", ErrMismatch, digest, countString(n, length), length)
+	}
+	if got := hex.EncodeToString(h.Sum(nil)); got != digest {
+		return fmt.Errorf("%w: content hashes to %s, expected %s", ErrMismatch, got, digest)
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	dst := s.path(digest)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return atomicfile.Rename(tmp.Name(), dst)
+}
+
+func countString(n, length int64) string {
+	if n > length {
+		return "more"
+	}
+	return fmt.Sprint(n)
+}
+
+func (s *FS) Open(ctx context.Context, digest string) (Reader, error) {
+	if err := CheckDigest(digest); err != nil {
+		return nil, err
+	}
+	f, err := os.Open(s.path(digest))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s", ErrNotFound, digest)
+		}
+		return nil, err
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &fileReader{File: f, size: fi.Size()}, nil
+}
+
+func (s *FS) Stat(ctx context.Context, digest string) (int64, error) {
+	if err := CheckDigest(digest); err != nil {
+		return 0, err
+	}
+	fi, err := os.Stat(s.path(digest))
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return 0, fmt.Errorf("%w: %s", ErrNotFound, digest)
+		}
+		return 0, err
+	}
+	return fi.Size(), nil
+}
+
+func (s *FS) Delete(ctx context.Context, digest string) error {
+	if err := CheckDigest(digest); err != nil {
+		return err
+	}
+	if err := os.Remove(s.path(digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+type fileReader struct {
+	*os.File
+	size int64
+}
+
+func (f *fileReader) Size() int64 { return f.size }
+
+// ctxReader stops a long copy when the request is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}
+
+var _ Store = (*FS)(nil)
