@@ -1,12 +1,9 @@
-// Package failure classifies errors for the command-line programs: whether a
-// failure is a refusal (the input was checked and found bad), an input or
-// usage mistake, or a problem with the environment, and what the operator
-// should do about it. The programs turn the class into an exit code.
+// Package failure lets typed errors of the internal packages say which
+// class of failure they are, so the command-line programs can turn it into
+// a documented exit code, and what the operator should do about it.
 package failure
 
-import (
-	"errors"
-)
+import "errors"
 
 // Kind is the class of a failure. Its numeric value is the documented exit
 // code of the rampart command.
@@ -22,23 +19,8 @@ const (
 	Environment Kind = 3
 )
 
-// Error carries a failure class and an optional hint for the operator.
-type Error struct {
-	Kind Kind
-	Err  error
-	Hint string
-}
-
-func (e *Error) Error() string { return e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
-
-// Refusal, InputError and EnvError wrap err with a class and a hint.
-func Refusal(err error, hint string) error    { return &Error{Kind: Refused, Err: err, Hint: hint} }
-func InputError(err error, hint string) error { return &Error{Kind: Input, Err: err, Hint: hint} }
-func EnvError(err error, hint string) error   { return &Error{Kind: Environment, Err: err, Hint: hint} }
-
-// Classifier is implemented by typed errors of other packages (for example
-// security refusals) that know their own class.
+// Classifier is implemented by errors that know their class, for example
+// security refusals.
 type Classifier interface {
 	FailureKind() Kind
 }
@@ -48,29 +30,11 @@ type Hinter interface {
 	FailureHint() string
 }
 
-// KindOf returns the class of err. Unclassified errors count as environment
-// errors: the safe assumption is that the input was never judged.
-func KindOf(err error) Kind {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if fe, ok := e.(*Error); ok && fe.Kind != 0 {
-			return fe.Kind
-		}
-		if c, ok := e.(Classifier); ok {
-			return c.FailureKind()
-		}
-	}
-	return Environment
-}
-
-// HintOf returns the first hint found in err's chain, or "".
+// HintOf returns the first hint in err's chain, or "".
 func HintOf(err error) string {
-	for e := err; e != nil; e = errors.Unwrap(e) {
-		if fe, ok := e.(*Error); ok && fe.Hint != "" {
-			return fe.Hint
-		}
-		if h, ok := e.(Hinter); ok && h.FailureHint() != "" {
-			return h.FailureHint()
-		}
+	var h Hinter
+	if errors.As(err, &h) {
+		return h.FailureHint()
 	}
 	return ""
 }
