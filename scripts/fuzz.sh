@@ -9,6 +9,10 @@ targets=(
   "./internal/chunkindex FuzzParse"
   "./internal/keys FuzzParsePKCS11URI"
   "./internal/release FuzzFromTarget"
+  "./internal/bootenv FuzzParseUBoot"
+  "./internal/bootenv FuzzParseGRUB"
+  "./internal/logproof FuzzParseStatement"
+  "./internal/logproof FuzzParseProof"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<< "$t"

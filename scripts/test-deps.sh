@@ -14,6 +14,9 @@ check opensc pkcs11-tool
 check nodejs node
 check npm npm
 check openssl openssl
+check u-boot-tools mkenvimage
+check libubootenv-tool fw_setenv
+check grub-common grub-editenv
 
 if ((${#need[@]})); then
   echo "test-deps: installing ${need[*]}" >&2

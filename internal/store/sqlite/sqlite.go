@@ -1,0 +1,406 @@
+// Package sqlite is the embedded, default implementation of store.Store: one
+// SQLite database file (pure Go, modernc.org/sqlite) in WAL mode with full
+// synchronous commits, so that anything acknowledged survives kill -9 and
+// power loss. The schema is migrated in code at Open.
+package sqlite
+
+import (
+	"bytes"
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+
+	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/store"
+)
+
+// DB is a SQLite-backed store. It is safe for concurrent use.
+type DB struct {
+	db *sql.DB
+}
+
+var _ store.Store = (*DB)(nil)
+
+// migrations are applied in order; PRAGMA user_version records how many
+// have run. Never edit one that has shipped: append a new one.
+var migrations = []string{
+	`CREATE TABLE metadata (
+		repo TEXT NOT NULL, role TEXT NOT NULL, version INTEGER NOT NULL, data BLOB NOT NULL,
+		PRIMARY KEY (repo, role, version)
+	);
+	CREATE TABLE devices (
+		id TEXT PRIMARY KEY, hardware_id TEXT NOT NULL, cert_serial TEXT NOT NULL,
+		enrolled_at INTEGER NOT NULL, revoked_at INTEGER NOT NULL DEFAULT 0,
+		version TEXT NOT NULL DEFAULT '', security_version INTEGER NOT NULL DEFAULT 0,
+		report_counter INTEGER NOT NULL DEFAULT 0, last_status TEXT NOT NULL DEFAULT '',
+		last_seen INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE INDEX devices_hardware ON devices (hardware_id);
+	CREATE TABLE enroll_tokens (
+		hash TEXT PRIMARY KEY, hardware_id TEXT NOT NULL, expires INTEGER NOT NULL,
+		used_at INTEGER NOT NULL DEFAULT 0, used_by TEXT NOT NULL DEFAULT ''
+	);
+	CREATE TABLE operator_tokens (
+		hash TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+		created_at INTEGER NOT NULL, revoked_at INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE TABLE audit (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, entry TEXT NOT NULL);`,
+}
+
+// Open opens (creating if needed) the database at path and migrates it.
+func Open(path string) (*DB, error) {
+	q := url.Values{}
+	for _, p := range []string{"journal_mode(WAL)", "synchronous(FULL)", "busy_timeout(10000)", "foreign_keys(1)"} {
+		q.Add("_pragma", p)
+	}
+	// Writers take the lock when their transaction begins, so
+	// read-then-write transactions cannot deadlock on upgrade.
+	q.Set("_txlock", "immediate")
+	db, err := sql.Open("sqlite", "file:"+path+"?"+q.Encode())
+	if err != nil {
+		return nil, err
+	}
+	s := &DB{db: db}
+	if err := s.migrate(); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+func (s *DB) migrate() error {
+	var v int
+	if err := s.db.QueryRow(`PRAGMA user_version`).Scan(&v); err != nil {
+		return err
+	}
+	if v > len(migrations) {
+		return fmt.Errorf("database schema version %d is newer than this program knows (%d); upgrade rampart-server", v, len(migrations))
+	}
+	for i := v; i < len(migrations); i++ {
+		tx, err := s.db.Begin()
+		if err != nil {
+			return err
+		}
+		if _, err := tx.Exec(migrations[i]); err != nil {
+			tx.Rollback()
+			return fmt.Errorf("migration %d: %w", i+1, err)
+		}
+		if _, err := tx.Exec(fmt.Sprintf(`PRAGMA user_version = %d`, i+1)); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Close closes the database.
+func (s *DB) Close() error { return s.db.Close() }
+
+func ns(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func tm(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+func (s *DB) tx(ctx context.Context, f func(tx *sql.Tx) error) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := f(tx); err != nil {
+		tx.Rollback()
+		return err
+	}
+	return tx.Commit()
+}
+
+// PutDocs implements store.Metadata.
+func (s *DB) PutDocs(ctx context.Context, docs ...store.Doc) error {
+	return s.tx(ctx, func(tx *sql.Tx) error {
+		for _, d := range docs {
+			var old []byte
+			err := tx.QueryRowContext(ctx, `SELECT data FROM metadata WHERE repo = ? AND role = ? AND version = ?`, d.Repo, d.Role, d.Version).Scan(&old)
+			switch {
+			case err == nil:
+				if !bytes.Equal(old, d.Data) {
+					return fmt.Errorf("%s %s version %d: %w", d.Repo, d.Role, d.Version, store.ErrConflict)
+				}
+			case errors.Is(err, sql.ErrNoRows):
+				if _, err := tx.ExecContext(ctx, `INSERT INTO metadata (repo, role, version, data) VALUES (?, ?, ?, ?)`, d.Repo, d.Role, d.Version, d.Data); err != nil {
+					return err
+				}
+			default:
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Doc implements store.Metadata.
+func (s *DB) Doc(ctx context.Context, repo, role string, version int64) (store.Doc, error) {
+	d := store.Doc{Repo: repo, Role: role}
+	var err error
+	if version == 0 {
+		err = s.db.QueryRowContext(ctx, `SELECT version, data FROM metadata WHERE repo = ? AND role = ? ORDER BY version DESC LIMIT 1`, repo, role).Scan(&d.Version, &d.Data)
+	} else {
+		d.Version = version
+		err = s.db.QueryRowContext(ctx, `SELECT data FROM metadata WHERE repo = ? AND role = ? AND version = ?`, repo, role, version).Scan(&d.Data)
+	}
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("%s %s version %d: %w", repo, role, version, store.ErrNotFound)
+	}
+	return d, err
+}
+
+// CreateDevice implements store.Devices.
+func (s *DB) CreateDevice(ctx context.Context, d store.Device) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO devices (id, hardware_id, cert_serial, enrolled_at) VALUES (?, ?, ?, ?)`, d.ID, d.HardwareID, d.CertSerial, ns(d.EnrolledAt))
+	if err != nil && isConstraint(err) {
+		return fmt.Errorf("device %s: %w", d.ID, store.ErrExists)
+	}
+	return err
+}
+
+const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen`
+
+func scanDevice(row interface{ Scan(...any) error }) (store.Device, error) {
+	var d store.Device
+	var enrolled, revoked, seen int64
+	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen)
+	d.EnrolledAt, d.RevokedAt, d.LastSeen = tm(enrolled), tm(revoked), tm(seen)
+	return d, err
+}
+
+// Device implements store.Devices.
+func (s *DB) Device(ctx context.Context, id string) (store.Device, error) {
+	d, err := scanDevice(s.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+	}
+	return d, err
+}
+
+// DevicesByHardware implements store.Devices.
+func (s *DB) DevicesByHardware(ctx context.Context, hw string) ([]store.Device, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE hardware_id = ? ORDER BY id`, hw)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// CountDevices implements store.Devices.
+func (s *DB) CountDevices(ctx context.Context) (int, error) {
+	var n int
+	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM devices`).Scan(&n)
+	return n, err
+}
+
+// RevokeDevice implements store.Devices.
+func (s *DB) RevokeDevice(ctx context.Context, id string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at = 0`, ns(at), id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		if _, err := s.Device(ctx, id); err != nil {
+			return err
+		}
+		return fmt.Errorf("device %s: %w", id, store.ErrRevoked)
+	}
+	return nil
+}
+
+// RecordReport implements store.Devices. The counter check and the update
+// are one statement, so two replicas cannot both accept the same counter.
+func (s *DB) RecordReport(ctx context.Context, id string, r store.Report) error {
+	q := `UPDATE devices SET report_counter = ?, last_status = ?, last_seen = ?`
+	args := []any{r.Counter, r.Status, ns(r.At)}
+	if r.Installed {
+		q += `, version = ?, security_version = ?`
+		args = append(args, r.Version, r.SecurityVersion)
+	}
+	q += ` WHERE id = ? AND report_counter < ? AND revoked_at = 0`
+	args = append(args, id, r.Counter)
+	res, err := s.db.ExecContext(ctx, q, args...)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 1 {
+		return nil
+	}
+	d, err := s.Device(ctx, id)
+	if err != nil {
+		return err
+	}
+	if !d.RevokedAt.IsZero() {
+		return fmt.Errorf("device %s: %w", id, store.ErrRevoked)
+	}
+	return fmt.Errorf("device %s: report counter %d is not above %d: %w", id, r.Counter, d.ReportCounter, store.ErrReplay)
+}
+
+// CreateEnrollToken implements store.Tokens.
+func (s *DB) CreateEnrollToken(ctx context.Context, t store.EnrollToken) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO enroll_tokens (hash, hardware_id, expires) VALUES (?, ?, ?)`, t.Hash, t.HardwareID, ns(t.Expires))
+	if err != nil && isConstraint(err) {
+		return fmt.Errorf("enrollment token: %w", store.ErrExists)
+	}
+	return err
+}
+
+// ConsumeEnrollToken implements store.Tokens: one conditional UPDATE, so
+// exactly one concurrent caller wins.
+func (s *DB) ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now time.Time) (store.EnrollToken, error) {
+	var t store.EnrollToken
+	res, err := s.db.ExecContext(ctx, `UPDATE enroll_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at = 0 AND expires > ?`, ns(now), deviceID, hash, ns(now))
+	if err != nil {
+		return t, err
+	}
+	n, _ := res.RowsAffected()
+	var expires, used int64
+	err = s.db.QueryRowContext(ctx, `SELECT hash, hardware_id, expires, used_at, used_by FROM enroll_tokens WHERE hash = ?`, hash).Scan(&t.Hash, &t.HardwareID, &expires, &used, &t.UsedBy)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("enrollment token: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return t, err
+	}
+	t.Expires, t.UsedAt = tm(expires), tm(used)
+	if n == 1 {
+		return t, nil
+	}
+	if used != 0 {
+		return t, fmt.Errorf("enrollment token: %w", store.ErrUsed)
+	}
+	return t, fmt.Errorf("enrollment token expired at %s: %w", t.Expires.Format(time.RFC3339), store.ErrExpired)
+}
+
+// CreateOperatorToken implements store.Tokens.
+func (s *DB) CreateOperatorToken(ctx context.Context, t store.OperatorToken) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO operator_tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)`, t.Hash, t.Name, t.Role, ns(t.CreatedAt))
+	if err != nil && isConstraint(err) {
+		return fmt.Errorf("operator token %s: %w", t.Name, store.ErrExists)
+	}
+	return err
+}
+
+// OperatorToken implements store.Tokens.
+func (s *DB) OperatorToken(ctx context.Context, hash string) (store.OperatorToken, error) {
+	var t store.OperatorToken
+	var created, revoked int64
+	err := s.db.QueryRowContext(ctx, `SELECT hash, name, role, created_at, revoked_at FROM operator_tokens WHERE hash = ?`, hash).Scan(&t.Hash, &t.Name, &t.Role, &created, &revoked)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("operator token: %w", store.ErrNotFound)
+	}
+	if err != nil {
+		return t, err
+	}
+	t.CreatedAt, t.RevokedAt = tm(created), tm(revoked)
+	if revoked != 0 {
+		return t, fmt.Errorf("operator token %s: %w", t.Name, store.ErrRevoked)
+	}
+	return t, nil
+}
+
+// RevokeOperatorToken implements store.Tokens.
+func (s *DB) RevokeOperatorToken(ctx context.Context, name string, at time.Time) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE operator_tokens SET revoked_at = ? WHERE name = ? AND revoked_at = 0`, ns(at), name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("operator token %s: %w", name, store.ErrNotFound)
+	}
+	return nil
+}
+
+// AppendAudit implements store.Audit. The transaction begins IMMEDIATE, so
+// reading the head and inserting the next entry cannot interleave with
+// another writer.
+func (s *DB) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error) {
+	var out audit.Entry
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var prev *audit.Entry
+		var raw string
+		err := tx.QueryRowContext(ctx, `SELECT entry FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&raw)
+		switch {
+		case err == nil:
+			var p audit.Entry
+			if err := json.Unmarshal([]byte(raw), &p); err != nil {
+				return fmt.Errorf("audit head: %w", err)
+			}
+			prev = &p
+		case !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		n, err := audit.Append(prev, e)
+		if err != nil {
+			return err
+		}
+		b, err := json.Marshal(n)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO audit (seq, hash, entry) VALUES (?, ?, ?)`, n.Seq, n.Hash, string(b)); err != nil {
+			return err
+		}
+		out = n
+		return nil
+	})
+	return out, err
+}
+
+// AuditEntries implements store.Audit.
+func (s *DB) AuditEntries(ctx context.Context, after uint64, limit int) ([]audit.Entry, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT entry FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []audit.Entry
+	for rows.Next() {
+		var raw string
+		if err := rows.Scan(&raw); err != nil {
+			return nil, err
+		}
+		var e audit.Entry
+		if err := json.Unmarshal([]byte(raw), &e); err != nil {
+			return nil, fmt.Errorf("audit entry: %w", err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+func isConstraint(err error) bool {
+	// modernc.org/sqlite reports constraint violations with this text;
+	// matching it avoids importing the driver's internal error codes.
+	return err != nil && (bytes.Contains([]byte(err.Error()), []byte("UNIQUE constraint failed")) || bytes.Contains([]byte(err.Error()), []byte("PRIMARY KEY")))
+}

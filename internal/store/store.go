@@ -1,0 +1,145 @@
+// Package store defines the server's metadata store: the small interfaces
+// the server's parts program against (repository metadata, devices,
+// enrollment and operator tokens, the audit log), and the errors every
+// implementation returns. Implementations live in sub-packages (sqlite
+// today; PostgreSQL later) and must pass storetest.Run.
+//
+// The store holds only what must survive a restart and be shared between
+// replicas. Its security-relevant operations are atomic in the store
+// itself, not in callers: a one-time token is consumed by exactly one
+// caller, a device report counter only moves forward, and audit entries
+// are chained inside the transaction that appends them.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/audit"
+)
+
+// Errors implementations return, wrapped with detail.
+var (
+	ErrNotFound = errors.New("not found")
+	ErrExists   = errors.New("already exists")
+	// ErrConflict: an immutable record exists with different content.
+	ErrConflict = errors.New("conflicts with the stored record")
+	ErrExpired  = errors.New("expired")
+	ErrUsed     = errors.New("already used")
+	// ErrReplay: a device report's counter is not above the last one.
+	ErrReplay  = errors.New("replayed or out-of-order report")
+	ErrRevoked = errors.New("revoked")
+)
+
+// Doc is one versioned metadata document of a repository. Repo is "image"
+// for the image repository or "director/DEVICE" for a device's director
+// repository; Role is the TUF role name (root, targets, a product,
+// snapshot, timestamp).
+type Doc struct {
+	Repo    string
+	Role    string
+	Version int64
+	Data    []byte
+}
+
+// Metadata stores versioned TUF metadata. Versions are immutable.
+type Metadata interface {
+	// PutDocs stores docs atomically: all or none. Storing a version
+	// again with identical bytes is a no-op; different bytes fail with
+	// ErrConflict.
+	PutDocs(ctx context.Context, docs ...Doc) error
+	// Doc returns one version; version 0 means the latest.
+	Doc(ctx context.Context, repo, role string, version int64) (Doc, error)
+}
+
+// Device is an enrolled device.
+type Device struct {
+	ID         string
+	HardwareID string
+	// CertSerial is the serial number of its current client certificate.
+	CertSerial string
+	EnrolledAt time.Time
+	RevokedAt  time.Time // zero when not revoked
+	// What the device last reported running after a confirmed boot.
+	Version         string
+	SecurityVersion uint64
+	// ReportCounter is the highest report counter accepted.
+	ReportCounter uint64
+	LastStatus    string
+	LastSeen      time.Time
+}
+
+// Report is a device's status report.
+type Report struct {
+	Counter uint64
+	Status  string
+	// Installed is set only when the device confirmed a boot of a new
+	// release; only then do Version and SecurityVersion change.
+	Installed       bool
+	Version         string
+	SecurityVersion uint64
+	At              time.Time
+}
+
+// Devices stores the device registry.
+type Devices interface {
+	CreateDevice(ctx context.Context, d Device) error
+	Device(ctx context.Context, id string) (Device, error)
+	DevicesByHardware(ctx context.Context, hardwareID string) ([]Device, error)
+	RevokeDevice(ctx context.Context, id string, at time.Time) error
+	// RecordReport accepts a report only if its counter is above the
+	// stored one (ErrReplay otherwise) and the device is not revoked.
+	RecordReport(ctx context.Context, id string, r Report) error
+	CountDevices(ctx context.Context) (int, error)
+}
+
+// EnrollToken is a one-time enrollment token, stored by the hash of its
+// secret.
+type EnrollToken struct {
+	Hash       string
+	HardwareID string
+	Expires    time.Time
+	UsedAt     time.Time
+	UsedBy     string
+}
+
+// OperatorToken is an API token, stored by the hash of its secret.
+type OperatorToken struct {
+	Hash      string
+	Name      string
+	Role      string
+	CreatedAt time.Time
+	RevokedAt time.Time
+}
+
+// Tokens stores enrollment and operator tokens.
+type Tokens interface {
+	CreateEnrollToken(ctx context.Context, t EnrollToken) error
+	// ConsumeEnrollToken marks the token used by deviceID and returns it.
+	// Exactly one of any number of concurrent callers succeeds; the
+	// others get ErrUsed. An expired token gives ErrExpired.
+	ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now time.Time) (EnrollToken, error)
+	CreateOperatorToken(ctx context.Context, t OperatorToken) error
+	// OperatorToken returns a token that is not revoked.
+	OperatorToken(ctx context.Context, hash string) (OperatorToken, error)
+	RevokeOperatorToken(ctx context.Context, name string, at time.Time) error
+}
+
+// Audit stores the audit log.
+type Audit interface {
+	// AppendAudit chains e after the current last entry (see
+	// audit.Append) in one transaction and returns the stored entry.
+	AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error)
+	// AuditEntries returns up to limit entries with Seq > after, in order.
+	AuditEntries(ctx context.Context, after uint64, limit int) ([]audit.Entry, error)
+}
+
+// Store is everything the server keeps.
+type Store interface {
+	Metadata
+	Devices
+	Tokens
+	Audit
+	Close() error
+}

@@ -1,0 +1,258 @@
+// Package storetest is the conformance suite every store.Store
+// implementation runs (sumdb's storage.TestStorage is the model), so that
+// SQLite and a later PostgreSQL store behave identically, including under
+// concurrency for the operations security depends on.
+package storetest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/store"
+)
+
+// Run runs the suite; newStore returns a fresh, empty store each call.
+func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
+	ctx := context.Background()
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	open := func(t *testing.T) store.Store {
+		s := newStore(t)
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	is := func(t *testing.T, err, want error) {
+		t.Helper()
+		if !errors.Is(err, want) {
+			t.Fatalf("got %v, want %v", err, want)
+		}
+	}
+
+	t.Run("MetadataVersions", func(t *testing.T) {
+		s := open(t)
+		_, err := s.Doc(ctx, "image", "timestamp", 0)
+		is(t, err, store.ErrNotFound)
+		if err := s.PutDocs(ctx, store.Doc{Repo: "image", Role: "root", Version: 1, Data: []byte("r1")}, store.Doc{Repo: "image", Role: "root", Version: 2, Data: []byte("r2")}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.Doc(ctx, "image", "root", 0)
+		if err != nil || d.Version != 2 || string(d.Data) != "r2" {
+			t.Fatalf("latest = %+v, %v", d, err)
+		}
+		d, err = s.Doc(ctx, "image", "root", 1)
+		if err != nil || string(d.Data) != "r1" {
+			t.Fatalf("v1 = %+v, %v", d, err)
+		}
+		// Repositories are separate namespaces.
+		_, err = s.Doc(ctx, "director/dev-1", "root", 1)
+		is(t, err, store.ErrNotFound)
+		// Same bytes again: fine. Different bytes: conflict.
+		if err := s.PutDocs(ctx, store.Doc{Repo: "image", Role: "root", Version: 1, Data: []byte("r1")}); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.PutDocs(ctx, store.Doc{Repo: "image", Role: "root", Version: 1, Data: []byte("evil")}), store.ErrConflict)
+	})
+	t.Run("MetadataBatchIsAtomic", func(t *testing.T) {
+		s := open(t)
+		if err := s.PutDocs(ctx, store.Doc{Repo: "image", Role: "snapshot", Version: 1, Data: []byte("s1")}); err != nil {
+			t.Fatal(err)
+		}
+		// The second doc conflicts, so the first must not be stored.
+		err := s.PutDocs(ctx, store.Doc{Repo: "image", Role: "targets", Version: 1, Data: []byte("t1")}, store.Doc{Repo: "image", Role: "snapshot", Version: 1, Data: []byte("other")})
+		is(t, err, store.ErrConflict)
+		_, err = s.Doc(ctx, "image", "targets", 1)
+		is(t, err, store.ErrNotFound)
+	})
+
+	t.Run("Devices", func(t *testing.T) {
+		s := open(t)
+		dev := store.Device{ID: "dev-1", HardwareID: "acme-gw-rev2", CertSerial: "01", EnrolledAt: now}
+		if err := s.CreateDevice(ctx, dev); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.CreateDevice(ctx, dev), store.ErrExists)
+		s.CreateDevice(ctx, store.Device{ID: "dev-2", HardwareID: "acme-gw-rev2", CertSerial: "02", EnrolledAt: now})
+		s.CreateDevice(ctx, store.Device{ID: "dev-3", HardwareID: "other", CertSerial: "03", EnrolledAt: now})
+		ds, err := s.DevicesByHardware(ctx, "acme-gw-rev2")
+		if err != nil || len(ds) != 2 || ds[0].ID != "dev-1" {
+			t.Fatalf("%v %v", ds, err)
+		}
+		if n, err := s.CountDevices(ctx); err != nil || n != 3 {
+			t.Fatalf("count %d %v", n, err)
+		}
+		got, err := s.Device(ctx, "dev-1")
+		if err != nil || got.HardwareID != "acme-gw-rev2" || !got.EnrolledAt.Equal(now) || !got.RevokedAt.IsZero() {
+			t.Fatalf("%+v %v", got, err)
+		}
+		_, err = s.Device(ctx, "nope")
+		is(t, err, store.ErrNotFound)
+	})
+	t.Run("ReportsOnlyMoveForward", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
+		if err := s.RecordReport(ctx, "d", store.Report{Counter: 5, Status: "downloading", At: now}); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.RecordReport(ctx, "d", store.Report{Counter: 5, Status: "installed", Installed: true, Version: "9.9.9", At: now}), store.ErrReplay)
+		is(t, s.RecordReport(ctx, "d", store.Report{Counter: 4, Status: "installed", At: now}), store.ErrReplay)
+		// Only an installed report changes what the device runs.
+		if err := s.RecordReport(ctx, "d", store.Report{Counter: 6, Status: "installed-pending-reboot", Version: "2.4.1", SecurityVersion: 7, At: now}); err != nil {
+			t.Fatal(err)
+		}
+		d, _ := s.Device(ctx, "d")
+		if d.Version != "" || d.ReportCounter != 6 || d.LastStatus != "installed-pending-reboot" {
+			t.Fatalf("%+v", d)
+		}
+		if err := s.RecordReport(ctx, "d", store.Report{Counter: 7, Status: "installed", Installed: true, Version: "2.4.1", SecurityVersion: 7, At: now}); err != nil {
+			t.Fatal(err)
+		}
+		d, _ = s.Device(ctx, "d")
+		if d.Version != "2.4.1" || d.SecurityVersion != 7 {
+			t.Fatalf("%+v", d)
+		}
+		is(t, s.RecordReport(ctx, "nope", store.Report{Counter: 1}), store.ErrNotFound)
+	})
+	t.Run("ConcurrentReportsAcceptEachCounterOnce", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
+		var ok atomic.Int32
+		var wg sync.WaitGroup
+		for i := 0; i < 16; i++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if s.RecordReport(ctx, "d", store.Report{Counter: 1, Status: "x", At: now}) == nil {
+					ok.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if ok.Load() != 1 {
+			t.Fatalf("counter 1 accepted %d times", ok.Load())
+		}
+	})
+	t.Run("RevokedDevice", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
+		if err := s.RevokeDevice(ctx, "d", now); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.RevokeDevice(ctx, "d", now), store.ErrRevoked)
+		is(t, s.RecordReport(ctx, "d", store.Report{Counter: 1}), store.ErrRevoked)
+		d, _ := s.Device(ctx, "d")
+		if !d.RevokedAt.Equal(now) {
+			t.Fatalf("%+v", d)
+		}
+		is(t, s.RevokeDevice(ctx, "nope", now), store.ErrNotFound)
+	})
+
+	t.Run("EnrollTokens", func(t *testing.T) {
+		s := open(t)
+		if err := s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h1", HardwareID: "hw", Expires: now.Add(time.Hour)}); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h1", HardwareID: "hw", Expires: now}), store.ErrExists)
+		tok, err := s.ConsumeEnrollToken(ctx, "h1", "dev-1", now)
+		if err != nil || tok.HardwareID != "hw" || tok.UsedBy != "dev-1" {
+			t.Fatalf("%+v %v", tok, err)
+		}
+		_, err = s.ConsumeEnrollToken(ctx, "h1", "dev-2", now)
+		is(t, err, store.ErrUsed)
+		s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h2", HardwareID: "hw", Expires: now})
+		_, err = s.ConsumeEnrollToken(ctx, "h2", "dev-3", now)
+		is(t, err, store.ErrExpired)
+		_, err = s.ConsumeEnrollToken(ctx, "nope", "dev-3", now)
+		is(t, err, store.ErrNotFound)
+	})
+	t.Run("EnrollTokenUsedOnceUnderConcurrency", func(t *testing.T) {
+		s := open(t)
+		s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h", HardwareID: "hw", Expires: now.Add(time.Hour)})
+		var ok, used atomic.Int32
+		var wg sync.WaitGroup
+		for i := 0; i < 16; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				_, err := s.ConsumeEnrollToken(ctx, "h", fmt.Sprintf("dev-%d", i), now)
+				switch {
+				case err == nil:
+					ok.Add(1)
+				case errors.Is(err, store.ErrUsed):
+					used.Add(1)
+				}
+			}(i)
+		}
+		wg.Wait()
+		if ok.Load() != 1 || used.Load() != 15 {
+			t.Fatalf("%d succeeded, %d refused as used", ok.Load(), used.Load())
+		}
+	})
+	t.Run("OperatorTokens", func(t *testing.T) {
+		s := open(t)
+		if err := s.CreateOperatorToken(ctx, store.OperatorToken{Hash: "h", Name: "ci", Role: "release-manager", CreatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.CreateOperatorToken(ctx, store.OperatorToken{Hash: "h2", Name: "ci", Role: "admin", CreatedAt: now}), store.ErrExists)
+		tok, err := s.OperatorToken(ctx, "h")
+		if err != nil || tok.Role != "release-manager" || tok.Name != "ci" {
+			t.Fatalf("%+v %v", tok, err)
+		}
+		if err := s.RevokeOperatorToken(ctx, "ci", now); err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.OperatorToken(ctx, "h")
+		is(t, err, store.ErrRevoked)
+		is(t, s.RevokeOperatorToken(ctx, "ci", now), store.ErrNotFound)
+		_, err = s.OperatorToken(ctx, "nope")
+		is(t, err, store.ErrNotFound)
+	})
+
+	t.Run("AuditChain", func(t *testing.T) {
+		s := open(t)
+		for i := 0; i < 5; i++ {
+			if _, err := s.AppendAudit(ctx, audit.Entry{Time: now, Actor: "admin", Action: "push", Outcome: "ok", Detail: map[string]string{"i": fmt.Sprint(i)}}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		es, err := s.AuditEntries(ctx, 0, 100)
+		if err != nil || len(es) != 5 {
+			t.Fatalf("%d %v", len(es), err)
+		}
+		if err := audit.Verify(nil, es); err != nil {
+			t.Fatal(err)
+		}
+		page, _ := s.AuditEntries(ctx, 2, 2)
+		if len(page) != 2 || page[0].Seq != 3 {
+			t.Fatalf("%+v", page)
+		}
+		if err := audit.Verify(&es[1], page); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("AuditConcurrentAppendsStayChained", func(t *testing.T) {
+		s := open(t)
+		var wg sync.WaitGroup
+		for i := 0; i < 20; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				if _, err := s.AppendAudit(ctx, audit.Entry{Time: now, Actor: fmt.Sprint("a", i), Action: "report", Outcome: "ok"}); err != nil {
+					t.Error(err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		es, _ := s.AuditEntries(ctx, 0, 100)
+		if len(es) != 20 {
+			t.Fatalf("%d entries", len(es))
+		}
+		if err := audit.Verify(nil, es); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
