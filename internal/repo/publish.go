@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -17,6 +16,7 @@ import (
 	"github.com/rampartfw/rampart/internal/chunkindex"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -86,9 +86,7 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 	if s.timestamp != nil {
 		tsVersion = s.timestamp.Signed.Version + 1
 	}
-	snap := metadata.Snapshot(r.now().Add(r.cfg.ExpiryFor(metadata.SNAPSHOT)))
-	snap.Signed.Version = snapVersion
-	snap.Signed.Meta = map[string]*metadata.MetaFiles{}
+	var pinned []snapshot.Role
 	for _, role := range roles {
 		doc, staged := s.doc(role)
 		var b []byte
@@ -102,30 +100,21 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 		} else if b, err = os.ReadFile(r.publicPath(role, v)); err != nil {
 			return nil, err
 		}
-		mf := metadata.MetaFile(v)
-		mf.Length = int64(len(b))
-		mf.Hashes = metadata.Hashes{"sha256": sha256Sum(b)}
-		snap.Signed.Meta[role+".json"] = mf
+		pinned = append(pinned, snapshot.Role{Name: role, Version: v, Data: b})
 		res.Versions[role] = v
 	}
-	if err := signOnline(s.root, metadata.SNAPSHOT, snap, online); err != nil {
-		return nil, err
-	}
-	snapBytes, err := snap.ToBytes(true)
-	if err != nil {
-		return nil, err
-	}
-	ts := metadata.Timestamp(r.now().Add(r.cfg.ExpiryFor(metadata.TIMESTAMP)))
-	ts.Signed.Version = tsVersion
-	smf := metadata.MetaFile(snapVersion)
-	smf.Length = int64(len(snapBytes))
-	smf.Hashes = metadata.Hashes{"sha256": sha256Sum(snapBytes)}
-	ts.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": smf}
-	if err := signOnline(s.root, metadata.TIMESTAMP, ts, online); err != nil {
-		return nil, err
-	}
-	tsBytes, err := ts.ToBytes(true)
-	if err != nil {
+	snapBytes, tsBytes, err := snapshot.Sign(snapshot.Options{
+		Root: s.root, Roles: pinned,
+		SnapshotVersion: snapVersion, TimestampVersion: tsVersion,
+		SnapshotExpires:  r.now().Add(r.cfg.ExpiryFor(metadata.SNAPSHOT)),
+		TimestampExpires: r.now().Add(r.cfg.ExpiryFor(metadata.TIMESTAMP)),
+		Signers:          online,
+	})
+	if errors.Is(err, snapshot.ErrNoKey) {
+		return nil, fmt.Errorf("%w: %v", ErrNotAuthorised, err)
+	} else if errors.Is(err, snapshot.ErrBelowThreshold) {
+		return nil, fmt.Errorf("%w: %v", ErrBelowThreshold, err)
+	} else if err != nil {
 		return nil, err
 	}
 	res.Versions[metadata.ROOT] = s.root.Signed.Version
@@ -187,38 +176,6 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 		os.Remove(b)
 	}
 	return res, nil
-}
-
-// signOnline signs an online role with every given key authorised for it
-// and checks the role's threshold with go-tuf.
-func signOnline[T metadata.Roles](root *metadata.Metadata[metadata.RootType], role string, m *metadata.Metadata[T], online []keys.Signer) error {
-	want := root.Signed.Roles[role].KeyIDs
-	signed := 0
-	for _, sg := range online {
-		id, err := keys.ID(sg.Public())
-		if err != nil {
-			return err
-		}
-		if !slices.Contains(want, id) {
-			continue
-		}
-		if _, err := m.Sign(keys.ForTUF(sg)); err != nil {
-			return fmt.Errorf("signing %s with key %s: %w", role, id, err)
-		}
-		signed++
-	}
-	if signed == 0 {
-		var got []string
-		for _, sg := range online {
-			id, _ := keys.ID(sg.Public())
-			got = append(got, id)
-		}
-		return fmt.Errorf("%w: none of the given keys (%s) is a %s key; the root names %s", ErrNotAuthorised, strings.Join(got, ", "), role, strings.Join(want, ", "))
-	}
-	if err := root.VerifyDelegate(role, m); err != nil {
-		return fmt.Errorf("%w: %s: %v", ErrBelowThreshold, role, err)
-	}
-	return nil
 }
 
 // clientView assembles the metadata a client would fetch after this

@@ -1,0 +1,109 @@
+// Package snapshot signs a repository's online roles: the snapshot, which
+// pins the version, length and hash of every targets-type role, and the
+// timestamp, which pins the snapshot. The offline publisher (rampart repo
+// publish) and the server (on every accepted push and timestamp refresh)
+// use the same code, so their repositories cannot drift apart.
+package snapshot
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/keys"
+)
+
+// ErrNoKey means none of the given keys is authorised for the role.
+var ErrNoKey = errors.New("no authorised online key")
+
+// ErrBelowThreshold means the given keys cannot reach the role's threshold.
+var ErrBelowThreshold = errors.New("online keys below threshold")
+
+// Role is one targets-type role as the snapshot will pin it.
+type Role struct {
+	Name    string // "targets" or a delegated role
+	Version int64
+	Data    []byte // the exact bytes clients will fetch
+}
+
+// Options of one signing.
+type Options struct {
+	Root             *metadata.Metadata[metadata.RootType]
+	Roles            []Role
+	SnapshotVersion  int64
+	TimestampVersion int64
+	SnapshotExpires  time.Time
+	TimestampExpires time.Time
+	Signers          []keys.Signer
+}
+
+// Sign returns the encoded snapshot and timestamp.
+func Sign(o Options) (snap, ts []byte, err error) {
+	s := metadata.Snapshot(o.SnapshotExpires.UTC().Truncate(time.Second))
+	s.Signed.Version = o.SnapshotVersion
+	s.Signed.Meta = map[string]*metadata.MetaFiles{}
+	roles := slices.Clone(o.Roles)
+	sort.Slice(roles, func(i, j int) bool { return roles[i].Name < roles[j].Name })
+	for _, r := range roles {
+		s.Signed.Meta[r.Name+".json"] = metaFile(r.Version, r.Data)
+	}
+	if err := signRole(o.Root, metadata.SNAPSHOT, s, o.Signers); err != nil {
+		return nil, nil, err
+	}
+	if snap, err = s.ToBytes(true); err != nil {
+		return nil, nil, err
+	}
+	t := metadata.Timestamp(o.TimestampExpires.UTC().Truncate(time.Second))
+	t.Signed.Version = o.TimestampVersion
+	t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": metaFile(o.SnapshotVersion, snap)}
+	if err := signRole(o.Root, metadata.TIMESTAMP, t, o.Signers); err != nil {
+		return nil, nil, err
+	}
+	if ts, err = t.ToBytes(true); err != nil {
+		return nil, nil, err
+	}
+	return snap, ts, nil
+}
+
+func metaFile(version int64, data []byte) *metadata.MetaFiles {
+	sum := sha256.Sum256(data)
+	mf := metadata.MetaFile(version)
+	mf.Length = int64(len(data))
+	mf.Hashes = metadata.Hashes{"sha256": sum[:]}
+	return mf
+}
+
+// signRole signs with every given key authorised for role and checks the
+// role's threshold with go-tuf.
+func signRole[T metadata.Roles](root *metadata.Metadata[metadata.RootType], role string, m *metadata.Metadata[T], signers []keys.Signer) error {
+	want := root.Signed.Roles[role].KeyIDs
+	signed := 0
+	var got []string
+	for _, sg := range signers {
+		id, err := keys.ID(sg.Public())
+		if err != nil {
+			return err
+		}
+		got = append(got, id)
+		if !slices.Contains(want, id) {
+			continue
+		}
+		if _, err := m.Sign(keys.ForTUF(sg)); err != nil {
+			return fmt.Errorf("signing %s with key %s: %w", role, id, err)
+		}
+		signed++
+	}
+	if signed == 0 {
+		return fmt.Errorf("%w: none of the given keys (%s) is a %s key; the root names %s", ErrNoKey, strings.Join(got, ", "), role, strings.Join(want, ", "))
+	}
+	if err := root.VerifyDelegate(role, m); err != nil {
+		return fmt.Errorf("%w: %s: %v", ErrBelowThreshold, role, err)
+	}
+	return nil
+}
