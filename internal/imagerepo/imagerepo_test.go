@@ -1,0 +1,260 @@
+package imagerepo_test
+
+import (
+	"crypto"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/imagerepo"
+	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/repo"
+)
+
+type fx struct {
+	t                             *testing.T
+	rootA, rootB, targets, online keys.Signer
+	relA, relB, relC              keys.Signer
+	first                         imagerepo.Push
+	state                         imagerepo.State
+}
+
+func key(t *testing.T) keys.Signer {
+	s, err := keys.Generate(keys.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return keys.InMemory(s)
+}
+
+func pubs(ss ...keys.Signer) (out []crypto.PublicKey) {
+	for _, s := range ss {
+		out = append(out, s.Public())
+	}
+	return out
+}
+
+// newFx builds an offline repository with one release (acme-gw 1.0.0,
+// security version 7, signed by rel-a and rel-c of a 2-of-3 role) and
+// pushes it to an empty server state.
+func newFx(t *testing.T) *fx {
+	f := &fx{t: t, rootA: key(t), rootB: key(t), targets: key(t), online: key(t), relA: key(t), relB: key(t), relC: key(t)}
+	dir := filepath.Join(t.TempDir(), "repo")
+	r, err := repo.Init(dir, repo.InitOptions{RootKeys: pubs(f.rootA, f.rootB), RootThreshold: 2, TargetsKeys: pubs(f.targets), TargetsThreshold: 1, SnapshotKeys: pubs(f.online), TimestampKeys: pubs(f.online)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	sign := func(role string, ss ...keys.Signer) {
+		for _, s := range ss {
+			if _, err := r.Sign(role, s); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	sign("root", f.rootA, f.rootB)
+	if err := r.Delegate("acme-gw", pubs(f.relA, f.relB, f.relC), 2); err != nil {
+		t.Fatal(err)
+	}
+	sign("targets", f.targets)
+	img := filepath.Join(t.TempDir(), "fw.img")
+	b := make([]byte, 100000)
+	rand.Read(b)
+	os.WriteFile(img, b, 0o644)
+	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 7, Hardware: []string{"hw"}}); err != nil {
+		t.Fatal(err)
+	}
+	sign("acme-gw", f.relA, f.relC)
+	if _, err := r.Publish([]keys.Signer{f.online}); err != nil {
+		t.Fatal(err)
+	}
+	read := func(name string) []byte {
+		b, err := os.ReadFile(filepath.Join(dir, "public", name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	f.first = imagerepo.Push{Roots: [][]byte{read("1.root.json")}, Targets: read("1.targets.json"), Roles: map[string][]byte{"acme-gw": read("1.acme-gw.json")}}
+	acc, err := imagerepo.Accept(imagerepo.State{}, f.first, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acc.NewReleases) != 1 || acc.NewReleases[0].Target != "acme-gw/1.0.0/fw.img" || acc.NewReleases[0].Image.Length != 100000 {
+		t.Fatalf("%+v", acc.NewReleases)
+	}
+	f.state = acc.State
+	return f
+}
+
+// edit re-signs a targets-type document after edit, bumping its version.
+func edit(t *testing.T, raw []byte, change func(m *metadata.Metadata[metadata.TargetsType]), signers ...keys.Signer) []byte {
+	m, err := metadata.Targets().FromBytes(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Signed.Version++
+	change(m)
+	m.ClearSignatures()
+	for _, s := range signers {
+		if _, err := m.Sign(keys.ForTUF(s)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	b, err := m.ToBytes(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// addRelease adds a release copied from 1.0.0 with another version and
+// security version.
+func addRelease(t *testing.T, version string, sv uint64, reason string) func(m *metadata.Metadata[metadata.TargetsType]) {
+	return func(m *metadata.Metadata[metadata.TargetsType]) {
+		src := m.Signed.Targets["acme-gw/1.0.0/fw.img"]
+		meta, err := release.FromTarget("acme-gw/1.0.0/fw.img", src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		meta.Version, meta.SecurityVersion, meta.LowerSecurityVersionReason = version, sv, reason
+		c, _ := meta.Custom()
+		tf := *src
+		tf.Custom = c
+		path := "acme-gw/" + version + "/fw.img"
+		tf.Path = path
+		m.Signed.Targets[path] = &tf
+	}
+}
+
+func (f *fx) refused(p imagerepo.Push, code imagerepo.Code, role, msg string) {
+	f.t.Helper()
+	_, err := imagerepo.Accept(f.state, p, time.Now())
+	var e *imagerepo.Error
+	if !errors.As(err, &e) || e.Code != code || e.Role != role || !contains(e.Msg, msg) {
+		f.t.Fatalf("got %v, want %s on %s containing %q", err, code, role, msg)
+	}
+}
+
+func contains(s, sub string) bool { return strings.Contains(s, sub) }
+
+func TestAcceptsNewRelease(t *testing.T) {
+	f := newFx(t)
+	role := edit(t, f.state.Roles["acme-gw"], addRelease(t, "1.1.0", 8, ""), f.relA, f.relB)
+	acc, err := imagerepo.Accept(f.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": role}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(acc.NewReleases) != 1 || acc.NewReleases[0].Target != "acme-gw/1.1.0/fw.img" || acc.Versions["acme-gw"] != 2 || len(acc.Changed) != 1 {
+		t.Fatalf("%+v", acc)
+	}
+}
+
+func TestRefusals(t *testing.T) {
+	f := newFx(t)
+	role := f.state.Roles["acme-gw"]
+	f.refused(imagerepo.Push{}, imagerepo.NothingPushed, "", "no metadata")
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": role}}, imagerepo.VersionNotNext, "acme-gw", "version 1 pushed; the next version must be 2")
+	skip := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { m.Signed.Version++ }, f.relA, f.relB)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": skip}}, imagerepo.VersionNotNext, "acme-gw", "version 3 pushed")
+	one := edit(t, role, addRelease(t, "1.1.0", 8, ""), f.relA)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": one}}, imagerepo.BadSignature, "acme-gw", "got 1, want 2")
+	stranger := edit(t, role, addRelease(t, "1.1.0", 8, ""), f.relA, f.targets)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": stranger}}, imagerepo.BadSignature, "acme-gw", "got 1, want 2")
+	changed := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { m.Signed.Targets["acme-gw/1.0.0/fw.img"].Length++ }, f.relA, f.relB)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": changed}}, imagerepo.ReleaseImmutable, "acme-gw", "was changed")
+	removed := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { delete(m.Signed.Targets, "acme-gw/1.0.0/fw.img") }, f.relA, f.relB)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": removed}}, imagerepo.ReleaseImmutable, "acme-gw", "was removed")
+	lower := edit(t, role, addRelease(t, "1.1.0", 6, ""), f.relA, f.relB)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": lower}}, imagerepo.SecurityLowered, "acme-gw", "security version 6, below acme-gw's highest 7")
+	lowerOK := edit(t, role, addRelease(t, "1.1.0", 6, "backport for old bootloaders"), f.relA, f.relB)
+	if _, err := imagerepo.Accept(f.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": lowerOK}}, time.Now()); err != nil {
+		t.Fatalf("a lowered security version with a reason was refused: %v", err)
+	}
+	outside := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) {
+		addRelease(t, "1.1.0", 8, "")(m)
+		tf := m.Signed.Targets["acme-gw/1.1.0/fw.img"]
+		delete(m.Signed.Targets, "acme-gw/1.1.0/fw.img")
+		m.Signed.Targets["acme-gw/1.1.0/extra/fw.img"] = tf
+	}, f.relA, f.relB)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": outside}}, imagerepo.OutsideDelegation, "acme-gw", "outside the paths")
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"other": role}}, imagerepo.UnknownRole, "other", "not delegated")
+	expired := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) {
+		m.Signed.Expires = time.Now().Add(-time.Hour).Truncate(time.Second)
+	}, f.relA, f.relB)
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": expired}}, imagerepo.Expired, "acme-gw", "expired at")
+	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": []byte("{")}}, imagerepo.Malformed, "acme-gw", "metadata")
+}
+
+func TestRevokedKeyNeedsResignedRole(t *testing.T) {
+	f := newFx(t)
+	relA, _ := keys.ID(f.relA.Public())
+	targets := edit(t, f.state.Targets, func(m *metadata.Metadata[metadata.TargetsType]) {
+		if err := m.Signed.RevokeKey(relA, "acme-gw"); err != nil {
+			t.Fatal(err)
+		}
+	}, f.targets)
+	// acme-gw version 1 was signed by rel-a and rel-c: with rel-a revoked
+	// it no longer meets its threshold.
+	f.refused(imagerepo.Push{Targets: targets}, imagerepo.BadSignature, "acme-gw", "push a new version of acme-gw signed by its current keys")
+	resigned := edit(t, f.state.Roles["acme-gw"], func(*metadata.Metadata[metadata.TargetsType]) {}, f.relA, f.relC)
+	f.refused(imagerepo.Push{Targets: targets, Roles: map[string][]byte{"acme-gw": resigned}}, imagerepo.BadSignature, "acme-gw", "got 1, want 2")
+	resigned = edit(t, f.state.Roles["acme-gw"], func(*metadata.Metadata[metadata.TargetsType]) {}, f.relB, f.relC)
+	if _, err := imagerepo.Accept(f.state, imagerepo.Push{Targets: targets, Roles: map[string][]byte{"acme-gw": resigned}}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestRootRotation(t *testing.T) {
+	f := newFx(t)
+	newA, newB := key(t), key(t)
+	rotate := func(signers ...keys.Signer) []byte {
+		r, err := metadata.Root().FromBytes(f.state.Roots[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, old := range []keys.Signer{f.rootA, f.rootB} {
+			id, _ := keys.ID(old.Public())
+			r.Signed.RevokeKey(id, "root")
+		}
+		for _, n := range []keys.Signer{newA, newB} {
+			k, _ := keys.TUFKey(n.Public())
+			r.Signed.AddKey(k, "root")
+		}
+		r.Signed.Version = 2
+		r.ClearSignatures()
+		for _, s := range signers {
+			r.Sign(keys.ForTUF(s))
+		}
+		b, _ := r.ToBytes(true)
+		return b
+	}
+	f.refused(imagerepo.Push{Roots: [][]byte{rotate(newA, newB)}}, imagerepo.BadSignature, "root", "version 1 root keys")
+	f.refused(imagerepo.Push{Roots: [][]byte{rotate(f.rootA, f.rootB)}}, imagerepo.BadSignature, "root", "its own keys")
+	acc, err := imagerepo.Accept(f.state, imagerepo.Push{Roots: [][]byte{rotate(f.rootA, f.rootB, newA, newB)}}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if acc.Root.Signed.Version != 2 || len(acc.State.Roots) != 2 {
+		t.Fatal("rotation not applied")
+	}
+	// Replaying version 1 as the next root is refused.
+	f.state = acc.State
+	f.refused(imagerepo.Push{Roots: [][]byte{f.first.Roots[0]}}, imagerepo.VersionNotNext, "root", "the next must be 3")
+}
+
+func TestFirstPushMustStartAtRootOne(t *testing.T) {
+	f := newFx(t)
+	_, err := imagerepo.Accept(imagerepo.State{}, imagerepo.Push{Targets: f.first.Targets}, time.Now())
+	var e *imagerepo.Error
+	if !errors.As(err, &e) || e.Code != imagerepo.Malformed {
+		t.Fatalf("got %v", err)
+	}
+}
