@@ -135,11 +135,28 @@ type Audit interface {
 	AuditEntries(ctx context.Context, after uint64, limit int) ([]audit.Entry, error)
 }
 
+// LogEntry records where a release's statement sits in the transparency
+// log, so the server can prove its inclusion under any later checkpoint.
+type LogEntry struct {
+	Target string
+	Index  uint64
+	Leaf   []byte
+}
+
+// Releases stores per-release records.
+type Releases interface {
+	// PutLogEntry records a release's log entry; a target has one entry
+	// (ErrExists for a second).
+	PutLogEntry(ctx context.Context, e LogEntry) error
+	LogEntry(ctx context.Context, target string) (LogEntry, error)
+}
+
 // Store is everything the server keeps.
 type Store interface {
 	Metadata
 	Devices
 	Tokens
 	Audit
+	Releases
 	Close() error
 }

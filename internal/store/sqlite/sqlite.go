@@ -51,6 +51,7 @@ var migrations = []string{
 		created_at INTEGER NOT NULL, revoked_at INTEGER NOT NULL DEFAULT 0
 	);
 	CREATE TABLE audit (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, entry TEXT NOT NULL);`,
+	`CREATE TABLE log_entries (target TEXT PRIMARY KEY, idx INTEGER NOT NULL, leaf BLOB NOT NULL);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -397,6 +398,25 @@ func (s *DB) AuditEntries(ctx context.Context, after uint64, limit int) ([]audit
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// PutLogEntry implements store.Releases.
+func (s *DB) PutLogEntry(ctx context.Context, e store.LogEntry) error {
+	_, err := s.db.ExecContext(ctx, `INSERT INTO log_entries (target, idx, leaf) VALUES (?, ?, ?)`, e.Target, e.Index, e.Leaf)
+	if err != nil && isConstraint(err) {
+		return fmt.Errorf("log entry of %s: %w", e.Target, store.ErrExists)
+	}
+	return err
+}
+
+// LogEntry implements store.Releases.
+func (s *DB) LogEntry(ctx context.Context, target string) (store.LogEntry, error) {
+	e := store.LogEntry{Target: target}
+	err := s.db.QueryRowContext(ctx, `SELECT idx, leaf FROM log_entries WHERE target = ?`, target).Scan(&e.Index, &e.Leaf)
+	if errors.Is(err, sql.ErrNoRows) {
+		return e, fmt.Errorf("log entry of %s: %w", target, store.ErrNotFound)
+	}
+	return e, err
 }
 
 func isConstraint(err error) bool {

@@ -212,6 +212,20 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		is(t, err, store.ErrNotFound)
 	})
 
+	t.Run("LogEntries", func(t *testing.T) {
+		s := open(t)
+		e := store.LogEntry{Target: "acme-gw/1.0.0/fw.img", Index: 7, Leaf: []byte("statement")}
+		if err := s.PutLogEntry(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.PutLogEntry(ctx, e), store.ErrExists)
+		got, err := s.LogEntry(ctx, e.Target)
+		if err != nil || got.Index != 7 || string(got.Leaf) != "statement" {
+			t.Fatalf("%+v %v", got, err)
+		}
+		_, err = s.LogEntry(ctx, "nope")
+		is(t, err, store.ErrNotFound)
+	})
 	t.Run("AuditChain", func(t *testing.T) {
 		s := open(t)
 		for i := 0; i < 5; i++ {
