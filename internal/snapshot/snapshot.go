@@ -59,16 +59,23 @@ func Sign(o Options) (snap, ts []byte, err error) {
 	if snap, err = s.ToBytes(true); err != nil {
 		return nil, nil, err
 	}
-	t := metadata.Timestamp(o.TimestampExpires.UTC().Truncate(time.Second))
-	t.Signed.Version = o.TimestampVersion
-	t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": metaFile(o.SnapshotVersion, snap)}
-	if err := signRole(o.Root, metadata.TIMESTAMP, t, o.Signers); err != nil {
-		return nil, nil, err
-	}
-	if ts, err = t.ToBytes(true); err != nil {
+	ts, err = SignTimestamp(o.Root, snap, o.SnapshotVersion, o.TimestampVersion, o.TimestampExpires, o.Signers)
+	if err != nil {
 		return nil, nil, err
 	}
 	return snap, ts, nil
+}
+
+// SignTimestamp returns a timestamp of version tsVersion pinning the given
+// snapshot; the server uses it alone to renew a timestamp before it expires.
+func SignTimestamp(root *metadata.Metadata[metadata.RootType], snap []byte, snapVersion, tsVersion int64, expires time.Time, signers []keys.Signer) ([]byte, error) {
+	t := metadata.Timestamp(expires.UTC().Truncate(time.Second))
+	t.Signed.Version = tsVersion
+	t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": metaFile(snapVersion, snap)}
+	if err := signRole(root, metadata.TIMESTAMP, t, signers); err != nil {
+		return nil, err
+	}
+	return t.ToBytes(true)
 }
 
 func metaFile(version int64, data []byte) *metadata.MetaFiles {

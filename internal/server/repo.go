@@ -1,0 +1,488 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/imagerepo"
+	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/logproof"
+	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/snapshot"
+	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+const imageRepo = "image"
+
+var errNoRepository = errors.New("the image repository has no root yet")
+
+// loadState reads the image repository's current signed metadata.
+func (s *Server) loadState(ctx context.Context) (imagerepo.State, error) {
+	st := imagerepo.State{Roles: map[string][]byte{}}
+	for v := int64(1); ; v++ {
+		d, err := s.store.Doc(ctx, imageRepo, metadata.ROOT, v)
+		if errors.Is(err, store.ErrNotFound) {
+			break
+		}
+		if err != nil {
+			return st, err
+		}
+		st.Roots = append(st.Roots, d.Data)
+	}
+	if len(st.Roots) == 0 {
+		return st, nil
+	}
+	t, err := s.store.Doc(ctx, imageRepo, metadata.TARGETS, 0)
+	if err != nil {
+		return st, err
+	}
+	st.Targets = t.Data
+	tm, err := metadata.Targets().FromBytes(t.Data)
+	if err != nil {
+		return st, err
+	}
+	if tm.Signed.Delegations != nil {
+		for _, d := range tm.Signed.Delegations.Roles {
+			doc, err := s.store.Doc(ctx, imageRepo, d.Name, 0)
+			if err != nil {
+				return st, err
+			}
+			st.Roles[d.Name] = doc.Data
+		}
+	}
+	return st, nil
+}
+
+type pushRequest struct {
+	Roots   [][]byte          `json:"roots,omitempty"`
+	Targets []byte            `json:"targets,omitempty"`
+	Roles   map[string][]byte `json:"roles,omitempty"`
+}
+
+type pushResponse struct {
+	Versions map[string]int64 `json:"versions"`
+	Releases []string         `json:"releases"`
+}
+
+func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
+	op := operator(r.Context())
+	var req pushRequest
+	if err := decodeJSON(w, r, maxJSONBody, &req); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	resp, err := s.push(r, req)
+	if err != nil {
+		ae := toAPIError(err)
+		s.metrics.pushes.WithLabelValues("refused").Inc()
+		if ae.Status < 500 {
+			s.metrics.refusals.WithLabelValues(ae.Code).Inc()
+		} else {
+			s.logger.Error("push failed", "err", err)
+		}
+		s.audit(r, "token:"+op.Name, "push", "image", "refused", map[string]string{"code": ae.Code, "message": ae.Message})
+		writeError(w, ae)
+		return
+	}
+	s.metrics.pushes.WithLabelValues("accepted").Inc()
+	detail := map[string]string{"releases": strings.Join(resp.Releases, " ")}
+	for role, v := range resp.Versions {
+		detail[role] = strconv.FormatInt(v, 10)
+	}
+	s.audit(r, "token:"+op.Name, "push", "image", "accepted", detail)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// push applies a push: check it, check its blobs, log its releases, sign
+// the online roles and commit all metadata in one transaction.
+func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
+	ctx := r.Context()
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	cur, err := s.loadState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	acc, err := imagerepo.Accept(cur, imagerepo.Push{Roots: req.Roots, Targets: req.Targets, Roles: req.Roles}, now)
+	if err != nil {
+		return nil, err
+	}
+	// Every new release's payload and index must already be uploaded, and
+	// the index must agree with the signed target.
+	roles := map[string]*metadata.Metadata[metadata.TargetsType]{}
+	for _, rel := range acc.NewReleases {
+		role := roles[rel.Meta.Product]
+		if role == nil {
+			if role, err = metadata.Targets().FromBytes(acc.State.Roles[rel.Meta.Product]); err != nil {
+				return nil, err
+			}
+			roles[rel.Meta.Product] = role
+		}
+		for _, b := range []imagerepo.Blob{rel.Image, rel.Index} {
+			n, err := s.blobs.Stat(ctx, b.SHA256)
+			if errors.Is(err, blob.ErrNotFound) {
+				return nil, errorf(http.StatusUnprocessableEntity, "missing-blob", "blob %s (%d bytes) of release %s is not uploaded; PUT it to /api/v1/blobs/%s first", b.SHA256, b.Length, rel.Target, b.SHA256)
+			}
+			if err != nil {
+				return nil, err
+			}
+			if n != b.Length {
+				return nil, errorf(http.StatusUnprocessableEntity, "blob-mismatch", "blob %s is %d bytes, release %s says %d", b.SHA256, n, rel.Target, b.Length)
+			}
+		}
+		ix, err := s.readBlob(r, rel.Index.SHA256, rel.Index.Length)
+		if err != nil {
+			return nil, err
+		}
+		if err := imagerepo.Index(rel, role.Signed.Targets[rel.Target], ix); err != nil {
+			return nil, errorf(http.StatusUnprocessableEntity, "bad-index", "release %s: %v", rel.Target, err)
+		}
+	}
+	targets, err := metadata.Targets().FromBytes(acc.State.Targets)
+	if err != nil {
+		return nil, err
+	}
+	// Log every new release before it becomes visible, so no device can
+	// see a release the log does not show.
+	var logged []string
+	for _, rel := range acc.NewReleases {
+		role := roles[rel.Meta.Product]
+		var keyIDs []string
+		for _, d := range targets.Signed.Delegations.Roles {
+			if d.Name == rel.Meta.Product {
+				keyIDs = d.KeyIDs
+			}
+		}
+		stmt := &logproof.Statement{
+			Target: rel.Target, Length: rel.Image.Length, SHA256: rel.Image.SHA256,
+			SecurityVersion: rel.Meta.SecurityVersion, Role: rel.Meta.Product, RoleVersion: role.Signed.Version,
+			SignerKeyIDs: verify.ValidSigners(targets.Signed.Delegations.Keys, keyIDs, role),
+		}
+		proof, leaf, err := s.log.AppendStatement(ctx, stmt)
+		if err != nil {
+			return nil, wrapf(err, "logging %s", rel.Target)
+		}
+		if err := s.store.PutLogEntry(ctx, store.LogEntry{Target: rel.Target, Index: proof.Index, Leaf: leaf}); err != nil && !errors.Is(err, store.ErrExists) {
+			return nil, err
+		}
+		logged = append(logged, rel.Target)
+	}
+
+	// Sign the online roles over the new state and commit everything.
+	var docs []store.Doc
+	for i, raw := range req.Roots {
+		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.ROOT, Version: int64(len(cur.Roots) + i + 1), Data: raw})
+	}
+	pinned := []snapshot.Role{{Name: metadata.TARGETS, Version: acc.Versions[metadata.TARGETS], Data: acc.State.Targets}}
+	for name, raw := range acc.State.Roles {
+		pinned = append(pinned, snapshot.Role{Name: name, Version: acc.Versions[name], Data: raw})
+	}
+	for _, name := range acc.Changed {
+		data := acc.State.Targets
+		if name != metadata.TARGETS {
+			data = acc.State.Roles[name]
+		}
+		docs = append(docs, store.Doc{Repo: imageRepo, Role: name, Version: acc.Versions[name], Data: data})
+	}
+	snapV, tsV, err := s.onlineVersions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap, ts, err := snapshot.Sign(snapshot.Options{
+		Root: acc.Root, Roles: pinned, SnapshotVersion: snapV + 1, TimestampVersion: tsV + 1,
+		SnapshotExpires: now.Add(s.expiry.Snapshot), TimestampExpires: now.Add(s.expiry.Timestamp), Signers: s.online,
+	})
+	if err != nil {
+		return nil, errorf(http.StatusUnprocessableEntity, "online-keys", "cannot sign snapshot and timestamp: %v; the root must name this server's online keys (rampart server keys)", err)
+	}
+	docs = append(docs,
+		store.Doc{Repo: imageRepo, Role: metadata.SNAPSHOT, Version: snapV + 1, Data: snap},
+		store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsV + 1, Data: ts})
+	if err := s.store.PutDocs(ctx, docs...); err != nil {
+		return nil, err
+	}
+	acc.Versions[metadata.ROOT] = acc.Root.Signed.Version
+	acc.Versions[metadata.SNAPSHOT], acc.Versions[metadata.TIMESTAMP] = snapV+1, tsV+1
+	sort.Strings(logged)
+	return &pushResponse{Versions: acc.Versions, Releases: logged}, nil
+}
+
+func (s *Server) onlineVersions(ctx context.Context) (snap, ts int64, err error) {
+	if d, err := s.store.Doc(ctx, imageRepo, metadata.SNAPSHOT, 0); err == nil {
+		snap = d.Version
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return 0, 0, err
+	}
+	if d, err := s.store.Doc(ctx, imageRepo, metadata.TIMESTAMP, 0); err == nil {
+		ts = d.Version
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return 0, 0, err
+	}
+	return snap, ts, nil
+}
+
+func (s *Server) readBlob(r *http.Request, digest string, length int64) ([]byte, error) {
+	br, err := s.blobs.Open(r.Context(), digest)
+	if err != nil {
+		return nil, err
+	}
+	defer br.Close()
+	return io.ReadAll(io.LimitReader(br, length))
+}
+
+// RefreshOnline renews the timestamp, and the snapshot with it when the
+// snapshot is near expiry, once less than half the lifetime is left. It
+// reports whether it wrote anything.
+func (s *Server) RefreshOnline(ctx context.Context) (bool, error) {
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	st, err := s.loadState(ctx)
+	if err != nil {
+		return false, err
+	}
+	if len(st.Roots) == 0 {
+		return false, errNoRepository
+	}
+	tsDoc, err := s.store.Doc(ctx, imageRepo, metadata.TIMESTAMP, 0)
+	if err != nil {
+		return false, err
+	}
+	snapDoc, err := s.store.Doc(ctx, imageRepo, metadata.SNAPSHOT, 0)
+	if err != nil {
+		return false, err
+	}
+	ts, err := metadata.Timestamp().FromBytes(tsDoc.Data)
+	if err != nil {
+		return false, err
+	}
+	snap, err := metadata.Snapshot().FromBytes(snapDoc.Data)
+	if err != nil {
+		return false, err
+	}
+	now := s.now()
+	snapStale := snap.Signed.Expires.Sub(now) < s.expiry.Snapshot/2
+	tsStale := ts.Signed.Expires.Sub(now) < s.expiry.Timestamp/2
+	if !snapStale && !tsStale {
+		return false, nil
+	}
+	root, err := metadata.Root().FromBytes(st.Roots[len(st.Roots)-1])
+	if err != nil {
+		return false, err
+	}
+	var docs []store.Doc
+	snapBytes, snapV := snapDoc.Data, snapDoc.Version
+	if snapStale {
+		var pinned []snapshot.Role
+		for name, mf := range snap.Signed.Meta {
+			role := strings.TrimSuffix(name, ".json")
+			d, err := s.store.Doc(ctx, imageRepo, role, mf.Version)
+			if err != nil {
+				return false, err
+			}
+			pinned = append(pinned, snapshot.Role{Name: role, Version: mf.Version, Data: d.Data})
+		}
+		snapV++
+		var tsBytes []byte
+		snapBytes, tsBytes, err = snapshot.Sign(snapshot.Options{Root: root, Roles: pinned, SnapshotVersion: snapV, TimestampVersion: tsDoc.Version + 1,
+			SnapshotExpires: now.Add(s.expiry.Snapshot), TimestampExpires: now.Add(s.expiry.Timestamp), Signers: s.online})
+		if err != nil {
+			return false, err
+		}
+		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.SNAPSHOT, Version: snapV, Data: snapBytes},
+			store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsDoc.Version + 1, Data: tsBytes})
+	} else {
+		tsBytes, err := snapshot.SignTimestamp(root, snapBytes, snapV, tsDoc.Version+1, now.Add(s.expiry.Timestamp), s.online)
+		if err != nil {
+			return false, err
+		}
+		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsDoc.Version + 1, Data: tsBytes})
+	}
+	if err := s.store.PutDocs(ctx, docs...); err != nil {
+		return false, err
+	}
+	s.logger.Info("renewed online metadata", "snapshot", snapStale, "timestamp_version", tsDoc.Version+1)
+	return true, nil
+}
+
+var metaFileRE = regexp.MustCompile(`^([1-9][0-9]{0,18})\.([a-z0-9][a-z0-9-]{0,62})\.json$`)
+
+// handleMetadata serves N.ROLE.json and timestamp.json. Versioned files
+// never change, so CDNs may cache them forever; timestamp.json is the one
+// name clients poll.
+func (s *Server) handleMetadata(w http.ResponseWriter, r *http.Request) {
+	file := r.PathValue("file")
+	var d store.Doc
+	var err error
+	if file == "timestamp.json" {
+		d, err = s.store.Doc(r.Context(), imageRepo, metadata.TIMESTAMP, 0)
+		w.Header().Set("Cache-Control", "public, max-age=60")
+	} else if m := metaFileRE.FindStringSubmatch(file); m != nil && m[2] != metadata.TIMESTAMP {
+		v, _ := strconv.ParseInt(m[1], 10, 64)
+		d, err = s.store.Doc(r.Context(), imageRepo, m[2], v)
+		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	} else {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no metadata file %q", file))
+		return
+	}
+	if err != nil {
+		w.Header().Del("Cache-Control")
+		writeError(w, toAPIError(err))
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(d.Data)))
+	w.Write(d.Data)
+}
+
+// handleTarget serves a published payload or chunk index by its
+// consistent-snapshot name, with Range support. Only content the current
+// metadata names is served.
+func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
+	p := r.PathValue("path")
+	dir, file, ok := cutLast(p, "/")
+	hash, name, ok2 := strings.Cut(file, ".")
+	if !ok || !ok2 || len(hash) != 64 {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
+		return
+	}
+	isIndex := strings.HasSuffix(name, release.IndexSuffix)
+	target := dir + "/" + strings.TrimSuffix(name, release.IndexSuffix)
+	product, _, _, err := release.ParseTargetPath(target)
+	if err != nil {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
+		return
+	}
+	doc, err := s.store.Doc(r.Context(), imageRepo, product, 0)
+	if err != nil {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
+		return
+	}
+	role, err := metadata.Targets().FromBytes(doc.Data)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	tf, ok := role.Signed.Targets[target]
+	if !ok {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
+		return
+	}
+	want := tf.Hashes["sha256"].String()
+	if isIndex {
+		m, err := release.FromTarget(target, tf)
+		if err != nil {
+			writeError(w, toAPIError(err))
+			return
+		}
+		want = m.Index.SHA256
+	}
+	if hash != want {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
+		return
+	}
+	br, err := s.blobs.Open(r.Context(), hash)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	defer br.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("ETag", `"`+hash+`"`)
+	http.ServeContent(w, r, "", time.Time{}, br)
+}
+
+func cutLast(s, sep string) (before, after string, ok bool) {
+	i := strings.LastIndex(s, sep)
+	if i < 0 {
+		return "", "", false
+	}
+	return s[:i], s[i+len(sep):], true
+}
+
+func (s *Server) handlePutBlob(w http.ResponseWriter, r *http.Request) {
+	digest := r.PathValue("digest")
+	length, err := strconv.ParseInt(r.URL.Query().Get("length"), 10, 64)
+	if err != nil || length < 0 || length > maxBlob {
+		writeError(w, errorf(http.StatusBadRequest, "bad-length", "give the blob's exact length as ?length=N (at most %d)", int64(maxBlob)))
+		return
+	}
+	if r.ContentLength >= 0 && r.ContentLength != length {
+		writeError(w, errorf(http.StatusBadRequest, "bad-length", "Content-Length %d differs from length=%d", r.ContentLength, length))
+		return
+	}
+	body := http.MaxBytesReader(w, r.Body, length+1)
+	if err := s.blobs.Put(r.Context(), digest, length, body); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	s.audit(r, "token:"+operator(r.Context()).Name, "upload-blob", digest, "ok", map[string]string{"length": strconv.FormatInt(length, 10)})
+	w.WriteHeader(http.StatusCreated)
+}
+
+func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request) {
+	st, err := s.loadState(r.Context())
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	out := map[string]int64{"root": int64(len(st.Roots))}
+	if st.Targets != nil {
+		if m, err := metadata.Targets().FromBytes(st.Targets); err == nil {
+			out["targets"] = m.Signed.Version
+		}
+	}
+	for name, raw := range st.Roles {
+		if m, err := metadata.Targets().FromBytes(raw); err == nil {
+			out[name] = m.Signed.Version
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"versions": out})
+}
+
+func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
+	target := r.PathValue("target")
+	e, err := s.store.LogEntry(r.Context(), target)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	cp, err := s.log.Checkpoint(r.Context())
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	p, err := s.log.Prove(r.Context(), e.Index, cp)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"statement": string(e.Leaf), "proof": p})
+}
+
+// handleKeys publishes the online public keys (for the offline root
+// ceremony) and the log's verifier key (for devices and monitors).
+func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
+	out := map[string]string{"log_origin": s.log.Origin(), "log_key": s.logVerifierKey}
+	for i, role := range []string{"snapshot", "timestamp"} {
+		b, err := keys.MarshalPublic(s.online[i].Public())
+		if err != nil {
+			writeError(w, toAPIError(err))
+			return
+		}
+		out[role] = string(b)
+	}
+	writeJSON(w, http.StatusOK, out)
+}
