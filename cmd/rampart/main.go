@@ -36,6 +36,7 @@ var commands = []*command{
 	keyGenerateCmd, keyIDCmd,
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
+	serverKeysCmd, repoPushCmd, tokenCreateCmd, auditVerifyCmd,
 }
 
 func main() {

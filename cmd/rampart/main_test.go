@@ -3,11 +3,15 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/sha256"
+	"database/sql"
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"math/rand/v2"
+	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +22,8 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/server"
+	_ "modernc.org/sqlite"
 )
 
 func TestMain(m *testing.M) {
@@ -48,6 +54,8 @@ func TestScripts(t *testing.T) {
 			"bundle-edit":   cmdBundleEdit,
 			"treehash":      cmdTreehash,
 			"softhsm-setup": cmdSoftHSMSetup,
+			"capture":       cmdCapture,
+			"sqlite-exec":   cmdSQLiteExec,
 		},
 		Condition: func(cond string) (bool, error) {
 			if cond == "pkcs11" {
@@ -57,6 +65,10 @@ func TestScripts(t *testing.T) {
 		},
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("RAMPART_PASSPHRASE", "correct-horse")
+			// A script that carries a file named .server gets one.
+			if _, err := os.Stat(filepath.Join(e.WorkDir, ".server")); err == nil {
+				return startServer(e)
+			}
 			return nil
 		},
 	})
@@ -217,6 +229,51 @@ func cmdBundleExtra(ts *testscript.TestScript, neg bool, args []string) {
 		_, err := tw.Write(body)
 		ts.Check(err)
 	})
+}
+
+// startServer initialises a rampart-server data directory in $WORK/srv,
+// serves it over TLS on loopback for the script's lifetime, and sets
+// RAMPART_SERVER, RAMPART_CA and ADMIN (the admin token).
+func startServer(e *testscript.Env) error {
+	dir := filepath.Join(e.WorkDir, "srv")
+	res, err := server.InitDataDir(dir, server.InitOptions{})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		cancel()
+		return err
+	}
+	ts := httptest.NewUnstartedServer(in.Server.Handler())
+	ts.TLS = in.TLS
+	ts.StartTLS()
+	e.Defer(func() {
+		ts.Close()
+		cancel()
+		in.Close()
+	})
+	e.Setenv("RAMPART_SERVER", ts.URL)
+	e.Setenv("RAMPART_CA", filepath.Join(dir, "ca.pem"))
+	e.Setenv("ADMIN", res.AdminToken)
+	return nil
+}
+
+// capture NAME: set the environment variable NAME to the last command's
+// stdout, without its trailing newline.
+func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
+	ts.Setenv(args[0], strings.TrimSpace(ts.ReadFile("stdout")))
+}
+
+// sqlite-exec DB SQL: run one statement against a SQLite database, as an
+// attacker with write access to the server's disk could.
+func cmdSQLiteExec(ts *testscript.TestScript, neg bool, args []string) {
+	db, err := sql.Open("sqlite", "file:"+ts.MkAbs(args[0]))
+	ts.Check(err)
+	defer db.Close()
+	_, err = db.Exec(args[1])
+	ts.Check(err)
 }
 
 // softhsm-setup LABEL...: create a private SoftHSM2 configuration in $WORK,

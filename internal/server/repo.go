@@ -432,6 +432,15 @@ func (s *Server) handlePutBlob(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusCreated)
 }
 
+func (s *Server) handleHeadBlob(w http.ResponseWriter, r *http.Request) {
+	n, err := s.blobs.Stat(r.Context(), r.PathValue("digest"))
+	if err != nil {
+		w.WriteHeader(toAPIError(err).Status)
+		return
+	}
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+}
+
 func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request) {
 	st, err := s.loadState(r.Context())
 	if err != nil {

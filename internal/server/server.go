@@ -104,6 +104,7 @@ func (s *Server) Handler() http.Handler {
 	// Operator API.
 	mux.HandleFunc("GET /api/v1/keys", s.handleKeys)
 	mux.HandleFunc("PUT /api/v1/blobs/{digest}", s.requireRole(s.handlePutBlob, RoleReleaseManager))
+	mux.HandleFunc("HEAD /api/v1/blobs/{digest}", s.requireRole(s.handleHeadBlob, RoleReleaseManager))
 	mux.HandleFunc("POST /api/v1/repo/push", s.requireRole(s.handlePush, RoleReleaseManager))
 	mux.HandleFunc("GET /api/v1/repo/versions", s.requireRole(s.handleVersions, RoleReleaseManager, RoleOperator, RoleAuditor))
 	mux.HandleFunc("POST /api/v1/tokens", s.requireRole(s.handleCreateToken))

@@ -1,0 +1,186 @@
+// Command rampart-server runs Rampart's update server: the hosted image
+// repository, the transparency and audit logs and the operator API. This
+// file parses configuration and wires internal/server; behaviour lives
+// there.
+//
+// Configuration comes from flags, then environment variables, then an
+// optional JSON file (--config), in that order of precedence.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/server"
+)
+
+const usage = `Usage:
+    rampart-server init  --data DIR [--host NAME...] [--log-origin NAME]
+    rampart-server serve --data DIR [--listen ADDR] [--config FILE]
+
+init creates DIR with the metadata store, the blob and log directories, the
+online keys (snapshot, timestamp, log), the server CA (DIR/ca.pem, which
+clients pin), a serving certificate for the hosts, and the device CA, and
+prints the online public keys and an admin token, once.
+
+serve serves HTTPS on ADDR (default 127.0.0.1:8443) until SIGINT or
+SIGTERM, then drains requests for up to 30 seconds.
+
+Environment: RAMPART_DATA, RAMPART_LISTEN, RAMPART_CONFIG.
+The JSON config file may set "data", "listen", "hosts" and "log_origin".
+
+Example:
+    rampart-server init --data srv
+    rampart-server serve --data srv --listen 127.0.0.1:8443
+`
+
+type fileConfig struct {
+	Data      string   `json:"data"`
+	Listen    string   `json:"listen"`
+	Hosts     []string `json:"hosts"`
+	LogOrigin string   `json:"log_origin"`
+}
+
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return 0
+	}
+	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	data := fs.String("data", "", "")
+	listen := fs.String("listen", "", "")
+	cfgFile := fs.String("config", "", "")
+	origin := fs.String("log-origin", "", "")
+	var hosts multiFlag
+	fs.Var(&hosts, "host", "")
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		return fail(stderr, 2, err, "rampart-server --help shows the options")
+	}
+	// Precedence: flags, then environment, then the config file.
+	var fc fileConfig
+	if *cfgFile == "" {
+		*cfgFile = os.Getenv("RAMPART_CONFIG")
+	}
+	if *cfgFile != "" {
+		b, err := os.ReadFile(*cfgFile)
+		if err != nil {
+			return fail(stderr, 2, err, "check --config")
+		}
+		dec := json.NewDecoder(strings.NewReader(string(b)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&fc); err != nil {
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin"`)
+		}
+	}
+	pick := func(flagVal, env, file, def string) string {
+		for _, v := range []string{flagVal, os.Getenv(env), file} {
+			if v != "" {
+				return v
+			}
+		}
+		return def
+	}
+	dir := pick(*data, "RAMPART_DATA", fc.Data, "")
+	if dir == "" {
+		return fail(stderr, 2, errors.New("no data directory"), "give --data DIR (or RAMPART_DATA)")
+	}
+	if len(hosts) == 0 {
+		hosts = fc.Hosts
+	}
+	switch args[0] {
+	case "init":
+		res, err := server.InitDataDir(dir, server.InitOptions{Hosts: hosts, LogOrigin: pick(*origin, "", fc.LogOrigin, "")})
+		if err != nil {
+			return fail(stderr, exitFor(err), err, "")
+		}
+		fmt.Fprintf(stdout, "initialised %s\n\nonline public keys (for the offline root ceremony; also in %s/online/):\n", dir, dir)
+		for _, role := range []string{"snapshot", "timestamp"} {
+			fmt.Fprintf(stdout, "%s:\n%s", role, res.Public[role])
+		}
+		fmt.Fprintf(stdout, "transparency log key: %s\n\nadmin token (shown once, store it now):\n%s\n", res.Public["log"], res.AdminToken)
+		return 0
+	case "serve":
+		return serve(dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), stderr)
+	}
+	return fail(stderr, 2, fmt.Errorf("unknown command %q", args[0]), "rampart-server --help lists the commands")
+}
+
+func exitFor(err error) int {
+	if errors.Is(err, server.ErrInitialized) {
+		return 2
+	}
+	return 3
+}
+
+func fail(w io.Writer, code int, err error, hint string) int {
+	fmt.Fprintf(w, "rampart-server: error: %v\n", err)
+	if hint != "" {
+		fmt.Fprintf(w, "rampart-server: hint: %s\n", hint)
+	}
+	return code
+}
+
+func serve(dir, addr string, stderr io.Writer) int {
+	logger := slog.New(slog.NewJSONHandler(stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: logger})
+	if err != nil {
+		return fail(stderr, 3, err, "")
+	}
+	defer in.Close()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fail(stderr, 3, err, "is another server listening there?")
+	}
+	hs := &http.Server{
+		Handler:           in.Server.Handler(),
+		TLSConfig:         in.TLS,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	go in.Server.Run(ctx, time.Minute)
+	errc := make(chan error, 1)
+	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	logger.Info("serving", "addr", ln.Addr().String(), "data", dir)
+	select {
+	case err := <-errc:
+		return fail(stderr, 3, err, "")
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := hs.Shutdown(sctx); err != nil {
+		logger.Error("shutdown", "err", err)
+	}
+	return 0
+}

@@ -1,0 +1,322 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/client"
+	"github.com/rampartfw/rampart/internal/failure"
+)
+
+// serverFlags are the flags of every command that talks to rampart-server.
+type serverFlags struct {
+	server, ca, token *string
+}
+
+func addServerFlags(fs *flag.FlagSet) serverFlags {
+	return serverFlags{fs.String("server", "", ""), fs.String("ca", "", ""), fs.String("token", "", "")}
+}
+
+func (f serverFlags) client(e *env) (*client.Client, error) {
+	pick := func(v *string, env string) string {
+		if *v != "" {
+			return *v
+		}
+		return e.getenv(env)
+	}
+	srv := pick(f.server, "RAMPART_SERVER")
+	if srv == "" {
+		return nil, usagef("give the server's https URL", "no server: give --server URL (or RAMPART_SERVER)")
+	}
+	c, err := client.New(srv, pick(f.ca, "RAMPART_CA"), pick(f.token, "RAMPART_TOKEN"))
+	if err != nil {
+		return nil, usagef("--ca is the server's ca.pem (rampart-server init writes it)", "%v", err)
+	}
+	return c, nil
+}
+
+const serverFlagsHelp = `    --server URL     the server, https://HOST:PORT (or RAMPART_SERVER)
+    --ca FILE        the server CA certificate to trust (or RAMPART_CA)
+    --token TOKEN    an operator token (or RAMPART_TOKEN)
+`
+
+var serverKeysCmd = &command{
+	name:    "server keys",
+	summary: "fetch the server's online public keys for the root ceremony",
+	usage: `
+Usage: rampart server keys --server URL --ca FILE -o DIR
+
+Writes DIR/snapshot.pub and DIR/timestamp.pub (the online keys to name in
+rampart repo init --snapshot-key/--timestamp-key) and DIR/log.pub (the
+transparency log's verifier key). Existing files are not replaced.
+
+Flags:
+` + serverFlagsHelp + `    -o DIR           where to write the keys
+
+Example:
+    rampart server keys --server https://127.0.0.1:8443 --ca srv/ca.pem -o online/
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("server keys", flag.ContinueOnError)
+		sf := addServerFlags(fs)
+		out := fs.String("o", "", "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 0 || *out == "" {
+			return usagef("example: rampart server keys --server https://127.0.0.1:8443 --ca srv/ca.pem -o online/", "server keys takes -o DIR and no arguments")
+		}
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		ks, err := c.Keys(context.Background())
+		if err != nil {
+			return err
+		}
+		if err := os.MkdirAll(*out, 0o755); err != nil {
+			return err
+		}
+		if ks["snapshot"] == "" || ks["timestamp"] == "" || ks["log_key"] == "" {
+			return fmt.Errorf("the server's answer lacks online keys: %v", ks)
+		}
+		for name, v := range map[string]string{"snapshot.pub": ks["snapshot"], "timestamp.pub": ks["timestamp"], "log.pub": ks["log_key"] + "\n"} {
+			if err := atomicfile.CreateNew(filepath.Join(*out, name), []byte(v), 0o644); err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, filepath.Join(*out, name))
+		}
+		return nil
+	},
+}
+
+var repoPushCmd = &command{
+	name:    "repo push",
+	summary: "push signed roles and new releases to rampart-server",
+	usage: `
+Usage: rampart repo push DIR --server URL --ca FILE --token TOKEN
+
+Sends the server every root, targets and product role newer than what it
+holds (each must meet its thresholds, as for publish), after uploading the
+payloads and chunk indexes of new releases it does not have. The server
+verifies everything again, logs the releases, and signs snapshot and
+timestamp with its online keys; DIR/public then mirrors what the server
+published, so bundles can be made from it. Needs a release-manager token.
+
+Flags:
+` + serverFlagsHelp + `
+Example:
+    rampart repo push repo --server https://127.0.0.1:8443 --ca srv/ca.pem --token "$TOKEN"
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo push", flag.ContinueOnError)
+		sf := addServerFlags(fs)
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usagef("rampart repo push --help shows an example", "repo push takes the repository directory")
+		}
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		ctx := context.Background()
+		before, err := c.Versions(ctx)
+		if err != nil {
+			return err
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		ps, err := r.PushSet(before)
+		if err != nil {
+			return err
+		}
+		if len(ps.Roots) == 0 && ps.Targets == nil && len(ps.Roles) == 0 {
+			fmt.Fprintln(e.stderr, "rampart: note: the server is up to date; nothing to push")
+			return nil
+		}
+		for _, b := range ps.Blobs {
+			has, err := c.HasBlob(ctx, b.SHA256)
+			if err != nil {
+				return err
+			}
+			if has {
+				continue
+			}
+			f, err := os.Open(b.Path)
+			if err != nil {
+				return err
+			}
+			src, stop := startProgress(e, "uploading "+filepath.Base(b.Path), f, b.Length)
+			err = c.PutBlob(ctx, b.SHA256, b.Length, src)
+			stop()
+			f.Close()
+			if err != nil {
+				return fmt.Errorf("uploading %s: %w", b.Path, err)
+			}
+		}
+		res, err := c.Push(ctx, ps.Roots, ps.Targets, ps.Roles)
+		if err != nil {
+			return err
+		}
+		// Mirror what the server published.
+		files := map[string][]byte{}
+		fetch := func(name string) error {
+			b, err := c.Metadata(ctx, name)
+			if err != nil {
+				return fmt.Errorf("fetching %s: %w", name, err)
+			}
+			files[name] = b
+			return nil
+		}
+		for v := before["root"] + 1; v <= res.Versions["root"]; v++ {
+			if err := fetch(fmt.Sprintf("%d.root.json", v)); err != nil {
+				return err
+			}
+			files["root.json"] = files[fmt.Sprintf("%d.root.json", v)]
+		}
+		for role, v := range res.Versions {
+			if role == "root" || role == "timestamp" || v <= before[role] {
+				continue
+			}
+			if err := fetch(fmt.Sprintf("%d.%s.json", v, role)); err != nil {
+				return err
+			}
+		}
+		if err := fetch("timestamp.json"); err != nil {
+			return err
+		}
+		if err := r.AdoptPublished(ps, files); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "pushed to %s: root %d, targets %d, snapshot %d, timestamp %d\n", c.Base(), res.Versions["root"], res.Versions["targets"], res.Versions["snapshot"], res.Versions["timestamp"])
+		for _, rel := range res.Releases {
+			fmt.Fprintf(e.stdout, "  new release %s (logged)\n", rel)
+		}
+		return nil
+	},
+}
+
+var tokenCreateCmd = &command{
+	name:    "token create",
+	summary: "create an operator token on the server (admin)",
+	usage: `
+Usage: rampart token create NAME --role ROLE --server URL --ca FILE --token ADMIN
+
+Roles: admin, release-manager (push), operator (deploy, pause), auditor
+(read the audit log). Prints the new token once; the server stores only
+its hash.
+
+Flags:
+` + serverFlagsHelp + `    --role ROLE      the new token's role
+
+Example:
+    rampart token create ci --role release-manager --server https://127.0.0.1:8443 --ca srv/ca.pem --token "$ADMIN"
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("token create", flag.ContinueOnError)
+		sf := addServerFlags(fs)
+		role := fs.String("role", "", "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 || *role == "" {
+			return usagef("rampart token create --help shows an example", "token create takes NAME and --role")
+		}
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		secret, err := c.CreateToken(context.Background(), pos[0], *role)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(e.stdout, secret)
+		return nil
+	},
+}
+
+var auditVerifyCmd = &command{
+	name:    "audit verify",
+	summary: "fetch the audit log and check its hash chain",
+	usage: `
+Usage: rampart audit verify --server URL --ca FILE --token TOKEN [--head SEQ:HASH]
+
+Downloads every audit entry and recomputes the hash chain; an edited,
+deleted or reordered entry is named and the command exits 1. Prints the
+head (sequence and hash): record it elsewhere and pass it back with --head
+later to detect a rewritten or truncated tail. Needs an auditor token.
+
+Flags:
+` + serverFlagsHelp + `    --head SEQ:HASH  a head recorded earlier, which must still be in the log
+
+Example:
+    rampart audit verify --server https://127.0.0.1:8443 --ca srv/ca.pem --token "$AUDITOR"
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("audit verify", flag.ContinueOnError)
+		sf := addServerFlags(fs)
+		head := fs.String("head", "", "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 0 {
+			return usagef("", "audit verify takes no arguments")
+		}
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+		defer cancel()
+		es, err := c.Audit(ctx)
+		if err != nil {
+			return err
+		}
+		if err := audit.Verify(nil, es); err != nil {
+			return &auditRefusal{err}
+		}
+		if *head != "" {
+			seqS, hash, ok := strings.Cut(*head, ":")
+			var seq uint64
+			if _, err := fmt.Sscan(seqS, &seq); !ok || err != nil {
+				return usagef("as printed by an earlier audit verify", "--head %q is not SEQ:HASH", *head)
+			}
+			if err := audit.VerifyHead(es, seq, hash); err != nil {
+				return &auditRefusal{err}
+			}
+		}
+		if len(es) == 0 {
+			fmt.Fprintln(e.stdout, "verified 0 audit entries")
+			return nil
+		}
+		last := es[len(es)-1]
+		fmt.Fprintf(e.stdout, "verified %d audit entries; head %d:%s\n", len(es), last.Seq, last.Hash)
+		return nil
+	},
+}
+
+// auditRefusal makes a broken chain exit with the refusal code.
+type auditRefusal struct{ err error }
+
+func (a *auditRefusal) Error() string             { return a.err.Error() }
+func (a *auditRefusal) Unwrap() error             { return a.err }
+func (a *auditRefusal) FailureKind() failure.Kind { return failure.Refused }
+func (a *auditRefusal) FailureHint() string {
+	return "the audit log in the server's database was altered; preserve the database and investigate"
+}
