@@ -151,6 +151,26 @@ type Releases interface {
 	LogEntry(ctx context.Context, target string) (LogEntry, error)
 }
 
+// Assignment is what a device must install now.
+type Assignment struct {
+	DeviceID string
+	// Target is the image repository's target path; "" means nothing.
+	Target     string
+	AssignedAt time.Time
+	// Seq increases with every change of any device's assignment, so a
+	// director repository generated for an older assignment is recognised.
+	Seq uint64
+}
+
+// Assignments stores deployments.
+type Assignments interface {
+	// Assign sets target for every listed device in one transaction and
+	// returns how many changed.
+	Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error)
+	// Assignment returns a device's assignment (Target "" when none).
+	Assignment(ctx context.Context, deviceID string) (Assignment, error)
+}
+
 // Store is everything the server keeps.
 type Store interface {
 	Metadata
@@ -158,5 +178,6 @@ type Store interface {
 	Tokens
 	Audit
 	Releases
+	Assignments
 	Close() error
 }

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -52,6 +53,11 @@ var migrations = []string{
 	);
 	CREATE TABLE audit (seq INTEGER PRIMARY KEY, hash TEXT NOT NULL, entry TEXT NOT NULL);`,
 	`CREATE TABLE log_entries (target TEXT PRIMARY KEY, idx INTEGER NOT NULL, leaf BLOB NOT NULL);`,
+	`CREATE TABLE assignments (
+		device_id TEXT PRIMARY KEY REFERENCES devices (id), target TEXT NOT NULL,
+		assigned_at INTEGER NOT NULL, seq INTEGER NOT NULL
+	);
+	CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);`,
 }
 
 // Open opens (creating if needed) the database at path and migrates it.
@@ -417,6 +423,58 @@ func (s *DB) LogEntry(ctx context.Context, target string) (store.LogEntry, error
 		return e, fmt.Errorf("log entry of %s: %w", target, store.ErrNotFound)
 	}
 	return e, err
+}
+
+// Assign implements store.Assignments.
+func (s *DB) Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error) {
+	changed := 0
+	err := s.tx(ctx, func(tx *sql.Tx) error {
+		var seq uint64
+		err := tx.QueryRowContext(ctx, `UPDATE counters SET value = value + 1 WHERE name = 'assignment' RETURNING value`).Scan(&seq)
+		if errors.Is(err, sql.ErrNoRows) {
+			seq = 1
+			if _, err := tx.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES ('assignment', 1)`); err != nil {
+				return err
+			}
+		} else if err != nil {
+			return err
+		}
+		for _, id := range deviceIDs {
+			var cur string
+			err := tx.QueryRowContext(ctx, `SELECT target FROM assignments WHERE device_id = ?`, id).Scan(&cur)
+			if err == nil && cur == target {
+				continue
+			}
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) VALUES (?, ?, ?, ?)
+				ON CONFLICT (device_id) DO UPDATE SET target = excluded.target, assigned_at = excluded.assigned_at, seq = excluded.seq`, id, target, ns(at), seq); err != nil {
+				if strings.Contains(err.Error(), "FOREIGN KEY") {
+					return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+				}
+				return err
+			}
+			changed++
+		}
+		return nil
+	})
+	return changed, err
+}
+
+// Assignment implements store.Assignments.
+func (s *DB) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
+	a := store.Assignment{DeviceID: deviceID}
+	var at int64
+	err := s.db.QueryRowContext(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
+	if errors.Is(err, sql.ErrNoRows) {
+		if _, err := s.Device(ctx, deviceID); err != nil {
+			return a, err
+		}
+		return a, nil
+	}
+	a.AssignedAt = tm(at)
+	return a, err
 }
 
 func isConstraint(err error) bool {

@@ -212,6 +212,41 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		is(t, err, store.ErrNotFound)
 	})
 
+	t.Run("Assignments", func(t *testing.T) {
+		s := open(t)
+		for _, id := range []string{"d1", "d2"} {
+			s.CreateDevice(ctx, store.Device{ID: id, HardwareID: "hw", CertSerial: id, EnrolledAt: now})
+		}
+		a, err := s.Assignment(ctx, "d1")
+		if err != nil || a.Target != "" {
+			t.Fatalf("%+v %v", a, err)
+		}
+		n, err := s.Assign(ctx, "acme-gw/1.0.0/fw.img", []string{"d1", "d2"}, now)
+		if err != nil || n != 2 {
+			t.Fatalf("%d %v", n, err)
+		}
+		a1, _ := s.Assignment(ctx, "d1")
+		if a1.Target != "acme-gw/1.0.0/fw.img" || a1.Seq == 0 || !a1.AssignedAt.Equal(now) {
+			t.Fatalf("%+v", a1)
+		}
+		// Re-assigning the same target changes nothing.
+		if n, _ := s.Assign(ctx, "acme-gw/1.0.0/fw.img", []string{"d1"}, now); n != 0 {
+			t.Fatalf("%d changed", n)
+		}
+		n, err = s.Assign(ctx, "acme-gw/1.1.0/fw.img", []string{"d1"}, now)
+		a2, _ := s.Assignment(ctx, "d1")
+		if err != nil || n != 1 || a2.Seq <= a1.Seq || a2.Target != "acme-gw/1.1.0/fw.img" {
+			t.Fatalf("%+v %v", a2, err)
+		}
+		// An unknown device fails the whole deployment.
+		_, err = s.Assign(ctx, "acme-gw/2.0.0/fw.img", []string{"d2", "nope"}, now)
+		is(t, err, store.ErrNotFound)
+		if a, _ := s.Assignment(ctx, "d2"); a.Target != "acme-gw/1.0.0/fw.img" {
+			t.Fatalf("a failed deployment changed d2: %+v", a)
+		}
+		_, err = s.Assignment(ctx, "nope")
+		is(t, err, store.ErrNotFound)
+	})
 	t.Run("LogEntries", func(t *testing.T) {
 		s := open(t)
 		e := store.LogEntry{Target: "acme-gw/1.0.0/fw.img", Index: 7, Leaf: []byte("statement")}
