@@ -30,6 +30,7 @@ import (
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/tlog"
 )
@@ -59,9 +60,11 @@ type Config struct {
 	LogVerifierKey string
 	// Online keys of the image repository.
 	Snapshot, Timestamp keys.Signer
-	Expiry              Expiry
-	Logger              *slog.Logger
-	Now                 func() time.Time
+	// DeviceCA issues device client certificates at enrollment.
+	DeviceCA *pki.CA
+	Expiry   Expiry
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
 
 // Server serves the API. It is safe for concurrent use.
@@ -75,6 +78,7 @@ type Server struct {
 	logger         *slog.Logger
 	now            func() time.Time
 	metrics        *metrics
+	deviceCA       *pki.CA
 	// pushMu serialises writers of the image repository within a
 	// process; the store's version conflicts protect across replicas.
 	pushMu sync.Mutex
@@ -95,7 +99,7 @@ func New(c Config) (*Server, error) {
 		c.Now = time.Now
 	}
 	return &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
-		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics()}, nil
+		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA}, nil
 }
 
 // Handler returns the HTTP handler with every route.
@@ -110,6 +114,13 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/tokens", s.requireRole(s.handleCreateToken))
 	mux.HandleFunc("GET /api/v1/audit", s.requireRole(s.handleAudit, RoleAuditor))
 	mux.HandleFunc("GET /api/v1/log/proof/{target...}", s.handleLogProof)
+	mux.HandleFunc("POST /api/v1/devices/tokens", s.requireRole(s.handleEnrollToken, RoleOperator))
+	mux.HandleFunc("GET /api/v1/devices/{id}", s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
+	mux.HandleFunc("POST /api/v1/devices/{id}/revoke", s.requireRole(s.handleRevokeDevice, RoleOperator))
+	mux.HandleFunc("POST /api/v1/deploy", s.requireRole(s.handleDeploy, RoleOperator))
+	// Device API: enrollment by one-time token, then mTLS.
+	mux.HandleFunc("POST /api/v1/enroll", s.handleEnroll)
+	mux.HandleFunc("POST /api/v1/device/report", s.handleReport)
 	// The published repository and log: public, cacheable.
 	mux.HandleFunc("GET /repo/{file}", s.handleMetadata)
 	mux.HandleFunc("GET /repo/targets/{path...}", s.handleTarget)
