@@ -37,6 +37,7 @@ var commands = []*command{
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, auditVerifyCmd,
+	deviceTokenCmd, deviceRevokeCmd, deployCmd,
 }
 
 func main() {

@@ -231,3 +231,27 @@ func (e *APIError) FailureHint() string {
 	}
 	return ""
 }
+
+// EnrollToken creates a one-time enrollment token for a hardware id.
+func (c *Client) EnrollToken(ctx context.Context, hardware string, ttl time.Duration) (string, time.Time, error) {
+	b, _ := json.Marshal(map[string]any{"hardware": hardware, "ttl_seconds": int64(ttl / time.Second)})
+	var out struct {
+		Token   string
+		Expires time.Time
+	}
+	err := c.do(ctx, "POST", "/api/v1/devices/tokens", bytes.NewReader(b), int64(len(b)), &out)
+	return out.Token, out.Expires, err
+}
+
+// Deploy assigns a release to every device of a hardware id.
+func (c *Client) Deploy(ctx context.Context, target, hardware string) (devices, changed int, err error) {
+	b, _ := json.Marshal(map[string]string{"target": target, "hardware": hardware})
+	var out struct{ Devices, Changed int }
+	err = c.do(ctx, "POST", "/api/v1/deploy", bytes.NewReader(b), int64(len(b)), &out)
+	return out.Devices, out.Changed, err
+}
+
+// RevokeDevice revokes a device; its certificate stops working at once.
+func (c *Client) RevokeDevice(ctx context.Context, id string) error {
+	return c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(id)+"/revoke", nil, 0, nil)
+}

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"slices"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -216,9 +217,10 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	product, _, _, err := release.ParseTargetPath(req.Target)
-	if err != nil {
-		writeError(w, errorf(http.StatusBadRequest, "bad-target", "%v", err))
+	// PRODUCT/VERSION names the release's only file; a full path works too.
+	product, _, _ := strings.Cut(req.Target, "/")
+	if release.ValidateProduct(product) != nil {
+		writeError(w, errorf(http.StatusBadRequest, "bad-target", "%q is not PRODUCT/VERSION or PRODUCT/VERSION/FILE", req.Target))
 		return
 	}
 	doc, err := s.store.Doc(r.Context(), imageRepo, product, 0)
@@ -231,11 +233,22 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	tf, ok := role.Signed.Targets[req.Target]
-	if !ok {
-		writeError(w, errorf(http.StatusNotFound, "unknown-release", "no published release %s", req.Target))
+	var matches []string
+	for path := range role.Signed.Targets {
+		if path == req.Target || strings.HasPrefix(path, req.Target+"/") {
+			matches = append(matches, path)
+		}
+	}
+	if len(matches) != 1 {
+		if len(matches) == 0 {
+			writeError(w, errorf(http.StatusNotFound, "unknown-release", "no published release %s", req.Target))
+		} else {
+			writeError(w, errorf(http.StatusBadRequest, "ambiguous-target", "%s names several files: %v; give one", req.Target, matches))
+		}
 		return
 	}
+	req.Target = matches[0]
+	tf := role.Signed.Targets[req.Target]
 	meta, err := release.FromTarget(req.Target, tf)
 	if err != nil {
 		writeError(w, toAPIError(err))
