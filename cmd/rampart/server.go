@@ -54,8 +54,10 @@ var serverKeysCmd = &command{
 Usage: rampart server keys --server URL --ca FILE -o DIR
 
 Writes DIR/snapshot.pub and DIR/timestamp.pub (the online keys to name in
-rampart repo init --snapshot-key/--timestamp-key) and DIR/log.pub (the
-transparency log's verifier key). Existing files are not replaced.
+rampart repo init --snapshot-key/--timestamp-key), DIR/director-targets.pub,
+DIR/director-snapshot.pub and DIR/director-timestamp.pub (the director's
+online keys, for the director root), and DIR/log.pub (the transparency
+log's verifier key). Existing files are not replaced.
 
 Flags:
 ` + serverFlagsHelp + `    -o DIR           where to write the keys
@@ -88,7 +90,13 @@ Example:
 		if ks["snapshot"] == "" || ks["timestamp"] == "" || ks["log_key"] == "" {
 			return fmt.Errorf("the server's answer lacks online keys: %v", ks)
 		}
-		for name, v := range map[string]string{"snapshot.pub": ks["snapshot"], "timestamp.pub": ks["timestamp"], "log.pub": ks["log_key"] + "\n"} {
+		files := map[string]string{"snapshot.pub": ks["snapshot"], "timestamp.pub": ks["timestamp"], "log.pub": ks["log_key"] + "\n"}
+		for _, role := range []string{"director-targets", "director-snapshot", "director-timestamp"} {
+			if ks[role] != "" {
+				files[role+".pub"] = ks[role]
+			}
+		}
+		for name, v := range files {
 			if err := atomicfile.CreateNew(filepath.Join(*out, name), []byte(v), 0o644); err != nil {
 				return err
 			}
@@ -319,4 +327,67 @@ func (a *auditRefusal) Unwrap() error             { return a.err }
 func (a *auditRefusal) FailureKind() failure.Kind { return failure.Refused }
 func (a *auditRefusal) FailureHint() string {
 	return "the audit log in the server's database was altered; preserve the database and investigate"
+}
+
+var directorPushRootCmd = &command{
+	name:    "director push-root",
+	summary: "push the offline-signed director root to the server (admin)",
+	usage: `
+Usage: rampart director push-root DIR --server URL --ca FILE --token ADMIN
+
+DIR is a repository made with rampart repo init whose targets, snapshot and
+timestamp keys are the server's director keys (rampart server keys writes
+them) and whose root the root key holders signed. Every root version the
+server does not have yet is pushed; each must be signed by a threshold of
+the previous root's keys and of its own.
+
+Flags:
+` + serverFlagsHelp + `
+Example:
+    rampart repo init director --root-key keys/root-a.pub --root-key keys/root-b.pub --root-threshold 2 \
+        --targets-key online/director-targets.pub --snapshot-key online/director-snapshot.pub \
+        --timestamp-key online/director-timestamp.pub
+    rampart repo sign director root --key keys/root-a.key
+    rampart repo sign director root --key keys/root-b.key
+    rampart director push-root director --server https://127.0.0.1:8443 --ca srv/ca.pem --token "$ADMIN"
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("director push-root", flag.ContinueOnError)
+		sf := addServerFlags(fs)
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usagef("rampart director push-root --help shows an example", "director push-root takes the director repository directory")
+		}
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		ctx := context.Background()
+		have, err := c.DirectorRootVersion(ctx)
+		if err != nil {
+			return err
+		}
+		roots, err := r.RootsAfter(have)
+		if err != nil {
+			return err
+		}
+		if len(roots) == 0 {
+			fmt.Fprintln(e.stderr, "rampart: note: the server has every root version; nothing to push")
+			return nil
+		}
+		v, err := c.PushDirectorRoots(ctx, roots)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "director root version %d on the server\n", v)
+		return nil
+	},
 }

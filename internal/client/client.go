@@ -255,3 +255,19 @@ func (c *Client) Deploy(ctx context.Context, target, hardware string) (devices, 
 func (c *Client) RevokeDevice(ctx context.Context, id string) error {
 	return c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(id)+"/revoke", nil, 0, nil)
 }
+
+// DirectorRootVersion returns the newest director root version the server
+// holds, 0 if none.
+func (c *Client) DirectorRootVersion(ctx context.Context) (int64, error) {
+	var out struct{ Director int64 }
+	err := c.do(ctx, "GET", "/api/v1/director/root", nil, -1, &out)
+	return out.Director, err
+}
+
+// PushDirectorRoots pushes new director root versions, in order.
+func (c *Client) PushDirectorRoots(ctx context.Context, roots [][]byte) (int64, error) {
+	b, _ := json.Marshal(map[string]any{"roots": roots})
+	var out struct{ Root int64 }
+	err := c.do(ctx, "POST", "/api/v1/director/root", bytes.NewReader(b), int64(len(b)), &out)
+	return out.Root, err
+}

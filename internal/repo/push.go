@@ -223,3 +223,41 @@ func allTargets(s *state) map[string]*metadata.TargetFiles {
 	}
 	return out
 }
+
+// RootsAfter returns every root version above have, published and staged,
+// in order; the staged one only if it meets its thresholds.
+func (r *Repo) RootsAfter(have int64) ([][]byte, error) {
+	s, err := r.load()
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	vs, err := r.publishedRootVersions()
+	if err != nil {
+		return nil, err
+	}
+	for _, v := range vs {
+		if v > have {
+			b, err := os.ReadFile(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v)))
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, b)
+		}
+	}
+	if s.rootStaged && s.root.Signed.Version > have {
+		st, err := r.status(s)
+		if err != nil {
+			return nil, err
+		}
+		if !st[0].Ready {
+			return nil, fmt.Errorf("%w: the staged root version %d lacks signatures (rampart repo status %s)", ErrBelowThreshold, s.root.Signed.Version, r.Dir)
+		}
+		b, err := s.root.ToBytes(true)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, nil
+}

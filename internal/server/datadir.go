@@ -72,7 +72,7 @@ func InitDataDir(dir string, o InitOptions) (*InitResult, error) {
 		}
 	}
 	res := &InitResult{Public: map[string]string{}}
-	for _, role := range []string{"snapshot", "timestamp"} {
+	for _, role := range []string{"snapshot", "timestamp", "director-targets", "director-snapshot", "director-timestamp"} {
 		priv, err := keys.Generate(keys.Ed25519)
 		if err != nil {
 			return nil, err
@@ -174,6 +174,16 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	}
 	if c.Timestamp, err = loadSigner("timestamp.key"); err != nil {
 		return nil, err
+	}
+	for _, k := range []struct {
+		name string
+		dst  *[]keys.Signer
+	}{{"director-targets.key", &c.DirectorKeys.Targets}, {"director-snapshot.key", &c.DirectorKeys.Snapshot}, {"director-timestamp.key", &c.DirectorKeys.Timestamp}} {
+		sg, err := loadSigner(k.name)
+		if err != nil {
+			return nil, err
+		}
+		*k.dst = []keys.Signer{sg}
 	}
 	skey, err := read("keys/log.key")
 	if err != nil {

@@ -485,8 +485,12 @@ func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
 // ceremony) and the log's verifier key (for devices and monitors).
 func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
 	out := map[string]string{"log_origin": s.log.Origin(), "log_key": s.logVerifierKey}
-	for i, role := range []string{"snapshot", "timestamp"} {
-		b, err := keys.MarshalPublic(s.online[i].Public())
+	for role, sg := range map[string]keys.Signer{"snapshot": s.online[0], "timestamp": s.online[1],
+		"director-targets": first(s.directorKeys.Targets), "director-snapshot": first(s.directorKeys.Snapshot), "director-timestamp": first(s.directorKeys.Timestamp)} {
+		if sg == nil {
+			continue
+		}
+		b, err := keys.MarshalPublic(sg.Public())
 		if err != nil {
 			writeError(w, toAPIError(err))
 			return
@@ -494,4 +498,11 @@ func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
 		out[role] = string(b)
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+func first(ss []keys.Signer) keys.Signer {
+	if len(ss) == 0 {
+		return nil
+	}
+	return ss[0]
 }

@@ -25,10 +25,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/store"
@@ -62,9 +64,11 @@ type Config struct {
 	Snapshot, Timestamp keys.Signer
 	// DeviceCA issues device client certificates at enrollment.
 	DeviceCA *pki.CA
-	Expiry   Expiry
-	Logger   *slog.Logger
-	Now      func() time.Time
+	// DirectorKeys are the director's online keys.
+	DirectorKeys director.Keys
+	Expiry       Expiry
+	Logger       *slog.Logger
+	Now          func() time.Time
 }
 
 // Server serves the API. It is safe for concurrent use.
@@ -79,6 +83,9 @@ type Server struct {
 	now            func() time.Time
 	metrics        *metrics
 	deviceCA       *pki.CA
+	directorKeys   director.Keys
+	directorRoot   atomic.Pointer[directorRootState]
+	directors      directorCache
 	// pushMu serialises writers of the image repository within a
 	// process; the store's version conflicts protect across replicas.
 	pushMu sync.Mutex
@@ -99,7 +106,7 @@ func New(c Config) (*Server, error) {
 		c.Now = time.Now
 	}
 	return &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
-		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA}, nil
+		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, directorKeys: c.DirectorKeys}, nil
 }
 
 // Handler returns the HTTP handler with every route.
@@ -121,6 +128,9 @@ func (s *Server) Handler() http.Handler {
 	// Device API: enrollment by one-time token, then mTLS.
 	mux.HandleFunc("POST /api/v1/enroll", s.handleEnroll)
 	mux.HandleFunc("POST /api/v1/device/report", s.handleReport)
+	mux.HandleFunc("POST /api/v1/director/root", s.requireRole(s.handleDirectorRoot))
+	mux.HandleFunc("GET /api/v1/director/root", s.requireRole(s.handleDirectorRootVersion, RoleReleaseManager, RoleOperator, RoleAuditor))
+	mux.HandleFunc("GET /director/{file}", s.handleDirector)
 	// The published repository and log: public, cacheable.
 	mux.HandleFunc("GET /repo/{file}", s.handleMetadata)
 	mux.HandleFunc("GET /repo/targets/{path...}", s.handleTarget)

@@ -1,0 +1,184 @@
+package director
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"reflect"
+	"sort"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/release"
+)
+
+// Errors of Check (the device-side agreement check). Build also uses
+// ErrWrongHardware for an assignment the release does not support.
+var (
+	// ErrDisagree: the director's target and the image repository's differ
+	// in path, length, any hash, or release metadata.
+	ErrDisagree = errors.New("director and image repository disagree")
+	// ErrWrongDevice: the director's target is bound to another device.
+	ErrWrongDevice = errors.New("director target is for another device")
+	// ErrWrongHardware: the director names another hardware id, or the
+	// image repository's release does not list ours.
+	ErrWrongHardware = errors.New("target is not for this hardware")
+	// ErrMalformed: a target lacks what the check needs (hashes, custom
+	// metadata) or it does not parse.
+	ErrMalformed = errors.New("malformed target metadata")
+)
+
+// Custom is the rampart custom metadata of a director target entry.
+type Custom struct {
+	DeviceID   string `json:"device_id"`
+	HardwareID string `json:"hardware_id"`
+	// Release is the image repository's rampart custom metadata, verbatim.
+	Release json.RawMessage `json:"release"`
+}
+
+// CustomOf decodes a director target's custom metadata.
+func CustomOf(tf *metadata.TargetFiles) (*Custom, error) {
+	raw, err := rampartCustom(tf.Custom)
+	if err != nil {
+		return nil, fmt.Errorf("director target %s: %w", tf.Path, err)
+	}
+	var c Custom
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return nil, fmt.Errorf("%w: director target %s custom metadata: %v", ErrMalformed, tf.Path, err)
+	}
+	if c.DeviceID == "" || c.HardwareID == "" {
+		return nil, fmt.Errorf("%w: director target %s names no device or hardware id", ErrMalformed, tf.Path)
+	}
+	if len(c.Release) == 0 || bytes.Equal(c.Release, []byte("null")) {
+		return nil, fmt.Errorf("%w: director target %s carries no release metadata", ErrMalformed, tf.Path)
+	}
+	return &c, nil
+}
+
+// rampartCustom returns the value under custom.rampart.
+func rampartCustom(custom *json.RawMessage) (json.RawMessage, error) {
+	if custom == nil {
+		return nil, fmt.Errorf("%w: no custom metadata", ErrMalformed)
+	}
+	var wrapper map[string]json.RawMessage
+	if err := json.Unmarshal(*custom, &wrapper); err != nil {
+		return nil, fmt.Errorf("%w: custom metadata: %v", ErrMalformed, err)
+	}
+	raw, ok := wrapper[CustomKey]
+	if !ok {
+		return nil, fmt.Errorf("%w: no %q custom metadata", ErrMalformed, CustomKey)
+	}
+	return raw, nil
+}
+
+// jsonEqual compares two JSON documents by value (numbers exactly).
+func jsonEqual(a, b []byte) bool {
+	va, ea := decodeJSON(a)
+	vb, eb := decodeJSON(b)
+	return ea == nil && eb == nil && reflect.DeepEqual(va, vb)
+}
+
+func decodeJSON(b []byte) (any, error) {
+	d := json.NewDecoder(bytes.NewReader(b))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, err
+	}
+	if d.More() {
+		return nil, errors.New("trailing data")
+	}
+	return v, nil
+}
+
+// Check is the device's Uptane agreement check between the target the
+// director names (dirTarget, verified from the director repository) and
+// the image repository's entry for the same path (imageTarget, verified
+// from the image repository, delegations followed). It requires the same
+// path, identical lengths, identical hashes under every algorithm either
+// side lists (sha256 among them), the director's device id and hardware id
+// to be ours, its copy of the release metadata to equal the image
+// repository's, and the release to list our hardware id.
+//
+// Errors wrap ErrDisagree, ErrWrongDevice, ErrWrongHardware or
+// ErrMalformed.
+func Check(dirTarget, imageTarget *metadata.TargetFiles, path string, deviceID, hardwareID string) error {
+	if dirTarget == nil || imageTarget == nil {
+		return fmt.Errorf("%w: missing director or image target for %s", ErrMalformed, path)
+	}
+	for _, x := range []struct {
+		side string
+		tf   *metadata.TargetFiles
+	}{{"director", dirTarget}, {"image repository", imageTarget}} {
+		if x.tf.Path != "" && x.tf.Path != path {
+			return fmt.Errorf("%w: the %s entry is for %s, not %s", ErrDisagree, x.side, x.tf.Path, path)
+		}
+		if x.tf.Length < 0 {
+			return fmt.Errorf("%w: the %s entry for %s has length %d", ErrMalformed, x.side, path, x.tf.Length)
+		}
+		if len(x.tf.Hashes) == 0 {
+			return fmt.Errorf("%w: the %s entry for %s has no hashes", ErrMalformed, x.side, path)
+		}
+		for alg, h := range x.tf.Hashes {
+			if len(h) == 0 {
+				return fmt.Errorf("%w: the %s entry for %s has an empty %s hash", ErrMalformed, x.side, path, alg)
+			}
+		}
+	}
+	if dirTarget.Length != imageTarget.Length {
+		return fmt.Errorf("%w: %s is %d bytes for the director, %d for the image repository", ErrDisagree, path, dirTarget.Length, imageTarget.Length)
+	}
+	algs := map[string]bool{}
+	for alg := range dirTarget.Hashes {
+		algs[alg] = true
+	}
+	for alg := range imageTarget.Hashes {
+		algs[alg] = true
+	}
+	names := make([]string, 0, len(algs))
+	for alg := range algs {
+		names = append(names, alg)
+	}
+	sort.Strings(names)
+	for _, alg := range names {
+		d, dok := dirTarget.Hashes[alg]
+		i, iok := imageTarget.Hashes[alg]
+		switch {
+		case !dok:
+			return fmt.Errorf("%w: the image repository lists a %s hash of %s, the director does not", ErrDisagree, alg, path)
+		case !iok:
+			return fmt.Errorf("%w: the director lists a %s hash of %s, the image repository does not", ErrDisagree, alg, path)
+		case !bytes.Equal(d, i):
+			return fmt.Errorf("%w: %s of %s is %x for the director, %x for the image repository", ErrDisagree, alg, path, []byte(d), []byte(i))
+		}
+	}
+	if len(imageTarget.Hashes["sha256"]) != 32 {
+		return fmt.Errorf("%w: %s has no sha256 hash", ErrMalformed, path)
+	}
+	c, err := CustomOf(dirTarget)
+	if err != nil {
+		return err
+	}
+	if c.DeviceID != deviceID {
+		return fmt.Errorf("%w: the director assigned %s to device %q, this is %q", ErrWrongDevice, path, c.DeviceID, deviceID)
+	}
+	if c.HardwareID != hardwareID {
+		return fmt.Errorf("%w: the director assigned %s for hardware %q, this device is %q", ErrWrongHardware, path, c.HardwareID, hardwareID)
+	}
+	rel, err := release.FromTarget(path, imageTarget)
+	if err != nil {
+		return fmt.Errorf("%w: image repository entry: %w", ErrMalformed, err)
+	}
+	imgRaw, err := rampartCustom(imageTarget.Custom)
+	if err != nil {
+		return fmt.Errorf("image repository entry %s: %w", path, err)
+	}
+	if !rel.Supports(hardwareID) {
+		return fmt.Errorf("%w: release %s is for hardware %v, this device is %q", ErrWrongHardware, path, rel.HardwareIDs, hardwareID)
+	}
+	if !jsonEqual(c.Release, imgRaw) {
+		return fmt.Errorf("%w: the director's release metadata for %s differs from the image repository's", ErrDisagree, path)
+	}
+	return nil
+}

@@ -1,0 +1,189 @@
+package director_test
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/release"
+)
+
+func readFile(t *testing.T, p string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// clone deep-copies a target entry through JSON, keeping its path.
+func clone(t *testing.T, tf *metadata.TargetFiles) *metadata.TargetFiles {
+	t.Helper()
+	b, err := json.Marshal(tf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out metadata.TargetFiles
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	out.Path = tf.Path
+	return &out
+}
+
+func withCustom(t *testing.T, tf *metadata.TargetFiles, v any) *metadata.TargetFiles {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := json.RawMessage(b)
+	tf.Custom = &raw
+	return tf
+}
+
+func TestCheck(t *testing.T) {
+	f := newFx(t)
+	r := f.build(f.assign(tgt1, f.img1), nil, t0)
+	tg, err := clientRefresh(t, f.root, nil, r, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dt := tg.Signed.Targets[tgt1]
+	if err := director.Check(dt, f.img1, tgt1, dev, hw); err != nil {
+		t.Fatalf("agreement: %v", err)
+	}
+	dirCustom, err := director.CustomOf(dt)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// dirMeta rebuilds the director entry with another custom.
+	dirWith := func(c director.Custom) *metadata.TargetFiles {
+		return withCustom(t, clone(t, dt), map[string]director.Custom{"rampart": c})
+	}
+	// imgWith rebuilds both sides with an altered release: the image's
+	// custom changes and the director copies it, as a compromised or buggy
+	// server could.
+	imgWith := func(mut func(m *release.Meta)) (*metadata.TargetFiles, *metadata.TargetFiles) {
+		m, err := release.FromTarget(tgt1, f.img1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		mut(m)
+		custom, _ := m.Custom()
+		img := clone(t, f.img1)
+		img.Custom = custom
+		var wrap map[string]json.RawMessage
+		json.Unmarshal(*custom, &wrap)
+		c := *dirCustom
+		c.Release = wrap["rampart"]
+		return dirWith(c), img
+	}
+
+	flip := func(h metadata.HexBytes) metadata.HexBytes {
+		h = bytes.Clone(h)
+		h[0] ^= 1
+		return h
+	}
+	cases := []struct {
+		name     string
+		dir, img *metadata.TargetFiles
+		path     string
+		dev, hw  string
+		want     error
+	}{
+		{name: "length", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Length++; return d }(), want: director.ErrDisagree},
+		{name: "image length", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Length--; return i }(), want: director.ErrDisagree},
+		{name: "sha256", dir: func() *metadata.TargetFiles {
+			d := clone(t, dt)
+			d.Hashes["sha256"] = flip(d.Hashes["sha256"])
+			return d
+		}(), want: director.ErrDisagree},
+		{name: "sha512", img: func() *metadata.TargetFiles {
+			i := clone(t, f.img1)
+			i.Hashes["sha512"] = flip(i.Hashes["sha512"])
+			return i
+		}(), want: director.ErrDisagree},
+		{name: "sha512 only in image", dir: func() *metadata.TargetFiles { d := clone(t, dt); delete(d.Hashes, "sha512"); return d }(), want: director.ErrDisagree},
+		{name: "extra algorithm in director", dir: func() *metadata.TargetFiles {
+			d := clone(t, dt)
+			d.Hashes["sha384"] = bytes.Repeat([]byte{1}, 48)
+			return d
+		}(), want: director.ErrDisagree},
+		{name: "other path", path: tgt2, want: director.ErrDisagree},
+		{name: "other device", dev: "dev-0002", want: director.ErrWrongDevice},
+		{name: "director names other device", dir: func() *metadata.TargetFiles { c := *dirCustom; c.DeviceID = "dev-0002"; return dirWith(c) }(), want: director.ErrWrongDevice},
+		{name: "other hardware", hw: "acme-gw-rev-c", want: director.ErrWrongHardware},
+		{name: "director names other hardware", dir: func() *metadata.TargetFiles { c := *dirCustom; c.HardwareID = "acme-gw-rev-c"; return dirWith(c) }(), want: director.ErrWrongHardware},
+		{name: "image release lacks our hardware", dir: nil, img: nil, want: director.ErrWrongHardware},
+		{name: "release copy differs", want: director.ErrDisagree},
+		{name: "no director custom", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Custom = nil; return d }(), want: director.ErrMalformed},
+		{name: "director custom without release", dir: func() *metadata.TargetFiles { c := *dirCustom; c.Release = nil; return dirWith(c) }(), want: director.ErrMalformed},
+		{name: "no hashes", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Hashes = nil; return d }(), want: director.ErrMalformed},
+		{name: "no image custom", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Custom = nil; return i }(), want: director.ErrMalformed},
+		{name: "nil", dir: nil, want: director.ErrMalformed},
+	}
+	// Cases that need both sides rebuilt.
+	for i := range cases {
+		switch cases[i].name {
+		case "image release lacks our hardware":
+			cases[i].dir, cases[i].img = imgWith(func(m *release.Meta) { m.HardwareIDs = []string{"acme-gw-rev-c"} })
+		case "release copy differs":
+			d, _ := imgWith(func(m *release.Meta) { m.SecurityVersion = 99 })
+			cases[i].dir = d
+		}
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			d, i, p, dv, h := c.dir, c.img, c.path, c.dev, c.hw
+			if d == nil && c.name != "nil" {
+				d = dt
+			}
+			if i == nil {
+				i = f.img1
+			}
+			if p == "" {
+				p = tgt1
+			}
+			if dv == "" {
+				dv = dev
+			}
+			if h == "" {
+				h = hw
+			}
+			err := director.Check(d, i, p, dv, h)
+			if !errors.Is(err, c.want) {
+				t.Fatalf("Check = %v, want %v", err, c.want)
+			}
+			for _, other := range []error{director.ErrDisagree, director.ErrWrongDevice, director.ErrWrongHardware, director.ErrMalformed} {
+				if other != c.want && errors.Is(err, other) {
+					t.Fatalf("Check = %v also matches %v", err, other)
+				}
+			}
+		})
+	}
+	// Sanity: the rebuilt pair with an unchanged release still agrees.
+	d, i := func() (*metadata.TargetFiles, *metadata.TargetFiles) {
+		m, _ := release.FromTarget(tgt1, f.img1)
+		m.Created = m.Created.In(time.UTC)
+		custom, _ := m.Custom()
+		img := clone(t, f.img1)
+		img.Custom = custom
+		var wrap map[string]json.RawMessage
+		json.Unmarshal(*custom, &wrap)
+		c := *dirCustom
+		c.Release = wrap["rampart"]
+		return dirWith(c), img
+	}()
+	if err := director.Check(d, i, tgt1, dev, hw); err != nil {
+		t.Fatalf("rebuilt agreeing pair: %v", err)
+	}
+}
