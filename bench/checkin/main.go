@@ -8,11 +8,13 @@
 //
 //	go run ./bench/checkin -devices 10000 -duration 10s -workers 64
 //
-// The server runs in this process (sharing the machine's cores with the
-// load generator, as a loopback test must).
+// The server is the real rampart-server binary in its own process (run from
+// the module root); both share the machine's cores, as a loopback test
+// must.
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto"
@@ -25,14 +27,14 @@ import (
 	"fmt"
 	"io"
 	"log"
-	"log/slog"
 	"net/http"
-	"net/http/httptest"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/keys"
@@ -43,17 +45,41 @@ import (
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
 
+// serving reads the server's JSON log until it says where it listens.
+func serving(r io.Reader) (string, error) {
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		var m struct{ Msg, Addr string }
+		if json.Unmarshal(sc.Bytes(), &m) == nil && m.Msg == "serving" {
+			go io.Copy(io.Discard, r)
+			return m.Addr, nil
+		}
+	}
+	return "", fmt.Errorf("rampart-server exited before serving")
+}
+
 func main() {
 	devices := flag.Int("devices", 10000, "enrolled devices")
 	duration := flag.Duration("duration", 10*time.Second, "measurement time")
 	workers := flag.Int("workers", 64, "concurrent check-ins")
+	newConn := flag.Bool("new-conn", false, "open a new TLS connection (with session resumption) for every check-in instead of keeping one per device")
 	flag.Parse()
-	if err := run(*devices, *workers, *duration); err != nil {
+	// Every device keeps its own connection, and the server holds the other
+	// end: raise the open-files limit to what the system allows.
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < uint64(*devices+1000) {
+		log.Fatalf("the open-files limit %d is too low for %d devices; raise it (ulimit -n)", lim.Cur, *devices)
+	}
+	if err := run(*devices, *workers, *duration, *newConn); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(nDevices, workers int, duration time.Duration) error {
+func run(nDevices, workers int, duration time.Duration, newConn bool) error {
 	tmp, err := os.MkdirTemp("", "rampart-checkin-*")
 	if err != nil {
 		return err
@@ -100,18 +126,22 @@ func run(nDevices, workers int, duration time.Duration) error {
 	db.Close()
 	fmt.Printf("enrolled %d devices in %s\n", nDevices, time.Since(start).Round(time.Millisecond))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	in, err := server.OpenDataDir(ctx, data, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	// The server is the real binary in its own process, as in production.
+	bin := filepath.Join(tmp, "rampart-server")
+	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/rampart-server").CombinedOutput(); err != nil {
+		return fmt.Errorf("building rampart-server: %v\n%s", err, out)
+	}
+	srv := exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0")
+	stderr, _ := srv.StderrPipe()
+	if err := srv.Start(); err != nil {
+		return err
+	}
+	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+	addr, err := serving(stderr)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
-	ts := httptest.NewUnstartedServer(in.Server.Handler())
-	ts.TLS = in.TLS
-	ts.Config.ErrorLog = log.New(io.Discard, "", 0)
-	ts.StartTLS()
-	defer ts.Close()
+	ts := struct{ URL string }{"https://" + addr}
 	caPEM, _ := os.ReadFile(filepath.Join(data, "ca.pem"))
 	pool, _ := pki.CertPoolFromPEM(caPEM)
 	admin := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, nil)}}
@@ -148,7 +178,13 @@ func run(nDevices, workers int, duration time.Duration) error {
 	clients := make([]*http.Client, nDevices)
 	for i := range clients {
 		c := certs[i]
-		clients[i] = &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, &c), MaxIdleConnsPerHost: 1}}
+		cfg := pki.ClientTLSConfig(pool, &c)
+		tr := &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 1}
+		if newConn {
+			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			tr.DisableKeepAlives = true
+		}
+		clients[i] = &http.Client{Transport: tr}
 	}
 	checkin := func(i int, last *int64) error {
 		resp, err := clients[i].Get(ts.URL + "/director/timestamp.json")
@@ -245,7 +281,11 @@ func run(nDevices, workers int, duration time.Duration) error {
 	}
 	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
 	pct := func(p float64) time.Duration { return all[int(p*float64(len(all)-1))] }
-	fmt.Printf("check-ins: %d in %s = %.0f/s with %d workers over %d devices\n", count.Load(), elapsed.Round(time.Millisecond), float64(count.Load())/elapsed.Seconds(), workers, nDevices)
+	mode := "one kept-alive connection per device"
+	if newConn {
+		mode = "a new TLS connection per check-in, with session resumption"
+	}
+	fmt.Printf("check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", count.Load(), elapsed.Round(time.Millisecond), float64(count.Load())/elapsed.Seconds(), workers, nDevices, mode)
 	fmt.Printf("latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(.5), pct(.9), pct(.99), all[len(all)-1])
 	return nil
 }
