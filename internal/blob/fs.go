@@ -52,7 +52,9 @@ func (s *FS) Put(ctx context.Context, digest string, length int64, r io.Reader) 
 	h := sha256.New()
 	// One byte more than expected reveals an over-long body without
 	// reading an endless one.
-	n, err := io.Copy(io.MultiWriter(tmp, h), io.LimitReader(ctxReader{ctx, r}, length+1))
+	// Write-behind starts the disk writes while the upload continues, so
+	// the fsync below waits only for the tail.
+	n, err := io.Copy(io.MultiWriter(atomicfile.WriteBehind(tmp), h), io.LimitReader(ctxReader{ctx, r}, length+1))
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", digest, err)
 	}
