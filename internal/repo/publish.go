@@ -42,26 +42,7 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	var problems []string
-	for _, st := range statuses {
-		if st.Expired {
-			problems = append(problems, fmt.Sprintf("%s version %d expired at %s; stage a new version (rampart repo stage %s %s) and sign it", st.Role, st.Version, st.Expires.Format("2006-01-02T15:04:05Z"), r.Dir, st.Role))
-			continue
-		}
-		for _, q := range st.Requirements {
-			if !q.Met() {
-				what := "staged"
-				if !st.Staged {
-					what = "published"
-				}
-				p := fmt.Sprintf("%s (%s version %d) has %d of %d signatures from %s; missing: %s", st.Role, what, st.Version, len(q.Signed), q.Threshold, q.Name, strings.Join(q.Missing, ", "))
-				if !st.Staged {
-					p += fmt.Sprintf("; its keys changed, so stage it again (rampart repo stage %s %s) and sign it", r.Dir, st.Role)
-				}
-				problems = append(problems, p)
-			}
-		}
-	}
+	problems := r.problems(statuses, nil)
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("%w:\n  %s", ErrBelowThreshold, strings.Join(problems, "\n  "))
 	}
@@ -323,4 +304,33 @@ func PublicTargetPaths(target, imageSHA256, indexSHA256 string) (image, index st
 	image = filepath.Join("targets", dir, imageSHA256+"."+file)
 	index = filepath.Join("targets", dir, indexSHA256+"."+file+release.IndexSuffix)
 	return image, index
+}
+
+// problems describes every role that publish or push would refuse: expired,
+// or short of a threshold. skip leaves out roles the caller will not send.
+func (r *Repo) problems(statuses []RoleStatus, skip func(RoleStatus) bool) []string {
+	var problems []string
+	for _, st := range statuses {
+		if skip != nil && skip(st) {
+			continue
+		}
+		if st.Expired {
+			problems = append(problems, fmt.Sprintf("%s version %d expired at %s; stage a new version (rampart repo stage %s %s) and sign it", st.Role, st.Version, st.Expires.Format("2006-01-02T15:04:05Z"), r.Dir, st.Role))
+			continue
+		}
+		for _, q := range st.Requirements {
+			if !q.Met() {
+				what := "staged"
+				if !st.Staged {
+					what = "published"
+				}
+				p := fmt.Sprintf("%s (%s version %d) has %d of %d signatures from %s; missing: %s", st.Role, what, st.Version, len(q.Signed), q.Threshold, q.Name, strings.Join(q.Missing, ", "))
+				if !st.Staged {
+					p += fmt.Sprintf("; its keys changed, so stage it again (rampart repo stage %s %s) and sign it", r.Dir, st.Role)
+				}
+				problems = append(problems, p)
+			}
+		}
+	}
+	return problems
 }

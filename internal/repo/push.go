@@ -44,20 +44,7 @@ func (r *Repo) PushSet(server map[string]int64) (*PushSet, error) {
 	if err != nil {
 		return nil, err
 	}
-	var problems []string
-	for _, st := range statuses {
-		if st.Version <= server[st.Role] || st.Ready {
-			continue
-		}
-		for _, q := range st.Requirements {
-			if !q.Met() {
-				problems = append(problems, fmt.Sprintf("%s version %d has %d of %d signatures from %s; missing: %s", st.Role, st.Version, len(q.Signed), q.Threshold, q.Name, strings.Join(q.Missing, ", ")))
-			}
-		}
-		if st.Expired {
-			problems = append(problems, fmt.Sprintf("%s version %d has expired", st.Role, st.Version))
-		}
-	}
+	problems := r.problems(statuses, func(st RoleStatus) bool { return st.Version <= server[st.Role] })
 	if len(problems) > 0 {
 		return nil, fmt.Errorf("%w:\n  %s", ErrBelowThreshold, strings.Join(problems, "\n  "))
 	}
