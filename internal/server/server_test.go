@@ -302,6 +302,11 @@ func TestPushServeAndClient(t *testing.T) {
 	if err := audit.Verify(nil, es); err != nil || len(es) < 5 {
 		t.Fatalf("%d entries: %v", len(es), err)
 	}
+	for _, a := range es {
+		if len(a.RequestID) != 16 {
+			t.Fatalf("audit entry without a request id: %+v", a)
+		}
+	}
 	var pushes []string
 	for _, a := range es {
 		if a.Action == "push" {
@@ -377,7 +382,7 @@ func TestAPIRefusals(t *testing.T) {
 		t.Fatal("healthz")
 	}
 	resp, b = e.do("GET", "/metrics", "", nil)
-	if resp.StatusCode != 200 || !strings.Contains(string(b), `rampart_http_requests_total{code="403",route="POST /api/v1/repo/push"} 2`) || !strings.Contains(string(b), "rampart_auth_failures_total 1") {
+	if resp.StatusCode != 200 || !strings.Contains(string(b), `rampart_http_requests_total{code="403",route="POST /api/v1/repo/push"} 2`) || !strings.Contains(string(b), "rampart_auth_failures_total 1") || !strings.Contains(string(b), "rampart_enrolled_devices 0") {
 		t.Fatalf("metrics:\n%s", b)
 	}
 }
