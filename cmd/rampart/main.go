@@ -37,7 +37,7 @@ var commands = []*command{
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, auditVerifyCmd,
-	deviceTokenCmd, deviceRevokeCmd, deployCmd, directorPushRootCmd,
+	deviceTokenCmd, deviceRevokeCmd, deployCmd, directorPushRootCmd, logVerifyCmd,
 }
 
 func main() {

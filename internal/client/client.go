@@ -20,6 +20,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/failure"
+	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/pki"
 )
 
@@ -271,4 +272,30 @@ func (c *Client) PushDirectorRoots(ctx context.Context, roots [][]byte) (int64, 
 	var out struct{ Root int64 }
 	err := c.do(ctx, "POST", "/api/v1/director/root", bytes.NewReader(b), int64(len(b)), &out)
 	return out.Root, err
+}
+
+// Checkpoint fetches the log's current checkpoint (unverified).
+func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
+	var buf bytes.Buffer
+	err := c.do(ctx, "GET", "/log/checkpoint", nil, -1, &buf)
+	return buf.Bytes(), err
+}
+
+// LogProof fetches a release's logged statement and inclusion proof.
+func (c *Client) LogProof(ctx context.Context, target string) (statement []byte, proof *logproof.Proof, err error) {
+	var out struct {
+		Statement string
+		Proof     *logproof.Proof
+	}
+	if err := c.do(ctx, "GET", "/api/v1/log/proof/"+target, nil, -1, &out); err != nil {
+		return nil, nil, err
+	}
+	return []byte(out.Statement), out.Proof, nil
+}
+
+// Consistency fetches a consistency proof between two tree sizes.
+func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
+	var out struct{ Hashes [][]byte }
+	err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/log/consistency?from=%d&to=%d", from, to), nil, -1, &out)
+	return out.Hashes, err
 }

@@ -135,6 +135,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/tokens", s.requireRole(s.handleCreateToken))
 	mux.HandleFunc("GET /api/v1/audit", s.requireRole(s.handleAudit, RoleAuditor))
 	mux.HandleFunc("GET /api/v1/log/proof/{target...}", s.handleLogProof)
+	mux.HandleFunc("GET /api/v1/log/consistency", s.handleLogConsistency)
 	mux.HandleFunc("POST /api/v1/devices/tokens", s.requireRole(s.handleEnrollToken, RoleOperator))
 	mux.HandleFunc("GET /api/v1/devices/{id}", s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
 	mux.HandleFunc("POST /api/v1/devices/{id}/revoke", s.requireRole(s.handleRevokeDevice, RoleOperator))
