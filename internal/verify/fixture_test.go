@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
-	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -215,7 +214,6 @@ func flip(b []byte, i int) []byte {
 	return c
 }
 
-var _ = time.Now
 
 func sum(b []byte) []byte {
 	s := sha256.Sum256(b)
