@@ -94,6 +94,16 @@ func checkChunk(i, cs, n, off, length uint64) error {
 }
 
 // validate checks that ix is a well-formed fixed-size chunk index.
+// Validate checks that the index is well formed (what Parse checks), so a
+// caller that verifies many chunks can validate once and compare hashes
+// itself; VerifyChunk validates the whole index on every call.
+func (ix *Index) Validate() error {
+	if ix == nil {
+		return fmt.Errorf("%w: nil index", ErrMalformed)
+	}
+	return ix.validate()
+}
+
 func (ix *Index) validate() error {
 	if ix == nil {
 		return malformed("index: nil")

@@ -214,7 +214,6 @@ func flip(b []byte, i int) []byte {
 	return c
 }
 
-
 func sum(b []byte) []byte {
 	s := sha256.Sum256(b)
 	return s[:]

@@ -1,0 +1,448 @@
+// Package uptane is the device side's full Uptane verification of what the
+// Rampart server asks a device to install.
+//
+// Check decides, before a single image byte is downloaded, whether the
+// device should install something now. It requires three independent
+// authorities to agree (design §3):
+//
+//  1. The director: the device's own TUF repository, served at /director/
+//     over mTLS, refreshed with go-tuf from the trusted director root (the
+//     cached StateDir/director/root.json, else the root shipped in firmware;
+//     never trust on first use). Its targets role must be bound to this
+//     device (director.CheckDevice) and lists at most one target.
+//  2. The image repository, served at /repo/ with consistent snapshots,
+//     refreshed the same way (StateDir/image): the director's target must
+//     exist there (delegations followed) and agree with the director's
+//     entry in path, length, hashes, device id, hardware id and release
+//     metadata (director.Check). Its security version must be at least
+//     Config.MinSecurityVersion.
+//  3. The transparency log: the release statement must be included under
+//     a checkpoint signed by the pinned log key, describe exactly this
+//     target (path, length, SHA-256, security version), and the checkpoint
+//     must be consistent with the last one this device accepted
+//     (StateDir/log/checkpoint), which is then replaced atomically.
+//
+// Every refusal is a *verify.Error whose Class names the attack class; the
+// two log-specific classes NotLogged and LogFork are defined here.
+// Transport failures (server unreachable, 5xx) are returned as plain errors:
+// they are not evidence of an attack and the caller should simply retry.
+//
+// Check never downloads the image: it returns the consistent-snapshot URLs
+// of the image and its chunk index, which the caller streams and verifies
+// against Decision.File and Decision.Release.
+package uptane
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net/http"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/theupdateframework/go-tuf/v2/metadata/config"
+	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/logproof"
+	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+// Refusal classes for the transparency log, in addition to verify's.
+const (
+	// NotLogged: the release is not (provably) recorded in the log.
+	NotLogged verify.Class = "not-logged"
+	// LogFork: the log's checkpoint is not an append-only extension of the
+	// one the device last accepted (split view, rollback of the log).
+	LogFork verify.Class = "log-inconsistent"
+)
+
+// Limits on the log API responses read by Check.
+const (
+	maxProofResponse       = 2 * (logproof.MaxProofSize + logproof.MaxStatementSize)
+	maxConsistencyResponse = 64 << 10
+)
+
+// Config is what the device pins and where it keeps its state.
+type Config struct {
+	// ServerURL is the server's base URL, e.g. https://updates.example:8443.
+	ServerURL string
+	// HTTPClient carries the device certificate (mTLS) and pins the
+	// server CA. It is required: the director is served only over mTLS.
+	HTTPClient *http.Client
+	// StateDir holds director/, image/ (trusted TUF metadata) and
+	// log/checkpoint (the last accepted checkpoint).
+	StateDir string
+	// ImageRoot and DirectorRoot are the roots shipped in firmware, used
+	// only when StateDir holds no cached trusted root.
+	ImageRoot, DirectorRoot []byte
+	// LogOrigin and LogKey pin the transparency log.
+	LogOrigin string
+	LogKey    note.Verifier
+	// DeviceID and HardwareID are this device's identity.
+	DeviceID, HardwareID string
+	// MinSecurityVersion is the device's anti-rollback counter.
+	MinSecurityVersion uint64
+	// Now is the reference time for metadata expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+// Decision is the outcome of a successful Check.
+type Decision struct {
+	// Nothing is true when the director lists nothing to install; every
+	// other field is then zero.
+	Nothing bool
+	// Target is the image repository's target path.
+	Target string
+	// File is the image repository's verified entry (length, hashes).
+	File *metadata.TargetFiles
+	// Release is the parsed release metadata (security version, index).
+	Release *release.Meta
+	// ImageURL and IndexURL are the consistent-snapshot URLs of the image
+	// and its chunk index under /repo/targets/.
+	ImageURL, IndexURL string
+	// Checkpoint is the log checkpoint now stored as the last accepted.
+	Checkpoint []byte
+}
+
+// Check runs the full verification described in the package comment.
+func Check(ctx context.Context, cfg Config) (*Decision, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	base := strings.TrimRight(cfg.ServerURL, "/")
+
+	// 1. Director.
+	dir, err := refresh(cfg, "director", base+"/director/", cfg.DirectorRoot)
+	if err != nil {
+		return nil, err
+	}
+	trusted := dir.GetTrustedMetadataSet()
+	if trusted.Targets[metadata.TARGETS] == nil {
+		return nil, refuse(verify.MissingTarget, "director", nil, "director has no trusted targets role")
+	}
+	if err := director.CheckDevice(trusted.Targets[metadata.TARGETS], cfg.DeviceID); err != nil {
+		return nil, directorRefusal(err)
+	}
+	dirTargets := dir.GetTopLevelTargets()
+	if len(dirTargets) == 0 {
+		return &Decision{Nothing: true}, nil
+	}
+	if len(dirTargets) > 1 {
+		return nil, refuse(verify.Malformed, "director", nil, "director lists %d targets; a Rampart device installs one", len(dirTargets))
+	}
+	var tpath string
+	var dirTarget *metadata.TargetFiles
+	for p, tf := range dirTargets {
+		tpath, dirTarget = p, tf
+	}
+
+	// 2. Image repository.
+	img, err := refresh(cfg, "image", base+"/repo/", cfg.ImageRoot)
+	if err != nil {
+		return nil, err
+	}
+	imgTarget, err := img.GetTargetInfo(tpath)
+	if err != nil {
+		if strings.Contains(err.Error(), "not found") && !isDownload(err) {
+			return nil, refuse(verify.MissingTarget, "image", err, "image repository does not list %q", tpath)
+		}
+		return nil, classify("image", err)
+	}
+	if err := director.Check(dirTarget, imgTarget, tpath, cfg.DeviceID, cfg.HardwareID); err != nil {
+		return nil, directorRefusal(err)
+	}
+	rel, err := release.FromTarget(tpath, imgTarget)
+	if err != nil {
+		return nil, refuse(verify.Malformed, "image", err, "release metadata of %q", tpath)
+	}
+	if rel.SecurityVersion < cfg.MinSecurityVersion {
+		return nil, refuse(verify.Downgrade, "image", nil, "%q has security version %d, below the device's %d", tpath, rel.SecurityVersion, cfg.MinSecurityVersion)
+	}
+
+	// 3. Transparency log.
+	cp, err := checkLog(ctx, cfg, base, tpath, imgTarget, rel)
+	if err != nil {
+		return nil, err
+	}
+
+	dirPart, file := path.Split(tpath)
+	sum := imgTarget.Hashes["sha256"].String()
+	return &Decision{
+		Target:     tpath,
+		File:       imgTarget,
+		Release:    rel,
+		ImageURL:   base + "/repo/targets/" + escapePath(dirPart+sum+"."+file),
+		IndexURL:   base + "/repo/targets/" + escapePath(dirPart+rel.Index.SHA256+"."+file+release.IndexSuffix),
+		Checkpoint: cp,
+	}, nil
+}
+
+func (cfg *Config) validate() error {
+	switch {
+	case cfg.ServerURL == "":
+		return errors.New("uptane: ServerURL is required")
+	case cfg.HTTPClient == nil:
+		return errors.New("uptane: HTTPClient is required (mTLS with the pinned CA)")
+	case cfg.StateDir == "":
+		return errors.New("uptane: StateDir is required")
+	case len(cfg.ImageRoot) == 0 || len(cfg.DirectorRoot) == 0:
+		return errors.New("uptane: the shipped image and director roots are required")
+	case cfg.LogOrigin == "" || cfg.LogKey == nil:
+		return errors.New("uptane: the log origin and key are required")
+	case cfg.DeviceID == "" || cfg.HardwareID == "":
+		return errors.New("uptane: DeviceID and HardwareID are required")
+	}
+	return nil
+}
+
+func (cfg *Config) now() time.Time {
+	if cfg.Now != nil {
+		return cfg.Now()
+	}
+	return time.Now()
+}
+
+// refresh runs go-tuf's client workflow for one repository, starting from
+// the cached trusted root if there is one, else the shipped root.
+func refresh(cfg Config, name, metaURL string, shipped []byte) (*updater.Updater, error) {
+	mdDir := filepath.Join(cfg.StateDir, name)
+	root := shipped
+	cached, err := os.ReadFile(filepath.Join(mdDir, "root.json"))
+	switch {
+	case err == nil:
+		root = cached
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("uptane: reading cached %s root: %w", name, err)
+	}
+	uc, err := config.New(metaURL, root)
+	if err != nil {
+		return nil, fmt.Errorf("uptane: %s: %w", name, err)
+	}
+	uc.LocalMetadataDir = mdDir
+	// Targets are never downloaded through go-tuf (it buffers whole files);
+	// the directory only has to exist.
+	uc.LocalTargetsDir = filepath.Join(mdDir, "targets")
+	uc.RemoteTargetsURL = metaURL + "targets/"
+	uc.PrefixTargetsWithHash = true
+	// Never NewFetcherWithHTTPClient: its unbounded retries make the
+	// expected 404 for the next root hang.
+	if err := uc.SetDefaultFetcherHTTPClient(cfg.HTTPClient); err != nil {
+		return nil, fmt.Errorf("uptane: %s: %w", name, err)
+	}
+	up, err := updater.New(uc)
+	if err != nil {
+		// The trusted root itself does not load (not self-signed, garbage).
+		return nil, classify(name, err)
+	}
+	up.UnsafeSetRefTime(cfg.now())
+	if err := up.Refresh(); err != nil {
+		return nil, classify(name, err)
+	}
+	return up, nil
+}
+
+func refuse(c verify.Class, role string, err error, format string, args ...any) *verify.Error {
+	return &verify.Error{Class: c, Role: role, Msg: fmt.Sprintf(format, args...), Err: err}
+}
+
+// isDownload reports a transport failure: the server could not be reached
+// or answered with an HTTP error. An over-long response is not one: it is
+// refused as endless data.
+func isDownload(err error) bool {
+	if errors.Is(err, &metadata.ErrDownloadLengthMismatch{}) {
+		return false
+	}
+	var ue *url.Error
+	return errors.Is(err, &metadata.ErrDownload{}) || errors.As(err, &ue) ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+}
+
+// classify maps go-tuf's errors onto refusal classes. Download failures
+// other than an over-long response are transport errors, not refusals.
+func classify(repo string, err error) error {
+	var ve *verify.Error
+	if errors.As(err, &ve) {
+		return ve
+	}
+	var pe *fs.PathError
+	switch {
+	case isDownload(err):
+		return fmt.Errorf("uptane: %s repository unavailable: %w", repo, err)
+	case errors.As(err, &pe):
+		return fmt.Errorf("uptane: %s metadata state: %w", repo, err) // local I/O, not a refusal
+	case errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
+		return refuse(verify.Mismatch, repo, err, "%s: response longer than allowed", repo)
+	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
+		return refuse(verify.BadSignature, repo, err, "%s: not signed by enough trusted keys", repo)
+	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
+		return refuse(verify.Expired, repo, err, "%s: metadata expired", repo)
+	case errors.Is(err, &metadata.ErrBadVersionNumber{}), errors.Is(err, &metadata.ErrEqualVersionNumber{}):
+		return refuse(verify.Rollback, repo, err, "%s: version number check failed", repo)
+	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}):
+		return refuse(verify.Mismatch, repo, err, "%s: length or hash differs from what the parent role signed", repo)
+	}
+	return refuse(verify.Malformed, repo, err, "%s: malformed or inconsistent metadata", repo)
+}
+
+// directorRefusal maps director.Check and CheckDevice errors.
+func directorRefusal(err error) error {
+	switch {
+	case errors.Is(err, director.ErrWrongHardware):
+		return refuse(verify.WrongHardware, "director", err, "director target is not for this hardware")
+	case errors.Is(err, director.ErrWrongDevice):
+		return refuse(verify.Mismatch, "director", err, "director metadata is bound to another device")
+	case errors.Is(err, director.ErrDisagree):
+		return refuse(verify.Mismatch, "director", err, "director and image repository disagree")
+	}
+	return refuse(verify.Malformed, "director", err, "director metadata")
+}
+
+// checkLog verifies the release's inclusion in the log and the log's
+// consistency with the stored checkpoint, then stores the new checkpoint.
+func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.TargetFiles, rel *release.Meta) ([]byte, error) {
+	body, code, err := get(ctx, cfg.HTTPClient, base+"/api/v1/log/proof/"+escapePath(tpath), maxProofResponse)
+	if err != nil {
+		return nil, err
+	}
+	if code == http.StatusNotFound {
+		return nil, refuse(NotLogged, "log", nil, "the log has no entry for %q", tpath)
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("uptane: log proof for %q: HTTP %d", tpath, code)
+	}
+	var resp struct {
+		Statement string          `json:"statement"`
+		Proof     json.RawMessage `json:"proof"`
+	}
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return nil, refuse(verify.Malformed, "log", err, "log proof response")
+	}
+	proof, err := logproof.ParseProof(resp.Proof)
+	if err != nil {
+		return nil, refuse(verify.Malformed, "log", err, "log proof")
+	}
+	leaf := []byte(resp.Statement)
+	st, err := logproof.ParseStatement(leaf)
+	if err != nil {
+		return nil, refuse(verify.Malformed, "log", err, "log statement")
+	}
+	sum := tf.Hashes["sha256"].String()
+	if st.Target != tpath || st.Length != tf.Length || st.SHA256 != sum || st.SecurityVersion != rel.SecurityVersion {
+		return nil, refuse(NotLogged, "log", nil, "the logged statement (%s, %d bytes, sha256 %s, security version %d) is not this release (%s, %d bytes, sha256 %s, security version %d)",
+			st.Target, st.Length, st.SHA256, st.SecurityVersion, tpath, tf.Length, sum, rel.SecurityVersion)
+	}
+	newer, err := logproof.VerifyInclusion(cfg.LogOrigin, cfg.LogKey, leaf, proof)
+	if err != nil {
+		return nil, logRefusal(err)
+	}
+
+	cpFile := filepath.Join(cfg.StateDir, "log", "checkpoint")
+	oldRaw, err := os.ReadFile(cpFile)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		oldRaw = nil
+	case err != nil:
+		return nil, fmt.Errorf("uptane: reading stored checkpoint: %w", err)
+	}
+	if oldRaw != nil {
+		older, err := logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, oldRaw)
+		if err != nil {
+			// Storage is writable; a stored checkpoint that does not verify
+			// was not written by us. Refuse rather than forget it.
+			return nil, refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", cpFile)
+		}
+		var hashes [][]byte
+		if older.Size < newer.Size {
+			hashes, err = fetchConsistency(ctx, cfg, base, older.Size, newer.Size)
+			if err != nil {
+				return nil, err
+			}
+		}
+		if err := logproof.CheckConsistency(older, newer, hashes); err != nil {
+			return nil, logRefusal(err)
+		}
+		if older.Size == newer.Size {
+			return oldRaw, nil // same tree: nothing new to store
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(cpFile), 0o700); err != nil {
+		return nil, fmt.Errorf("uptane: %w", err)
+	}
+	if err := atomicfile.WriteFile(cpFile, proof.Checkpoint, 0o600); err != nil {
+		return nil, fmt.Errorf("uptane: storing checkpoint: %w", err)
+	}
+	return proof.Checkpoint, nil
+}
+
+func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uint64) ([][]byte, error) {
+	u := fmt.Sprintf("%s/api/v1/log/consistency?from=%d&to=%d", base, from, to)
+	body, code, err := get(ctx, cfg.HTTPClient, u, maxConsistencyResponse)
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		return nil, fmt.Errorf("uptane: log consistency %d→%d: HTTP %d", from, to, code)
+	}
+	var resp struct {
+		Hashes [][]byte `json:"hashes"`
+	}
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return nil, refuse(verify.Malformed, "log", err, "log consistency response")
+	}
+	return resp.Hashes, nil
+}
+
+func logRefusal(err error) error {
+	switch {
+	case errors.Is(err, logproof.ErrBadCheckpoint):
+		return refuse(verify.BadSignature, "log", err, "log checkpoint not signed by the pinned log key")
+	case errors.Is(err, logproof.ErrNotIncluded):
+		return refuse(NotLogged, "log", err, "release not proven to be in the log")
+	case errors.Is(err, logproof.ErrInconsistent):
+		return refuse(LogFork, "log", err, "log is not consistent with the last accepted checkpoint")
+	}
+	return refuse(verify.Malformed, "log", err, "log proof")
+}
+
+// get fetches u, reading at most limit bytes; a longer body is a refusal.
+func get(ctx context.Context, c *http.Client, u string, limit int64) ([]byte, int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
+	if err != nil {
+		return nil, 0, fmt.Errorf("uptane: %w", err)
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, 0, fmt.Errorf("uptane: %w", err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if err != nil {
+		return nil, 0, fmt.Errorf("uptane: reading %s: %w", u, err)
+	}
+	if int64(len(b)) > limit {
+		return nil, 0, refuse(verify.Mismatch, "log", nil, "response from %s exceeds %d bytes", u, limit)
+	}
+	return bytes.TrimSpace(b), resp.StatusCode, nil
+}
+
+// escapePath escapes each segment of a slash-separated path.
+func escapePath(p string) string {
+	segs := strings.Split(p, "/")
+	for i, s := range segs {
+		segs[i] = url.PathEscape(s)
+	}
+	return strings.Join(segs, "/")
+}

@@ -1,0 +1,547 @@
+package uptane_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"github.com/transparency-dev/formats/log"
+	"golang.org/x/mod/sumdb/note"
+
+	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/uptane"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+func wantClass(t *testing.T, d *uptane.Decision, err error, c verify.Class) *verify.Error {
+	t.Helper()
+	var ve *verify.Error
+	if !errors.As(err, &ve) {
+		t.Fatalf("got decision %+v, error %v; want a %s refusal", d, err, c)
+	}
+	if ve.Class != c {
+		t.Fatalf("refusal class %s (%v), want %s", ve.Class, err, c)
+	}
+	if d != nil {
+		t.Fatalf("refusal came with a decision %+v", d)
+	}
+	t.Logf("refused (%s, role %s): %v", ve.Class, ve.Role, err)
+	return ve
+}
+
+func check(t *testing.T, cfg uptane.Config) *uptane.Decision {
+	t.Helper()
+	d, err := uptane.Check(context.Background(), cfg)
+	if err != nil {
+		t.Fatalf("Check: %v", err)
+	}
+	return d
+}
+
+func TestCheckHappyPathAndLogConsistency(t *testing.T) {
+	e := newEnv(t)
+	img1 := e.release("1.0.0", 2, hwRev2)
+	cert := e.enroll("gw-1", hwRev2)
+	cfg := e.device("gw-1", hwRev2, cert)
+	cfg.MinSecurityVersion = 2
+
+	// Nothing deployed yet.
+	if d := check(t, cfg); !d.Nothing || d.Target != "" {
+		t.Fatalf("before deploy: %+v", d)
+	}
+	if _, err := os.Stat(filepath.Join(cfg.StateDir, "log", "checkpoint")); !os.IsNotExist(err) {
+		t.Fatalf("checkpoint stored without a release: %v", err)
+	}
+
+	e.deploy(product+"/1.0.0", hwRev2)
+	d := check(t, cfg)
+	if d.Nothing || d.Target != product+"/1.0.0/fw.img" || d.Release.Version != "1.0.0" || d.Release.SecurityVersion != 2 || d.File.Length != int64(len(img1)) {
+		t.Fatalf("decision %+v", d)
+	}
+	sum := sha256.Sum256(img1)
+	if d.File.Hashes["sha256"].String() != hex.EncodeToString(sum[:]) {
+		t.Fatal("decision hash is not the image's")
+	}
+	// The URLs are the server's consistent-snapshot names.
+	if !strings.HasPrefix(d.ImageURL, e.ts.URL+"/repo/targets/") || !strings.HasSuffix(d.IndexURL, ".fw.img.rpidx") {
+		t.Fatalf("urls %s %s", d.ImageURL, d.IndexURL)
+	}
+	if got := e.call(e.pool, "GET", strings.TrimPrefix(d.ImageURL, e.ts.URL), "", nil, 200); !bytes.Equal(got, img1) {
+		t.Fatal("ImageURL does not serve the image")
+	}
+	ix := e.call(e.pool, "GET", strings.TrimPrefix(d.IndexURL, e.ts.URL), "", nil, 200)
+	if ixSum := sha256.Sum256(ix); hex.EncodeToString(ixSum[:]) != d.Release.Index.SHA256 {
+		t.Fatal("IndexURL does not serve the signed chunk index")
+	}
+	stored, err := os.ReadFile(filepath.Join(cfg.StateDir, "log", "checkpoint"))
+	if err != nil || !bytes.Equal(stored, d.Checkpoint) {
+		t.Fatalf("stored checkpoint %q, %v; decision has %q", stored, err, d.Checkpoint)
+	}
+	// The trusted roots are cached.
+	for _, r := range []string{"director", "image"} {
+		if _, err := os.Stat(filepath.Join(cfg.StateDir, r, "root.json")); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Same log size: the stored checkpoint is reused; no consistency fetch.
+	h := intercept(&cfg, nil)
+	if d2 := check(t, cfg); d2.Target != d.Target || !bytes.Equal(d2.Checkpoint, stored) {
+		t.Fatalf("second check %+v", d2)
+	}
+	if h.requested("/api/v1/log/consistency") {
+		t.Fatal("consistency fetched for an unchanged log")
+	}
+
+	// The cached roots take precedence over the shipped ones: with garbage
+	// shipped roots the device still verifies.
+	cfg.ImageRoot, cfg.DirectorRoot = []byte("{}"), []byte("{}")
+	check(t, cfg)
+
+	// A newer release grows the log: consistency is proven from the stored
+	// checkpoint to the new one, which replaces it.
+	e.release("1.1.0", 3, hwRev2)
+	e.deploy(product+"/1.1.0", hwRev2)
+	d3 := check(t, cfg)
+	if d3.Target != product+"/1.1.0/fw.img" || d3.Release.SecurityVersion != 3 {
+		t.Fatalf("third check %+v", d3)
+	}
+	if !h.requested("/api/v1/log/consistency?from=1&to=2") {
+		t.Fatalf("no consistency proof fetched: %v", h.paths)
+	}
+	stored2, _ := os.ReadFile(filepath.Join(cfg.StateDir, "log", "checkpoint"))
+	if bytes.Equal(stored2, stored) || !bytes.Equal(stored2, d3.Checkpoint) {
+		t.Fatal("the newer checkpoint was not stored")
+	}
+	if ents, _ := os.ReadDir(filepath.Join(cfg.StateDir, "log")); len(ents) != 1 {
+		t.Fatalf("leftover files in the log state dir: %v", ents)
+	}
+
+	// Rolling the device's minimum up refuses the older release the
+	// director might still name (here: a fresh device with a high counter).
+	cfg4 := e.device("gw-1", hwRev2, cert)
+	cfg4.MinSecurityVersion = 4
+	d4, err := uptane.Check(context.Background(), cfg4)
+	wantClass(t, d4, err, verify.Downgrade)
+	if _, err := os.Stat(filepath.Join(cfg4.StateDir, "log", "checkpoint")); !os.IsNotExist(err) {
+		t.Fatal("a refused release advanced the stored checkpoint")
+	}
+
+	// A proof for another release's statement (1.0.0's, genuinely logged)
+	// is not a proof for this one.
+	cfg5 := e.device("gw-1", hwRev2, cert)
+	intercept(&cfg5, func(r *http.Request) *http.Response {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") && strings.Contains(r.URL.Path, "1.1.0") {
+			return respond(r, 200, e.call(e.pool, "GET", "/api/v1/log/proof/"+product+"/1.0.0/fw.img", "", nil, 200))
+		}
+		return nil
+	})
+	d5, err := uptane.Check(context.Background(), cfg5)
+	wantClass(t, d5, err, uptane.NotLogged)
+}
+
+// deployed is an env with one release (security version 2) deployed to
+// gw-1, and gw-2 enrolled beside it.
+func deployed(t *testing.T) (*env, *devCerts) {
+	e := newEnv(t)
+	e.release("1.0.0", 2, hwRev2)
+	c := &devCerts{gw1: e.enroll("gw-1", hwRev2), gw2: e.enroll("gw-2", hwRev2)}
+	e.deploy(product+"/1.0.0", hwRev2)
+	return e, c
+}
+
+func TestCheckRefusals(t *testing.T) {
+	e, certs := deployed(t)
+	ctx := context.Background()
+
+	t.Run("downgrade", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		cfg.MinSecurityVersion = 3
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.Downgrade)
+	})
+
+	t.Run("frozen metadata", func(t *testing.T) {
+		// Two days on, the timestamps (one day) have expired while the
+		// roots (a year) have not: a server or mirror that keeps serving
+		// the same metadata is noticed.
+		frozen := time.Now().Add(48 * time.Hour)
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		cfg.Now = func() time.Time { return frozen }
+		d, err := uptane.Check(ctx, cfg)
+		if ve := wantClass(t, d, err, verify.Expired); ve.Role != "director" || !strings.Contains(err.Error(), "timestamp") {
+			t.Fatalf("want the director's timestamp expired, got %v", err)
+		}
+		// A fresh director but a frozen image repository: the image
+		// repository's timestamp is refused.
+		cfg = e.device("gw-1", hwRev2, certs.gw1)
+		start := time.Now()
+		var mu sync.Mutex
+		calls := 0
+		cfg.Now = func() time.Time {
+			mu.Lock()
+			defer mu.Unlock()
+			calls++
+			if calls > 1 { // the first call is the director's refresh
+				return frozen
+			}
+			return start
+		}
+		d, err = uptane.Check(ctx, cfg)
+		if ve := wantClass(t, d, err, verify.Expired); ve.Role != "image" || !strings.Contains(err.Error(), "timestamp") {
+			t.Fatalf("want the image repository's timestamp expired, got %v", err)
+		}
+		// Far in the future even the roots have expired.
+		cfg = e.device("gw-1", hwRev2, certs.gw1)
+		cfg.Now = func() time.Time { return start.Add(3 * 365 * 24 * time.Hour) }
+		d, err = uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.Expired)
+	})
+
+	t.Run("wrong hardware", func(t *testing.T) {
+		// The device is really a rev9 board enrolled (wrongly) as rev2: the
+		// director's binding names rev2, and the release lists only rev2.
+		cfg := e.device("gw-1", "acme-gw-rev9", certs.gw1)
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.WrongHardware)
+	})
+
+	t.Run("another device's director repository", func(t *testing.T) {
+		// A hostile server hands gw-1 the (validly signed) repository of
+		// gw-2.
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		gw2 := e.client(certs.gw2)
+		intercept(&cfg, func(r *http.Request) *http.Response {
+			if strings.HasPrefix(r.URL.Path, "/director/") && !strings.HasSuffix(r.URL.Path, ".root.json") {
+				resp, err := gw2.Get(e.ts.URL + r.URL.Path)
+				if err != nil {
+					t.Error(err)
+					return nil
+				}
+				return resp
+			}
+			return nil
+		})
+		d, err := uptane.Check(ctx, cfg)
+		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, director.ErrWrongDevice) {
+			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
+		}
+	})
+
+	t.Run("director and image disagree", func(t *testing.T) {
+		// A compromised director (its online keys) names the release with
+		// a different length than the image repository signed.
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		forged := e.forgedDirector(t, "gw-1", func(tf *metadata.TargetFiles) { tf.Length++ })
+		intercept(&cfg, serveDirector(forged))
+		d, err := uptane.Check(ctx, cfg)
+		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, director.ErrDisagree) {
+			t.Fatalf("%v does not wrap ErrDisagree", ve)
+		}
+	})
+
+	t.Run("director names a target the image repository lacks", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		forged := e.forgedDirector(t, "gw-1", nil, product+"/9.9.9/fw.img")
+		intercept(&cfg, serveDirector(forged))
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.MissingTarget)
+	})
+
+	t.Run("transport failures are not refusals", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		intercept(&cfg, func(r *http.Request) *http.Response {
+			if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") {
+				return respond(r, 503, []byte(`{"code":"unavailable"}`))
+			}
+			return nil
+		})
+		d, err := uptane.Check(ctx, cfg)
+		var ve *verify.Error
+		if err == nil || d != nil || errors.As(err, &ve) {
+			t.Fatalf("503 from the log: %+v, %v; want a plain error", d, err)
+		}
+		cfg = e.device("gw-1", hwRev2, certs.gw1)
+		cfg.ServerURL = "https://127.0.0.1:1"
+		if d, err := uptane.Check(ctx, cfg); err == nil || d != nil || errors.As(err, &ve) {
+			t.Fatalf("unreachable server: %+v, %v; want a plain error", d, err)
+		}
+	})
+
+	t.Run("stored checkpoint not signed by the log key", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		os.MkdirAll(filepath.Join(cfg.StateDir, "log"), 0o700)
+		os.WriteFile(filepath.Join(cfg.StateDir, "log", "checkpoint"), e.signedCheckpoint(t, 1, make([]byte, 32), false), 0o600)
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.BadSignature)
+	})
+
+	t.Run("release not in the log", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		intercept(&cfg, func(r *http.Request) *http.Response {
+			if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") {
+				return respond(r, 404, []byte(`{"code":"not-found"}`))
+			}
+			return nil
+		})
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, uptane.NotLogged)
+	})
+
+	t.Run("tampered inclusion proof", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		// A checkpoint signed by another key.
+		cp := e.signedCheckpoint(t, 1, make([]byte, 32), false)
+		intercept(&cfg, func(r *http.Request) *http.Response {
+			if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") {
+				b := e.call(e.pool, "GET", r.URL.Path, "", nil, 200)
+				return respond(r, 200, replaceCheckpoint(t, b, cp))
+			}
+			return nil
+		})
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.BadSignature)
+	})
+
+	t.Run("forked log", func(t *testing.T) {
+		// The device accepted a checkpoint of a log that differs from the
+		// server's at the same size (split view).
+		root := make([]byte, 32)
+		rand.Read(root)
+		for _, size := range []uint64{1, 5} { // same size, different root; larger (rollback)
+			cfg := e.device("gw-1", hwRev2, certs.gw1)
+			fork := e.signedCheckpoint(t, size, root, true)
+			os.MkdirAll(filepath.Join(cfg.StateDir, "log"), 0o700)
+			os.WriteFile(filepath.Join(cfg.StateDir, "log", "checkpoint"), fork, 0o600)
+			d, err := uptane.Check(ctx, cfg)
+			wantClass(t, d, err, uptane.LogFork)
+			if b, _ := os.ReadFile(filepath.Join(cfg.StateDir, "log", "checkpoint")); !bytes.Equal(b, fork) {
+				t.Fatal("the stored checkpoint changed after a refusal")
+			}
+		}
+	})
+
+	t.Run("bad consistency proof", func(t *testing.T) {
+		// Stored checkpoint of size 0 (empty tree) is consistent with
+		// anything; use the genuine size-1 checkpoint after a second
+		// release and a forged consistency proof instead.
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		check(t, cfg) // stores the size-1 checkpoint
+		e.release("1.0.1", 2, hwRev2)
+		e.deploy(product+"/1.0.1", hwRev2)
+		intercept(&cfg, func(r *http.Request) *http.Response {
+			if r.URL.Path == "/api/v1/log/consistency" {
+				return respond(r, 200, []byte(`{"hashes":["`+strings.Repeat("A", 43)+`="]}`))
+			}
+			return nil
+		})
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, uptane.LogFork)
+	})
+
+	t.Run("director rollback", func(t *testing.T) {
+		// After the device trusted the server's current director metadata
+		// (version 2 since 1.0.1 was deployed above), older director
+		// metadata (version 1) is refused even though it is validly signed.
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		check(t, cfg)
+		intercept(&cfg, serveDirector(e.forgedDirector(t, "gw-1", nil)))
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.Rollback)
+	})
+}
+
+func TestNeverTrustOnFirstUse(t *testing.T) {
+	e, certs := deployed(t)
+	other := selfSignedRoot(t)
+	for _, which := range []string{"director", "image"} {
+		t.Run(which, func(t *testing.T) {
+			cfg := e.device("gw-1", hwRev2, certs.gw1)
+			if which == "director" {
+				cfg.DirectorRoot = other
+			} else {
+				cfg.ImageRoot = other
+			}
+			d, err := uptane.Check(context.Background(), cfg)
+			if ve := wantClass(t, d, err, verify.BadSignature); ve.Role != which {
+				t.Fatalf("refused role %q, want %s", ve.Role, which)
+			}
+			// The server's root was not adopted: only the shipped one is cached.
+			b, err := os.ReadFile(filepath.Join(cfg.StateDir, which, "root.json"))
+			if err != nil || !bytes.Equal(b, other) {
+				t.Fatalf("cached %s root changed (%v)", which, err)
+			}
+		})
+	}
+	t.Run("garbage shipped root", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		cfg.DirectorRoot = []byte(`{"signed":{"_type":"root"},"signatures":[]}`)
+		d, err := uptane.Check(context.Background(), cfg)
+		if err == nil || d != nil {
+			t.Fatalf("accepted: %+v", d)
+		}
+		var ve *verify.Error
+		if !errors.As(err, &ve) {
+			t.Fatalf("%v is not a refusal", err)
+		}
+		t.Logf("refused (%s): %v", ve.Class, err)
+	})
+}
+
+func TestConfigRequired(t *testing.T) {
+	if _, err := uptane.Check(context.Background(), uptane.Config{ServerURL: "https://x"}); err == nil {
+		t.Fatal("incomplete config accepted")
+	}
+}
+
+// ---- helpers ----
+
+type devCerts struct{ gw1, gw2 *tls.Certificate }
+
+// selfSignedRoot is a valid root whose every role is a key nobody else has.
+func selfSignedRoot(t *testing.T) []byte {
+	s, _ := keys.Generate(keys.Ed25519)
+	k := keys.InMemory(s)
+	dir := filepath.Join(t.TempDir(), "r")
+	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{k.Public()}, RootThreshold: 1,
+		TargetsKeys: []crypto.PublicKey{k.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{k.Public()}, TimestampKeys: []crypto.PublicKey{k.Public()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if _, err := r.Sign("root", k); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := os.ReadFile(filepath.Join(dir, "staged", "root.json"))
+	return b
+}
+
+// forgedDirector builds, with the server's director keys (as an attacker
+// holding them would), a director repository for device naming the
+// image repository's entry for target (default: 1.0.0), altered by edit.
+func (e *env) forgedDirector(t *testing.T, device string, edit func(*metadata.TargetFiles), target ...string) *director.Repo {
+	t.Helper()
+	path := product + "/1.0.0/fw.img"
+	role, err := metadata.Targets().FromBytes(e.call(e.pool, "GET", "/repo/1."+product+".json", "", nil, 200))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tf := *role.Signed.Targets[path]
+	if len(target) > 0 {
+		path = target[0]
+		tf.Path = path
+		// The release metadata must agree with the path for Build.
+		var c map[string]map[string]any
+		jsonRoundTrip(t, tf.Custom, &c)
+		c["rampart"]["version"] = strings.Split(path, "/")[1]
+		raw := jsonRaw(t, c)
+		tf.Custom = &raw
+	}
+	if edit != nil {
+		edit(&tf)
+	}
+	load := func(n string) []keys.Signer {
+		s, err := keys.OpenFile(filepath.Join(e.dataDir, "keys", n), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []keys.Signer{s}
+	}
+	k := director.Keys{Targets: load("director-targets.key"), Snapshot: load("director-snapshot.key"), Timestamp: load("director-timestamp.key")}
+	r, err := director.Build(e.directorRoot, director.Assignment{DeviceID: device, HardwareID: hwRev2, Target: path, File: &tf}, nil, k, time.Now(), director.DefaultExpiry)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// serveDirector answers director metadata requests with r's files.
+func serveDirector(r *director.Repo) func(*http.Request) *http.Response {
+	files := r.Files(true)
+	for n, b := range r.Files(false) {
+		files[n] = b
+	}
+	return func(req *http.Request) *http.Response {
+		if name, ok := strings.CutPrefix(req.URL.Path, "/director/"); ok {
+			if b, ok := files[name]; ok {
+				return respond(req, 200, b)
+			}
+		}
+		return nil
+	}
+}
+
+// signedCheckpoint makes a checkpoint for the log's origin, signed by the
+// log key (genuine) or by a key of the same name (not genuine).
+func (e *env) signedCheckpoint(t *testing.T, size uint64, root []byte, genuine bool) []byte {
+	t.Helper()
+	skey := strings.TrimSpace(string(e.read("keys/log.key")))
+	if !genuine {
+		var err error
+		skey, _, err = note.GenerateKey(rand.Reader, e.logKey.Name())
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	s, err := note.NewSigner(skey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := log.Checkpoint{Origin: logOrigin, Size: size, Hash: root}.Marshal()
+	b, err := note.Sign(&note.Note{Text: string(body)}, s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func jsonRoundTrip(t *testing.T, in, out any) {
+	t.Helper()
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(b, out); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func jsonRaw(t *testing.T, v any) json.RawMessage {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// replaceCheckpoint swaps the checkpoint in a log proof response.
+func replaceCheckpoint(t *testing.T, resp, cp []byte) []byte {
+	t.Helper()
+	var top, proof map[string]json.RawMessage
+	if err := json.Unmarshal(resp, &top); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(top["proof"], &proof); err != nil {
+		t.Fatal(err)
+	}
+	proof["checkpoint"] = jsonRaw(t, string(cp))
+	top["proof"] = jsonRaw(t, proof)
+	return jsonRaw(t, top)
+}
