@@ -38,7 +38,6 @@ package director
 
 import (
 	"bytes"
-	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -517,7 +516,7 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 		t.Signed.Version = tv
 		t.Signed.Targets = want
 		t.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{CustomKey: roleCustom{DeviceID: deviceID}}}
-		if err := signRole(rt, metadata.TARGETS, t, k.Targets); err != nil {
+		if err := snapshot.SignRole(rt, metadata.TARGETS, t, k.Targets); err != nil {
 			return nil, false, err
 		}
 		b, err := t.ToBytes(true)
@@ -536,7 +535,7 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 			TimestampVersion: tsv,
 			SnapshotExpires:  at(exp.Snapshot),
 			TimestampExpires: at(exp.Timestamp),
-			Signers:          dedupe(append(slices.Clone(k.Snapshot), k.Timestamp...)),
+			Signers:          append(slices.Clone(k.Snapshot), k.Timestamp...),
 		})
 		if err != nil {
 			return nil, false, fmt.Errorf("director for %s: %w", deviceID, err)
@@ -544,17 +543,11 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 		out.Snapshot, out.Timestamp = snap, ts
 	} else {
 		out.Snapshot = p.raw.Snapshot
-		t := metadata.Timestamp(at(exp.Timestamp))
-		t.Signed.Version = tsv
-		t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": metaFile(sv, out.Snapshot)}
-		if err := signRole(rt, metadata.TIMESTAMP, t, k.Timestamp); err != nil {
-			return nil, false, err
-		}
-		b, err := t.ToBytes(true)
+		ts, err := snapshot.SignTimestamp(rt, out.Snapshot, sv, tsv, at(exp.Timestamp), k.Timestamp)
 		if err != nil {
-			return nil, false, err
+			return nil, false, fmt.Errorf("director for %s: %w", deviceID, err)
 		}
-		out.Timestamp = b
+		out.Timestamp = ts
 	}
 	np, err := parse(out)
 	if err != nil {
@@ -586,47 +579,4 @@ func sameTargets(a, b map[string]*metadata.TargetFiles) bool {
 		}
 	}
 	return true
-}
-
-// signRole signs m with every given key, all of which checkKeys has found
-// authorised for role, and checks the role's threshold with go-tuf.
-func signRole[T metadata.Roles](rt *metadata.Metadata[metadata.RootType], role string, m *metadata.Metadata[T], signers []keys.Signer) error {
-	if len(signers) == 0 {
-		return fmt.Errorf("%w: no %s key was given; the director root names %s", ErrNoKey, role, strings.Join(rt.Signed.Roles[role].KeyIDs, ", "))
-	}
-	for _, s := range dedupe(signers) {
-		if _, err := m.Sign(keys.ForTUF(s)); err != nil {
-			return fmt.Errorf("signing director %s: %w", role, err)
-		}
-	}
-	if err := rt.VerifyDelegate(role, m); err != nil {
-		return fmt.Errorf("%w: director %s: %v", ErrBelowThreshold, role, err)
-	}
-	return nil
-}
-
-// dedupe drops repeated keys: a key counts once towards a threshold, and a
-// second signature under one key id makes the document invalid.
-func dedupe(ss []keys.Signer) []keys.Signer {
-	var out []keys.Signer
-	seen := map[string]bool{}
-	for _, s := range ss {
-		id, err := keys.ID(s.Public())
-		if err != nil || seen[id] {
-			continue
-		}
-		seen[id] = true
-		out = append(out, s)
-	}
-	return out
-}
-
-// metaFile pins a document by version, length and SHA-256, as
-// internal/snapshot does.
-func metaFile(version int64, data []byte) *metadata.MetaFiles {
-	sum := sha256.Sum256(data)
-	mf := metadata.MetaFile(version)
-	mf.Length = int64(len(data))
-	mf.Hashes = metadata.Hashes{"sha256": sum[:]}
-	return mf
 }

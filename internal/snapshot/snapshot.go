@@ -51,9 +51,9 @@ func Sign(o Options) (snap, ts []byte, err error) {
 	roles := slices.Clone(o.Roles)
 	sort.Slice(roles, func(i, j int) bool { return roles[i].Name < roles[j].Name })
 	for _, r := range roles {
-		s.Signed.Meta[r.Name+".json"] = metaFile(r.Version, r.Data)
+		s.Signed.Meta[r.Name+".json"] = MetaFile(r.Version, r.Data)
 	}
-	if err := signRole(o.Root, metadata.SNAPSHOT, s, o.Signers); err != nil {
+	if err := SignRole(o.Root, metadata.SNAPSHOT, s, o.Signers); err != nil {
 		return nil, nil, err
 	}
 	if snap, err = s.ToBytes(true); err != nil {
@@ -71,14 +71,15 @@ func Sign(o Options) (snap, ts []byte, err error) {
 func SignTimestamp(root *metadata.Metadata[metadata.RootType], snap []byte, snapVersion, tsVersion int64, expires time.Time, signers []keys.Signer) ([]byte, error) {
 	t := metadata.Timestamp(expires.UTC().Truncate(time.Second))
 	t.Signed.Version = tsVersion
-	t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": metaFile(snapVersion, snap)}
-	if err := signRole(root, metadata.TIMESTAMP, t, signers); err != nil {
+	t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": MetaFile(snapVersion, snap)}
+	if err := SignRole(root, metadata.TIMESTAMP, t, signers); err != nil {
 		return nil, err
 	}
 	return t.ToBytes(true)
 }
 
-func metaFile(version int64, data []byte) *metadata.MetaFiles {
+// MetaFile pins a document by version, length and SHA-256.
+func MetaFile(version int64, data []byte) *metadata.MetaFiles {
 	sum := sha256.Sum256(data)
 	mf := metadata.MetaFile(version)
 	mf.Length = int64(len(data))
@@ -86,21 +87,24 @@ func metaFile(version int64, data []byte) *metadata.MetaFiles {
 	return mf
 }
 
-// signRole signs with every given key authorised for role and checks the
-// role's threshold with go-tuf.
-func signRole[T metadata.Roles](root *metadata.Metadata[metadata.RootType], role string, m *metadata.Metadata[T], signers []keys.Signer) error {
+// SignRole signs m with every given key that root authorises for role,
+// each key once (a second signature under one key id would make the
+// document invalid), and checks the role's threshold with go-tuf.
+func SignRole[T metadata.Roles](root *metadata.Metadata[metadata.RootType], role string, m *metadata.Metadata[T], signers []keys.Signer) error {
 	want := root.Signed.Roles[role].KeyIDs
 	signed := 0
 	var got []string
+	seen := map[string]bool{}
 	for _, sg := range signers {
 		id, err := keys.ID(sg.Public())
 		if err != nil {
 			return err
 		}
 		got = append(got, id)
-		if !slices.Contains(want, id) {
+		if seen[id] || !slices.Contains(want, id) {
 			continue
 		}
+		seen[id] = true
 		if _, err := m.Sign(keys.ForTUF(sg)); err != nil {
 			return fmt.Errorf("signing %s with key %s: %w", role, id, err)
 		}
