@@ -8,8 +8,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/theupdateframework/go-tuf/v2/metadata"
-
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/store"
@@ -223,14 +221,9 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "bad-target", "%q is not PRODUCT/VERSION or PRODUCT/VERSION/FILE", req.Target))
 		return
 	}
-	doc, err := s.store.Doc(r.Context(), imageRepo, product, 0)
+	role, err := s.productRole(r.Context(), product)
 	if err != nil {
 		writeError(w, errorf(http.StatusNotFound, "unknown-release", "no published release %s", req.Target))
-		return
-	}
-	role, err := metadata.Targets().FromBytes(doc.Data)
-	if err != nil {
-		writeError(w, toAPIError(err))
 		return
 	}
 	var matches []string

@@ -264,11 +264,7 @@ func (s *Server) directorFor(ctx context.Context, id string) (*director.Repo, *d
 		if err != nil {
 			return nil, nil, err
 		}
-		doc, err := s.store.Doc(ctx, imageRepo, product, 0)
-		if err != nil {
-			return nil, nil, err
-		}
-		role, err := metadata.Targets().FromBytes(doc.Data)
+		role, err := s.productRole(ctx, product)
 		if err != nil {
 			return nil, nil, err
 		}

@@ -364,14 +364,9 @@ func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
 		return
 	}
-	doc, err := s.store.Doc(r.Context(), imageRepo, product, 0)
+	role, err := s.productRole(r.Context(), product)
 	if err != nil {
 		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
-		return
-	}
-	role, err := metadata.Targets().FromBytes(doc.Data)
-	if err != nil {
-		writeError(w, toAPIError(err))
 		return
 	}
 	tf, ok := role.Signed.Targets[target]
@@ -522,4 +517,13 @@ func first(ss []keys.Signer) keys.Signer {
 		return nil
 	}
 	return ss[0]
+}
+
+// productRole returns the latest published metadata of a product's role.
+func (s *Server) productRole(ctx context.Context, product string) (*metadata.Metadata[metadata.TargetsType], error) {
+	doc, err := s.store.Doc(ctx, imageRepo, product, 0)
+	if err != nil {
+		return nil, err
+	}
+	return metadata.Targets().FromBytes(doc.Data)
 }
