@@ -53,8 +53,8 @@ Example:
 		}
 		defer img.Close()
 		src, stop := startProgress(e, "bundling", img, c.ImageSize)
-		defer stop()
 		err = atomicfile.Write(*out, 0o644, func(w io.Writer) error { return bundle.Write(w, c, src) })
+		stop()
 		if err != nil {
 			return err
 		}

@@ -25,6 +25,16 @@ func startProgress(e *env, what string, r io.Reader, total int64) (io.Reader, fu
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
+		draw := func() {
+			n := p.n.Load()
+			pct := 0.0
+			if total > 0 {
+				pct = 100 * float64(n) / float64(total)
+			}
+			fmt.Fprintf(e.stderr, "\r\033[K%s: %3.0f%% (%d of %d MiB)", what, pct, n>>20, total>>20)
+		}
+		// Draw at once, so even a short run shows what it is doing.
+		draw()
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -33,12 +43,7 @@ func startProgress(e *env, what string, r io.Reader, total int64) (io.Reader, fu
 				fmt.Fprintf(e.stderr, "\r\033[K")
 				return
 			case <-t.C:
-				n := p.n.Load()
-				pct := 0.0
-				if total > 0 {
-					pct = 100 * float64(n) / float64(total)
-				}
-				fmt.Fprintf(e.stderr, "\r\033[K%s: %3.0f%% (%d of %d MiB)", what, pct, n>>20, total>>20)
+				draw()
 			}
 		}
 	}()
@@ -62,6 +67,8 @@ func startSpinner(e *env, what string) func() {
 	go func() {
 		defer wg.Done()
 		start := time.Now()
+		draw := func() { fmt.Fprintf(e.stderr, "\r\033[K%s… %.1fs", what, time.Since(start).Seconds()) }
+		draw()
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -70,7 +77,7 @@ func startSpinner(e *env, what string) func() {
 				fmt.Fprintf(e.stderr, "\r\033[K")
 				return
 			case <-t.C:
-				fmt.Fprintf(e.stderr, "\r\033[K%s… %.1fs", what, time.Since(start).Seconds())
+				draw()
 			}
 		}
 	}()
