@@ -462,3 +462,29 @@ func TestPKCS11SignerErrors(t *testing.T) {
 		t.Errorf("Sign after Close: err = %v", err)
 	}
 }
+
+// A real token that nobody can log in to: initialised by pkcs11-tool with
+// an SO PIN but no user PIN. Opening a key in it fails with ErrTokenLogin
+// and says what to do.
+func TestPKCS11TokenWithoutUserPIN(t *testing.T) {
+	if _, err := exec.LookPath("pkcs11-tool"); err != nil {
+		t.Fatal("pkcs11-tool not found: run make test (scripts/test-deps.sh installs opensc)")
+	}
+	dir := t.TempDir()
+	tokens := filepath.Join(dir, "tokens")
+	os.Mkdir(tokens, 0o700)
+	conf := filepath.Join(dir, "softhsm2.conf")
+	os.WriteFile(conf, []byte(fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n", tokens)), 0o600)
+	t.Setenv("SOFTHSM2_CONF", conf)
+	t.Setenv("RAMPART_PKCS11_MODULE", "")
+	t.Setenv("RAMPART_PKCS11_PIN", "")
+	module := softHSMModule(t)
+	// With no token yet, pkcs11-tool initialises slot 0, the only one.
+	run(t, "pkcs11-tool", "--module", module, "--init-token", "--label", "nopin", "--so-pin", soPIN)
+	pin := filepath.Join(dir, "pin")
+	os.WriteFile(pin, []byte(userPIN+"\n"), 0o600)
+	_, err := keys.Open("pkcs11:token=nopin;object=k?module-path="+module+"&pin-source=file:"+pin, nil)
+	if !errors.Is(err, keys.ErrTokenLogin) || !strings.Contains(err.Error(), "has no user PIN yet") {
+		t.Fatalf("got %v", err)
+	}
+}
