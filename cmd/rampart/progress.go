@@ -22,19 +22,19 @@ func startProgress(e *env, what string, r io.Reader, total int64) (io.Reader, fu
 		return r, func() {}
 	}
 	p := &progressReader{r: r, done: make(chan struct{})}
+	draw := func() {
+		n := p.n.Load()
+		pct := 0.0
+		if total > 0 {
+			pct = 100 * float64(n) / float64(total)
+		}
+		fmt.Fprintf(e.stderr, "\r\033[K%s: %3.0f%% (%d of %d MiB)", what, pct, n>>20, total>>20)
+	}
+	// Draw before the first read, so even a short run shows what it does.
+	draw()
 	p.wg.Add(1)
 	go func() {
 		defer p.wg.Done()
-		draw := func() {
-			n := p.n.Load()
-			pct := 0.0
-			if total > 0 {
-				pct = 100 * float64(n) / float64(total)
-			}
-			fmt.Fprintf(e.stderr, "\r\033[K%s: %3.0f%% (%d of %d MiB)", what, pct, n>>20, total>>20)
-		}
-		// Draw at once, so even a short run shows what it is doing.
-		draw()
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
@@ -64,11 +64,11 @@ func startSpinner(e *env, what string) func() {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
+	start := time.Now()
+	draw := func() { fmt.Fprintf(e.stderr, "\r\033[K%s… %.1fs", what, time.Since(start).Seconds()) }
+	draw()
 	go func() {
 		defer wg.Done()
-		start := time.Now()
-		draw := func() { fmt.Fprintf(e.stderr, "\r\033[K%s… %.1fs", what, time.Since(start).Seconds()) }
-		draw()
 		t := time.NewTicker(200 * time.Millisecond)
 		defer t.Stop()
 		for {
