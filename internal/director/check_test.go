@@ -10,7 +10,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/release"
 )
 
@@ -57,17 +57,17 @@ func TestCheck(t *testing.T) {
 		t.Fatal(err)
 	}
 	dt := tg.Signed.Targets[tgt1]
-	if err := director.Check(dt, f.img1, tgt1, dev, hw); err != nil {
+	if err := directormeta.Check(dt, f.img1, tgt1, dev, hw); err != nil {
 		t.Fatalf("agreement: %v", err)
 	}
-	dirCustom, err := director.CustomOf(dt)
+	dirCustom, err := directormeta.CustomOf(dt)
 	if err != nil {
 		t.Fatal(err)
 	}
 
 	// dirMeta rebuilds the director entry with another custom.
-	dirWith := func(c director.Custom) *metadata.TargetFiles {
-		return withCustom(t, clone(t, dt), map[string]director.Custom{"rampart": c})
+	dirWith := func(c directormeta.Custom) *metadata.TargetFiles {
+		return withCustom(t, clone(t, dt), map[string]directormeta.Custom{"rampart": c})
 	}
 	// imgWith rebuilds both sides with an altered release: the image's
 	// custom changes and the director copies it, as a compromised or buggy
@@ -100,36 +100,36 @@ func TestCheck(t *testing.T) {
 		dev, hw  string
 		want     error
 	}{
-		{name: "length", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Length++; return d }(), want: director.ErrDisagree},
-		{name: "image length", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Length--; return i }(), want: director.ErrDisagree},
+		{name: "length", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Length++; return d }(), want: directormeta.ErrDisagree},
+		{name: "image length", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Length--; return i }(), want: directormeta.ErrDisagree},
 		{name: "sha256", dir: func() *metadata.TargetFiles {
 			d := clone(t, dt)
 			d.Hashes["sha256"] = flip(d.Hashes["sha256"])
 			return d
-		}(), want: director.ErrDisagree},
+		}(), want: directormeta.ErrDisagree},
 		{name: "sha512", img: func() *metadata.TargetFiles {
 			i := clone(t, f.img1)
 			i.Hashes["sha512"] = flip(i.Hashes["sha512"])
 			return i
-		}(), want: director.ErrDisagree},
-		{name: "sha512 only in image", dir: func() *metadata.TargetFiles { d := clone(t, dt); delete(d.Hashes, "sha512"); return d }(), want: director.ErrDisagree},
+		}(), want: directormeta.ErrDisagree},
+		{name: "sha512 only in image", dir: func() *metadata.TargetFiles { d := clone(t, dt); delete(d.Hashes, "sha512"); return d }(), want: directormeta.ErrDisagree},
 		{name: "extra algorithm in director", dir: func() *metadata.TargetFiles {
 			d := clone(t, dt)
 			d.Hashes["sha384"] = bytes.Repeat([]byte{1}, 48)
 			return d
-		}(), want: director.ErrDisagree},
-		{name: "other path", path: tgt2, want: director.ErrDisagree},
-		{name: "other device", dev: "dev-0002", want: director.ErrWrongDevice},
-		{name: "director names other device", dir: func() *metadata.TargetFiles { c := *dirCustom; c.DeviceID = "dev-0002"; return dirWith(c) }(), want: director.ErrWrongDevice},
-		{name: "other hardware", hw: "acme-gw-rev-c", want: director.ErrWrongHardware},
-		{name: "director names other hardware", dir: func() *metadata.TargetFiles { c := *dirCustom; c.HardwareID = "acme-gw-rev-c"; return dirWith(c) }(), want: director.ErrWrongHardware},
-		{name: "image release lacks our hardware", dir: nil, img: nil, want: director.ErrWrongHardware},
-		{name: "release copy differs", want: director.ErrDisagree},
-		{name: "no director custom", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Custom = nil; return d }(), want: director.ErrMalformed},
-		{name: "director custom without release", dir: func() *metadata.TargetFiles { c := *dirCustom; c.Release = nil; return dirWith(c) }(), want: director.ErrMalformed},
-		{name: "no hashes", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Hashes = nil; return d }(), want: director.ErrMalformed},
-		{name: "no image custom", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Custom = nil; return i }(), want: director.ErrMalformed},
-		{name: "nil", dir: nil, want: director.ErrMalformed},
+		}(), want: directormeta.ErrDisagree},
+		{name: "other path", path: tgt2, want: directormeta.ErrDisagree},
+		{name: "other device", dev: "dev-0002", want: directormeta.ErrWrongDevice},
+		{name: "director names other device", dir: func() *metadata.TargetFiles { c := *dirCustom; c.DeviceID = "dev-0002"; return dirWith(c) }(), want: directormeta.ErrWrongDevice},
+		{name: "other hardware", hw: "acme-gw-rev-c", want: directormeta.ErrWrongHardware},
+		{name: "director names other hardware", dir: func() *metadata.TargetFiles { c := *dirCustom; c.HardwareID = "acme-gw-rev-c"; return dirWith(c) }(), want: directormeta.ErrWrongHardware},
+		{name: "image release lacks our hardware", dir: nil, img: nil, want: directormeta.ErrWrongHardware},
+		{name: "release copy differs", want: directormeta.ErrDisagree},
+		{name: "no director custom", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Custom = nil; return d }(), want: directormeta.ErrMalformed},
+		{name: "director custom without release", dir: func() *metadata.TargetFiles { c := *dirCustom; c.Release = nil; return dirWith(c) }(), want: directormeta.ErrMalformed},
+		{name: "no hashes", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Hashes = nil; return d }(), want: directormeta.ErrMalformed},
+		{name: "no image custom", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Custom = nil; return i }(), want: directormeta.ErrMalformed},
+		{name: "nil", dir: nil, want: directormeta.ErrMalformed},
 	}
 	// Cases that need both sides rebuilt.
 	for i := range cases {
@@ -159,11 +159,11 @@ func TestCheck(t *testing.T) {
 			if h == "" {
 				h = hw
 			}
-			err := director.Check(d, i, p, dv, h)
+			err := directormeta.Check(d, i, p, dv, h)
 			if !errors.Is(err, c.want) {
 				t.Fatalf("Check = %v, want %v", err, c.want)
 			}
-			for _, other := range []error{director.ErrDisagree, director.ErrWrongDevice, director.ErrWrongHardware, director.ErrMalformed} {
+			for _, other := range []error{directormeta.ErrDisagree, directormeta.ErrWrongDevice, directormeta.ErrWrongHardware, directormeta.ErrMalformed} {
 				if other != c.want && errors.Is(err, other) {
 					t.Fatalf("Check = %v also matches %v", err, other)
 				}
@@ -183,7 +183,7 @@ func TestCheck(t *testing.T) {
 		c.Release = wrap["rampart"]
 		return dirWith(c), img
 	}()
-	if err := director.Check(d, i, tgt1, dev, hw); err != nil {
+	if err := directormeta.Check(d, i, tgt1, dev, hw); err != nil {
 		t.Fatalf("rebuilt agreeing pair: %v", err)
 	}
 }

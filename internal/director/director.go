@@ -50,6 +50,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/snapshot"
@@ -57,7 +58,7 @@ import (
 
 // CustomKey is the key under "custom" that holds Rampart's director fields,
 // both in a target entry and at the top level of the targets role.
-const CustomKey = release.CustomKey
+const CustomKey = directormeta.CustomKey
 
 // Errors of Build and RefreshTimestamp.
 var (
@@ -287,14 +288,14 @@ func parse(r *Repo) (*parsed, error) {
 	if p.targets.Signed.Type != metadata.TARGETS || p.snap.Signed.Type != metadata.SNAPSHOT || p.ts.Signed.Type != metadata.TIMESTAMP {
 		return nil, fmt.Errorf("%w: role types are not targets, snapshot and timestamp", ErrPrevious)
 	}
-	if p.deviceID, err = DeviceOf(p.targets); err != nil {
+	if p.deviceID, err = directormeta.DeviceOf(p.targets); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrPrevious, err)
 	}
 	switch len(p.targets.Signed.Targets) {
 	case 0:
 	case 1:
 		for path, tf := range p.targets.Signed.Targets {
-			c, err := CustomOf(tf)
+			c, err := directormeta.CustomOf(tf)
 			if err != nil {
 				return nil, fmt.Errorf("%w: %v", ErrPrevious, err)
 			}
@@ -404,13 +405,13 @@ func desiredTargets(a Assignment) (map[string]*metadata.TargetFiles, error) {
 		return nil, fmt.Errorf("%w: the given release metadata differs from the image entry's custom metadata for %s", ErrAssignment, a.Target)
 	}
 	if !meta.Supports(a.HardwareID) {
-		return nil, fmt.Errorf("%w: %w: release %s is for hardware %v, device %s is %s", ErrAssignment, ErrWrongHardware, a.Target, meta.HardwareIDs, a.DeviceID, a.HardwareID)
+		return nil, fmt.Errorf("%w: %w: release %s is for hardware %v, device %s is %s", ErrAssignment, directormeta.ErrWrongHardware, a.Target, meta.HardwareIDs, a.DeviceID, a.HardwareID)
 	}
-	rel, err := rampartCustom(a.File.Custom)
+	rel, err := directormeta.ReleaseCustom(a.File.Custom)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrAssignment, err)
 	}
-	custom, err := json.Marshal(map[string]Custom{CustomKey: {DeviceID: a.DeviceID, HardwareID: a.HardwareID, Release: rel}})
+	custom, err := json.Marshal(map[string]directormeta.Custom{CustomKey: {DeviceID: a.DeviceID, HardwareID: a.HardwareID, Release: rel}})
 	if err != nil {
 		return nil, err
 	}
@@ -421,7 +422,7 @@ func desiredTargets(a Assignment) (map[string]*metadata.TargetFiles, error) {
 	}
 	tf := &metadata.TargetFiles{Length: a.File.Length, Hashes: hashes, Custom: &raw, Path: a.Target}
 	// The device will run Check on exactly this pair.
-	if err := Check(tf, a.File, a.Target, a.DeviceID, a.HardwareID); err != nil {
+	if err := directormeta.Check(tf, a.File, a.Target, a.DeviceID, a.HardwareID); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrAssignment, err)
 	}
 	out[a.Target] = tf
@@ -434,45 +435,6 @@ func sameMeta(a, b *release.Meta) bool {
 	ja, err1 := json.Marshal(ca)
 	jb, err2 := json.Marshal(cb)
 	return err1 == nil && err2 == nil && bytes.Equal(ja, jb)
-}
-
-// roleCustom is the top-level custom field of the director's targets role.
-type roleCustom struct {
-	DeviceID string `json:"device_id"`
-}
-
-// DeviceOf returns the device a director targets role is bound to (its
-// top-level custom.rampart.device_id).
-func DeviceOf(t *metadata.Metadata[metadata.TargetsType]) (string, error) {
-	raw, ok := t.Signed.UnrecognizedFields["custom"]
-	if !ok {
-		return "", fmt.Errorf("%w: the director targets role has no custom device binding", ErrMalformed)
-	}
-	b, err := json.Marshal(raw)
-	if err != nil {
-		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	var c map[string]roleCustom
-	if err := json.Unmarshal(b, &c); err != nil {
-		return "", fmt.Errorf("%w: director targets custom: %v", ErrMalformed, err)
-	}
-	if c[CustomKey].DeviceID == "" {
-		return "", fmt.Errorf("%w: the director targets role names no device", ErrMalformed)
-	}
-	return c[CustomKey].DeviceID, nil
-}
-
-// CheckDevice is the device's check that a verified director targets role
-// is its own, even when it lists nothing.
-func CheckDevice(t *metadata.Metadata[metadata.TargetsType], deviceID string) error {
-	got, err := DeviceOf(t)
-	if err != nil {
-		return err
-	}
-	if got != deviceID {
-		return fmt.Errorf("%w: the director targets role is for device %q, this is %q", ErrWrongDevice, got, deviceID)
-	}
-	return nil
 }
 
 func needsRenewal(expires, now time.Time, period time.Duration) bool {
@@ -515,7 +477,7 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 		t := metadata.Targets(at(exp.Targets))
 		t.Signed.Version = tv
 		t.Signed.Targets = want
-		t.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{CustomKey: roleCustom{DeviceID: deviceID}}}
+		t.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{CustomKey: directormeta.RoleCustom{DeviceID: deviceID}}}
 		if err := snapshot.SignRole(rt, metadata.TARGETS, t, k.Targets); err != nil {
 			return nil, false, err
 		}
@@ -574,7 +536,7 @@ func sameTargets(a, b map[string]*metadata.TargetFiles) bool {
 				return false
 			}
 		}
-		if (x.Custom == nil) != (y.Custom == nil) || (x.Custom != nil && !jsonEqual(*x.Custom, *y.Custom)) {
+		if (x.Custom == nil) != (y.Custom == nil) || (x.Custom != nil && !directormeta.EqualJSON(*x.Custom, *y.Custom)) {
 			return false
 		}
 	}

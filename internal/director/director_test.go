@@ -18,6 +18,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/repo"
@@ -200,16 +201,16 @@ func TestBuildVerifiesAsClient(t *testing.T) {
 		t.Fatalf("targets = %v", tg.Signed.Targets)
 	}
 	dt := tg.Signed.Targets[tgt1]
-	if err := director.Check(dt, f.img1, tgt1, dev, hw); err != nil {
+	if err := directormeta.Check(dt, f.img1, tgt1, dev, hw); err != nil {
 		t.Fatalf("Check: %v", err)
 	}
-	if err := director.CheckDevice(tg, dev); err != nil {
+	if err := directormeta.CheckDevice(tg, dev); err != nil {
 		t.Fatalf("CheckDevice: %v", err)
 	}
-	if err := director.CheckDevice(tg, "dev-0002"); !errors.Is(err, director.ErrWrongDevice) {
+	if err := directormeta.CheckDevice(tg, "dev-0002"); !errors.Is(err, directormeta.ErrWrongDevice) {
 		t.Fatalf("CheckDevice(other) = %v, want ErrWrongDevice", err)
 	}
-	c, err := director.CustomOf(dt)
+	c, err := directormeta.CustomOf(dt)
 	if err != nil || c.DeviceID != dev || c.HardwareID != hw {
 		t.Fatalf("CustomOf = %+v, %v", c, err)
 	}
@@ -241,7 +242,7 @@ func TestNothingToDo(t *testing.T) {
 	if !bytes.Contains(r.Targets, []byte(`"targets": {}`)) {
 		t.Fatalf("empty targets must encode as {}:\n%s", r.Targets)
 	}
-	if err := director.CheckDevice(tg, dev); err != nil {
+	if err := directormeta.CheckDevice(tg, dev); err != nil {
 		t.Fatal(err)
 	}
 	// Then an assignment arrives, then it is withdrawn again.
@@ -285,7 +286,7 @@ func TestUnchangedChangedAndRefresh(t *testing.T) {
 	if err != nil {
 		t.Fatalf("client update r1 -> r3: %v", err)
 	}
-	if err := director.Check(tg.Signed.Targets[tgt2], f.img2, tgt2, dev, hw); err != nil {
+	if err := directormeta.Check(tg.Signed.Targets[tgt2], f.img2, tgt2, dev, hw); err != nil {
 		t.Fatal(err)
 	}
 
@@ -515,7 +516,7 @@ func TestBuildRefusals(t *testing.T) {
 	bad("no device", a)
 	a = good
 	a.HardwareID = "other-hw"
-	bad("hardware not in release", a, director.ErrWrongHardware)
+	bad("hardware not in release", a, directormeta.ErrWrongHardware)
 	a = good
 	a.File = nil
 	bad("no file", a)

@@ -14,7 +14,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
 
-	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/repo"
 )
@@ -109,15 +109,15 @@ func TestDirectorServesEachDeviceItsOwnAssignment(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := director.Check(dt, img.Signed.Targets["acme-gw/1.0.0/fw.img"], "acme-gw/1.0.0/fw.img", "gw-1", "acme-gw-rev2"); err != nil {
+	if err := directormeta.Check(dt, img.Signed.Targets["acme-gw/1.0.0/fw.img"], "acme-gw/1.0.0/fw.img", "gw-1", "acme-gw-rev2"); err != nil {
 		t.Fatal(err)
 	}
-	if err := director.Check(dt, img.Signed.Targets["acme-gw/1.0.0/fw.img"], "acme-gw/1.0.0/fw.img", "gw-2", "acme-gw-rev2"); err == nil {
+	if err := directormeta.Check(dt, img.Signed.Targets["acme-gw/1.0.0/fw.img"], "acme-gw/1.0.0/fw.img", "gw-2", "acme-gw-rev2"); err == nil {
 		t.Fatal("gw-1's director target passed as gw-2's")
 	}
 	// gw-2 sees its own repository, bound to gw-2.
 	dt2 := fetch(cert2).GetTopLevelTargets()["acme-gw/1.0.0/fw.img"]
-	if err := director.Check(dt2, img.Signed.Targets["acme-gw/1.0.0/fw.img"], "acme-gw/1.0.0/fw.img", "gw-2", "acme-gw-rev2"); err != nil {
+	if err := directormeta.Check(dt2, img.Signed.Targets["acme-gw/1.0.0/fw.img"], "acme-gw/1.0.0/fw.img", "gw-2", "acme-gw-rev2"); err != nil {
 		t.Fatal(err)
 	}
 	// Repeated check-ins serve the same bytes (cached, no new versions).

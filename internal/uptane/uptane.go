@@ -9,12 +9,12 @@
 //     over mTLS, refreshed with go-tuf from the trusted director root (the
 //     cached StateDir/director/root.json, else the root shipped in firmware;
 //     never trust on first use). Its targets role must be bound to this
-//     device (director.CheckDevice) and lists at most one target.
+//     device (directormeta.CheckDevice) and lists at most one target.
 //  2. The image repository, served at /repo/ with consistent snapshots,
 //     refreshed the same way (StateDir/image): the director's target must
 //     exist there (delegations followed) and agree with the director's
 //     entry in path, length, hashes, device id, hardware id and release
-//     metadata (director.Check). Its security version must be at least
+//     metadata (directormeta.Check). Its security version must be at least
 //     Config.MinSecurityVersion.
 //  3. The transparency log: the release statement must be included under
 //     a checkpoint signed by the pinned log key, describe exactly this
@@ -54,7 +54,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
-	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/verify"
@@ -133,7 +133,7 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	if trusted.Targets[metadata.TARGETS] == nil {
 		return nil, refuse(verify.MissingTarget, "director", nil, "director has no trusted targets role")
 	}
-	if err := director.CheckDevice(trusted.Targets[metadata.TARGETS], cfg.DeviceID); err != nil {
+	if err := directormeta.CheckDevice(trusted.Targets[metadata.TARGETS], cfg.DeviceID); err != nil {
 		return nil, directorRefusal(err)
 	}
 	dirTargets := dir.GetTopLevelTargets()
@@ -161,7 +161,7 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 		}
 		return nil, classify("image", err)
 	}
-	if err := director.Check(dirTarget, imgTarget, tpath, cfg.DeviceID, cfg.HardwareID); err != nil {
+	if err := directormeta.Check(dirTarget, imgTarget, tpath, cfg.DeviceID, cfg.HardwareID); err != nil {
 		return nil, directorRefusal(err)
 	}
 	rel, err := release.FromTarget(tpath, imgTarget)
@@ -297,14 +297,14 @@ func classify(repo string, err error) error {
 	return refuse(verify.Malformed, repo, err, "%s: malformed or inconsistent metadata", repo)
 }
 
-// directorRefusal maps director.Check and CheckDevice errors.
+// directorRefusal maps directormeta.Check and CheckDevice errors.
 func directorRefusal(err error) error {
 	switch {
-	case errors.Is(err, director.ErrWrongHardware):
+	case errors.Is(err, directormeta.ErrWrongHardware):
 		return refuse(verify.WrongHardware, "director", err, "director target is not for this hardware")
-	case errors.Is(err, director.ErrWrongDevice):
+	case errors.Is(err, directormeta.ErrWrongDevice):
 		return refuse(verify.Mismatch, "director", err, "director metadata is bound to another device")
-	case errors.Is(err, director.ErrDisagree):
+	case errors.Is(err, directormeta.ErrDisagree):
 		return refuse(verify.Mismatch, "director", err, "director and image repository disagree")
 	}
 	return refuse(verify.Malformed, "director", err, "director metadata")

@@ -23,6 +23,7 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/repo"
 	"github.com/rampartfw/rampart/internal/uptane"
@@ -239,7 +240,7 @@ func TestCheckRefusals(t *testing.T) {
 			return nil
 		})
 		d, err := uptane.Check(ctx, cfg)
-		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, director.ErrWrongDevice) {
+		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, directormeta.ErrWrongDevice) {
 			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
 		}
 	})
@@ -251,7 +252,7 @@ func TestCheckRefusals(t *testing.T) {
 		forged := e.forgedDirector(t, "gw-1", func(tf *metadata.TargetFiles) { tf.Length++ })
 		intercept(&cfg, serveDirector(forged))
 		d, err := uptane.Check(ctx, cfg)
-		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, director.ErrDisagree) {
+		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, directormeta.ErrDisagree) {
 			t.Fatalf("%v does not wrap ErrDisagree", ve)
 		}
 	})

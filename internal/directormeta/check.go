@@ -1,4 +1,11 @@
-package director
+// Package directormeta owns the format of Rampart's custom metadata in a
+// director repository and the device-side checks on it: that a verified
+// director targets role is bound to this device (CheckDevice) and that the
+// director's target agrees with the image repository's (Check).
+//
+// It is a leaf package, bytes in and errors out, so that the device agent
+// links it without the server-side director, which signs with online keys.
+package directormeta
 
 import (
 	"bytes"
@@ -12,6 +19,10 @@ import (
 
 	"github.com/rampartfw/rampart/internal/release"
 )
+
+// CustomKey is the key under "custom" that holds Rampart's director fields,
+// both in a target entry and at the top level of the targets role.
+const CustomKey = release.CustomKey
 
 // Errors of Check (the device-side agreement check). Build also uses
 // ErrWrongHardware for an assignment the release does not support.
@@ -39,7 +50,7 @@ type Custom struct {
 
 // CustomOf decodes a director target's custom metadata.
 func CustomOf(tf *metadata.TargetFiles) (*Custom, error) {
-	raw, err := rampartCustom(tf.Custom)
+	raw, err := ReleaseCustom(tf.Custom)
 	if err != nil {
 		return nil, fmt.Errorf("director target %s: %w", tf.Path, err)
 	}
@@ -56,8 +67,8 @@ func CustomOf(tf *metadata.TargetFiles) (*Custom, error) {
 	return &c, nil
 }
 
-// rampartCustom returns the value under custom.rampart.
-func rampartCustom(custom *json.RawMessage) (json.RawMessage, error) {
+// ReleaseCustom returns the value under custom.rampart.
+func ReleaseCustom(custom *json.RawMessage) (json.RawMessage, error) {
 	if custom == nil {
 		return nil, fmt.Errorf("%w: no custom metadata", ErrMalformed)
 	}
@@ -72,8 +83,8 @@ func rampartCustom(custom *json.RawMessage) (json.RawMessage, error) {
 	return raw, nil
 }
 
-// jsonEqual compares two JSON documents by value (numbers exactly).
-func jsonEqual(a, b []byte) bool {
+// EqualJSON compares two JSON documents by value (numbers exactly).
+func EqualJSON(a, b []byte) bool {
 	va, ea := decodeJSON(a)
 	vb, eb := decodeJSON(b)
 	return ea == nil && eb == nil && reflect.DeepEqual(va, vb)
@@ -170,15 +181,54 @@ func Check(dirTarget, imageTarget *metadata.TargetFiles, path string, deviceID, 
 	if err != nil {
 		return fmt.Errorf("%w: image repository entry: %w", ErrMalformed, err)
 	}
-	imgRaw, err := rampartCustom(imageTarget.Custom)
+	imgRaw, err := ReleaseCustom(imageTarget.Custom)
 	if err != nil {
 		return fmt.Errorf("image repository entry %s: %w", path, err)
 	}
 	if !rel.Supports(hardwareID) {
 		return fmt.Errorf("%w: release %s is for hardware %v, this device is %q", ErrWrongHardware, path, rel.HardwareIDs, hardwareID)
 	}
-	if !jsonEqual(c.Release, imgRaw) {
+	if !EqualJSON(c.Release, imgRaw) {
 		return fmt.Errorf("%w: the director's release metadata for %s differs from the image repository's", ErrDisagree, path)
+	}
+	return nil
+}
+
+// RoleCustom is the top-level custom field of the director's targets role.
+type RoleCustom struct {
+	DeviceID string `json:"device_id"`
+}
+
+// DeviceOf returns the device a director targets role is bound to (its
+// top-level custom.rampart.device_id).
+func DeviceOf(t *metadata.Metadata[metadata.TargetsType]) (string, error) {
+	raw, ok := t.Signed.UnrecognizedFields["custom"]
+	if !ok {
+		return "", fmt.Errorf("%w: the director targets role has no custom device binding", ErrMalformed)
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	var c map[string]RoleCustom
+	if err := json.Unmarshal(b, &c); err != nil {
+		return "", fmt.Errorf("%w: director targets custom: %v", ErrMalformed, err)
+	}
+	if c[CustomKey].DeviceID == "" {
+		return "", fmt.Errorf("%w: the director targets role names no device", ErrMalformed)
+	}
+	return c[CustomKey].DeviceID, nil
+}
+
+// CheckDevice is the device's check that a verified director targets role
+// is its own, even when it lists nothing.
+func CheckDevice(t *metadata.Metadata[metadata.TargetsType], deviceID string) error {
+	got, err := DeviceOf(t)
+	if err != nil {
+		return err
+	}
+	if got != deviceID {
+		return fmt.Errorf("%w: the director targets role is for device %q, this is %q", ErrWrongDevice, got, deviceID)
 	}
 	return nil
 }
