@@ -5,11 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"slices"
 	"sync"
 
-	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/fsys"
 )
 
 // Sim is a simulated bootloader with the package's state model, for tests
@@ -23,6 +22,7 @@ import (
 // file mode); Writes counts them.
 type Sim struct {
 	mu     sync.Mutex
+	fs     fsys.FS
 	path   string // "" keeps the record in raw
 	raw    []byte // nil: no record yet
 	limit  int
@@ -49,6 +49,12 @@ func NewSim(maxAttempts int) (*Sim, error) {
 // OpenSim returns a Sim whose record lives in path; a missing file is the
 // factory state and is created by the first write.
 func OpenSim(path string, maxAttempts int) (*Sim, error) {
+	return OpenSimFS(fsys.OS, path, maxAttempts)
+}
+
+// OpenSimFS is OpenSim on the given filesystem, so that a model of power
+// loss can hold the record.
+func OpenSimFS(fsy fsys.FS, path string, maxAttempts int) (*Sim, error) {
 	if path == "" {
 		return nil, errors.New("simulated bootloader: empty state file path; use NewSim for an in-memory one")
 	}
@@ -56,7 +62,7 @@ func OpenSim(path string, maxAttempts int) (*Sim, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.path = path
+	s.fs, s.path = fsy, path
 	return s, nil
 }
 
@@ -136,19 +142,19 @@ func (s *Sim) SetRaw(raw []byte) error {
 		return nil
 	}
 	if raw == nil {
-		if err := os.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		if err := s.fs.Remove(s.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
 		return nil
 	}
-	return atomicfile.WriteFile(s.path, raw, 0o644)
+	return fsys.WriteFile(s.fs, s.path, raw, 0o644)
 }
 
 func (s *Sim) read() ([]byte, error) {
 	if s.path == "" {
 		return s.raw, nil
 	}
-	raw, err := os.ReadFile(s.path)
+	raw, err := fsys.ReadFile(s.fs, s.path, 64<<10)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
 	}
@@ -181,7 +187,7 @@ func (s *Sim) update(op func(st State, corrupt bool) (State, error)) error {
 	}
 	if s.path == "" {
 		s.raw = data
-	} else if err := atomicfile.WriteFile(s.path, data, 0o644); err != nil {
+	} else if err := fsys.WriteFile(s.fs, s.path, data, 0o644); err != nil {
 		return fmt.Errorf("writing simulated boot state: %w", err)
 	}
 	s.writes++

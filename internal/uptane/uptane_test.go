@@ -26,6 +26,7 @@ import (
 	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
@@ -57,8 +58,8 @@ func check(t *testing.T, cfg uptane.Config) *uptane.Decision {
 
 func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 	e := newEnv(t)
-	img1 := e.release("1.0.0", 2, hwRev2)
-	cert := e.enroll("gw-1", hwRev2)
+	img1 := e.Release("1.0.0", 2, hwRev2)
+	cert := e.Enroll("gw-1", hwRev2)
 	cfg := e.device("gw-1", hwRev2, cert)
 	cfg.MinSecurityVersion = 2
 
@@ -70,7 +71,7 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 		t.Fatalf("checkpoint stored without a release: %v", err)
 	}
 
-	e.deploy(product+"/1.0.0", hwRev2)
+	e.Deploy(product+"/1.0.0", hwRev2)
 	d := check(t, cfg)
 	if d.Nothing || d.Target != product+"/1.0.0/fw.img" || d.Release.Version != "1.0.0" || d.Release.SecurityVersion != 2 || d.File.Length != int64(len(img1)) {
 		t.Fatalf("decision %+v", d)
@@ -80,13 +81,13 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 		t.Fatal("decision hash is not the image's")
 	}
 	// The URLs are the server's consistent-snapshot names.
-	if !strings.HasPrefix(d.ImageURL, e.ts.URL+"/repo/targets/") || !strings.HasSuffix(d.IndexURL, ".fw.img.rpidx") {
+	if !strings.HasPrefix(d.ImageURL, e.TS.URL+"/repo/targets/") || !strings.HasSuffix(d.IndexURL, ".fw.img.rpidx") {
 		t.Fatalf("urls %s %s", d.ImageURL, d.IndexURL)
 	}
-	if got := e.call(e.pool, "GET", strings.TrimPrefix(d.ImageURL, e.ts.URL), "", nil, 200); !bytes.Equal(got, img1) {
+	if got := e.Call(e.Pool, "GET", strings.TrimPrefix(d.ImageURL, e.TS.URL), "", nil, 200); !bytes.Equal(got, img1) {
 		t.Fatal("ImageURL does not serve the image")
 	}
-	ix := e.call(e.pool, "GET", strings.TrimPrefix(d.IndexURL, e.ts.URL), "", nil, 200)
+	ix := e.Call(e.Pool, "GET", strings.TrimPrefix(d.IndexURL, e.TS.URL), "", nil, 200)
 	if ixSum := sha256.Sum256(ix); hex.EncodeToString(ixSum[:]) != d.Release.Index.SHA256 {
 		t.Fatal("IndexURL does not serve the signed chunk index")
 	}
@@ -102,11 +103,11 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 	}
 
 	// Same log size: the stored checkpoint is reused; no consistency fetch.
-	h := intercept(&cfg, nil)
+	h := servertest.Intercept(&cfg.HTTPClient, nil)
 	if d2 := check(t, cfg); d2.Target != d.Target || !bytes.Equal(d2.Checkpoint, stored) {
 		t.Fatalf("second check %+v", d2)
 	}
-	if h.requested("/api/v1/log/consistency") {
+	if h.Requested("/api/v1/log/consistency") {
 		t.Fatal("consistency fetched for an unchanged log")
 	}
 
@@ -117,14 +118,14 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 
 	// A newer release grows the log: consistency is proven from the stored
 	// checkpoint to the new one, which replaces it.
-	e.release("1.1.0", 3, hwRev2)
-	e.deploy(product+"/1.1.0", hwRev2)
+	e.Release("1.1.0", 3, hwRev2)
+	e.Deploy(product+"/1.1.0", hwRev2)
 	d3 := check(t, cfg)
 	if d3.Target != product+"/1.1.0/fw.img" || d3.Release.SecurityVersion != 3 {
 		t.Fatalf("third check %+v", d3)
 	}
-	if !h.requested("/api/v1/log/consistency?from=1&to=2") {
-		t.Fatalf("no consistency proof fetched: %v", h.paths)
+	if !h.Requested("/api/v1/log/consistency?from=1&to=2") {
+		t.Fatalf("no consistency proof fetched: %v", h.Paths())
 	}
 	stored2, _ := os.ReadFile(filepath.Join(cfg.StateDir, "log", "checkpoint"))
 	if bytes.Equal(stored2, stored) || !bytes.Equal(stored2, d3.Checkpoint) {
@@ -147,9 +148,9 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 	// A proof for another release's statement (1.0.0's, genuinely logged)
 	// is not a proof for this one.
 	cfg5 := e.device("gw-1", hwRev2, cert)
-	intercept(&cfg5, func(r *http.Request) *http.Response {
+	servertest.Intercept(&cfg5.HTTPClient, func(r *http.Request) *http.Response {
 		if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") && strings.Contains(r.URL.Path, "1.1.0") {
-			return respond(r, 200, e.call(e.pool, "GET", "/api/v1/log/proof/"+product+"/1.0.0/fw.img", "", nil, 200))
+			return servertest.Respond(r, 200, e.Call(e.Pool, "GET", "/api/v1/log/proof/"+product+"/1.0.0/fw.img", "", nil, 200))
 		}
 		return nil
 	})
@@ -161,9 +162,9 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 // gw-1, and gw-2 enrolled beside it.
 func deployed(t *testing.T) (*env, *devCerts) {
 	e := newEnv(t)
-	e.release("1.0.0", 2, hwRev2)
-	c := &devCerts{gw1: e.enroll("gw-1", hwRev2), gw2: e.enroll("gw-2", hwRev2)}
-	e.deploy(product+"/1.0.0", hwRev2)
+	e.Release("1.0.0", 2, hwRev2)
+	c := &devCerts{gw1: e.Enroll("gw-1", hwRev2), gw2: e.Enroll("gw-2", hwRev2)}
+	e.Deploy(product+"/1.0.0", hwRev2)
 	return e, c
 }
 
@@ -227,10 +228,10 @@ func TestCheckRefusals(t *testing.T) {
 		// A hostile server hands gw-1 the (validly signed) repository of
 		// gw-2.
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
-		gw2 := e.client(certs.gw2)
-		intercept(&cfg, func(r *http.Request) *http.Response {
+		gw2 := e.Client(certs.gw2)
+		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
 			if strings.HasPrefix(r.URL.Path, "/director/") && !strings.HasSuffix(r.URL.Path, ".root.json") {
-				resp, err := gw2.Get(e.ts.URL + r.URL.Path)
+				resp, err := gw2.Get(e.TS.URL + r.URL.Path)
 				if err != nil {
 					t.Error(err)
 					return nil
@@ -250,7 +251,7 @@ func TestCheckRefusals(t *testing.T) {
 		// a different length than the image repository signed.
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
 		forged := e.forgedDirector(t, "gw-1", func(tf *metadata.TargetFiles) { tf.Length++ })
-		intercept(&cfg, serveDirector(forged))
+		servertest.Intercept(&cfg.HTTPClient, serveDirector(forged))
 		d, err := uptane.Check(ctx, cfg)
 		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, directormeta.ErrDisagree) {
 			t.Fatalf("%v does not wrap ErrDisagree", ve)
@@ -260,16 +261,16 @@ func TestCheckRefusals(t *testing.T) {
 	t.Run("director names a target the image repository lacks", func(t *testing.T) {
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
 		forged := e.forgedDirector(t, "gw-1", nil, product+"/9.9.9/fw.img")
-		intercept(&cfg, serveDirector(forged))
+		servertest.Intercept(&cfg.HTTPClient, serveDirector(forged))
 		d, err := uptane.Check(ctx, cfg)
 		wantClass(t, d, err, verify.MissingTarget)
 	})
 
 	t.Run("transport failures are not refusals", func(t *testing.T) {
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
-		intercept(&cfg, func(r *http.Request) *http.Response {
+		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
 			if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") {
-				return respond(r, 503, []byte(`{"code":"unavailable"}`))
+				return servertest.Respond(r, 503, []byte(`{"code":"unavailable"}`))
 			}
 			return nil
 		})
@@ -295,9 +296,9 @@ func TestCheckRefusals(t *testing.T) {
 
 	t.Run("release not in the log", func(t *testing.T) {
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
-		intercept(&cfg, func(r *http.Request) *http.Response {
+		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
 			if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") {
-				return respond(r, 404, []byte(`{"code":"not-found"}`))
+				return servertest.Respond(r, 404, []byte(`{"code":"not-found"}`))
 			}
 			return nil
 		})
@@ -309,10 +310,10 @@ func TestCheckRefusals(t *testing.T) {
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
 		// A checkpoint signed by another key.
 		cp := e.signedCheckpoint(t, 1, make([]byte, 32), false)
-		intercept(&cfg, func(r *http.Request) *http.Response {
+		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
 			if strings.HasPrefix(r.URL.Path, "/api/v1/log/proof/") {
-				b := e.call(e.pool, "GET", r.URL.Path, "", nil, 200)
-				return respond(r, 200, replaceCheckpoint(t, b, cp))
+				b := e.Call(e.Pool, "GET", r.URL.Path, "", nil, 200)
+				return servertest.Respond(r, 200, replaceCheckpoint(t, b, cp))
 			}
 			return nil
 		})
@@ -344,11 +345,11 @@ func TestCheckRefusals(t *testing.T) {
 		// release and a forged consistency proof instead.
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
 		check(t, cfg) // stores the size-1 checkpoint
-		e.release("1.0.1", 2, hwRev2)
-		e.deploy(product+"/1.0.1", hwRev2)
-		intercept(&cfg, func(r *http.Request) *http.Response {
+		e.Release("1.0.1", 2, hwRev2)
+		e.Deploy(product+"/1.0.1", hwRev2)
+		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
 			if r.URL.Path == "/api/v1/log/consistency" {
-				return respond(r, 200, []byte(`{"hashes":["`+strings.Repeat("A", 43)+`="]}`))
+				return servertest.Respond(r, 200, []byte(`{"hashes":["`+strings.Repeat("A", 43)+`="]}`))
 			}
 			return nil
 		})
@@ -362,7 +363,7 @@ func TestCheckRefusals(t *testing.T) {
 		// metadata (version 1) is refused even though it is validly signed.
 		cfg := e.device("gw-1", hwRev2, certs.gw1)
 		check(t, cfg)
-		intercept(&cfg, serveDirector(e.forgedDirector(t, "gw-1", nil)))
+		servertest.Intercept(&cfg.HTTPClient, serveDirector(e.forgedDirector(t, "gw-1", nil)))
 		d, err := uptane.Check(ctx, cfg)
 		wantClass(t, d, err, verify.Rollback)
 	})
@@ -439,7 +440,7 @@ func selfSignedRoot(t *testing.T) []byte {
 func (e *env) forgedDirector(t *testing.T, device string, edit func(*metadata.TargetFiles), target ...string) *director.Repo {
 	t.Helper()
 	path := product + "/1.0.0/fw.img"
-	role, err := metadata.Targets().FromBytes(e.call(e.pool, "GET", "/repo/1."+product+".json", "", nil, 200))
+	role, err := metadata.Targets().FromBytes(e.Call(e.Pool, "GET", "/repo/1."+product+".json", "", nil, 200))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -458,14 +459,14 @@ func (e *env) forgedDirector(t *testing.T, device string, edit func(*metadata.Ta
 		edit(&tf)
 	}
 	load := func(n string) []keys.Signer {
-		s, err := keys.OpenFile(filepath.Join(e.dataDir, "keys", n), nil)
+		s, err := keys.OpenFile(filepath.Join(e.DataDir, "keys", n), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return []keys.Signer{s}
 	}
 	k := director.Keys{Targets: load("director-targets.key"), Snapshot: load("director-snapshot.key"), Timestamp: load("director-timestamp.key")}
-	r, err := director.Build(e.directorRoot, director.Assignment{DeviceID: device, HardwareID: hwRev2, Target: path, File: &tf}, nil, k, time.Now(), director.DefaultExpiry)
+	r, err := director.Build(e.DirectorRoot, director.Assignment{DeviceID: device, HardwareID: hwRev2, Target: path, File: &tf}, nil, k, time.Now(), director.DefaultExpiry)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -481,7 +482,7 @@ func serveDirector(r *director.Repo) func(*http.Request) *http.Response {
 	return func(req *http.Request) *http.Response {
 		if name, ok := strings.CutPrefix(req.URL.Path, "/director/"); ok {
 			if b, ok := files[name]; ok {
-				return respond(req, 200, b)
+				return servertest.Respond(req, 200, b)
 			}
 		}
 		return nil
@@ -492,10 +493,10 @@ func serveDirector(r *director.Repo) func(*http.Request) *http.Response {
 // log key (genuine) or by a key of the same name (not genuine).
 func (e *env) signedCheckpoint(t *testing.T, size uint64, root []byte, genuine bool) []byte {
 	t.Helper()
-	skey := strings.TrimSpace(string(e.read("keys/log.key")))
+	skey := strings.TrimSpace(string(e.Read("keys/log.key")))
 	if !genuine {
 		var err error
-		skey, _, err = note.GenerateKey(rand.Reader, e.logKey.Name())
+		skey, _, err = note.GenerateKey(rand.Reader, e.LogKey.Name())
 		if err != nil {
 			t.Fatal(err)
 		}
