@@ -1,0 +1,305 @@
+// Command rampart-agent is the device side of Rampart. It only parses flags
+// and wires internal/agent together; see docs/agent.md.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/agent"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+// Exit codes: distinct for each kind of failure, so scripts and service
+// managers can tell a refused update from a broken configuration.
+const (
+	exitOK        = 0
+	exitRefused   = 1 // verification refused, policy refused, enrollment refused
+	exitUsage     = 2 // bad arguments or configuration
+	exitFailed    = 3 // environment: network, disk, bootloader
+	exitUnhealthy = 4 // boot: the health check failed on a committed slot
+)
+
+const usage = `usage: rampart-agent COMMAND --config agent.toml [flags]
+
+commands:
+  enroll --server URL --token TOKEN   make the device key here and obtain its certificate
+  run [--once]                        poll, verify, install, reboot, report
+  boot                                at boot: finish a trial (health check, commit or roll back)
+  status [--json]                     slots, versions, security counter, pending update, last error
+  install BUNDLE                      out-of-band update from a bundle file
+  version
+
+See docs/agent.md for the configuration file.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+		fmt.Fprint(stdout, usage)
+		return exitOK
+	}
+	if args[0] == "version" || args[0] == "--version" {
+		fmt.Fprintln(stdout, "rampart-agent", version())
+		return exitOK
+	}
+	cmd, args := args[0], args[1:]
+	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	configPath := fs.String("config", "/etc/rampart/agent.toml", "")
+	server := fs.String("server", "", "")
+	token := fs.String("token", "", "")
+	once := fs.Bool("once", false, "")
+	asJSON := fs.Bool("json", false, "")
+	verbose := fs.Bool("v", false, "")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return fail(stderr, exitUsage, err, "run rampart-agent help")
+	}
+	level := slog.LevelInfo
+	if *verbose {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	want := map[string]int{"enroll": 0, "run": 0, "boot": 0, "status": 0, "install": 1}
+	n, ok := want[cmd]
+	if !ok {
+		return fail(stderr, exitUsage, fmt.Errorf("unknown command %q", cmd), "run rampart-agent help")
+	}
+	if len(pos) != n {
+		if cmd == "install" {
+			return fail(stderr, exitUsage, errors.New("install takes one BUNDLE file"), "example: rampart-agent install --config agent.toml /media/usb/fw.rbundle")
+		}
+		return fail(stderr, exitUsage, fmt.Errorf("%s takes no arguments, got %q", cmd, strings.Join(pos, " ")), "")
+	}
+	cfg, err := agent.LoadConfig(*configPath)
+	if err != nil {
+		return report(stderr, err)
+	}
+
+	if cmd == "enroll" {
+		if *token == "" {
+			return fail(stderr, exitUsage, errors.New("enroll needs --token"), "get one with: rampart device token --hardware "+cfg.Device.HardwareID)
+		}
+		if *server != "" {
+			cfg.Server.URL = *server
+		}
+		res, err := agent.Enroll(ctx, cfg, *token)
+		if err != nil {
+			return report(stderr, err)
+		}
+		fmt.Fprintf(stdout, "enrolled %s (%s); certificate valid until %s\n", res.DeviceID, res.Hardware, res.NotAfter.Format(time.RFC3339))
+		return exitOK
+	}
+
+	a, err := agent.New(cfg, log)
+	if err != nil {
+		return report(stderr, err)
+	}
+	switch cmd {
+	case "status":
+		s, err := a.Status()
+		if err != nil {
+			return report(stderr, err)
+		}
+		if *asJSON {
+			return printJSON(stdout, s)
+		}
+		printStatus(stdout, s)
+		return exitOK
+	case "boot":
+		out, err := a.Boot(ctx)
+		if out != nil {
+			print(stdout, out, *asJSON)
+		}
+		if out != nil && out.Action == "unhealthy" {
+			return fail(stderr, exitUnhealthy, err, "the running slot stays unconfirmed; the bootloader falls back after its attempts run out")
+		}
+		return report(stderr, err)
+	case "install":
+		out, err := a.InstallBundle(ctx, pos[0])
+		if out != nil {
+			print(stdout, out, *asJSON)
+		}
+		return report(stderr, err)
+	}
+	// run
+	for {
+		out, err := a.Run(ctx)
+		if out != nil {
+			print(stdout, out, *asJSON)
+		}
+		if *once || (out != nil && out.Reboot) {
+			return report(stderr, err)
+		}
+		if err != nil {
+			if code := report(stderr, err); code == exitUsage {
+				return code
+			}
+		}
+		wait := cfg.Poll.Interval.Duration
+		if j := cfg.Poll.Jitter.Duration; j > 0 {
+			wait += rand.N(j)
+		}
+		select {
+		case <-ctx.Done():
+			return exitOK
+		case <-time.After(wait):
+		}
+	}
+}
+
+// parse allows flags after positional arguments.
+func parse(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			return pos, nil
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+}
+
+func print(w io.Writer, out *agent.Outcome, asJSON bool) {
+	if asJSON {
+		printJSON(w, out)
+		return
+	}
+	line := out.Action
+	if out.Target != "" {
+		line += " " + out.Target
+	}
+	if out.Slot != "" {
+		line += " slot " + out.Slot
+	}
+	if out.Reason != "" {
+		line += " (" + out.Reason + ")"
+	}
+	fmt.Fprintln(w, line)
+	if in := out.Install; in != nil {
+		fmt.Fprintf(w, "downloaded %d of %d bytes (%.1f%%), reused %d bytes from the running slot\n",
+			in.BytesDownloaded, in.ImageSize, 100*float64(in.BytesDownloaded)/float64(max(in.ImageSize, 1)), in.BytesReused)
+	}
+}
+
+func printJSON(w io.Writer, v any) int {
+	b, _ := json.MarshalIndent(v, "", "  ")
+	fmt.Fprintln(w, string(b))
+	return exitOK
+}
+
+func printStatus(w io.Writer, s *agent.Status) {
+	fmt.Fprintf(w, "device:           %s (%s), enrolled: %v\n", s.DeviceID, s.HardwareID, s.Enrolled)
+	fmt.Fprintf(w, "booted slot:      %s (committed: %s)\n", orDash(s.BootedSlot), orDash(s.CommittedSlot))
+	rel := func(r *agent.Release) string {
+		if r == nil {
+			return "-"
+		}
+		return fmt.Sprintf("%s (security version %d)", r.Target, r.SecurityVersion)
+	}
+	fmt.Fprintf(w, "running:          %s\n", rel(s.Running))
+	fmt.Fprintf(w, "other slot:       %s\n", rel(s.Other))
+	fmt.Fprintf(w, "security counter: %d\n", s.SecurityCounter)
+	if p := s.Pending; p != nil {
+		fmt.Fprintf(w, "pending:          %s into slot %s, phase %s\n", p.Target, p.Slot, p.Phase)
+	} else {
+		fmt.Fprintln(w, "pending:          -")
+	}
+	if b := s.Boot; b != nil {
+		var parts []string
+		for _, sl := range b.Order {
+			parts = append(parts, fmt.Sprintf("%s(%d)", sl, b.Attempts[sl]))
+		}
+		line := strings.Join(parts, " ")
+		if b.Error != "" {
+			line += " [" + b.Error + "]"
+		}
+		fmt.Fprintf(w, "boot order:       %s\n", line)
+	}
+	if e := s.LastError; e != nil {
+		class := ""
+		if e.Class != "" {
+			class = " [" + e.Class + "]"
+		}
+		fmt.Fprintf(w, "last error:       %s%s %s\n", e.Time.Format(time.RFC3339), class, e.Msg)
+	}
+	fmt.Fprintf(w, "queued reports:   %d\n", s.QueuedReports)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// report prints err in the error:/hint: style and returns its exit code.
+func report(stderr io.Writer, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	var ve *verify.Error
+	var ce *agent.ConfigError
+	var ee *agent.EnrollError
+	switch {
+	case errors.As(err, &ve):
+		return fail(stderr, exitRefused, err, "the update was refused as "+string(ve.Class)+"; nothing was installed and the running slot is untouched")
+	case errors.Is(err, agent.ErrOfflineRefused):
+		return fail(stderr, exitRefused, err, "")
+	case errors.As(err, &ee):
+		hint := "ask the operator for a new token: rampart device token"
+		return fail(stderr, exitRefused, err, hint)
+	case errors.As(err, &ce):
+		return fail(stderr, exitUsage, err, "see docs/agent.md for every configuration key")
+	case errors.Is(err, agent.ErrNotEnrolled):
+		return fail(stderr, exitUsage, err, "run rampart-agent enroll --token TOKEN first")
+	case errors.Is(err, agent.ErrInstall):
+		return fail(stderr, exitFailed, err, "the running slot is untouched; the next check-in resumes the download")
+	}
+	return fail(stderr, exitFailed, err, "")
+}
+
+func fail(stderr io.Writer, code int, err error, hint string) int {
+	fmt.Fprintf(stderr, "rampart-agent: error: %v\n", err)
+	if hint != "" {
+		fmt.Fprintf(stderr, "rampart-agent: hint: %s\n", hint)
+	}
+	return code
+}
+
+// Version is set at link time (-X main.Version=...) or read from build info.
+var Version = ""
+
+func version() string {
+	if Version != "" {
+		return Version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
+		return bi.Main.Version
+	}
+	return "(devel)"
+}
