@@ -1,0 +1,555 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/agent"
+	"github.com/rampartfw/rampart/internal/bootloader"
+	"github.com/rampartfw/rampart/internal/fsys"
+	"github.com/rampartfw/rampart/internal/server/servertest"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+const hw = "acme-gw-rev2"
+
+// device is a simulated device: file-backed slots, the simulated bootloader
+// persisted in a file, a configurable health check, and a reboot that only
+// records that it was asked for. The agent on it talks to a real server.
+type device struct {
+	t      *testing.T
+	e      *servertest.Env
+	id     string
+	dir    string
+	cfg    *agent.Config
+	a      *agent.Agent
+	sim    *bootloader.Sim
+	booted bootloader.Slot
+
+	client    *http.Client
+	health    func() error
+	rebooting atomic.Int32
+	factory   []byte
+}
+
+func newDevice(t *testing.T, e *servertest.Env, id string) *device {
+	t.Helper()
+	dir := t.TempDir()
+	d := &device{t: t, e: e, id: id, dir: dir, booted: bootloader.A, health: func() error { return nil }}
+	cfgText := fmt.Sprintf(`
+[server]
+url = %q
+ca = "ca.pem"
+[device]
+id = %q
+hardware_id = %q
+key = "device.key"
+certificate = "device.crt"
+[trust]
+image_root = "image-root.json"
+director_root = "director-root.json"
+log_key = "log.pub"
+[slots]
+a = "slot-a"
+b = "slot-b"
+[bootloader]
+backend = "sim"
+env = "boot.json"
+[health]
+command = ["health"]
+timeout = "2s"
+[reboot]
+command = ["reboot"]
+[state]
+dir = "state"
+[download]
+workers = 2
+retries = 2
+`, e.TS.URL, id, hw)
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("agent.toml", []byte(cfgText))
+	write("ca.pem", e.CAPEM)
+	write("image-root.json", e.ImageRoot)
+	write("director-root.json", e.DirectorRoot)
+	write("log.pub", e.Read("online/log.pub"))
+	d.factory = make([]byte, 300<<10)
+	rand.Read(d.factory)
+	write("slot-a", d.factory)
+	write("slot-b", nil)
+	cfg, err := agent.LoadConfig(filepath.Join(dir, "agent.toml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.cfg = cfg
+	cert := e.Enroll(id, hw)
+	d.sim, err = bootloader.OpenSim(cfg.Bootloader.Env, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.a = &agent.Agent{
+		Config: cfg, FS: fsys.OS, TUFDir: filepath.Join(dir, "tuf"), Bootloader: d.sim,
+		HTTP:       e.Client(cert),
+		BootedSlot: func() (bootloader.Slot, error) { return d.booted, nil },
+		Exec:       d.exec,
+		ImageRoot:  e.ImageRoot, DirectorRoot: e.DirectorRoot,
+		LogOrigin: servertest.LogOrigin, LogKey: e.LogKey,
+		Log: testLogger(t),
+	}
+	d.client = d.a.HTTP
+	return d
+}
+
+func (d *device) exec(ctx context.Context, argv []string, timeout time.Duration) error {
+	switch argv[0] {
+	case "health":
+		return d.health()
+	case "reboot":
+		d.rebooting.Add(1)
+		return nil
+	}
+	return agent.RunCommand(ctx, argv, timeout)
+}
+
+// powerCycle boots the simulated device: the bootloader picks the slot.
+func (d *device) powerCycle() bootloader.Slot {
+	d.t.Helper()
+	s, err := d.sim.Boot()
+	if err != nil {
+		d.t.Fatalf("simulated boot: %v", err)
+	}
+	d.booted = s
+	d.rebooting.Store(0)
+	return s
+}
+
+func (d *device) boot() *agent.Outcome {
+	d.t.Helper()
+	out, err := d.a.Boot(context.Background())
+	if err != nil {
+		d.t.Fatalf("boot: %v", err)
+	}
+	return out
+}
+
+func (d *device) run() (*agent.Outcome, error) {
+	return d.a.Run(context.Background())
+}
+
+func (d *device) slot(s bootloader.Slot) []byte {
+	d.t.Helper()
+	b, err := os.ReadFile(d.a.Config.Slots.A)
+	if s == bootloader.B {
+		b, err = os.ReadFile(d.a.Config.Slots.B)
+	}
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return b
+}
+
+func (d *device) status() *agent.Status {
+	d.t.Helper()
+	s, err := d.a.Status()
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return s
+}
+
+// server returns the server's record of the device.
+func (d *device) server() map[string]any {
+	var m map[string]any
+	json.Unmarshal(d.e.Call(d.e.Pool, "GET", "/api/v1/devices/"+d.id, d.e.Admin, nil, 200), &m)
+	return m
+}
+
+func testLogger(t *testing.T) *slog.Logger { return slog.New(slog.NewTextHandler(t.Output(), nil)) }
+
+// firstBoot brings a factory device to a confirmed boot of slot A.
+func (d *device) firstBoot() {
+	d.t.Helper()
+	if s := d.powerCycle(); s != bootloader.A {
+		d.t.Fatalf("factory boot started %s", s)
+	}
+	d.boot()
+	st, _ := d.sim.State()
+	if !st.InOrder(bootloader.A) || st.InOrder(bootloader.B) {
+		// B holds nothing verified, so it must not be a fallback.
+		d.t.Fatalf("after the first boot the boot state is %v, want only A", st)
+	}
+}
+
+func TestUpdateCommit(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	img := e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+
+	out, err := d.run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Action != "installed-pending-reboot" || out.Slot != "B" || !out.Reboot || d.rebooting.Load() != 1 {
+		t.Fatalf("run: %+v (reboots %d)", out, d.rebooting.Load())
+	}
+	if !bytes.Equal(d.slot(bootloader.B)[:len(img)], img) {
+		t.Fatal("slot B does not hold the image")
+	}
+	if !bytes.Equal(d.slot(bootloader.A), d.factory) {
+		t.Fatal("the active slot changed")
+	}
+	// Not installed yet as far as the server knows.
+	if v := d.server()["version"]; v != "" {
+		t.Fatalf("server records version %v before the confirmed boot", v)
+	}
+	if st := d.status(); st.Pending == nil || st.Pending.Phase != agent.PhaseTrial || st.SecurityCounter != 0 {
+		t.Fatalf("status before reboot: %+v", st)
+	}
+
+	if s := d.powerCycle(); s != bootloader.B {
+		t.Fatalf("trial boot started %s", s)
+	}
+	out = d.boot()
+	if out.Action != "committed" || out.Slot != "B" {
+		t.Fatalf("boot: %+v", out)
+	}
+	st := d.status()
+	if st.Pending != nil || st.SecurityCounter != 2 || st.Running == nil || st.Running.Version != "1.0.0" || st.CommittedSlot != "B" || st.QueuedReports != 0 {
+		t.Fatalf("status after commit: %+v", st)
+	}
+	srv := d.server()
+	if srv["version"] != "1.0.0" || srv["security_version"] != float64(2) || srv["last_status"] != "installed" {
+		t.Fatalf("server record after commit: %v", srv)
+	}
+	// Committed: B boots from now on, with its full attempts.
+	for range 5 {
+		if s := d.powerCycle(); s != bootloader.B {
+			t.Fatalf("after commit the device booted %s", s)
+		}
+		d.boot()
+	}
+	// Nothing to do the second time.
+	if out, err := d.run(); err != nil || out.Action != "up-to-date" {
+		t.Fatalf("second run: %+v %v", out, err)
+	}
+}
+
+func TestRollbackWhenHealthCheckFails(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	if _, err := d.run(); err != nil {
+		t.Fatal(err)
+	}
+	d.powerCycle()
+	d.health = func() error { return errors.New("service foo did not start") }
+	out := d.boot()
+	if out.Action != "rolled-back" || out.Reason != "health-check-failed" || !out.Reboot || d.rebooting.Load() != 1 {
+		t.Fatalf("boot: %+v", out)
+	}
+	d.health = func() error { return nil }
+	if s := d.powerCycle(); s != bootloader.A {
+		t.Fatalf("after the rollback the device booted %s", s)
+	}
+	if out := d.boot(); out.Action != "booted" {
+		t.Fatalf("boot after rollback: %+v", out)
+	}
+	st := d.status()
+	if st.SecurityCounter != 0 || st.Running != nil || st.Pending != nil || st.CommittedSlot != "A" {
+		t.Fatalf("status after rollback: %+v", st)
+	}
+	if !bytes.Equal(d.slot(bootloader.A), d.factory) {
+		t.Fatal("the factory slot changed")
+	}
+	srv := d.server()
+	if srv["last_status"] != "rolled-back" || srv["version"] != "" {
+		t.Fatalf("server record: %v", srv)
+	}
+	// The same release is not installed again in a loop.
+	if out, err := d.run(); err != nil || out.Action != "not-retried" || out.Reason != "health-check-failed" {
+		t.Fatalf("run after rollback: %+v %v", out, err)
+	}
+}
+
+func TestRollbackWhenHealthCheckHangs(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	if _, err := d.run(); err != nil {
+		t.Fatal(err)
+	}
+	d.powerCycle()
+	// A real command that never finishes, under the real time limit.
+	d.a.Config.Health = agent.CommandConfig{Command: []string{"sleep", "60"}, Timeout: agent.Duration{Duration: 300 * time.Millisecond}}
+	d.a.Exec = func(ctx context.Context, argv []string, timeout time.Duration) error {
+		if argv[0] == "reboot" {
+			return nil
+		}
+		return agent.RunCommand(ctx, argv, timeout)
+	}
+	start := time.Now()
+	out := d.boot()
+	if out.Action != "rolled-back" || out.Reason != "health-check-timeout" {
+		t.Fatalf("boot: %+v", out)
+	}
+	if el := time.Since(start); el > 10*time.Second {
+		t.Fatalf("a hung health check held the boot for %v", el)
+	}
+	if s := d.powerCycle(); s != bootloader.A {
+		t.Fatalf("after the rollback the device booted %s", s)
+	}
+}
+
+func TestTrialThatNeverComesUpFallsBack(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	if _, err := d.run(); err != nil {
+		t.Fatal(err)
+	}
+	// The new kernel hangs before the agent runs: no Boot call. The
+	// bootloader's counter brings the old slot back on its own.
+	if s := d.powerCycle(); s != bootloader.B {
+		t.Fatalf("trial boot started %s", s)
+	}
+	if s := d.powerCycle(); s != bootloader.A {
+		t.Fatalf("after a hung trial the bootloader booted %s", s)
+	}
+	out := d.boot()
+	if out.Action != "rolled-back" || out.Reason != "trial-boot-failed" {
+		t.Fatalf("boot: %+v", out)
+	}
+	if srv := d.server(); srv["last_status"] != "rolled-back" {
+		t.Fatalf("server record: %v", srv)
+	}
+	if st, _ := d.sim.State(); st.InOrder(bootloader.B) {
+		t.Fatalf("the failed slot is still in the boot order: %v", st)
+	}
+}
+
+// tamper rewrites responses from the real server.
+type tamper struct {
+	base http.RoundTripper
+	fn   func(req *http.Request, resp *http.Response) *http.Response
+}
+
+func (tp *tamper) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := tp.base.RoundTrip(req)
+	if err != nil || tp.fn == nil {
+		return resp, err
+	}
+	return tp.fn(req, resp), nil
+}
+
+func (d *device) tamper(fn func(req *http.Request, resp *http.Response) *http.Response) {
+	d.a.HTTP = &http.Client{Transport: &tamper{base: d.a.HTTP.Transport, fn: fn}, Timeout: d.a.HTTP.Timeout}
+}
+
+func replaceBody(resp *http.Response, b []byte) *http.Response {
+	resp.Body.Close()
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	resp.ContentLength = int64(len(b))
+	return resp
+}
+
+// assertUntouched checks the refusal left the running slot as it was and
+// the target slot unbootable.
+func (d *device) assertUntouched() {
+	d.t.Helper()
+	if !bytes.Equal(d.slot(bootloader.A), d.factory) {
+		d.t.Fatal("the active slot changed")
+	}
+	st, _ := d.sim.State()
+	if st.InOrder(bootloader.B) {
+		d.t.Fatalf("the inactive slot is bootable after a refusal: %v", st)
+	}
+	if s := d.powerCycle(); s != bootloader.A {
+		d.t.Fatalf("after the refusal the device booted %s", s)
+	}
+}
+
+func wantClass(t *testing.T, err error, c verify.Class) {
+	t.Helper()
+	var ve *verify.Error
+	if !errors.As(err, &ve) || ve.Class != c {
+		t.Fatalf("got %v, want a %s refusal", err, c)
+	}
+}
+
+func TestSwappedChunkIsNeverWritten(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	img := make([]byte, 3<<20+5)
+	rand.Read(img)
+	e.ReleaseImage("1.0.0", 2, img, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	var swapped atomic.Int32
+	d.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+		// Every chunk but the first comes back with one byte flipped.
+		if resp.StatusCode == http.StatusPartialContent && !strings.HasPrefix(req.Header.Get("Range"), "bytes=0-") {
+			b, _ := io.ReadAll(resp.Body)
+			b[len(b)/2] ^= 1
+			swapped.Add(1)
+			return replaceBody(resp, b)
+		}
+		return resp
+	})
+	_, err := d.run()
+	wantClass(t, err, verify.Mismatch)
+	if swapped.Load() == 0 {
+		t.Fatal("no chunk was swapped; the test did not attack anything")
+	}
+	// Nothing of the swapped chunk reached the slot: beyond the first
+	// chunk, slot B holds no byte of the image.
+	b := d.slot(bootloader.B)
+	if len(b) > 1<<20 && bytes.Contains(b[1<<20:], img[1<<20:1<<20+64]) {
+		t.Fatal("bytes of the swapped chunk were written")
+	}
+	st := d.status()
+	if st.LastError == nil || st.LastError.Class != string(verify.Mismatch) {
+		t.Fatalf("last error: %+v", st.LastError)
+	}
+	if srv := d.server(); srv["last_status"] != "verification-refused" {
+		t.Fatalf("server record: %v", srv)
+	}
+	d.assertUntouched()
+}
+
+func TestIndexNotMatchingSignedHash(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	d.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+		if strings.HasSuffix(req.URL.Path, ".rpidx") {
+			b, _ := io.ReadAll(resp.Body)
+			b[len(b)-1] ^= 1
+			return replaceBody(resp, b)
+		}
+		return resp
+	})
+	_, err := d.run()
+	wantClass(t, err, verify.Mismatch)
+	d.assertUntouched()
+}
+
+func TestEndlessIndexIsCutOff(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	var read atomic.Int64
+	d.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+		if strings.HasSuffix(req.URL.Path, ".rpidx") {
+			resp.Body.Close()
+			resp.Body = io.NopCloser(&endless{n: &read})
+			resp.ContentLength = -1
+		}
+		return resp
+	})
+	_, err := d.run()
+	wantClass(t, err, verify.Mismatch)
+	if read.Load() > 1<<20 {
+		t.Fatalf("read %d bytes of an endless index", read.Load())
+	}
+	d.assertUntouched()
+}
+
+type endless struct{ n *atomic.Int64 }
+
+func (e *endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	e.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+func TestServerNotFromPinnedCA(t *testing.T) {
+	e := servertest.New(t)
+	other := servertest.New(t) // a server with its own CA
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	d.a.Config.Server.URL = other.TS.URL
+	_, err := d.run()
+	var ve *verify.Error
+	if err == nil || errors.As(err, &ve) || !strings.Contains(err.Error(), "certificate") {
+		t.Fatalf("got %v, want a TLS certificate error", err)
+	}
+	d.assertUntouched()
+}
+
+func TestResumeAfterDroppedConnection(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	img := make([]byte, 5<<20+123)
+	rand.Read(img)
+	e.ReleaseImage("1.0.0", 2, img, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	var mu sync.Mutex
+	ranged := 0
+	d.a.Config.Download.Retries = 0 // one failure ends the attempt
+	d.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+		if req.Header.Get("Range") == "" {
+			return resp
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		ranged++
+		if ranged > 3 {
+			resp.Body.Close()
+			return &http.Response{StatusCode: 503, Status: "503", Body: io.NopCloser(strings.NewReader("")), Header: http.Header{}, Request: req}
+		}
+		return resp
+	})
+	if _, err := d.run(); !errors.Is(err, agent.ErrInstall) {
+		t.Fatalf("first attempt: %v", err)
+	}
+	d.assertUntouched()
+	d.a.HTTP = d.client // the connection is back
+	out, err := d.run()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Install.Skipped == 0 || out.Install.Skipped+out.Install.Fetched != out.Install.Chunks {
+		t.Fatalf("the second attempt did not resume: %+v", out.Install)
+	}
+	if !bytes.Equal(d.slot(bootloader.B)[:len(img)], img) {
+		t.Fatal("slot B does not hold the image")
+	}
+	d.powerCycle()
+	if out := d.boot(); out.Action != "committed" {
+		t.Fatalf("boot: %+v", out)
+	}
+}
