@@ -1,0 +1,183 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/bootloader"
+	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/server/servertest"
+)
+
+func TestMain(m *testing.M) {
+	testscript.Main(m, map[string]func(){
+		"rampart-agent": func() {
+			os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
+		},
+	})
+}
+
+const hw = "acme-gw-rev2"
+
+// TestScripts runs each CLI script against its own real server. The custom commands act
+// as the operator and the device's hardware:
+//
+//	mkdevice DIR ID          a simulated device: agent.toml, trust files, slots (sim bootloader)
+//	devtoken NAME            a one-time enrollment token into $NAME
+//	release VERSION SV [MiB] a signed, pushed, logged release of acme-gw
+//	deploy VERSION           assign acme-gw/VERSION to every acme-gw-rev2 device
+//	mkbundle VERSION FILE    an offline bundle of a published release
+//	powercycle DIR           the simulated bootloader boots; writes DIR/cmdline
+//	slotis DIR SLOT VERSION  the slot holds that release's image
+func TestScripts(t *testing.T) {
+	files, err := filepath.Glob("testdata/script/*.txtar")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	for _, f := range files {
+		t.Run(strings.TrimSuffix(filepath.Base(f), ".txtar"), func(t *testing.T) {
+			t.Parallel()
+			runScript(t, f)
+		})
+	}
+}
+
+func runScript(t *testing.T, file string) {
+	e := servertest.New(t)
+	var mu sync.Mutex
+	images := map[string][]byte{}
+	testscript.Run(t, testscript.Params{
+		Files:               []string{file},
+		RequireExplicitExec: true,
+		Setup: func(env *testscript.Env) error {
+			env.Setenv("SERVER", e.TS.URL)
+			return nil
+		},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
+			"mkdevice": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 2 {
+					ts.Fatalf("usage: mkdevice DIR ID")
+				}
+				mkdevice(ts, e, ts.MkAbs(args[0]), args[1])
+			},
+			"devtoken": func(ts *testscript.TestScript, neg bool, args []string) {
+				var tok struct{ Token string }
+				mu.Lock()
+				json.Unmarshal(e.Call(e.Pool, "POST", "/api/v1/devices/tokens", e.Admin, map[string]any{"hardware": hw, "ttl_seconds": 600}, 201), &tok)
+				mu.Unlock()
+				ts.Setenv(args[0], tok.Token)
+			},
+			"release": func(ts *testscript.TestScript, neg bool, args []string) {
+				sv, _ := strconv.ParseUint(args[1], 10, 64)
+				size := 1
+				if len(args) > 2 {
+					size, _ = strconv.Atoi(args[2])
+				}
+				img := make([]byte, size<<20+17)
+				rand.Read(img)
+				mu.Lock()
+				defer mu.Unlock()
+				e.ReleaseImage(args[0], sv, img, hw)
+				images[args[0]] = img
+			},
+			"deploy": func(ts *testscript.TestScript, neg bool, args []string) {
+				mu.Lock()
+				defer mu.Unlock()
+				e.Deploy(servertest.Product+"/"+args[0], hw)
+			},
+			"mkbundle": func(ts *testscript.TestScript, neg bool, args []string) {
+				mu.Lock()
+				defer mu.Unlock()
+				p, err := e.Repo.FindPublished(servertest.Product + "/" + args[0])
+				ts.Check(err)
+				c, err := e.Repo.BundleContents(p)
+				ts.Check(err)
+				img, err := os.Open(p.ImagePath)
+				ts.Check(err)
+				defer img.Close()
+				ts.Check(atomicfile.Write(ts.MkAbs(args[1]), 0o644, func(w io.Writer) error { return bundle.Write(w, c, img) }))
+			},
+			"powercycle": func(ts *testscript.TestScript, neg bool, args []string) {
+				dir := ts.MkAbs(args[0])
+				sim, err := bootloader.OpenSim(filepath.Join(dir, "boot.json"), 0)
+				ts.Check(err)
+				s, err := sim.Boot()
+				ts.Check(err)
+				ts.Check(os.WriteFile(filepath.Join(dir, "cmdline"), []byte("console=ttyS0 rauc.slot="+string(s)+"\n"), 0o644))
+				fmt.Fprintf(ts.Stdout(), "booted %s\n", s)
+			},
+			"slotis": func(ts *testscript.TestScript, neg bool, args []string) {
+				b, err := os.ReadFile(filepath.Join(ts.MkAbs(args[0]), "slot-"+strings.ToLower(args[1])))
+				ts.Check(err)
+				mu.Lock()
+				img := images[args[2]]
+				mu.Unlock()
+				ok := len(img) > 0 && len(b) >= len(img) && string(b[:len(img)]) == string(img)
+				if ok == neg {
+					ts.Fatalf("slot %s holding %s: %v", args[1], args[2], ok)
+				}
+			},
+		},
+	})
+}
+
+func mkdevice(ts *testscript.TestScript, e *servertest.Env, dir, id string) {
+	ts.Check(os.MkdirAll(dir, 0o755))
+	write := func(name string, b []byte) { ts.Check(os.WriteFile(filepath.Join(dir, name), b, 0o644)) }
+	write("agent.toml", fmt.Appendf(nil, `# a simulated acme-gw-rev2
+[server]
+url = %q
+ca = "ca.pem"
+
+[device]
+id = %q
+hardware_id = %q
+key = "device.key"
+certificate = "device.crt"
+
+[trust]
+image_root = "image-root.json"
+director_root = "director-root.json"
+log_key = "log.pub"
+
+[slots]
+a = "slot-a"
+b = "slot-b"
+
+[bootloader]
+backend = "sim"
+env = "boot.json"
+cmdline = "cmdline"
+
+[health]
+command = ["sh", "-c", "test ! -e unhealthy"]
+timeout = "5s"
+
+[reboot]
+command = ["true"]
+
+[state]
+dir = "state"
+`, e.TS.URL, id, hw))
+	write("ca.pem", e.CAPEM)
+	write("image-root.json", e.ImageRoot)
+	write("director-root.json", e.DirectorRoot)
+	write("log.pub", e.Read("online/log.pub"))
+	factory := make([]byte, 64<<10)
+	rand.Read(factory)
+	write("slot-a", factory)
+	write("slot-b", nil)
+	write("cmdline", []byte("rauc.slot=A\n"))
+}
