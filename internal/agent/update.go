@@ -211,11 +211,11 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		case errors.As(err, &cm), errors.Is(err, install.ErrChunkMismatch):
 			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "a chunk does not match the signed index; nothing of it was written", Err: err})
 		case errors.As(err, &rb):
-			return nil, a.installFailed(ctx, st, "read-back", fmt.Errorf("%w: %v", ErrInstall, err))
+			return nil, a.installFailed(ctx, st, "read-back", fmt.Errorf("%w: %w", ErrInstall, err))
 		case errors.Is(err, syscall.ENOSPC):
-			return nil, a.installFailed(ctx, st, "disk-full", fmt.Errorf("%w: %v", ErrInstall, err))
+			return nil, a.installFailed(ctx, st, "disk-full", fmt.Errorf("%w: %w", ErrInstall, err))
 		}
-		return nil, a.installFailed(ctx, st, "download", fmt.Errorf("%w: %v", ErrInstall, err))
+		return nil, a.installFailed(ctx, st, "download", fmt.Errorf("%w: %w", ErrInstall, err))
 	}
 	out := &Outcome{Action: "installed-pending-reboot", Target: rel.Target, Slot: string(target), Reboot: true,
 		Install: &Install{ImageSize: rel.Length, BytesDownloaded: r.BytesDownloaded, BytesReused: r.BytesReused,

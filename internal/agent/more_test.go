@@ -1,0 +1,240 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/rampartfw/rampart/internal/agent"
+	"github.com/rampartfw/rampart/internal/bootenv"
+	"github.com/rampartfw/rampart/internal/bootloader"
+	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/fsys"
+	"github.com/rampartfw/rampart/internal/server/servertest"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
+// commit installs version and commits it through a trial boot.
+func (d *device) commit(version string) *agent.Outcome {
+	d.t.Helper()
+	out, err := d.run()
+	if err != nil {
+		d.t.Fatalf("installing %s: %v", version, err)
+	}
+	if out.Action != "installed-pending-reboot" {
+		d.t.Fatalf("installing %s: %+v", version, out)
+	}
+	d.powerCycle()
+	if b := d.boot(); b.Action != "committed" {
+		d.t.Fatalf("committing %s: %+v", version, b)
+	}
+	return out
+}
+
+// With 5% of the chunks changed relative to the running image, the agent
+// downloads at most 10% of the image: the rest is copied from the running
+// slot after verification.
+func TestChunkReuse(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	const chunks = 40
+	img1 := make([]byte, chunks<<20)
+	rand.Read(img1)
+	e.ReleaseImage("1.0.0", 2, img1, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	if in := d.commit("1.0.0").Install; in.BytesDownloaded != int64(len(img1)) {
+		t.Fatalf("first install downloaded %d of %d bytes", in.BytesDownloaded, len(img1))
+	}
+
+	img2 := bytes.Clone(img1)
+	for _, c := range []int{7, 29} { // 2 of 40 chunks = 5%
+		rand.Read(img2[c<<20 : c<<20+4096])
+	}
+	e.ReleaseImage("1.1.0", 3, img2, hw)
+	e.Deploy(servertest.Product+"/1.1.0", hw)
+	in := d.commit("1.1.0").Install
+	t.Logf("second install: downloaded %d of %d bytes (%.1f%%), reused %d", in.BytesDownloaded, in.ImageSize, 100*float64(in.BytesDownloaded)/float64(in.ImageSize), in.BytesReused)
+	if in.BytesDownloaded > in.ImageSize/10 {
+		t.Fatalf("downloaded %d of %d bytes with 5%% of chunks changed", in.BytesDownloaded, in.ImageSize)
+	}
+	if in.Reused != chunks-2 || in.Fetched != 2 {
+		t.Fatalf("reused %d, fetched %d chunks", in.Reused, in.Fetched)
+	}
+	if !bytes.Equal(d.slot(bootloader.A)[:len(img2)], img2) {
+		t.Fatal("slot A does not hold the new image")
+	}
+	if st := d.status(); st.SecurityCounter != 3 || st.Running.Version != "1.1.0" || st.Other == nil || st.Other.Version != "1.0.0" {
+		t.Fatalf("status: %+v", st)
+	}
+}
+
+// fullDisk is the real filesystem with a slot device that runs out of space
+// after limit bytes, failing writes with ENOSPC as the kernel does.
+type fullDisk struct {
+	fsys.FS
+	slot  string
+	limit int64
+}
+
+func (f *fullDisk) OpenFile(name string, flag int, perm fs.FileMode) (fsys.File, error) {
+	file, err := f.FS.OpenFile(name, flag, perm)
+	if err != nil || name != f.slot {
+		return file, err
+	}
+	return &limitedFile{File: file, limit: f.limit, name: name}, nil
+}
+
+type limitedFile struct {
+	fsys.File
+	name  string
+	limit int64
+}
+
+func (l *limitedFile) WriteAt(p []byte, off int64) (int, error) {
+	if off+int64(len(p)) > l.limit {
+		return 0, &fs.PathError{Op: "write", Path: l.name, Err: syscall.ENOSPC}
+	}
+	return l.File.WriteAt(p, off)
+}
+
+func TestFullDisk(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	img := make([]byte, 4<<20)
+	rand.Read(img)
+	e.ReleaseImage("1.0.0", 2, img, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	d.a.FS = &fullDisk{FS: fsys.OS, slot: d.cfg.Slots.B, limit: 2 << 20}
+	_, err := d.run()
+	if !errors.Is(err, agent.ErrInstall) || !errors.Is(err, syscall.ENOSPC) {
+		t.Fatalf("got %v, want an install failure with ENOSPC", err)
+	}
+	if srv := d.server(); srv["last_status"] != "failed" {
+		t.Fatalf("server record: %v", srv)
+	}
+	d.assertUntouched()
+	// With space again, the install completes.
+	d.a.FS = fsys.OS
+	d.booted = bootloader.A
+	d.commit("1.0.0")
+}
+
+func TestOfflineBundleBelowCounter(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Release("2.0.0", 5, hw)
+	e.Deploy(servertest.Product+"/2.0.0", hw)
+	d.commit("2.0.0")
+	old := bundleOf(t, e, "1.0.0")
+	before := d.slot(bootloader.A)
+	_, err := d.a.InstallBundle(context.Background(), old)
+	wantClass(t, err, verify.Downgrade)
+	if !bytes.Equal(d.slot(bootloader.A), before) {
+		t.Fatal("the inactive slot was written for a refused bundle")
+	}
+	if st, _ := d.sim.State(); st.InOrder(bootloader.A) {
+		t.Fatalf("boot state after the refusal: %v", st)
+	}
+}
+
+// The agent on a U-Boot board with a redundant environment, one copy of
+// which is corrupt (a torn write by someone else): it works from the good
+// copy, and fw_printenv reads what it wrote.
+func TestUBootRedundantWithCorruptCopy(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	const size = 0x4000
+	env0, env1 := filepath.Join(d.dir, "env0"), filepath.Join(d.dir, "env1")
+	good, err := bootenv.MarshalUBoot(bootenv.Env{"bootcmd": "run rauc", "BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}, size, true, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	torn := bytes.Clone(good)
+	torn[100] ^= 0xff
+	os.WriteFile(env0, good, 0o644)
+	os.WriteFile(env1, torn, 0o644)
+	config := filepath.Join(d.dir, "fw_env.config")
+	os.WriteFile(config, []byte(env0+" 0x0 0x4000\n"+env1+" 0x0 0x4000\n"), 0o644)
+	d.cfg.Bootloader = agent.BootloaderConfig{Backend: "uboot", FWEnvConfig: config, EnvSize: size}
+	bl, err := agent.OpenBootloader(d.cfg, fsys.OS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ub := bl.(*bootloader.UBoot)
+	d.a.Bootloader = ub
+	boot := func() bootloader.Slot {
+		s, err := ub.SimulateBoot()
+		if err != nil {
+			t.Fatal(err)
+		}
+		d.booted = s
+		return s
+	}
+	if boot() != bootloader.A {
+		t.Fatal("factory boot did not start A")
+	}
+	d.boot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	if _, err := d.run(); err != nil {
+		t.Fatal(err)
+	}
+	if boot() != bootloader.B {
+		t.Fatal("trial boot did not start B")
+	}
+	if out := d.boot(); out.Action != "committed" {
+		t.Fatalf("boot: %+v", out)
+	}
+	if _, err := exec.LookPath("fw_printenv"); err != nil {
+		t.Fatal("fw_printenv not found (Debian package libubootenv-tool); make test installs it")
+	}
+	out, err := exec.Command("fw_printenv", "-c", config).CombinedOutput()
+	if err != nil {
+		t.Fatalf("fw_printenv: %v\n%s", err, out)
+	}
+	for _, want := range []string{"BOOT_ORDER=B\n", "BOOT_B_LEFT=3\n", "bootcmd=run rauc\n"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("fw_printenv after commit lacks %q:\n%s", want, out)
+		}
+	}
+}
+
+// bundleOf writes an offline bundle of a published release.
+func bundleOf(t *testing.T, e *servertest.Env, version string) string {
+	t.Helper()
+	p, err := e.Repo.FindPublished(servertest.Product + "/" + version)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := e.Repo.BundleContents(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.Open(p.ImagePath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer img.Close()
+	out := filepath.Join(t.TempDir(), version+".rbundle")
+	f, err := os.Create(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := bundle.Write(f, c, img); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
