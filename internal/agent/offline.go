@@ -3,17 +3,15 @@ package agent
 import (
 	"context"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"io"
-	"io/fs"
 	"os"
-	"path/filepath"
 
 	"golang.org/x/mod/semver"
 
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/chunkindex"
+	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -47,7 +45,7 @@ func (a *Agent) InstallBundle(ctx context.Context, path string) (*Outcome, error
 	if err != nil {
 		return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Malformed, Msg: path, Err: err})
 	}
-	root, err := a.trustedImageRoot()
+	root, err := uptane.TrustedImageRoot(a.TUFDir, a.ImageRoot)
 	if err != nil {
 		return nil, err
 	}
@@ -87,18 +85,6 @@ func newer(rel Release, running *Release) bool {
 	}
 	v, r := "v"+rel.Version, "v"+running.Version
 	return semver.IsValid(v) && semver.IsValid(r) && semver.Compare(v, r) > 0
-}
-
-// trustedImageRoot is the newest image root the device trusts.
-func (a *Agent) trustedImageRoot() ([]byte, error) {
-	b, err := os.ReadFile(filepath.Join(a.TUFDir, "image", "root.json"))
-	if errors.Is(err, fs.ErrNotExist) || err == nil && len(b) == 0 {
-		return a.ImageRoot, nil
-	}
-	if err != nil {
-		return nil, fmt.Errorf("reading the trusted image root: %w", err)
-	}
-	return b, nil
 }
 
 type countingReader struct {

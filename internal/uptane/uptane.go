@@ -219,13 +219,9 @@ func (cfg *Config) now() time.Time {
 // the cached trusted root if there is one, else the shipped root.
 func refresh(cfg Config, name, metaURL string, shipped []byte) (*updater.Updater, error) {
 	mdDir := filepath.Join(cfg.StateDir, name)
-	root := shipped
-	cached, err := os.ReadFile(filepath.Join(mdDir, "root.json"))
-	switch {
-	case err == nil:
-		root = cached
-	case !errors.Is(err, fs.ErrNotExist):
-		return nil, fmt.Errorf("uptane: reading cached %s root: %w", name, err)
+	root, err := trustedRoot(mdDir, shipped)
+	if err != nil {
+		return nil, fmt.Errorf("uptane: %s: %w", name, err)
 	}
 	uc, err := config.New(metaURL, root)
 	if err != nil {
@@ -251,7 +247,54 @@ func refresh(cfg Config, name, metaURL string, shipped []byte) (*updater.Updater
 	if err := up.Refresh(); err != nil {
 		return nil, classify(name, err)
 	}
+	if err := keepTrustedRoot(mdDir); err != nil {
+		return nil, fmt.Errorf("uptane: %s: %w", name, err)
+	}
 	return up, nil
+}
+
+// TrustedImageRoot returns the newest image repository root the device
+// trusts: the cached one in stateDir, else shipped. Offline bundles are
+// verified against it.
+func TrustedImageRoot(stateDir string, shipped []byte) ([]byte, error) {
+	return trustedRoot(filepath.Join(stateDir, "image"), shipped)
+}
+
+func trustedRoot(mdDir string, shipped []byte) ([]byte, error) {
+	cached, err := os.ReadFile(filepath.Join(mdDir, "root.json"))
+	switch {
+	case err == nil && json.Valid(cached):
+		return cached, nil
+	case err == nil || errors.Is(err, fs.ErrNotExist):
+		// go-tuf replaces root.json without fsync, so a power cut can
+		// leave it empty. Our own durable copy of the last trusted root
+		// takes over; go-tuf then walks the root chain forward from it.
+		if backup, berr := os.ReadFile(filepath.Join(mdDir, trustedRootFile)); berr == nil && json.Valid(backup) {
+			return backup, nil
+		}
+		return shipped, nil
+	}
+	return nil, fmt.Errorf("reading the cached root: %w", err)
+}
+
+// trustedRootFile is a durable copy of the last trusted root, written by us
+// with fsync, next to go-tuf's root.json.
+const trustedRootFile = "trusted-root.json"
+
+// keepTrustedRoot copies the root go-tuf just verified and stored into
+// trustedRootFile, atomically and durably, when it changed.
+func keepTrustedRoot(mdDir string) error {
+	cur, err := os.ReadFile(filepath.Join(mdDir, "root.json"))
+	if err != nil || !json.Valid(cur) {
+		// go-tuf rewrites root.json only when the root changes; a torn
+		// one stays torn, and the copy we have is still the trusted root.
+		return nil
+	}
+	old, err := os.ReadFile(filepath.Join(mdDir, trustedRootFile))
+	if err == nil && bytes.Equal(old, cur) {
+		return nil
+	}
+	return atomicfile.WriteFile(filepath.Join(mdDir, trustedRootFile), cur, 0o644)
 }
 
 func refuse(c verify.Class, role string, err error, format string, args ...any) *verify.Error {

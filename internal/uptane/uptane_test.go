@@ -547,3 +547,40 @@ func replaceCheckpoint(t *testing.T, resp, cp []byte) []byte {
 	top["proof"] = jsonRaw(t, proof)
 	return jsonRaw(t, top)
 }
+
+// go-tuf replaces root.json without fsync; after a power cut it can be
+// empty. The device then uses its own durable copy of the trusted root,
+// never silently the older root shipped in firmware.
+func TestTornCachedRoot(t *testing.T) {
+	e := newEnv(t)
+	e.Release("1.0.0", 2, hwRev2)
+	cert := e.Enroll("gw-1", hwRev2)
+	cfg := e.device("gw-1", hwRev2, cert)
+	e.Deploy(product+"/1.0.0", hwRev2)
+	check(t, cfg)
+	for _, r := range []string{"director", "image"} {
+		if err := os.WriteFile(filepath.Join(cfg.StateDir, r, "root.json"), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Were the shipped roots used, this would fail.
+	cfg.ImageRoot, cfg.DirectorRoot = []byte("shipped root must not be used"), []byte("shipped root must not be used")
+	for range 2 {
+		if d := check(t, cfg); d.Nothing {
+			t.Fatalf("decision %+v", d)
+		}
+	}
+	got, err := uptane.TrustedImageRoot(cfg.StateDir, cfg.ImageRoot)
+	if err != nil || !json.Valid(got) {
+		t.Fatalf("trusted image root %q, %v", got, err)
+	}
+	// Without the durable copy either, the device has only the (here
+	// broken) shipped root, and says so rather than trusting anything.
+	for _, r := range []string{"director", "image"} {
+		os.WriteFile(filepath.Join(cfg.StateDir, r, "root.json"), nil, 0o644)
+		os.Remove(filepath.Join(cfg.StateDir, r, "trusted-root.json"))
+	}
+	if _, err := uptane.Check(context.Background(), cfg); err == nil {
+		t.Fatal("check succeeded without any trusted root")
+	}
+}
