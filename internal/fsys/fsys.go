@@ -63,8 +63,28 @@ type osFS struct{}
 type osFile struct{ *os.File }
 
 func (f osFile) Size() (int64, error) {
-	// Seek works for block devices, where Stat reports size 0.
-	return f.File.Seek(0, io.SeekEnd)
+	fi, err := f.File.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if fi.Mode().IsRegular() {
+		return fi.Size(), nil
+	}
+	// A block device's Stat reports size 0; its capacity is where a seek
+	// to the end lands. Seek back afterwards, or the next Read or Write
+	// would happen at the end.
+	cur, err := f.File.Seek(0, io.SeekCurrent)
+	if err != nil {
+		return 0, err
+	}
+	end, err := f.File.Seek(0, io.SeekEnd)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := f.File.Seek(cur, io.SeekStart); err != nil {
+		return 0, err
+	}
+	return end, nil
 }
 
 func (osFS) OpenFile(name string, flag int, perm fs.FileMode) (File, error) {
@@ -91,9 +111,7 @@ func (osFS) MkdirAll(name string, perm fs.FileMode) error {
 			break
 		}
 	}
-	if len(missing) == 0 {
-		return nil
-	}
+	// Even when nothing is missing: os.MkdirAll reports a file in the way.
 	if err := os.MkdirAll(name, perm); err != nil {
 		return err
 	}
