@@ -1,11 +1,18 @@
 package main
 
 import (
+	"bufio"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/server/servertest"
 )
 
 // forbidden lists what must never be linked into the device agent: the
@@ -77,15 +84,7 @@ func forbiddenDeps(t *testing.T, pkg string) []string {
 // TestPureGo builds the agent with cgo off: it must run on devices without
 // a C toolchain or libc of the build host. It also reports the binary size.
 func TestPureGo(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
-	bin := filepath.Join(t.TempDir(), "rampart-agent")
-	cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", bin, ".")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("CGO_ENABLED=0 go build: %v\n%s", err, out)
-	}
+	bin := buildAgent(t)
 	fi, err := os.Stat(bin)
 	if err != nil {
 		t.Fatal(err)
@@ -93,5 +92,82 @@ func TestPureGo(t *testing.T) {
 	t.Logf("rampart-agent: %.1f MiB stripped (CGO_ENABLED=0, -trimpath -ldflags='-s -w')", float64(fi.Size())/(1<<20))
 	if fi.Size() > 24<<20 {
 		t.Errorf("rampart-agent is %d bytes; over the 24 MiB budget", fi.Size())
+	}
+}
+
+var (
+	buildOnce sync.Once
+	builtBin  string
+	buildErr  error
+)
+
+// buildAgent builds the agent as it ships: pure Go, stripped.
+func buildAgent(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "rampart-agent-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		builtBin = filepath.Join(dir, "rampart-agent")
+		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", builtBin, ".")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("CGO_ENABLED=0 go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return builtBin
+}
+
+// TestIdleRSS runs the shipped binary as a daemon against a real server
+// and measures its resident memory after the first check-in, while it waits
+// for the next poll.
+func TestIdleRSS(t *testing.T) {
+	bin := buildAgent(t)
+	e := servertest.New(t)
+	dir := t.TempDir()
+	tsDir := filepath.Join(dir, "dev")
+	mkdeviceFiles(t, e, tsDir, "gw-rss")
+	var tok struct{ Token string }
+	json.Unmarshal(e.Call(e.Pool, "POST", "/api/v1/devices/tokens", e.Admin, map[string]any{"hardware": hw, "ttl_seconds": 600}, 201), &tok)
+	cfg := filepath.Join(tsDir, "agent.toml")
+	if out, err := exec.Command(bin, "enroll", "--config", cfg, "--token", tok.Token).CombinedOutput(); err != nil {
+		t.Fatalf("enroll: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "run", "--config", cfg)
+	cmd.Dir = tsDir
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if err != nil || strings.TrimSpace(line) != "nothing" {
+		t.Fatalf("first check-in printed %q, %v", line, err)
+	}
+	time.Sleep(time.Second)
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cmd.Process.Pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rssKB int
+	for _, l := range strings.Split(string(status), "\n") {
+		if v, ok := strings.CutPrefix(l, "VmRSS:"); ok {
+			fmt.Sscan(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), &rssKB)
+		}
+	}
+	t.Logf("rampart-agent idle RSS after a check-in: %.1f MiB", float64(rssKB)/1024)
+	if rssKB == 0 || rssKB > 32<<10 {
+		t.Errorf("idle RSS %d kB; the budget is 32 MiB", rssKB)
 	}
 }

@@ -134,8 +134,27 @@ func runScript(t *testing.T, file string) {
 }
 
 func mkdevice(ts *testscript.TestScript, e *servertest.Env, dir, id string) {
-	ts.Check(os.MkdirAll(dir, 0o755))
-	write := func(name string, b []byte) { ts.Check(os.WriteFile(filepath.Join(dir, name), b, 0o644)) }
+	ts.Check(writeDevice(e, dir, id))
+}
+
+func mkdeviceFiles(t *testing.T, e *servertest.Env, dir, id string) {
+	if err := writeDevice(e, dir, id); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeDevice writes a simulated acme-gw-rev2: agent.toml, trust files,
+// slots, a sim bootloader and a kernel command line naming slot A.
+func writeDevice(e *servertest.Env, dir, id string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var werr error
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil && werr == nil {
+			werr = err
+		}
+	}
 	write("agent.toml", fmt.Appendf(nil, `# a simulated acme-gw-rev2
 [server]
 url = %q
@@ -180,4 +199,5 @@ dir = "state"
 	write("slot-a", factory)
 	write("slot-b", nil)
 	write("cmdline", []byte("rauc.slot=A\n"))
+	return werr
 }
