@@ -13,6 +13,8 @@ targets=(
   "./internal/bootenv FuzzParseGRUB"
   "./internal/logproof FuzzParseStatement"
   "./internal/logproof FuzzParseProof"
+  "./internal/agent FuzzParseConfig"
+  "./internal/agent FuzzLoadState"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<< "$t"
