@@ -12,6 +12,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/bootenv"
@@ -237,4 +238,26 @@ func bundleOf(t *testing.T, e *servertest.Env, version string) string {
 		t.Fatal(err)
 	}
 	return out
+}
+
+// A frozen repository (metadata past its expiry, e.g. a mirror replaying
+// yesterday's files) is refused before anything is downloaded, reported
+// with its class, and the slots are untouched.
+func TestFrozenMetadataRefused(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	later := time.Now().Add(40 * 24 * time.Hour)
+	d.a.Now = func() time.Time { return later }
+	_, err := d.run()
+	wantClass(t, err, verify.Expired)
+	if srv := d.server(); srv["last_status"] != "verification-refused" {
+		t.Fatalf("server record: %v", srv)
+	}
+	if st := d.status(); st.LastError == nil || st.LastError.Class != "expired" {
+		t.Fatalf("status: %+v", st.LastError)
+	}
+	d.assertUntouched()
 }
