@@ -9,6 +9,11 @@
 // itself, not in callers: a one-time token is consumed by exactly one
 // caller, a device report counter only moves forward, and audit entries
 // are chained inside the transaction that appends them.
+//
+// An action and the audit entry that records it are committed together
+// with Store.Atomic: the callback does both through a Tx, and either both
+// are stored or neither is. So the audit log never claims an action that
+// did not happen, and no committed action is missing from it.
 package store
 
 import (
@@ -87,7 +92,11 @@ type Devices interface {
 	CreateDevice(ctx context.Context, d Device) error
 	Device(ctx context.Context, id string) (Device, error)
 	DevicesByHardware(ctx context.Context, hardwareID string) ([]Device, error)
+	// RevokeDevice marks a device revoked: ErrNotFound for an unknown
+	// device, ErrRevoked if it already is.
 	RevokeDevice(ctx context.Context, id string, at time.Time) error
+	// RevokedDevices returns the ids of every revoked device, sorted.
+	RevokedDevices(ctx context.Context) ([]string, error)
 	// RecordReport accepts a report only if its counter is above the
 	// stored one (ErrReplay otherwise) and the device is not revoked.
 	RecordReport(ctx context.Context, id string, r Report) error
@@ -120,9 +129,22 @@ type Tokens interface {
 	// Exactly one of any number of concurrent callers succeeds; the
 	// others get ErrUsed. An expired token gives ErrExpired.
 	ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now time.Time) (EnrollToken, error)
+	// CreateOperatorToken stores a new token. Names are unique for ever,
+	// revoked tokens included (ErrExists), so an audit entry's actor
+	// always names one token.
 	CreateOperatorToken(ctx context.Context, t OperatorToken) error
-	// OperatorToken returns a token that is not revoked.
+	// OperatorToken returns the token with this secret hash. A revoked
+	// token is returned with an error wrapping ErrRevoked; an unknown one
+	// gives ErrNotFound.
 	OperatorToken(ctx context.Context, hash string) (OperatorToken, error)
+	// OperatorTokens returns every token, revoked ones included, sorted
+	// by name.
+	OperatorTokens(ctx context.Context) ([]OperatorToken, error)
+	// SetOperatorTokenRole changes a token's role: ErrNotFound for an
+	// unknown name, ErrRevoked for a revoked token.
+	SetOperatorTokenRole(ctx context.Context, name, role string) error
+	// RevokeOperatorToken revokes a token: ErrNotFound for an unknown
+	// name, ErrRevoked if it already is.
 	RevokeOperatorToken(ctx context.Context, name string, at time.Time) error
 }
 
@@ -171,13 +193,28 @@ type Assignments interface {
 	Assignment(ctx context.Context, deviceID string) (Assignment, error)
 }
 
-// Store is everything the server keeps.
-type Store interface {
+// Tx is the store inside one transaction (see Store.Atomic). Each method
+// keeps its own atomicity: one that fails has changed nothing, and the
+// transaction goes on; it is the callback's error that rolls back the
+// whole transaction. A Tx must not be used after its callback returns.
+type Tx interface {
 	Metadata
 	Devices
 	Tokens
 	Audit
 	Releases
 	Assignments
+}
+
+// Store is everything the server keeps.
+type Store interface {
+	Tx
+	// Atomic runs f in one transaction and commits every change f made
+	// through tx, audit entries included, if f returns nil; if f returns
+	// an error (or the commit fails) nothing f did is stored, and that
+	// error is returned. Writers are serialised, so reads inside f see a
+	// state no other writer changes before the commit. f must use only
+	// tx, never the Store, or it may wait on its own transaction.
+	Atomic(ctx context.Context, f func(tx Tx) error) error
 	Close() error
 }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -23,10 +24,29 @@ import (
 
 // DB is a SQLite-backed store. It is safe for concurrent use.
 type DB struct {
-	db *sql.DB
+	conn
 }
 
-var _ store.Store = (*DB)(nil)
+var (
+	_ store.Store = (*DB)(nil)
+	_ store.Tx    = (*conn)(nil)
+)
+
+// querier is what *sql.DB and *sql.Tx share.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+// conn implements every store method over either the database or one
+// transaction, so the same code serves DB and the Tx of DB.Atomic.
+type conn struct {
+	q  querier
+	db *sql.DB // nil inside a transaction
+	// savepoints numbers the savepoints of a transaction.
+	savepoints *atomic.Uint64
+}
 
 // migrations are applied in order; PRAGMA user_version records how many
 // have run. Never edit one that has shipped: append a new one.
@@ -73,7 +93,7 @@ func Open(path string) (*DB, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &DB{db: db}
+	s := &DB{conn: conn{q: db, db: db}}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -126,31 +146,73 @@ func tm(n int64) time.Time {
 	return time.Unix(0, n).UTC()
 }
 
-func (s *DB) tx(ctx context.Context, f func(tx *sql.Tx) error) error {
+// Atomic implements store.Store. The transaction begins IMMEDIATE (see
+// Open), so it holds the write lock from its start.
+func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 	tx, err := s.db.BeginTx(ctx, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("begin transaction: %w", err)
 	}
-	if err := f(tx); err != nil {
+	c := &conn{q: tx, savepoints: new(atomic.Uint64)}
+	if err := f(c); err != nil {
 		tx.Rollback()
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
+
+// atomic runs f so that its writes apply all or none: in a transaction of
+// its own, or, inside Atomic's transaction, under a savepoint that is
+// rolled back if f fails, so a failed method leaves the caller's
+// transaction as it was.
+func (c *conn) atomic(ctx context.Context, f func(c *conn) error) error {
+	if c.db != nil {
+		tx, err := c.db.BeginTx(ctx, nil)
+		if err != nil {
+			return fmt.Errorf("begin transaction: %w", err)
+		}
+		if err := f(&conn{q: tx, savepoints: new(atomic.Uint64)}); err != nil {
+			tx.Rollback()
+			return err
+		}
+		if err := tx.Commit(); err != nil {
+			return fmt.Errorf("commit: %w", err)
+		}
+		return nil
+	}
+	sp := fmt.Sprintf("sp%d", c.savepoints.Add(1))
+	if _, err := c.q.ExecContext(ctx, `SAVEPOINT `+sp); err != nil {
+		return fmt.Errorf("savepoint: %w", err)
+	}
+	if err := f(c); err != nil {
+		if _, rerr := c.q.ExecContext(ctx, `ROLLBACK TO `+sp); rerr != nil {
+			return errors.Join(err, fmt.Errorf("rollback to savepoint: %w", rerr))
+		}
+		c.q.ExecContext(ctx, `RELEASE `+sp)
+		return err
+	}
+	if _, err := c.q.ExecContext(ctx, `RELEASE `+sp); err != nil {
+		return fmt.Errorf("release savepoint: %w", err)
+	}
+	return nil
 }
 
 // PutDocs implements store.Metadata.
-func (s *DB) PutDocs(ctx context.Context, docs ...store.Doc) error {
-	return s.tx(ctx, func(tx *sql.Tx) error {
+func (s *conn) PutDocs(ctx context.Context, docs ...store.Doc) error {
+	return s.atomic(ctx, func(tx *conn) error {
 		for _, d := range docs {
 			var old []byte
-			err := tx.QueryRowContext(ctx, `SELECT data FROM metadata WHERE repo = ? AND role = ? AND version = ?`, d.Repo, d.Role, d.Version).Scan(&old)
+			err := tx.q.QueryRowContext(ctx, `SELECT data FROM metadata WHERE repo = ? AND role = ? AND version = ?`, d.Repo, d.Role, d.Version).Scan(&old)
 			switch {
 			case err == nil:
 				if !bytes.Equal(old, d.Data) {
 					return fmt.Errorf("%s %s version %d: %w", d.Repo, d.Role, d.Version, store.ErrConflict)
 				}
 			case errors.Is(err, sql.ErrNoRows):
-				if _, err := tx.ExecContext(ctx, `INSERT INTO metadata (repo, role, version, data) VALUES (?, ?, ?, ?)`, d.Repo, d.Role, d.Version, d.Data); err != nil {
+				if _, err := tx.q.ExecContext(ctx, `INSERT INTO metadata (repo, role, version, data) VALUES (?, ?, ?, ?)`, d.Repo, d.Role, d.Version, d.Data); err != nil {
 					return err
 				}
 			default:
@@ -162,14 +224,14 @@ func (s *DB) PutDocs(ctx context.Context, docs ...store.Doc) error {
 }
 
 // Doc implements store.Metadata.
-func (s *DB) Doc(ctx context.Context, repo, role string, version int64) (store.Doc, error) {
+func (s *conn) Doc(ctx context.Context, repo, role string, version int64) (store.Doc, error) {
 	d := store.Doc{Repo: repo, Role: role}
 	var err error
 	if version == 0 {
-		err = s.db.QueryRowContext(ctx, `SELECT version, data FROM metadata WHERE repo = ? AND role = ? ORDER BY version DESC LIMIT 1`, repo, role).Scan(&d.Version, &d.Data)
+		err = s.q.QueryRowContext(ctx, `SELECT version, data FROM metadata WHERE repo = ? AND role = ? ORDER BY version DESC LIMIT 1`, repo, role).Scan(&d.Version, &d.Data)
 	} else {
 		d.Version = version
-		err = s.db.QueryRowContext(ctx, `SELECT data FROM metadata WHERE repo = ? AND role = ? AND version = ?`, repo, role, version).Scan(&d.Data)
+		err = s.q.QueryRowContext(ctx, `SELECT data FROM metadata WHERE repo = ? AND role = ? AND version = ?`, repo, role, version).Scan(&d.Data)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("%s %s version %d: %w", repo, role, version, store.ErrNotFound)
@@ -178,8 +240,8 @@ func (s *DB) Doc(ctx context.Context, repo, role string, version int64) (store.D
 }
 
 // CreateDevice implements store.Devices.
-func (s *DB) CreateDevice(ctx context.Context, d store.Device) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO devices (id, hardware_id, cert_serial, enrolled_at) VALUES (?, ?, ?, ?)`, d.ID, d.HardwareID, d.CertSerial, ns(d.EnrolledAt))
+func (s *conn) CreateDevice(ctx context.Context, d store.Device) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO devices (id, hardware_id, cert_serial, enrolled_at) VALUES (?, ?, ?, ?)`, d.ID, d.HardwareID, d.CertSerial, ns(d.EnrolledAt))
 	if err != nil && isConstraint(err) {
 		return fmt.Errorf("device %s: %w", d.ID, store.ErrExists)
 	}
@@ -197,8 +259,8 @@ func scanDevice(row interface{ Scan(...any) error }) (store.Device, error) {
 }
 
 // Device implements store.Devices.
-func (s *DB) Device(ctx context.Context, id string) (store.Device, error) {
-	d, err := scanDevice(s.db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+func (s *conn) Device(ctx context.Context, id string) (store.Device, error) {
+	d, err := scanDevice(s.q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("device %s: %w", id, store.ErrNotFound)
 	}
@@ -206,8 +268,8 @@ func (s *DB) Device(ctx context.Context, id string) (store.Device, error) {
 }
 
 // DevicesByHardware implements store.Devices.
-func (s *DB) DevicesByHardware(ctx context.Context, hw string) ([]store.Device, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE hardware_id = ? ORDER BY id`, hw)
+func (s *conn) DevicesByHardware(ctx context.Context, hw string) ([]store.Device, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE hardware_id = ? ORDER BY id`, hw)
 	if err != nil {
 		return nil, err
 	}
@@ -224,15 +286,15 @@ func (s *DB) DevicesByHardware(ctx context.Context, hw string) ([]store.Device, 
 }
 
 // CountDevices implements store.Devices.
-func (s *DB) CountDevices(ctx context.Context) (int, error) {
+func (s *conn) CountDevices(ctx context.Context) (int, error) {
 	var n int
-	err := s.db.QueryRowContext(ctx, `SELECT count(*) FROM devices`).Scan(&n)
+	err := s.q.QueryRowContext(ctx, `SELECT count(*) FROM devices`).Scan(&n)
 	return n, err
 }
 
 // RevokeDevice implements store.Devices.
-func (s *DB) RevokeDevice(ctx context.Context, id string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at = 0`, ns(at), id)
+func (s *conn) RevokeDevice(ctx context.Context, id string, at time.Time) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE devices SET revoked_at = ? WHERE id = ? AND revoked_at = 0`, ns(at), id)
 	if err != nil {
 		return err
 	}
@@ -245,9 +307,27 @@ func (s *DB) RevokeDevice(ctx context.Context, id string, at time.Time) error {
 	return nil
 }
 
+// RevokedDevices implements store.Devices.
+func (s *conn) RevokedDevices(ctx context.Context) ([]string, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT id FROM devices WHERE revoked_at != 0 ORDER BY id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			return nil, err
+		}
+		out = append(out, id)
+	}
+	return out, rows.Err()
+}
+
 // RecordReport implements store.Devices. The counter check and the update
 // are one statement, so two replicas cannot both accept the same counter.
-func (s *DB) RecordReport(ctx context.Context, id string, r store.Report) error {
+func (s *conn) RecordReport(ctx context.Context, id string, r store.Report) error {
 	q := `UPDATE devices SET report_counter = ?, last_status = ?, last_seen = ?`
 	args := []any{r.Counter, r.Status, ns(r.At)}
 	if r.Installed {
@@ -256,7 +336,7 @@ func (s *DB) RecordReport(ctx context.Context, id string, r store.Report) error 
 	}
 	q += ` WHERE id = ? AND report_counter < ? AND revoked_at = 0`
 	args = append(args, id, r.Counter)
-	res, err := s.db.ExecContext(ctx, q, args...)
+	res, err := s.q.ExecContext(ctx, q, args...)
 	if err != nil {
 		return err
 	}
@@ -274,8 +354,8 @@ func (s *DB) RecordReport(ctx context.Context, id string, r store.Report) error 
 }
 
 // CreateEnrollToken implements store.Tokens.
-func (s *DB) CreateEnrollToken(ctx context.Context, t store.EnrollToken) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO enroll_tokens (hash, hardware_id, expires) VALUES (?, ?, ?)`, t.Hash, t.HardwareID, ns(t.Expires))
+func (s *conn) CreateEnrollToken(ctx context.Context, t store.EnrollToken) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO enroll_tokens (hash, hardware_id, expires) VALUES (?, ?, ?)`, t.Hash, t.HardwareID, ns(t.Expires))
 	if err != nil && isConstraint(err) {
 		return fmt.Errorf("enrollment token: %w", store.ErrExists)
 	}
@@ -284,15 +364,15 @@ func (s *DB) CreateEnrollToken(ctx context.Context, t store.EnrollToken) error {
 
 // ConsumeEnrollToken implements store.Tokens: one conditional UPDATE, so
 // exactly one concurrent caller wins.
-func (s *DB) ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now time.Time) (store.EnrollToken, error) {
+func (s *conn) ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now time.Time) (store.EnrollToken, error) {
 	var t store.EnrollToken
-	res, err := s.db.ExecContext(ctx, `UPDATE enroll_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at = 0 AND expires > ?`, ns(now), deviceID, hash, ns(now))
+	res, err := s.q.ExecContext(ctx, `UPDATE enroll_tokens SET used_at = ?, used_by = ? WHERE hash = ? AND used_at = 0 AND expires > ?`, ns(now), deviceID, hash, ns(now))
 	if err != nil {
 		return t, err
 	}
 	n, _ := res.RowsAffected()
 	var expires, used int64
-	err = s.db.QueryRowContext(ctx, `SELECT hash, hardware_id, expires, used_at, used_by FROM enroll_tokens WHERE hash = ?`, hash).Scan(&t.Hash, &t.HardwareID, &expires, &used, &t.UsedBy)
+	err = s.q.QueryRowContext(ctx, `SELECT hash, hardware_id, expires, used_at, used_by FROM enroll_tokens WHERE hash = ?`, hash).Scan(&t.Hash, &t.HardwareID, &expires, &used, &t.UsedBy)
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("enrollment token: %w", store.ErrNotFound)
 	}
@@ -310,40 +390,91 @@ func (s *DB) ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now 
 }
 
 // CreateOperatorToken implements store.Tokens.
-func (s *DB) CreateOperatorToken(ctx context.Context, t store.OperatorToken) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO operator_tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)`, t.Hash, t.Name, t.Role, ns(t.CreatedAt))
+func (s *conn) CreateOperatorToken(ctx context.Context, t store.OperatorToken) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO operator_tokens (hash, name, role, created_at) VALUES (?, ?, ?, ?)`, t.Hash, t.Name, t.Role, ns(t.CreatedAt))
 	if err != nil && isConstraint(err) {
 		return fmt.Errorf("operator token %s: %w", t.Name, store.ErrExists)
 	}
 	return err
 }
 
-// OperatorToken implements store.Tokens.
-func (s *DB) OperatorToken(ctx context.Context, hash string) (store.OperatorToken, error) {
+const tokenCols = `hash, name, role, created_at, revoked_at`
+
+func scanToken(row interface{ Scan(...any) error }) (store.OperatorToken, error) {
 	var t store.OperatorToken
 	var created, revoked int64
-	err := s.db.QueryRowContext(ctx, `SELECT hash, name, role, created_at, revoked_at FROM operator_tokens WHERE hash = ?`, hash).Scan(&t.Hash, &t.Name, &t.Role, &created, &revoked)
+	err := row.Scan(&t.Hash, &t.Name, &t.Role, &created, &revoked)
+	t.CreatedAt, t.RevokedAt = tm(created), tm(revoked)
+	return t, err
+}
+
+// OperatorToken implements store.Tokens.
+func (s *conn) OperatorToken(ctx context.Context, hash string) (store.OperatorToken, error) {
+	t, err := scanToken(s.q.QueryRowContext(ctx, `SELECT `+tokenCols+` FROM operator_tokens WHERE hash = ?`, hash))
 	if errors.Is(err, sql.ErrNoRows) {
 		return t, fmt.Errorf("operator token: %w", store.ErrNotFound)
 	}
 	if err != nil {
 		return t, err
 	}
-	t.CreatedAt, t.RevokedAt = tm(created), tm(revoked)
-	if revoked != 0 {
+	if !t.RevokedAt.IsZero() {
 		return t, fmt.Errorf("operator token %s: %w", t.Name, store.ErrRevoked)
 	}
 	return t, nil
 }
 
-// RevokeOperatorToken implements store.Tokens.
-func (s *DB) RevokeOperatorToken(ctx context.Context, name string, at time.Time) error {
-	res, err := s.db.ExecContext(ctx, `UPDATE operator_tokens SET revoked_at = ? WHERE name = ? AND revoked_at = 0`, ns(at), name)
+// OperatorTokens implements store.Tokens.
+func (s *conn) OperatorTokens(ctx context.Context) ([]store.OperatorToken, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+tokenCols+` FROM operator_tokens ORDER BY name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.OperatorToken
+	for rows.Next() {
+		t, err := scanToken(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, t)
+	}
+	return out, rows.Err()
+}
+
+// tokenMissOrRevoked explains why an UPDATE of a live token by name
+// changed nothing.
+func (s *conn) tokenMissOrRevoked(ctx context.Context, name string) error {
+	var revoked int64
+	err := s.q.QueryRowContext(ctx, `SELECT revoked_at FROM operator_tokens WHERE name = ?`, name).Scan(&revoked)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return fmt.Errorf("operator token %s: %w", name, store.ErrNotFound)
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("operator token %s: %w", name, store.ErrRevoked)
+}
+
+// SetOperatorTokenRole implements store.Tokens.
+func (s *conn) SetOperatorTokenRole(ctx context.Context, name, role string) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE operator_tokens SET role = ? WHERE name = ? AND revoked_at = 0`, role, name)
 	if err != nil {
 		return err
 	}
 	if n, _ := res.RowsAffected(); n == 0 {
-		return fmt.Errorf("operator token %s: %w", name, store.ErrNotFound)
+		return s.tokenMissOrRevoked(ctx, name)
+	}
+	return nil
+}
+
+// RevokeOperatorToken implements store.Tokens.
+func (s *conn) RevokeOperatorToken(ctx context.Context, name string, at time.Time) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE operator_tokens SET revoked_at = ? WHERE name = ? AND revoked_at = 0`, ns(at), name)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return s.tokenMissOrRevoked(ctx, name)
 	}
 	return nil
 }
@@ -351,12 +482,12 @@ func (s *DB) RevokeOperatorToken(ctx context.Context, name string, at time.Time)
 // AppendAudit implements store.Audit. The transaction begins IMMEDIATE, so
 // reading the head and inserting the next entry cannot interleave with
 // another writer.
-func (s *DB) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error) {
+func (s *conn) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error) {
 	var out audit.Entry
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.atomic(ctx, func(tx *conn) error {
 		var prev *audit.Entry
 		var raw string
-		err := tx.QueryRowContext(ctx, `SELECT entry FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&raw)
+		err := tx.q.QueryRowContext(ctx, `SELECT entry FROM audit ORDER BY seq DESC LIMIT 1`).Scan(&raw)
 		switch {
 		case err == nil:
 			var p audit.Entry
@@ -375,7 +506,7 @@ func (s *DB) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error
 		if err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO audit (seq, hash, entry) VALUES (?, ?, ?)`, n.Seq, n.Hash, string(b)); err != nil {
+		if _, err := tx.q.ExecContext(ctx, `INSERT INTO audit (seq, hash, entry) VALUES (?, ?, ?)`, n.Seq, n.Hash, string(b)); err != nil {
 			return err
 		}
 		out = n
@@ -385,8 +516,8 @@ func (s *DB) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error
 }
 
 // AuditEntries implements store.Audit.
-func (s *DB) AuditEntries(ctx context.Context, after uint64, limit int) ([]audit.Entry, error) {
-	rows, err := s.db.QueryContext(ctx, `SELECT entry FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+func (s *conn) AuditEntries(ctx context.Context, after uint64, limit int) ([]audit.Entry, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT entry FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -407,8 +538,8 @@ func (s *DB) AuditEntries(ctx context.Context, after uint64, limit int) ([]audit
 }
 
 // PutLogEntry implements store.Releases.
-func (s *DB) PutLogEntry(ctx context.Context, e store.LogEntry) error {
-	_, err := s.db.ExecContext(ctx, `INSERT INTO log_entries (target, idx, leaf) VALUES (?, ?, ?)`, e.Target, e.Index, e.Leaf)
+func (s *conn) PutLogEntry(ctx context.Context, e store.LogEntry) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO log_entries (target, idx, leaf) VALUES (?, ?, ?)`, e.Target, e.Index, e.Leaf)
 	if err != nil && isConstraint(err) {
 		return fmt.Errorf("log entry of %s: %w", e.Target, store.ErrExists)
 	}
@@ -416,9 +547,9 @@ func (s *DB) PutLogEntry(ctx context.Context, e store.LogEntry) error {
 }
 
 // LogEntry implements store.Releases.
-func (s *DB) LogEntry(ctx context.Context, target string) (store.LogEntry, error) {
+func (s *conn) LogEntry(ctx context.Context, target string) (store.LogEntry, error) {
 	e := store.LogEntry{Target: target}
-	err := s.db.QueryRowContext(ctx, `SELECT idx, leaf FROM log_entries WHERE target = ?`, target).Scan(&e.Index, &e.Leaf)
+	err := s.q.QueryRowContext(ctx, `SELECT idx, leaf FROM log_entries WHERE target = ?`, target).Scan(&e.Index, &e.Leaf)
 	if errors.Is(err, sql.ErrNoRows) {
 		return e, fmt.Errorf("log entry of %s: %w", target, store.ErrNotFound)
 	}
@@ -426,14 +557,14 @@ func (s *DB) LogEntry(ctx context.Context, target string) (store.LogEntry, error
 }
 
 // Assign implements store.Assignments.
-func (s *DB) Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error) {
+func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error) {
 	changed := 0
-	err := s.tx(ctx, func(tx *sql.Tx) error {
+	err := s.atomic(ctx, func(tx *conn) error {
 		var seq uint64
-		err := tx.QueryRowContext(ctx, `UPDATE counters SET value = value + 1 WHERE name = 'assignment' RETURNING value`).Scan(&seq)
+		err := tx.q.QueryRowContext(ctx, `UPDATE counters SET value = value + 1 WHERE name = 'assignment' RETURNING value`).Scan(&seq)
 		if errors.Is(err, sql.ErrNoRows) {
 			seq = 1
-			if _, err := tx.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES ('assignment', 1)`); err != nil {
+			if _, err := tx.q.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES ('assignment', 1)`); err != nil {
 				return err
 			}
 		} else if err != nil {
@@ -441,14 +572,14 @@ func (s *DB) Assign(ctx context.Context, target string, deviceIDs []string, at t
 		}
 		for _, id := range deviceIDs {
 			var cur string
-			err := tx.QueryRowContext(ctx, `SELECT target FROM assignments WHERE device_id = ?`, id).Scan(&cur)
+			err := tx.q.QueryRowContext(ctx, `SELECT target FROM assignments WHERE device_id = ?`, id).Scan(&cur)
 			if err == nil && cur == target {
 				continue
 			}
 			if err != nil && !errors.Is(err, sql.ErrNoRows) {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) VALUES (?, ?, ?, ?)
+			if _, err := tx.q.ExecContext(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) VALUES (?, ?, ?, ?)
 				ON CONFLICT (device_id) DO UPDATE SET target = excluded.target, assigned_at = excluded.assigned_at, seq = excluded.seq`, id, target, ns(at), seq); err != nil {
 				if strings.Contains(err.Error(), "FOREIGN KEY") {
 					return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
@@ -463,10 +594,10 @@ func (s *DB) Assign(ctx context.Context, target string, deviceIDs []string, at t
 }
 
 // Assignment implements store.Assignments.
-func (s *DB) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
+func (s *conn) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
 	a := store.Assignment{DeviceID: deviceID}
 	var at int64
-	err := s.db.QueryRowContext(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
+	err := s.q.QueryRowContext(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		if _, err := s.Device(ctx, deviceID); err != nil {
 			return a, err

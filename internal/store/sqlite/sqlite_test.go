@@ -1,9 +1,13 @@
 package sqlite
 
 import (
+	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/store/storetest"
 )
@@ -48,5 +52,118 @@ func TestRefusesNewerSchema(t *testing.T) {
 	db.Close()
 	if _, err := Open(p); err == nil {
 		t.Fatal("opened a database with a newer schema")
+	}
+}
+
+// An action and its audit entry commit together or not at all. A trigger
+// in the real database file makes one of the two inserts fail; after
+// reopening the file, the other is not there either.
+func TestActionAndAuditAreOneTransaction(t *testing.T) {
+	ctx := t.Context()
+	now := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)
+	p := filepath.Join(t.TempDir(), "rampart.db")
+	db, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.CreateDevice(ctx, store.Device{ID: "gw-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.AppendAudit(ctx, audit.Entry{Time: now, Actor: "device:gw-1", Action: "enroll", Outcome: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	entry := func(action string) audit.Entry {
+		return audit.Entry{Time: now, Actor: "token:admin", Action: action, Outcome: "ok"}
+	}
+
+	// The audit insert fails: none of these actions may be committed.
+	exec(t, db, `CREATE TRIGGER audit_fails BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'injected audit failure'); END`)
+	actions := map[string]func(tx store.Tx) error{
+		"create-token": func(tx store.Tx) error {
+			return tx.CreateOperatorToken(ctx, store.OperatorToken{Hash: "h", Name: "ci", Role: "admin", CreatedAt: now})
+		},
+		"revoke-device": func(tx store.Tx) error { return tx.RevokeDevice(ctx, "gw-1", now) },
+		"deploy": func(tx store.Tx) error {
+			_, err := tx.Assign(ctx, "acme-gw/1.0.0/fw.img", []string{"gw-1"}, now)
+			return err
+		},
+		"push": func(tx store.Tx) error {
+			return tx.PutDocs(ctx, store.Doc{Repo: "image", Role: "root", Version: 1, Data: []byte("r")})
+		},
+	}
+	for name, act := range actions {
+		err := db.Atomic(ctx, func(tx store.Tx) error {
+			if err := act(tx); err != nil {
+				return err
+			}
+			_, err := tx.AppendAudit(ctx, entry(name))
+			return err
+		})
+		if err == nil || !strings.Contains(err.Error(), "injected audit failure") {
+			t.Fatalf("%s: %v, want the injected audit failure", name, err)
+		}
+	}
+	exec(t, db, `DROP TRIGGER audit_fails`)
+
+	// The action fails after its audit entry was appended: the entry must
+	// not be committed.
+	exec(t, db, `CREATE TRIGGER enroll_fails BEFORE INSERT ON devices BEGIN SELECT RAISE(ABORT, 'injected device failure'); END`)
+	err = db.Atomic(ctx, func(tx store.Tx) error {
+		if _, err := tx.AppendAudit(ctx, audit.Entry{Time: now, Actor: "device:gw-2", Action: "enroll", Outcome: "ok"}); err != nil {
+			return err
+		}
+		return tx.CreateDevice(ctx, store.Device{ID: "gw-2", HardwareID: "hw", CertSerial: "02", EnrolledAt: now})
+	})
+	if err == nil || !strings.Contains(err.Error(), "injected device failure") {
+		t.Fatalf("enroll: %v, want the injected device failure", err)
+	}
+	exec(t, db, `DROP TRIGGER enroll_fails`)
+	db.Close()
+
+	db, err = Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.OperatorToken(ctx, "h"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("token created without its audit entry: %v", err)
+	}
+	if d, err := db.Device(ctx, "gw-1"); err != nil || !d.RevokedAt.IsZero() {
+		t.Errorf("device revoked without its audit entry: %+v %v", d, err)
+	}
+	if a, err := db.Assignment(ctx, "gw-1"); err != nil || a.Target != "" {
+		t.Errorf("deployment without its audit entry: %+v %v", a, err)
+	}
+	if _, err := db.Doc(ctx, "image", "root", 1); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("push without its audit entry: %v", err)
+	}
+	if _, err := db.Device(ctx, "gw-2"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("enrollment stored: %v", err)
+	}
+	es, err := db.AuditEntries(ctx, 0, 100)
+	if err != nil || len(es) != 1 || es[0].Action != "enroll" || es[0].Actor != "device:gw-1" {
+		t.Fatalf("audit entries of uncommitted actions are stored: %+v %v", es, err)
+	}
+	// With the faults gone, the same action commits with its entry.
+	err = db.Atomic(ctx, func(tx store.Tx) error {
+		if err := tx.RevokeDevice(ctx, "gw-1", now); err != nil {
+			return err
+		}
+		_, err := tx.AppendAudit(ctx, entry("revoke-device"))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	es, _ = db.AuditEntries(ctx, 0, 100)
+	if d, _ := db.Device(ctx, "gw-1"); d.RevokedAt.IsZero() || len(es) != 2 || audit.Verify(nil, es) != nil {
+		t.Fatalf("%+v %+v", d, es)
+	}
+}
+
+func exec(t *testing.T, db *DB, q string) {
+	t.Helper()
+	if _, err := db.db.Exec(q); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -149,6 +149,15 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("%+v", d)
 		}
 		is(t, s.RevokeDevice(ctx, "nope", now), store.ErrNotFound)
+		s.CreateDevice(ctx, store.Device{ID: "c", HardwareID: "hw", CertSerial: "2", EnrolledAt: now})
+		s.CreateDevice(ctx, store.Device{ID: "a", HardwareID: "hw", CertSerial: "3", EnrolledAt: now})
+		if err := s.RevokeDevice(ctx, "a", now); err != nil {
+			t.Fatal(err)
+		}
+		ids, err := s.RevokedDevices(ctx)
+		if err != nil || fmt.Sprint(ids) != "[a d]" {
+			t.Fatalf("revoked devices %v %v", ids, err)
+		}
 	})
 
 	t.Run("EnrollTokens", func(t *testing.T) {
@@ -202,14 +211,176 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		if err != nil || tok.Role != "release-manager" || tok.Name != "ci" {
 			t.Fatalf("%+v %v", tok, err)
 		}
+		// A role change is seen by the next lookup.
+		if err := s.SetOperatorTokenRole(ctx, "ci", "auditor"); err != nil {
+			t.Fatal(err)
+		}
+		if tok, err := s.OperatorToken(ctx, "h"); err != nil || tok.Role != "auditor" {
+			t.Fatalf("after role change: %+v %v", tok, err)
+		}
+		is(t, s.SetOperatorTokenRole(ctx, "nope", "auditor"), store.ErrNotFound)
 		if err := s.RevokeOperatorToken(ctx, "ci", now); err != nil {
 			t.Fatal(err)
 		}
-		_, err = s.OperatorToken(ctx, "h")
+		tok, err = s.OperatorToken(ctx, "h")
 		is(t, err, store.ErrRevoked)
-		is(t, s.RevokeOperatorToken(ctx, "ci", now), store.ErrNotFound)
+		if tok.Name != "ci" || !tok.RevokedAt.Equal(now) {
+			t.Fatalf("revoked token: %+v", tok)
+		}
+		is(t, s.RevokeOperatorToken(ctx, "ci", now), store.ErrRevoked)
+		is(t, s.SetOperatorTokenRole(ctx, "ci", "admin"), store.ErrRevoked)
+		is(t, s.RevokeOperatorToken(ctx, "nope", now), store.ErrNotFound)
 		_, err = s.OperatorToken(ctx, "nope")
 		is(t, err, store.ErrNotFound)
+		// A revoked token's name is not free again.
+		is(t, s.CreateOperatorToken(ctx, store.OperatorToken{Hash: "h3", Name: "ci", Role: "admin", CreatedAt: now}), store.ErrExists)
+
+		s.CreateOperatorToken(ctx, store.OperatorToken{Hash: "h4", Name: "admin", Role: "admin", CreatedAt: now.Add(time.Second)})
+		all, err := s.OperatorTokens(ctx)
+		if err != nil || len(all) != 2 {
+			t.Fatalf("%+v %v", all, err)
+		}
+		if all[0].Name != "admin" || all[0].Role != "admin" || !all[0].RevokedAt.IsZero() || !all[0].CreatedAt.Equal(now.Add(time.Second)) ||
+			all[1].Name != "ci" || all[1].Role != "auditor" || !all[1].RevokedAt.Equal(now) || all[1].Hash != "h" {
+			t.Fatalf("%+v", all)
+		}
+	})
+
+	t.Run("AtomicCommitsActionWithAudit", func(t *testing.T) {
+		s := open(t)
+		err := s.Atomic(ctx, func(tx store.Tx) error {
+			if err := tx.CreateOperatorToken(ctx, store.OperatorToken{Hash: "h", Name: "ci", Role: "auditor", CreatedAt: now}); err != nil {
+				return err
+			}
+			// Reads inside the transaction see its own writes.
+			if _, err := tx.OperatorToken(ctx, "h"); err != nil {
+				return err
+			}
+			_, err := tx.AppendAudit(ctx, audit.Entry{Time: now, Actor: "token:admin", Action: "create-token", Subject: "ci", Outcome: "ok"})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.OperatorToken(ctx, "h"); err != nil {
+			t.Fatal(err)
+		}
+		es, _ := s.AuditEntries(ctx, 0, 10)
+		if len(es) != 1 || es[0].Subject != "ci" || audit.Verify(nil, es) != nil {
+			t.Fatalf("%+v", es)
+		}
+	})
+	t.Run("AtomicRollsBackActionAndAudit", func(t *testing.T) {
+		s := open(t)
+		s.AppendAudit(ctx, audit.Entry{Time: now, Actor: "x", Action: "before", Outcome: "ok"})
+		s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "e", HardwareID: "hw", Expires: now.Add(time.Hour)})
+		boom := errors.New("boom")
+		err := s.Atomic(ctx, func(tx store.Tx) error {
+			if _, err := tx.ConsumeEnrollToken(ctx, "e", "d", now); err != nil {
+				return err
+			}
+			if err := tx.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now}); err != nil {
+				return err
+			}
+			if _, err := tx.AppendAudit(ctx, audit.Entry{Time: now, Actor: "device:d", Action: "enroll", Outcome: "ok"}); err != nil {
+				return err
+			}
+			return fmt.Errorf("late failure: %w", boom)
+		})
+		is(t, err, boom)
+		_, err = s.Device(ctx, "d")
+		is(t, err, store.ErrNotFound)
+		if es, _ := s.AuditEntries(ctx, 0, 10); len(es) != 1 {
+			t.Fatalf("a rolled-back audit entry is stored: %+v", es)
+		}
+		// The token was not spent.
+		if _, err := s.ConsumeEnrollToken(ctx, "e", "d", now); err != nil {
+			t.Fatal(err)
+		}
+		// And the chain continues from the last committed entry.
+		if _, err := s.AppendAudit(ctx, audit.Entry{Time: now, Actor: "x", Action: "after", Outcome: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+		if es, _ := s.AuditEntries(ctx, 0, 10); len(es) != 2 || audit.Verify(nil, es) != nil {
+			t.Fatalf("%+v", es)
+		}
+	})
+	t.Run("AtomicFailedActionStoresNoAudit", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
+		err := s.Atomic(ctx, func(tx store.Tx) error {
+			if _, err := tx.AppendAudit(ctx, audit.Entry{Time: now, Actor: "device:d", Action: "enroll", Outcome: "ok"}); err != nil {
+				return err
+			}
+			return tx.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "2", EnrolledAt: now})
+		})
+		is(t, err, store.ErrExists)
+		if es, _ := s.AuditEntries(ctx, 0, 10); len(es) != 0 {
+			t.Fatalf("the audit entry of a failed action is stored: %+v", es)
+		}
+	})
+	t.Run("AtomicMethodFailureLeavesTransactionIntact", func(t *testing.T) {
+		s := open(t)
+		s.PutDocs(ctx, store.Doc{Repo: "image", Role: "snapshot", Version: 1, Data: []byte("s1")})
+		err := s.Atomic(ctx, func(tx store.Tx) error {
+			// The batch fails on its second doc; its first must not stay
+			// in the transaction the callback goes on to commit.
+			err := tx.PutDocs(ctx, store.Doc{Repo: "image", Role: "targets", Version: 1, Data: []byte("t1")}, store.Doc{Repo: "image", Role: "snapshot", Version: 1, Data: []byte("other")})
+			is(t, err, store.ErrConflict)
+			return tx.PutDocs(ctx, store.Doc{Repo: "image", Role: "root", Version: 1, Data: []byte("r1")})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.Doc(ctx, "image", "targets", 1)
+		is(t, err, store.ErrNotFound)
+		if d, err := s.Doc(ctx, "image", "root", 1); err != nil || string(d.Data) != "r1" {
+			t.Fatalf("%+v %v", d, err)
+		}
+	})
+	t.Run("AtomicEnrollmentUnderConcurrency", func(t *testing.T) {
+		s := open(t)
+		s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h", HardwareID: "hw", Expires: now.Add(time.Hour)})
+		var ok atomic.Int32
+		var wg sync.WaitGroup
+		for i := 0; i < 16; i++ {
+			wg.Add(1)
+			go func(i int) {
+				defer wg.Done()
+				id := fmt.Sprintf("dev-%d", i)
+				err := s.Atomic(ctx, func(tx store.Tx) error {
+					tok, err := tx.ConsumeEnrollToken(ctx, "h", id, now)
+					if err != nil {
+						return err
+					}
+					if err := tx.CreateDevice(ctx, store.Device{ID: id, HardwareID: tok.HardwareID, CertSerial: id, EnrolledAt: now}); err != nil {
+						return err
+					}
+					_, err = tx.AppendAudit(ctx, audit.Entry{Time: now, Actor: "device:" + id, Action: "enroll", Outcome: "ok"})
+					return err
+				})
+				if err == nil {
+					ok.Add(1)
+				} else if !errors.Is(err, store.ErrUsed) {
+					t.Error(err)
+				}
+				// Plain appends interleave with the transactions.
+				if _, err := s.AppendAudit(ctx, audit.Entry{Time: now, Actor: "device:" + id, Action: "report", Outcome: "ok"}); err != nil {
+					t.Error(err)
+				}
+			}(i)
+		}
+		wg.Wait()
+		if n, _ := s.CountDevices(ctx); ok.Load() != 1 || n != 1 {
+			t.Fatalf("%d enrollments committed, %d devices", ok.Load(), n)
+		}
+		es, _ := s.AuditEntries(ctx, 0, 100)
+		if len(es) != 17 {
+			t.Fatalf("%d audit entries", len(es))
+		}
+		if err := audit.Verify(nil, es); err != nil {
+			t.Fatal(err)
+		}
 	})
 
 	t.Run("Assignments", func(t *testing.T) {
