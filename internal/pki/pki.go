@@ -11,7 +11,10 @@
 //     CSR whose requested identity is ignored (the server decides who the
 //     device is, from its enrollment token);
 //   - the mutually authenticated TLS 1.3 configurations of the server
-//     (ServerTLSConfig) and of the agent and CLI (ClientTLSConfig).
+//     (ServerTLSConfig) and of the agent and CLI (ClientTLSConfig);
+//   - manufacturer certificates: verifying a chain from a configured
+//     manufacturer CA bundle that a device presents at enrollment instead
+//     of a token, and what it says about the device (manufacturer.go).
 //
 // It does not own revocation state, enrollment tokens or the device
 // registry: those live in the store, and the server passes a revocation
@@ -61,8 +64,9 @@ var (
 	ErrRevoked = errors.New("revoked")
 	// ErrUnknownCA: a certificate does not chain to the CA expected here.
 	ErrUnknownCA = errors.New("certificate not issued by the expected ca")
-	// ErrKeyMismatch: a CA certificate and private key do not belong
-	// together.
+	// ErrKeyMismatch: a certificate and a key do not belong together (a
+	// CA certificate and its private key, or a manufacturer certificate
+	// and the key that signed a CSR).
 	ErrKeyMismatch = errors.New("certificate and private key do not match")
 	// ErrNotCA: a certificate loaded as a CA is not a CA certificate.
 	ErrNotCA = errors.New("not a ca certificate")
