@@ -17,7 +17,7 @@ func TestConfigPrecedence(t *testing.T) {
 	initAt := func(args ...string) string {
 		t.Helper()
 		var out, errb bytes.Buffer
-		if code := run(append([]string{"init"}, args...), &out, &errb); code != 0 {
+		if code := run(t.Context(), append([]string{"init"}, args...), &out, &errb); code != 0 {
 			t.Fatalf("init %v: %d %s", args, code, errb.String())
 		}
 		first := strings.SplitN(out.String(), "\n", 2)[0]
@@ -42,13 +42,13 @@ func TestConfigPrecedence(t *testing.T) {
 	}
 	// Initialising twice is refused with the usage exit code.
 	var out, errb bytes.Buffer
-	if code := run([]string{"init", "--data", filepath.Join(dir, "from-flag")}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "already initialised") {
+	if code := run(t.Context(), []string{"init", "--data", filepath.Join(dir, "from-flag")}, &out, &errb); code != 2 || !strings.Contains(errb.String(), "already initialised") {
 		t.Fatalf("second init: %d %s", code, errb.String())
 	}
 	// A malformed config file is an input error naming the file.
 	os.WriteFile(cfg, []byte(`{"data": 1}`), 0o644)
 	errb.Reset()
-	if code := run([]string{"init"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), cfg) {
+	if code := run(t.Context(), []string{"init"}, &out, &errb); code != 2 || !strings.Contains(errb.String(), cfg) {
 		t.Fatalf("bad config: %d %s", code, errb.String())
 	}
 }

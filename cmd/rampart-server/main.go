@@ -23,12 +23,13 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 )
 
 const usage = `Usage:
     rampart-server init  --data DIR [--host NAME...] [--log-origin NAME]
-    rampart-server serve --data DIR [--listen ADDR] [--config FILE]
+    rampart-server serve --data DIR [--listen ADDR] [--manufacturer-ca FILE] [--config FILE]
 
 init creates DIR with the metadata store, the blob and log directories, the
 online keys (snapshot, timestamp, log), the server CA (DIR/ca.pem, which
@@ -36,21 +37,26 @@ clients pin), a serving certificate for the hosts, and the device CA, and
 prints the online public keys and an admin token, once.
 
 serve serves HTTPS on ADDR (default 127.0.0.1:8443) until SIGINT or
-SIGTERM, then drains requests for up to 30 seconds.
+SIGTERM, then drains requests for up to 30 seconds. With --manufacturer-ca
+FILE (PEM, one or more CA certificates), devices may also enroll with a
+certificate from one of those manufacturer CAs instead of a one-time token.
 
-Environment: RAMPART_DATA, RAMPART_LISTEN, RAMPART_CONFIG.
-The JSON config file may set "data", "listen", "hosts" and "log_origin".
+Environment: RAMPART_DATA, RAMPART_LISTEN, RAMPART_MANUFACTURER_CA,
+RAMPART_CONFIG. The JSON config file may set "data", "listen", "hosts",
+"log_origin" and "manufacturer_ca".
 
 Example:
     rampart-server init --data srv
     rampart-server serve --data srv --listen 127.0.0.1:8443
+    rampart-server serve --data srv --manufacturer-ca acme-factory-ca.pem
 `
 
 type fileConfig struct {
-	Data      string   `json:"data"`
-	Listen    string   `json:"listen"`
-	Hosts     []string `json:"hosts"`
-	LogOrigin string   `json:"log_origin"`
+	Data           string   `json:"data"`
+	Listen         string   `json:"listen"`
+	Hosts          []string `json:"hosts"`
+	LogOrigin      string   `json:"log_origin"`
+	ManufacturerCA string   `json:"manufacturer_ca"`
 }
 
 type multiFlag []string
@@ -59,10 +65,14 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
-func run(args []string, stdout, stderr io.Writer) int {
+// run runs one command; serve stops when ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		fmt.Fprint(stdout, usage)
 		return 0
@@ -73,6 +83,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "", "")
 	cfgFile := fs.String("config", "", "")
 	origin := fs.String("log-origin", "", "")
+	manufacturerCA := fs.String("manufacturer-ca", "", "")
 	var hosts multiFlag
 	fs.Var(&hosts, "host", "")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -95,7 +106,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -126,7 +137,21 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "transparency log key: %s\n\nadmin token (shown once, store it now):\n%s\n", res.Public["log"], res.AdminToken)
 		return 0
 	case "serve":
-		return serve(dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), stderr)
+		c := server.Config{}
+		var attrs []any
+		if path := pick(*manufacturerCA, "RAMPART_MANUFACTURER_CA", fc.ManufacturerCA, ""); path != "" {
+			pool, certs, err := pki.LoadCABundle(path)
+			if err != nil {
+				return fail(stderr, 2, err, "--manufacturer-ca (or RAMPART_MANUFACTURER_CA, or manufacturer_ca) is a PEM file of the manufacturers' CA certificates")
+			}
+			c.ManufacturerCAs = pool
+			var names []string
+			for _, ca := range certs {
+				names = append(names, ca.Subject.String())
+			}
+			attrs = []any{"manufacturer_ca", path, "manufacturers", names}
+		}
+		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), c, stderr, attrs...)
 	}
 	return fail(stderr, 2, fmt.Errorf("unknown command %q", args[0]), "rampart-server --help lists the commands")
 }
@@ -146,11 +171,10 @@ func fail(w io.Writer, code int, err error, hint string) int {
 	return code
 }
 
-func serve(dir, addr string, stderr io.Writer) int {
+func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: logger})
+	c.Logger = logger
+	in, err := server.OpenDataDir(ctx, dir, c)
 	if err != nil {
 		return fail(stderr, 3, err, "")
 	}
@@ -170,6 +194,9 @@ func serve(dir, addr string, stderr io.Writer) int {
 	go in.Server.Run(ctx, time.Minute)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	if c.ManufacturerCAs != nil {
+		logger.Info("manufacturer enrollment enabled", attrs...)
+	}
 	logger.Info("serving", "addr", ln.Addr().String(), "data", dir)
 	select {
 	case err := <-errc:

@@ -182,6 +182,37 @@ func (c *Client) CreateToken(ctx context.Context, name, role string) (string, er
 	return out.Token, err
 }
 
+// Token is an operator token as the server lists it: never its secret.
+type Token struct {
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	CreatedAt time.Time  `json:"created_at"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// Tokens lists every operator token, revoked ones included (admin).
+func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
+	var out struct{ Tokens []Token }
+	err := c.do(ctx, "GET", "/api/v1/tokens", nil, -1, &out)
+	return out.Tokens, err
+}
+
+// SetTokenRole changes a token's role (admin); it applies from the
+// token's next request.
+func (c *Client) SetTokenRole(ctx context.Context, name, role string) (Token, error) {
+	b, _ := json.Marshal(map[string]string{"role": role})
+	var out Token
+	err := c.do(ctx, "POST", "/api/v1/tokens/"+url.PathEscape(name)+"/role", bytes.NewReader(b), int64(len(b)), &out)
+	return out, err
+}
+
+// RevokeToken revokes a token (admin); it is refused from its next
+// request on.
+func (c *Client) RevokeToken(ctx context.Context, name string) error {
+	return c.do(ctx, "POST", "/api/v1/tokens/"+url.PathEscape(name)+"/revoke", nil, 0, nil)
+}
+
 // Audit returns every audit entry, fetched in pages.
 func (c *Client) Audit(ctx context.Context) ([]audit.Entry, error) {
 	var all []audit.Entry
@@ -226,6 +257,10 @@ func (e *APIError) FailureHint() string {
 	switch e.Code {
 	case "unauthenticated":
 		return "check --token (or RAMPART_TOKEN); tokens are created with rampart token create"
+	case "token-revoked":
+		return "this token was revoked; ask an admin for a new one (rampart token create)"
+	case "last-admin":
+		return "create another admin token first (rampart token create NAME --role admin)"
 	case "forbidden":
 		return "this token's role may not do this; use a token with the role named above"
 	case "version-not-next":

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/store"
 )
@@ -54,7 +55,8 @@ func operator(ctx context.Context) store.OperatorToken {
 }
 
 // requireRole wraps h so that only a valid operator token with one of the
-// roles (or admin) reaches it.
+// roles (or admin) reaches it. The token is looked up on every request,
+// so a role change or a revocation applies from the token's next request.
 func (s *Server) requireRole(h http.HandlerFunc, roles ...string) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		auth := r.Header.Get("Authorization")
@@ -65,17 +67,25 @@ func (s *Server) requireRole(h http.HandlerFunc, roles ...string) http.HandlerFu
 			return
 		}
 		tok, err := s.store.OperatorToken(r.Context(), HashToken(secret))
-		if err != nil {
-			if errors.Is(err, store.ErrNotFound) || errors.Is(err, store.ErrRevoked) {
-				s.metrics.authFailures.Inc()
-				writeError(w, errorf(http.StatusUnauthorized, "unauthenticated", "the operator token is unknown or revoked"))
-				return
-			}
-			writeError(w, toAPIError(err))
+		switch {
+		case errors.Is(err, store.ErrRevoked):
+			// Only the holder of the secret learns that it was revoked.
+			s.metrics.authFailures.Inc()
+			s.audit(r, "token:"+tok.Name, "authenticate", r.Method+" "+r.URL.Path, "refused", map[string]string{"code": "token-revoked"})
+			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart", error="invalid_token"`)
+			writeError(w, errorf(http.StatusUnauthorized, "token-revoked", "operator token %s was revoked at %s; ask an admin for a new one", tok.Name, tok.RevokedAt.Format(time.RFC3339)))
+			return
+		case errors.Is(err, store.ErrNotFound):
+			s.metrics.authFailures.Inc()
+			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart", error="invalid_token"`)
+			writeError(w, errorf(http.StatusUnauthorized, "unauthenticated", "the operator token is unknown"))
+			return
+		case err != nil:
+			s.fail(w, r, err)
 			return
 		}
 		if tok.Role != RoleAdmin && !slices.Contains(roles, tok.Role) {
-			s.audit(r, tok.Name, "authorize", r.Method+" "+r.URL.Path, "denied", map[string]string{"role": tok.Role})
+			s.audit(r, "token:"+tok.Name, "authorize", r.Method+" "+r.URL.Path, "denied", map[string]string{"role": tok.Role})
 			writeError(w, errorf(http.StatusForbidden, "forbidden", "role %s may not do this; it needs %s", tok.Role, strings.Join(append([]string{RoleAdmin}, roles...), " or ")))
 			return
 		}

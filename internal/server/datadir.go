@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -241,20 +240,4 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 		return fail(err)
 	}
 	return in, nil
-}
-
-// deviceRevoked is the handshake's revocation check: an unknown or revoked
-// device, or a certificate other than the device's current one, is refused.
-func (s *Server) deviceRevoked(serial *big.Int, id string) error {
-	d, err := s.store.Device(context.Background(), id)
-	if err != nil {
-		return fmt.Errorf("%w: %v", pki.ErrRevoked, err)
-	}
-	if !d.RevokedAt.IsZero() {
-		return pki.ErrRevoked
-	}
-	if d.CertSerial != serial.Text(16) {
-		return fmt.Errorf("%w: certificate %s was replaced", pki.ErrRevoked, serial.Text(16))
-	}
-	return nil
 }

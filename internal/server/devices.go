@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"slices"
@@ -46,22 +47,42 @@ func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 	}
 	secret, hash := NewToken()
 	exp := s.now().Add(ttl)
-	if err := s.store.CreateEnrollToken(r.Context(), store.EnrollToken{Hash: hash, HardwareID: req.Hardware, Expires: exp}); err != nil {
-		writeError(w, toAPIError(err))
+	err := s.atomically(r, func(tx store.Tx) (event, error) {
+		return event{operatorActor(r), "create-enroll-token", req.Hardware, "ok", map[string]string{"expires": exp.Format(time.RFC3339)}},
+			tx.CreateEnrollToken(r.Context(), store.EnrollToken{Hash: hash, HardwareID: req.Hardware, Expires: exp})
+	})
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
-	s.audit(r, "token:"+operator(r.Context()).Name, "create-enroll-token", req.Hardware, "ok", map[string]string{"expires": exp.Format(time.RFC3339)})
 	writeJSON(w, http.StatusCreated, map[string]any{"token": secret, "hardware": req.Hardware, "expires": exp})
 }
 
+// enrollRequest carries either a one-time token, or a manufacturer
+// certificate chain (DER, leaf first) and, when the certificate names no
+// hardware id, the hardware id.
 type enrollRequest struct {
-	Token    string `json:"token"`
-	DeviceID string `json:"device_id"`
-	CSR      []byte `json:"csr"`
+	Token                    string   `json:"token,omitempty"`
+	DeviceID                 string   `json:"device_id"`
+	CSR                      []byte   `json:"csr"`
+	ManufacturerCertificates [][]byte `json:"manufacturer_certificates,omitempty"`
+	Hardware                 string   `json:"hardware,omitempty"`
 }
 
-// handleEnroll exchanges a one-time token and a CSR (the device made its
-// key locally) for a client certificate carrying the device id.
+// enrollment is who an accepted enrollment credential says the device is.
+type enrollment struct {
+	hardware string
+	detail   map[string]string
+	// spend consumes the credential inside the enrollment's transaction
+	// (a one-time token); nil when there is nothing to spend.
+	spend func(ctx context.Context, tx store.Tx) error
+}
+
+// handleEnroll exchanges a credential and a CSR (the device made its key
+// locally) for a client certificate carrying the device id. The credential
+// is a one-time enrollment token, or a certificate chain from a configured
+// manufacturer CA whose subject names the device. The device record, the
+// spent token and the audit entry commit in one transaction.
 func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	var req enrollRequest
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
@@ -76,17 +97,78 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusServiceUnavailable, "no-device-ca", "this server has no device CA"))
 		return
 	}
-	if _, err := s.store.Device(r.Context(), req.DeviceID); err == nil {
-		writeError(w, errorf(http.StatusConflict, "device-exists", "device %s is already enrolled", req.DeviceID))
-		return
-	}
-	// Check the CSR before spending the token on it.
+	// Check the CSR before spending a credential on it.
 	if _, _, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, time.Hour); err != nil {
 		writeError(w, errorf(http.StatusBadRequest, "bad-csr", "%v", err))
 		return
 	}
-	tok, err := s.store.ConsumeEnrollToken(r.Context(), HashToken(req.Token), req.DeviceID, s.now())
+	var en *enrollment
+	var bad *apiError
+	switch {
+	case req.ManufacturerCertificates != nil && req.Token != "":
+		bad = errorf(http.StatusBadRequest, "bad-enrollment", "give a token or manufacturer_certificates, not both")
+	case req.ManufacturerCertificates != nil:
+		en, bad = s.manufacturerEnrollment(req)
+	case req.Hardware != "":
+		bad = errorf(http.StatusBadRequest, "bad-enrollment", "hardware is given only with manufacturer_certificates; a token carries its hardware id")
+	default:
+		en = s.tokenEnrollment(req)
+	}
+	if bad != nil {
+		s.refuseEnrollment(w, r, req.DeviceID, bad)
+		return
+	}
+	var cert []byte
+	var serial string
+	err := s.atomically(r, func(tx store.Tx) (event, error) {
+		if _, err := tx.Device(r.Context(), req.DeviceID); err == nil {
+			return event{}, errorf(http.StatusConflict, "device-exists", "device %s is already enrolled", req.DeviceID)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return event{}, err
+		}
+		if en.spend != nil {
+			if err := en.spend(r.Context(), tx); err != nil {
+				return event{}, err
+			}
+		}
+		der, sn, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, deviceCertValidity)
+		if err != nil {
+			return event{}, err
+		}
+		cert, serial = der, sn.Text(16)
+		if err := tx.CreateDevice(r.Context(), store.Device{ID: req.DeviceID, HardwareID: en.hardware, CertSerial: serial, EnrolledAt: s.now()}); err != nil {
+			return event{}, err
+		}
+		en.detail["hardware"], en.detail["serial"] = en.hardware, serial
+		return event{"device:" + req.DeviceID, "enroll", req.DeviceID, "ok", en.detail}, nil
+	})
 	if err != nil {
+		if ae := refusal(err); ae != nil {
+			s.refuseEnrollment(w, r, req.DeviceID, ae)
+			return
+		}
+		s.fail(w, r, err)
+		return
+	}
+	s.gate.enrolled(req.DeviceID, serial)
+	writeJSON(w, http.StatusCreated, map[string]any{"device_id": req.DeviceID, "hardware": en.hardware, "certificate": string(pki.CertPEM(cert))})
+}
+
+func (s *Server) refuseEnrollment(w http.ResponseWriter, r *http.Request, id string, ae *apiError) {
+	s.metrics.refusals.WithLabelValues(ae.Code).Inc()
+	s.audit(r, "device:"+id, "enroll", id, "refused", map[string]string{"code": ae.Code})
+	writeError(w, ae)
+}
+
+// tokenEnrollment spends a one-time token; the token says the hardware id.
+func (s *Server) tokenEnrollment(req enrollRequest) *enrollment {
+	en := &enrollment{detail: map[string]string{"method": "token"}}
+	en.spend = func(ctx context.Context, tx store.Tx) error {
+		tok, err := tx.ConsumeEnrollToken(ctx, HashToken(req.Token), req.DeviceID, s.now())
+		if err == nil {
+			en.hardware = tok.HardwareID
+			return nil
+		}
 		code := "bad-token"
 		switch {
 		case errors.Is(err, store.ErrUsed):
@@ -94,25 +176,53 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		case errors.Is(err, store.ErrExpired):
 			code = "token-expired"
 		case !errors.Is(err, store.ErrNotFound):
-			writeError(w, toAPIError(err))
-			return
+			return err
 		}
-		s.metrics.refusals.WithLabelValues(code).Inc()
-		s.audit(r, "device:"+req.DeviceID, "enroll", req.DeviceID, "refused", map[string]string{"code": code})
-		writeError(w, errorf(http.StatusUnauthorized, code, "enrollment refused: %v", err))
-		return
+		return errorf(http.StatusUnauthorized, code, "enrollment refused: %v", err)
 	}
-	der, serial, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, deviceCertValidity)
-	if err != nil {
-		writeError(w, toAPIError(err))
-		return
+	return en
+}
+
+// manufacturerEnrollment checks a manufacturer certificate chain: it must
+// chain to a configured manufacturer CA now, name the device in its
+// subject, and certify the key that signed the CSR (the CSR's signature is
+// the proof that the enrolling party holds the certificate's key, so a
+// copied certificate is worthless). The device certificate then certifies
+// that same key.
+func (s *Server) manufacturerEnrollment(req enrollRequest) (*enrollment, *apiError) {
+	if s.manufacturers == nil {
+		return nil, errorf(http.StatusForbidden, "no-manufacturer-ca", "this server accepts no manufacturer certificates (rampart-server serve --manufacturer-ca); enroll with a token")
 	}
-	if err := s.store.CreateDevice(r.Context(), store.Device{ID: req.DeviceID, HardwareID: tok.HardwareID, CertSerial: serial.Text(16), EnrolledAt: s.now()}); err != nil {
-		writeError(w, toAPIError(err))
-		return
+	id, err := pki.VerifyManufacturerChain(req.ManufacturerCertificates, s.manufacturers, s.now())
+	switch {
+	case errors.Is(err, pki.ErrUnknownCA):
+		return nil, errorf(http.StatusUnauthorized, "manufacturer-unknown-ca", "%v", err)
+	case errors.Is(err, pki.ErrCertExpired):
+		return nil, errorf(http.StatusUnauthorized, "manufacturer-cert-expired", "%v", err)
+	case err != nil:
+		return nil, errorf(http.StatusBadRequest, "bad-manufacturer-cert", "%v", err)
 	}
-	s.audit(r, "device:"+req.DeviceID, "enroll", req.DeviceID, "ok", map[string]string{"hardware": tok.HardwareID, "serial": serial.Text(16)})
-	writeJSON(w, http.StatusCreated, map[string]any{"device_id": req.DeviceID, "hardware": tok.HardwareID, "certificate": string(pki.CertPEM(der))})
+	if id.DeviceID != req.DeviceID {
+		return nil, errorf(http.StatusForbidden, "device-id-mismatch", "the manufacturer certificate names device %q (subject serialNumber, else CommonName), not %q", id.DeviceID, req.DeviceID)
+	}
+	if err := pki.CheckCSRKey(req.CSR, id.Leaf.PublicKey); err != nil {
+		return nil, errorf(http.StatusUnauthorized, "manufacturer-key-mismatch", "the csr must be signed with the manufacturer certificate's key: %v", err)
+	}
+	hw := id.HardwareID
+	switch {
+	case hw != "" && req.Hardware != "" && req.Hardware != hw:
+		return nil, errorf(http.StatusForbidden, "hardware-mismatch", "the manufacturer certificate says hardware %q, the request %q", hw, req.Hardware)
+	case hw == "":
+		hw = req.Hardware
+	}
+	if err := release.ValidateHardware(hw); err != nil {
+		return nil, errorf(http.StatusBadRequest, "bad-hardware", "%v; give hardware in the request when the manufacturer certificate has no %s URI", err, pki.HardwareURI("ID"))
+	}
+	return &enrollment{hardware: hw, detail: map[string]string{
+		"method":              "manufacturer-ca",
+		"manufacturer_issuer": id.Leaf.Issuer.String(),
+		"manufacturer_serial": id.Leaf.SerialNumber.Text(16),
+	}}, nil
 }
 
 type reportRequest struct {
@@ -126,9 +236,8 @@ type reportRequest struct {
 // handleReport records a device's status. The device is who its
 // certificate says; the counter must grow, so replays are refused.
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
-	id, ok := pki.DeviceFromRequest(r)
+	id, ok := s.device(w, r)
 	if !ok {
-		writeError(w, errorf(http.StatusUnauthorized, "no-device-certificate", "device endpoints need the device's client certificate"))
 		return
 	}
 	var req reportRequest
@@ -150,23 +259,6 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	err := s.store.RecordReport(r.Context(), id, store.Report{
-		Counter: req.Counter, Status: req.Status, Installed: req.Status == "installed",
-		Version: req.Version, SecurityVersion: req.SecurityVersion, At: s.now(),
-	})
-	if errors.Is(err, store.ErrReplay) {
-		s.metrics.refusals.WithLabelValues("replayed-report").Inc()
-		s.audit(r, "device:"+id, "report", id, "refused", map[string]string{"code": "replayed-report", "counter": strconv.FormatUint(req.Counter, 10)})
-		writeError(w, errorf(http.StatusConflict, "replayed-report", "%v", err))
-		return
-	}
-	if err != nil {
-		writeError(w, toAPIError(err))
-		return
-	}
-	if req.Status == "verification-refused" {
-		s.metrics.refusals.WithLabelValues(req.Reason).Inc()
-	}
 	detail := map[string]string{"status": req.Status, "counter": strconv.FormatUint(req.Counter, 10)}
 	if req.Reason != "" {
 		detail["reason"] = req.Reason
@@ -174,7 +266,30 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	if req.Version != "" {
 		detail["version"] = req.Version
 	}
-	s.audit(r, "device:"+id, "report", id, "ok", detail)
+	err := s.atomically(r, func(tx store.Tx) (event, error) {
+		return event{"device:" + id, "report", id, "ok", detail}, tx.RecordReport(r.Context(), id, store.Report{
+			Counter: req.Counter, Status: req.Status, Installed: req.Status == "installed",
+			Version: req.Version, SecurityVersion: req.SecurityVersion, At: s.now(),
+		})
+	})
+	switch {
+	case errors.Is(err, store.ErrReplay):
+		s.metrics.refusals.WithLabelValues("replayed-report").Inc()
+		s.audit(r, "device:"+id, "report", id, "refused", map[string]string{"code": "replayed-report", "counter": strconv.FormatUint(req.Counter, 10)})
+		writeError(w, errorf(http.StatusConflict, "replayed-report", "%v", err))
+		return
+	case errors.Is(err, store.ErrRevoked):
+		// Revoked by another replica since this connection was opened.
+		s.gate.revoke(id)
+		writeError(w, errorf(http.StatusForbidden, "device-revoked", "device %s is revoked", id))
+		return
+	case err != nil:
+		s.fail(w, r, err)
+		return
+	}
+	if req.Status == "verification-refused" {
+		s.metrics.refusals.WithLabelValues(req.Reason).Inc()
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -192,13 +307,26 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	})
 }
 
+// handleRevokeDevice revokes a device. The revocation and its audit entry
+// commit together; the in-memory gate learns of it before the answer, so
+// the device's next TLS handshake is refused.
 func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	if err := s.store.RevokeDevice(r.Context(), id, s.now()); err != nil {
-		writeError(w, toAPIError(err))
+	err := s.atomically(r, func(tx store.Tx) (event, error) {
+		err := tx.RevokeDevice(r.Context(), id, s.now())
+		if errors.Is(err, store.ErrRevoked) {
+			return event{}, errorf(http.StatusConflict, "already-revoked", "device %s is already revoked", id)
+		}
+		return event{operatorActor(r), "revoke-device", id, "ok", nil}, err
+	})
+	if err != nil {
+		if ae := refusal(err); ae != nil {
+			s.audit(r, operatorActor(r), "revoke-device", id, "refused", map[string]string{"code": ae.Code})
+		}
+		s.fail(w, r, err)
 		return
 	}
-	s.audit(r, "token:"+operator(r.Context()).Name, "revoke-device", id, "ok", nil)
+	s.gate.revoke(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -251,22 +379,28 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusUnprocessableEntity, "wrong-hardware", "release %s is for %v, not %s", req.Target, meta.HardwareIDs, req.Hardware))
 		return
 	}
-	devs, err := s.store.DevicesByHardware(r.Context(), req.Hardware)
-	if err != nil {
-		writeError(w, toAPIError(err))
-		return
-	}
+	// The devices are read in the deployment's transaction, so a device
+	// revoked meanwhile is not assigned.
 	var ids []string
-	for _, d := range devs {
-		if d.RevokedAt.IsZero() {
-			ids = append(ids, d.ID)
+	var n int
+	err = s.atomically(r, func(tx store.Tx) (event, error) {
+		devs, err := tx.DevicesByHardware(r.Context(), req.Hardware)
+		if err != nil {
+			return event{}, err
 		}
-	}
-	n, err := s.store.Assign(r.Context(), req.Target, ids, s.now())
+		for _, d := range devs {
+			if d.RevokedAt.IsZero() {
+				ids = append(ids, d.ID)
+			}
+		}
+		if n, err = tx.Assign(r.Context(), req.Target, ids, s.now()); err != nil {
+			return event{}, err
+		}
+		return event{operatorActor(r), "deploy", req.Target, "ok", map[string]string{"hardware": req.Hardware, "devices": strconv.Itoa(len(ids)), "changed": strconv.Itoa(n)}}, nil
+	})
 	if err != nil {
-		writeError(w, toAPIError(err))
+		s.fail(w, r, err)
 		return
 	}
-	s.audit(r, "token:"+operator(r.Context()).Name, "deploy", req.Target, "ok", map[string]string{"hardware": req.Hardware, "devices": strconv.Itoa(len(ids)), "changed": strconv.Itoa(n)})
 	writeJSON(w, http.StatusOK, map[string]any{"target": req.Target, "devices": len(ids), "changed": n})
 }

@@ -29,24 +29,42 @@ type tlsEnv struct {
 	now         time.Time
 	caPEM       []byte
 	dataDirPath string
+	srv         *server.Server
+	close       func()
 }
 
-func newTLSEnv(t *testing.T) *tlsEnv {
+// newTLSEnv opens a fresh data directory; configure, if given, adjusts
+// the server's configuration first.
+func newTLSEnv(t *testing.T, configure ...func(*server.Config)) *tlsEnv {
 	dir := filepath.Join(t.TempDir(), "srv")
 	res, err := server.InitDataDir(dir, server.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &tlsEnv{t: t, admin: res.AdminToken, now: time.Now(), dataDirPath: dir}
+	e := openTLSEnv(t, dir, res.AdminToken, configure...)
+	t.Cleanup(e.close)
+	return e
+}
+
+// openTLSEnv serves an initialised data directory over real TLS until
+// close.
+func openTLSEnv(t *testing.T, dir, admin string, configure ...func(*server.Config)) *tlsEnv {
+	e := &tlsEnv{t: t, admin: admin, now: time.Now(), dataDirPath: dir}
 	ctx, cancel := context.WithCancel(context.Background())
-	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return e.now }})
+	c := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Now: func() time.Time { return e.now }}
+	for _, f := range configure {
+		f(&c)
+	}
+	in, err := server.OpenDataDir(ctx, dir, c)
 	if err != nil {
+		cancel()
 		t.Fatal(err)
 	}
+	e.srv = in.Server
 	e.ts = httptest.NewUnstartedServer(in.Server.Handler())
 	e.ts.TLS = in.TLS
 	e.ts.StartTLS()
-	t.Cleanup(func() { e.ts.Close(); cancel(); in.Close() })
+	e.close = func() { e.ts.Close(); cancel(); in.Close() }
 	e.caPEM, _ = os.ReadFile(filepath.Join(dir, "ca.pem"))
 	e.pool = e.client(nil)
 	return e

@@ -15,7 +15,6 @@ import (
 
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/store"
 )
@@ -122,12 +121,15 @@ func (s *Server) handleDirectorRoot(w http.ResponseWriter, r *http.Request) {
 	for i, raw := range req.Roots {
 		docs = append(docs, store.Doc{Repo: directorRepo, Role: metadata.ROOT, Version: int64(len(chain) + i + 1), Data: raw})
 	}
-	if err := s.store.PutDocs(r.Context(), docs...); err != nil {
-		writeError(w, toAPIError(err))
+	err = s.atomically(r, func(tx store.Tx) (event, error) {
+		return event{operatorActor(r), "push-director-root", "director", "accepted", map[string]string{"version": strconv.FormatInt(root.Signed.Version, 10)}},
+			tx.PutDocs(r.Context(), docs...)
+	})
+	if err != nil {
+		s.fail(w, r, err)
 		return
 	}
 	s.directorRoot.Store(&directorRootState{version: root.Signed.Version, data: all[len(all)-1], consistent: root.Signed.ConsistentSnapshot})
-	s.audit(r, "token:"+operator(r.Context()).Name, "push-director-root", "director", "accepted", map[string]string{"version": strconv.FormatInt(root.Signed.Version, 10)})
 	writeJSON(w, http.StatusOK, map[string]int64{"root": root.Signed.Version})
 }
 
@@ -181,9 +183,8 @@ var directorFileRE = regexp.MustCompile(`^([1-9][0-9]{0,18})\.(root|snapshot|tar
 // device is whoever its client certificate says, so no device can ask for
 // another's.
 func (s *Server) handleDirector(w http.ResponseWriter, r *http.Request) {
-	id, ok := pki.DeviceFromRequest(r)
+	id, ok := s.device(w, r)
 	if !ok {
-		writeError(w, errorf(http.StatusUnauthorized, "no-device-certificate", "director metadata is served only to enrolled devices over mTLS"))
 		return
 	}
 	file := r.PathValue("file")

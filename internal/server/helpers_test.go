@@ -3,6 +3,7 @@ package server_test
 import (
 	"bytes"
 	"crypto"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
@@ -15,8 +16,25 @@ import (
 	"testing"
 
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/repo"
 )
+
+func pkiKey(t *testing.T) (*ecdsa.PrivateKey, error) {
+	k, err := pki.GenerateDeviceKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k, nil
+}
+
+func csrFor(t *testing.T, key crypto.Signer, id string) []byte {
+	csr, err := pki.NewDeviceCSR(key, id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
 
 func (e *tlsEnv) dataDir() string {
 	// newTLSEnv's data directory sits beside the CA file it read.

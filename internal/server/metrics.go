@@ -16,6 +16,7 @@ type metrics struct {
 	pushes       *prometheus.CounterVec
 	refusals     *prometheus.CounterVec
 	authFailures prometheus.Counter
+	gateLookups  prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -37,8 +38,12 @@ func newMetrics() *metrics {
 		authFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "rampart_auth_failures_total", Help: "Requests with an unknown or revoked token.",
 		}),
+		gateLookups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_device_gate_store_lookups_total",
+			Help: "TLS handshakes whose device was not yet in the in-memory registry and was looked up in the store.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.pushes, m.refusals, m.authFailures,
+	m.reg.MustRegister(m.requests, m.latency, m.pushes, m.refusals, m.authFailures, m.gateLookups,
 		prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	return m
 }

@@ -88,19 +88,14 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 		s.metrics.pushes.WithLabelValues("refused").Inc()
 		if ae.Status < 500 {
 			s.metrics.refusals.WithLabelValues(ae.Code).Inc()
+			s.audit(r, "token:"+op.Name, "push", "image", "refused", map[string]string{"code": ae.Code, "message": ae.Message})
 		} else {
-			s.logger.Error("push failed", "err", err)
+			s.logger.Error("push failed", "request_id", r.Header.Get("X-Request-Id"), "err", err)
 		}
-		s.audit(r, "token:"+op.Name, "push", "image", "refused", map[string]string{"code": ae.Code, "message": ae.Message})
 		writeError(w, ae)
 		return
 	}
 	s.metrics.pushes.WithLabelValues("accepted").Inc()
-	detail := map[string]string{"releases": strings.Join(resp.Releases, " ")}
-	for role, v := range resp.Versions {
-		detail[role] = strconv.FormatInt(v, 10)
-	}
-	s.audit(r, "token:"+op.Name, "push", "image", "accepted", detail)
 	writeJSON(w, http.StatusOK, resp)
 }
 
@@ -108,6 +103,9 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 // the online roles and commit all metadata in one transaction.
 func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	ctx := r.Context()
+	if err := checkTargetNames(req); err != nil {
+		return nil, err
+	}
 	s.pushMu.Lock()
 	defer s.pushMu.Unlock()
 	cur, err := s.loadState(ctx)
@@ -210,12 +208,21 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	docs = append(docs,
 		store.Doc{Repo: imageRepo, Role: metadata.SNAPSHOT, Version: snapV + 1, Data: snap},
 		store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsV + 1, Data: ts})
-	if err := s.store.PutDocs(ctx, docs...); err != nil {
-		return nil, err
-	}
 	acc.Versions[metadata.ROOT] = acc.Root.Signed.Version
 	acc.Versions[metadata.SNAPSHOT], acc.Versions[metadata.TIMESTAMP] = snapV+1, tsV+1
 	sort.Strings(logged)
+	// The metadata and the audit entry of the accepted push commit
+	// together: no published version is missing from the audit log.
+	detail := map[string]string{"releases": strings.Join(logged, " ")}
+	for role, v := range acc.Versions {
+		detail[role] = strconv.FormatInt(v, 10)
+	}
+	err = s.atomically(r, func(tx store.Tx) (event, error) {
+		return event{operatorActor(r), "push", "image", "accepted", detail}, tx.PutDocs(ctx, docs...)
+	})
+	if err != nil {
+		return nil, err
+	}
 	return &pushResponse{Versions: acc.Versions, Releases: logged}, nil
 }
 
@@ -420,9 +427,12 @@ func (s *Server) handlePutBlob(w http.ResponseWriter, r *http.Request) {
 	}
 	body := http.MaxBytesReader(w, r.Body, length+1)
 	if err := s.blobs.Put(r.Context(), digest, length, body); err != nil {
-		writeError(w, toAPIError(err))
+		s.fail(w, r, err)
 		return
 	}
+	// The blob store is not the metadata store, so this entry follows the
+	// upload; a blob is inert until a push names it, and pushes are
+	// audited atomically.
 	s.audit(r, "token:"+operator(r.Context()).Name, "upload-blob", digest, "ok", map[string]string{"length": strconv.FormatInt(length, 10)})
 	w.WriteHeader(http.StatusCreated)
 }

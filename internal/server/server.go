@@ -10,20 +10,25 @@
 // This package sequences them so that nothing is half-applied: blobs are
 // content-addressed and verified on upload, and a push's metadata (roles,
 // snapshot, timestamp) is committed in one store transaction after its
-// releases are in the log.
+// releases are in the log. Every action that changes the store commits in
+// the same transaction as the audit entry that records it (atomically), so
+// the audit log and the state it describes cannot disagree.
+//
+// Devices enroll with a one-time token or a manufacturer certificate, then
+// use mTLS; whether a device certificate may still be used is decided at
+// the TLS handshake from memory (deviceGate).
 package server
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
-	"regexp"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -68,6 +73,10 @@ type Config struct {
 	Snapshot, Timestamp keys.Signer
 	// DeviceCA issues device client certificates at enrollment.
 	DeviceCA *pki.CA
+	// ManufacturerCAs, when set, lets a device enroll without a token by
+	// presenting a certificate chain from one of these CAs whose subject
+	// names the device (see handleEnroll). Nil disables it.
+	ManufacturerCAs *x509.CertPool
 	// DirectorKeys are the director's online keys.
 	DirectorKeys director.Keys
 	Expiry       Expiry
@@ -87,6 +96,8 @@ type Server struct {
 	now            func() time.Time
 	metrics        *metrics
 	deviceCA       *pki.CA
+	manufacturers  *x509.CertPool
+	gate           *deviceGate
 	directorKeys   director.Keys
 	directorRoot   atomic.Pointer[directorRootState]
 	directors      directorCache
@@ -110,7 +121,11 @@ func New(c Config) (*Server, error) {
 		c.Now = time.Now
 	}
 	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
-		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, directorKeys: c.DirectorKeys}
+		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys}
+	s.gate = newDeviceGate(c.Store, s.metrics.gateLookups)
+	if err := s.gate.load(context.Background()); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rampart_enrolled_devices", Help: "Enrolled devices, revoked ones included.",
 	}, func() float64 {
@@ -133,6 +148,9 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/repo/push", s.requireRole(s.handlePush, RoleReleaseManager))
 	mux.HandleFunc("GET /api/v1/repo/versions", s.requireRole(s.handleVersions, RoleReleaseManager, RoleOperator, RoleAuditor))
 	mux.HandleFunc("POST /api/v1/tokens", s.requireRole(s.handleCreateToken))
+	mux.HandleFunc("GET /api/v1/tokens", s.requireRole(s.handleListTokens))
+	mux.HandleFunc("POST /api/v1/tokens/{name}/role", s.requireRole(s.handleSetTokenRole))
+	mux.HandleFunc("POST /api/v1/tokens/{name}/revoke", s.requireRole(s.handleRevokeToken))
 	mux.HandleFunc("GET /api/v1/audit", s.requireRole(s.handleAudit, RoleAuditor))
 	mux.HandleFunc("GET /api/v1/log/proof/{target...}", s.handleLogProof)
 	mux.HandleFunc("GET /api/v1/log/consistency", s.handleLogConsistency)
@@ -140,7 +158,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /api/v1/devices/{id}", s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
 	mux.HandleFunc("POST /api/v1/devices/{id}/revoke", s.requireRole(s.handleRevokeDevice, RoleOperator))
 	mux.HandleFunc("POST /api/v1/deploy", s.requireRole(s.handleDeploy, RoleOperator))
-	// Device API: enrollment by one-time token, then mTLS.
+	// Device API: enrollment by one-time token or manufacturer
+	// certificate, then mTLS.
 	mux.HandleFunc("POST /api/v1/enroll", s.handleEnroll)
 	mux.HandleFunc("POST /api/v1/device/report", s.handleReport)
 	mux.HandleFunc("POST /api/v1/director/root", s.requireRole(s.handleDirectorRoot))
@@ -154,7 +173,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	mux.HandleFunc("GET /readyz", s.handleReady)
 	mux.Handle("GET /metrics", s.metrics.handler())
-	return s.metrics.instrument(requestID(mux))
+	return s.metrics.instrument(requestID(refuseUnsafePaths(mux)))
 }
 
 // requestID gives every request an id (the client's X-Request-Id when it
@@ -182,27 +201,84 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	w.Write([]byte("ready\n"))
 }
 
-// audit appends an audit entry; a failure to audit is logged loudly but
-// does not undo the action it records (the action is already committed).
-func (s *Server) audit(r *http.Request, actor, action, subject, outcome string, detail map[string]string) {
-	_, err := s.store.AppendAudit(r.Context(), audit.Entry{
-		Time: s.now(), Actor: actor, Action: action, Subject: subject,
-		RequestID: r.Header.Get("X-Request-Id"), Outcome: outcome, Detail: detail,
-	})
-	if err != nil {
-		s.logger.Error("audit append failed", "action", action, "subject", subject, "err", err)
+// event is what an audit entry records about a request; the request id
+// and the time are added when it is written.
+type event struct {
+	actor, action, subject, outcome string
+	detail                          map[string]string
+}
+
+func (s *Server) entry(r *http.Request, ev event) audit.Entry {
+	return audit.Entry{
+		Time: s.now(), Actor: ev.actor, Action: ev.action, Subject: ev.subject,
+		RequestID: r.Header.Get("X-Request-Id"), Outcome: ev.outcome, Detail: ev.detail,
 	}
 }
 
+// atomically runs an action and appends the audit entry that records it
+// in one store transaction: act makes its changes through tx and returns
+// the event to record; if act fails, or the audit append fails, nothing
+// is committed and the error is returned. act must use only tx.
+func (s *Server) atomically(r *http.Request, act func(tx store.Tx) (event, error)) error {
+	ctx := r.Context()
+	return s.store.Atomic(ctx, func(tx store.Tx) error {
+		ev, err := act(tx)
+		if err != nil {
+			return err
+		}
+		if _, err := tx.AppendAudit(ctx, s.entry(r, ev)); err != nil {
+			return wrapf(err, "audit entry of %s %s", ev.action, ev.subject)
+		}
+		return nil
+	})
+}
+
+// audit appends an audit entry on its own, for events that commit nothing
+// else: refusals and denied requests. A failure to record one is logged
+// loudly; the refusal itself stands.
+func (s *Server) audit(r *http.Request, actor, action, subject, outcome string, detail map[string]string) {
+	ev := event{actor: actor, action: action, subject: subject, outcome: outcome, detail: detail}
+	if _, err := s.store.AppendAudit(r.Context(), s.entry(r, ev)); err != nil {
+		s.logger.Error("audit append failed", "action", action, "subject", subject, "request_id", r.Header.Get("X-Request-Id"), "err", err)
+	}
+}
+
+// fail answers err as an API error. An error that is not a refusal is a
+// 500 whose detail goes to the server log only, with the request id the
+// client sees.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	ae := toAPIError(err)
+	if ae.Status >= 500 {
+		s.logger.Error("request failed", "route", r.Pattern, "request_id", r.Header.Get("X-Request-Id"), "err", err)
+	}
+	writeError(w, ae)
+}
+
+// refusal returns the API error of a refusal, or nil when err is not one
+// (an internal failure).
+func refusal(err error) *apiError {
+	if ae := toAPIError(err); ae.Status < 500 {
+		return ae
+	}
+	return nil
+}
+
+func operatorActor(r *http.Request) string { return "token:" + operator(r.Context()).Name }
+
 // Run refreshes the online roles until ctx ends: every interval it renews
 // the timestamp (and the snapshot) when less than half its lifetime is
-// left, so clients never see the repository expire while the server runs.
+// left, so clients never see the repository expire while the server runs,
+// and reloads the revoked devices, so revocations made by other replicas
+// reach this one's TLS handshakes within an interval.
 func (s *Server) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
 		if _, err := s.RefreshOnline(ctx); err != nil && !errors.Is(err, errNoRepository) {
 			s.logger.Error("refreshing timestamp", "err", err)
+		}
+		if err := s.ReloadRevocations(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("reloading revoked devices", "err", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -215,41 +291,6 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 func wrapf(err error, format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, err)...)
 }
-
-type tokenRequest struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
-}
-
-// handleCreateToken creates an operator token; the secret is returned once.
-func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
-	var req tokenRequest
-	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
-		writeError(w, toAPIError(err))
-		return
-	}
-	if !slices.Contains(Roles, req.Role) {
-		writeError(w, errorf(http.StatusBadRequest, "bad-role", "role %q is not one of %s", req.Role, strings.Join(Roles, ", ")))
-		return
-	}
-	if !tokenNameRE.MatchString(req.Name) {
-		writeError(w, errorf(http.StatusBadRequest, "bad-name", "token name %q must be 1-64 of a-z 0-9 . _ -", req.Name))
-		return
-	}
-	secret, hash := NewToken()
-	err := s.store.CreateOperatorToken(r.Context(), store.OperatorToken{Hash: hash, Name: req.Name, Role: req.Role, CreatedAt: s.now()})
-	if errors.Is(err, store.ErrExists) {
-		writeError(w, errorf(http.StatusConflict, "exists", "a token named %s exists; revoke it or pick another name", req.Name))
-		return
-	} else if err != nil {
-		writeError(w, toAPIError(err))
-		return
-	}
-	s.audit(r, "token:"+operator(r.Context()).Name, "create-token", req.Name, "ok", map[string]string{"role": req.Role})
-	writeJSON(w, http.StatusCreated, map[string]string{"name": req.Name, "role": req.Role, "token": secret})
-}
-
-var tokenNameRE = regexp.MustCompile(`^[a-z0-9._-]{1,64}$`)
 
 // handleAudit exports audit entries as JSON lines, after ?after=SEQ, at
 // most ?limit=N (default and maximum 10000).

@@ -1,0 +1,211 @@
+package server
+
+import (
+	"errors"
+	"net/http"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/store"
+)
+
+// Operator token management (admin only): create, list, change a role,
+// revoke. Every call, refused or not, is in the audit log; an accepted
+// change is committed with its audit entry in one transaction. Secrets
+// and their hashes never leave the server: a secret is shown once, at
+// creation.
+
+// tokenNameRE: names appear in URLs (/api/v1/tokens/NAME/role) and audit
+// actors (token:NAME), so they need no escaping and are never "." or "..".
+var tokenNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+type tokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// tokenView is how a token is shown: never its secret or hash.
+type tokenView struct {
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	CreatedAt time.Time  `json:"created_at"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+func viewToken(t store.OperatorToken) tokenView {
+	v := tokenView{Name: t.Name, Role: t.Role, CreatedAt: t.CreatedAt, Revoked: !t.RevokedAt.IsZero()}
+	if v.Revoked {
+		at := t.RevokedAt
+		v.RevokedAt = &at
+	}
+	return v
+}
+
+func checkRole(role string) *apiError {
+	if !slices.Contains(Roles, role) {
+		return errorf(http.StatusBadRequest, "bad-role", "role %q is not one of %s", role, strings.Join(Roles, ", "))
+	}
+	return nil
+}
+
+// tokenAction runs a token-management action with its audit entry in one
+// transaction. A refusal is audited on its own (nothing else was
+// committed) and answered with its code; any other failure is a 500.
+func (s *Server) tokenAction(w http.ResponseWriter, r *http.Request, action, subject string, act func(tx store.Tx) (event, error)) bool {
+	err := s.atomically(r, act)
+	if err == nil {
+		return true
+	}
+	if ae := refusal(err); ae != nil {
+		s.audit(r, operatorActor(r), action, subject, "refused", map[string]string{"code": ae.Code})
+	}
+	s.fail(w, r, err)
+	return false
+}
+
+// handleCreateToken creates an operator token; the secret is returned once.
+func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
+	var req tokenRequest
+	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	bad := checkRole(req.Role)
+	if bad == nil && !tokenNameRE.MatchString(req.Name) {
+		bad = errorf(http.StatusBadRequest, "bad-name", "token name %q must be 1-64 of a-z 0-9 . _ -, starting with a letter or digit", req.Name)
+	}
+	if bad != nil {
+		s.audit(r, operatorActor(r), "create-token", req.Name, "refused", map[string]string{"code": bad.Code})
+		writeError(w, bad)
+		return
+	}
+	secret, hash := NewToken()
+	ok := s.tokenAction(w, r, "create-token", req.Name, func(tx store.Tx) (event, error) {
+		err := tx.CreateOperatorToken(r.Context(), store.OperatorToken{Hash: hash, Name: req.Name, Role: req.Role, CreatedAt: s.now()})
+		if errors.Is(err, store.ErrExists) {
+			return event{}, errorf(http.StatusConflict, "exists", "a token named %s exists (names are never reused, not even after revocation); pick another name", req.Name)
+		}
+		return event{operatorActor(r), "create-token", req.Name, "ok", map[string]string{"role": req.Role}}, err
+	})
+	if ok {
+		writeJSON(w, http.StatusCreated, map[string]string{"name": req.Name, "role": req.Role, "token": secret})
+	}
+}
+
+// handleListTokens lists every operator token, revoked ones included.
+func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
+	var views []tokenView
+	ok := s.tokenAction(w, r, "list-tokens", "", func(tx store.Tx) (event, error) {
+		toks, err := tx.OperatorTokens(r.Context())
+		if err != nil {
+			return event{}, err
+		}
+		views = make([]tokenView, 0, len(toks))
+		for _, t := range toks {
+			views = append(views, viewToken(t))
+		}
+		return event{operatorActor(r), "list-tokens", "", "ok", nil}, nil
+	})
+	if ok {
+		writeJSON(w, http.StatusOK, map[string]any{"tokens": views})
+	}
+}
+
+// liveToken finds name among toks and refuses an unknown or revoked one.
+// It also reports how many live admin tokens there are.
+func liveToken(toks []store.OperatorToken, name string) (store.OperatorToken, int, error) {
+	var found *store.OperatorToken
+	admins := 0
+	for i, t := range toks {
+		if t.Name == name {
+			found = &toks[i]
+		}
+		if t.Role == RoleAdmin && t.RevokedAt.IsZero() {
+			admins++
+		}
+	}
+	switch {
+	case found == nil:
+		return store.OperatorToken{}, admins, errorf(http.StatusNotFound, "not-found", "no operator token named %s (rampart token list shows them)", name)
+	case !found.RevokedAt.IsZero():
+		return *found, admins, errorf(http.StatusConflict, "token-revoked", "token %s was revoked at %s; revoked tokens cannot be changed", name, found.RevokedAt.Format(time.RFC3339))
+	}
+	return *found, admins, nil
+}
+
+func lastAdmin(name string) *apiError {
+	return errorf(http.StatusConflict, "last-admin", "token %s is the last admin token; create another admin token first, or nobody could manage tokens any more", name)
+}
+
+type roleRequest struct {
+	Role string `json:"role"`
+}
+
+// handleSetTokenRole changes a token's role. It applies from the token's
+// next request: roles are read from the store on every request.
+func (s *Server) handleSetTokenRole(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	var req roleRequest
+	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	if bad := checkRole(req.Role); bad != nil {
+		s.audit(r, operatorActor(r), "set-token-role", name, "refused", map[string]string{"code": bad.Code})
+		writeError(w, bad)
+		return
+	}
+	var tok store.OperatorToken
+	ok := s.tokenAction(w, r, "set-token-role", name, func(tx store.Tx) (event, error) {
+		toks, err := tx.OperatorTokens(r.Context())
+		if err != nil {
+			return event{}, err
+		}
+		t, admins, err := liveToken(toks, name)
+		if err != nil {
+			return event{}, err
+		}
+		if t.Role == RoleAdmin && req.Role != RoleAdmin && admins == 1 {
+			return event{}, lastAdmin(name)
+		}
+		if err := tx.SetOperatorTokenRole(r.Context(), name, req.Role); err != nil {
+			return event{}, err
+		}
+		from := t.Role
+		t.Role = req.Role
+		tok = t
+		return event{operatorActor(r), "set-token-role", name, "ok", map[string]string{"from": from, "to": req.Role}}, nil
+	})
+	if ok {
+		writeJSON(w, http.StatusOK, viewToken(tok))
+	}
+}
+
+// handleRevokeToken revokes a token: its next request gets 401
+// token-revoked.
+func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	ok := s.tokenAction(w, r, "revoke-token", name, func(tx store.Tx) (event, error) {
+		toks, err := tx.OperatorTokens(r.Context())
+		if err != nil {
+			return event{}, err
+		}
+		t, admins, err := liveToken(toks, name)
+		if err != nil {
+			return event{}, err
+		}
+		if t.Role == RoleAdmin && admins == 1 {
+			return event{}, lastAdmin(name)
+		}
+		if err := tx.RevokeOperatorToken(r.Context(), name, s.now()); err != nil {
+			return event{}, err
+		}
+		return event{operatorActor(r), "revoke-token", name, "ok", map[string]string{"role": t.Role}}, nil
+	})
+	if ok {
+		w.WriteHeader(http.StatusNoContent)
+	}
+}
