@@ -36,7 +36,7 @@ var commands = []*command{
 	keyGenerateCmd, keyIDCmd,
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
-	serverKeysCmd, repoPushCmd, tokenCreateCmd, auditVerifyCmd,
+	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
 	deviceTokenCmd, deviceRevokeCmd, deployCmd, directorPushRootCmd, logVerifyCmd,
 }
 

@@ -218,46 +218,6 @@ Example:
 	},
 }
 
-var tokenCreateCmd = &command{
-	name:    "token create",
-	summary: "create an operator token on the server (admin)",
-	usage: `
-Usage: rampart token create NAME --role ROLE --server URL --ca FILE --token ADMIN
-
-Roles: admin, release-manager (push), operator (deploy, pause), auditor
-(read the audit log). Prints the new token once; the server stores only
-its hash.
-
-Flags:
-` + serverFlagsHelp + `    --role ROLE      the new token's role
-
-Example:
-    rampart token create ci --role release-manager --server https://127.0.0.1:8443 --ca srv/ca.pem --token "$ADMIN"
-`,
-	run: func(e *env, args []string) error {
-		fs := flag.NewFlagSet("token create", flag.ContinueOnError)
-		sf := addServerFlags(fs)
-		role := fs.String("role", "", "")
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 || *role == "" {
-			return usagef("rampart token create --help shows an example", "token create takes NAME and --role")
-		}
-		c, err := sf.client(e)
-		if err != nil {
-			return err
-		}
-		secret, err := c.CreateToken(context.Background(), pos[0], *role)
-		if err != nil {
-			return err
-		}
-		fmt.Fprintln(e.stdout, secret)
-		return nil
-	},
-}
-
 var auditVerifyCmd = &command{
 	name:    "audit verify",
 	summary: "fetch the audit log and check its hash chain",
