@@ -101,10 +101,9 @@ func (c *countingReader) Read(p []byte) (int, error) {
 // sectionSource reads chunks of the image inside a bundle file.
 type sectionSource struct{ r *io.SectionReader }
 
-func (s *sectionSource) ReadChunk(_ context.Context, i int, c chunkindex.Chunk) ([]byte, error) {
-	b := make([]byte, c.Length)
-	if _, err := s.r.ReadAt(b, c.Offset); err != nil {
+func (s *sectionSource) ReadChunk(_ context.Context, i int, c chunkindex.Chunk, buf []byte) ([]byte, error) {
+	if _, err := s.r.ReadAt(buf, c.Offset); err != nil {
 		return nil, fmt.Errorf("bundle chunk %d: %w", i, err)
 	}
-	return b, nil
+	return buf, nil
 }

@@ -165,44 +165,24 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		defer local.Image.(io.Closer).Close()
 	}
 	prog := a.loadProgress(rel.SHA256, len(ix.Chunks))
-	var (
-		mu      sync.Mutex
-		pending []int
-		perr    error
-	)
-	persist := func() {
-		if len(pending) == 0 || perr != nil {
-			return
-		}
-		if perr = slot.Sync(); perr != nil {
-			return
-		}
-		for _, i := range pending {
-			prog.set(i)
-		}
-		pending = pending[:0]
-		perr = a.saveProgress(prog)
-	}
+	// Done answers from what earlier attempts recorded; the syncer adds
+	// to prog while Install runs.
+	earlier := prog.clone()
+	ictx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	ps := a.startProgressSyncer(slot, prog, cancel)
 	opts := install.Options{
-		Workers: a.Config.Download.Workers,
-		Done:    func(i int) bool { return st.Pending.Phase == PhaseWritten || prog.has(i) },
-		Progress: func(i int) {
-			mu.Lock()
-			defer mu.Unlock()
-			pending = append(pending, i)
-			if len(pending) >= progressEvery {
-				persist()
-			}
-		},
+		Workers:  a.Config.Download.Workers,
+		Done:     func(i int) bool { return st.Pending.Phase == PhaseWritten || earlier.has(i) },
+		Progress: ps.written,
 	}
-	r, err := install.Install(ctx, ix, src, slot, local, opts)
-	mu.Lock()
-	if err != nil && perr == nil {
-		persist() // keep what was written for the next attempt
-	}
-	mu.Unlock()
-	if err == nil && perr != nil {
-		err = perr
+	r, err := install.Install(ictx, ix, src, slot, local, opts)
+	// On failure keep what was written for the next attempt; on success
+	// the slot is synced and read back, and the progress file goes.
+	if perr := ps.stop(err != nil); perr != nil {
+		if err == nil || ctx.Err() == nil && errors.Is(err, context.Canceled) {
+			err = perr // the syncer failed, and cancelled the install
+		}
 	}
 	if err != nil {
 		var cm *install.ChunkMismatchError
@@ -256,7 +236,87 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 // progressEvery is how many chunks are written between syncs of the slot
 // and the progress file: at 1 MiB chunks, at most 64 MiB is fetched again
 // after a power cut.
-const progressEvery = 64
+var progressEvery = 64
+
+// progressSyncer records written chunks as done, durably: it syncs the
+// slot, then saves the progress file, every progressEvery chunks. It does
+// so on its own goroutine, so the download never waits for the disk: the
+// chunks of a batch were written before the batch was taken, so the
+// sync that follows covers them, whatever is written meanwhile. A failed
+// sync or save cancels the install (cancel) and is returned by stop.
+type progressSyncer struct {
+	a      *Agent
+	slot   fsys.File
+	prog   *progress // owned by the syncer goroutine until stop returns
+	cancel func()
+
+	mu      sync.Mutex
+	pending []int
+	kick    chan struct{}
+	done    chan struct{}
+	err     error
+}
+
+func (a *Agent) startProgressSyncer(slot fsys.File, prog *progress, cancel func()) *progressSyncer {
+	ps := &progressSyncer{a: a, slot: slot, prog: prog, cancel: cancel, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	go func() {
+		defer close(ps.done)
+		for range ps.kick {
+			if err := ps.persist(); err != nil {
+				ps.err = err
+				cancel()
+				for range ps.kick { // drain until stop
+				}
+				return
+			}
+		}
+	}()
+	return ps
+}
+
+// written is install.Options.Progress.
+func (ps *progressSyncer) written(i int) {
+	ps.mu.Lock()
+	ps.pending = append(ps.pending, i)
+	full := len(ps.pending) >= progressEvery
+	ps.mu.Unlock()
+	if full {
+		select {
+		case ps.kick <- struct{}{}:
+		default: // a persist is already due; it takes this chunk too
+		}
+	}
+}
+
+// persist syncs the slot and records every chunk written before the sync.
+func (ps *progressSyncer) persist() error {
+	ps.mu.Lock()
+	batch := ps.pending
+	ps.pending = nil
+	ps.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	if err := ps.slot.Sync(); err != nil {
+		return fmt.Errorf("%w: syncing the slot: %w", ErrInstall, err)
+	}
+	for _, i := range batch {
+		ps.prog.set(i)
+	}
+	return ps.a.saveProgress(ps.prog)
+}
+
+// stop ends the syncer; with final it also persists the chunks written
+// since its last batch (the install failed: keep them for the next
+// attempt). It returns the first sync or save error.
+func (ps *progressSyncer) stop(final bool) error {
+	close(ps.kick)
+	<-ps.done
+	if ps.err == nil && final {
+		ps.err = ps.persist()
+	}
+	return ps.err
+}
 
 func (a *Agent) installFailed(ctx context.Context, st *State, reason string, err error) error {
 	a.lastError(st, err)
@@ -319,7 +379,10 @@ type progress struct {
 }
 
 func (p *progress) has(i int) bool { return i/8 < len(p.Done) && p.Done[i/8]&(1<<(i%8)) != 0 }
-func (p *progress) set(i int)      { p.Done[i/8] |= 1 << (i % 8) }
+func (p *progress) clone() *progress {
+	return &progress{SHA256: p.SHA256, Done: append([]byte(nil), p.Done...)}
+}
+func (p *progress) set(i int) { p.Done[i/8] |= 1 << (i % 8) }
 
 func (a *Agent) loadProgress(sha string, chunks int) *progress {
 	p := &progress{SHA256: sha, Done: make([]byte, (chunks+7)/8)}

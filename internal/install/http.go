@@ -72,9 +72,9 @@ var (
 )
 
 // ReadChunk implements Source.
-func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk) ([]byte, error) {
-	if c.Offset < 0 || c.Length <= 0 || c.Length > chunkindex.MaxChunkSize || c.Offset > 1<<62 {
-		return nil, &FetchError{Chunk: i, Err: fmt.Errorf("invalid chunk: offset %d length %d", c.Offset, c.Length)}
+func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, buf []byte) ([]byte, error) {
+	if c.Offset < 0 || c.Length <= 0 || c.Length > chunkindex.MaxChunkSize || c.Offset > 1<<62 || int64(len(buf)) != c.Length {
+		return nil, &FetchError{Chunk: i, Err: fmt.Errorf("invalid chunk: offset %d length %d (buffer %d)", c.Offset, c.Length, len(buf))}
 	}
 	retries := s.MaxRetries
 	if retries == 0 {
@@ -96,7 +96,7 @@ func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk) (
 			case <-t.C:
 			}
 		}
-		data, status, class, err := s.fetch(ctx, c)
+		data, status, class, err := s.fetch(ctx, c, buf)
 		if err == nil {
 			return data, nil
 		}
@@ -121,7 +121,7 @@ func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk) (
 }
 
 // fetch makes one request for chunk c.
-func (s *HTTPSource) fetch(ctx context.Context, c chunkindex.Chunk) ([]byte, int, retryClass, error) {
+func (s *HTTPSource) fetch(ctx context.Context, c chunkindex.Chunk, buf []byte) ([]byte, int, retryClass, error) {
 	client := s.Client
 	if client == nil {
 		client = http.DefaultClient
@@ -164,7 +164,6 @@ func (s *HTTPSource) fetch(ctx context.Context, c chunkindex.Chunk) ([]byte, int
 		return nil, status, retryOnce, fmt.Errorf("Content-Length %d, chunk is %d bytes", resp.ContentLength, c.Length)
 	}
 
-	buf := make([]byte, c.Length)
 	n := 0
 	for n < len(buf) {
 		k, err := resp.Body.Read(buf[n:])

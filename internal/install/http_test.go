@@ -45,7 +45,7 @@ func (b *countingBody) Read(p []byte) (int, error) {
 
 // fetchOne runs src.ReadChunk for chunk i of ix.
 func fetchOne(src *HTTPSource, ix *chunkindex.Index, i int) ([]byte, error) {
-	return src.ReadChunk(context.Background(), i, ix.Chunks[i])
+	return src.ReadChunk(context.Background(), i, ix.Chunks[i], make([]byte, ix.Chunks[i].Length))
 }
 
 func wantFetchError(t *testing.T, err error, status, attempts int) {
@@ -338,7 +338,7 @@ func TestHTTPSourceCancelDuringBackoff(t *testing.T) {
 	src := ps.source()
 	src.Backoff = func(int) time.Duration { return time.Hour }
 	start := time.Now()
-	_, err := src.ReadChunk(ctx, 0, ix.Chunks[0])
+	_, err := src.ReadChunk(ctx, 0, ix.Chunks[0], make([]byte, ix.Chunks[0].Length))
 	if !errors.Is(err, context.DeadlineExceeded) || !errors.Is(err, ErrFetch) {
 		t.Fatalf("err = %v", err)
 	}
@@ -350,9 +350,13 @@ func TestHTTPSourceCancelDuringBackoff(t *testing.T) {
 func TestHTTPSourceInvalidChunk(t *testing.T) {
 	src := &HTTPSource{URL: "http://127.0.0.1:1/"}
 	for _, c := range []chunkindex.Chunk{{Offset: -1, Length: 1}, {Offset: 0, Length: 0}, {Offset: 0, Length: chunkindex.MaxChunkSize + 1}} {
-		if _, err := src.ReadChunk(context.Background(), 0, c); !errors.Is(err, ErrFetch) {
+		if _, err := src.ReadChunk(context.Background(), 0, c, make([]byte, max(c.Length, 0))); !errors.Is(err, ErrFetch) {
 			t.Errorf("%+v: err = %v", c, err)
 		}
+	}
+	// A buffer that is not exactly the chunk is refused before any request.
+	if _, err := src.ReadChunk(context.Background(), 0, chunkindex.Chunk{Length: 8}, make([]byte, 4)); !errors.Is(err, ErrFetch) {
+		t.Errorf("short buffer: err = %v", err)
 	}
 }
 

@@ -15,12 +15,11 @@
 //
 // Chunks are fetched, verified and written concurrently (Options.Workers)
 // at their offsets with WriteAt, in no particular order. Memory is bounded:
-// each worker holds one chunk buffer at a time (its local-reuse buffer or
-// the slice the Source returned), and the final read-back holds
-// Workers+2 (chunkindex.VerifyStream) after the workers have finished, so
-// at most Workers+2 chunk buffers are in use at any moment. HTTPSource
-// allocates a fresh buffer per chunk; a Source is called by at most
-// Workers goroutines at once. An
+// each worker owns one chunk buffer, used for local reuse and lent to the
+// Source, and the final read-back holds Workers+2 (chunkindex.VerifyStream)
+// after the workers have finished, so at most Workers+2 chunk buffers are
+// in use at any moment. A Source is called by at most Workers goroutines
+// at once. An
 // interrupted install resumes at chunk granularity: the agent records the
 // chunks reported by Options.Progress (after syncing the slot) and passes
 // them back as Options.Done.
@@ -44,10 +43,12 @@ import (
 
 // Source returns the untrusted bytes of chunk i, described by c (from the
 // trusted index): an HTTP Range fetch, a reader of an update bundle, ... It
-// is called concurrently from several goroutines. The returned slice is
-// owned by the caller. Install verifies it; a Source need not.
+// is called concurrently from several goroutines. buf is the caller's
+// buffer of exactly c.Length bytes: a Source fills it and returns it, so a
+// download allocates nothing per chunk. Install verifies what it gets; a
+// Source need not.
 type Source interface {
-	ReadChunk(ctx context.Context, i int, c chunkindex.Chunk) ([]byte, error)
+	ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, buf []byte) ([]byte, error)
 }
 
 // Slot is the inactive slot the image is written to. An *os.File is one,
@@ -159,12 +160,12 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var buf []byte // reused for local chunks
+			buf := make([]byte, min(ix.ChunkSize, ix.ImageLength))
 			for i := range jobs {
 				if ctx.Err() != nil {
 					continue // drain
 				}
-				if err := in.chunk(ctx, i, &buf); err != nil {
+				if err := in.chunk(ctx, i, buf); err != nil {
 					in.fail(err)
 					cancel()
 				}
@@ -259,9 +260,9 @@ func (in *installer) fail(err error) {
 	}
 }
 
-// chunk obtains, verifies and writes chunk i. *buf is the worker's buffer
-// for local chunks.
-func (in *installer) chunk(ctx context.Context, i int, buf *[]byte) error {
+// chunk obtains, verifies and writes chunk i. buf is the worker's buffer,
+// at least one chunk long.
+func (in *installer) chunk(ctx context.Context, i int, buf []byte) error {
 	c := in.ix.Chunks[i]
 	var (
 		data     []byte
@@ -269,23 +270,17 @@ func (in *installer) chunk(ctx context.Context, i int, buf *[]byte) error {
 		corrupt  bool
 		download int64
 	)
+	b := buf[:c.Length]
 	if off, ok := in.reuse[localKey{c.Hash, c.Length}]; ok {
-		if int64(cap(*buf)) < c.Length {
-			*buf = make([]byte, min(in.ix.ChunkSize, in.ix.ImageLength))
-		}
-		b := (*buf)[:c.Length]
 		// A ReaderAt may return io.EOF with a full read; only n matters.
 		if n, _ := in.image.ReadAt(b, off); n == len(b) && chunkOK(c, b) {
 			data, reused = b, true
 		} else {
 			corrupt = true // fall back to the source
-			// Drop the buffer while the source allocates its own, so a
-			// worker never holds two chunk buffers.
-			*buf = nil
 		}
 	}
 	if data == nil {
-		d, err := in.src.ReadChunk(ctx, i, c)
+		d, err := in.src.ReadChunk(ctx, i, c, b)
 		download = int64(len(d))
 		if err != nil {
 			in.count(false, corrupt, download, 0)

@@ -507,7 +507,7 @@ func TestInstallCancel(t *testing.T) {
 // A Source other than HTTPSource: its errors become FetchErrors.
 type funcSource func(ctx context.Context, i int, c chunkindex.Chunk) ([]byte, error)
 
-func (f funcSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk) ([]byte, error) {
+func (f funcSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, _ []byte) ([]byte, error) {
 	return f(ctx, i, c)
 }
 

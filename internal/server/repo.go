@@ -356,6 +356,13 @@ func (s *Server) handleMetadata(w http.ResponseWriter, r *http.Request) {
 // handleTarget serves a published payload or chunk index by its
 // consistent-snapshot name, with Range support. Only content the current
 // metadata names is served.
+//
+// A name once found published is remembered (servedTargets), so the
+// chunk requests of a download (one per chunk) cost no store read and no
+// parse of the product's metadata. That stays safe when a later version
+// drops the target: the name is its content hash, so the bytes can never
+// change, and clients accept only what their verified metadata names,
+// which is also why a CDN may cache it for a year.
 func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 	p := r.PathValue("path")
 	dir, file, ok := cutLast(p, "/")
@@ -364,35 +371,12 @@ func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
 		return
 	}
-	isIndex := strings.HasSuffix(name, release.IndexSuffix)
-	target := dir + "/" + strings.TrimSuffix(name, release.IndexSuffix)
-	product, _, _, err := release.ParseTargetPath(target)
-	if err != nil {
-		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
-		return
-	}
-	role, err := s.productRole(r.Context(), product)
-	if err != nil {
-		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
-		return
-	}
-	tf, ok := role.Signed.Targets[target]
-	if !ok {
-		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
-		return
-	}
-	want := tf.Hashes["sha256"].String()
-	if isIndex {
-		m, err := release.FromTarget(target, tf)
-		if err != nil {
-			writeError(w, toAPIError(err))
+	if _, ok := s.servedTargets.Load(p); !ok {
+		if ae := s.targetPublished(r.Context(), p, dir, hash, name); ae != nil {
+			writeError(w, ae)
 			return
 		}
-		want = m.Index.SHA256
-	}
-	if hash != want {
-		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
-		return
+		s.servedTargets.Store(p, struct{}{})
 	}
 	br, err := s.blobs.Open(r.Context(), hash)
 	if err != nil {
@@ -404,6 +388,39 @@ func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("ETag", `"`+hash+`"`)
 	http.ServeContent(w, r, "", time.Time{}, br)
+}
+
+// targetPublished returns nil when p (DIR/HASH.NAME) is the consistent-
+// snapshot name of a payload or chunk index that the current metadata
+// names, and the error to answer otherwise.
+func (s *Server) targetPublished(ctx context.Context, p, dir, hash, name string) *apiError {
+	notFound := errorf(http.StatusNotFound, "not-found", "no target %q", p)
+	isIndex := strings.HasSuffix(name, release.IndexSuffix)
+	target := dir + "/" + strings.TrimSuffix(name, release.IndexSuffix)
+	product, _, _, err := release.ParseTargetPath(target)
+	if err != nil {
+		return notFound
+	}
+	role, err := s.productRole(ctx, product)
+	if err != nil {
+		return notFound
+	}
+	tf, ok := role.Signed.Targets[target]
+	if !ok {
+		return notFound
+	}
+	want := tf.Hashes["sha256"].String()
+	if isIndex {
+		m, err := release.FromTarget(target, tf)
+		if err != nil {
+			return toAPIError(err)
+		}
+		want = m.Index.SHA256
+	}
+	if hash != want {
+		return notFound
+	}
+	return nil
 }
 
 func cutLast(s, sep string) (before, after string, ok bool) {

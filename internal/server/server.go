@@ -101,6 +101,9 @@ type Server struct {
 	directorKeys   director.Keys
 	directorRoot   atomic.Pointer[directorRootState]
 	directors      directorCache
+	// servedTargets holds the target file names (DIR/HASH.NAME) found
+	// published, see handleTarget.
+	servedTargets sync.Map
 	// pushMu serialises writers of the image repository within a
 	// process; the store's version conflicts protect across replicas.
 	pushMu sync.Mutex
