@@ -41,7 +41,8 @@
 #
 #   bench/agent-install.sh                 # 512 MiB
 #   SIZE_MIB=64 bench/agent-install.sh     # quick check
-#   KEEP=1 bench/agent-install.sh          # keep the work directory
+#   KEEP=1 bench/agent-install.sh          # keep the work directory (and the device
+#                                          # before the full install)
 #   PROFILE=1 bench/agent-install.sh       # also keep CPU profiles of both agent
 #                                          # runs (agent.pprof, delta.pprof; the
 #                                          # profiler adds a little to the times)
@@ -210,6 +211,9 @@ fi
 srv_cpu() { awk '{print $14 + $15}' "/proc/$srv_pid/stat"; } # clock ticks
 srv0=$(srv_cpu)
 prof() { if [[ -n "${PROFILE:-}" ]]; then echo "RAMPART_AGENT_CPUPROFILE=$work/$1.pprof"; else echo "RAMPART_AGENT_CPUPROFILE="; fi; }
+# KEEP=1 also keeps the device as it was before the full install, for
+# profiling it again by hand (device.before-install).
+[[ -z "${KEEP:-}" ]] || cp -a "$dev" "$work/device.before-install"
 agent_m=$(measure agent env "$(prof agent)" "$AGENT" run --once --config "$dev/agent.toml")
 srv1=$(srv_cpu)
 cmp -n "$((SIZE_MIB << 20))" fw.img "$dev/slot-b" || { echo "bench: slot-b differs from the image" >&2; exit 2; }

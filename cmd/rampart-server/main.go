@@ -23,6 +23,8 @@ import (
 	"syscall"
 	"time"
 
+	"k8s.io/klog/v2"
+
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 )
@@ -174,6 +176,9 @@ func fail(w io.Writer, code int, err error, hint string) int {
 func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	c.Logger = logger
+	// tessera logs through klog, in its own plain-text format on stderr;
+	// send it through the server's structured log instead.
+	klog.SetSlogLogger(logger.With("component", "tessera"))
 	in, err := server.OpenDataDir(ctx, dir, c)
 	if err != nil {
 		return fail(stderr, 3, err, "")

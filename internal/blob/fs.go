@@ -54,7 +54,7 @@ func (s *FS) Put(ctx context.Context, digest string, length int64, r io.Reader) 
 	// reading an endless one.
 	// Write-behind starts the disk writes while the upload continues, so
 	// the fsync below waits only for the tail.
-	n, err := io.Copy(io.MultiWriter(atomicfile.WriteBehind(tmp), h), io.LimitReader(ctxReader{ctx, r}, length+1))
+	n, err := pipeCopy(io.MultiWriter(h, atomicfile.WriteBehind(tmp)), io.LimitReader(ctxReader{ctx, r}, length+1))
 	if err != nil {
 		return fmt.Errorf("blob %s: %w", digest, err)
 	}
@@ -146,5 +146,70 @@ func (c ctxReader) Read(p []byte) (int, error) {
 	}
 	return c.r.Read(p)
 }
+
+// pipeCopy copies r to w on two goroutines: this one reads r (for an
+// upload, that is receiving and decrypting TLS) while the other writes
+// what was read to w (hashing it and writing it to disk), so the two run
+// on two cores at once instead of taking turns. It holds pipeDepth
+// buffers of pipeBuf bytes. It stops at r's EOF or the first error; a
+// write error is returned in preference to the read error it causes.
+func pipeCopy(w io.Writer, r io.Reader) (int64, error) {
+	free := make(chan []byte, pipeDepth)
+	full := make(chan []byte, pipeDepth)
+	for range pipeDepth {
+		free <- make([]byte, pipeBuf)
+	}
+	writeErr := make(chan error, 1)
+	stop := make(chan struct{}) // closed when the writer fails
+	go func() {
+		var err error
+		for b := range full {
+			if err == nil {
+				if _, err = w.Write(b); err != nil {
+					close(stop)
+				}
+			}
+			free <- b[:cap(b)]
+		}
+		writeErr <- err
+	}()
+	var n int64
+	var readErr error
+	for readErr == nil {
+		var b []byte
+		select {
+		case b = <-free:
+		case <-stop:
+			readErr = errWriterStopped
+			continue
+		}
+		k, err := io.ReadFull(r, b)
+		n += int64(k)
+		if k > 0 {
+			full <- b[:k]
+		}
+		switch {
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			readErr = io.EOF
+		case err != nil:
+			readErr = err
+		}
+	}
+	close(full)
+	if err := <-writeErr; err != nil {
+		return n, err
+	}
+	if readErr != io.EOF {
+		return n, readErr
+	}
+	return n, nil
+}
+
+const (
+	pipeBuf   = 1 << 20
+	pipeDepth = 3
+)
+
+var errWriterStopped = errors.New("writer failed")
 
 var _ Store = (*FS)(nil)
