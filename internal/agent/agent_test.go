@@ -553,3 +553,109 @@ func TestResumeAfterDroppedConnection(t *testing.T) {
 		t.Fatalf("boot: %+v", out)
 	}
 }
+
+// Endless data on any URL the agent fetches (both repositories' metadata,
+// the log's checkpoint and proofs, the index, the image) is cut off at a
+// bound and ends the update with the slots untouched. Each URL is first
+// seen in an untampered run, so the test cannot pass by tampering with a
+// path the agent never asks for.
+func TestEndlessDataOnEveryURL(t *testing.T) {
+	e := servertest.New(t)
+	seen := map[string]bool{}
+	probe := newDevice(t, e, "gw-probe")
+	probe.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	var mu sync.Mutex
+	probe.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+		mu.Lock()
+		seen[urlClass(req.URL.Path)] = true
+		mu.Unlock()
+		return resp
+	})
+	if _, err := probe.run(); err != nil {
+		t.Fatal(err)
+	}
+	// The log's checkpoint comes inside the proof response; the root
+	// requests are for the next root version, which does not exist.
+	classes := []string{"director root", "director timestamp", "director snapshot", "director targets", "image root",
+		"image timestamp", "image snapshot", "image targets", "image product role", "log proof", "index", "image"}
+	for _, c := range classes {
+		if !seen[c] {
+			t.Fatalf("the agent never fetched a %s; saw %v", c, seen)
+		}
+	}
+	for i, c := range classes {
+		t.Run(strings.ReplaceAll(c, " ", "-"), func(t *testing.T) {
+			d := newDevice(t, e, fmt.Sprintf("gw-endless-%d", i))
+			d.firstBoot()
+			e.Deploy(servertest.Product+"/1.0.0", hw) // the new device too
+			var read atomic.Int64
+			d.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+				if urlClass(req.URL.Path) == c {
+					// A 200 even where the server said 404 (the next
+					// root), or the client would rightly stop there.
+					resp.Body.Close()
+					resp.Body = io.NopCloser(&endless{n: &read})
+					resp.ContentLength = -1
+					if resp.StatusCode == http.StatusNotFound {
+						resp.StatusCode, resp.Status = http.StatusOK, "200 OK"
+					}
+				}
+				return resp
+			})
+			done := make(chan error, 1)
+			go func() { _, err := d.run(); done <- err }()
+			select {
+			case err := <-done:
+				if err == nil {
+					t.Fatal("the update went on with an endless body")
+				}
+				want := map[string]string{"log proof": "exceeds 163840 bytes", "index": "signed metadata says",
+					"image": "response body longer than the chunk"}[c]
+				if want == "" {
+					want = "response longer than allowed" // go-tuf's per-role bound
+				}
+				if !strings.Contains(err.Error(), want) {
+					t.Fatalf("err = %v, want it to say %q", err, want)
+				}
+			case <-time.After(60 * time.Second):
+				t.Fatal("the agent is still reading an endless body after 60 s")
+			}
+			// The largest bound is go-tuf's for targets metadata (5 MB)
+			// and one chunk (1 MiB) per retry.
+			if n := read.Load(); n > 16<<20 {
+				t.Fatalf("read %d bytes of an endless body", n)
+			}
+			d.assertUntouched()
+		})
+	}
+}
+
+// urlClass names what a request path fetches.
+func urlClass(p string) string {
+	file := p[strings.LastIndex(p, "/")+1:]
+	role := func(prefix string) string {
+		for _, r := range []string{"timestamp", "snapshot", "targets", "root"} {
+			if file == r+".json" || strings.HasSuffix(file, "."+r+".json") {
+				return prefix + " " + r
+			}
+		}
+		return prefix + " product role"
+	}
+	switch {
+	case strings.HasPrefix(p, "/director/"):
+		return role("director")
+	case strings.HasPrefix(p, "/repo/targets/") && strings.HasSuffix(p, ".rpidx"):
+		return "index"
+	case strings.HasPrefix(p, "/repo/targets/"):
+		return "image"
+	case strings.HasPrefix(p, "/repo/"):
+		return role("image")
+	case strings.HasPrefix(p, "/api/v1/log/proof/"):
+		return "log proof"
+	case strings.HasPrefix(p, "/api/v1/log/consistency"):
+		return "log consistency"
+	}
+	return p
+}
