@@ -67,6 +67,10 @@ func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
 func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }
 
 func main() {
+	// tessera logs through klog, in its own plain-text format on stderr;
+	// send it to stderr as JSON lines like the server's own log. (Once,
+	// here: klog's logger is global and not safe to swap while in use.)
+	klog.SetSlogLogger(slog.New(slog.NewJSONHandler(os.Stderr, nil)).With("component", "tessera"))
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -176,9 +180,6 @@ func fail(w io.Writer, code int, err error, hint string) int {
 func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	c.Logger = logger
-	// tessera logs through klog, in its own plain-text format on stderr;
-	// send it through the server's structured log instead.
-	klog.SetSlogLogger(logger.With("component", "tessera"))
 	in, err := server.OpenDataDir(ctx, dir, c)
 	if err != nil {
 		return fail(stderr, 3, err, "")
