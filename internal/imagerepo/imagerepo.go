@@ -24,6 +24,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/chunkindex"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/verify"
 )
@@ -348,8 +349,7 @@ func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 
 // Index checks that a pushed chunk index belongs to a new release, reusing
 // the offline verifier's rules (hash, length, and agreement with the
-// target's own length and hash).
-func Index(r NewRelease, tf *metadata.TargetFiles, data []byte) error {
-	_, err := verify.Index(&verify.Result{Target: r.Target, File: tf, Release: r.Meta, Role: r.Meta.Product}, data)
-	return err
+// target's own length and hash), and returns it decoded.
+func Index(r NewRelease, tf *metadata.TargetFiles, data []byte) (*chunkindex.Index, error) {
+	return verify.Index(&verify.Result{Target: r.Target, File: tf, Release: r.Meta, Role: r.Meta.Product}, data)
 }

@@ -1,7 +1,10 @@
 package server
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net/http"
@@ -120,6 +123,7 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	// Every new release's payload and index must already be uploaded, and
 	// the index must agree with the signed target.
 	roles := map[string]*metadata.Metadata[metadata.TargetsType]{}
+	var chunks []store.ChunkRef // where each new release's chunks are, served by hash once published
 	for _, rel := range acc.NewReleases {
 		role := roles[rel.Meta.Product]
 		if role == nil {
@@ -144,8 +148,12 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := imagerepo.Index(rel, role.Signed.Targets[rel.Target], ix); err != nil {
+		index, err := imagerepo.Index(rel, role.Signed.Targets[rel.Target], ix)
+		if err != nil {
 			return nil, errorf(http.StatusUnprocessableEntity, "bad-index", "release %s: %v", rel.Target, err)
+		}
+		for _, c := range index.Chunks {
+			chunks = append(chunks, store.ChunkRef{Hash: hex.EncodeToString(c.Hash[:]), Blob: rel.Image.SHA256, Offset: c.Offset, Length: c.Length})
 		}
 	}
 	targets, err := metadata.Targets().FromBytes(acc.State.Targets)
@@ -218,7 +226,11 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 		detail[role] = strconv.FormatInt(v, 10)
 	}
 	err = s.atomically(r, func(tx store.Tx) (event, error) {
-		return event{operatorActor(r), "push", "image", "accepted", detail}, tx.PutDocs(ctx, docs...)
+		ev := event{operatorActor(r), "push", "image", "accepted", detail}
+		if err := tx.PutChunks(ctx, chunks); err != nil {
+			return ev, err
+		}
+		return ev, tx.PutDocs(ctx, docs...)
 	})
 	if err != nil {
 		return nil, err
@@ -421,6 +433,53 @@ func (s *Server) targetPublished(ctx context.Context, p, dir, hash, name string)
 		return notFound
 	}
 	return nil
+}
+
+// handleChunk serves a chunk of a published release by its own SHA-256,
+// with Range support and immutable caching: the same chunk in several
+// releases has one URL, so a CDN or mirror caches it once. The bytes are
+// a range of the payload blob that the chunk index placed them in; they
+// are checked against the hash the first time this process serves them
+// (an index that lies about its payload is refused there, not passed on).
+func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
+	hash := r.PathValue("hash")
+	if blob.CheckDigest(hash) != nil {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no chunk %q: chunks are named by their lowercase hex SHA-256", hash))
+		return
+	}
+	ref, err := s.store.Chunk(r.Context(), hash)
+	if errors.Is(err, store.ErrNotFound) {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no published release has chunk %s", hash))
+		return
+	} else if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	br, err := s.blobs.Open(r.Context(), ref.Blob)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	defer br.Close()
+	var content io.ReadSeeker = io.NewSectionReader(br, ref.Offset, ref.Length)
+	if _, ok := s.checkedChunks.Load(hash); !ok {
+		b := make([]byte, ref.Length)
+		if _, err := io.ReadFull(content, b); err != nil {
+			s.fail(w, r, wrapf(err, "reading chunk %s from blob %s", hash, ref.Blob))
+			return
+		}
+		if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != hash {
+			s.logger.Error("chunk does not match its hash; not served", "chunk", hash, "blob", ref.Blob, "offset", ref.Offset)
+			writeError(w, errorf(http.StatusInternalServerError, "chunk-corrupt", "the stored bytes of chunk %s do not match its hash; fetch the release's payload instead", hash))
+			return
+		}
+		s.checkedChunks.Store(hash, struct{}{})
+		content = bytes.NewReader(b)
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
+	w.Header().Set("ETag", `"`+hash+`"`)
+	http.ServeContent(w, r, "", time.Time{}, content)
 }
 
 func cutLast(s, sep string) (before, after string, ok bool) {

@@ -104,6 +104,9 @@ type Server struct {
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
 	servedTargets sync.Map
+	// checkedChunks holds the hashes of chunks whose stored bytes were
+	// found to match, see handleChunk.
+	checkedChunks sync.Map
 	// pushMu serialises writers of the image repository within a
 	// process; the store's version conflicts protect across replicas.
 	pushMu sync.Mutex
@@ -171,6 +174,7 @@ func (s *Server) Handler() http.Handler {
 	// The published repository and log: public, cacheable.
 	mux.HandleFunc("GET /repo/{file}", s.handleMetadata)
 	mux.HandleFunc("GET /repo/targets/{path...}", s.handleTarget)
+	mux.HandleFunc("GET /repo/chunks/{hash}", s.handleChunk)
 	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.Handler(s.log.Dir())))
 	// Operations.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })

@@ -165,12 +165,28 @@ type LogEntry struct {
 	Leaf   []byte
 }
 
+// ChunkRef says where the bytes of a chunk are: a range of a payload
+// blob. It lets the server serve chunks by their own hash.
+type ChunkRef struct {
+	Hash   string // hex SHA-256 of the chunk
+	Blob   string // hex SHA-256 of the payload blob holding it
+	Offset int64
+	Length int64
+}
+
 // Releases stores per-release records.
 type Releases interface {
 	// PutLogEntry records a release's log entry; a target has one entry
 	// (ErrExists for a second).
 	PutLogEntry(ctx context.Context, e LogEntry) error
 	LogEntry(ctx context.Context, target string) (LogEntry, error)
+	// PutChunks records where chunks are, all or none. A chunk already
+	// recorded keeps its first location: its hash names the same bytes
+	// wherever they are.
+	PutChunks(ctx context.Context, refs []ChunkRef) error
+	// Chunk returns where the chunk with this hash is (ErrNotFound when
+	// no recorded release holds it).
+	Chunk(ctx context.Context, hash string) (ChunkRef, error)
 }
 
 // Assignment is what a device must install now.

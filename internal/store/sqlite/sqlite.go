@@ -78,6 +78,9 @@ var migrations = []string{
 		assigned_at INTEGER NOT NULL, seq INTEGER NOT NULL
 	);
 	CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);`,
+	`CREATE TABLE chunks (
+		hash TEXT PRIMARY KEY, blob TEXT NOT NULL, off INTEGER NOT NULL, length INTEGER NOT NULL
+	);`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -564,6 +567,30 @@ func (s *conn) LogEntry(ctx context.Context, target string) (store.LogEntry, err
 		return e, fmt.Errorf("log entry of %s: %w", target, store.ErrNotFound)
 	}
 	return e, err
+}
+
+// PutChunks implements store.Releases.
+func (s *conn) PutChunks(ctx context.Context, refs []store.ChunkRef) error {
+	return s.atomic(ctx, func(tx *conn) error {
+		for _, c := range refs {
+			_, err := tx.q.ExecContext(ctx, `INSERT INTO chunks (hash, blob, off, length) VALUES (?, ?, ?, ?) ON CONFLICT (hash) DO NOTHING`,
+				c.Hash, c.Blob, c.Offset, c.Length)
+			if err != nil {
+				return fmt.Errorf("chunk %s: %w", c.Hash, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Chunk implements store.Releases.
+func (s *conn) Chunk(ctx context.Context, hash string) (store.ChunkRef, error) {
+	c := store.ChunkRef{Hash: hash}
+	err := s.q.QueryRowContext(ctx, `SELECT blob, off, length FROM chunks WHERE hash = ?`, hash).Scan(&c.Blob, &c.Offset, &c.Length)
+	if errors.Is(err, sql.ErrNoRows) {
+		return c, fmt.Errorf("chunk %s: %w", hash, store.ErrNotFound)
+	}
+	return c, err
 }
 
 // Assign implements store.Assignments.

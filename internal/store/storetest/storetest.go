@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -430,6 +431,41 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("%+v %v", got, err)
 		}
 		_, err = s.LogEntry(ctx, "nope")
+		is(t, err, store.ErrNotFound)
+	})
+	t.Run("Chunks", func(t *testing.T) {
+		s := open(t)
+		a := store.ChunkRef{Hash: strings.Repeat("a", 64), Blob: strings.Repeat("1", 64), Offset: 0, Length: 1 << 20}
+		b := store.ChunkRef{Hash: strings.Repeat("b", 64), Blob: strings.Repeat("1", 64), Offset: 1 << 20, Length: 77}
+		if err := s.PutChunks(ctx, []store.ChunkRef{a, b}); err != nil {
+			t.Fatal(err)
+		}
+		// A later release holding chunk a elsewhere: a keeps its first
+		// location, the new chunk is added.
+		a2 := store.ChunkRef{Hash: a.Hash, Blob: strings.Repeat("2", 64), Offset: 5 << 20, Length: 1 << 20}
+		c := store.ChunkRef{Hash: strings.Repeat("c", 64), Blob: a2.Blob, Offset: 0, Length: 1 << 20}
+		if err := s.PutChunks(ctx, []store.ChunkRef{a2, c}); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []store.ChunkRef{a, b, c} {
+			got, err := s.Chunk(ctx, want.Hash)
+			if err != nil || got != want {
+				t.Fatalf("Chunk(%s) = %+v, %v; want %+v", want.Hash[:4], got, err, want)
+			}
+		}
+		_, err := s.Chunk(ctx, strings.Repeat("d", 64))
+		is(t, err, store.ErrNotFound)
+		// Inside a transaction that fails, nothing is recorded.
+		boom := errors.New("boom")
+		d := store.ChunkRef{Hash: strings.Repeat("d", 64), Blob: a.Blob, Length: 1}
+		err = s.Atomic(ctx, func(tx store.Tx) error {
+			if err := tx.PutChunks(ctx, []store.ChunkRef{d}); err != nil {
+				return err
+			}
+			return boom
+		})
+		is(t, err, boom)
+		_, err = s.Chunk(ctx, d.Hash)
 		is(t, err, store.ErrNotFound)
 	})
 	t.Run("AuditChain", func(t *testing.T) {
