@@ -15,6 +15,9 @@ targets=(
   "./internal/logproof FuzzParseProof"
   "./internal/agent FuzzParseConfig"
   "./internal/agent FuzzLoadState"
+  "./internal/pki FuzzVerifyManufacturerChain"
+  "./internal/pki FuzzIssueDevice"
+  "./internal/server FuzzUnsafePath"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<< "$t"

@@ -1,6 +1,10 @@
 package server
 
-import "testing"
+import (
+	"path"
+	"strings"
+	"testing"
+)
 
 func TestUnsafePath(t *testing.T) {
 	for _, c := range []struct {
@@ -44,4 +48,42 @@ func TestUnsafePath(t *testing.T) {
 			t.Errorf("unsafePath(%q, %v) = %q, want safe %v", c.p, c.rooted, why, c.safe)
 		}
 	}
+}
+
+// FuzzUnsafePath: request paths and pushed target names are untrusted. A
+// path unsafePath accepts is already clean (path.Clean leaves it as it is,
+// but for a trailing slash on a URL), has no "." or ".." segment and no
+// byte a file system or proxy could read differently.
+func FuzzUnsafePath(f *testing.F) {
+	for _, s := range []string{"/repo/targets/acme-gw/2.4.1/x.fw.img", "/repo/targets/../x", "/a//b", "acme-gw/1.0.0/fw.img",
+		"a/./b", "/%2e%2e/", "a\\b", "a\x00b", "/", "", "/log/tile/0/x001/234"} {
+		f.Add(s, true)
+		f.Add(s, false)
+	}
+	f.Fuzz(func(t *testing.T, p string, rooted bool) {
+		if unsafePath(p, rooted) != "" {
+			return
+		}
+		want := p
+		if rooted {
+			want = strings.TrimSuffix(p, "/")
+			if want == "" {
+				want = "/"
+			}
+		}
+		if path.Clean(want) != want {
+			t.Fatalf("accepted %q, which cleans to %q", p, path.Clean(want))
+		}
+		for _, seg := range strings.Split(p, "/") {
+			if seg == "." || seg == ".." {
+				t.Fatalf("accepted %q with a %q segment", p, seg)
+			}
+		}
+		if strings.ContainsAny(p, "\\%\x00\x7f") {
+			t.Fatalf("accepted %q", p)
+		}
+		if !rooted && (p == "" || strings.HasPrefix(p, "/") || strings.HasSuffix(p, "/")) {
+			t.Fatalf("accepted target name %q", p)
+		}
+	})
 }
