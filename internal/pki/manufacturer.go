@@ -97,17 +97,7 @@ func VerifyManufacturerChain(chain [][]byte, roots *x509.CertPool, now time.Time
 	if leaf.IsCA {
 		return nil, fmt.Errorf("manufacturer certificate: %w: the leaf %q is a ca certificate", ErrBadCertificate, leaf.Subject)
 	}
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	_, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
-	})
-	if err != nil {
+	if err := verifyChain(certs, roots, now, x509.ExtKeyUsageAny); err != nil {
 		var ua x509.UnknownAuthorityError
 		var ci x509.CertificateInvalidError
 		switch {

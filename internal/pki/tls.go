@@ -80,17 +80,7 @@ func ServerTLSConfig(certPEM, keyPEM []byte, deviceCA *x509.Certificate, revoked
 // the ticket.
 func verifyDevice(certs []*x509.Certificate, roots *x509.CertPool, now time.Time) (string, *big.Int, error) {
 	leaf := certs[0]
-	inter := x509.NewCertPool()
-	for _, c := range certs[1:] {
-		inter.AddCert(c)
-	}
-	_, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         roots,
-		Intermediates: inter,
-		CurrentTime:   now,
-		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	})
-	if err != nil {
+	if err := verifyChain(certs, roots, now, x509.ExtKeyUsageClientAuth); err != nil {
 		var ua x509.UnknownAuthorityError
 		if errors.As(err, &ua) {
 			return "", nil, fmt.Errorf("client certificate: %w: %w", ErrUnknownCA, err)
@@ -102,6 +92,22 @@ func verifyDevice(certs []*x509.Certificate, roots *x509.CertPool, now time.Time
 		return "", nil, fmt.Errorf("client certificate: %w", err)
 	}
 	return id, leaf.SerialNumber, nil
+}
+
+// verifyChain verifies certs[0] against roots at now for usage, with
+// certs[1:] as the intermediates it may use.
+func verifyChain(certs []*x509.Certificate, roots *x509.CertPool, now time.Time, usage x509.ExtKeyUsage) error {
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	_, err := certs[0].Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		CurrentTime:   now,
+		KeyUsages:     []x509.ExtKeyUsage{usage},
+	})
+	return err
 }
 
 // DeviceFromRequest returns the device id of the client certificate the
