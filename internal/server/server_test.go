@@ -101,6 +101,13 @@ func newEnv(t *testing.T) *env {
 func (e *env) do(method, path, token string, body io.Reader) (*http.Response, []byte) {
 	e.t.Helper()
 	req, _ := http.NewRequest(method, e.ts.URL+path, body)
+	return e.send(req, token)
+}
+
+// send makes req with the operator token (none if ""), and returns the
+// response with its body read.
+func (e *env) send(req *http.Request, token string) (*http.Response, []byte) {
+	e.t.Helper()
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}

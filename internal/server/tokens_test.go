@@ -24,16 +24,7 @@ func (e *env) doID(id, method, path, token, body string) (*http.Response, []byte
 	}
 	req, _ := http.NewRequest(method, e.ts.URL+path, r)
 	req.Header.Set("X-Request-Id", id)
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	return resp, b
+	return e.send(req, token)
 }
 
 func (e *env) auditEntries() []audit.Entry {
