@@ -18,21 +18,27 @@ import (
 const DefaultMaxRetries = 4
 
 // HTTPSource fetches chunks from the payload (image) URL with HTTP Range
-// requests: "Range: bytes=off-(off+len-1)".
+// requests: one chunk ("Range: bytes=off-(off+len-1)") with ReadChunk, or
+// a run of consecutive chunks with one request with ReadSpan, which
+// Install uses so that a download streams.
 //
 // A response is accepted only if it is 206 Partial Content with exactly the
 // requested Content-Range ("bytes off-end/total" or "bytes off-end/*"), or
-// 200 OK when the chunk starts at offset 0 and the body is exactly the
-// chunk (the chunk is the whole file). At most len+1 body bytes are read,
-// so an endless body costs one chunk of memory and is refused; a body of
-// the wrong length is never returned.
+// 200 OK when the range starts at offset 0 and the body is exactly the
+// range (the range is the whole file). The body is read one chunk at a
+// time into the caller's buffer, and one byte past the range is probed
+// before the last chunk is delivered, so an endless body costs one chunk
+// of memory and is refused; a chunk of a body of the wrong length is never
+// delivered.
 //
 // Retries: transport errors (including a connection dropped mid-body) and
 // 5xx responses are retried up to MaxRetries times with exponential backoff
-// and jitter. A body of the wrong length (declared or actual) is retried
-// once, as it may be a proxy's hiccup but is not likely to fix itself.
-// 4xx responses (404, 416, 429, ...) and other unexpected statuses are
-// not retried. Failures are *FetchError (ErrFetch) carrying the last HTTP
+// and jitter, resuming at the first chunk not yet delivered. A body of the
+// wrong length (declared or actual) is retried once, as it may be a proxy's
+// hiccup but is not likely to fix itself. The budget is per chunk: it
+// starts again when a chunk was delivered. 4xx responses (404, 416, 429,
+// ...) and other unexpected statuses are not retried. Failures are
+// *FetchError (ErrFetch) naming the chunk and carrying the last HTTP
 // status. HTTPSource does not verify chunk hashes: Install does.
 type HTTPSource struct {
 	Client *http.Client // nil means http.DefaultClient (set a Timeout in production)
@@ -71,10 +77,32 @@ var (
 	errLongBody  = errors.New("response body longer than the chunk")
 )
 
-// ReadChunk implements Source.
+// ReadChunk implements Source: a span of one chunk.
 func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, buf []byte) ([]byte, error) {
-	if c.Offset < 0 || c.Length <= 0 || c.Length > chunkindex.MaxChunkSize || c.Offset > 1<<62 || int64(len(buf)) != c.Length {
-		return nil, &FetchError{Chunk: i, Err: fmt.Errorf("invalid chunk: offset %d length %d (buffer %d)", c.Offset, c.Length, len(buf))}
+	if int64(len(buf)) != c.Length {
+		return nil, &FetchError{Chunk: i, Err: fmt.Errorf("invalid chunk: length %d, buffer %d", c.Length, len(buf))}
+	}
+	var out []byte
+	err := s.ReadSpan(ctx, i, []chunkindex.Chunk{c}, buf, func(_ int, data []byte) error {
+		out = data
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ReadSpan implements SpanSource with one Range request for the bytes of
+// all of cs, read chunk by chunk into buf. A connection that fails part
+// way is resumed with a new Range request from the first chunk not yet
+// passed to yield; the retry budget (MaxRetries, and the single retry for
+// a body of the wrong length) applies to each chunk, and restarts once a
+// chunk has been delivered, so a span costs at most len(cs)*(MaxRetries+1)
+// requests and never delivers a chunk twice.
+func (s *HTTPSource) ReadSpan(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error) error {
+	if err := validSpan(cs, len(buf)); err != nil {
+		return &FetchError{Chunk: first, Err: err}
 	}
 	retries := s.MaxRetries
 	if retries == 0 {
@@ -85,110 +113,158 @@ func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, b
 	if backoff == nil {
 		backoff = DefaultBackoff
 	}
-	lengthRetried := false
-	for attempt := 0; ; attempt++ {
+	next := 0 // index in cs of the first chunk not yet delivered
+	attempt, lengthRetried := 0, false
+	for {
 		if attempt > 0 {
 			t := time.NewTimer(max(backoff(attempt-1), 0))
 			select {
 			case <-ctx.Done():
 				t.Stop()
-				return nil, &FetchError{Chunk: i, Attempts: attempt, Err: ctx.Err()}
+				return &FetchError{Chunk: first + next, Attempts: attempt, Err: ctx.Err()}
 			case <-t.C:
 			}
 		}
-		data, status, class, err := s.fetch(ctx, c, buf)
+		n, status, class, err := s.fetch(ctx, first+next, cs[next:], buf, yield)
+		next += n
 		if err == nil {
-			return data, nil
+			return nil
 		}
-		fe := &FetchError{Chunk: i, Status: status, Attempts: attempt + 1, Err: err}
+		var ye yieldError
+		if errors.As(err, &ye) {
+			return ye.err // the caller's own error, not a fetch failure
+		}
+		if n > 0 { // progress: a fresh budget for the chunk now in front
+			attempt, lengthRetried = 0, false
+		}
+		fe := &FetchError{Chunk: first + next, Status: status, Attempts: attempt + 1, Err: err}
 		if ctx.Err() != nil {
 			fe.Err = fmt.Errorf("%w (%v)", ctx.Err(), err)
-			return nil, fe
+			return fe
 		}
 		switch class {
 		case retryNever:
-			return nil, fe
+			return fe
 		case retryOnce:
 			if lengthRetried {
-				return nil, fe
+				return fe
 			}
 			lengthRetried = true
 		}
 		if attempt >= retries {
-			return nil, fe
+			return fe
 		}
+		attempt++
 	}
 }
 
-// fetch makes one request for chunk c.
-func (s *HTTPSource) fetch(ctx context.Context, c chunkindex.Chunk, buf []byte) ([]byte, int, retryClass, error) {
+// validSpan checks that cs are consecutive chunks that fit in a buffer of
+// bufLen bytes.
+func validSpan(cs []chunkindex.Chunk, bufLen int) error {
+	if len(cs) == 0 {
+		return errors.New("invalid span: no chunks")
+	}
+	for k, c := range cs {
+		if c.Offset < 0 || c.Length <= 0 || c.Length > chunkindex.MaxChunkSize || c.Offset > 1<<62 || c.Length > int64(bufLen) {
+			return fmt.Errorf("invalid chunk: offset %d length %d (buffer %d)", c.Offset, c.Length, bufLen)
+		}
+		if k > 0 && c.Offset != cs[k-1].Offset+cs[k-1].Length {
+			return fmt.Errorf("invalid span: chunk at offset %d does not follow the one at %d", c.Offset, cs[k-1].Offset)
+		}
+	}
+	return nil
+}
+
+// yieldError carries an error returned by a ReadSpan caller's yield
+// through fetch, so that it is returned as it is and never retried.
+type yieldError struct{ err error }
+
+func (e yieldError) Error() string { return e.err.Error() }
+
+// fetch makes one request for the bytes of cs (consecutive chunks, the
+// first of which is chunk number first) and passes each chunk to yield as
+// soon as it is read. It returns the number of chunks delivered.
+func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(int, []byte) error) (int, int, retryClass, error) {
 	client := s.Client
 	if client == nil {
 		client = http.DefaultClient
 	}
-	end := c.Offset + c.Length - 1
+	off := cs[0].Offset
+	last := cs[len(cs)-1]
+	end := last.Offset + last.Length - 1
+	length := end - off + 1
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL, nil)
 	if err != nil {
-		return nil, 0, retryNever, err
+		return 0, 0, retryNever, err
 	}
-	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", c.Offset, end))
+	req.Header.Set("Range", fmt.Sprintf("bytes=%d-%d", off, end))
 	// A transparently decompressed body would not be the requested range.
 	req.Header.Set("Accept-Encoding", "identity")
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, 0, retryAlways, err
+		return 0, 0, retryAlways, err
 	}
 	defer resp.Body.Close()
 	status := resp.StatusCode
 
 	switch {
 	case status == http.StatusPartialContent:
-		if err := checkContentRange(resp.Header.Get("Content-Range"), c.Offset, end); err != nil {
-			return nil, status, retryNever, err
+		if err := checkContentRange(resp.Header.Get("Content-Range"), off, end); err != nil {
+			return 0, status, retryNever, err
 		}
 	case status == http.StatusOK:
 		// The server ignored Range: acceptable only if the whole file
-		// is this chunk, which the body length proves below.
-		if c.Offset != 0 {
-			return nil, status, retryNever, errors.New("server ignored the Range request (200 OK for a chunk not at offset 0)")
+		// is this span, which the body length proves below.
+		if off != 0 {
+			return 0, status, retryNever, errors.New("server ignored the Range request (200 OK for bytes not at offset 0)")
 		}
-		if resp.ContentLength > c.Length {
-			return nil, status, retryNever, fmt.Errorf("server ignored the Range request (200 OK with %d bytes for a %d-byte chunk)", resp.ContentLength, c.Length)
+		if resp.ContentLength > length {
+			return 0, status, retryNever, fmt.Errorf("server ignored the Range request (200 OK with %d bytes for %d requested)", resp.ContentLength, length)
 		}
 	case status >= 500 && status <= 599:
-		return nil, status, retryAlways, fmt.Errorf("server error: %s", resp.Status)
+		return 0, status, retryAlways, fmt.Errorf("server error: %s", resp.Status)
 	default:
-		return nil, status, retryNever, fmt.Errorf("unexpected response: %s", resp.Status)
+		return 0, status, retryNever, fmt.Errorf("unexpected response: %s", resp.Status)
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength != c.Length {
-		return nil, status, retryOnce, fmt.Errorf("Content-Length %d, chunk is %d bytes", resp.ContentLength, c.Length)
+	if resp.ContentLength >= 0 && resp.ContentLength != length {
+		return 0, status, retryOnce, fmt.Errorf("Content-Length %d, requested %d bytes", resp.ContentLength, length)
 	}
 
-	n := 0
-	for n < len(buf) {
-		k, err := resp.Body.Read(buf[n:])
-		n += k
-		if err == io.EOF && n < len(buf) {
-			// The body ended cleanly but short (only possible
-			// without Content-Length: with one the transport reports
-			// io.ErrUnexpectedEOF).
-			return nil, status, retryOnce, fmt.Errorf("%w: %d of %d bytes", errShortBody, n, c.Length)
+	for k, c := range cs {
+		b := buf[:c.Length]
+		n := 0
+		for n < len(b) {
+			m, err := resp.Body.Read(b[n:])
+			n += m
+			if err == io.EOF && n < len(b) {
+				// The body ended cleanly but short (only possible
+				// without Content-Length: with one the transport
+				// reports io.ErrUnexpectedEOF).
+				return k, status, retryOnce, fmt.Errorf("%w: chunk %d: %d of %d bytes", errShortBody, first+k, n, c.Length)
+			}
+			if err != nil && err != io.EOF {
+				// Connection cut or broken framing mid-body.
+				return k, status, retryAlways, fmt.Errorf("reading chunk %d after %d of %d bytes: %w", first+k, n, c.Length, err)
+			}
 		}
-		if err != nil && err != io.EOF {
-			// Connection cut or broken framing mid-body.
-			return nil, status, retryAlways, fmt.Errorf("reading body after %d of %d bytes: %w", n, c.Length, err)
+		if k == len(cs)-1 {
+			// Probe for one more byte before delivering the last
+			// chunk: a longer body is refused, whatever its end, and
+			// its last chunk is asked for again.
+			var probe [1]byte
+			if m, _ := io.ReadFull(resp.Body, probe[:]); m > 0 {
+				if status == http.StatusOK {
+					// The server ignored Range and is sending a larger file.
+					return k, status, retryNever, fmt.Errorf("server ignored the Range request: %w", errLongBody)
+				}
+				return k, status, retryOnce, errLongBody
+			}
+		}
+		if err := yield(first+k, b); err != nil {
+			return k, status, retryNever, yieldError{err}
 		}
 	}
-	// Probe for one more byte: a longer body is refused, whatever its end.
-	var probe [1]byte
-	if k, _ := io.ReadFull(resp.Body, probe[:]); k > 0 {
-		if status == http.StatusOK {
-			// The server ignored Range and is sending a larger file.
-			return nil, status, retryNever, fmt.Errorf("server ignored the Range request: %w", errLongBody)
-		}
-		return nil, status, retryOnce, errLongBody
-	}
-	return buf, status, retryNever, nil
+	return len(cs), status, retryNever, nil
 }
 
 // checkContentRange requires "bytes off-end/total" with total "*" or a

@@ -14,7 +14,10 @@
 // was signed.
 //
 // Chunks are fetched, verified and written concurrently (Options.Workers)
-// at their offsets with WriteAt, in no particular order. Memory is bounded:
+// at their offsets with WriteAt, in no particular order. A Source that is
+// also a SpanSource is asked for runs of consecutive chunks at once (up to
+// Options.SpanBytes), so a download streams instead of paying a request
+// per chunk; each chunk of a run is still verified before it is written. Memory is bounded:
 // each worker owns one chunk buffer, used for local reuse and lent to the
 // Source, and the final read-back holds Workers+2 (chunkindex.VerifyStream)
 // after the workers have finished, so at most Workers+2 chunk buffers are
@@ -51,6 +54,24 @@ type Source interface {
 	ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, buf []byte) ([]byte, error)
 }
 
+// SpanSource is a Source that can also deliver a run of consecutive
+// chunks at once, e.g. with one HTTP Range request for all of them.
+// ReadSpan reads the chunks cs (numbered first, first+1, ...; each follows
+// the previous one in the image) in order, each into buf (as long as the
+// longest of them), and passes it to yield, which may use buf only until
+// it returns. ReadSpan never delivers a chunk twice. It stops at the first
+// error from yield and returns that error as it is.
+type SpanSource interface {
+	Source
+	ReadSpan(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error) error
+}
+
+// DefaultSpanBytes is the most bytes Install asks a SpanSource for at
+// once when Options.SpanBytes is 0: large enough that the request costs
+// nothing next to the transfer, small enough that the last run does not
+// keep the other workers waiting long.
+const DefaultSpanBytes = 16 << 20
+
 // Slot is the inactive slot the image is written to. An *os.File is one,
 // whether a regular file or a block device. WriteAt is called
 // concurrently for disjoint ranges.
@@ -74,6 +95,12 @@ type Options struct {
 	// concurrently, and the parallelism of the final read-back
 	// verification. 0 or less means runtime.GOMAXPROCS(0).
 	Workers int
+
+	// SpanBytes bounds the bytes asked for in one ReadSpan call when the
+	// Source is a SpanSource (never less than one chunk). Runs are also
+	// kept short enough to give every worker several of them. 0 means
+	// DefaultSpanBytes.
+	SpanBytes int64
 
 	// Done reports whether chunk i was written and synced to this slot
 	// by an earlier attempt at installing the same index; such chunks are
@@ -154,37 +181,80 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	jobs := make(chan int)
+	// Which chunks are left to do, and which of them must come from src.
+	todo := make([]bool, len(ix.Chunks))
+	fetch := 0
+	for i := range ix.Chunks {
+		if opt.Done != nil && opt.Done(i) {
+			res.Skipped++
+			continue
+		}
+		todo[i] = true
+		if !in.reusable(i) {
+			fetch++
+		}
+	}
+	maxSpan := 1
+	if _, ok := src.(SpanSource); ok {
+		maxSpan = spanChunks(opt.SpanBytes, ix.ChunkSize, fetch, workers)
+	}
+
+	jobs := make(chan job)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			buf := make([]byte, min(ix.ChunkSize, ix.ImageLength))
-			for i := range jobs {
+			for j := range jobs {
 				if ctx.Err() != nil {
 					continue // drain
 				}
-				if err := in.chunk(ctx, i, buf); err != nil {
+				var err error
+				if j.n == 1 {
+					err = in.chunk(ctx, j.first, buf)
+				} else {
+					err = in.span(ctx, j.first, j.n, buf)
+				}
+				if err != nil {
 					in.fail(err)
 					cancel()
 				}
 			}
 		}()
 	}
+	send := func(j job) bool {
+		select {
+		case jobs <- j:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	run := job{first: -1} // consecutive chunks to fetch, not yet sent
 dispatch:
 	for i := range ix.Chunks {
-		if opt.Done != nil && opt.Done(i) {
-			in.mu.Lock()
-			res.Skipped++
-			in.mu.Unlock()
-			continue
+		fetchHere := todo[i] && !in.reusable(i)
+		if run.n > 0 && (!fetchHere || run.n == maxSpan) {
+			if !send(run) {
+				break dispatch
+			}
+			run.n = 0
 		}
-		select {
-		case jobs <- i:
-		case <-ctx.Done():
-			break dispatch
+		switch {
+		case fetchHere:
+			if run.n == 0 {
+				run.first = i
+			}
+			run.n++
+		case todo[i]:
+			if !send(job{first: i, n: 1}) {
+				break dispatch
+			}
 		}
+	}
+	if run.n > 0 {
+		send(run)
 	}
 	close(jobs)
 	wg.Wait()
@@ -202,6 +272,22 @@ dispatch:
 		return res, err
 	}
 	return res, nil
+}
+
+// job is a run of n consecutive chunks starting at first: one chunk, or a
+// span fetched at once from a SpanSource.
+type job struct{ first, n int }
+
+// spanChunks is the most chunks of a span: spanBytes worth (at least one
+// chunk), and no more than a quarter of each worker's share of the fetch,
+// so that the work spreads over all workers.
+func spanChunks(spanBytes, chunkSize int64, fetch, workers int) int {
+	if spanBytes <= 0 {
+		spanBytes = DefaultSpanBytes
+	}
+	n := int(max(1, min(spanBytes/chunkSize, 1<<20)))
+	share := (fetch + 4*workers - 1) / (4 * workers)
+	return max(1, min(n, share))
 }
 
 // validIndex checks the index once; chunks are then checked with chunkOK
@@ -260,57 +346,93 @@ func (in *installer) fail(err error) {
 	}
 }
 
-// chunk obtains, verifies and writes chunk i. buf is the worker's buffer,
-// at least one chunk long.
+// reusable reports whether the running image may hold chunk i.
+func (in *installer) reusable(i int) bool {
+	c := in.ix.Chunks[i]
+	_, ok := in.reuse[localKey{c.Hash, c.Length}]
+	return ok
+}
+
+// span fetches chunks first..first+n-1 with one ReadSpan call, verifying
+// and writing each as it arrives.
+func (in *installer) span(ctx context.Context, first, n int, buf []byte) error {
+	next := first // the chunk expected from the source
+	var putErr error
+	err := in.src.(SpanSource).ReadSpan(ctx, first, in.ix.Chunks[first:first+n], buf, func(i int, d []byte) error {
+		if i != next {
+			putErr = &FetchError{Chunk: next, Err: fmt.Errorf("source delivered chunk %d, expected %d", i, next)}
+			return putErr
+		}
+		next++
+		putErr = in.put(i, d, false, false)
+		return putErr
+	})
+	switch {
+	case err == nil && next != first+n:
+		return &FetchError{Chunk: next, Err: fmt.Errorf("source ended the span of chunks %d-%d before chunk %d", first, first+n-1, next)}
+	case err == nil, putErr != nil && err == putErr:
+		return err
+	case ctx.Err() != nil && !errors.Is(err, ErrFetch):
+		return fmt.Errorf("install: chunk %d: %w", next, ctx.Err())
+	case errors.Is(err, ErrFetch):
+		return err
+	}
+	return &FetchError{Chunk: next, Err: err}
+}
+
+// chunk obtains, verifies and writes chunk i, from the running image when
+// it holds the chunk intact, otherwise from the source.
 func (in *installer) chunk(ctx context.Context, i int, buf []byte) error {
 	c := in.ix.Chunks[i]
-	var (
-		data     []byte
-		reused   bool
-		corrupt  bool
-		download int64
-	)
 	b := buf[:c.Length]
+	corrupt := false
 	if off, ok := in.reuse[localKey{c.Hash, c.Length}]; ok {
 		// A ReaderAt may return io.EOF with a full read; only n matters.
 		if n, _ := in.image.ReadAt(b, off); n == len(b) && chunkOK(c, b) {
-			data, reused = b, true
-		} else {
-			corrupt = true // fall back to the source
+			return in.put(i, b, true, false)
 		}
+		corrupt = true // fall back to the source
 	}
-	if data == nil {
-		d, err := in.src.ReadChunk(ctx, i, c, b)
-		download = int64(len(d))
-		if err != nil {
-			in.count(false, corrupt, download, 0)
-			if ctx.Err() != nil && !errors.Is(err, ErrFetch) {
-				return fmt.Errorf("install: chunk %d: %w", i, ctx.Err())
-			}
-			var fe *FetchError
-			if errors.As(err, &fe) {
-				return err
-			}
-			return &FetchError{Chunk: i, Err: err}
+	d, err := in.src.ReadChunk(ctx, i, c, b)
+	if err != nil {
+		in.count(false, corrupt, int64(len(d)), 0)
+		if ctx.Err() != nil && !errors.Is(err, ErrFetch) {
+			return fmt.Errorf("install: chunk %d: %w", i, ctx.Err())
 		}
+		var fe *FetchError
+		if errors.As(err, &fe) {
+			return err
+		}
+		return &FetchError{Chunk: i, Err: err}
+	}
+	return in.put(i, d, false, corrupt)
+}
+
+// put verifies chunk i (unless reused: the caller has verified the local
+// copy), writes it to the slot, counts it and reports progress. corrupt
+// says the local copy failed verification before d was fetched.
+func (in *installer) put(i int, d []byte, reused, corrupt bool) error {
+	c := in.ix.Chunks[i]
+	var download, reusedBytes int64
+	if reused {
+		reusedBytes = c.Length
+	} else {
+		download = int64(len(d))
 		if !chunkOK(c, d) {
 			in.count(false, corrupt, download, 0)
 			return &ChunkMismatchError{Chunk: i, Offset: c.Offset,
 				Err: chunkindex.ChunkMismatchError{Chunk: i, Offset: c.Offset}}
 		}
-		data = d
 	}
-	if _, err := in.dst.WriteAt(data, c.Offset); err != nil {
+	if _, err := in.dst.WriteAt(d, c.Offset); err != nil {
 		in.count(false, corrupt, download, 0)
 		return fmt.Errorf("install: writing chunk %d at offset %d: %w", i, c.Offset, err)
 	}
 
 	in.mu.Lock()
 	defer in.mu.Unlock()
-	var reusedBytes int64
 	if reused {
 		in.res.Reused++
-		reusedBytes = c.Length
 	}
 	in.countLocked(!reused, corrupt, download, reusedBytes)
 	if in.opt.Progress != nil {
