@@ -9,21 +9,23 @@
 // (same hash and length in the local index) are read from the active slot
 // instead of downloaded, and are verified too, because the active slot may
 // have rotted; a local chunk that fails verification is fetched from the
-// Source instead. When all chunks are written, the slot is synced and read
-// back in full against the index, so what the bootloader will boot is what
-// was signed.
+// Source instead. Every chunk is then read back from the slot and checked
+// against the index again (chunks written by an earlier, interrupted
+// attempt too), and the slot is synced: Install succeeds only when the
+// whole slot reads back as the image, so what the bootloader will boot is
+// what was signed.
 //
 // Chunks are fetched, verified and written concurrently (Options.Workers)
 // at their offsets with WriteAt, in no particular order. A Source that is
 // also a SpanSource is asked for runs of consecutive chunks at once (up to
 // Options.SpanBytes), so a download streams instead of paying a request
-// per chunk; each chunk of a run is still verified before it is written. Memory is bounded:
-// each worker owns one chunk buffer, used for local reuse and lent to the
-// Source, and the final read-back holds Workers+2 (chunkindex.VerifyStream)
-// after the workers have finished, so at most Workers+2 chunk buffers are
-// in use at any moment. A Source is called by at most Workers goroutines
-// at once. An
-// interrupted install resumes at chunk granularity: the agent records the
+// per chunk; each chunk of a run is still verified before it is written.
+// The read-back runs beside the download (Workers more goroutines), each
+// chunk as soon as it is written, so it costs little wall time. Memory is
+// bounded: each worker and each reader owns one chunk buffer (a worker's
+// is used for local reuse and lent to the Source), so at most 2*Workers
+// chunk buffers are in use. A Source is called by at most Workers
+// goroutines at once. An interrupted install resumes at chunk granularity: the agent records the
 // chunks reported by Options.Progress (after syncing the slot) and passes
 // them back as Options.Done.
 //
@@ -91,9 +93,9 @@ type Local struct {
 
 // Options tunes Install. The zero value is valid.
 type Options struct {
-	// Workers is the number of chunks fetched, verified and written
-	// concurrently, and the parallelism of the final read-back
-	// verification. 0 or less means runtime.GOMAXPROCS(0).
+	// Workers is the number of chunks (or runs of chunks) fetched,
+	// verified and written concurrently, and the number of chunks read
+	// back at once. 0 or less means runtime.GOMAXPROCS(0).
 	Workers int
 
 	// SpanBytes bounds the bytes asked for in one ReadSpan call when the
@@ -105,7 +107,7 @@ type Options struct {
 	// Done reports whether chunk i was written and synced to this slot
 	// by an earlier attempt at installing the same index; such chunks are
 	// neither fetched nor written, but they are still checked by the
-	// final read-back verification, so a wrong answer makes Install fail
+	// read-back verification, so a wrong answer makes Install fail
 	// with ErrReadBack, never install a bad image. Done is called from
 	// Install's own goroutine, once per chunk, in index order. nil means
 	// no chunk is done.
@@ -144,9 +146,10 @@ type Result struct {
 // Install writes the image described by ix into dst, taking every chunk
 // either from local (when the running image holds a chunk with the same
 // hash and length and it verifies) or from src. Each chunk is verified
-// before any of its bytes is written with dst.WriteAt at its offset. When
-// all chunks are written, Install calls dst.Sync and then reads dst back
-// over [0, ix.ImageLength) and verifies it with ix.VerifyStream.
+// before any of its bytes is written with dst.WriteAt at its offset. Each
+// chunk is then read back with dst.ReadAt and verified again, and when all
+// chunks are written Install calls dst.Sync; it returns when the whole of
+// [0, ix.ImageLength) read back as the image and the sync succeeded.
 //
 // Errors: an invalid index or a nil src or dst is an ordinary error; a
 // chunk from src that does not match is a *ChunkMismatchError
@@ -197,6 +200,32 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 	maxSpan := 1
 	if _, ok := src.(SpanSource); ok {
 		maxSpan = spanChunks(opt.SpanBytes, ix.ChunkSize, fetch, workers)
+	}
+
+	// The read-back: every chunk is queued once, Done ones now, the others
+	// by put once written.
+	in.readBack = make(chan int, len(ix.Chunks))
+	for i, t := range todo {
+		if !t {
+			in.readBack <- i
+		}
+	}
+	var rwg sync.WaitGroup
+	for range workers {
+		rwg.Add(1)
+		go func() {
+			defer rwg.Done()
+			buf := make([]byte, min(ix.ChunkSize, ix.ImageLength))
+			for i := range in.readBack {
+				if ctx.Err() != nil {
+					continue // drain
+				}
+				if err := readBackChunk(ix, dst, i, buf); err != nil {
+					in.fail(err)
+					cancel()
+				}
+			}
+		}()
 	}
 
 	jobs := make(chan job)
@@ -258,20 +287,46 @@ dispatch:
 	}
 	close(jobs)
 	wg.Wait()
+	close(in.readBack) // every chunk written was queued
 
-	if in.err != nil {
+	// The sync runs while the last chunks are read back.
+	var syncErr error
+	if ctx.Err() == nil {
+		if err := dst.Sync(); err != nil {
+			syncErr = fmt.Errorf("install: syncing slot: %w", err)
+		}
+	}
+	rwg.Wait()
+
+	switch {
+	case in.err != nil:
 		return res, in.err
-	}
-	if err := ctx.Err(); err != nil {
-		return res, fmt.Errorf("install: %w", err)
-	}
-	if err := dst.Sync(); err != nil {
-		return res, fmt.Errorf("install: syncing slot: %w", err)
-	}
-	if err := readBack(ctx, ix, dst, workers); err != nil {
-		return res, err
+	case ctx.Err() != nil:
+		return res, fmt.Errorf("install: %w", ctx.Err())
+	case syncErr != nil:
+		return res, syncErr
 	}
 	return res, nil
+}
+
+// readBackChunk reads chunk i back from dst into buf and checks it against
+// the index.
+func readBackChunk(ix *chunkindex.Index, dst Slot, i int, buf []byte) error {
+	c := ix.Chunks[i]
+	b := buf[:c.Length]
+	// A ReaderAt may return io.EOF with a full read; only n matters.
+	n, err := dst.ReadAt(b, c.Offset)
+	switch {
+	case n == len(b):
+	case err == nil || errors.Is(err, io.EOF):
+		return &ReadBackError{Chunk: -1, Err: fmt.Errorf("%w: %d bytes at offset %d", chunkindex.ErrImageTooShort, n, c.Offset)}
+	default:
+		return &ReadBackError{Chunk: -1, Err: fmt.Errorf("reading chunk %d: %w", i, err)}
+	}
+	if !chunkOK(c, b) {
+		return &ReadBackError{Chunk: i, Err: chunkindex.ChunkMismatchError{Chunk: i, Offset: c.Offset}}
+	}
+	return nil
 }
 
 // job is a run of n consecutive chunks starting at first: one chunk, or a
@@ -313,6 +368,10 @@ type installer struct {
 	opt   Options
 	image io.ReaderAt
 	reuse map[localKey]int64 // local offset of a chunk with this hash and length
+
+	// readBack queues chunks to read back; it holds every chunk, so
+	// sending never blocks.
+	readBack chan int
 
 	mu  sync.Mutex // guards res, err and serializes opt.Progress
 	res *Result
@@ -429,6 +488,8 @@ func (in *installer) put(i int, d []byte, reused, corrupt bool) error {
 		return fmt.Errorf("install: writing chunk %d at offset %d: %w", i, c.Offset, err)
 	}
 
+	in.readBack <- i
+
 	in.mu.Lock()
 	defer in.mu.Unlock()
 	if reused {
@@ -456,35 +517,4 @@ func (in *installer) countLocked(fetched, corrupt bool, download, reused int64) 
 	}
 	in.res.BytesDownloaded += download
 	in.res.BytesReused += reused
-}
-
-// readBack verifies the slot against the index after it was synced.
-func readBack(ctx context.Context, ix *chunkindex.Index, dst Slot, workers int) error {
-	r := io.NewSectionReader(ctxReaderAt{ctx, dst}, 0, ix.ImageLength)
-	err := ix.VerifyStream(r, nil, workers)
-	if err == nil {
-		return nil
-	}
-	if ctx.Err() != nil {
-		return fmt.Errorf("install: read-back: %w", ctx.Err())
-	}
-	rb := &ReadBackError{Chunk: -1, Err: err}
-	var cm chunkindex.ChunkMismatchError
-	if errors.As(err, &cm) {
-		rb.Chunk = cm.Chunk
-	}
-	return rb
-}
-
-// ctxReaderAt stops the read-back when the context is cancelled.
-type ctxReaderAt struct {
-	ctx context.Context
-	r   io.ReaderAt
-}
-
-func (c ctxReaderAt) ReadAt(p []byte, off int64) (int, error) {
-	if err := c.ctx.Err(); err != nil {
-		return 0, err
-	}
-	return c.r.ReadAt(p, off)
 }

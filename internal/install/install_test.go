@@ -373,12 +373,42 @@ func TestInstallReadBackDetectsBitFlip(t *testing.T) {
 	if !errors.As(err, &cm) {
 		t.Error("ReadBackError does not unwrap to chunkindex.ChunkMismatchError")
 	}
-	if res.Fetched != len(ix.Chunks) {
+	if res.Fetched == 0 {
 		t.Errorf("result %+v", *res)
 	}
 	// The file itself holds the right bytes: the fault was in reading.
-	if !bytes.Equal(slotBytes(t, f), img) {
+	c := ix.Chunks[33]
+	if !bytes.Equal(slotBytes(t, f)[c.Offset:c.Offset+c.Length], img[c.Offset:c.Offset+c.Length]) {
 		t.Error("file differs")
+	}
+}
+
+// The read-back runs beside the download: a chunk that reads back wrong
+// stops an install whose last chunk never arrives.
+func TestInstallReadBackDuringDownload(t *testing.T) {
+	img, ix := testImage(t, 15)
+	last := len(ix.Chunks) - 1
+	src := funcSource(func(ctx context.Context, i int, c chunkindex.Chunk) ([]byte, error) {
+		if i == last {
+			<-ctx.Done() // held until Install gives up
+			return nil, ctx.Err()
+		}
+		return img[c.Offset : c.Offset+c.Length], nil
+	})
+	f := newSlot(t, 0, 0)
+	done := make(chan error, 1)
+	go func() {
+		_, err := Install(context.Background(), ix, src, flipSlot{f, ix.Chunks[5].Offset}, nil, Options{Workers: 2})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		var rb *ReadBackError
+		if !errors.As(err, &rb) || rb.Chunk != 5 {
+			t.Fatalf("err = %v, want ErrReadBack for chunk 5", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Install waited for the download to finish before reading back")
 	}
 }
 
