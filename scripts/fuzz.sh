@@ -18,6 +18,7 @@ targets=(
   "./internal/pki FuzzVerifyManufacturerChain"
   "./internal/pki FuzzIssueDevice"
   "./internal/server FuzzUnsafePath"
+  "./internal/install FuzzReadSpan"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<< "$t"
