@@ -36,7 +36,9 @@ const (
 const usage = `usage: rampart-agent COMMAND --config agent.toml [flags]
 
 commands:
-  enroll --server URL --token TOKEN   make the device key here and obtain its certificate
+  enroll [--server URL] --token TOKEN make the device key here and obtain its certificate
+  enroll --manufacturer-cert FILE     the same with the certificate chain the manufacturer
+                                      gave the device (PEM), for the key in device.key
   run [--once]                        poll, verify, install, reboot, report
   boot                                at boot: finish a trial (health check, commit or roll back)
   status [--json]                     slots, versions, security counter, pending update, last error
@@ -96,6 +98,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	configPath := fs.String("config", "/etc/rampart/agent.toml", "")
 	server := fs.String("server", "", "")
 	token := fs.String("token", "", "")
+	mfrCert := fs.String("manufacturer-cert", "", "")
 	once := fs.Bool("once", false, "")
 	asJSON := fs.Bool("json", false, "")
 	verbose := fs.Bool("v", false, "")
@@ -126,13 +129,26 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 
 	if cmd == "enroll" {
-		if *token == "" {
-			return fail(stderr, exitUsage, errors.New("enroll needs --token"), "get one with: rampart device token --hardware "+cfg.Device.HardwareID)
+		var cred agent.Credential
+		switch {
+		case *token != "" && *mfrCert != "":
+			return fail(stderr, exitUsage, errors.New("enroll takes --token or --manufacturer-cert, not both"), "")
+		case *token != "":
+			cred.Token = *token
+		case *mfrCert != "":
+			b, err := os.ReadFile(*mfrCert)
+			if err != nil {
+				return fail(stderr, exitUsage, err, "name the PEM file of the device's manufacturer certificate (then any intermediates)")
+			}
+			cred.ManufacturerChain = b
+		default:
+			return fail(stderr, exitUsage, errors.New("enroll needs --token or --manufacturer-cert"),
+				"get a token with: rampart device token --hardware "+cfg.Device.HardwareID+", or name the device's manufacturer certificate when the server trusts its CA")
 		}
 		if *server != "" {
 			cfg.Server.URL = *server
 		}
-		res, err := agent.Enroll(ctx, cfg, *token)
+		res, err := agent.Enroll(ctx, cfg, cred)
 		if err != nil {
 			return report(stderr, err)
 		}
@@ -300,7 +316,10 @@ func report(stderr io.Writer, err error) int {
 	case errors.Is(err, agent.ErrOfflineRefused):
 		return fail(stderr, exitRefused, err, "")
 	case errors.As(err, &ee):
-		hint := "ask the operator for a new token: rampart device token"
+		hint, ok := enrollHints[ee.Code]
+		if !ok {
+			hint = "ask the operator for a new token: rampart device token"
+		}
 		return fail(stderr, exitRefused, err, hint)
 	case errors.As(err, &ce):
 		return fail(stderr, exitUsage, err, "see docs/agent.md for every configuration key")
@@ -310,6 +329,19 @@ func report(stderr io.Writer, err error) int {
 		return fail(stderr, exitFailed, err, "the running slot is untouched; the next check-in resumes the download")
 	}
 	return fail(stderr, exitFailed, err, "")
+}
+
+// enrollHints say what to do about the server's enrollment refusals that
+// a new token would not fix.
+var enrollHints = map[string]string{
+	"no-manufacturer-ca":        "this server accepts no manufacturer certificates (rampart-server serve --manufacturer-ca FILE); enroll with a token",
+	"manufacturer-unknown-ca":   "the server does not trust the CA of this certificate: put any intermediates after it in the file, or ask the operator to add the manufacturer's CA",
+	"manufacturer-cert-expired": "a certificate of the chain is outside its validity: check the device's clock, or enroll with a token",
+	"bad-manufacturer-cert":     "the file must hold the device's own certificate first, then its intermediates (not the root)",
+	"manufacturer-key-mismatch": "device.key must hold the key the manufacturer certified",
+	"device-id-mismatch":        "device.id must be the manufacturer certificate's subject serialNumber (or CommonName when it has none)",
+	"hardware-mismatch":         "device.hardware_id must be the hardware id in the manufacturer certificate (its rampart:hardware: URI)",
+	"device-exists":             "a device with this id is already enrolled, and an id enrolls once: give this device another id, or ask the operator which device holds it",
 }
 
 func fail(stderr io.Writer, code int, err error, hint string) int {

@@ -2,22 +2,29 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 )
 
@@ -41,6 +48,12 @@ const hw = "acme-gw-rev2"
 //	mkbundle VERSION FILE    an offline bundle of a published release
 //	powercycle DIR           the simulated bootloader boots; writes DIR/cmdline
 //	slotis DIR SLOT VERSION  the slot holds that release's image
+//	idevid [-untrusted] [-intermediate] [-expired] DIR ID HW
+//	                         a factory-provisioned device identity: DIR/device.key and
+//	                         DIR/idevid.pem, the certificate (subject serialNumber ID,
+//	                         hardware HW) from the factory CA the server trusts (from
+//	                         another CA with -untrusted; through an intermediate, which
+//	                         the file then holds too, with -intermediate)
 func TestScripts(t *testing.T) {
 	files, err := filepath.Glob("testdata/script/*.txtar")
 	if err != nil || len(files) == 0 {
@@ -55,7 +68,10 @@ func TestScripts(t *testing.T) {
 }
 
 func runScript(t *testing.T, file string) {
-	e := servertest.New(t)
+	factory, untrusted := newCA(t, "Acme Factory CA"), newCA(t, "Someone Else's CA")
+	pool := x509.NewCertPool()
+	pool.AddCert(factory.Cert)
+	e := servertest.New(t, servertest.WithManufacturerCAs(pool))
 	var mu sync.Mutex
 	images := map[string][]byte{}
 	testscript.Run(t, testscript.Params{
@@ -118,6 +134,43 @@ func runScript(t *testing.T, file string) {
 				ts.Check(os.WriteFile(filepath.Join(dir, "cmdline"), []byte("console=ttyS0 rauc.slot="+string(s)+"\n"), 0o644))
 				fmt.Fprintf(ts.Stdout(), "booted %s\n", s)
 			},
+			"idevid": func(ts *testscript.TestScript, neg bool, args []string) {
+				ca, chain, notAfter := factory, [][]byte(nil), time.Now().Add(24*time.Hour)
+				for len(args) > 0 && strings.HasPrefix(args[0], "-") {
+					switch args[0] {
+					case "-untrusted":
+						ca = untrusted
+					case "-intermediate":
+						ca = subCA(t, ca, "Acme Line 3")
+						chain = append(chain, ca.Cert.Raw)
+					case "-expired":
+						notAfter = time.Now().Add(-time.Hour)
+					default:
+						ts.Fatalf("idevid: unknown flag %s", args[0])
+					}
+					args = args[1:]
+				}
+				if len(args) != 3 {
+					ts.Fatalf("usage: idevid [-untrusted] [-intermediate] [-expired] DIR ID HW")
+				}
+				dir := ts.MkAbs(args[0])
+				key, err := pki.GenerateDeviceKey()
+				ts.Check(err)
+				tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()),
+					Subject:   pkix.Name{Organization: []string{"Acme Devices"}, SerialNumber: args[1]},
+					URIs:      []*url.URL{pki.HardwareURI(args[2])},
+					NotBefore: notAfter.Add(-365 * 24 * time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature}
+				der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+				ts.Check(err)
+				var out []byte
+				for _, c := range append([][]byte{der}, chain...) {
+					out = append(out, pki.CertPEM(c)...)
+				}
+				keyPEM, err := pki.MarshalKeyPEM(key)
+				ts.Check(err)
+				ts.Check(os.WriteFile(filepath.Join(dir, "device.key"), keyPEM, 0o600))
+				ts.Check(os.WriteFile(filepath.Join(dir, "idevid.pem"), out, 0o644))
+			},
 			"slotis": func(ts *testscript.TestScript, neg bool, args []string) {
 				b, err := os.ReadFile(filepath.Join(ts.MkAbs(args[0]), "slot-"+strings.ToLower(args[1])))
 				ts.Check(err)
@@ -131,6 +184,36 @@ func runScript(t *testing.T, file string) {
 			},
 		},
 	})
+}
+
+// newCA is a manufacturer's root CA; unlike pki.NewCA's, it may have
+// intermediates under it.
+func newCA(t *testing.T, name string) *pki.CA {
+	return subCA(t, nil, name)
+}
+
+// subCA is an intermediate CA under parent, or a root when parent is nil.
+func subCA(t *testing.T, parent *pki.CA, name string) *pki.CA {
+	key, err := pki.GenerateDeviceKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(5 * 365 * 24 * time.Hour),
+		KeyUsage: x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true}
+	issuer, signer := tmpl, crypto.Signer(key)
+	if parent != nil {
+		issuer, signer = parent.Cert, parent.Key
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, issuer, key.Public(), signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pki.CA{Cert: cert, Key: key}
 }
 
 func mkdevice(ts *testscript.TestScript, e *servertest.Env, dir, id string) {

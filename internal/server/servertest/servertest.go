@@ -12,6 +12,7 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -59,8 +60,17 @@ type Env struct {
 	LogKey       note.Verifier
 }
 
+// Option changes the server's configuration before it starts.
+type Option func(*server.Config)
+
+// WithManufacturerCAs lets devices enroll with a certificate from one of
+// the CAs in pool.
+func WithManufacturerCAs(pool *x509.CertPool) Option {
+	return func(c *server.Config) { c.ManufacturerCAs = pool }
+}
+
 // New starts a server for the test and stops it at cleanup.
-func New(t testing.TB) *Env {
+func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "srv")
 	res, err := server.InitDataDir(dir, server.InitOptions{})
@@ -69,7 +79,11 @@ func New(t testing.TB) *Env {
 	}
 	e := &Env{t: t, DataDir: dir, Admin: res.AdminToken}
 	ctx, cancel := context.WithCancel(context.Background())
-	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	in, err := server.OpenDataDir(ctx, dir, cfg)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
