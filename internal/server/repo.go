@@ -383,12 +383,12 @@ func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusNotFound, "not-found", "no target %q", p))
 		return
 	}
-	if _, ok := s.servedTargets.Load(p); !ok {
+	if !s.servedTargets.has(p) {
 		if ae := s.targetPublished(r.Context(), p, dir, hash, name); ae != nil {
 			writeError(w, ae)
 			return
 		}
-		s.servedTargets.Store(p, struct{}{})
+		s.servedTargets.add(p)
 	}
 	br, err := s.blobs.Open(r.Context(), hash)
 	if err != nil {
@@ -462,7 +462,7 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 	}
 	defer br.Close()
 	var content io.ReadSeeker = io.NewSectionReader(br, ref.Offset, ref.Length)
-	if _, ok := s.checkedChunks.Load(hash); !ok {
+	if !s.checkedChunks.has(hash) {
 		b := make([]byte, ref.Length)
 		if _, err := io.ReadFull(content, b); err != nil {
 			s.fail(w, r, wrapf(err, "reading chunk %s from blob %s", hash, ref.Blob))
@@ -473,7 +473,7 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 			writeError(w, errorf(http.StatusInternalServerError, "chunk-corrupt", "the stored bytes of chunk %s do not match its hash; fetch the release's payload instead", hash))
 			return
 		}
-		s.checkedChunks.Store(hash, struct{}{})
+		s.checkedChunks.add(hash)
 		content = bytes.NewReader(b)
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")

@@ -103,10 +103,10 @@ type Server struct {
 	directors      directorCache
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
-	servedTargets sync.Map
+	servedTargets seenSet
 	// checkedChunks holds the hashes of chunks whose stored bytes were
 	// found to match, see handleChunk.
-	checkedChunks sync.Map
+	checkedChunks seenSet
 	// pushMu serialises writers of the image repository within a
 	// process; the store's version conflicts protect across replicas.
 	pushMu sync.Mutex
