@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/chunkindex"
 )
@@ -310,5 +311,42 @@ func TestInstallSpanSwappedChunkMidSpan(t *testing.T) {
 	}
 	if !bytes.Equal(got[c.Offset:c.Offset+c.Length], bytes.Repeat([]byte{0xa5}, int(c.Length))) || written[bad] {
 		t.Error("bytes of the swapped chunk reached the slot")
+	}
+}
+
+// A link too slow for a whole span within the client's timeout: each
+// request is cut by the timeout after some chunks, and the next resumes
+// where it stopped, so the span completes even with one retry allowed.
+func TestHTTPSourceSpanSlowerThanTheTimeout(t *testing.T) {
+	img, ix := testImage(t, 48)
+	ps := newPayloadServer(t, img)
+	ps.setHook(func(w http.ResponseWriter, r *http.Request, _ int64) bool {
+		a, b, _ := rangeOf(r)
+		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b, len(img)))
+		w.Header().Set("Content-Length", strconv.FormatInt(b-a+1, 10))
+		w.WriteHeader(http.StatusPartialContent)
+		for off := a; off <= b; off += testChunk {
+			if _, err := w.Write(img[off:min(off+testChunk, b+1)]); err != nil {
+				return true
+			}
+			w.(http.Flusher).Flush()
+			time.Sleep(150 * time.Millisecond)
+		}
+		return true
+	})
+	src := ps.source()
+	src.MaxRetries = 1
+	src.Client = &http.Client{Transport: src.Client.Transport, Timeout: 400 * time.Millisecond}
+	got, data, err := readSpan(src, ix, 0, 6)
+	if err != nil {
+		t.Fatalf("err = %v after chunks %v", err, got)
+	}
+	for k := range got {
+		if got[k] != k || ix.VerifyChunk(k, data[k]) != nil {
+			t.Fatalf("delivered %v", got)
+		}
+	}
+	if n := ps.requests.Load(); n < 2 {
+		t.Errorf("%d requests: the timeout never cut one", n)
 	}
 }
