@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto"
-	"crypto/x509"
 	"encoding/json"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -182,34 +180,19 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 // certifies the device's key (a chain copied from another device, or the
 // wrong file, is refused without a round trip).
 func manufacturerChain(pemData []byte, key crypto.Signer) ([][]byte, error) {
-	var chain [][]byte
-	rest := pemData
-	for {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			return nil, &ConfigError{Msg: fmt.Sprintf("manufacturer certificate file: a %q PEM block; it must hold certificates only, the device's first", b.Type)}
-		}
-		chain = append(chain, b.Bytes)
-	}
-	if len(bytes.TrimSpace(rest)) > 0 && len(chain) > 0 {
-		return nil, &ConfigError{Msg: "manufacturer certificate file: text after the last certificate is not PEM"}
-	}
-	if len(chain) == 0 {
-		return nil, &ConfigError{Msg: "manufacturer certificate file: no PEM certificate in it"}
-	}
-	if len(chain) > maxManufacturerChain {
-		return nil, &ConfigError{Msg: fmt.Sprintf("manufacturer certificate file: %d certificates, at most %d (the device's and its intermediates, not the root)", len(chain), maxManufacturerChain)}
-	}
-	leaf, err := x509.ParseCertificate(chain[0])
+	certs, err := pki.ParseCertsPEM(pemData)
 	if err != nil {
-		return nil, &ConfigError{Msg: fmt.Sprintf("manufacturer certificate file: the first certificate: %v", err)}
+		return nil, &ConfigError{Msg: fmt.Sprintf("manufacturer certificate file: %v", err)}
 	}
-	if !sameKey(key, leaf.PublicKey) {
-		return nil, &ConfigError{Msg: fmt.Sprintf("the manufacturer certificate (subject %q) does not certify the key in device.key", leaf.Subject.String())}
+	if len(certs) > maxManufacturerChain {
+		return nil, &ConfigError{Msg: fmt.Sprintf("manufacturer certificate file: %d certificates, at most %d (the device's and its intermediates, not the root)", len(certs), maxManufacturerChain)}
+	}
+	if !sameKey(key, certs[0].PublicKey) {
+		return nil, &ConfigError{Msg: fmt.Sprintf("the manufacturer certificate (subject %q) does not certify the key in device.key", certs[0].Subject.String())}
+	}
+	chain := make([][]byte, len(certs))
+	for i, c := range certs {
+		chain[i] = c.Raw
 	}
 	return chain, nil
 }

@@ -3,7 +3,6 @@ package pki
 import (
 	"crypto"
 	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"net/url"
@@ -157,32 +156,19 @@ func LoadCABundle(path string) (*x509.CertPool, []*x509.Certificate, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("load ca bundle: %w", err)
 	}
+	certs, err := ParseCertsPEM(data)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load ca bundle %s: %w", path, err)
+	}
+	if len(certs) > maxBundle {
+		return nil, nil, fmt.Errorf("load ca bundle %s: more than %d certificates", path, maxBundle)
+	}
 	pool := x509.NewCertPool()
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != pemCert {
-			return nil, nil, fmt.Errorf("load ca bundle %s: %w: unexpected %s block", path, ErrBadPEM, block.Type)
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, nil, fmt.Errorf("load ca bundle %s: certificate %d: %w", path, len(certs)+1, err)
-		}
+	for i, c := range certs {
 		if !c.BasicConstraintsValid || !c.IsCA {
-			return nil, nil, fmt.Errorf("load ca bundle %s: certificate %d (%s): %w", path, len(certs)+1, c.Subject, ErrNotCA)
-		}
-		if len(certs) == maxBundle {
-			return nil, nil, fmt.Errorf("load ca bundle %s: more than %d certificates", path, maxBundle)
+			return nil, nil, fmt.Errorf("load ca bundle %s: certificate %d (%s): %w", path, i+1, c.Subject, ErrNotCA)
 		}
 		pool.AddCert(c)
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 || len(strings.TrimSpace(string(data))) != 0 {
-		return nil, nil, fmt.Errorf("load ca bundle %s: %w: want one or more %s blocks and nothing else", path, ErrBadPEM, pemCert)
 	}
 	return pool, certs, nil
 }

@@ -429,8 +429,23 @@ func ParseCertPEM(data []byte) (*x509.Certificate, error) {
 // a pinned srv/ca.pem. An input without any certificate is an error rather
 // than an empty pool that would refuse everything for no visible reason.
 func CertPoolFromPEM(data []byte) (*x509.CertPool, error) {
+	certs, err := ParseCertsPEM(data)
+	if err != nil {
+		return nil, err
+	}
 	pool := x509.NewCertPool()
-	n := 0
+	for _, c := range certs {
+		pool.AddCert(c)
+	}
+	return pool, nil
+}
+
+// ParseCertsPEM parses one or more PEM certificates and nothing else (a CA
+// bundle, a certificate chain). Another kind of block, text that is not
+// PEM after the last certificate, or no certificate at all is an error
+// wrapping ErrBadPEM.
+func ParseCertsPEM(data []byte) ([]*x509.Certificate, error) {
+	var certs []*x509.Certificate
 	for {
 		var block *pem.Block
 		block, data = pem.Decode(data)
@@ -438,19 +453,21 @@ func CertPoolFromPEM(data []byte) (*x509.CertPool, error) {
 			break
 		}
 		if block.Type != pemCert {
-			return nil, fmt.Errorf("%w: unexpected %s block", ErrBadPEM, block.Type)
+			return nil, fmt.Errorf("%w: a %q PEM block; it must hold certificates only", ErrBadPEM, block.Type)
 		}
-		cert, err := x509.ParseCertificate(block.Bytes)
+		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("certificate %d: %w", len(certs)+1, err)
 		}
-		pool.AddCert(cert)
-		n++
+		certs = append(certs, c)
 	}
-	if n == 0 || len(bytes.TrimSpace(data)) != 0 {
-		return nil, fmt.Errorf("%w: want one or more %s blocks and nothing else", ErrBadPEM, pemCert)
+	switch {
+	case len(certs) == 0:
+		return nil, fmt.Errorf("%w: no PEM certificate in it", ErrBadPEM)
+	case len(bytes.TrimSpace(data)) != 0:
+		return nil, fmt.Errorf("%w: text after the last certificate is not PEM", ErrBadPEM)
 	}
-	return pool, nil
+	return certs, nil
 }
 
 // MarshalKeyPEM encodes a private key as PKCS#8 PEM. It fails for keys
