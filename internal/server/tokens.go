@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"regexp"
@@ -114,9 +115,15 @@ func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// liveToken finds name among toks and refuses an unknown or revoked one.
-// It also reports how many live admin tokens there are.
-func liveToken(toks []store.OperatorToken, name string) (store.OperatorToken, int, error) {
+// changeableToken loads token name in tx for a change and refuses an
+// unknown or revoked token, or a change that would leave no live admin
+// token (dropsAdmin says whether the change takes the admin role away
+// from name, when it has it).
+func changeableToken(ctx context.Context, tx store.Tx, name string, dropsAdmin bool) (store.OperatorToken, error) {
+	toks, err := tx.OperatorTokens(ctx)
+	if err != nil {
+		return store.OperatorToken{}, err
+	}
 	var found *store.OperatorToken
 	admins := 0
 	for i, t := range toks {
@@ -129,11 +136,13 @@ func liveToken(toks []store.OperatorToken, name string) (store.OperatorToken, in
 	}
 	switch {
 	case found == nil:
-		return store.OperatorToken{}, admins, errorf(http.StatusNotFound, "not-found", "no operator token named %s (rampart token list shows them)", name)
+		return store.OperatorToken{}, errorf(http.StatusNotFound, "not-found", "no operator token named %s (rampart token list shows them)", name)
 	case !found.RevokedAt.IsZero():
-		return *found, admins, errorf(http.StatusConflict, "token-revoked", "token %s was revoked at %s; revoked tokens cannot be changed", name, found.RevokedAt.Format(time.RFC3339))
+		return *found, errorf(http.StatusConflict, "token-revoked", "token %s was revoked at %s; revoked tokens cannot be changed", name, found.RevokedAt.Format(time.RFC3339))
+	case found.Role == RoleAdmin && dropsAdmin && admins == 1:
+		return *found, lastAdmin(name)
 	}
-	return *found, admins, nil
+	return *found, nil
 }
 
 func lastAdmin(name string) *apiError {
@@ -160,16 +169,9 @@ func (s *Server) handleSetTokenRole(w http.ResponseWriter, r *http.Request) {
 	}
 	var tok store.OperatorToken
 	ok := s.tokenAction(w, r, "set-token-role", name, func(tx store.Tx) (event, error) {
-		toks, err := tx.OperatorTokens(r.Context())
+		t, err := changeableToken(r.Context(), tx, name, req.Role != RoleAdmin)
 		if err != nil {
 			return event{}, err
-		}
-		t, admins, err := liveToken(toks, name)
-		if err != nil {
-			return event{}, err
-		}
-		if t.Role == RoleAdmin && req.Role != RoleAdmin && admins == 1 {
-			return event{}, lastAdmin(name)
 		}
 		if err := tx.SetOperatorTokenRole(r.Context(), name, req.Role); err != nil {
 			return event{}, err
@@ -189,16 +191,9 @@ func (s *Server) handleSetTokenRole(w http.ResponseWriter, r *http.Request) {
 func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
 	ok := s.tokenAction(w, r, "revoke-token", name, func(tx store.Tx) (event, error) {
-		toks, err := tx.OperatorTokens(r.Context())
+		t, err := changeableToken(r.Context(), tx, name, true)
 		if err != nil {
 			return event{}, err
-		}
-		t, admins, err := liveToken(toks, name)
-		if err != nil {
-			return event{}, err
-		}
-		if t.Role == RoleAdmin && admins == 1 {
-			return event{}, lastAdmin(name)
 		}
 		if err := tx.RevokeOperatorToken(r.Context(), name, s.now()); err != nil {
 			return event{}, err
