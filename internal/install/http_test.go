@@ -44,6 +44,21 @@ func (b *countingBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// writeThenJunk writes body, then garbage until the client goes away (at
+// most 1 GiB of it).
+func writeThenJunk(w http.ResponseWriter, body []byte) {
+	if _, err := w.Write(body); err != nil {
+		return
+	}
+	junk := bytes.Repeat([]byte{'x'}, 32<<10)
+	for range 1 << 15 {
+		if _, err := w.Write(junk); err != nil {
+			return
+		}
+		w.(http.Flusher).Flush()
+	}
+}
+
 // fetchOne runs src.ReadChunk for chunk i of ix.
 func fetchOne(src *HTTPSource, ix *chunkindex.Index, i int) ([]byte, error) {
 	return src.ReadChunk(context.Background(), i, ix.Chunks[i], make([]byte, ix.Chunks[i].Length))
@@ -117,23 +132,10 @@ func TestHTTPSourceEndless(t *testing.T) {
 	img, ix := testImage(t, 23)
 	c := ix.Chunks[4]
 	ps := newPayloadServer(t, img)
-	var served atomic.Int64
 	ps.setHook(func(w http.ResponseWriter, r *http.Request, _ int64) bool {
 		w.Header().Set("Content-Range", contentRange(c, len(img)))
 		w.WriteHeader(http.StatusPartialContent)
-		// The real chunk, then garbage until the client goes away.
-		if _, err := w.Write(img[c.Offset : c.Offset+c.Length]); err != nil {
-			return true
-		}
-		junk := bytes.Repeat([]byte{'x'}, 32<<10)
-		for served.Load() < 1<<30 {
-			n, err := w.Write(junk)
-			served.Add(int64(n))
-			if err != nil {
-				return true
-			}
-			w.(http.Flusher).Flush()
-		}
+		writeThenJunk(w, img[c.Offset:c.Offset+c.Length])
 		return true
 	})
 	src := ps.source()

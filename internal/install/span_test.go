@@ -139,14 +139,7 @@ func TestHTTPSourceSpanEndless(t *testing.T) {
 		a, b, _ := rangeOf(r)
 		w.Header().Set("Content-Range", fmt.Sprintf("bytes %d-%d/%d", a, b, len(img)))
 		w.WriteHeader(http.StatusPartialContent)
-		w.Write(img[a : b+1])
-		junk := bytes.Repeat([]byte{'x'}, 32<<10)
-		for range 1 << 15 { // up to 1 GiB
-			if _, err := w.Write(junk); err != nil {
-				return true
-			}
-			w.(http.Flusher).Flush()
-		}
+		writeThenJunk(w, img[a:b+1])
 		return true
 	})
 	src := ps.source()
