@@ -210,48 +210,21 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 			in.readBack <- i
 		}
 	}
-	var rwg sync.WaitGroup
-	for range workers {
-		rwg.Add(1)
-		go func() {
-			defer rwg.Done()
-			buf := make([]byte, min(ix.ChunkSize, ix.ImageLength))
-			for i := range in.readBack {
-				if ctx.Err() != nil {
-					continue // drain
-				}
-				if err := readBackChunk(ix, dst, i, buf); err != nil {
-					in.fail(err)
-					cancel()
-				}
-			}
-		}()
+	stop := func(err error) {
+		in.fail(err)
+		cancel()
 	}
-
+	bufLen := min(ix.ChunkSize, ix.ImageLength)
+	readers := startWorkers(ctx, workers, bufLen, in.readBack, stop, func(i int, buf []byte) error {
+		return readBackChunk(ix, dst, i, buf)
+	})
 	jobs := make(chan job)
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, min(ix.ChunkSize, ix.ImageLength))
-			for j := range jobs {
-				if ctx.Err() != nil {
-					continue // drain
-				}
-				var err error
-				if j.n == 1 {
-					err = in.chunk(ctx, j.first, buf)
-				} else {
-					err = in.span(ctx, j.first, j.n, buf)
-				}
-				if err != nil {
-					in.fail(err)
-					cancel()
-				}
-			}
-		}()
-	}
+	fetchers := startWorkers(ctx, workers, bufLen, jobs, stop, func(j job, buf []byte) error {
+		if j.n == 1 {
+			return in.chunk(ctx, j.first, buf)
+		}
+		return in.span(ctx, j.first, j.n, buf)
+	})
 	send := func(j job) bool {
 		select {
 		case jobs <- j:
@@ -260,7 +233,7 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 			return false
 		}
 	}
-	run := job{first: -1} // consecutive chunks to fetch, not yet sent
+	var run job // consecutive chunks to fetch, not yet sent
 dispatch:
 	for i := range ix.Chunks {
 		fetchHere := todo[i] && !in.reusable(i)
@@ -286,7 +259,7 @@ dispatch:
 		send(run)
 	}
 	close(jobs)
-	wg.Wait()
+	fetchers.Wait()
 	close(in.readBack) // every chunk written was queued
 
 	// The sync runs while the last chunks are read back.
@@ -296,7 +269,7 @@ dispatch:
 			syncErr = fmt.Errorf("install: syncing slot: %w", err)
 		}
 	}
-	rwg.Wait()
+	readers.Wait()
 
 	switch {
 	case in.err != nil:
@@ -307,6 +280,30 @@ dispatch:
 		return res, syncErr
 	}
 	return res, nil
+}
+
+// startWorkers starts n goroutines, each with its own buffer of bufLen
+// bytes, that call do for every item of items until it is closed. The
+// first error goes to stop; after it, and after ctx is done, the rest of
+// items is drained without work.
+func startWorkers[T any](ctx context.Context, n int, bufLen int64, items <-chan T, stop func(error), do func(T, []byte) error) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, bufLen)
+			for it := range items {
+				if ctx.Err() != nil {
+					continue
+				}
+				if err := do(it, buf); err != nil {
+					stop(err)
+				}
+			}
+		}()
+	}
+	return &wg
 }
 
 // readBackChunk reads chunk i back from dst into buf and checks it against
