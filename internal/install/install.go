@@ -426,14 +426,23 @@ func (in *installer) span(ctx context.Context, first, n int, buf []byte) error {
 	switch {
 	case err == nil && next != first+n:
 		return &FetchError{Chunk: next, Err: fmt.Errorf("source ended the span of chunks %d-%d before chunk %d", first, first+n-1, next)}
-	case err == nil, putErr != nil && err == putErr:
-		return err
-	case ctx.Err() != nil && !errors.Is(err, ErrFetch):
-		return fmt.Errorf("install: chunk %d: %w", next, ctx.Err())
-	case errors.Is(err, ErrFetch):
+	case err == nil || err == putErr:
 		return err
 	}
-	return &FetchError{Chunk: next, Err: err}
+	return sourceError(ctx, next, err)
+}
+
+// sourceError classes a Source's failure at chunk i: cancellation stays
+// cancellation, a *FetchError is kept as it is, and anything else becomes
+// one.
+func sourceError(ctx context.Context, i int, err error) error {
+	switch {
+	case errors.Is(err, ErrFetch):
+		return err
+	case ctx.Err() != nil:
+		return fmt.Errorf("install: chunk %d: %w", i, ctx.Err())
+	}
+	return &FetchError{Chunk: i, Err: err}
 }
 
 // chunk obtains, verifies and writes chunk i, from the running image when
@@ -452,14 +461,7 @@ func (in *installer) chunk(ctx context.Context, i int, buf []byte) error {
 	d, err := in.src.ReadChunk(ctx, i, c, b)
 	if err != nil {
 		in.count(false, corrupt, int64(len(d)), 0)
-		if ctx.Err() != nil && !errors.Is(err, ErrFetch) {
-			return fmt.Errorf("install: chunk %d: %w", i, ctx.Err())
-		}
-		var fe *FetchError
-		if errors.As(err, &fe) {
-			return err
-		}
-		return &FetchError{Chunk: i, Err: err}
+		return sourceError(ctx, i, err)
 	}
 	return in.put(i, d, false, corrupt)
 }
