@@ -156,8 +156,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) refuseEnrollment(w http.ResponseWriter, r *http.Request, id string, ae *apiError) {
 	s.metrics.refusals.WithLabelValues(ae.Code).Inc()
-	s.audit(r, "device:"+id, "enroll", id, "refused", map[string]string{"code": ae.Code})
-	writeError(w, ae)
+	s.refuse(w, r, "device:"+id, "enroll", id, ae, nil)
 }
 
 // tokenEnrollment spends a one-time token; the token says the hardware id.
@@ -275,8 +274,8 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.Is(err, store.ErrReplay):
 		s.metrics.refusals.WithLabelValues("replayed-report").Inc()
-		s.audit(r, "device:"+id, "report", id, "refused", map[string]string{"code": "replayed-report", "counter": strconv.FormatUint(req.Counter, 10)})
-		writeError(w, errorf(http.StatusConflict, "replayed-report", "%v", err))
+		s.refuse(w, r, "device:"+id, "report", id, errorf(http.StatusConflict, "replayed-report", "%v", err),
+			map[string]string{"counter": strconv.FormatUint(req.Counter, 10)})
 		return
 	case errors.Is(err, store.ErrRevoked):
 		// Revoked by another replica since this connection was opened.
@@ -312,18 +311,14 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 // the device's next TLS handshake is refused.
 func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
-	err := s.atomically(r, func(tx store.Tx) (event, error) {
+	ok := s.operatorAction(w, r, "revoke-device", id, func(tx store.Tx) (event, error) {
 		err := tx.RevokeDevice(r.Context(), id, s.now())
 		if errors.Is(err, store.ErrRevoked) {
 			return event{}, errorf(http.StatusConflict, "already-revoked", "device %s is already revoked", id)
 		}
 		return event{operatorActor(r), "revoke-device", id, "ok", nil}, err
 	})
-	if err != nil {
-		if ae := refusal(err); ae != nil {
-			s.audit(r, operatorActor(r), "revoke-device", id, "refused", map[string]string{"code": ae.Code})
-		}
-		s.fail(w, r, err)
+	if !ok {
 		return
 	}
 	s.gate.revoke(id)

@@ -91,10 +91,10 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 		s.metrics.pushes.WithLabelValues("refused").Inc()
 		if ae.Status < 500 {
 			s.metrics.refusals.WithLabelValues(ae.Code).Inc()
-			s.audit(r, "token:"+op.Name, "push", "image", "refused", map[string]string{"code": ae.Code, "message": ae.Message})
-		} else {
-			s.logger.Error("push failed", "request_id", r.Header.Get("X-Request-Id"), "err", err)
+			s.refuse(w, r, "token:"+op.Name, "push", "image", ae, map[string]string{"message": ae.Message})
+			return
 		}
+		s.logger.Error("push failed", "request_id", r.Header.Get("X-Request-Id"), "err", err)
 		writeError(w, ae)
 		return
 	}

@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"strconv"
 	"strings"
@@ -248,6 +249,31 @@ func (s *Server) audit(r *http.Request, actor, action, subject, outcome string, 
 	if _, err := s.store.AppendAudit(r.Context(), s.entry(r, ev)); err != nil {
 		s.logger.Error("audit append failed", "action", action, "subject", subject, "request_id", r.Header.Get("X-Request-Id"), "err", err)
 	}
+}
+
+// refuse answers a refused request with ae and audits the refusal on its
+// own, with ae's code and any further detail.
+func (s *Server) refuse(w http.ResponseWriter, r *http.Request, actor, action, subject string, ae *apiError, detail map[string]string) {
+	d := map[string]string{"code": ae.Code}
+	maps.Copy(d, detail)
+	s.audit(r, actor, action, subject, "refused", d)
+	writeError(w, ae)
+}
+
+// operatorAction runs an operator's action with its audit entry in one
+// transaction. A refusal is audited on its own (nothing else was
+// committed) and answered with its code; any other failure is a 500.
+func (s *Server) operatorAction(w http.ResponseWriter, r *http.Request, action, subject string, act func(tx store.Tx) (event, error)) bool {
+	err := s.atomically(r, act)
+	if err == nil {
+		return true
+	}
+	if ae := refusal(err); ae != nil {
+		s.refuse(w, r, operatorActor(r), action, subject, ae, nil)
+		return false
+	}
+	s.fail(w, r, err)
+	return false
 }
 
 // fail answers err as an API error. An error that is not a refusal is a

@@ -52,21 +52,6 @@ func checkRole(role string) *apiError {
 	return nil
 }
 
-// tokenAction runs a token-management action with its audit entry in one
-// transaction. A refusal is audited on its own (nothing else was
-// committed) and answered with its code; any other failure is a 500.
-func (s *Server) tokenAction(w http.ResponseWriter, r *http.Request, action, subject string, act func(tx store.Tx) (event, error)) bool {
-	err := s.atomically(r, act)
-	if err == nil {
-		return true
-	}
-	if ae := refusal(err); ae != nil {
-		s.audit(r, operatorActor(r), action, subject, "refused", map[string]string{"code": ae.Code})
-	}
-	s.fail(w, r, err)
-	return false
-}
-
 // handleCreateToken creates an operator token; the secret is returned once.
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 	var req tokenRequest
@@ -79,12 +64,11 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		bad = errorf(http.StatusBadRequest, "bad-name", "token name %q must be 1-64 of a-z 0-9 . _ -, starting with a letter or digit", req.Name)
 	}
 	if bad != nil {
-		s.audit(r, operatorActor(r), "create-token", req.Name, "refused", map[string]string{"code": bad.Code})
-		writeError(w, bad)
+		s.refuse(w, r, operatorActor(r), "create-token", req.Name, bad, nil)
 		return
 	}
 	secret, hash := NewToken()
-	ok := s.tokenAction(w, r, "create-token", req.Name, func(tx store.Tx) (event, error) {
+	ok := s.operatorAction(w, r, "create-token", req.Name, func(tx store.Tx) (event, error) {
 		err := tx.CreateOperatorToken(r.Context(), store.OperatorToken{Hash: hash, Name: req.Name, Role: req.Role, CreatedAt: s.now()})
 		if errors.Is(err, store.ErrExists) {
 			return event{}, errorf(http.StatusConflict, "exists", "a token named %s exists (names are never reused, not even after revocation); pick another name", req.Name)
@@ -99,7 +83,7 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 // handleListTokens lists every operator token, revoked ones included.
 func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
 	var views []tokenView
-	ok := s.tokenAction(w, r, "list-tokens", "", func(tx store.Tx) (event, error) {
+	ok := s.operatorAction(w, r, "list-tokens", "", func(tx store.Tx) (event, error) {
 		toks, err := tx.OperatorTokens(r.Context())
 		if err != nil {
 			return event{}, err
@@ -163,12 +147,11 @@ func (s *Server) handleSetTokenRole(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if bad := checkRole(req.Role); bad != nil {
-		s.audit(r, operatorActor(r), "set-token-role", name, "refused", map[string]string{"code": bad.Code})
-		writeError(w, bad)
+		s.refuse(w, r, operatorActor(r), "set-token-role", name, bad, nil)
 		return
 	}
 	var tok store.OperatorToken
-	ok := s.tokenAction(w, r, "set-token-role", name, func(tx store.Tx) (event, error) {
+	ok := s.operatorAction(w, r, "set-token-role", name, func(tx store.Tx) (event, error) {
 		t, err := changeableToken(r.Context(), tx, name, req.Role != RoleAdmin)
 		if err != nil {
 			return event{}, err
@@ -190,7 +173,7 @@ func (s *Server) handleSetTokenRole(w http.ResponseWriter, r *http.Request) {
 // token-revoked.
 func (s *Server) handleRevokeToken(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	ok := s.tokenAction(w, r, "revoke-token", name, func(tx store.Tx) (event, error) {
+	ok := s.operatorAction(w, r, "revoke-token", name, func(tx store.Tx) (event, error) {
 		t, err := changeableToken(r.Context(), tx, name, true)
 		if err != nil {
 			return event{}, err
