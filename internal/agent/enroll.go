@@ -62,19 +62,21 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 	// rather than strand it.
 	var key crypto.Signer
 	fresh := false
-	if b, err := os.ReadFile(cfg.Device.Key); err == nil {
+	b, err := os.ReadFile(cfg.Device.Key)
+	switch {
+	case err == nil:
 		if key, err = pki.ParseKeyPEM(b); err != nil {
 			return nil, fmt.Errorf("%s: %w", cfg.Device.Key, err)
 		}
-	} else if errors.Is(err, fs.ErrNotExist) && cred.ManufacturerChain == nil {
+	case !errors.Is(err, fs.ErrNotExist):
+		return nil, err
+	case cred.ManufacturerChain != nil:
+		return nil, &ConfigError{Msg: fmt.Sprintf("device.key %s does not exist: enrolling with a manufacturer certificate needs the key it certifies there", cfg.Device.Key)}
+	default:
 		if key, err = pki.GenerateDeviceKey(); err != nil {
 			return nil, err
 		}
 		fresh = true
-	} else if errors.Is(err, fs.ErrNotExist) {
-		return nil, &ConfigError{Msg: fmt.Sprintf("device.key %s does not exist: enrolling with a manufacturer certificate needs the key it certifies there", cfg.Device.Key)}
-	} else {
-		return nil, err
 	}
 	req := map[string]any{"device_id": cfg.Device.ID}
 	if cred.Token != "" {
