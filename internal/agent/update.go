@@ -190,6 +190,9 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		switch {
 		case errors.As(err, &cm), errors.Is(err, install.ErrChunkMismatch):
 			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "a chunk does not match the signed index; nothing of it was written", Err: err})
+		case errors.Is(err, chunkindex.ErrImageHash):
+			// Signed metadata that contradicts itself, not a failing disk.
+			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "the slot matches every chunk of the signed index but not the signed image hash; the slot is not made bootable", Err: err})
 		case errors.As(err, &rb):
 			return nil, a.installFailed(ctx, st, "read-back", fmt.Errorf("%w: %w", ErrInstall, err))
 		case errors.Is(err, syscall.ENOSPC):

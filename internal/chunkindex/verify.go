@@ -31,6 +31,10 @@ var (
 	ErrImageTooShort = errors.New("chunkindex: image shorter than the index says")
 	// ErrImageTooLong means the image stream had bytes after ImageLength.
 	ErrImageTooLong = errors.New("chunkindex: image longer than the index says")
+	// ErrImageHash means bytes that match every chunk of the index do not
+	// have the index's whole-image SHA-256: the index does not describe
+	// the image it names.
+	ErrImageHash = errors.New("chunkindex: image SHA-256 differs from the index's whole-image hash")
 )
 
 // VerifyChunk checks that data is exactly chunk i of the image. A length

@@ -66,13 +66,14 @@ func (e *FetchError) Error() string {
 func (e *FetchError) Is(target error) bool { return target == ErrFetch }
 func (e *FetchError) Unwrap() error        { return e.Err }
 
-// ReadBackError reports that the slot, read back after dst.Sync, is not
-// the image: a chunk's hash differs (Chunk is its index), the slot is
-// shorter than the image, or reading it failed (Chunk is -1 for these).
+// ReadBackError reports that the slot, read back, is not the image: a
+// chunk's hash differs (Chunk is its index); or the slot is shorter than
+// the image, reading it failed, or every chunk matches but the whole does
+// not have the index's image hash (Chunk is -1 for these).
 //
 // It matches ErrReadBack with errors.Is and unwraps to the cause (a
-// chunkindex.ChunkMismatchError, chunkindex.ErrImageTooShort or a read
-// error).
+// chunkindex.ChunkMismatchError, chunkindex.ErrImageTooShort,
+// chunkindex.ErrImageHash or a read error).
 type ReadBackError struct {
 	Chunk int
 	Err   error

@@ -9,22 +9,22 @@
 // (same hash and length in the local index) are read from the active slot
 // instead of downloaded, and are verified too, because the active slot may
 // have rotted; a local chunk that fails verification is fetched from the
-// Source instead. Every chunk is then read back from the slot and checked
-// against the index again (chunks written by an earlier, interrupted
-// attempt too), and the slot is synced: Install succeeds only when the
-// whole slot reads back as the image, so what the bootloader will boot is
-// what was signed.
+// Source instead. The whole slot is then read back and its SHA-256 checked
+// against the image's (chunks written by an earlier, interrupted attempt
+// too), and the slot is synced: Install succeeds only when the slot reads
+// back as the signed image, so what the bootloader will boot is what was
+// signed.
 //
 // Chunks are fetched, verified and written concurrently (Options.Workers)
 // at their offsets with WriteAt, in no particular order. A Source that is
 // also a SpanSource is asked for runs of consecutive chunks at once (up to
 // Options.SpanBytes), so a download streams instead of paying a request
 // per chunk; each chunk of a run is still verified before it is written.
-// The read-back runs beside the download (Workers more goroutines), each
-// chunk as soon as it is written, so it costs little wall time. Memory is
-// bounded: each worker and each reader owns one chunk buffer (a worker's
-// is used for local reuse and lent to the Source), so at most 2*Workers
-// chunk buffers are in use. A Source is called by at most Workers
+// The read-back runs beside the download, in image order, each chunk as
+// soon as it is written, so it costs little wall time. Memory is bounded:
+// each worker owns one chunk buffer (used for local reuse and lent to the
+// Source) and the read-back one more, so at most Workers+1 chunk buffers
+// are in use. A Source is called by at most Workers
 // goroutines at once. An interrupted install resumes at chunk granularity: the agent records the
 // chunks reported by Options.Progress (after syncing the slot) and passes
 // them back as Options.Done.
@@ -146,10 +146,11 @@ type Result struct {
 // Install writes the image described by ix into dst, taking every chunk
 // either from local (when the running image holds a chunk with the same
 // hash and length and it verifies) or from src. Each chunk is verified
-// before any of its bytes is written with dst.WriteAt at its offset. Each
-// chunk is then read back with dst.ReadAt and verified again, and when all
+// before any of its bytes is written with dst.WriteAt at its offset. The
+// slot is read back with dst.ReadAt as chunks are written, and when all
 // chunks are written Install calls dst.Sync; it returns when the whole of
-// [0, ix.ImageLength) read back as the image and the sync succeeded.
+// [0, ix.ImageLength) read back with the index's whole-image SHA-256 and
+// the sync succeeded.
 //
 // Errors: an invalid index or a nil src or dst is an ordinary error; a
 // chunk from src that does not match is a *ChunkMismatchError
@@ -203,7 +204,8 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 	}
 
 	// The read-back: every chunk is queued once, Done ones now, the others
-	// by put once written.
+	// by put once written; the slot is read back in image order as the
+	// queue allows.
 	in.readBack = make(chan int, len(ix.Chunks))
 	for i, t := range todo {
 		if !t {
@@ -215,9 +217,14 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 		cancel()
 	}
 	bufLen := min(ix.ChunkSize, ix.ImageLength)
-	readers := startWorkers(ctx, workers, bufLen, in.readBack, stop, func(i int, buf []byte) error {
-		return readBackChunk(ix, dst, i, buf)
-	})
+	var reader sync.WaitGroup
+	reader.Add(1)
+	go func() {
+		defer reader.Done()
+		if err := in.readBackImage(ctx, make([]byte, bufLen)); err != nil {
+			stop(err)
+		}
+	}()
 	jobs := make(chan job)
 	fetchers := startWorkers(ctx, workers, bufLen, jobs, stop, func(j job, buf []byte) error {
 		if j.n == 1 {
@@ -269,7 +276,7 @@ dispatch:
 			syncErr = fmt.Errorf("install: syncing slot: %w", err)
 		}
 	}
-	readers.Wait()
+	reader.Wait()
 
 	switch {
 	case in.err != nil:
@@ -306,24 +313,76 @@ func startWorkers[T any](ctx context.Context, n int, bufLen int64, items <-chan 
 	return &wg
 }
 
-// readBackChunk reads chunk i back from dst into buf and checks it against
-// the index.
-func readBackChunk(ix *chunkindex.Index, dst Slot, i int, buf []byte) error {
+// readBackImage reads the whole slot back in image order, each chunk as
+// soon as it is written (or at once for a chunk done by an earlier
+// attempt), and checks the SHA-256 of all of it against the index's
+// whole-image hash, which verify.Index has matched with the signed target.
+// The chunk hashes checked before writing prove each chunk; this proves
+// the slot is the signed image itself, even if the index's chunks did not
+// add up to it. It runs beside the download, so it costs one SHA-256 pass
+// on one core and, at the end, about the last span.
+//
+// On a mismatch it reads the slot again chunk by chunk to name the first
+// bad chunk; if every chunk matches, the index does not describe its own
+// image hash, which is ErrImageHash.
+func (in *installer) readBackImage(ctx context.Context, buf []byte) error {
+	ix := in.ix
+	h := sha256.New()
+	written := make([]bool, len(ix.Chunks))
+	for next := 0; next < len(ix.Chunks); {
+		if !written[next] {
+			i, ok := <-in.readBack
+			if !ok {
+				if ctx.Err() != nil {
+					return nil // Install reports why it stopped
+				}
+				return &ReadBackError{Chunk: -1, Err: fmt.Errorf("chunk %d was never written", next)}
+			}
+			written[i] = true
+			continue
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		b, err := readChunk(ix, in.dst, next, buf)
+		if err != nil {
+			return err
+		}
+		h.Write(b)
+		next++
+	}
+	if [sha256.Size]byte(h.Sum(nil)) == ix.ImageHash {
+		return nil
+	}
+	for i := range ix.Chunks {
+		if ctx.Err() != nil {
+			return nil
+		}
+		b, err := readChunk(ix, in.dst, i, buf)
+		if err != nil {
+			return err
+		}
+		if c := ix.Chunks[i]; !chunkOK(c, b) {
+			return &ReadBackError{Chunk: i, Err: chunkindex.ChunkMismatchError{Chunk: i, Offset: c.Offset}}
+		}
+	}
+	return &ReadBackError{Chunk: -1, Err: chunkindex.ErrImageHash}
+}
+
+// readChunk reads chunk i of the slot into buf.
+func readChunk(ix *chunkindex.Index, dst Slot, i int, buf []byte) ([]byte, error) {
 	c := ix.Chunks[i]
 	b := buf[:c.Length]
 	// A ReaderAt may return io.EOF with a full read; only n matters.
 	n, err := dst.ReadAt(b, c.Offset)
 	switch {
 	case n == len(b):
+		return b, nil
 	case err == nil || errors.Is(err, io.EOF):
-		return &ReadBackError{Chunk: -1, Err: fmt.Errorf("%w: %d bytes at offset %d", chunkindex.ErrImageTooShort, n, c.Offset)}
+		return nil, &ReadBackError{Chunk: -1, Err: fmt.Errorf("%w: %d bytes at offset %d", chunkindex.ErrImageTooShort, n, c.Offset)}
 	default:
-		return &ReadBackError{Chunk: -1, Err: fmt.Errorf("reading chunk %d: %w", i, err)}
+		return nil, &ReadBackError{Chunk: -1, Err: fmt.Errorf("reading chunk %d: %w", i, err)}
 	}
-	if !chunkOK(c, b) {
-		return &ReadBackError{Chunk: i, Err: chunkindex.ChunkMismatchError{Chunk: i, Offset: c.Offset}}
-	}
-	return nil
 }
 
 // job is a run of n consecutive chunks starting at first: one chunk, or a

@@ -383,32 +383,66 @@ func TestInstallReadBackDetectsBitFlip(t *testing.T) {
 	}
 }
 
-// The read-back runs beside the download: a chunk that reads back wrong
-// stops an install whose last chunk never arrives.
+// TestInstallReadBackDuringDownload proves the read-back runs beside the
+// download: the source holds the last chunk until the slot has been read
+// back up to the chunk before it, which never happens if the read-back
+// waits for the download. The flipped bit in chunk 5 is then found.
 func TestInstallReadBackDuringDownload(t *testing.T) {
 	img, ix := testImage(t, 15)
 	last := len(ix.Chunks) - 1
+	readUpTo := ix.Chunks[last-1].Offset
+	reached := make(chan struct{})
+	var once sync.Once
+	slot := &watchSlot{flipSlot: flipSlot{newSlot(t, 0, 0), ix.Chunks[5].Offset}, onRead: func(off int64) {
+		if off == readUpTo {
+			once.Do(func() { close(reached) })
+		}
+	}}
 	src := funcSource(func(ctx context.Context, i int, c chunkindex.Chunk) ([]byte, error) {
 		if i == last {
-			<-ctx.Done() // held until Install gives up
-			return nil, ctx.Err()
+			select {
+			case <-reached:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(10 * time.Second):
+				return nil, errors.New("the read-back did not reach the chunk before the last while the last was held")
+			}
 		}
 		return img[c.Offset : c.Offset+c.Length], nil
 	})
+	_, err := Install(context.Background(), ix, src, slot, nil, Options{Workers: 2})
+	var rb *ReadBackError
+	if !errors.As(err, &rb) || rb.Chunk != 5 {
+		t.Fatalf("err = %v, want ErrReadBack for chunk 5", err)
+	}
+}
+
+// watchSlot calls onRead with the offset of every ReadAt.
+type watchSlot struct {
+	flipSlot
+	onRead func(off int64)
+}
+
+func (s *watchSlot) ReadAt(p []byte, off int64) (int, error) {
+	s.onRead(off)
+	return s.flipSlot.ReadAt(p, off)
+}
+
+// TestInstallReadBackImageHash installs an index whose chunk hashes are
+// right but whose whole-image hash is not the image's: each chunk passes,
+// the image as a whole must not.
+func TestInstallReadBackImageHash(t *testing.T) {
+	img, ix := testImage(t, 16)
+	ix.ImageHash[0] ^= 1
+	ps := newPayloadServer(t, img)
 	f := newSlot(t, 0, 0)
-	done := make(chan error, 1)
-	go func() {
-		_, err := Install(context.Background(), ix, src, flipSlot{f, ix.Chunks[5].Offset}, nil, Options{Workers: 2})
-		done <- err
-	}()
-	select {
-	case err := <-done:
-		var rb *ReadBackError
-		if !errors.As(err, &rb) || rb.Chunk != 5 {
-			t.Fatalf("err = %v, want ErrReadBack for chunk 5", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Install waited for the download to finish before reading back")
+	res, err := Install(context.Background(), ix, ps.source(), f, nil, Options{})
+	var rb *ReadBackError
+	if !errors.As(err, &rb) || rb.Chunk != -1 || !errors.Is(err, chunkindex.ErrImageHash) || !errors.Is(err, ErrReadBack) {
+		t.Fatalf("err = %v, want ReadBackError wrapping chunkindex.ErrImageHash", err)
+	}
+	if res.Fetched != len(ix.Chunks) {
+		t.Errorf("fetched %d of %d chunks: every chunk should have passed", res.Fetched, len(ix.Chunks))
 	}
 }
 
