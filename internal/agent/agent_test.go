@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -20,9 +22,12 @@ import (
 
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/bootloader"
+	"github.com/rampartfw/rampart/internal/chunkindex"
 	"github.com/rampartfw/rampart/internal/fsys"
+	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/verify"
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
 
 const hw = "acme-gw-rev2"
@@ -458,6 +463,64 @@ func TestIndexNotMatchingSignedHash(t *testing.T) {
 	_, err := d.run()
 	wantClass(t, err, verify.Mismatch)
 	d.assertUntouched()
+}
+
+// TestIndexNotDescribingSignedImage stands in for release signers (or a
+// stolen threshold of their keys) who sign image hash X, which is what the
+// transparency log shows, together with a chunk index whose chunks are
+// another image Y and whose own image hash field says X. Every chunk of Y
+// then verifies; only the whole-image read-back can tell. The device must
+// refuse it as a mismatch, report it, and never make the slot bootable.
+func TestIndexNotDescribingSignedImage(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+
+	logged := make([]byte, 3<<20+5)
+	rand.Read(logged)
+	served := bytes.Clone(logged)
+	served[len(served)/2] ^= 1
+	ix, err := chunkindex.Build(bytes.NewReader(served), 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ix.ImageHash = sha256.Sum256(logged)
+	ixBytes, err := ix.MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ixSum := sha256.Sum256(ixBytes)
+	res := &verify.Result{
+		Target: servertest.Product + "/9.0.0/fw.img", Role: servertest.Product,
+		File: &metadata.TargetFiles{Length: int64(len(logged)), Hashes: metadata.Hashes{"sha256": ix.ImageHash[:]}},
+		Release: &release.Meta{Product: servertest.Product, Version: "9.0.0", SecurityVersion: 2, HardwareIDs: []string{hw},
+			Index: release.IndexRef{Length: int64(len(ixBytes)), SHA256: hex.EncodeToString(ixSum[:]), ChunkSize: 1 << 20}},
+	}
+	var fetched atomic.Int64
+	src := chunkSource(func(c chunkindex.Chunk, buf []byte) []byte {
+		fetched.Add(1)
+		return buf[:copy(buf, served[c.Offset:c.Offset+c.Length])]
+	})
+
+	_, err = d.a.InstallVerified(context.Background(), res, ixBytes, src)
+	wantClass(t, err, verify.Mismatch)
+	if !errors.Is(err, chunkindex.ErrImageHash) {
+		t.Errorf("err = %v, want chunkindex.ErrImageHash", err)
+	}
+	if n := fetched.Load(); n != int64(len(ix.Chunks)) {
+		t.Errorf("%d of %d chunks fetched: every chunk should have passed its own check", n, len(ix.Chunks))
+	}
+	d.assertUntouched()
+	if srv := d.server(); srv["last_status"] != "verification-refused" {
+		t.Errorf("server saw %v, want verification-refused", srv["last_status"])
+	}
+}
+
+// chunkSource is an install.Source answering every chunk with fn.
+type chunkSource func(c chunkindex.Chunk, buf []byte) []byte
+
+func (f chunkSource) ReadChunk(_ context.Context, _ int, c chunkindex.Chunk, buf []byte) ([]byte, error) {
+	return f(c, buf), nil
 }
 
 func TestEndlessIndexIsCutOff(t *testing.T) {

@@ -1,5 +1,12 @@
 package agent
 
+import (
+	"context"
+
+	"github.com/rampartfw/rampart/internal/install"
+	"github.com/rampartfw/rampart/internal/verify"
+)
+
 // SetProgressEvery changes how many chunks go between progress syncs, for
 // tests that need batches with images of a few chunks; it returns a func
 // restoring the default.
@@ -7,4 +14,16 @@ func SetProgressEvery(n int) func() {
 	old := progressEvery
 	progressEvery = n
 	return func() { progressEvery = old }
+}
+
+// InstallVerified runs the install step for res as if verification had
+// returned it, with index as the chunk index and src as the image: tests
+// use it to stand in for release signers who signed something that
+// verification alone cannot catch.
+func (a *Agent) InstallVerified(ctx context.Context, res *verify.Result, index []byte, src install.Source) (*Outcome, error) {
+	st, err := a.open()
+	if err != nil {
+		return nil, err
+	}
+	return a.install(ctx, st, releaseOf(res), "server", res, func(context.Context) ([]byte, error) { return index, nil }, src)
 }

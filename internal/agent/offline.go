@@ -2,7 +2,6 @@ package agent
 
 import (
 	"context"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"os"
@@ -60,8 +59,7 @@ func (a *Agent) InstallBundle(ctx context.Context, path string) (*Outcome, error
 		return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: res.Role,
 			Msg: fmt.Sprintf("the bundle's image is %d bytes, the signed length is %d", br.ImageSize, res.File.Length)})
 	}
-	rel := Release{Target: res.Target, Version: res.Release.Version, SecurityVersion: res.Release.SecurityVersion,
-		Length: res.File.Length, SHA256: hex.EncodeToString(res.File.Hashes["sha256"]), IndexSHA256: res.Release.Index.SHA256}
+	rel := releaseOf(res)
 	if st.Running != nil && st.Running.SHA256 == rel.SHA256 {
 		return &Outcome{Action: "up-to-date", Target: rel.Target}, nil
 	}

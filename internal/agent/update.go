@@ -48,15 +48,14 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 	if d.Nothing {
 		return &Outcome{Action: "nothing"}, nil
 	}
-	rel := Release{Target: d.Target, Version: d.Release.Version, SecurityVersion: d.Release.SecurityVersion,
-		Length: d.File.Length, SHA256: hex.EncodeToString(d.File.Hashes["sha256"]), IndexSHA256: d.Release.Index.SHA256}
+	res := &verify.Result{Target: d.Target, File: d.File, Release: d.Release, Role: "image"}
+	rel := releaseOf(res)
 	if st.Running != nil && st.Running.SHA256 == rel.SHA256 {
 		return &Outcome{Action: "up-to-date", Target: rel.Target}, nil
 	}
 	if reason, ok := st.Failed[rel.SHA256]; ok {
 		return &Outcome{Action: "not-retried", Target: rel.Target, Reason: reason}, nil
 	}
-	res := &verify.Result{Target: d.Target, File: d.File, Release: d.Release, Role: "image"}
 	index := func(ctx context.Context) ([]byte, error) {
 		return a.fetchIndex(ctx, d.IndexURL, d.Release.Index.Length)
 	}
@@ -112,6 +111,12 @@ func (a *Agent) fetchIndex(ctx context.Context, u string, length int64) ([]byte,
 		return nil, fmt.Errorf("%w: fetching the chunk index: %v", ErrInstall, err)
 	}
 	return b, nil
+}
+
+// releaseOf is what the agent records of a verified release.
+func releaseOf(res *verify.Result) Release {
+	return Release{Target: res.Target, Version: res.Release.Version, SecurityVersion: res.Release.SecurityVersion,
+		Length: res.File.Length, SHA256: hex.EncodeToString(res.File.Hashes["sha256"]), IndexSHA256: res.Release.Index.SHA256}
 }
 
 // install writes rel into the inactive slot and asks for its trial boot.
