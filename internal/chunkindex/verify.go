@@ -71,7 +71,10 @@ func (ix *Index) VerifyChunk(i int, data []byte) error {
 //
 // The whole-image hash ImageHash is not recomputed: the authenticated
 // chunk hashes and ImageLength already determine every byte, and a
-// sequential SHA-256 pass would cap throughput at one core.
+// sequential SHA-256 pass would cap throughput at one core (it measured
+// 0.97-1.16 x openssl instead of 0.52 x for a 1 GiB bundle). What this
+// trusts is that the signed index describes the image its ImageHash
+// names; a device checks that too, when it reads its slot back.
 func (ix *Index) VerifyStream(r io.Reader, w io.Writer, workers int) error {
 	if err := ix.validate(); err != nil {
 		return err

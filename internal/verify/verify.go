@@ -251,8 +251,11 @@ func Index(res *Result, data []byte) (*chunkindex.Index, error) {
 
 // Image streams the image from r through the verified index, writing each
 // chunk to w (which may be nil) only after it verified. Every byte of the
-// image is covered by a chunk hash from the signed index, which is why no
-// separate whole-image pass is needed.
+// image is covered by a chunk hash from the signed index, so no separate
+// whole-image pass is made: the image is proven to be what the signed
+// index describes, and the index names the signed image hash. Only
+// signers could make those two disagree; the device's whole-image
+// read-back (install) refuses such a release.
 func Image(ix *chunkindex.Index, r io.Reader, w io.Writer, workers int) error {
 	err := ix.VerifyStream(r, w, workers)
 	if err == nil {
