@@ -619,9 +619,6 @@ func (a *Agent) flush(ctx context.Context, st *State) {
 	}
 }
 
-// errRejected is a report the server will never accept; it is dropped.
-var errRejected = errors.New("report rejected")
-
 func (a *Agent) send(ctx context.Context, r Report) error {
 	body, _ := json.Marshal(r)
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)

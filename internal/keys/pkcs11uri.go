@@ -79,7 +79,7 @@ func parsePKCS11URI(s string) (*pkcs11URI, error) {
 	}
 	if hasQuery {
 		if query == "" {
-			return nil, errors.New(`pkcs11 uri: empty query after "?"; remove the "?" or add module-path=...`)
+			return nil, errors.New(`pkcs11 uri: empty query after "?"; remove the "?" or add a query attribute such as module-path`)
 		}
 		for _, attr := range strings.Split(query, "&") {
 			name, raw, err := splitPKCS11Attr(attr, "query")
@@ -125,7 +125,7 @@ func decodeAttr(name, raw string, allowed func(byte) bool) ([]byte, error) {
 func (u *pkcs11URI) setPath(name, raw string, seen map[string]bool) error {
 	if !slices.Contains(pkcs11PathAttrs, name) {
 		if slices.Contains(pkcs11QueryAttrs, name) {
-			return fmt.Errorf("pkcs11 uri: %q is a query attribute; put it after \"?\", e.g. pkcs11:token=...;object=...?%s=...", name, name)
+			return fmt.Errorf("pkcs11 uri: %q is a query attribute; put it after \"?\", as in pkcs11:token=T;object=O?%s=VALUE", name, name)
 		}
 		return fmt.Errorf("pkcs11 uri: unsupported path attribute %q (supported: %s)", name, strings.Join(pkcs11PathAttrs, ", "))
 	}

@@ -301,6 +301,9 @@ func TestPushServeAndClient(t *testing.T) {
 
 	// The audit log recorded it all and verifies.
 	resp, body = e.do("GET", "/api/v1/audit", e.token("aud", server.RoleAuditor), nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("audit export: %d %s", resp.StatusCode, body)
+	}
 	var es []audit.Entry
 	dec := json.NewDecoder(bytes.NewReader(body))
 	for dec.More() {

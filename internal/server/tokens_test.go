@@ -139,6 +139,9 @@ func TestTokenManagement(t *testing.T) {
 	resp, b = e.do("POST", "/api/v1/tokens", e.admin, strings.NewReader(`{"name":"..","role":"auditor"}`))
 	wantError(t, resp, b, 400, "bad-name")
 	resp, b = e.do("GET", "/api/v1/tokens", e.admin, nil)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("token list: %d %s", resp.StatusCode, b)
+	}
 	if !strings.Contains(string(b), `"name":"ci","role":"release-manager","created_at":`) || !strings.Contains(string(b), `"revoked":true,"revoked_at":`) {
 		t.Fatalf("revoked token not listed as revoked: %s", b)
 	}
