@@ -51,6 +51,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
 	"github.com/theupdateframework/go-tuf/v2/metadata/updater"
+	"github.com/transparency-dev/formats/log"
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
@@ -366,30 +367,9 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 	if code != http.StatusOK {
 		return nil, fmt.Errorf("uptane: log proof for %q: HTTP %d", tpath, code)
 	}
-	var resp struct {
-		Statement string          `json:"statement"`
-		Proof     json.RawMessage `json:"proof"`
-	}
-	if err := json.Unmarshal(body, &resp); err != nil {
-		return nil, refuse(verify.Malformed, "log", err, "log proof response")
-	}
-	proof, err := logproof.ParseProof(resp.Proof)
+	newer, cp, err := verifyLogProof(cfg, body, tpath, tf, rel)
 	if err != nil {
-		return nil, refuse(verify.Malformed, "log", err, "log proof")
-	}
-	leaf := []byte(resp.Statement)
-	st, err := logproof.ParseStatement(leaf)
-	if err != nil {
-		return nil, refuse(verify.Malformed, "log", err, "log statement")
-	}
-	sum := tf.Hashes["sha256"].String()
-	if st.Target != tpath || st.Length != tf.Length || st.SHA256 != sum || st.SecurityVersion != rel.SecurityVersion {
-		return nil, refuse(NotLogged, "log", nil, "the logged statement (%s, %d bytes, sha256 %s, security version %d) is not this release (%s, %d bytes, sha256 %s, security version %d)",
-			st.Target, st.Length, st.SHA256, st.SecurityVersion, tpath, tf.Length, sum, rel.SecurityVersion)
-	}
-	newer, err := logproof.VerifyInclusion(cfg.LogOrigin, cfg.LogKey, leaf, proof)
-	if err != nil {
-		return nil, logRefusal(err)
+		return nil, err
 	}
 
 	cpFile := filepath.Join(cfg.StateDir, "log", "checkpoint")
@@ -424,10 +404,79 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 	if err := os.MkdirAll(filepath.Dir(cpFile), 0o700); err != nil {
 		return nil, fmt.Errorf("uptane: %w", err)
 	}
-	if err := atomicfile.WriteFile(cpFile, proof.Checkpoint, 0o600); err != nil {
+	if err := atomicfile.WriteFile(cpFile, cp, 0o600); err != nil {
 		return nil, fmt.Errorf("uptane: storing checkpoint: %w", err)
 	}
-	return proof.Checkpoint, nil
+	return cp, nil
+}
+
+// verifyLogProof checks a log proof response (the server's
+// /api/v1/log/proof answer, which offline bundles carry too) for the
+// release tpath: its statement must be this release, and its inclusion
+// must verify under a checkpoint signed by the pinned log key. It returns
+// that checkpoint, parsed and raw.
+func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, []byte, error) {
+	var resp struct {
+		Statement string          `json:"statement"`
+		Proof     json.RawMessage `json:"proof"`
+	}
+	if err := json.Unmarshal(body, &resp); err != nil {
+		return nil, nil, refuse(verify.Malformed, "log", err, "log proof response")
+	}
+	proof, err := logproof.ParseProof(resp.Proof)
+	if err != nil {
+		return nil, nil, refuse(verify.Malformed, "log", err, "log proof")
+	}
+	leaf := []byte(resp.Statement)
+	st, err := logproof.ParseStatement(leaf)
+	if err != nil {
+		return nil, nil, refuse(verify.Malformed, "log", err, "log statement")
+	}
+	sum := tf.Hashes["sha256"].String()
+	if st.Target != tpath || st.Length != tf.Length || st.SHA256 != sum || st.SecurityVersion != rel.SecurityVersion {
+		return nil, nil, refuse(NotLogged, "log", nil, "the logged statement (%s, %d bytes, sha256 %s, security version %d) is not this release (%s, %d bytes, sha256 %s, security version %d)",
+			st.Target, st.Length, st.SHA256, st.SecurityVersion, tpath, tf.Length, sum, rel.SecurityVersion)
+	}
+	newer, err := logproof.VerifyInclusion(cfg.LogOrigin, cfg.LogKey, leaf, proof)
+	if err != nil {
+		return nil, nil, logRefusal(err)
+	}
+	return newer, proof.Checkpoint, nil
+}
+
+// CheckOfflineLog checks the log proof an offline bundle carries for a
+// release that verify.Target has accepted (res): the statement is this
+// release, and it is included under a checkpoint signed by the pinned log
+// key. Offline there is no consistency proof to fetch, so a checkpoint of
+// another size than the stored one is neither checked against it nor
+// stored (the next online check-in proves consistency from the stored
+// one); one of the same size must be the very same tree.
+func CheckOfflineLog(cfg Config, proofJSON []byte, res *verify.Result) error {
+	if len(proofJSON) == 0 {
+		return refuse(NotLogged, "log", nil, "the bundle carries no log proof for %s", res.Target)
+	}
+	newer, _, err := verifyLogProof(cfg, proofJSON, res.Target, res.File, res.Release)
+	if err != nil {
+		return err
+	}
+	cpFile := filepath.Join(cfg.StateDir, "log", "checkpoint")
+	oldRaw, err := os.ReadFile(cpFile)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil
+	case err != nil:
+		return fmt.Errorf("uptane: reading stored checkpoint: %w", err)
+	}
+	older, err := logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, oldRaw)
+	if err != nil {
+		return refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", cpFile)
+	}
+	if older.Size == newer.Size {
+		if err := logproof.CheckConsistency(older, newer, nil); err != nil {
+			return logRefusal(err)
+		}
+	}
+	return nil
 }
 
 func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uint64) ([][]byte, error) {
