@@ -7,14 +7,20 @@
 // verify all metadata and the index before the first image byte arrives and
 // then stream the image in constant memory:
 //
-//	rampart-bundle.json           {"format":1,"target":"P/V/F","role":"P"}
+//	rampart-bundle.json           {"format":2,"target":"P/V/F","role":"P"}
 //	metadata/1.root.json … N.root.json   consecutive root versions from 1
 //	metadata/timestamp.json
 //	metadata/snapshot.json
 //	metadata/targets.json
 //	metadata/ROLE.json            the delegated role that signs the target
+//	log-proof.json                format 2 only: the release's statement and
+//	                              inclusion proof, as the server's
+//	                              /api/v1/log/proof answers them
 //	index                         the chunk index
 //	image                         the image itself
+//
+// Format 1 is the same without log-proof.json: a bundle made without the
+// server. Devices refuse it unless told not to require the log.
 //
 // The reader treats every byte as hostile: member names, order, types and
 // sizes are checked against this layout, every metadata member is bounded,
@@ -39,6 +45,7 @@ const (
 	MaxManifest = 4 << 10
 	MaxMetadata = 8 << 20
 	MaxIndex    = 64 << 20
+	MaxLogProof = 64 << 10
 	MaxRoots    = 256
 	// maxTrailer bounds the zero padding accepted after the archive end.
 	maxTrailer = 64 << 10
@@ -67,6 +74,7 @@ type Contents struct {
 	Snapshot  []byte
 	Targets   []byte
 	Delegated []byte
+	LogProof  []byte // nil in a format 1 bundle
 	Index     []byte
 	ImageSize int64
 }
@@ -95,6 +103,9 @@ func Write(w io.Writer, c *Contents, image io.Reader) error {
 	addBytes := func(name string, b []byte) error { return add(name, int64(len(b)), strings.NewReader(string(b))) }
 	m := c.Manifest
 	m.Format = 1
+	if c.LogProof != nil {
+		m.Format = 2
+	}
 	mb, err := json.Marshal(m)
 	if err != nil {
 		return err
@@ -115,8 +126,12 @@ func Write(w io.Writer, c *Contents, image io.Reader) error {
 		{"metadata/snapshot.json", c.Snapshot},
 		{"metadata/targets.json", c.Targets},
 		{"metadata/" + c.Role + ".json", c.Delegated},
+		{"log-proof.json", c.LogProof},
 		{"index", c.Index},
 	} {
+		if f.name == "log-proof.json" && c.LogProof == nil {
+			continue
+		}
 		if err := addBytes(f.name, f.b); err != nil {
 			return err
 		}
@@ -148,7 +163,7 @@ func NewReader(r io.Reader) (*Reader, error) {
 	if err := dec.Decode(&br.Manifest); err != nil {
 		return nil, fmt.Errorf("%w: rampart-bundle.json: %v", ErrMalformed, err)
 	}
-	if br.Format != 1 {
+	if br.Format != 1 && br.Format != 2 {
 		return nil, fmt.Errorf("%w: unsupported bundle format %d", ErrMalformed, br.Format)
 	}
 	product, _, _, err := release.ParseTargetPath(br.Target)
@@ -194,6 +209,14 @@ func NewReader(r io.Reader) (*Reader, error) {
 	}
 	if br.Delegated, err = br.member("metadata/"+br.Role+".json", MaxMetadata); err != nil {
 		return nil, err
+	}
+	if br.Format == 2 {
+		if br.LogProof, err = br.member("log-proof.json", MaxLogProof); err != nil {
+			return nil, err
+		}
+		if br.LogProof == nil {
+			br.LogProof = []byte{} // present, if empty: the verifier refuses it
+		}
 	}
 	if br.Index, err = br.member("index", MaxIndex); err != nil {
 		return nil, err

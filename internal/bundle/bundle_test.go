@@ -50,6 +50,51 @@ func TestRoundTrip(t *testing.T) {
 	}
 }
 
+func TestLogProofMember(t *testing.T) {
+	c, img := sample()
+	c.LogProof = []byte(`{"statement":"s","proof":{}}`)
+	r, err := NewReader(bytes.NewReader(encode(t, c, img)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Format != 2 || string(r.LogProof) != string(c.LogProof) || string(r.Index) != "index-bytes" {
+		t.Fatalf("format %d, log proof %q, index %q", r.Format, r.LogProof, r.Index)
+	}
+
+	// Without a proof the bundle is format 1 and LogProof stays nil.
+	c.LogProof = nil
+	if r, err = NewReader(bytes.NewReader(encode(t, c, img))); err != nil || r.Format != 1 || r.LogProof != nil {
+		t.Fatalf("format 1: %v, %+v", err, r)
+	}
+
+	// A format 2 manifest without the member, and a format 1 manifest
+	// with it, are malformed.
+	for name, edit := range map[string]func(c *Contents) []byte{
+		"format 2 without log-proof.json": func(c *Contents) []byte {
+			b := encode(t, c, img) // format 1
+			return bytes.Replace(b, []byte(`{"format":1,`), []byte(`{"format":2,`), 1)
+		},
+		"format 1 with log-proof.json": func(c *Contents) []byte {
+			c.LogProof = []byte(`{}`)
+			b := encode(t, c, img)
+			return bytes.Replace(b, []byte(`{"format":2,`), []byte(`{"format":1,`), 1)
+		},
+	} {
+		c, _ := sample()
+		_, err := NewReader(bytes.NewReader(edit(c)))
+		if !errors.Is(err, ErrMalformed) {
+			t.Errorf("%s: err = %v, want ErrMalformed", name, err)
+		}
+	}
+
+	// An oversized proof is refused before it is read.
+	c, _ = sample()
+	c.LogProof = bytes.Repeat([]byte("x"), MaxLogProof+1)
+	if _, err := NewReader(bytes.NewReader(encode(t, c, img))); !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "log-proof.json") {
+		t.Errorf("oversized log proof: %v", err)
+	}
+}
+
 func TestWriteRefusesShortImage(t *testing.T) {
 	c, img := sample()
 	var buf bytes.Buffer
@@ -143,6 +188,9 @@ func FuzzReader(f *testing.F) {
 	c, img := sample()
 	good := encode(f, c, img)
 	f.Add(good)
+	withProof, _ := sample()
+	withProof.LogProof = []byte(`{"statement":"s","proof":{}}`)
+	f.Add(encode(f, withProof, img))
 	f.Add(good[:1024])
 	f.Add(good[:len(good)-1024])
 	f.Add(append(bytes.Clone(good), 1, 2, 3))
@@ -158,7 +206,7 @@ func FuzzReader(f *testing.F) {
 			}
 			return
 		}
-		if len(r.Roots) == 0 || len(r.Roots) > MaxRoots || len(r.Index) > MaxIndex {
+		if len(r.Roots) == 0 || len(r.Roots) > MaxRoots || len(r.Index) > MaxIndex || len(r.LogProof) > MaxLogProof || (r.Format == 2) != (r.LogProof != nil) {
 			t.Fatal("accepted a bundle outside the limits")
 		}
 		n, _ := io.Copy(io.Discard, io.LimitReader(r.Image(), r.ImageSize+1))
