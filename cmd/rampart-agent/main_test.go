@@ -45,7 +45,9 @@ const hw = "acme-gw-rev2"
 //	devtoken NAME            a one-time enrollment token into $NAME
 //	release VERSION SV [MiB] a signed, pushed, logged release of acme-gw
 //	deploy VERSION           assign acme-gw/VERSION to every acme-gw-rev2 device
-//	mkbundle VERSION FILE    an offline bundle of a published release
+//	mkbundle [-nolog] VERSION FILE
+//	                         an offline bundle of a published release, with
+//	                         its log proof (a format 1 bundle without, -nolog)
 //	powercycle DIR           the simulated bootloader boots; writes DIR/cmdline
 //	slotis DIR SLOT VERSION  the slot holds that release's image
 //	idevid [-untrusted] [-intermediate] [-expired] DIR ID HW
@@ -116,10 +118,20 @@ func runScript(t *testing.T, file string) {
 			"mkbundle": func(ts *testscript.TestScript, neg bool, args []string) {
 				mu.Lock()
 				defer mu.Unlock()
+				nolog := len(args) > 0 && args[0] == "-nolog"
+				if nolog {
+					args = args[1:]
+				}
+				if len(args) != 2 {
+					ts.Fatalf("usage: mkbundle [-nolog] VERSION FILE")
+				}
 				p, err := e.Repo.FindPublished(servertest.Product + "/" + args[0])
 				ts.Check(err)
 				c, err := e.Repo.BundleContents(p)
 				ts.Check(err)
+				if !nolog {
+					c.LogProof = e.Call(e.Pool, "GET", "/api/v1/log/proof/"+p.Target, "", nil, 200)
+				}
 				img, err := os.Open(p.ImagePath)
 				ts.Check(err)
 				defer img.Close()

@@ -119,7 +119,16 @@ type OfflineConfig struct {
 	// higher version than the running one), "always" (any release at or
 	// above the security counter) or "never".
 	Policy string `toml:"policy"`
+
+	// RequireLog (default true) refuses a bundle that carries no proof
+	// that its release is in the transparency log (a format 1 bundle,
+	// made without --server). Set it to false only for fleets that have
+	// no log.
+	RequireLog *bool `toml:"require_log"`
 }
+
+// LogRequired reports whether offline bundles must carry a log proof.
+func (c OfflineConfig) LogRequired() bool { return c.RequireLog == nil || *c.RequireLog }
 
 // Duration is a time.Duration written as "90s" or "1h30m".
 type Duration struct{ time.Duration }

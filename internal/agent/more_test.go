@@ -20,6 +20,7 @@ import (
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/server/servertest"
+	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -150,6 +151,53 @@ func TestOfflineBundleBelowCounter(t *testing.T) {
 	}
 }
 
+// An offline bundle must prove its release is in the log, as an online
+// update does: without a proof, or with the proof of another release, it
+// is refused as not-logged before anything is written. A fleet without a
+// log can turn the requirement off.
+func TestOfflineBundleLog(t *testing.T) {
+	e := servertest.New(t)
+	d := newDevice(t, e, "gw-1")
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Release("2.0.0", 3, hw)
+
+	for name, b := range map[string]string{
+		"no proof":                  bundleWithProof(t, e, "2.0.0", nil),
+		"another release's proof":   bundleWithProof(t, e, "2.0.0", logProof(e, "1.0.0")),
+		"empty proof member":        bundleWithProof(t, e, "2.0.0", []byte{}),
+		"proof that is not a proof": bundleWithProof(t, e, "2.0.0", []byte(`{"statement":"x","proof":{}}`)),
+	} {
+		_, err := d.a.InstallBundle(context.Background(), b)
+		var ve *verify.Error
+		if !errors.As(err, &ve) || (ve.Class != uptane.NotLogged && ve.Class != verify.Malformed) {
+			t.Fatalf("%s: got %v, want a not-logged or malformed refusal", name, err)
+		}
+		if name == "no proof" && (ve.Class != uptane.NotLogged || !strings.Contains(err.Error(), "rampart bundle --server")) {
+			t.Errorf("no proof: %v", err)
+		}
+		if name == "another release's proof" && ve.Class != uptane.NotLogged {
+			t.Errorf("another release's proof: %v", err)
+		}
+		d.assertUntouched() // power-cycles the device
+		d.boot()
+	}
+
+	out, err := d.a.InstallBundle(context.Background(), bundleOf(t, e, "2.0.0"))
+	if err != nil || out.Action != "installed-pending-reboot" {
+		t.Fatalf("a bundle with its proof: %+v, %v", out, err)
+	}
+
+	// Without a log requirement a format 1 bundle installs.
+	d2 := newDevice(t, e, "gw-2")
+	d2.firstBoot()
+	off := false
+	d2.a.Config.Offline.RequireLog = &off
+	if out, err := d2.a.InstallBundle(context.Background(), bundleWithProof(t, e, "2.0.0", nil)); err != nil || out.Action != "installed-pending-reboot" {
+		t.Fatalf("offline.require_log = false: %+v, %v", out, err)
+	}
+}
+
 // The agent on a U-Boot board with a redundant environment, one copy of
 // which is corrupt (a torn write by someone else): it works from the good
 // copy, and fw_printenv reads what it wrote.
@@ -212,8 +260,21 @@ func TestUBootRedundantWithCorruptCopy(t *testing.T) {
 	}
 }
 
-// bundleOf writes an offline bundle of a published release.
+// bundleOf writes an offline bundle of a published release, with its log
+// proof from the server.
 func bundleOf(t *testing.T, e *servertest.Env, version string) string {
+	t.Helper()
+	return bundleWithProof(t, e, version, logProof(e, version))
+}
+
+// logProof is the server's log proof for a published release.
+func logProof(e *servertest.Env, version string) []byte {
+	return e.Call(e.Pool, "GET", "/api/v1/log/proof/"+servertest.Product+"/"+version+"/fw.img", "", nil, 200)
+}
+
+// bundleWithProof writes an offline bundle of a published release that
+// carries proof as its log proof (none when nil: a format 1 bundle).
+func bundleWithProof(t *testing.T, e *servertest.Env, version string, proof []byte) string {
 	t.Helper()
 	p, err := e.Repo.FindPublished(servertest.Product + "/" + version)
 	if err != nil {
@@ -223,6 +284,7 @@ func bundleOf(t *testing.T, e *servertest.Env, version string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.LogProof = proof
 	img, err := os.Open(p.ImagePath)
 	if err != nil {
 		t.Fatal(err)

@@ -55,6 +55,15 @@ func (a *Agent) InstallBundle(ctx context.Context, path string) (*Outcome, error
 	if err != nil {
 		return nil, a.refusedOrFailed(ctx, st, err)
 	}
+	if br.LogProof == nil && a.Config.Offline.LogRequired() {
+		return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: uptane.NotLogged, Role: "log",
+			Msg: fmt.Sprintf("%s carries no proof that %s is in the transparency log: make the bundle with rampart bundle --server URL --ca FILE (offline.require_log = false accepts it, for fleets without a log)", path, res.Target)})
+	}
+	if br.LogProof != nil {
+		if err := uptane.CheckOfflineLog(a.uptaneConfig(st), br.LogProof, res); err != nil {
+			return nil, a.refusedOrFailed(ctx, st, err)
+		}
+	}
 	if br.ImageSize != res.File.Length {
 		return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: res.Role,
 			Msg: fmt.Sprintf("the bundle's image is %d bytes, the signed length is %d", br.ImageSize, res.File.Length)})
