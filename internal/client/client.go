@@ -328,6 +328,14 @@ func (c *Client) LogProof(ctx context.Context, target string) (statement []byte,
 	return []byte(out.Statement), out.Proof, nil
 }
 
+// LogProofJSON returns the server's log proof answer for a release as it
+// is, for an offline bundle to carry (devices verify it).
+func (c *Client) LogProofJSON(ctx context.Context, target string) ([]byte, error) {
+	var buf bytes.Buffer
+	err := c.do(ctx, "GET", "/api/v1/log/proof/"+target, nil, -1, &buf)
+	return buf.Bytes(), err
+}
+
 // Consistency fetches a consistency proof between two tree sizes.
 func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
 	var out struct{ Hashes [][]byte }
