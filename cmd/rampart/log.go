@@ -53,13 +53,9 @@ Example:
 		if len(pos) != 0 || *keyFile == "" {
 			return usagef("rampart log verify --help shows an example", "log verify needs --log-key and no arguments")
 		}
-		kb, err := os.ReadFile(*keyFile)
+		verifier, err := readLogKey(*keyFile)
 		if err != nil {
 			return err
-		}
-		verifier, err := note.NewVerifier(strings.TrimSpace(string(kb)))
-		if err != nil {
-			return usagef("the file holds one line like origin+hash+key (rampart server keys writes log.pub)", "%s: %v", *keyFile, err)
 		}
 		origin := verifier.Name()
 		c, err := sf.client(e)
@@ -125,4 +121,17 @@ func (l logRefusal) Unwrap() error             { return l.err }
 func (l logRefusal) FailureKind() failure.Kind { return failure.Refused }
 func (l logRefusal) FailureHint() string {
 	return "the server showed a log that the log key did not sign or that is not an extension of what you saw before: investigate before trusting its releases"
+}
+
+// readLogKey reads a log verifier key file (log.pub of rampart server keys).
+func readLogKey(path string) (note.Verifier, error) {
+	kb, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	verifier, err := note.NewVerifier(strings.TrimSpace(string(kb)))
+	if err != nil {
+		return nil, usagef("the file holds one line like origin+hash+key (rampart server keys writes log.pub)", "%s: %v", path, err)
+	}
+	return verifier, nil
 }

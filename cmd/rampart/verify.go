@@ -13,7 +13,10 @@ import (
 	"strings"
 	"time"
 
+	"golang.org/x/mod/sumdb/note"
+
 	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -22,7 +25,7 @@ var verifyCmd = &command{
 	summary: "verify an offline bundle against a trusted root",
 	usage: `
 Usage: rampart verify BUNDLE --root ROOT.json [--hardware ID]
-                      [--min-security-version N] [--at TIME] [--json]
+                      [--min-security-version N] [--at TIME] [--log-key FILE] [--json]
 
 Checks, in this order and without a network: the root chain from the
 trusted ROOT.json (thresholds of old and new keys at every rotation), the
@@ -30,13 +33,17 @@ timestamp, snapshot, targets and product role (signatures, thresholds,
 expiry, version consistency), the release's hardware ids and security
 version, the chunk index against its signed hash, and every chunk of the
 image against the index. The image is streamed: memory use does not grow
-with its size. Exit status 1 means the bundle was refused.
+with its size. With --log-key, also the bundle's transparency-log proof
+(rampart bundle --server): its statement must be this release, included
+under a checkpoint signed by that key. Exit status 1 means the bundle was
+refused.
 
 Flags:
     --root FILE                 the root you trust (e.g. 1.root.json)
     --hardware ID               require the release to support ID
     --min-security-version N    refuse releases whose security version is below N
     --at TIME                   check expiry at TIME (RFC 3339) instead of now
+    --log-key FILE              require and check the log proof (the log.pub of rampart server keys)
     --json                      print the result (or the refusal) as JSON
 
 Example:
@@ -60,9 +67,17 @@ type verifyOutput struct {
 	Threshold       int                  `json:"threshold,omitempty"`
 	Versions        map[string]int64     `json:"versions,omitempty"`
 	Expires         map[string]time.Time `json:"expires,omitempty"`
+	Log             *verifiedLog         `json:"log,omitempty"`
 	Class           verify.Class         `json:"class,omitempty"`
 	RefusedRole     string               `json:"refused_role,omitempty"`
 	Error           string               `json:"error,omitempty"`
+}
+
+// verifiedLog is where a verified log proof puts the release.
+type verifiedLog struct {
+	Origin   string `json:"origin"`
+	Index    uint64 `json:"index"`
+	TreeSize uint64 `json:"tree_size"`
 }
 
 func runVerify(e *env, args []string) error {
@@ -72,6 +87,7 @@ func runVerify(e *env, args []string) error {
 	minSV := fs.String("min-security-version", "0", "")
 	at := fs.String("at", "", "")
 	asJSON := fs.Bool("json", false, "")
+	logKeyFile := fs.String("log-key", "", "")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -92,7 +108,13 @@ func runVerify(e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	out, err := verifyBundle(e, pos[0], root, opt)
+	var logKey note.Verifier
+	if *logKeyFile != "" {
+		if logKey, err = readLogKey(*logKeyFile); err != nil {
+			return err
+		}
+	}
+	out, err := verifyBundle(e, pos[0], root, opt, logKey)
 	if err != nil {
 		var ve *verify.Error
 		if *asJSON && errors.As(err, &ve) {
@@ -110,10 +132,13 @@ func runVerify(e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "  %d bytes in %d chunks, sha256 %s\n", out.Length, out.Chunks, out.SHA256)
 	fmt.Fprintf(e.stdout, "  signed by %d %s keys (threshold %d): %s\n", len(out.Signers), out.Role, out.Threshold, strings.Join(out.Signers, ", "))
 	fmt.Fprintf(e.stdout, "  root version %d; timestamp expires %s\n", out.Versions["root"], out.Expires["timestamp"].Format(time.RFC3339))
+	if out.Log != nil {
+		fmt.Fprintf(e.stdout, "  in the log %s at index %d (checkpoint size %d)\n", out.Log.Origin, out.Log.Index, out.Log.TreeSize)
+	}
 	return nil
 }
 
-func verifyBundle(e *env, path string, root []byte, opt verify.Options) (*verifyOutput, error) {
+func verifyBundle(e *env, path string, root []byte, opt verify.Options, logKey note.Verifier) (*verifyOutput, error) {
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err
@@ -134,6 +159,14 @@ func verifyBundle(e *env, path string, root []byte, opt verify.Options) (*verify
 	if err != nil {
 		return nil, err
 	}
+	var logged *verifiedLog
+	if logKey != nil {
+		cp, index, err := uptane.VerifyLogProof(logKey, br.LogProof, res)
+		if err != nil {
+			return nil, err
+		}
+		logged = &verifiedLog{Origin: cp.Origin, Index: index, TreeSize: cp.Size}
+	}
 	if br.ImageSize != res.File.Length {
 		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("%s: the bundle's image is %d bytes, the signed length is %d", path, br.ImageSize, res.File.Length)}
 	}
@@ -152,6 +185,7 @@ func verifyBundle(e *env, path string, root []byte, opt verify.Options) (*verify
 		SecurityVersion: &sv, HardwareIDs: res.Release.HardwareIDs, Length: res.File.Length,
 		SHA256: hex.EncodeToString(res.File.Hashes["sha256"]), Chunks: len(ix.Chunks), Role: res.Role,
 		Signers: res.Signers, Threshold: res.Threshold, Versions: res.Versions, Expires: res.Expires,
+		Log: logged,
 	}, nil
 }
 

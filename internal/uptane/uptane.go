@@ -416,6 +416,14 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 // must verify under a checkpoint signed by the pinned log key. It returns
 // that checkpoint, parsed and raw.
 func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, []byte, error) {
+	newer, proof, err := verifyLogProofIndex(cfg, body, tpath, tf, rel)
+	if err != nil {
+		return nil, nil, err
+	}
+	return newer, proof.Checkpoint, nil
+}
+
+func verifyLogProofIndex(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, *logproof.Proof, error) {
 	var resp struct {
 		Statement string          `json:"statement"`
 		Proof     json.RawMessage `json:"proof"`
@@ -441,7 +449,26 @@ func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFi
 	if err != nil {
 		return nil, nil, logRefusal(err)
 	}
-	return newer, proof.Checkpoint, nil
+	return newer, proof, nil
+}
+
+// VerifyLogProof checks a log proof as an offline bundle carries it (the
+// server's /api/v1/log/proof answer) for the release res that verify.Target
+// accepted: the statement is this release, and it is included under a
+// checkpoint signed by logKey. It returns the checkpoint and the release's
+// index in the log. It is pure: no network, no stored state.
+func VerifyLogProof(logKey note.Verifier, proofJSON []byte, res *verify.Result) (*log.Checkpoint, uint64, error) {
+	if len(proofJSON) == 0 {
+		return nil, 0, refuse(NotLogged, "log", nil, "the bundle carries no log proof for %s (rampart bundle --server URL --ca FILE adds it)", res.Target)
+	}
+	if logKey == nil {
+		return nil, 0, errors.New("uptane: no log key")
+	}
+	cp, proof, err := verifyLogProofIndex(Config{LogOrigin: logKey.Name(), LogKey: logKey}, proofJSON, res.Target, res.File, res.Release)
+	if err != nil {
+		return nil, 0, err
+	}
+	return cp, proof.Index, nil
 }
 
 // CheckOfflineLog checks the log proof an offline bundle carries for a
