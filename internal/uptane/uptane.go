@@ -367,10 +367,11 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 	if code != http.StatusOK {
 		return nil, fmt.Errorf("uptane: log proof for %q: HTTP %d", tpath, code)
 	}
-	newer, cp, err := verifyLogProof(cfg, body, tpath, tf, rel)
+	newer, proof, err := verifyLogProof(cfg, body, tpath, tf, rel)
 	if err != nil {
 		return nil, err
 	}
+	cp := proof.Checkpoint
 
 	cpFile := filepath.Join(cfg.StateDir, "log", "checkpoint")
 	oldRaw, err := os.ReadFile(cpFile)
@@ -415,15 +416,7 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 // release tpath: its statement must be this release, and its inclusion
 // must verify under a checkpoint signed by the pinned log key. It returns
 // that checkpoint, parsed and raw.
-func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, []byte, error) {
-	newer, proof, err := verifyLogProofIndex(cfg, body, tpath, tf, rel)
-	if err != nil {
-		return nil, nil, err
-	}
-	return newer, proof.Checkpoint, nil
-}
-
-func verifyLogProofIndex(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, *logproof.Proof, error) {
+func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, *logproof.Proof, error) {
 	var resp struct {
 		Statement string          `json:"statement"`
 		Proof     json.RawMessage `json:"proof"`
@@ -464,7 +457,7 @@ func VerifyLogProof(logKey note.Verifier, proofJSON []byte, res *verify.Result) 
 	if logKey == nil {
 		return nil, 0, errors.New("uptane: no log key")
 	}
-	cp, proof, err := verifyLogProofIndex(Config{LogOrigin: logKey.Name(), LogKey: logKey}, proofJSON, res.Target, res.File, res.Release)
+	cp, proof, err := verifyLogProof(Config{LogOrigin: logKey.Name(), LogKey: logKey}, proofJSON, res.Target, res.File, res.Release)
 	if err != nil {
 		return nil, 0, err
 	}
