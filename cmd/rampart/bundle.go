@@ -30,9 +30,9 @@ with that proof, unless their offline.require_log is false; rampart
 verify does not need it.
 
 Flags:
-    -o, --output FILE  the bundle to write
+    -o FILE          the bundle to write (also --output)
 ` + serverFlagsHelp + `
-Examples:
+Example:
     rampart bundle repo acme-gw/2.4.1 -o acme-gw-2.4.1.rbundle
     rampart bundle repo acme-gw/2.4.1 -o acme-gw-2.4.1.rbundle --server https://127.0.0.1:8443 --ca srv/ca.pem
 `,
