@@ -373,21 +373,11 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 	}
 	cp := proof.Checkpoint
 
-	cpFile := filepath.Join(cfg.StateDir, "log", "checkpoint")
-	oldRaw, err := os.ReadFile(cpFile)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		oldRaw = nil
-	case err != nil:
-		return nil, fmt.Errorf("uptane: reading stored checkpoint: %w", err)
+	cpFile, older, oldRaw, err := storedCheckpoint(cfg)
+	if err != nil {
+		return nil, err
 	}
-	if oldRaw != nil {
-		older, err := logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, oldRaw)
-		if err != nil {
-			// Storage is writable; a stored checkpoint that does not verify
-			// was not written by us. Refuse rather than forget it.
-			return nil, refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", cpFile)
-		}
+	if older != nil {
 		var hashes [][]byte
 		if older.Size < newer.Size {
 			hashes, err = fetchConsistency(ctx, cfg, base, older.Size, newer.Size)
@@ -472,31 +462,38 @@ func VerifyLogProof(logKey note.Verifier, proofJSON []byte, res *verify.Result) 
 // stored (the next online check-in proves consistency from the stored
 // one); one of the same size must be the very same tree.
 func CheckOfflineLog(cfg Config, proofJSON []byte, res *verify.Result) error {
-	if len(proofJSON) == 0 {
-		return refuse(NotLogged, "log", nil, "the bundle carries no log proof for %s", res.Target)
-	}
-	newer, _, err := verifyLogProof(cfg, proofJSON, res.Target, res.File, res.Release)
+	newer, _, err := VerifyLogProof(cfg.LogKey, proofJSON, res)
 	if err != nil {
 		return err
 	}
-	cpFile := filepath.Join(cfg.StateDir, "log", "checkpoint")
-	oldRaw, err := os.ReadFile(cpFile)
-	switch {
-	case errors.Is(err, fs.ErrNotExist):
-		return nil
-	case err != nil:
-		return fmt.Errorf("uptane: reading stored checkpoint: %w", err)
+	_, older, _, err := storedCheckpoint(cfg)
+	if err != nil || older == nil || older.Size != newer.Size {
+		return err
 	}
-	older, err := logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, oldRaw)
-	if err != nil {
-		return refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", cpFile)
-	}
-	if older.Size == newer.Size {
-		if err := logproof.CheckConsistency(older, newer, nil); err != nil {
-			return logRefusal(err)
-		}
+	if err := logproof.CheckConsistency(older, newer, nil); err != nil {
+		return logRefusal(err)
 	}
 	return nil
+}
+
+// storedCheckpoint reads and verifies the last checkpoint this device
+// accepted; older is nil when there is none yet.
+func storedCheckpoint(cfg Config) (path string, older *log.Checkpoint, raw []byte, err error) {
+	path = filepath.Join(cfg.StateDir, "log", "checkpoint")
+	raw, err = os.ReadFile(path)
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return path, nil, nil, nil
+	case err != nil:
+		return path, nil, nil, fmt.Errorf("uptane: reading stored checkpoint: %w", err)
+	}
+	older, err = logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, raw)
+	if err != nil {
+		// Storage is writable; a stored checkpoint that does not verify
+		// was not written by us. Refuse rather than forget it.
+		return path, nil, nil, refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", path)
+	}
+	return path, older, raw, nil
 }
 
 func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uint64) ([][]byte, error) {
