@@ -8,7 +8,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
-	"io"
 	"math/big"
 	"net/url"
 	"os"
@@ -21,9 +20,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
-	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/bootloader"
-	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 )
@@ -125,17 +122,11 @@ func runScript(t *testing.T, file string) {
 				if len(args) != 2 {
 					ts.Fatalf("usage: mkbundle [-nolog] VERSION FILE")
 				}
-				p, err := e.Repo.FindPublished(servertest.Product + "/" + args[0])
-				ts.Check(err)
-				c, err := e.Repo.BundleContents(p)
-				ts.Check(err)
+				var proof []byte
 				if !nolog {
-					c.LogProof = e.Call(e.Pool, "GET", "/api/v1/log/proof/"+p.Target, "", nil, 200)
+					proof = e.LogProof(args[0])
 				}
-				img, err := os.Open(p.ImagePath)
-				ts.Check(err)
-				defer img.Close()
-				ts.Check(atomicfile.Write(ts.MkAbs(args[1]), 0o644, func(w io.Writer) error { return bundle.Write(w, c, img) }))
+				e.WriteBundle(ts.MkAbs(args[1]), args[0], proof)
 			},
 			"powercycle": func(ts *testscript.TestScript, neg bool, args []string) {
 				dir := ts.MkAbs(args[0])

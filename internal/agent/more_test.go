@@ -17,7 +17,6 @@ import (
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/bootenv"
 	"github.com/rampartfw/rampart/internal/bootloader"
-	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/uptane"
@@ -172,7 +171,7 @@ func TestOfflineBundleLog(t *testing.T) {
 
 	for name, b := range map[string]string{
 		"no proof":                  bundleWithProof(t, e, "2.0.0", nil),
-		"another release's proof":   bundleWithProof(t, e, "2.0.0", logProof(e, "1.0.0")),
+		"another release's proof":   bundleWithProof(t, e, "2.0.0", e.LogProof("1.0.0")),
 		"empty proof member":        bundleWithProof(t, e, "2.0.0", []byte{}),
 		"proof that is not a proof": bundleWithProof(t, e, "2.0.0", []byte(`{"statement":"x","proof":{}}`)),
 	} {
@@ -276,41 +275,15 @@ func TestUBootRedundantWithCorruptCopy(t *testing.T) {
 // proof from the server.
 func bundleOf(t *testing.T, e *servertest.Env, version string) string {
 	t.Helper()
-	return bundleWithProof(t, e, version, logProof(e, version))
-}
-
-// logProof is the server's log proof for a published release.
-func logProof(e *servertest.Env, version string) []byte {
-	return e.Call(e.Pool, "GET", "/api/v1/log/proof/"+servertest.Product+"/"+version+"/fw.img", "", nil, 200)
+	return bundleWithProof(t, e, version, e.LogProof(version))
 }
 
 // bundleWithProof writes an offline bundle of a published release that
 // carries proof as its log proof (none when nil: a format 1 bundle).
 func bundleWithProof(t *testing.T, e *servertest.Env, version string, proof []byte) string {
 	t.Helper()
-	p, err := e.Repo.FindPublished(servertest.Product + "/" + version)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := e.Repo.BundleContents(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.LogProof = proof
-	img, err := os.Open(p.ImagePath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer img.Close()
 	out := filepath.Join(t.TempDir(), version+".rbundle")
-	f, err := os.Create(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := bundle.Write(f, c, img); err != nil {
-		t.Fatal(err)
-	}
+	e.WriteBundle(out, version, proof)
 	return out
 }
 

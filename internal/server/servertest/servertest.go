@@ -28,6 +28,8 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/repo"
@@ -351,4 +353,35 @@ func Respond(req *http.Request, code int, body []byte) *http.Response {
 	return &http.Response{StatusCode: code, Status: http.StatusText(code), Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
 		Header: http.Header{"Content-Type": {"application/json"}}, Body: io.NopCloser(bytes.NewReader(body)),
 		ContentLength: int64(len(body)), Request: req}
+}
+
+// LogProof is the server's log proof answer for a published release of
+// Product, as an offline bundle carries it.
+func (e *Env) LogProof(version string) []byte {
+	e.t.Helper()
+	return e.Call(e.Pool, "GET", "/api/v1/log/proof/"+Product+"/"+version+"/fw.img", "", nil, 200)
+}
+
+// WriteBundle writes an offline bundle of a published release of Product
+// to path, carrying proof as its log proof (none when nil: a format 1
+// bundle).
+func (e *Env) WriteBundle(path, version string, proof []byte) {
+	e.t.Helper()
+	p, err := e.Repo.FindPublished(Product + "/" + version)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := e.Repo.BundleContents(p)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	c.LogProof = proof
+	img, err := os.Open(p.ImagePath)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer img.Close()
+	if err := atomicfile.Write(path, 0o644, func(w io.Writer) error { return bundle.Write(w, c, img) }); err != nil {
+		e.t.Fatal(err)
+	}
 }
