@@ -82,34 +82,8 @@ Example:
 		if err != nil {
 			return err
 		}
-		// Mirror what the server published.
-		files := map[string][]byte{}
-		fetch := func(name string) error {
-			b, err := c.Metadata(ctx, name)
-			if err != nil {
-				return fmt.Errorf("fetching %s: %w", name, err)
-			}
-			files[name] = b
-			return nil
-		}
-		for v := before["root"] + 1; v <= res.Versions["root"]; v++ {
-			if err := fetch(fmt.Sprintf("%d.root.json", v)); err != nil {
-				return err
-			}
-			files["root.json"] = files[fmt.Sprintf("%d.root.json", v)]
-		}
-		for role, v := range res.Versions {
-			if role == "root" || role == "timestamp" || v <= before[role] {
-				continue
-			}
-			if err := fetch(fmt.Sprintf("%d.%s.json", v, role)); err != nil {
-				return err
-			}
-		}
-		if err := fetch("timestamp.json"); err != nil {
-			return err
-		}
-		if err := r.AdoptPublished(ps, files); err != nil {
+		// Mirror what the server published, once it verifies.
+		if err := r.AdoptPublished(ps, func(name string) ([]byte, error) { return c.Metadata(ctx, name) }); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "pushed to %s: root %d, targets %d, snapshot %d, timestamp %d\n", c.Base(), res.Versions["root"], res.Versions["targets"], res.Versions["snapshot"], res.Versions["timestamp"])

@@ -2,7 +2,6 @@ package repo
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -37,10 +36,7 @@ func (r *Repo) FindPublished(ref string) (*Published, error) {
 	if s.pubVersion[product] == 0 {
 		return nil, fmt.Errorf("%w: product %s has no published metadata (rampart repo publish)", ErrBadInput, product)
 	}
-	role, err := readMeta(r.publicPath(product, s.pubVersion[product]), metadata.Targets())
-	if err != nil {
-		return nil, err
-	}
+	role := s.pub.role(product)
 	var matches []string
 	for path := range role.Signed.Targets {
 		if path == ref || strings.HasPrefix(path, ref+"/") {
@@ -71,35 +67,20 @@ func (r *Repo) BundleContents(p *Published) (*bundle.Contents, error) {
 		return nil, err
 	}
 	c := &bundle.Contents{Manifest: bundle.Manifest{Format: 1, Target: p.Target, Role: p.Meta.Product}}
-	vs, err := r.publishedRootVersions()
-	if err != nil {
+	c.Roots = s.pub.roots
+	c.Timestamp, c.Snapshot = s.pub.timestamp, s.pub.snapshot
+	c.Targets = s.pub.roles[metadata.TARGETS]
+	if c.Delegated = s.pub.roles[p.Meta.Product]; c.Delegated == nil {
+		return nil, fmt.Errorf("%w: product %s has no published metadata", ErrBadInput, p.Meta.Product)
+	}
+	if c.Index, err = readBounded(p.IndexPath, p.Meta.Index.Length); err != nil {
 		return nil, err
 	}
-	for i, v := range vs {
-		if v != int64(i+1) {
-			return nil, fmt.Errorf("public/%d.root.json is missing: the root history has a gap", i+1)
-		}
-		b, err := os.ReadFile(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v)))
-		if err != nil {
-			return nil, err
-		}
-		c.Roots = append(c.Roots, b)
-	}
-	read := func(name string) ([]byte, error) { return os.ReadFile(filepath.Join(r.publicDir(), name)) }
-	if c.Timestamp, err = read("timestamp.json"); err != nil {
-		return nil, err
-	}
-	if c.Snapshot, err = read(fmt.Sprintf("%d.snapshot.json", s.snapshot.Signed.Version)); err != nil {
-		return nil, err
-	}
-	if c.Targets, err = read(fmt.Sprintf("%d.targets.json", s.pubVersion[metadata.TARGETS])); err != nil {
-		return nil, err
-	}
-	if c.Delegated, err = read(fmt.Sprintf("%d.%s.json", s.pubVersion[p.Meta.Product], p.Meta.Product)); err != nil {
-		return nil, err
-	}
-	if c.Index, err = os.ReadFile(p.IndexPath); err != nil {
-		return nil, err
+	// The index is the one file of a bundle that public/'s metadata does
+	// not carry; check it against the signed reference here, not on the
+	// device.
+	if int64(len(c.Index)) != p.Meta.Index.Length || sha256Hex(c.Index) != p.Meta.Index.SHA256 {
+		return nil, &UnverifiedError{Source: p.IndexPath, Err: fmt.Errorf("the chunk index is not the one %s's signed metadata names (sha256 %s, %d bytes)", p.Target, p.Meta.Index.SHA256, p.Meta.Index.Length), Recover: recoverPublic}
 	}
 	c.ImageSize = p.File.Length
 	return c, nil

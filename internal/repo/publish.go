@@ -78,8 +78,8 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 				return nil, err
 			}
 			docs[role] = b
-		} else if b, err = os.ReadFile(r.publicPath(role, v)); err != nil {
-			return nil, err
+		} else if b = s.pub.roles[role]; b == nil {
+			return nil, fmt.Errorf("role %s version %d is neither staged nor published", role, v)
 		}
 		pinned = append(pinned, snapshot.Role{Name: role, Version: v, Data: b})
 		res.Versions[role] = v
@@ -163,21 +163,10 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 // publish, and the first root it would trust.
 func (r *Repo) clientView(s *state, stagedRoot []byte, docs map[string][]byte, snap, ts []byte) (verify.Metadata, []byte, error) {
 	md := verify.Metadata{Snapshot: snap, Timestamp: ts, Delegated: map[string][]byte{}}
-	vs, err := r.publishedRootVersions()
-	if err != nil {
-		return md, nil, err
-	}
 	var trusted []byte
-	for _, v := range vs {
-		b, err := os.ReadFile(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v)))
-		if err != nil {
-			return md, nil, err
-		}
-		if trusted == nil {
-			trusted = b
-		} else {
-			md.Roots = append(md.Roots, b)
-		}
+	if len(s.pub.roots) > 0 {
+		trusted = s.pub.roots[0]
+		md.Roots = append(md.Roots, s.pub.roots[1:]...)
 	}
 	if stagedRoot != nil {
 		if trusted == nil {
@@ -190,8 +179,12 @@ func (r *Repo) clientView(s *state, stagedRoot []byte, docs map[string][]byte, s
 		if b, ok := docs[role]; ok {
 			return b, nil
 		}
-		return os.ReadFile(r.publicPath(role, s.pubVersion[role]))
+		if b := s.pub.roles[role]; b != nil {
+			return b, nil
+		}
+		return nil, fmt.Errorf("role %s is neither staged nor published", role)
 	}
+	var err error
 	if md.Targets, err = get(metadata.TARGETS); err != nil {
 		return md, nil, err
 	}

@@ -154,6 +154,8 @@ type state struct {
 	pubVersion map[string]int64
 	snapshot   *metadata.Metadata[metadata.SnapshotType]
 	timestamp  *metadata.Metadata[metadata.TimestampType]
+	// pub is public/ as it verified.
+	pub *published
 }
 
 var rootFileRE = regexp.MustCompile(`^([0-9]+)\.root\.json$`)
@@ -181,11 +183,12 @@ func (r *Repo) publishedRootVersions() ([]int64, error) {
 }
 
 func readMeta[T metadata.Roles](path string, empty *metadata.Metadata[T]) (*metadata.Metadata[T], error) {
-	m, err := empty.FromFile(path)
+	b, err := readBounded(path, maxMetadata)
 	if err != nil {
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil, err
-		}
+		return nil, err
+	}
+	m, err := empty.FromBytes(b)
+	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	return m, nil
@@ -193,38 +196,26 @@ func readMeta[T metadata.Roles](path string, empty *metadata.Metadata[T]) (*meta
 
 func (r *Repo) load() (*state, error) {
 	s := &state{roles: map[string]*metadata.Metadata[metadata.TargetsType]{}, rolesStaged: map[string]bool{}, pubVersion: map[string]int64{}}
-	vs, err := r.publishedRootVersions()
+	pub, err := r.readPublished()
 	if err != nil {
 		return nil, err
 	}
-	if len(vs) > 0 {
-		v := vs[len(vs)-1]
-		if s.prevRoot, err = readMeta(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v)), metadata.Root()); err != nil {
-			return nil, err
-		}
-		s.pubVersion[metadata.ROOT] = v
+	s.pub = pub
+	if len(pub.roots) > 0 {
+		s.prevRoot = pub.latestRoot()
+		s.pubVersion[metadata.ROOT] = int64(len(pub.roots))
 	}
-	if ts, err := readMeta(filepath.Join(r.publicDir(), "timestamp.json"), metadata.Timestamp()); err == nil {
-		s.timestamp = ts
-		sv := ts.Signed.Meta["snapshot.json"].Version
-		if s.snapshot, err = readMeta(filepath.Join(r.publicDir(), fmt.Sprintf("%d.snapshot.json", sv)), metadata.Snapshot()); err != nil {
-			return nil, err
-		}
-		for name, mf := range s.snapshot.Signed.Meta {
-			role := name[:len(name)-len(".json")]
-			s.pubVersion[role] = mf.Version
-			m, err := readMeta(filepath.Join(r.publicDir(), fmt.Sprintf("%d.%s", mf.Version, name)), metadata.Targets())
-			if err != nil {
-				return nil, err
-			}
+	if pub.timestamp != nil {
+		s.timestamp, s.snapshot = pub.trusted.Timestamp, pub.trusted.Snapshot
+		for role := range pub.roles {
+			m := pub.trusted.Targets[role]
+			s.pubVersion[role] = m.Signed.Version
 			if role == metadata.TARGETS {
 				s.targets = m
 			} else {
 				s.roles[role] = m
 			}
 		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
 	}
 
 	s.root = s.prevRoot
@@ -239,7 +230,7 @@ func (r *Repo) load() (*state, error) {
 	if s.rootStaged {
 		s.parentRoot = s.prevRoot
 	} else if v := s.root.Signed.Version; v > 1 {
-		if s.parentRoot, err = readMeta(filepath.Join(r.publicDir(), fmt.Sprintf("%d.root.json", v-1)), metadata.Root()); err != nil {
+		if s.parentRoot, err = metadata.Root().FromBytes(pub.roots[v-2]); err != nil {
 			return nil, err
 		}
 	}
@@ -261,6 +252,9 @@ func (r *Repo) load() (*state, error) {
 			continue
 		}
 		role := name[:len(name)-len(".json")]
+		if !isProduct(role) {
+			return nil, fmt.Errorf("%w: %s is not a product role's staged metadata; move it out of %s", ErrBadInput, name, filepath.Join(r.stagedDir(), "roles"))
+		}
 		m, err := readMeta(filepath.Join(r.stagedDir(), "roles", name), metadata.Targets())
 		if err != nil {
 			return nil, err

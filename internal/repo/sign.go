@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -76,6 +77,17 @@ func signaturesOf(doc any) []metadata.Signature {
 // Sign adds one signature by signer to the staged role. It refuses a key
 // that is not authorised for the role and a key that already signed.
 func (r *Repo) Sign(role string, signer keys.Signer) (keyID string, err error) {
+	return r.SignReviewed(role, signer, "")
+}
+
+// ErrNotReviewed is the refusal to sign content other than what the key
+// holder reviewed.
+var ErrNotReviewed = errors.New("the staged role is not the one reviewed")
+
+// SignReviewed is Sign, but signs only if the staged role's signed bytes
+// still have the SHA-256 digest (RoleDiff.Digest) the key holder reviewed;
+// an empty digest skips that check.
+func (r *Repo) SignReviewed(role string, signer keys.Signer, digest string) (keyID string, err error) {
 	s, err := r.load()
 	if err != nil {
 		return "", err
@@ -90,6 +102,15 @@ func (r *Repo) Sign(role string, signer keys.Signer) (keyID string, err error) {
 	}
 	if !staged {
 		return "", fmt.Errorf("%w %s (its published version %d is final): stage a new version first with rampart repo stage", ErrNothingStaged, role, versionOf(doc))
+	}
+	if digest != "" {
+		b, err := signedBytes(doc)
+		if err != nil {
+			return "", err
+		}
+		if sha256Hex(b) != digest {
+			return "", fmt.Errorf("%w: %s changed after it was shown; review it again (rampart repo diff)", ErrNotReviewed, role)
+		}
 	}
 	keyID, err = keys.ID(signer.Public())
 	if err != nil {
@@ -150,8 +171,7 @@ func (r *Repo) wasAuthorised(s *state, role, keyID string) bool {
 		}
 	}
 	if isProduct(role) && s.pubVersion[metadata.TARGETS] > 0 {
-		pub, err := readMeta(r.publicPath(metadata.TARGETS, s.pubVersion[metadata.TARGETS]), metadata.Targets())
-		if err == nil && pub.Signed.Delegations != nil {
+		if pub := s.pub.role(metadata.TARGETS); pub != nil && pub.Signed.Delegations != nil {
 			for _, d := range pub.Signed.Delegations.Roles {
 				if d.Name == role && slices.Contains(d.KeyIDs, keyID) {
 					return true

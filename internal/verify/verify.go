@@ -277,42 +277,60 @@ func Image(ix *chunkindex.Index, r io.Reader, w io.Writer, workers int) error {
 // would: the root chain, timestamp, snapshot, top-level targets and every
 // delegated role the targets role names, at time at.
 func Repository(trustedRoot []byte, md Metadata, at time.Time) error {
+	_, err := repository(trustedRoot, md, at.UTC())
+	return err
+}
+
+// Signed verifies a whole repository as Repository does (root chain,
+// thresholds, versions, the hashes and versions snapshot and timestamp
+// pin, every delegated role) but at no particular time: expiry is not
+// checked. It is for an offline repository that builds the next versions
+// of its roles on what it published, where an expired timestamp is no
+// reason to doubt the targets it pins, and a forged or edited file is.
+// It returns the verified metadata.
+func Signed(trustedRoot []byte, md Metadata) (*trustedmetadata.TrustedMetadata, error) {
+	// go-tuf compares every expiry with RefTime; the zero time is before
+	// all of them.
+	return repository(trustedRoot, md, time.Time{})
+}
+
+func repository(trustedRoot []byte, md Metadata, at time.Time) (*trustedmetadata.TrustedMetadata, error) {
 	if err := checkDuplicateSignatures(trustedRoot, md); err != nil {
-		return err
+		return nil, err
 	}
 	trusted, err := trustedmetadata.New(trustedRoot)
 	if err != nil {
-		return classify("root", err)
+		return nil, classify("root", err)
 	}
-	trusted.RefTime = at.UTC()
+	trusted.RefTime = at
 	for _, raw := range md.Roots {
 		if _, err := trusted.UpdateRoot(raw); err != nil {
-			return classify("root", err)
+			return nil, classify("root", err)
 		}
 	}
 	if _, err := trusted.UpdateTimestamp(md.Timestamp); err != nil {
-		return expiryOr(trusted, "timestamp", md.Timestamp, err)
+		return nil, expiryOr(trusted, "timestamp", md.Timestamp, err)
 	}
 	if _, err := trusted.UpdateSnapshot(md.Snapshot, false); err != nil {
-		return expiryOr(trusted, "snapshot", md.Snapshot, err)
+		return nil, expiryOr(trusted, "snapshot", md.Snapshot, err)
 	}
 	top, err := trusted.UpdateTargets(md.Targets)
 	if err != nil {
-		return expiryOr(trusted, "targets", md.Targets, err)
+		return nil, expiryOr(trusted, "targets", md.Targets, err)
 	}
 	if top.Signed.Delegations == nil {
-		return nil
+		return trusted, nil
 	}
 	for _, d := range top.Signed.Delegations.Roles {
 		raw, ok := md.Delegated[d.Name]
 		if !ok {
-			return refuse(MissingTarget, d.Name, nil, "metadata of delegated role %s is missing", d.Name)
+			return nil, refuse(MissingTarget, d.Name, nil, "metadata of delegated role %s is missing", d.Name)
 		}
 		if _, err := trusted.UpdateDelegatedTargets(raw, d.Name, metadata.TARGETS); err != nil {
-			return expiryOr(trusted, d.Name, raw, err)
+			return nil, expiryOr(trusted, d.Name, raw, err)
 		}
 	}
-	return nil
+	return trusted, nil
 }
 
 // checkDuplicateSignatures refuses a document that carries two signatures

@@ -249,23 +249,10 @@ func (e *Env) ReleaseImage(version string, secVer uint64, b []byte, hw ...string
 		}
 		e.Call(e.Pool, "PUT", fmt.Sprintf("/api/v1/blobs/%s?length=%d", bf.SHA256, bf.Length), e.Admin, data, 201)
 	}
-	var res struct{ Versions map[string]int64 }
-	json.Unmarshal(e.Call(e.Pool, "POST", "/api/v1/repo/push", e.Admin, map[string]any{"roots": ps.Roots, "targets": ps.Targets, "roles": ps.Roles}, 200), &res)
-	files := map[string][]byte{}
-	for r := v.Versions["root"] + 1; r <= res.Versions["root"]; r++ {
-		n := fmt.Sprintf("%d.root.json", r)
-		files[n] = e.Call(e.Pool, "GET", "/repo/"+n, "", nil, 200)
-		files["root.json"] = files[n]
-	}
-	for role, ver := range res.Versions {
-		if role == "root" || role == "timestamp" || ver <= v.Versions[role] {
-			continue
-		}
-		n := fmt.Sprintf("%d.%s.json", ver, role)
-		files[n] = e.Call(e.Pool, "GET", "/repo/"+n, "", nil, 200)
-	}
-	files["timestamp.json"] = e.Call(e.Pool, "GET", "/repo/timestamp.json", "", nil, 200)
-	if err := e.Repo.AdoptPublished(ps, files); err != nil {
+	e.Call(e.Pool, "POST", "/api/v1/repo/push", e.Admin, map[string]any{"roots": ps.Roots, "targets": ps.Targets, "roles": ps.Roles}, 200)
+	if err := e.Repo.AdoptPublished(ps, func(name string) ([]byte, error) {
+		return e.Call(e.Pool, "GET", "/repo/"+name, "", nil, 200), nil
+	}); err != nil {
 		e.t.Fatal(err)
 	}
 }
