@@ -41,7 +41,7 @@ func (e *UnverifiedError) Error() string {
 	return fmt.Sprintf("%s does not verify against the repository's root chain (public/1.root.json onwards): %v", e.Source, e.Err)
 }
 
-func (e *UnverifiedError) Unwrap() []error          { return []error{ErrUnverified, e.Err} }
+func (e *UnverifiedError) Unwrap() []error           { return []error{ErrUnverified, e.Err} }
 func (e *UnverifiedError) FailureKind() failure.Kind { return failure.Refused }
 func (e *UnverifiedError) FailureHint() string       { return e.Recover }
 
