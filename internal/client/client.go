@@ -16,15 +16,19 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/pki"
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
-// APIError is a refusal from the server.
+// APIError is a refusal from the server. Its text fields are made safe
+// to print (internal/termsafe) when it is decoded.
 type APIError struct {
 	Status  int
 	Code    string `json:"code"`
@@ -36,11 +40,109 @@ func (e *APIError) Error() string {
 	return fmt.Sprintf("server refused (%d %s): %s", e.Status, e.Code, e.Message)
 }
 
-// Client is safe for concurrent use.
+// Answer limits: the most the client reads of a server's answer to each
+// kind of request. An answer that is larger is cut while it is read and
+// the request fails with an *AnswerTooLargeError.
+const (
+	// MaxSmallAnswer bounds small JSON answers: keys, versions, a push's
+	// answer, a token or device operation, a consistency proof.
+	MaxSmallAnswer = 1 << 20
+	// MaxCheckpoint bounds the log's checkpoint (a signed note).
+	MaxCheckpoint = 64 << 10
+	// MaxLogProof bounds a release's log statement and inclusion proof.
+	MaxLogProof = 1 << 20
+	// MaxTokenList bounds the list of operator tokens.
+	MaxTokenList = 16 << 20
+	// MaxAuditPage bounds one page of the audit export.
+	MaxAuditPage = 64 << 20
+	// MaxErrorBody bounds the body of a refusal.
+	MaxErrorBody = 1 << 20
+)
+
+// maxAuditPageSize is the server's largest audit page, in entries.
+const maxAuditPageSize = 10000
+
+// MaxMetadata bounds a TUF metadata file, as in a bundle.
+const MaxMetadata = bundle.MaxMetadata
+
+// Default deadlines; see the fields of Client.
+const (
+	DefaultTimeout       = 2 * time.Minute
+	DefaultPushTimeout   = 10 * time.Minute
+	DefaultUploadStall   = 60 * time.Second
+	DefaultUploadGrace   = 60 * time.Second
+	DefaultUploadMinRate = 16 << 10
+)
+
+// ErrAnswerTooLarge is wrapped by every *AnswerTooLargeError.
+var ErrAnswerTooLarge = errors.New("server answer too large")
+
+// AnswerTooLargeError is an answer that exceeded its limit. The client
+// stopped reading it at Limit+1 bytes.
+type AnswerTooLargeError struct {
+	Endpoint string // the path asked for
+	Limit    int64  // bytes
+}
+
+func (e *AnswerTooLargeError) Error() string {
+	return fmt.Sprintf("server answer for %s exceeds %s: the server or something between is misbehaving", e.Endpoint, byteSize(e.Limit))
+}
+
+func (e *AnswerTooLargeError) Unwrap() error { return ErrAnswerTooLarge }
+
+// FailureKind is Environment: the request was never judged; the server,
+// or a proxy or TLS front end between, misbehaved.
+func (e *AnswerTooLargeError) FailureKind() failure.Kind { return failure.Environment }
+
+// FailureHint says where to look.
+func (e *AnswerTooLargeError) FailureHint() string {
+	return "rampart never reads more than this from the server; check the server's logs and any proxy or TLS front end between (docs/cli.md, Client limits and deadlines)"
+}
+
+// TimeoutError is a request cut by a deadline or by the upload stall rule.
+// It wraps context.DeadlineExceeded.
+type TimeoutError struct {
+	Op     string // method and path, e.g. "GET /repo/timestamp.json"
+	Reason string // e.g. "no answer within 2m0s"
+}
+
+func (e *TimeoutError) Error() string { return e.Op + ": " + e.Reason }
+
+func (e *TimeoutError) Unwrap() error { return context.DeadlineExceeded }
+
+// FailureKind is Environment: a retry may succeed.
+func (e *TimeoutError) FailureKind() failure.Kind { return failure.Environment }
+
+// FailureHint says where to look.
+func (e *TimeoutError) FailureHint() string {
+	return "the server or the network is slow or stalled; check them (and any proxy between) and retry"
+}
+
+// Client is safe for concurrent use once its fields are set.
 type Client struct {
 	base  *url.URL
 	http  *http.Client
 	token string
+
+	// Timeout bounds every request but pushes and blob uploads, from
+	// sending it to reading the whole answer (default 2 minutes).
+	Timeout time.Duration
+	// PushTimeout bounds a push (POST /api/v1/repo/push), which the
+	// server verifies, logs and signs before answering (default 10
+	// minutes).
+	PushTimeout time.Duration
+	// A blob upload has no overall deadline, since it may be GiBs on a
+	// slow link. It is cut when no byte of it has moved for UploadStall
+	// (default 60 s), or when, after UploadGrace (default 60 s), its
+	// average rate is below UploadMinRate bytes a second (default 16
+	// KiB/s). Once the blob is sent, the answer must come within Timeout.
+	UploadStall   time.Duration
+	UploadGrace   time.Duration
+	UploadMinRate int64
+
+	// AuditPageSize is how many audit entries AuditPages asks for at a
+	// time (default and at most 10000, the most the server gives).
+	AuditPageSize int
 }
 
 // New returns a client for server (https://host:port) that trusts only the
@@ -61,59 +163,233 @@ func New(server, caFile, token string) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", caFile, err)
 	}
-	// HTTP/1.1: uploads of large blobs are faster without HTTP/2 flow control.
-	tr := &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, nil), ResponseHeaderTimeout: 5 * time.Minute, WriteBufferSize: 256 << 10}
-	return &Client{base: u, http: &http.Client{Transport: tr}, token: token}, nil
+	// HTTP/1.1: uploads of large blobs are faster without HTTP/2 flow
+	// control. Deadlines are per request (see do), not on the transport.
+	tr := &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, nil), WriteBufferSize: 256 << 10, MaxResponseHeaderBytes: 1 << 20}
+	return &Client{
+		base: u, http: &http.Client{Transport: tr}, token: token,
+		Timeout: DefaultTimeout, PushTimeout: DefaultPushTimeout,
+		UploadStall: DefaultUploadStall, UploadGrace: DefaultUploadGrace, UploadMinRate: DefaultUploadMinRate,
+		AuditPageSize: maxAuditPageSize,
+	}, nil
 }
 
-func (c *Client) do(ctx context.Context, method, path string, body io.Reader, length int64, out any) error {
+// call is one request and the bounds of its answer.
+type call struct {
+	method, path string
+	body         io.Reader
+	length       int64         // of body; -1 if unknown
+	limit        int64         // the most bytes of answer read
+	timeout      time.Duration // whole request; 0: the upload rule
+}
+
+// do sends a request under its deadline and returns the answer, read up
+// to its limit. A refusal (status >= 400) becomes an *APIError.
+func (c *Client) do(ctx context.Context, k call) ([]byte, error) {
+	op := k.method + " " + strings.SplitN(k.path, "?", 2)[0]
+	if k.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeoutCause(ctx, k.timeout, &TimeoutError{Op: op, Reason: "no answer within " + k.timeout.String()})
+		defer cancel()
+	} else {
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		m := &meter{r: k.body, length: k.length}
+		k.body = m
+		stop := c.watchUpload(ctx, cancel, op, m)
+		defer stop()
+	}
+	b, err := c.send(ctx, k)
+	if err != nil && ctx.Err() != nil {
+		// Name the deadline or rule that cut the request.
+		var te *TimeoutError
+		if cause := context.Cause(ctx); errors.As(cause, &te) {
+			return nil, te
+		}
+		return nil, fmt.Errorf("%s: %w", op, context.Cause(ctx))
+	}
+	return b, err
+}
+
+func (c *Client) send(ctx context.Context, k call) ([]byte, error) {
 	u := *c.base
-	u.Path = strings.TrimSuffix(u.Path, "/") + path
-	if i := strings.IndexByte(path, '?'); i >= 0 {
-		u.Path = strings.TrimSuffix(c.base.Path, "/") + path[:i]
-		u.RawQuery = path[i+1:]
+	u.Path = strings.TrimSuffix(u.Path, "/") + k.path
+	if i := strings.IndexByte(k.path, '?'); i >= 0 {
+		u.Path = strings.TrimSuffix(c.base.Path, "/") + k.path[:i]
+		u.RawQuery = k.path[i+1:]
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	req, err := http.NewRequestWithContext(ctx, k.method, u.String(), k.body)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if length >= 0 {
-		req.ContentLength = length
+	if k.length >= 0 {
+		req.ContentLength = k.length
 	}
 	if c.token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
-		var e struct{ Error APIError }
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-		if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
-			// HEAD responses carry no body: name the status instead.
-			code := map[int]string{401: "unauthenticated", 403: "forbidden", 404: "not-found"}[resp.StatusCode]
-			if code == "" {
-				code = "http"
-			}
-			msg := strings.TrimSpace(string(b))
-			if msg == "" {
-				msg = http.StatusText(resp.StatusCode)
-			}
-			return &APIError{Status: resp.StatusCode, Code: code, Message: msg}
+		return nil, apiError(resp)
+	}
+	if k.method == "HEAD" {
+		return nil, nil // no body, whatever Content-Length says
+	}
+	return readAnswer(resp, k.path, k.limit)
+}
+
+// readAnswer reads at most limit bytes of an answer: it stops at limit+1
+// and fails, so a hostile server cannot make the client hold more.
+func readAnswer(resp *http.Response, path string, limit int64) ([]byte, error) {
+	tooLarge := &AnswerTooLargeError{Endpoint: path, Limit: limit}
+	if resp.ContentLength > limit {
+		return nil, tooLarge
+	}
+	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
+	if int64(len(b)) > limit {
+		return nil, tooLarge
+	}
+	if err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// apiError decodes a refusal, read up to MaxErrorBody; every text field
+// the server chose is made safe to print.
+func apiError(resp *http.Response) error {
+	var e struct{ Error APIError }
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxErrorBody))
+	if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
+		// HEAD responses carry no body: name the status instead.
+		code := map[int]string{401: "unauthenticated", 403: "forbidden", 404: "not-found"}[resp.StatusCode]
+		if code == "" {
+			code = "http"
 		}
-		e.Error.Status = resp.StatusCode
-		return &e.Error
+		msg := strings.TrimSpace(string(b))
+		if msg == "" {
+			msg = http.StatusText(resp.StatusCode)
+		}
+		return &APIError{Status: resp.StatusCode, Code: code, Message: termsafe.String(msg)}
 	}
-	if out == nil {
-		return nil
+	e.Error.Status = resp.StatusCode
+	e.Error.Code = termsafe.Bounded(e.Error.Code, 64)
+	e.Error.Message = termsafe.String(e.Error.Message)
+	e.Error.Role = termsafe.Bounded(e.Error.Role, 64)
+	return &e.Error
+}
+
+// getJSON fetches path under the default timeout and decodes its JSON answer
+// into out.
+func (c *Client) getJSON(ctx context.Context, path string, limit int64, out any) error {
+	return c.doJSON(ctx, call{method: "GET", path: path, length: -1, limit: limit, timeout: c.Timeout}, out)
+}
+
+// postJSON posts in as JSON under the default timeout and decodes the
+// answer into out (if not nil).
+func (c *Client) postJSON(ctx context.Context, path string, in, out any) error {
+	k := call{method: "POST", path: path, length: 0, limit: MaxSmallAnswer, timeout: c.Timeout}
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		k.body, k.length = bytes.NewReader(b), int64(len(b))
 	}
-	if w, ok := out.(io.Writer); ok {
-		_, err := io.Copy(w, resp.Body)
+	return c.doJSON(ctx, k, out)
+}
+
+func (c *Client) doJSON(ctx context.Context, k call, out any) error {
+	b, err := c.do(ctx, k)
+	if err != nil || out == nil {
 		return err
 	}
-	return json.NewDecoder(io.LimitReader(resp.Body, 64<<20)).Decode(out)
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("the server's answer to %s %s: %w", k.method, k.path, err)
+	}
+	return nil
+}
+
+// meter counts the bytes of an upload the transport has taken.
+type meter struct {
+	r      io.Reader
+	length int64
+	n      atomic.Int64
+	eof    atomic.Bool
+}
+
+func (m *meter) Read(p []byte) (int, error) {
+	n, err := m.r.Read(p)
+	if m.n.Add(int64(n)) >= m.length && m.length >= 0 || err == io.EOF {
+		m.eof.Store(true)
+	}
+	return n, err
+}
+
+// watchUpload enforces the upload rule on m until stop is called: it
+// cancels ctx, with a *TimeoutError as the cause, when no byte moved for
+// UploadStall, when the average rate after UploadGrace is below
+// UploadMinRate, or when the answer has not come within Timeout of the
+// last byte.
+func (c *Client) watchUpload(ctx context.Context, cancel context.CancelCauseFunc, op string, m *meter) (stop func()) {
+	tick := min(c.UploadStall, c.UploadGrace, c.Timeout) / 10
+	tick = max(10*time.Millisecond, min(tick, time.Second))
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(tick)
+		defer t.Stop()
+		start := time.Now()
+		last, moved := int64(0), start
+		var sent time.Time
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				n := m.n.Load()
+				if n != last {
+					last, moved = n, now
+				}
+				var reason string
+				switch {
+				case m.eof.Load():
+					if sent.IsZero() {
+						sent = now
+					}
+					if now.Sub(sent) >= c.Timeout {
+						reason = fmt.Sprintf("no answer within %v of sending the last byte", c.Timeout)
+					}
+				case now.Sub(moved) >= c.UploadStall:
+					reason = fmt.Sprintf("upload stalled: no byte moved for %v (%s of %s sent)", c.UploadStall, byteSize(n), byteSize(m.length))
+				case now.Sub(start) >= c.UploadGrace && float64(n) < float64(c.UploadMinRate)*now.Sub(start).Seconds():
+					reason = fmt.Sprintf("upload too slow: %s of %s sent in %v, below the minimum average of %s/s", byteSize(n), byteSize(m.length), now.Sub(start).Round(time.Millisecond), byteSize(c.UploadMinRate))
+				}
+				if reason != "" {
+					cancel(&TimeoutError{Op: op, Reason: reason})
+					return
+				}
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// byteSize names a size for messages: "8 MiB", "64 KiB", "1234 bytes".
+func byteSize(n int64) string {
+	switch {
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }
 
 // Base returns the server URL.
@@ -122,20 +398,20 @@ func (c *Client) Base() string { return c.base.String() }
 // Keys returns the server's online public keys and log key.
 func (c *Client) Keys(ctx context.Context) (map[string]string, error) {
 	var out map[string]string
-	err := c.do(ctx, "GET", "/api/v1/keys", nil, -1, &out)
+	err := c.getJSON(ctx, "/api/v1/keys", MaxSmallAnswer, &out)
 	return out, err
 }
 
 // Versions returns the versions of root, targets and each product role.
 func (c *Client) Versions(ctx context.Context) (map[string]int64, error) {
 	var out struct{ Versions map[string]int64 }
-	err := c.do(ctx, "GET", "/api/v1/repo/versions", nil, -1, &out)
+	err := c.getJSON(ctx, "/api/v1/repo/versions", MaxSmallAnswer, &out)
 	return out.Versions, err
 }
 
 // HasBlob reports whether the server holds a blob.
 func (c *Client) HasBlob(ctx context.Context, digest string) (bool, error) {
-	err := c.do(ctx, "HEAD", "/api/v1/blobs/"+digest, nil, -1, nil)
+	_, err := c.do(ctx, call{method: "HEAD", path: "/api/v1/blobs/" + digest, length: -1, limit: MaxSmallAnswer, timeout: c.Timeout})
 	var ae *APIError
 	if errors.As(err, &ae) && ae.Status == http.StatusNotFound {
 		return false, nil
@@ -143,42 +419,46 @@ func (c *Client) HasBlob(ctx context.Context, digest string) (bool, error) {
 	return err == nil, err
 }
 
-// PutBlob uploads a blob of the given digest and length.
+// PutBlob uploads a blob of the given digest and length, under the upload
+// rule (see Client).
 func (c *Client) PutBlob(ctx context.Context, digest string, length int64, r io.Reader) error {
-	return c.do(ctx, "PUT", "/api/v1/blobs/"+digest+"?length="+strconv.FormatInt(length, 10), r, length, nil)
+	_, err := c.do(ctx, call{method: "PUT", path: "/api/v1/blobs/" + digest + "?length=" + strconv.FormatInt(length, 10), body: r, length: length, limit: MaxSmallAnswer})
+	return err
 }
 
-// PushResult is the server's answer to an accepted push.
+// PushResult is the server's answer to an accepted push. Release names
+// are made safe to print (internal/termsafe).
 type PushResult struct {
 	Versions map[string]int64 `json:"versions"`
 	Releases []string         `json:"releases"`
 }
 
-// Push uploads metadata.
+// Push uploads metadata, under PushTimeout.
 func (c *Client) Push(ctx context.Context, roots [][]byte, targets []byte, roles map[string][]byte) (*PushResult, error) {
 	b, err := json.Marshal(map[string]any{"roots": roots, "targets": targets, "roles": roles})
 	if err != nil {
 		return nil, err
 	}
 	var out PushResult
-	if err := c.do(ctx, "POST", "/api/v1/repo/push", bytes.NewReader(b), int64(len(b)), &out); err != nil {
+	if err := c.doJSON(ctx, call{method: "POST", path: "/api/v1/repo/push", body: bytes.NewReader(b), length: int64(len(b)), limit: MaxSmallAnswer, timeout: c.PushTimeout}, &out); err != nil {
 		return nil, err
+	}
+	for i, r := range out.Releases {
+		out.Releases[i] = termsafe.String(r)
 	}
 	return &out, nil
 }
 
-// Metadata fetches a published metadata file (N.ROLE.json, timestamp.json).
+// Metadata fetches a published metadata file (N.ROLE.json, timestamp.json),
+// at most MaxMetadata bytes.
 func (c *Client) Metadata(ctx context.Context, file string) ([]byte, error) {
-	var buf bytes.Buffer
-	err := c.do(ctx, "GET", "/repo/"+file, nil, -1, &buf)
-	return buf.Bytes(), err
+	return c.do(ctx, call{method: "GET", path: "/repo/" + file, length: -1, limit: MaxMetadata, timeout: c.Timeout})
 }
 
 // CreateToken creates an operator token and returns its secret.
 func (c *Client) CreateToken(ctx context.Context, name, role string) (string, error) {
-	b, _ := json.Marshal(map[string]string{"name": name, "role": role})
 	var out struct{ Token string }
-	err := c.do(ctx, "POST", "/api/v1/tokens", bytes.NewReader(b), int64(len(b)), &out)
+	err := c.postJSON(ctx, "/api/v1/tokens", map[string]string{"name": name, "role": role}, &out)
 	return out.Token, err
 }
 
@@ -194,49 +474,95 @@ type Token struct {
 // Tokens lists every operator token, revoked ones included (admin).
 func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
 	var out struct{ Tokens []Token }
-	err := c.do(ctx, "GET", "/api/v1/tokens", nil, -1, &out)
+	err := c.getJSON(ctx, "/api/v1/tokens", MaxTokenList, &out)
 	return out.Tokens, err
 }
 
 // SetTokenRole changes a token's role (admin); it applies from the
 // token's next request.
 func (c *Client) SetTokenRole(ctx context.Context, name, role string) (Token, error) {
-	b, _ := json.Marshal(map[string]string{"role": role})
 	var out Token
-	err := c.do(ctx, "POST", "/api/v1/tokens/"+url.PathEscape(name)+"/role", bytes.NewReader(b), int64(len(b)), &out)
+	err := c.postJSON(ctx, "/api/v1/tokens/"+url.PathEscape(name)+"/role", map[string]string{"role": role}, &out)
 	return out, err
 }
 
 // RevokeToken revokes a token (admin); it is refused from its next
 // request on.
 func (c *Client) RevokeToken(ctx context.Context, name string) error {
-	return c.do(ctx, "POST", "/api/v1/tokens/"+url.PathEscape(name)+"/revoke", nil, 0, nil)
+	return c.postJSON(ctx, "/api/v1/tokens/"+url.PathEscape(name)+"/revoke", nil, nil)
 }
 
-// Audit returns every audit entry, fetched in pages.
+// Audit returns every audit entry, fetched in pages (see AuditPages). It
+// holds the whole log in memory: prefer AuditPages.
 func (c *Client) Audit(ctx context.Context) ([]audit.Entry, error) {
 	var all []audit.Entry
+	err := c.AuditPages(ctx, func(page []audit.Entry) error {
+		all = append(all, page...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return all, nil
+}
+
+// AuditPages fetches the audit log page by page, from its first entry,
+// and calls fn with each page in order until a page is not full. Each
+// page is at most MaxAuditPage bytes and its entries must carry the
+// sequence numbers that follow the previous page's, one by one; otherwise
+// AuditPages stops with an error that wraps audit.ErrBroken. It checks
+// sequence numbers only: fn verifies the hash chain (audit.Verify with the
+// previous page's last entry). An error from fn stops it and is returned
+// as it is. Only the current page is held.
+func (c *Client) AuditPages(ctx context.Context, fn func(page []audit.Entry) error) error {
+	size := c.AuditPageSize
+	if size <= 0 || size > maxAuditPageSize {
+		size = maxAuditPageSize
+	}
 	var after uint64
 	for {
-		var buf bytes.Buffer
-		if err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/audit?after=%d&limit=10000", after), nil, -1, &buf); err != nil {
-			return nil, err
+		path := fmt.Sprintf("/api/v1/audit?after=%d&limit=%d", after, size)
+		b, err := c.do(ctx, call{method: "GET", path: path, length: -1, limit: MaxAuditPage, timeout: c.Timeout})
+		if err != nil {
+			return err
 		}
-		dec := json.NewDecoder(&buf)
-		n := 0
+		var page []audit.Entry
+		dec := json.NewDecoder(bytes.NewReader(b))
 		for dec.More() {
+			if len(page) == size {
+				return &auditExportError{fmt.Sprintf("the page after seq %d holds more than the %d entries asked for", after, size)}
+			}
 			var e audit.Entry
 			if err := dec.Decode(&e); err != nil {
-				return nil, fmt.Errorf("audit export: %w", err)
+				return fmt.Errorf("audit export after seq %d: %w", after, err)
 			}
-			all = append(all, e)
-			after = e.Seq
-			n++
+			if want := after + uint64(len(page)) + 1; e.Seq != want {
+				return &auditExportError{fmt.Sprintf("entry %d of the page after seq %d has seq %d, not %d (an entry was deleted or moved, or the server repeats itself)", len(page), after, e.Seq, want)}
+			}
+			page = append(page, e)
 		}
-		if n < 10000 {
-			return all, nil
+		if len(page) == 0 {
+			return nil
 		}
+		if err := fn(page); err != nil {
+			return err
+		}
+		if len(page) < size {
+			return nil
+		}
+		after = page[len(page)-1].Seq
 	}
+}
+
+// auditExportError is an audit export whose sequence numbers do not
+// follow one another.
+type auditExportError struct{ msg string }
+
+func (e *auditExportError) Error() string             { return "audit export: " + e.msg }
+func (e *auditExportError) Unwrap() error             { return audit.ErrBroken }
+func (e *auditExportError) FailureKind() failure.Kind { return failure.Refused }
+func (e *auditExportError) FailureHint() string {
+	return "the server's audit export is not one unbroken log: entries were deleted from its database, or the server misbehaves; preserve the database and investigate"
 }
 
 // FailureKind classifies refusals for the CLI's exit codes: the server
@@ -271,49 +597,45 @@ func (e *APIError) FailureHint() string {
 
 // EnrollToken creates a one-time enrollment token for a hardware id.
 func (c *Client) EnrollToken(ctx context.Context, hardware string, ttl time.Duration) (string, time.Time, error) {
-	b, _ := json.Marshal(map[string]any{"hardware": hardware, "ttl_seconds": int64(ttl / time.Second)})
 	var out struct {
 		Token   string
 		Expires time.Time
 	}
-	err := c.do(ctx, "POST", "/api/v1/devices/tokens", bytes.NewReader(b), int64(len(b)), &out)
+	err := c.postJSON(ctx, "/api/v1/devices/tokens", map[string]any{"hardware": hardware, "ttl_seconds": int64(ttl / time.Second)}, &out)
 	return out.Token, out.Expires, err
 }
 
 // Deploy assigns a release to every device of a hardware id.
 func (c *Client) Deploy(ctx context.Context, target, hardware string) (devices, changed int, err error) {
-	b, _ := json.Marshal(map[string]string{"target": target, "hardware": hardware})
 	var out struct{ Devices, Changed int }
-	err = c.do(ctx, "POST", "/api/v1/deploy", bytes.NewReader(b), int64(len(b)), &out)
+	err = c.postJSON(ctx, "/api/v1/deploy", map[string]string{"target": target, "hardware": hardware}, &out)
 	return out.Devices, out.Changed, err
 }
 
 // RevokeDevice revokes a device; its certificate stops working at once.
 func (c *Client) RevokeDevice(ctx context.Context, id string) error {
-	return c.do(ctx, "POST", "/api/v1/devices/"+url.PathEscape(id)+"/revoke", nil, 0, nil)
+	return c.postJSON(ctx, "/api/v1/devices/"+url.PathEscape(id)+"/revoke", nil, nil)
 }
 
 // DirectorRootVersion returns the newest director root version the server
 // holds, 0 if none.
 func (c *Client) DirectorRootVersion(ctx context.Context) (int64, error) {
 	var out struct{ Director int64 }
-	err := c.do(ctx, "GET", "/api/v1/director/root", nil, -1, &out)
+	err := c.getJSON(ctx, "/api/v1/director/root", MaxSmallAnswer, &out)
 	return out.Director, err
 }
 
 // PushDirectorRoots pushes new director root versions, in order.
 func (c *Client) PushDirectorRoots(ctx context.Context, roots [][]byte) (int64, error) {
-	b, _ := json.Marshal(map[string]any{"roots": roots})
 	var out struct{ Root int64 }
-	err := c.do(ctx, "POST", "/api/v1/director/root", bytes.NewReader(b), int64(len(b)), &out)
+	err := c.postJSON(ctx, "/api/v1/director/root", map[string]any{"roots": roots}, &out)
 	return out.Root, err
 }
 
-// Checkpoint fetches the log's current checkpoint (unverified).
+// Checkpoint fetches the log's current checkpoint (unverified), at most
+// MaxCheckpoint bytes.
 func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
-	var buf bytes.Buffer
-	err := c.do(ctx, "GET", "/log/checkpoint", nil, -1, &buf)
-	return buf.Bytes(), err
+	return c.do(ctx, call{method: "GET", path: "/log/checkpoint", length: -1, limit: MaxCheckpoint, timeout: c.Timeout})
 }
 
 // LogProof fetches a release's logged statement and inclusion proof.
@@ -322,23 +644,22 @@ func (c *Client) LogProof(ctx context.Context, target string) (statement []byte,
 		Statement string
 		Proof     *logproof.Proof
 	}
-	if err := c.do(ctx, "GET", "/api/v1/log/proof/"+target, nil, -1, &out); err != nil {
+	if err := c.getJSON(ctx, "/api/v1/log/proof/"+target, MaxLogProof, &out); err != nil {
 		return nil, nil, err
 	}
 	return []byte(out.Statement), out.Proof, nil
 }
 
 // LogProofJSON returns the server's log proof answer for a release as it
-// is, for an offline bundle to carry (devices verify it).
+// is, for an offline bundle to carry (devices verify it), at most
+// MaxLogProof bytes.
 func (c *Client) LogProofJSON(ctx context.Context, target string) ([]byte, error) {
-	var buf bytes.Buffer
-	err := c.do(ctx, "GET", "/api/v1/log/proof/"+target, nil, -1, &buf)
-	return buf.Bytes(), err
+	return c.do(ctx, call{method: "GET", path: "/api/v1/log/proof/" + target, length: -1, limit: MaxLogProof, timeout: c.Timeout})
 }
 
 // Consistency fetches a consistency proof between two tree sizes.
 func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
 	var out struct{ Hashes [][]byte }
-	err := c.do(ctx, "GET", fmt.Sprintf("/api/v1/log/consistency?from=%d&to=%d", from, to), nil, -1, &out)
+	err := c.getJSON(ctx, fmt.Sprintf("/api/v1/log/consistency?from=%d&to=%d", from, to), MaxSmallAnswer, &out)
 	return out.Hashes, err
 }
