@@ -123,12 +123,12 @@ echo "$ADMIN" > admin
 for k in root targets rel; do "$R" key generate "keys/$k" --no-passphrase > /dev/null; done
 "$R" repo init repo --root-key keys/root.pub --targets-key keys/targets.pub \
   --snapshot-key online/snapshot.pub --timestamp-key online/timestamp.pub 2> /dev/null
-"$R" repo sign repo root --key keys/root.key > /dev/null
+"$R" repo sign repo root --key keys/root.key --yes > /dev/null
 "$R" repo delegate repo acme-gw --key keys/rel.pub --threshold 1
-"$R" repo sign repo targets --key keys/targets.key > /dev/null
+"$R" repo sign repo targets --key keys/targets.key --yes > /dev/null
 "$R" repo init director --root-key keys/root.pub --targets-key online/director-targets.pub \
   --snapshot-key online/director-snapshot.pub --timestamp-key online/director-timestamp.pub 2> /dev/null
-"$R" repo sign director root --key keys/root.key > /dev/null
+"$R" repo sign director root --key keys/root.key --yes > /dev/null
 "$R" director push-root director > /dev/null
 
 head -c "${SIZE_MIB}M" /dev/urandom > fw.img
@@ -141,7 +141,7 @@ for ((i = 0; i < changed; i++)); do
   dd if=/dev/urandom of=fw2.img bs=1M count=1 seek=$((i * stride)) conv=notrunc status=none
 done
 "$R" release add repo fw.img --product acme-gw --version 1.0.0 --security-version 1 --hardware "$HW" > /dev/null 2>&1
-"$R" repo sign repo acme-gw --key keys/rel.key > /dev/null
+"$R" repo sign repo acme-gw --key keys/rel.key --yes > /dev/null
 "$R" repo push repo > /dev/null
 
 dev="$work/device"
@@ -323,7 +323,7 @@ echo "console=ttyS0 rauc.slot=B" > "$dev/cmdline"
 "$AGENT" boot --config "$dev/agent.toml" > boot1.out 2>&1
 grep -q '^committed' boot1.out || { echo "bench: the first install did not commit:" >&2; cat boot1.out >&2; exit 2; }
 "$R" release add repo fw2.img --product acme-gw --version 1.1.0 --security-version 1 --hardware "$HW" > /dev/null 2>&1
-"$R" repo sign repo acme-gw --key keys/rel.key > /dev/null
+"$R" repo sign repo acme-gw --key keys/rel.key --yes > /dev/null
 "$R" repo push repo > /dev/null
 "$R" deploy acme-gw/1.1.0 --hardware "$HW" > deploy2.out
 warm $(find srv/blobs -type f) "$dev/slot-b"

@@ -27,13 +27,13 @@ export RAMPART_SERVER="https://$addr" RAMPART_CA="$work/srv/ca.pem" RAMPART_TOKE
 "$R" server keys -o online > /dev/null
 for k in root targets rel; do "$R" key generate "keys/$k" --no-passphrase > /dev/null; done
 "$R" repo init repo --root-key keys/root.pub --targets-key keys/targets.pub --snapshot-key online/snapshot.pub --timestamp-key online/timestamp.pub 2> /dev/null
-"$R" repo sign repo root --key keys/root.key > /dev/null
+"$R" repo sign repo root --key keys/root.key --yes > /dev/null
 "$R" repo delegate repo acme-gw --key keys/rel.pub --threshold 1
-"$R" repo sign repo targets --key keys/targets.key > /dev/null
+"$R" repo sign repo targets --key keys/targets.key --yes > /dev/null
 head -c "${SIZE_MIB}M" /dev/urandom > fw.img
 head -c "${SIZE_MIB}M" /dev/urandom > fw2.img
 "$R" release add repo fw.img --product acme-gw --version 1.0.0 --security-version 1 --hardware hw > /dev/null 2>&1
-"$R" repo sign repo acme-gw --key keys/rel.key > /dev/null
+"$R" repo sign repo acme-gw --key keys/rel.key --yes > /dev/null
 cat fw.img > /dev/null
 sync
 
@@ -48,7 +48,7 @@ o=$(for i in 1 2 3; do t openssl dgst -sha256 fw.img; done | sort -n | head -1)
 # the pages it will allocate are backed again.
 p_cold=$(t "$R" repo push repo)
 "$R" release add repo fw2.img --product acme-gw --version 1.0.1 --security-version 1 --hardware hw > /dev/null 2>&1
-"$R" repo sign repo acme-gw --key keys/rel.key > /dev/null
+"$R" repo sign repo acme-gw --key keys/rel.key --yes > /dev/null
 cat fw2.img > /dev/null
 dd if=/dev/zero of=srv/pretouch bs=1M count="$((SIZE_MIB + 16))" status=none
 rm srv/pretouch

@@ -37,9 +37,9 @@ best() { sort -n | head -1; }
 
 for k in root targets online rel-a rel-b; do "$R" key generate "keys/$k" --no-passphrase > /dev/null; done
 "$R" repo init repo --root-key keys/root.pub --targets-key keys/targets.pub --online-key keys/online.pub
-"$R" repo sign repo root --key keys/root.key > /dev/null
+"$R" repo sign repo root --key keys/root.key --yes > /dev/null
 "$R" repo delegate repo acme-gw --key keys/rel-a.pub --key keys/rel-b.pub --threshold 2
-"$R" repo sign repo targets --key keys/targets.key > /dev/null
+"$R" repo sign repo targets --key keys/targets.key --yes > /dev/null
 
 openssl_t=$(for i in $(seq "$RUNS"); do measure openssl dgst -sha256 fw.img; done | best)
 # The copy into the repository alone, for context: release add must copy.
@@ -50,8 +50,8 @@ add_t=$(for i in $(seq "$RUNS"); do
   printf '%08d' "$i" | dd of=fw.img conv=notrunc status=none
   measure "$R" release add repo fw.img --product acme-gw --version "1.0.$i" --security-version 1 --hardware hw
 done | best)
-"$R" repo sign repo acme-gw --key keys/rel-a.key > /dev/null
-"$R" repo sign repo acme-gw --key keys/rel-b.key > /dev/null
+"$R" repo sign repo acme-gw --key keys/rel-a.key --yes > /dev/null
+"$R" repo sign repo acme-gw --key keys/rel-b.key --yes > /dev/null
 "$R" repo publish repo --key keys/online.key > /dev/null
 "$R" bundle repo acme-gw/1.0.1 -o fw.rbundle > /dev/null
 cat fw.rbundle > /dev/null

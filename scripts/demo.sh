@@ -22,14 +22,14 @@ rampart key generate keys/rel-b --type ecdsa-p256
 rampart key generate keys/rel-c
 rampart repo init repo --root-key keys/root-a.pub --root-key keys/root-b.pub --root-threshold 2 \
     --targets-key keys/targets.pub --online-key keys/online.pub
-rampart repo sign repo root --key keys/root-a.key
-rampart repo sign repo root --key keys/root-b.key
+rampart repo sign repo root --key keys/root-a.key --yes
+rampart repo sign repo root --key keys/root-b.key --yes
 rampart repo delegate repo acme-gw --key keys/rel-a.pub --key keys/rel-b.pub --key keys/rel-c.pub --threshold 2
-rampart repo sign repo targets --key keys/targets.key
+rampart repo sign repo targets --key keys/targets.key --yes
 head -c 64M /dev/urandom > fw.img
 rampart release add repo fw.img --product acme-gw --version 2.4.1 --security-version 7 --hardware acme-gw-rev2
-rampart repo sign repo acme-gw --key keys/rel-a.key
-rampart repo sign repo acme-gw --key keys/rel-c.key
+rampart repo sign repo acme-gw --key keys/rel-a.key --yes
+rampart repo sign repo acme-gw --key keys/rel-c.key --yes
 rampart repo status repo                             # every staged role: version, signatures present / threshold, missing key ids, expiry
 rampart repo publish repo --key keys/online.key      # refuses unless every staged role meets its threshold; signs snapshot + timestamp; writes repo/public/
 rampart bundle repo acme-gw/2.4.1 -o acme-gw-2.4.1.rbundle

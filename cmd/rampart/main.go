@@ -34,7 +34,7 @@ type command struct {
 // commands lists every command in the order help shows them.
 var commands = []*command{
 	keyGenerateCmd, keyIDCmd,
-	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
+	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoDiffCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
 	deviceTokenCmd, deviceRevokeCmd, deployCmd, directorPushRootCmd, logVerifyCmd,

@@ -54,8 +54,18 @@ Example:
 		if err != nil {
 			return err
 		}
-		if len(ps.Roots) == 0 && ps.Targets == nil && len(ps.Roles) == 0 {
-			fmt.Fprintln(e.stderr, "rampart: note: the server is up to date; nothing to push")
+		fetch := func(name string) ([]byte, error) { return c.Metadata(ctx, name) }
+		if ps.Empty() {
+			// A push whose answer was lost or refused is adopted now.
+			adopted, err := r.AdoptPublished(fetch)
+			if err != nil {
+				return err
+			}
+			if adopted {
+				fmt.Fprintf(e.stdout, "the server already had what is staged; %s/public now mirrors it\n", pos[0])
+			} else {
+				fmt.Fprintln(e.stderr, "rampart: note: the server is up to date; nothing to push")
+			}
 			return nil
 		}
 		for _, b := range ps.Blobs {
@@ -83,7 +93,7 @@ Example:
 			return err
 		}
 		// Mirror what the server published, once it verifies.
-		if err := r.AdoptPublished(ps, func(name string) ([]byte, error) { return c.Metadata(ctx, name) }); err != nil {
+		if _, err := r.AdoptPublished(fetch); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "pushed to %s: root %d, targets %d, snapshot %d, timestamp %d\n", c.Base(), res.Versions["root"], res.Versions["targets"], res.Versions["snapshot"], res.Versions["timestamp"])

@@ -1,17 +1,22 @@
 package main
 
 import (
+	"bufio"
 	"crypto"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 func openRepo(e *env, dir string) (*repo.Repo, error) {
@@ -116,13 +121,28 @@ Example:
 
 var repoSignCmd = &command{
 	name:    "repo sign",
-	summary: "add one signature to a staged role",
+	summary: "review a staged role's changes and add one signature",
 	usage: `
-Usage: rampart repo sign DIR ROLE --key KEY [--passphrase-file FILE]
+Usage: rampart repo sign DIR ROLE --key KEY [--yes] [--passphrase-file FILE]
 
-Adds the signature of KEY (a .key file or a PKCS#11 URI) to the staged
-version of ROLE (root, targets or a product). Each key holder signs on their
-own; a key signs a role at most once. Prints the key id that signed.
+Shows what a signature on the staged version of ROLE (root, targets or a
+product) approves: every change against its published version, which is
+first verified against the root chain (targets added, removed or changed
+with length, sha256 and security version; keys, delegations and
+thresholds; expiry). On a terminal it then asks for confirmation; scripts
+pass --yes after reviewing the same output with rampart repo diff. Then
+KEY (a .key file or a PKCS#11 URI) signs exactly what was shown. Each key
+holder signs on their own; a key signs a role at most once. Prints the
+key id that signed.
+
+Read the changes: a target you did not add, a key you do not know or a
+threshold you did not agree to means the repository was tampered with.
+Answer no, and see docs/key-ceremony.md.
+
+Flags:
+    --key KEY                the signing key
+    --yes                    sign without asking (the changes are still shown)
+    --passphrase-file FILE   the key's passphrase (else RAMPART_PASSPHRASE or a prompt)
 
 Example:
     rampart repo sign repo acme-gw --key keys/rel-a.key
@@ -130,6 +150,7 @@ Example:
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("repo sign", flag.ContinueOnError)
 		key := fs.String("key", "", "")
+		yes := fs.Bool("yes", false, "")
 		ppFile := fs.String("passphrase-file", "", "")
 		pos, err := parse(fs, args)
 		if err != nil {
@@ -143,18 +164,129 @@ Example:
 			return err
 		}
 		defer r.Close()
+		d, err := r.Diff(pos[1])
+		if err != nil {
+			return err
+		}
+		printDiff(e.stdout, d)
+		if !*yes {
+			if err := confirm(e, fmt.Sprintf("Sign %s version %d with %s?", d.Role, d.Version, *key)); err != nil {
+				return err
+			}
+		}
 		s, err := keys.Open(*key, passphraseSource(e, *ppFile))
 		if err != nil {
 			return err
 		}
 		defer s.Close()
-		id, err := r.Sign(pos[1], s)
+		id, err := r.SignReviewed(pos[1], s, d.Digest)
 		if err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "%s signed by %s\n", pos[1], id)
 		return nil
 	},
+}
+
+var repoDiffCmd = &command{
+	name:    "repo diff",
+	summary: "show what signing a staged role would approve",
+	usage: `
+Usage: rampart repo diff DIR [ROLE] [--json]
+
+For ROLE, or every staged role: the changes against its published
+version, after verifying the published repository against the root chain.
+This is what rampart repo sign shows before it signs. Exits 0 whatever the
+changes.
+
+Example:
+    rampart repo diff repo acme-gw
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo diff", flag.ContinueOnError)
+		asJSON := fs.Bool("json", false, "")
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 && len(pos) != 2 {
+			return usagef("example: rampart repo diff repo acme-gw", "repo diff takes DIR and an optional ROLE")
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		var ds []*repo.RoleDiff
+		if len(pos) == 2 {
+			d, err := r.Diff(pos[1])
+			if err != nil {
+				return err
+			}
+			ds = append(ds, d)
+		} else if ds, err = r.Diffs(); err != nil {
+			return err
+		}
+		if *asJSON {
+			enc := json.NewEncoder(e.stdout)
+			enc.SetIndent("", "  ")
+			return enc.Encode(ds)
+		}
+		if len(ds) == 0 {
+			fmt.Fprintln(e.stdout, "nothing staged")
+		}
+		for _, d := range ds {
+			printDiff(e.stdout, d)
+		}
+		return nil
+	},
+}
+
+// printDiff shows a key holder what a signature on a staged role approves.
+func printDiff(w io.Writer, d *repo.RoleDiff) {
+	base := "never published before"
+	if d.Base > 0 {
+		base = fmt.Sprintf("against published version %d, which verifies", d.Base)
+	}
+	fmt.Fprintf(w, "%s version %d, %s (signed content sha256 %s):\n", termsafe.String(d.Role), d.Version, base, d.Digest)
+	if len(d.Changes) == 0 {
+		fmt.Fprintln(w, "    no change but the version")
+	}
+	mark := map[string]string{repo.Added: "+", repo.Removed: "-", repo.Changed: "~"}
+	for _, c := range d.Changes {
+		line := fmt.Sprintf("  %s %s %s", mark[c.Op], c.Kind, c.Name)
+		if c.Detail != "" {
+			line += ": " + c.Detail
+		}
+		fmt.Fprintln(w, termsafe.Bounded(line, 4096))
+	}
+}
+
+// confirm asks a yes/no question on the terminal; anything but yes, and
+// no terminal at all, refuses.
+func confirm(e *env, question string) error {
+	if !isTerminal(e.stdin) {
+		return usagef("review the changes above (rampart repo diff shows them too), then run again with --yes", "not a terminal, so there is no one to confirm: pass --yes to sign what is shown")
+	}
+	fmt.Fprintf(e.stderr, "%s [y/N] ", question)
+	line, err := bufio.NewReader(io.LimitReader(e.stdin, 256)).ReadString('\n')
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return &declined{}
+}
+
+// declined is a key holder's no.
+type declined struct{}
+
+func (*declined) Error() string             { return "not signed: declined" }
+func (*declined) FailureKind() failure.Kind { return failure.Refused }
+func (*declined) FailureHint() string {
+	return "if the changes are not what you expected, do not sign; docs/key-ceremony.md says what to do"
 }
 
 var repoImportCmd = &command{
@@ -317,6 +449,14 @@ Example:
 			for _, id := range s.Invalid {
 				fmt.Fprintf(e.stdout, "%s carries a signature by %s that does not verify (a revoked key, or a changed document)\n", s.Role, id)
 			}
+		}
+		ds, err := r.Diffs()
+		if err != nil {
+			return err
+		}
+		for _, d := range ds {
+			fmt.Fprintln(e.stdout)
+			printDiff(e.stdout, d)
 		}
 		return nil
 	},

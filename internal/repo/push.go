@@ -46,6 +46,10 @@ func (r *Repo) PushSet(server map[string]int64) (*PushSet, error) {
 	if err != nil {
 		return nil, err
 	}
+	return r.pushSet(s, server)
+}
+
+func (r *Repo) pushSet(s *state, server map[string]int64) (*PushSet, error) {
 	statuses, err := r.status(s)
 	if err != nil {
 		return nil, err
@@ -145,33 +149,55 @@ type Answer struct {
 
 // AdoptPublished makes public/ mirror what a server published after a
 // push, and only if it verifies: fetch gets a metadata file from the
-// server by name (N.ROLE.json, N.snapshot.json, timestamp.json). Every
-// pushed root and role must come back byte for byte as pushed; snapshot
-// and timestamp must be signed by the online keys of the repository's own
-// root, move forward, be fresh, and pin exactly the roles this repository
-// holds at the versions it holds them. Then the pushed releases' files
-// move from staging to public/targets/, the metadata is written
-// (timestamp.json last) and the pushed roles leave staging. If anything
-// does not verify, nothing is written and an *UnverifiedError says what.
-func (r *Repo) AdoptPublished(ps *PushSet, fetch func(name string) ([]byte, error)) error {
+// server by name (N.ROLE.json, N.snapshot.json, timestamp.json). What is
+// adopted is everything this repository holds above what it published
+// (so a push whose answer was lost or refused can be adopted later, when
+// the server has nothing left to receive); each such root and role must
+// come back byte for byte as held here. Snapshot and timestamp must be
+// signed by the online keys of the repository's own root, move forward,
+// be fresh, and pin exactly the roles held here at the versions held
+// here. Then the releases' files move from staging to public/targets/,
+// the metadata is written (timestamp.json last) and the adopted roles
+// leave staging. If anything does not verify, nothing is written and an
+// *UnverifiedError says what. It reports whether there was anything to
+// adopt; with nothing, it fetches nothing.
+func (r *Repo) AdoptPublished(fetch func(name string) ([]byte, error)) (bool, error) {
 	s, err := r.load()
 	if err != nil {
-		return err
+		return false, err
+	}
+	ps, err := r.pushSet(s, s.pubVersion)
+	if err != nil {
+		return false, err
+	}
+	if ps.Empty() {
+		return false, nil
 	}
 	ans, err := fetchAnswer(ps, fetch)
 	if err != nil {
-		return err
+		return false, err
 	}
 	next, err := adoptable(s, ps, ans, r.now())
 	if err != nil {
-		return &UnverifiedError{Source: "the server's answer to the push", Err: err, Recover: recoverPush}
+		return false, &UnverifiedError{Source: "the server's answer to the push", Err: err, Recover: recoverPush}
 	}
+	return true, r.writeAdopted(s, ps, next)
+}
+
+// Empty reports whether a push set has nothing to send.
+func (ps *PushSet) Empty() bool {
+	return len(ps.Roots) == 0 && ps.Targets == nil && len(ps.Roles) == 0
+}
+
+func (r *Repo) writeAdopted(s *state, ps *PushSet, next *published) error {
 	if err := os.MkdirAll(r.publicDir(), 0o755); err != nil {
 		return err
 	}
 	if err := r.adoptBlobs(s, ps); err != nil {
 		return err
 	}
+	// Written in the order publish uses: a command cut short leaves new
+	// files that timestamp.json does not reach yet.
 	write := func(name string, b []byte) error {
 		return atomicfile.WriteFile(filepath.Join(r.publicDir(), name), b, 0o644)
 	}

@@ -305,7 +305,7 @@ func repository(trustedRoot []byte, md Metadata, at time.Time) (*trustedmetadata
 	trusted.RefTime = at
 	for _, raw := range md.Roots {
 		if _, err := trusted.UpdateRoot(raw); err != nil {
-			return nil, classify("root", err)
+			return nil, classify("root", fmt.Errorf("root version %d: %w", trusted.Root.Signed.Version+1, err))
 		}
 	}
 	if _, err := trusted.UpdateTimestamp(md.Timestamp); err != nil {

@@ -55,11 +55,13 @@ type Env struct {
 	Admin   string
 	Pool    *http.Client
 
-	Repo         *repo.Repo
-	Rel          keys.Signer
-	ImageRoot    []byte
-	DirectorRoot []byte
-	LogKey       note.Verifier
+	Repo *repo.Repo
+	// Rel signs the product role; RootKey and TargetsKey are the offline
+	// root and targets keys of the image repository.
+	Rel, RootKey, TargetsKey keys.Signer
+	ImageRoot                []byte
+	DirectorRoot             []byte
+	LogKey                   note.Verifier
 }
 
 // Option changes the server's configuration before it starts.
@@ -110,7 +112,7 @@ func New(t testing.TB, opts ...Option) *Env {
 		return keys.InMemory(s)
 	}
 	root, targets := k(), k()
-	e.Rel = k()
+	e.Rel, e.RootKey, e.TargetsKey = k(), root, targets
 	rdir := filepath.Join(t.TempDir(), "repo")
 	e.Repo, err = repo.Init(rdir, repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
 		TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1,
@@ -235,7 +237,18 @@ func (e *Env) ReleaseImage(version string, secVer uint64, b []byte, hw ...string
 		e.t.Fatal(err)
 	}
 	e.must(e.Repo.Sign(Product, e.Rel))
+	if err := e.PushStaged(nil); err != nil {
+		e.t.Fatal(err)
+	}
+}
 
+// PushStaged pushes what the repository holds that the server does not,
+// the way rampart repo push does, and adopts the server's answer. When
+// tamper is not nil, every metadata file fetched back passes through it
+// first, as through a hostile front end. It returns AdoptPublished's
+// error; a refused push fails the test.
+func (e *Env) PushStaged(tamper func(name string, b []byte) []byte) error {
+	e.t.Helper()
 	var v struct{ Versions map[string]int64 }
 	json.Unmarshal(e.Call(e.Pool, "GET", "/api/v1/repo/versions", e.Admin, nil, 200), &v)
 	ps, err := e.Repo.PushSet(v.Versions)
@@ -249,12 +262,31 @@ func (e *Env) ReleaseImage(version string, secVer uint64, b []byte, hw ...string
 		}
 		e.Call(e.Pool, "PUT", fmt.Sprintf("/api/v1/blobs/%s?length=%d", bf.SHA256, bf.Length), e.Admin, data, 201)
 	}
-	e.Call(e.Pool, "POST", "/api/v1/repo/push", e.Admin, map[string]any{"roots": ps.Roots, "targets": ps.Targets, "roles": ps.Roles}, 200)
-	if err := e.Repo.AdoptPublished(ps, func(name string) ([]byte, error) {
-		return e.Call(e.Pool, "GET", "/repo/"+name, "", nil, 200), nil
-	}); err != nil {
-		e.t.Fatal(err)
+	if !ps.Empty() {
+		e.Call(e.Pool, "POST", "/api/v1/repo/push", e.Admin, map[string]any{"roots": ps.Roots, "targets": ps.Targets, "roles": ps.Roles}, 200)
 	}
+	_, err = e.Repo.AdoptPublished(func(name string) ([]byte, error) {
+		resp, err := e.Pool.Get(e.TS.URL + "/repo/" + name)
+		if err != nil {
+			return nil, err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return nil, err
+		}
+		if resp.StatusCode != 200 {
+			b = nil
+		}
+		if tamper != nil {
+			b = tamper(name, b)
+		}
+		if b == nil {
+			return nil, fmt.Errorf("GET /repo/%s: %s", name, resp.Status)
+		}
+		return b, nil
+	})
+	return err
 }
 
 // Deploy assigns target to every device of hardware hw.
