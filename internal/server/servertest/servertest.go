@@ -245,20 +245,20 @@ func (e *Env) ReleaseImage(version string, secVer uint64, b []byte, hw ...string
 // PushStaged pushes what the repository holds that the server does not,
 // the way rampart repo push does, and adopts the server's answer. When
 // tamper is not nil, every metadata file fetched back passes through it
-// first, as through a hostile front end. It returns AdoptPublished's
-// error; a refused push fails the test.
+// first, as through a hostile front end. It returns the error of PushSet
+// or AdoptPublished; a push the server refuses fails the test.
 func (e *Env) PushStaged(tamper func(name string, b []byte) []byte) error {
 	e.t.Helper()
 	var v struct{ Versions map[string]int64 }
 	json.Unmarshal(e.Call(e.Pool, "GET", "/api/v1/repo/versions", e.Admin, nil, 200), &v)
 	ps, err := e.Repo.PushSet(v.Versions)
 	if err != nil {
-		e.t.Fatal(err)
+		return err
 	}
 	for _, bf := range ps.Blobs {
 		data, err := os.ReadFile(bf.Path)
 		if err != nil {
-			e.t.Fatal(err)
+			return err
 		}
 		e.Call(e.Pool, "PUT", fmt.Sprintf("/api/v1/blobs/%s?length=%d", bf.SHA256, bf.Length), e.Admin, data, 201)
 	}
