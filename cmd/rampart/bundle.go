@@ -12,6 +12,7 @@ import (
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 var bundleCmd = &command{
@@ -110,7 +111,7 @@ func fetchLogProof(e *env, sf serverFlags, p *repo.Published) ([]byte, error) {
 		return nil, fmt.Errorf("the server's log proof of %s: %w", target, err)
 	}
 	if st.Target != target || st.Length != p.File.Length || st.SHA256 != sum {
-		return nil, fmt.Errorf("the server logged %s (%d bytes, sha256 %s), not this release (%d bytes, sha256 %s): is --server the server this repository was pushed to?", st.Target, st.Length, st.SHA256, p.File.Length, sum)
+		return nil, fmt.Errorf("the server logged %s (%d bytes, sha256 %s), not this release (%d bytes, sha256 %s): is --server the server this repository was pushed to?", termsafe.String(st.Target), st.Length, termsafe.String(st.SHA256), p.File.Length, sum)
 	}
 	if len(b) > bundle.MaxLogProof {
 		return nil, fmt.Errorf("the server's log proof of %s is %d bytes, more than a bundle holds (%d)", target, len(b), bundle.MaxLogProof)

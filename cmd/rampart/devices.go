@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 var deviceTokenCmd = &command{
@@ -44,8 +46,8 @@ Example:
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, tok)
-		fmt.Fprintf(e.stderr, "rampart: note: enrolls one %s device until %s\n", *hw, exp.UTC().Format(time.RFC3339))
+		fmt.Fprintln(e.stdout, termsafe.String(tok))
+		fmt.Fprintf(e.stderr, "rampart: note: enrolls one %s device until %s\n", termsafe.String(*hw), exp.UTC().Format(time.RFC3339))
 		return nil
 	},
 }
@@ -78,7 +80,7 @@ Example:
 		if err := c.RevokeDevice(context.Background(), pos[0]); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "revoked %s\n", pos[0])
+		fmt.Fprintf(e.stdout, "revoked %s\n", termsafe.String(pos[0]))
 		return nil
 	},
 }
@@ -119,7 +121,7 @@ Example:
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "deployed %s to %d %s device(s) (%d changed)\n", target, n, *hw, changed)
+		fmt.Fprintf(e.stdout, "deployed %s to %d %s device(s) (%d changed)\n", termsafe.String(target), n, termsafe.String(*hw), changed)
 		return nil
 	},
 }

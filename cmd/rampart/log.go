@@ -12,6 +12,7 @@ import (
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/logproof"
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 var logVerifyCmd = &command{
@@ -58,6 +59,8 @@ Example:
 			return err
 		}
 		origin := verifier.Name()
+		// Text from the key file or the server is made safe to print.
+		show := termsafe.String
 		c, err := sf.client(e)
 		if err != nil {
 			return err
@@ -71,7 +74,7 @@ Example:
 		if err != nil {
 			return logRefusal{err}
 		}
-		fmt.Fprintf(e.stdout, "checkpoint of %s: size %d, signed by the log key\n", origin, cp.Size)
+		fmt.Fprintf(e.stdout, "checkpoint of %s: size %d, signed by the log key\n", show(origin), cp.Size)
 		if *old != "" {
 			prev, err := os.ReadFile(*old)
 			if err != nil {
@@ -102,8 +105,12 @@ Example:
 			if err != nil || st.Target != *rel {
 				return logRefusal{fmt.Errorf("%w: the logged statement is not about %s", logproof.ErrNotIncluded, *rel)}
 			}
+			var signers []string
+			for _, id := range st.SignerKeyIDs {
+				signers = append(signers, show(id))
+			}
 			fmt.Fprintf(e.stdout, "%s is in the log at index %d: sha256 %s, %d bytes, security version %d, %s version %d signed by %s\n",
-				st.Target, proof.Index, st.SHA256, st.Length, st.SecurityVersion, st.Role, st.RoleVersion, strings.Join(st.SignerKeyIDs, ", "))
+				show(st.Target), proof.Index, show(st.SHA256), st.Length, st.SecurityVersion, show(st.Role), st.RoleVersion, strings.Join(signers, ", "))
 		}
 		if *out != "" {
 			if err := atomicfile.WriteFile(*out, raw, 0o644); err != nil {

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"text/tabwriter"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 var tokenCreateCmd = &command{
@@ -44,7 +46,7 @@ Example:
 		if err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stdout, secret)
+		fmt.Fprintln(e.stdout, termsafe.String(secret))
 		return nil
 	},
 }
@@ -89,7 +91,7 @@ Example:
 			if t.RevokedAt != nil {
 				revoked = t.RevokedAt.UTC().Format(time.RFC3339)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", t.Name, t.Role, t.CreatedAt.UTC().Format(time.RFC3339), revoked)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", termsafe.String(t.Name), termsafe.String(t.Role), t.CreatedAt.UTC().Format(time.RFC3339), revoked)
 		}
 		return tw.Flush()
 	},
@@ -129,7 +131,7 @@ Example:
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "token %s now has role %s\n", t.Name, t.Role)
+		fmt.Fprintf(e.stdout, "token %s now has role %s\n", termsafe.String(t.Name), termsafe.String(t.Role))
 		return nil
 	},
 }
@@ -166,7 +168,7 @@ Example:
 		if err := c.RevokeToken(context.Background(), pos[0]); err != nil {
 			return err
 		}
-		fmt.Fprintf(e.stdout, "revoked token %s\n", pos[0])
+		fmt.Fprintf(e.stdout, "revoked token %s\n", termsafe.String(pos[0]))
 		return nil
 	},
 }

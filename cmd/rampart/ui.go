@@ -16,6 +16,7 @@ import (
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 // Exit codes, documented in docs/cli.md.
@@ -72,7 +73,12 @@ var classes = []struct {
 	{fs.ErrPermission, failure.Environment, "check the file's permissions"},
 }
 
-// report prints err the way age does and returns the exit code.
+// reportLineMax bounds each line of an error report, in runes.
+const reportLineMax = 4096
+
+// report prints err the way age does and returns the exit code. Each line
+// of the message, and the hint, is made safe to print (internal/termsafe):
+// errors can carry text from a server or a file.
 func report(stderr io.Writer, err error) int {
 	kind := failure.Environment
 	hint := ""
@@ -88,10 +94,13 @@ func report(stderr io.Writer, err error) int {
 			}
 		}
 	}
-	msg := err.Error()
-	fmt.Fprintf(stderr, "rampart: error: %s\n", strings.ReplaceAll(msg, "\n", "\nrampart:   "))
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		lines[i] = termsafe.Bounded(l, reportLineMax)
+	}
+	fmt.Fprintf(stderr, "rampart: error: %s\n", strings.Join(lines, "\nrampart:   "))
 	if hint != "" {
-		fmt.Fprintf(stderr, "rampart: hint: %s\n", hint)
+		fmt.Fprintf(stderr, "rampart: hint: %s\n", termsafe.Bounded(hint, reportLineMax))
 	}
 	return int(kind)
 }
