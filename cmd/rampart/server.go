@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -134,37 +135,89 @@ Example:
 		if len(pos) != 0 {
 			return usagef("", "audit verify takes no arguments")
 		}
-		c, err := sf.client(e)
-		if err != nil {
-			return err
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
-		defer cancel()
-		es, err := c.Audit(ctx)
-		if err != nil {
-			return err
-		}
-		if err := audit.Verify(nil, es); err != nil {
-			return &auditRefusal{err}
-		}
+		var hd *auditHead
 		if *head != "" {
 			seqS, hash, ok := strings.Cut(*head, ":")
 			var seq uint64
 			if _, err := fmt.Sscan(seqS, &seq); !ok || err != nil {
 				return usagef("as printed by an earlier audit verify", "--head %q is not SEQ:HASH", *head)
 			}
-			if err := audit.VerifyHead(es, seq, hash); err != nil {
-				return &auditRefusal{err}
-			}
+			hd = &auditHead{seq, hash}
 		}
-		if len(es) == 0 {
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		const whole = 10 * time.Minute
+		ctx, cancel := context.WithTimeoutCause(context.Background(), whole, &client.TimeoutError{Op: "audit verify", Reason: "the log was not read within " + whole.String()})
+		defer cancel()
+		n, last, err := verifyAuditLog(ctx, c, hd)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
 			fmt.Fprintln(e.stdout, "verified 0 audit entries")
 			return nil
 		}
-		last := es[len(es)-1]
-		fmt.Fprintf(e.stdout, "verified %d audit entries; head %d:%s\n", len(es), last.Seq, last.Hash)
+		fmt.Fprintf(e.stdout, "verified %d audit entries; head %d:%s\n", n, last.Seq, last.Hash)
 		return nil
 	},
+}
+
+// auditHead is a head recorded earlier (--head SEQ:HASH).
+type auditHead struct {
+	seq  uint64
+	hash string
+}
+
+// verifyAuditLog fetches the audit log page by page and checks its hash
+// chain, each page after the previous page's last entry, and that head
+// (if not nil) is still in it. It holds one page at a time and returns
+// the number of entries and the last one.
+func verifyAuditLog(ctx context.Context, c *client.Client, head *auditHead) (n int, last *audit.Entry, err error) {
+	headSeen := false
+	err = c.AuditPages(ctx, func(page []audit.Entry) error {
+		if err := audit.Verify(last, page); err != nil {
+			return &auditRefusal{pageIndex(err, n)}
+		}
+		if head != nil && page[0].Seq <= head.seq && head.seq <= page[len(page)-1].Seq {
+			headSeen = true
+			if err := audit.VerifyHead(page, head.seq, head.hash); err != nil {
+				return &auditRefusal{pageIndex(err, n)}
+			}
+		}
+		n += len(page)
+		l := page[len(page)-1]
+		last = &l
+		return nil
+	})
+	if err != nil {
+		// A chain error from above, or the client's refusal of pages
+		// that do not follow one another (both exit 1), or a failure to
+		// fetch.
+		return 0, nil, err
+	}
+	if head != nil && !headSeen {
+		// The log is empty or ends before the head: VerifyHead says so.
+		var tail []audit.Entry
+		if last != nil {
+			tail = []audit.Entry{*last}
+		}
+		if err := audit.VerifyHead(tail, head.seq, head.hash); err != nil {
+			return 0, nil, &auditRefusal{err}
+		}
+	}
+	return n, last, nil
+}
+
+// pageIndex makes a chain error's index count from the log's start
+// rather than from its page's.
+func pageIndex(err error, offset int) error {
+	var be *audit.BrokenError
+	if errors.As(err, &be) {
+		be.Index += offset
+	}
+	return err
 }
 
 // auditRefusal makes a broken chain exit with the refusal code.
