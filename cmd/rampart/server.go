@@ -8,12 +8,17 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"text/tabwriter"
 	"time"
+
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/client"
 	"github.com/rampartfw/rampart/internal/failure"
+	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
 // serverFlags are the flags of every command that talks to rampart-server.
@@ -60,6 +65,11 @@ DIR/director-snapshot.pub and DIR/director-timestamp.pub (the director's
 online keys, for the director root), and DIR/log.pub (the transparency
 log's verifier key). Existing files are not replaced.
 
+Prints each file with its key id, and log.pub with the verifier key it
+holds (which embeds the key's hash). Compare them, out of band, with the
+ids rampart-server logs at startup ("online keys") before naming the keys
+in rampart repo init and before provisioning devices with log.pub.
+
 Flags:
 ` + serverFlagsHelp + `    -o DIR           where to write the keys
 
@@ -85,25 +95,50 @@ Example:
 		if err != nil {
 			return err
 		}
+		var missing []string
+		for _, role := range []string{"snapshot", "timestamp", "log_key"} {
+			if ks[role] == "" {
+				missing = append(missing, role)
+			}
+		}
+		if len(missing) != 0 {
+			return fmt.Errorf("the server's answer lacks online keys: %s", strings.Join(missing, ", "))
+		}
+		// Check every key before writing any file.
+		type keyFile struct{ name, content, line string }
+		var files []keyFile
+		for _, role := range []string{"snapshot", "timestamp", "director-targets", "director-snapshot", "director-timestamp"} {
+			if ks[role] == "" {
+				continue
+			}
+			pub, err := keys.ParsePublic([]byte(ks[role]))
+			if err != nil {
+				return fmt.Errorf("the server's %s key: %w", role, err)
+			}
+			id, err := keys.ID(pub)
+			if err != nil {
+				return fmt.Errorf("the server's %s key: %w", role, err)
+			}
+			files = append(files, keyFile{role + ".pub", ks[role], fmt.Sprintf("%s key id %s %s", role, id, keys.TypeOf(pub))})
+		}
+		vkey := strings.TrimSpace(ks["log_key"])
+		if _, err := note.NewVerifier(vkey); err != nil {
+			return fmt.Errorf("the server's log key %s: %v", termsafe.String(vkey), err)
+		}
+		files = append(files, keyFile{"log.pub", vkey + "\n", "log verifier key " + termsafe.String(vkey)})
 		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return err
 		}
-		if ks["snapshot"] == "" || ks["timestamp"] == "" || ks["log_key"] == "" {
-			return fmt.Errorf("the server's answer lacks online keys: %v", ks)
-		}
-		files := map[string]string{"snapshot.pub": ks["snapshot"], "timestamp.pub": ks["timestamp"], "log.pub": ks["log_key"] + "\n"}
-		for _, role := range []string{"director-targets", "director-snapshot", "director-timestamp"} {
-			if ks[role] != "" {
-				files[role+".pub"] = ks[role]
-			}
-		}
-		for name, v := range files {
-			if err := atomicfile.CreateNew(filepath.Join(*out, name), []byte(v), 0o644); err != nil {
+		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+		for _, f := range files {
+			path := filepath.Join(*out, f.name)
+			if err := atomicfile.CreateNew(path, []byte(f.content), 0o644); err != nil {
+				tw.Flush()
 				return err
 			}
-			fmt.Fprintln(e.stdout, filepath.Join(*out, name))
+			fmt.Fprintf(tw, "%s\t%s\n", path, f.line)
 		}
-		return nil
+		return tw.Flush()
 	},
 }
 
