@@ -19,12 +19,14 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
 
 	"k8s.io/klog/v2"
 
+	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 )
@@ -203,6 +205,13 @@ func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Wri
 	if c.ManufacturerCAs != nil {
 		logger.Info("manufacturer enrollment enabled", attrs...)
 	}
+	ids, err := onlineKeyIDs(dir)
+	if err != nil {
+		return fail(stderr, 3, err, "")
+	}
+	// Operators compare these, out of band, with what rampart server keys
+	// printed before trusting the keys it wrote.
+	logger.Info("online keys", ids...)
 	logger.Info("serving", "addr", ln.Addr().String(), "data", dir)
 	select {
 	case err := <-errc:
@@ -216,4 +225,27 @@ func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Wri
 		logger.Error("shutdown", "err", err)
 	}
 	return 0
+}
+
+// onlineKeyIDs returns, as log attributes, the key id of each online
+// signing key the server loaded and the log's verifier key.
+func onlineKeyIDs(dir string) ([]any, error) {
+	var attrs []any
+	for _, role := range []string{"snapshot", "timestamp", "director-targets", "director-snapshot", "director-timestamp"} {
+		sg, err := keys.OpenFile(filepath.Join(dir, "keys", role+".key"), nil)
+		if err != nil {
+			return nil, err
+		}
+		id, err := keys.ID(sg.Public())
+		sg.Close()
+		if err != nil {
+			return nil, err
+		}
+		attrs = append(attrs, role, id)
+	}
+	vkey, err := os.ReadFile(filepath.Join(dir, "online", "log.pub"))
+	if err != nil {
+		return nil, err
+	}
+	return append(attrs, "log_key", strings.TrimSpace(string(vkey))), nil
 }
