@@ -24,6 +24,7 @@ targets=(
   "./internal/pki FuzzIssueDevice"
   "./internal/server FuzzUnsafePath"
   "./internal/install FuzzReadSpan"
+  "./internal/repo FuzzAdoptable"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<< "$t"
