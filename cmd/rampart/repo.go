@@ -254,7 +254,10 @@ func printDiff(w io.Writer, d *repo.RoleDiff) {
 	}
 	mark := map[string]string{repo.Added: "+", repo.Removed: "-", repo.Changed: "~"}
 	for _, c := range d.Changes {
-		line := fmt.Sprintf("  %s %s %s", mark[c.Op], c.Kind, c.Name)
+		line := fmt.Sprintf("  %s %s", mark[c.Op], c.Kind)
+		if c.Name != "" {
+			line += " " + c.Name
+		}
 		if c.Detail != "" {
 			line += ": " + c.Detail
 		}

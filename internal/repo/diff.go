@@ -121,7 +121,7 @@ func diffExpiry(was, now time.Time, hadBase bool) []Change {
 	if hadBase && was.Equal(now) {
 		return nil
 	}
-	c := Change{Op: Changed, Kind: "expiry", Name: "expires", Detail: stampOf(now)}
+	c := Change{Op: Changed, Kind: "expiry", Detail: stampOf(now)}
 	if hadBase {
 		c.Detail += " (was " + stampOf(was) + ")"
 	} else {
