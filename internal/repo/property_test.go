@@ -301,4 +301,3 @@ func mustRead(t *testing.T, paths ...string) []byte {
 	t.Fatalf("none of %v", paths)
 	return nil
 }
-
