@@ -110,35 +110,34 @@ func TestOversizedAnswersAreCutWhileRead(t *testing.T) {
 				t.Errorf("%v: want failure kind Environment and a hint", err)
 			}
 			<-done
+			// Allocations are logged, not checked: they include the
+			// server's, and sync.Pool drops buffers under the race detector.
 			t.Logf("limit %d: the server wrote %d bytes, the test process allocated %d", tc.limit, wrote.Load(), after.TotalAlloc-before.TotalAlloc)
 			// What the server got written before the client hung up: the
 			// limit plus what socket and TLS buffers took in meanwhile.
 			if n := wrote.Load(); n > tc.limit+32<<20 {
 				t.Errorf("the server wrote %d bytes before the client stopped; limit %d", n, tc.limit)
 			}
-			if alloc := after.TotalAlloc - before.TotalAlloc; alloc > uint64(4*tc.limit+32<<20) {
-				t.Errorf("reading the answer allocated %d bytes; limit %d", alloc, tc.limit)
-			}
 		})
 	}
 }
 
 func TestDeclaredOversizedAnswerIsNotRead(t *testing.T) {
-	var wrote atomic.Int64
+	// The server declares 1 GiB, sends a little and waits: a client that
+	// read before judging the declared length would wait with it.
 	c := hostile(t, func(w http.ResponseWriter, r *http.Request, stop <-chan struct{}) {
 		w.Header().Set("Content-Length", fmt.Sprint(int64(1)<<30))
-		endless(w, stop, 1<<30, &wrote)
+		io.WriteString(w, strings.Repeat("x", 1<<10))
+		w.(http.Flusher).Flush()
+		select {
+		case <-stop:
+		case <-time.After(10 * time.Second):
+		}
 	})
-	var before, after runtime.MemStats
-	runtime.ReadMemStats(&before)
+	c.Timeout = 2 * time.Second
 	_, err := c.Metadata(context.Background(), "1.root.json")
-	runtime.ReadMemStats(&after)
 	if !errors.Is(err, ErrAnswerTooLarge) || !strings.Contains(err.Error(), "/repo/1.root.json exceeds 8 MiB") {
 		t.Fatalf("err = %v, want an answer too large", err)
-	}
-	// Refused on its Content-Length, before reading the 8 MiB it may hold.
-	if alloc := after.TotalAlloc - before.TotalAlloc; alloc > 4<<20 {
-		t.Errorf("the test process allocated %d bytes: the answer was read", alloc)
 	}
 }
 
