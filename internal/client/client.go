@@ -136,6 +136,8 @@ type Client struct {
 	// (default 60 s), or when, after UploadGrace (default 60 s), its
 	// average rate is below UploadMinRate bytes a second (default 16
 	// KiB/s). Once the blob is sent, the answer must come within Timeout.
+	// A duration that is not positive means its default; an UploadMinRate
+	// that is not positive turns the rate rule off.
 	UploadStall   time.Duration
 	UploadGrace   time.Duration
 	UploadMinRate int64
@@ -180,14 +182,18 @@ type call struct {
 	body         io.Reader
 	length       int64         // of body; -1 if unknown
 	limit        int64         // the most bytes of answer read
-	timeout      time.Duration // whole request; 0: the upload rule
+	timeout      time.Duration // whole request (DefaultTimeout if 0)
+	upload       bool          // the upload rule instead of timeout
 }
 
 // do sends a request under its deadline and returns the answer, read up
 // to its limit. A refusal (status >= 400) becomes an *APIError.
 func (c *Client) do(ctx context.Context, k call) ([]byte, error) {
 	op := k.method + " " + strings.SplitN(k.path, "?", 2)[0]
-	if k.timeout > 0 {
+	if !k.upload {
+		if k.timeout <= 0 {
+			k.timeout = DefaultTimeout
+		}
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeoutCause(ctx, k.timeout, &TimeoutError{Op: op, Reason: "no answer within " + k.timeout.String()})
 		defer cancel()
@@ -337,7 +343,8 @@ func (m *meter) Read(p []byte) (int, error) {
 // UploadMinRate, or when the answer has not come within Timeout of the
 // last byte.
 func (c *Client) watchUpload(ctx context.Context, cancel context.CancelCauseFunc, op string, m *meter) (stop func()) {
-	tick := min(c.UploadStall, c.UploadGrace, c.Timeout) / 10
+	stall, grace, answer := orDefault(c.UploadStall, DefaultUploadStall), orDefault(c.UploadGrace, DefaultUploadGrace), orDefault(c.Timeout, DefaultTimeout)
+	tick := min(stall, grace, answer) / 10
 	tick = max(10*time.Millisecond, min(tick, time.Second))
 	done := make(chan struct{})
 	go func() {
@@ -363,12 +370,12 @@ func (c *Client) watchUpload(ctx context.Context, cancel context.CancelCauseFunc
 					if sent.IsZero() {
 						sent = now
 					}
-					if now.Sub(sent) >= c.Timeout {
-						reason = fmt.Sprintf("no answer within %v of sending the last byte", c.Timeout)
+					if now.Sub(sent) >= answer {
+						reason = fmt.Sprintf("no answer within %v of sending the last byte", answer)
 					}
-				case now.Sub(moved) >= c.UploadStall:
-					reason = fmt.Sprintf("upload stalled: no byte moved for %v (%s of %s sent)", c.UploadStall, byteSize(n), byteSize(m.length))
-				case now.Sub(start) >= c.UploadGrace && float64(n) < float64(c.UploadMinRate)*now.Sub(start).Seconds():
+				case now.Sub(moved) >= stall:
+					reason = fmt.Sprintf("upload stalled: no byte moved for %v (%s of %s sent)", stall, byteSize(n), byteSize(m.length))
+				case now.Sub(start) >= grace && float64(n) < float64(c.UploadMinRate)*now.Sub(start).Seconds():
 					reason = fmt.Sprintf("upload too slow: %s of %s sent in %v, below the minimum average of %s/s", byteSize(n), byteSize(m.length), now.Sub(start).Round(time.Millisecond), byteSize(c.UploadMinRate))
 				}
 				if reason != "" {
@@ -379,6 +386,14 @@ func (c *Client) watchUpload(ctx context.Context, cancel context.CancelCauseFunc
 		}
 	}()
 	return func() { close(done) }
+}
+
+// orDefault is d, or def if d is not positive.
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // byteSize names a size for messages: "8 MiB", "64 KiB", "1234 bytes".
@@ -422,7 +437,7 @@ func (c *Client) HasBlob(ctx context.Context, digest string) (bool, error) {
 // PutBlob uploads a blob of the given digest and length, under the upload
 // rule (see Client).
 func (c *Client) PutBlob(ctx context.Context, digest string, length int64, r io.Reader) error {
-	_, err := c.do(ctx, call{method: "PUT", path: "/api/v1/blobs/" + digest + "?length=" + strconv.FormatInt(length, 10), body: r, length: length, limit: MaxSmallAnswer})
+	_, err := c.do(ctx, call{method: "PUT", path: "/api/v1/blobs/" + digest + "?length=" + strconv.FormatInt(length, 10), body: r, length: length, limit: MaxSmallAnswer, upload: true})
 	return err
 }
 
@@ -440,7 +455,7 @@ func (c *Client) Push(ctx context.Context, roots [][]byte, targets []byte, roles
 		return nil, err
 	}
 	var out PushResult
-	if err := c.doJSON(ctx, call{method: "POST", path: "/api/v1/repo/push", body: bytes.NewReader(b), length: int64(len(b)), limit: MaxSmallAnswer, timeout: c.PushTimeout}, &out); err != nil {
+	if err := c.doJSON(ctx, call{method: "POST", path: "/api/v1/repo/push", body: bytes.NewReader(b), length: int64(len(b)), limit: MaxSmallAnswer, timeout: orDefault(c.PushTimeout, DefaultPushTimeout)}, &out); err != nil {
 		return nil, err
 	}
 	for i, r := range out.Releases {

@@ -416,3 +416,20 @@ func TestPushReleasesAreMadeSafe(t *testing.T) {
 		t.Fatalf("%+v, %v", res, err)
 	}
 }
+
+func TestZeroDeadlinesMeanTheDefaults(t *testing.T) {
+	c := hostile(t, func(w http.ResponseWriter, r *http.Request, stop <-chan struct{}) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, `{"versions":{"root":1}}`)
+	})
+	c.Timeout, c.PushTimeout, c.UploadStall, c.UploadGrace, c.UploadMinRate = 0, 0, 0, 0, 0
+	if _, err := c.Versions(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Push(context.Background(), nil, []byte("{}"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.PutBlob(context.Background(), blobDigest, 1<<20, io.LimitReader(zeros{}, 1<<20)); err != nil {
+		t.Fatal(err)
+	}
+}
