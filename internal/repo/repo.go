@@ -261,6 +261,13 @@ func (r *Repo) load() (*state, error) {
 		}
 		s.roles[role], s.rolesStaged[role] = m, true
 	}
+	// A product delegated but never published whose staged version was
+	// unstaged is back where repo delegate left it: staged, and empty.
+	for _, d := range s.delegatedRoles() {
+		if s.roles[d.Name] == nil {
+			s.roles[d.Name], s.rolesStaged[d.Name] = metadata.Targets(r.now().Add(r.cfg.ExpiryFor(d.Name))), true
+		}
+	}
 	return s, nil
 }
 
