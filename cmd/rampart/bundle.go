@@ -15,7 +15,7 @@ import (
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
-var bundleCmd = &command{
+var bundleCmd = &cmdSpec{
 	name:    "bundle",
 	summary: "write an offline bundle of a published release",
 	usage: `

@@ -9,7 +9,7 @@ import (
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
-var deviceTokenCmd = &command{
+var deviceTokenCmd = &cmdSpec{
 	name:    "device token",
 	summary: "create a one-time enrollment token for a hardware id",
 	usage: `
@@ -52,7 +52,7 @@ Example:
 	},
 }
 
-var deviceRevokeCmd = &command{
+var deviceRevokeCmd = &cmdSpec{
 	name:    "device revoke",
 	summary: "revoke a device; the server refuses its certificate from now on",
 	usage: `
@@ -85,7 +85,7 @@ Example:
 	},
 }
 
-var deployCmd = &command{
+var deployCmd = &cmdSpec{
 	name:    "deploy",
 	summary: "assign a published release to every device of a hardware id",
 	usage: `

@@ -11,7 +11,7 @@ import (
 	"github.com/rampartfw/rampart/internal/keys"
 )
 
-var keyGenerateCmd = &command{
+var keyGenerateCmd = &cmdSpec{
 	name:    "key generate",
 	summary: "create a key pair (file or PKCS#11 token)",
 	usage: `
@@ -109,7 +109,7 @@ Example:
 	},
 }
 
-var keyIDCmd = &command{
+var keyIDCmd = &cmdSpec{
 	name:    "key id",
 	summary: "print the TUF key id of a public key, key file or PKCS#11 key",
 	usage: `

@@ -15,7 +15,7 @@ import (
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
-var logVerifyCmd = &command{
+var logVerifyCmd = &cmdSpec{
 	name:    "log verify",
 	summary: "check the transparency log: signature, consistency, inclusion",
 	usage: `

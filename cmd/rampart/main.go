@@ -7,15 +7,11 @@ package main
 import (
 	"errors"
 	"flag"
-	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
-	"strings"
-)
 
-// Version is set at link time (-X main.Version=...) or read from build info.
-var Version = ""
+	"github.com/rampartfw/rampart/internal/command"
+)
 
 // env is what a command may touch besides its arguments.
 type env struct {
@@ -24,7 +20,7 @@ type env struct {
 	getenv         func(string) string
 }
 
-type command struct {
+type cmdSpec struct {
 	name    string
 	summary string
 	usage   string
@@ -32,7 +28,7 @@ type command struct {
 }
 
 // commands lists every command in the order help shows them.
-var commands = []*command{
+var commands = []*cmdSpec{
 	keyGenerateCmd, keyIDCmd,
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoDiffCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
@@ -44,92 +40,45 @@ func main() {
 	os.Exit(run(os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}))
 }
 
-func run(args []string, e *env) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		if len(args) > 1 {
-			args = append(args[1:], "--help")
-			return run(args, e)
-		}
-		mainUsage(e.stdout)
-		return exitOK
+// program is the shared help, version and command lookup (internal/command).
+var program = func() *command.Program {
+	p := &command.Program{
+		Name:  "rampart",
+		Intro: "Rampart signs firmware, publishes it as a TUF repository, and verifies it.",
+		More:  "The docs/ directory has the quickstart, the key ceremony and every command (docs/cli.md).",
+		ExitStatus: `    0  success
+    1  verification or a policy check refused the input
+    2  usage or input error
+    3  environment error (file system, network, HSM module)`,
 	}
-	if args[0] == "version" || args[0] == "--version" {
-		fmt.Fprintln(e.stdout, "rampart", version())
-		return exitOK
-	}
-	// Commands are one or two words: "verify", "repo sign".
-	var cmd *command
-	rest := args
 	for _, c := range commands {
-		words := strings.Fields(c.name)
-		if len(args) >= len(words) && strings.Join(args[:len(words)], " ") == c.name {
-			if cmd == nil || len(words) > len(strings.Fields(cmd.name)) {
-				cmd, rest = c, args[len(words):]
-			}
+		p.Commands = append(p.Commands, &command.Command{Name: c.name, Summary: c.summary, Usage: c.usage})
+	}
+	return p
+}()
+
+func run(args []string, e *env) int {
+	c, rest, done, err := program.Resolve(args, e.stdout)
+	if done {
+		return exitOK
+	}
+	var unknown *command.UnknownError
+	if errors.As(err, &unknown) {
+		return report(e.stderr, usagef(unknown.Hint(), "%s", unknown.Error()))
+	}
+	var cmd *cmdSpec
+	for _, x := range commands {
+		if x.name == c.Name {
+			cmd = x
 		}
 	}
-	if cmd == nil {
-		group := args[0]
-		var subs []string
-		for _, c := range commands {
-			if strings.HasPrefix(c.name, group+" ") {
-				subs = append(subs, strings.TrimPrefix(c.name, group+" "))
-			}
-		}
-		if len(subs) > 0 {
-			if len(args) > 1 {
-				return report(e.stderr, usagef("rampart "+group+" --help lists them", "unknown command %q; rampart %s has: %s", group+" "+args[1], group, strings.Join(subs, ", ")))
-			}
-			groupUsage(e.stdout, group)
-			return exitOK
-		}
-		return report(e.stderr, usagef("rampart help lists the commands", "unknown command %q", args[0]))
-	}
-	err := cmd.run(e, rest)
+	err = cmd.run(e, rest)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(e.stdout, strings.TrimLeft(cmd.usage, "\n"))
+		program.Help(e.stdout, c)
 		return exitOK
 	}
 	if err != nil {
 		return report(e.stderr, err)
 	}
 	return exitOK
-}
-
-func mainUsage(w io.Writer) {
-	fmt.Fprint(w, `Rampart signs firmware, publishes it as a TUF repository, and verifies it.
-
-Usage:
-    rampart COMMAND [ARGUMENTS] [FLAGS]
-
-Commands:
-`)
-	for _, c := range commands {
-		fmt.Fprintf(w, "    %-18s %s\n", c.name, c.summary)
-	}
-	fmt.Fprint(w, `
-Run "rampart COMMAND --help" for a command's flags and an example.
-
-Exit status: 0 success; 1 verification or a policy check refused the input;
-2 usage or input error; 3 environment error (file system, HSM module).
-`)
-}
-
-func groupUsage(w io.Writer, group string) {
-	fmt.Fprintf(w, "Usage: rampart %s COMMAND ...\n\nCommands:\n", group)
-	for _, c := range commands {
-		if strings.HasPrefix(c.name, group+" ") {
-			fmt.Fprintf(w, "    %-18s %s\n", c.name, c.summary)
-		}
-	}
-}
-
-func version() string {
-	if Version != "" {
-		return Version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

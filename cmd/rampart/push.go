@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 )
 
-var repoPushCmd = &command{
+var repoPushCmd = &cmdSpec{
 	name:    "repo push",
 	summary: "push signed roles and new releases to rampart-server",
 	usage: `

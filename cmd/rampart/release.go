@@ -9,7 +9,7 @@ import (
 	"github.com/rampartfw/rampart/internal/repo"
 )
 
-var releaseAddCmd = &command{
+var releaseAddCmd = &cmdSpec{
 	name:    "release add",
 	summary: "add a firmware image as a new release of a product",
 	usage: `

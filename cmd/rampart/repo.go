@@ -28,7 +28,7 @@ func openRepo(e *env, dir string) (*repo.Repo, error) {
 	return r, nil
 }
 
-var repoInitCmd = &command{
+var repoInitCmd = &cmdSpec{
 	name:    "repo init",
 	summary: "create a repository and its root of trust",
 	usage: `
@@ -119,7 +119,7 @@ Example:
 	},
 }
 
-var repoSignCmd = &command{
+var repoSignCmd = &cmdSpec{
 	name:    "repo sign",
 	summary: "review a staged role's changes and add one signature",
 	usage: `
@@ -188,7 +188,7 @@ Example:
 	},
 }
 
-var repoDiffCmd = &command{
+var repoDiffCmd = &cmdSpec{
 	name:    "repo diff",
 	summary: "show what signing a staged role would approve",
 	usage: `
@@ -292,7 +292,7 @@ func (*declined) FailureHint() string {
 	return "if the changes are not what you expected, do not sign; docs/key-ceremony.md says what to do"
 }
 
-var repoImportCmd = &command{
+var repoImportCmd = &cmdSpec{
 	name:    "repo import-signatures",
 	summary: "merge signatures made on other copies of a staged role",
 	usage: `
@@ -343,7 +343,7 @@ Example:
 	},
 }
 
-var repoDelegateCmd = &command{
+var repoDelegateCmd = &cmdSpec{
 	name:    "repo delegate",
 	summary: "delegate a product line to its release signers",
 	usage: `
@@ -382,7 +382,7 @@ Example:
 	},
 }
 
-var repoStatusCmd = &command{
+var repoStatusCmd = &cmdSpec{
 	name:    "repo status",
 	summary: "show each role's version, signatures, missing keys and expiry",
 	usage: `
@@ -465,7 +465,7 @@ Example:
 	},
 }
 
-var repoPublishCmd = &command{
+var repoPublishCmd = &cmdSpec{
 	name:    "repo publish",
 	summary: "sign snapshot and timestamp and write DIR/public",
 	usage: `
@@ -520,7 +520,7 @@ Example:
 	},
 }
 
-var repoRotateCmd = &command{
+var repoRotateCmd = &cmdSpec{
 	name:    "repo rotate",
 	summary: "add or revoke a role's keys, change its threshold",
 	usage: `
@@ -575,7 +575,7 @@ Example:
 	},
 }
 
-var repoStageCmd = &command{
+var repoStageCmd = &cmdSpec{
 	name:    "repo stage",
 	summary: "start a new version of a role (renew expiry, re-sign)",
 	usage: `
@@ -591,7 +591,7 @@ Example:
 	},
 }
 
-var repoUnstageCmd = &command{
+var repoUnstageCmd = &cmdSpec{
 	name:    "repo unstage",
 	summary: "discard the staged version of a role",
 	usage: `

@@ -53,7 +53,7 @@ const serverFlagsHelp = `    --server URL     the server, https://HOST:PORT (or 
     --token TOKEN    an operator token (or RAMPART_TOKEN)
 `
 
-var serverKeysCmd = &command{
+var serverKeysCmd = &cmdSpec{
 	name:    "server keys",
 	summary: "fetch the server's online public keys for the root ceremony",
 	usage: `
@@ -142,7 +142,7 @@ Example:
 	},
 }
 
-var auditVerifyCmd = &command{
+var auditVerifyCmd = &cmdSpec{
 	name:    "audit verify",
 	summary: "fetch the audit log and check its hash chain",
 	usage: `
@@ -265,7 +265,7 @@ func (a *auditRefusal) FailureHint() string {
 	return "the audit log in the server's database was altered; preserve the database and investigate"
 }
 
-var directorPushRootCmd = &command{
+var directorPushRootCmd = &cmdSpec{
 	name:    "director push-root",
 	summary: "push the offline-signed director root to the server (admin)",
 	usage: `

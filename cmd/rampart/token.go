@@ -10,7 +10,7 @@ import (
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
-var tokenCreateCmd = &command{
+var tokenCreateCmd = &cmdSpec{
 	name:    "token create",
 	summary: "create an operator token on the server (admin)",
 	usage: `
@@ -51,7 +51,7 @@ Example:
 	},
 }
 
-var tokenListCmd = &command{
+var tokenListCmd = &cmdSpec{
 	name:    "token list",
 	summary: "list the server's operator tokens and their roles (admin)",
 	usage: `
@@ -97,7 +97,7 @@ Example:
 	},
 }
 
-var tokenSetRoleCmd = &command{
+var tokenSetRoleCmd = &cmdSpec{
 	name:    "token set-role",
 	summary: "change an operator token's role (admin)",
 	usage: `
@@ -136,7 +136,7 @@ Example:
 	},
 }
 
-var tokenRevokeCmd = &command{
+var tokenRevokeCmd = &cmdSpec{
 	name:    "token revoke",
 	summary: "revoke an operator token; the server refuses it from its next request (admin)",
 	usage: `

@@ -20,7 +20,7 @@ import (
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
-var verifyCmd = &command{
+var verifyCmd = &cmdSpec{
 	name:    "verify",
 	summary: "verify an offline bundle against a trusted root",
 	usage: `
