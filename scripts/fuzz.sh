@@ -25,6 +25,7 @@ targets=(
   "./internal/server FuzzUnsafePath"
   "./internal/install FuzzReadSpan"
   "./internal/repo FuzzAdoptable"
+  "./internal/strictjson FuzzUnmarshal"
 )
 for t in "${targets[@]}"; do
   read -r pkg name <<< "$t"
