@@ -13,13 +13,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"os/signal"
-	"runtime/debug"
 	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/agent"
+	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -33,20 +33,90 @@ const (
 	exitUnhealthy = 4 // boot: the health check failed on a committed slot
 )
 
-const usage = `usage: rampart-agent COMMAND --config agent.toml [flags]
+// program is the shared help, version and command lookup (internal/command).
+var program = &command.Program{
+	Name:  "rampart-agent",
+	Intro: "rampart-agent is the device side of Rampart: it verifies updates against both repositories and the transparency log, installs them into the inactive slot, trial-boots, and commits or rolls back.",
+	More:  "Every command reads --config (default /etc/rampart/agent.toml); docs/agent.md describes it.",
+	Commands: []*command.Command{
+		{Name: "enroll", Summary: "make the device key and obtain its certificate", Usage: `
+Usage: rampart-agent enroll --config FILE [--server URL] (--token TOKEN | --manufacturer-cert FILE)
 
-commands:
-  enroll [--server URL] --token TOKEN make the device key here and obtain its certificate
-  enroll --manufacturer-cert FILE     the same with the certificate chain the manufacturer
-                                      gave the device (PEM), for the key in device.key
-  run [--once]                        poll, verify, install, reboot, report
-  boot                                at boot: finish a trial (health check, commit or roll back)
-  status [--json]                     slots, versions, security counter, pending update, last error
-  install BUNDLE                      out-of-band update from a bundle file
-  version
+Makes the device key (device.key, unless the manufacturer put one there)
+and obtains the device certificate from the server: with a one-time
+token from the operator (rampart device token), or with the certificate
+chain the manufacturer gave the device, for the key in device.key.
 
-See docs/agent.md for the configuration file.
-`
+Flags:
+    --config FILE              the agent configuration (default /etc/rampart/agent.toml)
+    --server URL               the server, when the configuration does not name it
+    --token TOKEN              a one-time enrollment token
+    --manufacturer-cert FILE   the device's manufacturer certificate chain (PEM)
+
+Example:
+    rampart-agent enroll --config /etc/rampart/agent.toml --token "$TOKEN"
+`},
+		{Name: "run", Summary: "poll, verify, install, reboot, report", Usage: `
+Usage: rampart-agent run --config FILE [--once] [-v]
+
+Polls the server, verifies and installs what the director assigns into
+the inactive slot, arms a trial boot and reboots; reports every outcome.
+
+Flags:
+    --config FILE   the agent configuration (default /etc/rampart/agent.toml)
+    --once          one check-in, then exit
+    -v              debug logging
+
+Example:
+    rampart-agent run --config /etc/rampart/agent.toml --once
+`},
+		{Name: "boot", Summary: "at boot: finish a trial (health check, commit or roll back)", Usage: `
+Usage: rampart-agent boot --config FILE
+
+Run once at every boot. After a trial boot it runs the health check,
+then commits the slot (and raises the security counter) or rolls back.
+
+Flags:
+    --config FILE   the agent configuration (default /etc/rampart/agent.toml)
+
+Example:
+    rampart-agent boot --config /etc/rampart/agent.toml
+`},
+		{Name: "status", Summary: "slots, versions, security counter, pending update, last error", Usage: `
+Usage: rampart-agent status --config FILE [--json]
+
+Flags:
+    --config FILE   the agent configuration (default /etc/rampart/agent.toml)
+    --json          machine-readable output
+
+Example:
+    rampart-agent status --config /etc/rampart/agent.toml --json
+`},
+		{Name: "install", Summary: "out-of-band update from a bundle file", Usage: `
+Usage: rampart-agent install --config FILE BUNDLE
+
+Installs an offline bundle (rampart bundle) with the same verification as
+an online update, then arms a trial boot.
+
+Flags:
+    --config FILE   the agent configuration (default /etc/rampart/agent.toml)
+
+Example:
+    rampart-agent install --config /etc/rampart/agent.toml /media/usb/fw.rbundle
+`},
+		{Name: "version", Summary: "print the version", Usage: `
+Usage: rampart-agent version
+
+Example:
+    rampart-agent version
+`},
+	},
+	ExitStatus: `    0  success
+    1  refused: verification, policy or enrollment refused
+    2  usage or configuration error
+    3  environment error: network, disk, bootloader
+    4  boot: the health check failed on a committed slot`,
+}
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -84,15 +154,15 @@ func startCPUProfile(stderr io.Writer) func() {
 }
 
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(stdout, usage)
+	c, args, done, err := program.Resolve(args, stdout)
+	if done {
 		return exitOK
 	}
-	if args[0] == "version" || args[0] == "--version" {
-		fmt.Fprintln(stdout, "rampart-agent", version())
-		return exitOK
+	var unknown *command.UnknownError
+	if errors.As(err, &unknown) {
+		return fail(stderr, exitUsage, err, unknown.Hint())
 	}
-	cmd, args := args[0], args[1:]
+	cmd := c.Name
 	fs := flag.NewFlagSet(cmd, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	configPath := fs.String("config", "/etc/rampart/agent.toml", "")
@@ -103,8 +173,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	asJSON := fs.Bool("json", false, "")
 	verbose := fs.Bool("v", false, "")
 	pos, err := parse(fs, args)
+	if errors.Is(err, flag.ErrHelp) {
+		program.Help(stdout, c)
+		return exitOK
+	}
 	if err != nil {
-		return fail(stderr, exitUsage, err, "run rampart-agent help")
+		return fail(stderr, exitUsage, err, "rampart-agent "+cmd+" --help shows the flags")
 	}
 	level := slog.LevelInfo
 	if *verbose {
@@ -350,17 +424,4 @@ func fail(stderr io.Writer, code int, err error, hint string) int {
 		fmt.Fprintf(stderr, "rampart-agent: hint: %s\n", hint)
 	}
 	return code
-}
-
-// Version is set at link time (-X main.Version=...) or read from build info.
-var Version = ""
-
-func version() string {
-	if Version != "" {
-		return Version
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
-	}
-	return "(devel)"
 }

@@ -26,34 +26,66 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 )
 
-const usage = `Usage:
-    rampart-server init  --data DIR [--host NAME...] [--log-origin NAME]
-    rampart-server serve --data DIR [--listen ADDR] [--manufacturer-ca FILE] [--config FILE]
+// program is the shared help, version and command lookup (internal/command).
+var program = &command.Program{
+	Name:  "rampart-server",
+	Intro: "rampart-server runs Rampart's update server: the hosted image repository, each device's director repository, the transparency and audit logs, enrollment and the operator API.",
+	More:  "docs/server.md describes the data directory, configuration and operation.",
+	Commands: []*command.Command{
+		{Name: "init", Summary: "create a data directory: store, logs, online keys, CAs, an admin token", Usage: `
+Usage: rampart-server init --data DIR [--host NAME...] [--log-origin NAME] [--config FILE]
 
-init creates DIR with the metadata store, the blob and log directories, the
+Creates DIR with the metadata store, the blob and log directories, the
 online keys (snapshot, timestamp, log), the server CA (DIR/ca.pem, which
 clients pin), a serving certificate for the hosts, and the device CA, and
 prints the online public keys and an admin token, once.
 
-serve serves HTTPS on ADDR (default 127.0.0.1:8443) until SIGINT or
-SIGTERM, then drains requests for up to 30 seconds. With --manufacturer-ca
-FILE (PEM, one or more CA certificates), devices may also enroll with a
-certificate from one of those manufacturer CAs instead of a one-time token.
-
-Environment: RAMPART_DATA, RAMPART_LISTEN, RAMPART_MANUFACTURER_CA,
-RAMPART_CONFIG. The JSON config file may set "data", "listen", "hosts",
-"log_origin" and "manufacturer_ca".
+Flags:
+    --data DIR          the data directory (or RAMPART_DATA)
+    --host NAME         a DNS name or IP address of the serving certificate (repeat)
+    --log-origin NAME   the transparency log's origin line
+    --config FILE       a JSON file with "data", "hosts", "log_origin" (or RAMPART_CONFIG)
 
 Example:
-    rampart-server init --data srv
+    rampart-server init --data srv --host updates.example.com
+`},
+		{Name: "serve", Summary: "serve HTTPS until SIGINT or SIGTERM", Usage: `
+Usage: rampart-server serve --data DIR [--listen ADDR] [--manufacturer-ca FILE] [--config FILE]
+
+Serves HTTPS on ADDR (default 127.0.0.1:8443) until SIGINT or SIGTERM,
+then drains requests for up to 30 seconds. With --manufacturer-ca FILE
+(PEM, one or more CA certificates), devices may also enroll with a
+certificate from one of those manufacturer CAs instead of a one-time token.
+
+Flags:
+    --data DIR                the data directory (or RAMPART_DATA)
+    --listen ADDR             HOST:PORT to listen on (or RAMPART_LISTEN)
+    --manufacturer-ca FILE    manufacturer CA certificates (or RAMPART_MANUFACTURER_CA)
+    --config FILE             a JSON file with "data", "listen", "hosts",
+                              "log_origin", "manufacturer_ca" (or RAMPART_CONFIG);
+                              flags win over the environment, which wins over the file
+
+Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
     rampart-server serve --data srv --manufacturer-ca acme-factory-ca.pem
-`
+`},
+		{Name: "version", Summary: "print the version", Usage: `
+Usage: rampart-server version
+
+Example:
+    rampart-server version
+`},
+	},
+	ExitStatus: `    0  success
+    2  usage or configuration error (flags, config file, an initialised directory)
+    3  environment error (data directory, keys, network)`,
+}
 
 type fileConfig struct {
 	Data           string   `json:"data"`
@@ -81,10 +113,15 @@ func main() {
 
 // run runs one command; serve stops when ctx ends.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprint(stdout, usage)
+	cmd, args, done, err := program.Resolve(args, stdout)
+	if done {
 		return 0
 	}
+	var unknown *command.UnknownError
+	if errors.As(err, &unknown) {
+		return fail(stderr, 2, err, unknown.Hint())
+	}
+	args = append([]string{cmd.Name}, args...)
 	fs := flag.NewFlagSet(args[0], flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	data := fs.String("data", "", "")
@@ -96,10 +133,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.Var(&hosts, "host", "")
 	if err := fs.Parse(args[1:]); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprint(stdout, usage)
+			program.Help(stdout, cmd)
 			return 0
 		}
-		return fail(stderr, 2, err, "rampart-server --help shows the options")
+		return fail(stderr, 2, err, "rampart-server "+cmd.Name+" --help shows the options")
 	}
 	// Precedence: flags, then environment, then the config file.
 	var fc fileConfig

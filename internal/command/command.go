@@ -138,7 +138,11 @@ func (p *Program) Resolve(args []string, stdout io.Writer) (c *Command, rest []s
 		return nil, nil, true, nil
 	}
 	if args[0] == "version" || args[0] == "--version" {
-		fmt.Fprintln(stdout, p.Name, Version())
+		if c, _ := p.Lookup([]string{"version"}); c != nil && len(args) > 1 && isHelpWord(strings.TrimLeft(args[1], "-")) {
+			p.Help(stdout, c)
+		} else {
+			fmt.Fprintln(stdout, p.Name, Version())
+		}
 		return nil, nil, true, nil
 	}
 	c, rest = p.Lookup(args)
@@ -168,7 +172,7 @@ func (p *Program) unknown(args []string) error {
 	return e
 }
 
-func isHelpWord(s string) bool { return s == "help" || s == "-h" || s == "--help" }
+func isHelpWord(s string) bool { return s == "help" || s == "-h" || s == "--help" || s == "h" }
 
 // IsHelp reports whether a flag parse error asks for the command's help.
 func IsHelp(err error) bool { return err == flag.ErrHelp }
