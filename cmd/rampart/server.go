@@ -43,7 +43,7 @@ func (f serverFlags) client(e *env) (*client.Client, error) {
 	}
 	c, err := client.New(srv, pick(f.ca, "RAMPART_CA"), pick(f.token, "RAMPART_TOKEN"))
 	if err != nil {
-		return nil, usagef("--ca is the server's ca.pem (rampart-server init writes it)", "%v", err)
+		return nil, err // a *client.SetupError: exit 2, with its own hint
 	}
 	return c, nil
 }

@@ -7,16 +7,20 @@ package client
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/audit"
@@ -151,19 +155,22 @@ type Client struct {
 // CA certificate(s) in caFile.
 func New(server, caFile, token string) (*Client, error) {
 	u, err := url.Parse(server)
-	if err != nil || u.Scheme != "https" || u.Host == "" {
-		return nil, fmt.Errorf("server %q is not an https:// URL", server)
+	switch {
+	case err == nil && u.Scheme == "http":
+		return nil, &SetupError{Msg: fmt.Sprintf("server %q is plain http://", termsafe.String(server)), Hint: "rampart-server speaks HTTPS only: give https://HOST:PORT"}
+	case err != nil || u.Scheme != "https" || u.Host == "":
+		return nil, &SetupError{Msg: fmt.Sprintf("server %q is not an https:// URL", termsafe.String(server)), Hint: "give the server as https://HOST:PORT, for example https://127.0.0.1:8443"}
 	}
 	if caFile == "" {
-		return nil, errors.New("no server CA: give --ca FILE (the server's ca.pem)")
+		return nil, &SetupError{Msg: "no server CA", Hint: "give --ca FILE (or RAMPART_CA): the server's ca.pem, which rampart-server init writes into its data directory"}
 	}
 	ca, err := os.ReadFile(caFile)
 	if err != nil {
-		return nil, err
+		return nil, &SetupError{Msg: err.Error(), Hint: "--ca is the server's ca.pem (rampart-server init writes it)", Err: err}
 	}
 	pool, err := pki.CertPoolFromPEM(ca)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", caFile, err)
+		return nil, &SetupError{Msg: fmt.Sprintf("%s: %v", caFile, err), Hint: "--ca is the server's ca.pem (rampart-server init writes it)", Err: err}
 	}
 	// HTTP/1.1: uploads of large blobs are faster without HTTP/2 flow
 	// control. Deadlines are per request (see do), not on the transport.
@@ -174,6 +181,57 @@ func New(server, caFile, token string) (*Client, error) {
 		UploadStall: DefaultUploadStall, UploadGrace: DefaultUploadGrace, UploadMinRate: DefaultUploadMinRate,
 		AuditPageSize: maxAuditPageSize,
 	}, nil
+}
+
+// SetupError is a server URL or CA that cannot work, found before any
+// connection.
+type SetupError struct {
+	Msg, Hint string
+	Err       error
+}
+
+func (e *SetupError) Error() string             { return e.Msg }
+func (e *SetupError) Unwrap() error             { return e.Err }
+func (e *SetupError) FailureKind() failure.Kind { return failure.Input }
+func (e *SetupError) FailureHint() string       { return e.Hint }
+
+// ConnError is a request that reached no server, or no server this client
+// trusts. Its hint names the likely cause.
+type ConnError struct {
+	Op, Server string
+	Err        error
+}
+
+func (e *ConnError) Error() string {
+	return fmt.Sprintf("%s: cannot reach the server at %s: %v", e.Op, e.Server, e.Err)
+}
+func (e *ConnError) Unwrap() error             { return e.Err }
+func (e *ConnError) FailureKind() failure.Kind { return failure.Environment }
+
+// FailureHint reads the cause off the error chain.
+func (e *ConnError) FailureHint() string {
+	var unknownCA x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var recordHeader tls.RecordHeaderError
+	var dns *net.DNSError
+	switch {
+	case errors.As(e.Err, &unknownCA):
+		return "the server's certificate is not signed by the CA given with --ca: give this server's ca.pem (in its data directory), or check --server points at the right server"
+	case errors.As(e.Err, &hostname):
+		return "the server's certificate does not name " + e.Server + ": connect with a name or address given to rampart-server init --host"
+	case errors.As(e.Err, &invalid):
+		return "the server's certificate is not valid now (expired, or a clock is wrong): check both clocks"
+	case errors.As(e.Err, &recordHeader):
+		return "something at " + e.Server + " answers, but not with TLS: is it rampart-server, and is the port right?"
+	case errors.As(e.Err, &dns):
+		return "the host name in --server does not resolve: check it"
+	case errors.Is(e.Err, syscall.ECONNREFUSED):
+		return "nothing listens at " + e.Server + ": is rampart-server serve running there, and is --server right?"
+	case errors.Is(e.Err, syscall.ECONNRESET), errors.Is(e.Err, io.EOF), errors.Is(e.Err, io.ErrUnexpectedEOF):
+		return "the connection was closed mid-request: retry; if it persists, check the server's log and anything between (proxy, load balancer)"
+	}
+	return "check --server and the network between here and the server"
 }
 
 // call is one request and the bounds of its answer.
@@ -237,7 +295,10 @@ func (c *Client) send(ctx context.Context, k call) ([]byte, error) {
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, &ConnError{Op: k.method + " " + u.Path, Server: c.base.Host, Err: err}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode >= 400 {
