@@ -65,9 +65,16 @@ func (f *factory) intermediate(name string) *factory {
 
 // device issues a device certificate for key's public key.
 func (f *factory) device(key crypto.Signer, subject pkix.Name, hardware string, notAfter time.Time) []byte {
+	// Valid from an hour ago at the latest: the test server's clock is
+	// frozen when it starts, and a NotBefore of "now" (truncated to the
+	// second in the certificate) could lie after it.
+	notBefore := notAfter.Add(-365 * 24 * time.Hour)
+	if hourAgo := time.Now().Add(-time.Hour); notBefore.After(hourAgo) {
+		notBefore = hourAgo
+	}
 	tmpl := &x509.Certificate{
 		SerialNumber: randSerial(), Subject: subject,
-		NotBefore: notAfter.Add(-365 * 24 * time.Hour), NotAfter: notAfter,
+		NotBefore: notBefore, NotAfter: notAfter,
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
 	if hardware != "" {
