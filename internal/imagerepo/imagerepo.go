@@ -22,6 +22,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/secure-systems-lab/go-securesystemslib/cjson"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/chunkindex"
@@ -319,14 +320,19 @@ func checkReleases(name string, d metadata.DelegatedRole, current []byte, role *
 	return out, nil
 }
 
+// sameTarget reports whether two target entries have the same signed
+// content: their canonical JSON, which is what signatures cover, is equal.
+// So a re-signed role that carries a published release serialised
+// compactly or with other indentation is accepted, and any change of
+// length, hashes (added ones included), custom metadata or unrecognised
+// fields is not.
 func sameTarget(a, b *metadata.TargetFiles) bool {
-	if !a.Equal(*b) {
+	ca, err := cjson.EncodeCanonical(a)
+	if err != nil {
 		return false
 	}
-	if (a.Custom == nil) != (b.Custom == nil) {
-		return false
-	}
-	return a.Custom == nil || bytes.Equal(*a.Custom, *b.Custom)
+	cb, err := cjson.EncodeCanonical(b)
+	return err == nil && bytes.Equal(ca, cb)
 }
 
 func parseRoot(raw []byte) (*metadata.Metadata[metadata.RootType], error) {

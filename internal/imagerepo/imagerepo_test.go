@@ -1,7 +1,9 @@
 package imagerepo_test
 
 import (
+	"bytes"
 	"crypto"
+	"encoding/json"
 	"crypto/rand"
 	"errors"
 	"os"
@@ -256,5 +258,78 @@ func TestFirstPushMustStartAtRootOne(t *testing.T) {
 	var e *imagerepo.Error
 	if !errors.As(err, &e) || e.Code != imagerepo.Malformed {
 		t.Fatalf("got %v", err)
+	}
+}
+
+// Release immutability is about signed content: a re-signed role that
+// carries the published release unchanged but serialised compactly or
+// with other indentation is accepted; any change of what is signed about
+// the release is refused, whatever the formatting.
+func TestImmutabilityComparesSignedContent(t *testing.T) {
+	f := newFx(t)
+	role := f.state.Roles["acme-gw"]
+	published, err := metadata.Targets().FromBytes(role)
+	if err != nil {
+		t.Fatal(err)
+	}
+	compact := func(b []byte) []byte {
+		var out bytes.Buffer
+		if err := json.Compact(&out, b); err != nil {
+			t.Fatal(err)
+		}
+		return out.Bytes()
+	}
+	spaces := func(b []byte) []byte {
+		var out bytes.Buffer
+		if err := json.Indent(&out, b, "", "   "); err != nil {
+			t.Fatal(err)
+		}
+		return out.Bytes()
+	}
+	for name, format := range map[string]func([]byte) []byte{"compact": compact, "spaces": spaces} {
+		next := format(edit(t, role, addRelease(t, "1.1.0", 8, ""), f.relA, f.relB))
+		m, err := metadata.Targets().FromBytes(next)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := *m.Signed.Targets["acme-gw/1.0.0/fw.img"].Custom; bytes.Equal(got, *published.Signed.Targets["acme-gw/1.0.0/fw.img"].Custom) {
+			t.Fatalf("%s: the published release's custom metadata is not reformatted: %s", name, got)
+		}
+		acc, err := imagerepo.Accept(f.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": next}}, time.Now())
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if len(acc.NewReleases) != 1 || acc.NewReleases[0].Target != "acme-gw/1.1.0/fw.img" {
+			t.Fatalf("%s: %+v", name, acc.NewReleases)
+		}
+		// The published role reformatted the other way is accepted next.
+		f2 := *f
+		f2.state = acc.State
+		again := compact(edit(t, next, addRelease(t, "1.2.0", 8, ""), f.relB, f.relC))
+		if _, err := imagerepo.Accept(f2.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": again}}, time.Now()); err != nil {
+			t.Fatalf("%s, then compact: %v", name, err)
+		}
+	}
+	for what, change := range map[string]func(tf *metadata.TargetFiles){
+		"hardware": func(tf *metadata.TargetFiles) {
+			meta, err := release.FromTarget("acme-gw/1.0.0/fw.img", tf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			meta.HardwareIDs = append(meta.HardwareIDs, "other-hw")
+			tf.Custom, _ = meta.Custom()
+		},
+		"added hash": func(tf *metadata.TargetFiles) { tf.Hashes["sha512"] = make([]byte, 64) },
+		"extra field": func(tf *metadata.TargetFiles) {
+			tf.UnrecognizedFields = map[string]any{"x-note": "changed"}
+		},
+	} {
+		for name, format := range map[string]func([]byte) []byte{"compact": compact, "spaces": spaces} {
+			changed := format(edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { change(m.Signed.Targets["acme-gw/1.0.0/fw.img"]) }, f.relA, f.relB))
+			t.Run(what+"/"+name, func(t *testing.T) {
+				f.t = t
+				f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": changed}}, imagerepo.ReleaseImmutable, "acme-gw", "was changed")
+			})
+		}
 	}
 }
