@@ -3,8 +3,8 @@ package imagerepo_test
 import (
 	"bytes"
 	"crypto"
-	"encoding/json"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
