@@ -364,6 +364,72 @@ func (l *Log) Entry(ctx context.Context, index uint64) ([]byte, error) {
 	return b.Entries[i], nil
 }
 
+// Settle waits until the published checkpoint covers every entry the log
+// has sequenced, and returns its size. After a restart, entries that were
+// sequenced before a crash but not yet published are published by the
+// log's background work; Settle lets a caller that must know everything
+// in the log (a server finishing an interrupted push) wait for them.
+func (l *Log) Settle(ctx context.Context) (uint64, error) {
+	if err := l.enter(); err != nil {
+		return 0, err
+	}
+	next, err := l.reader.NextIndex(ctx)
+	l.leave()
+	if err != nil {
+		return 0, fmt.Errorf("tlog: next index: %w", err)
+	}
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		size, err := l.Size(ctx)
+		if err != nil {
+			return 0, err
+		}
+		if size >= next {
+			return size, nil
+		}
+		select {
+		case <-ctx.Done():
+			return 0, fmt.Errorf("tlog: waiting for entries %d..%d to be published: %w", size, next-1, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Scan calls fn with each leaf at index from to to-1, in order, reading
+// each entry bundle once; to must not exceed the published size. It stops
+// at fn's first error and returns it.
+func (l *Log) Scan(ctx context.Context, from, to uint64, fn func(index uint64, leaf []byte) error) error {
+	if from > to {
+		return fmt.Errorf("%w: scan from %d to %d", ErrRange, from, to)
+	}
+	size, err := l.Size(ctx)
+	if err != nil {
+		return err
+	}
+	if to > size {
+		return fmt.Errorf("%w: scan to %d beyond published size %d", ErrRange, to, size)
+	}
+	for idx := from; idx < to; {
+		// Bundles are addressed by the published size: the last one is
+		// partial at that size, whatever to is.
+		b, err := client.GetEntryBundle(ctx, l.ReadEntryBundle, idx/layout.EntryBundleWidth, size)
+		if err != nil {
+			return fmt.Errorf("tlog: entry bundle of %d: %w", idx, err)
+		}
+		i := idx % layout.EntryBundleWidth
+		if i >= uint64(len(b.Entries)) {
+			return fmt.Errorf("tlog: entry %d missing from its bundle", idx)
+		}
+		for ; i < uint64(len(b.Entries)) && idx < to; i, idx = i+1, idx+1 {
+			if err := fn(idx, b.Entries[i]); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 // Close waits until every entry already added is published, then stops the
 // log's background work. Further calls fail with ErrClosed.
 func (l *Log) Close() error {

@@ -689,3 +689,43 @@ func TestHandler(t *testing.T) {
 		t.Errorf("POST: %v", resp.Status)
 	}
 }
+
+// Scan reads every entry of a range in order, across entry bundles, and
+// Settle reports a size that covers everything appended.
+func TestScanAndSettle(t *testing.T) {
+	k := newKeys(t, testOrigin)
+	ctx := ctxT(t)
+	l := openLog(t, t.TempDir(), k)
+	if n, err := l.Settle(ctx); err != nil || n != 0 {
+		t.Fatalf("empty log settles at %d, %v", n, err)
+	}
+	var leaves [][]byte
+	for i := range layout.EntryBundleWidth + 5 {
+		leaves = append(leaves, leafOf(t, statement(i, "acme-gw")))
+	}
+	got := appendAll(t, l, leaves)
+	n, err := l.Settle(ctx)
+	if err != nil || n != uint64(len(leaves)) {
+		t.Fatalf("settled at %d, %v; want %d", n, err, len(leaves))
+	}
+	for _, r := range [][2]uint64{{0, n}, {3, 4}, {250, 260}, {256, n}, {n, n}} {
+		want := r[0]
+		err := l.Scan(ctx, r[0], r[1], func(i uint64, leaf []byte) error {
+			if i != want || string(leaf) != string(got[i].leaf) {
+				return fmt.Errorf("entry %d (want %d): %q", i, want, leaf)
+			}
+			want++
+			return nil
+		})
+		if err != nil || want != r[1] {
+			t.Fatalf("scan %v: %v, stopped at %d", r, err, want)
+		}
+	}
+	if err := l.Scan(ctx, 0, n+1, func(uint64, []byte) error { return nil }); !errors.Is(err, ErrRange) {
+		t.Fatalf("scan past the published size: %v", err)
+	}
+	stop := errors.New("stop")
+	if err := l.Scan(ctx, 0, n, func(uint64, []byte) error { return stop }); err != stop {
+		t.Fatalf("scan did not stop: %v", err)
+	}
+}
