@@ -3,11 +3,14 @@ package server
 import (
 	"context"
 	"errors"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/release"
@@ -21,9 +24,17 @@ var reportStatuses = []string{"downloading", "installing", "installed-pending-re
 const deviceCertValidity = 5 * 365 * 24 * time.Hour
 
 type enrollTokenRequest struct {
-	Hardware   string `json:"hardware"`
-	TTLSeconds int64  `json:"ttl_seconds"`
+	Hardware string `json:"hardware"`
+	// TTLSeconds is nil when not given (then the default applies); a
+	// given 0 is refused, not read as "default".
+	TTLSeconds *int64 `json:"ttl_seconds"`
 }
+
+// Enrollment token lifetimes.
+const (
+	defaultEnrollTTL = 24 * time.Hour
+	maxEnrollTTL     = 30 * 24 * time.Hour
+)
 
 // handleEnrollToken creates a one-time, expiring enrollment token for a
 // hardware id; the secret is returned once and only its hash is stored.
@@ -37,18 +48,20 @@ func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "bad-hardware", "%v", err))
 		return
 	}
-	ttl := time.Duration(req.TTLSeconds) * time.Second
-	if req.TTLSeconds == 0 {
-		ttl = 24 * time.Hour
-	}
-	if ttl <= 0 || ttl > 30*24*time.Hour {
-		writeError(w, errorf(http.StatusBadRequest, "bad-ttl", "ttl_seconds must be between 1 and %d", 30*24*3600))
-		return
+	ttl := defaultEnrollTTL
+	if req.TTLSeconds != nil {
+		// Checked in seconds, before the multiplication could overflow.
+		if n := *req.TTLSeconds; n < 1 || n > int64(maxEnrollTTL/time.Second) {
+			writeError(w, errorf(http.StatusBadRequest, "bad-ttl", "ttl_seconds must be between 1 and %d, not %d (leave it out for %d)",
+				int64(maxEnrollTTL/time.Second), n, int64(defaultEnrollTTL/time.Second)))
+			return
+		}
+		ttl = time.Duration(*req.TTLSeconds) * time.Second
 	}
 	secret, hash := NewToken()
 	exp := s.now().Add(ttl)
 	err := s.atomically(r, func(tx store.Tx) (event, error) {
-		return event{operatorActor(r), "create-enroll-token", req.Hardware, "ok", map[string]string{"expires": exp.Format(time.RFC3339)}},
+		return event{operatorActor(r), "create-enroll-token", req.Hardware, "ok", map[string]string{"expires": exp.Format(time.RFC3339), "token_id": enrollTokenID(hash)}},
 			tx.CreateEnrollToken(r.Context(), store.EnrollToken{Hash: hash, HardwareID: req.Hardware, Expires: exp})
 	})
 	if err != nil {
@@ -58,9 +71,17 @@ func (s *Server) handleEnrollToken(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]any{"token": secret, "hardware": req.Hardware, "expires": exp})
 }
 
+// enrollTokenID names an enrollment token in the audit log: the start of
+// the hash the store keeps, so the entry that created a token and the one
+// of the enrollment that spent it can be matched without the secret.
+func enrollTokenID(hash string) string { return hash[:16] }
+
 // enrollRequest carries either a one-time token, or a manufacturer
-// certificate chain (DER, leaf first) and, when the certificate names no
-// hardware id, the hardware id.
+// certificate chain (DER, leaf first). Hardware is the device's own
+// hardware id: with a token the server refuses a token made for other
+// hardware before spending it (optional for older agents); with a
+// manufacturer certificate that names no hardware id, it is the hardware
+// id.
 type enrollRequest struct {
 	Token                    string   `json:"token,omitempty"`
 	DeviceID                 string   `json:"device_id"`
@@ -72,9 +93,12 @@ type enrollRequest struct {
 // enrollment is who an accepted enrollment credential says the device is.
 type enrollment struct {
 	hardware string
-	detail   map[string]string
-	// spend consumes the credential inside the enrollment's transaction
-	// (a one-time token); nil when there is nothing to spend.
+	// actor names the credential in audit entries: never a name the
+	// client chose.
+	actor  string
+	detail map[string]string
+	// spend checks and consumes the credential inside the enrollment's
+	// transaction (a one-time token); nil when it was checked already.
 	spend func(ctx context.Context, tx store.Tx) error
 }
 
@@ -83,14 +107,23 @@ type enrollment struct {
 // is a one-time enrollment token, or a certificate chain from a configured
 // manufacturer CA whose subject names the device. The device record, the
 // spent token and the audit entry commit in one transaction.
+//
+// Anyone can call this endpoint, so what it records is bounded by
+// authentication: a refusal before the credential is accepted (malformed
+// request, bad, used or expired token, an unknown manufacturer CA, ...)
+// is counted in rampart_verification_refusals_total and logged at most
+// once per rateLogInterval, never audited, and the answer does not depend
+// on whether the device id exists. Only after the credential is accepted
+// does the server look at the device id (409 device-exists) and audit,
+// with the credential as the actor.
 func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	var req enrollRequest
 	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
-		writeError(w, toAPIError(err))
+		s.refuseEnrollment(w, r, nil, "", toAPIError(err))
 		return
 	}
 	if err := pki.ValidateDeviceID(req.DeviceID); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, "bad-device-id", "%v", err))
+		s.refuseEnrollment(w, r, nil, "", errorf(http.StatusBadRequest, "bad-device-id", "%v", err))
 		return
 	}
 	if s.deviceCA == nil {
@@ -99,8 +132,14 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	// Check the CSR before spending a credential on it.
 	if _, _, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, time.Hour); err != nil {
-		writeError(w, errorf(http.StatusBadRequest, "bad-csr", "%v", err))
+		s.refuseEnrollment(w, r, nil, "", errorf(http.StatusBadRequest, "bad-csr", "%v", err))
 		return
+	}
+	if req.Hardware != "" {
+		if err := release.ValidateHardware(req.Hardware); err != nil {
+			s.refuseEnrollment(w, r, nil, "", errorf(http.StatusBadRequest, "bad-hardware", "%v", err))
+			return
+		}
 	}
 	var en *enrollment
 	var bad *apiError
@@ -109,27 +148,31 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		bad = errorf(http.StatusBadRequest, "bad-enrollment", "give a token or manufacturer_certificates, not both")
 	case req.ManufacturerCertificates != nil:
 		en, bad = s.manufacturerEnrollment(req)
-	case req.Hardware != "":
-		bad = errorf(http.StatusBadRequest, "bad-enrollment", "hardware is given only with manufacturer_certificates; a token carries its hardware id")
 	default:
 		en = s.tokenEnrollment(req)
 	}
 	if bad != nil {
-		s.refuseEnrollment(w, r, req.DeviceID, bad)
+		// en is set when the credential was accepted.
+		s.refuseEnrollment(w, r, en, req.DeviceID, bad)
 		return
 	}
 	var cert []byte
 	var serial string
+	authenticated := en.spend == nil
 	err := s.atomically(r, func(tx store.Tx) (event, error) {
-		if _, err := tx.Device(r.Context(), req.DeviceID); err == nil {
-			return event{}, errorf(http.StatusConflict, "device-exists", "device %s is already enrolled", req.DeviceID)
-		} else if !errors.Is(err, store.ErrNotFound) {
-			return event{}, err
-		}
 		if en.spend != nil {
-			if err := en.spend(r.Context(), tx); err != nil {
+			err := en.spend(r.Context(), tx)
+			authenticated = en.actor != "" // the credential is good, even if refused for this device
+			if err != nil {
 				return event{}, err
 			}
+		}
+		// Only now, with the credential accepted, may the answer depend
+		// on the device id; a refusal rolls the spent token back.
+		if _, err := tx.Device(r.Context(), req.DeviceID); err == nil {
+			return event{}, errorf(http.StatusConflict, "device-exists", "device %s is already enrolled (an operator can remove its record: rampart device remove %s)", req.DeviceID, req.DeviceID)
+		} else if !errors.Is(err, store.ErrNotFound) {
+			return event{}, err
 		}
 		der, sn, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, deviceCertValidity)
 		if err != nil {
@@ -140,11 +183,14 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 			return event{}, err
 		}
 		en.detail["hardware"], en.detail["serial"] = en.hardware, serial
-		return event{"device:" + req.DeviceID, "enroll", req.DeviceID, "ok", en.detail}, nil
+		return event{en.actor, "enroll", req.DeviceID, "ok", en.detail}, nil
 	})
 	if err != nil {
 		if ae := refusal(err); ae != nil {
-			s.refuseEnrollment(w, r, req.DeviceID, ae)
+			if !authenticated {
+				en = nil
+			}
+			s.refuseEnrollment(w, r, en, req.DeviceID, ae)
 			return
 		}
 		s.fail(w, r, err)
@@ -154,18 +200,43 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusCreated, map[string]any{"device_id": req.DeviceID, "hardware": en.hardware, "certificate": string(pki.CertPEM(cert))})
 }
 
-func (s *Server) refuseEnrollment(w http.ResponseWriter, r *http.Request, id string, ae *apiError) {
+// refuseEnrollment answers a refused enrollment. Before its credential
+// was accepted (en nil) the refusal is only counted and logged at a
+// bounded rate: whoever can reach the server could otherwise fill the
+// audit log with names of their choosing. After, it is audited with the
+// credential as the actor.
+// enrollRefusalLog limits the log lines of refused enrollments. It is
+// shared by the servers of a process (there is one, but in tests).
+var enrollRefusalLog rateLog
+
+func (s *Server) refuseEnrollment(w http.ResponseWriter, r *http.Request, en *enrollment, id string, ae *apiError) {
 	s.metrics.refusals.WithLabelValues(ae.Code).Inc()
-	s.refuse(w, r, "device:"+id, "enroll", id, ae, nil)
+	if en == nil {
+		enrollRefusalLog.log(s.logger, "enrollment refused before authentication", "code", ae.Code,
+			"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"))
+		writeError(w, ae)
+		return
+	}
+	s.refuse(w, r, en.actor, "enroll", id, ae, nil)
 }
 
 // tokenEnrollment spends a one-time token; the token says the hardware id.
+// When the request names the device's hardware, a token made for other
+// hardware is refused (422 wrong-hardware) and, the transaction rolling
+// back, stays unspent, and the device id stays free.
 func (s *Server) tokenEnrollment(req enrollRequest) *enrollment {
 	en := &enrollment{detail: map[string]string{"method": "token"}}
 	en.spend = func(ctx context.Context, tx store.Tx) error {
-		tok, err := tx.ConsumeEnrollToken(ctx, HashToken(req.Token), req.DeviceID, s.now())
+		hash := HashToken(req.Token)
+		tok, err := tx.ConsumeEnrollToken(ctx, hash, req.DeviceID, s.now())
 		if err == nil {
-			en.hardware = tok.HardwareID
+			if req.Hardware != "" && req.Hardware != tok.HardwareID {
+				en.actor = "enroll-token:" + enrollTokenID(hash)
+				return errorf(http.StatusUnprocessableEntity, "wrong-hardware", "this enrollment token is for hardware %s, the device is %s; the token was not spent: use a token made for %s (rampart device token --hardware %s)",
+					tok.HardwareID, req.Hardware, req.Hardware, req.Hardware)
+			}
+			en.hardware, en.actor = tok.HardwareID, "enroll-token:"+enrollTokenID(hash)
+			en.detail["token_id"] = enrollTokenID(hash)
 			return nil
 		}
 		code := "bad-token"
@@ -207,33 +278,70 @@ func (s *Server) manufacturerEnrollment(req enrollRequest) (*enrollment, *apiErr
 	if err := pki.CheckCSRKey(req.CSR, id.Leaf.PublicKey); err != nil {
 		return nil, errorf(http.StatusUnauthorized, "manufacturer-key-mismatch", "the csr must be signed with the manufacturer certificate's key: %v", err)
 	}
+	// The credential is good from here on: a refusal names it (the
+	// enrollment is returned with the refusal).
+	en := &enrollment{actor: "manufacturer-cert:" + id.Leaf.SerialNumber.Text(16), detail: map[string]string{
+		"method":              "manufacturer-ca",
+		"manufacturer_issuer": id.Leaf.Issuer.String(),
+		"manufacturer_serial": id.Leaf.SerialNumber.Text(16),
+	}}
 	hw := id.HardwareID
 	switch {
 	case hw != "" && req.Hardware != "" && req.Hardware != hw:
-		return nil, errorf(http.StatusForbidden, "hardware-mismatch", "the manufacturer certificate says hardware %q, the request %q", hw, req.Hardware)
+		return en, errorf(http.StatusForbidden, "hardware-mismatch", "the manufacturer certificate says hardware %q, the request %q", hw, req.Hardware)
 	case hw == "":
 		hw = req.Hardware
 	}
 	if err := release.ValidateHardware(hw); err != nil {
-		return nil, errorf(http.StatusBadRequest, "bad-hardware", "%v; give hardware in the request when the manufacturer certificate has no %s URI", err, pki.HardwareURI("ID"))
+		return en, errorf(http.StatusBadRequest, "bad-hardware", "%v; give hardware in the request when the manufacturer certificate has no %s URI", err, pki.HardwareURI("ID"))
 	}
-	return &enrollment{hardware: hw, detail: map[string]string{
-		"method":              "manufacturer-ca",
-		"manufacturer_issuer": id.Leaf.Issuer.String(),
-		"manufacturer_serial": id.Leaf.SerialNumber.Text(16),
-	}}, nil
+	en.hardware = hw
+	return en, nil
 }
 
+// reportRequest is a device's report. Counters are int64 because the
+// store keeps signed 64-bit integers: 2^63 or more is refused while
+// decoding, naming the member, and negative values by checkReport.
 type reportRequest struct {
-	Counter         uint64 `json:"counter"`
+	Counter         int64  `json:"counter"`
 	Status          string `json:"status"`
 	Reason          string `json:"reason,omitempty"`
 	Version         string `json:"version,omitempty"`
-	SecurityVersion uint64 `json:"security_version,omitempty"`
+	SecurityVersion int64  `json:"security_version,omitempty"`
+}
+
+// maxCounterStep is how far a report's counter may be above the last one
+// accepted. The agent numbers reports one by one, and drops some when its
+// outbox overflows while offline; a counter further ahead would only let a
+// faulty or hostile device lock itself out of reporting (no counter above
+// 2^63-1 exists).
+const maxCounterStep = 1 << 20
+
+func checkReport(req reportRequest) *apiError {
+	switch {
+	case req.Counter < 1:
+		return errorf(http.StatusBadRequest, "bad-json", "member \"counter\": %d is out of range (1 to %d)", req.Counter, int64(math.MaxInt64))
+	case req.SecurityVersion < 0:
+		return errorf(http.StatusBadRequest, "bad-json", "member \"security_version\": %d is out of range (0 to %d)", req.SecurityVersion, int64(math.MaxInt64))
+	case !slices.Contains(reportStatuses, req.Status):
+		return errorf(http.StatusBadRequest, "bad-status", "status %q is not one of %v", req.Status, reportStatuses)
+	case (req.Status == "failed" || req.Status == "rolled-back" || req.Status == "verification-refused") && req.Reason == "":
+		return errorf(http.StatusBadRequest, "no-reason", "status %s needs a reason code", req.Status)
+	}
+	if req.Status == "installed" {
+		if err := release.ValidateVersion(req.Version); err != nil {
+			return errorf(http.StatusBadRequest, "bad-version", "%v", err)
+		}
+	}
+	return nil
 }
 
 // handleReport records a device's status. The device is who its
-// certificate says; the counter must grow, so replays are refused.
+// certificate says; the counter must grow, so replays are refused, but by
+// at most maxCounterStep. A report of "installed" must name a release the
+// server published for the device's hardware, with that release's security
+// version: otherwise it is refused (422) and counted as an anomaly of the
+// device, since a device cannot have installed what does not exist.
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.device(w, r)
 	if !ok {
@@ -244,43 +352,71 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	if !slices.Contains(reportStatuses, req.Status) {
-		writeError(w, errorf(http.StatusBadRequest, "bad-status", "status %q is not one of %v", req.Status, reportStatuses))
+	if bad := checkReport(req); bad != nil {
+		writeError(w, bad)
 		return
 	}
-	if (req.Status == "failed" || req.Status == "rolled-back" || req.Status == "verification-refused") && req.Reason == "" {
-		writeError(w, errorf(http.StatusBadRequest, "no-reason", "status %s needs a reason code", req.Status))
+	counter := strconv.FormatInt(req.Counter, 10)
+	// A replay is refused as one before the report's content is judged.
+	d, err := s.store.Device(r.Context(), id)
+	if errors.Is(err, store.ErrNotFound) {
+		s.deviceGone(w, r, id)
+		return
+	} else if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	if bad := checkCounter(d, req.Counter); bad != nil {
+		s.metrics.refusals.WithLabelValues(bad.Code).Inc()
+		s.refuse(w, r, "device:"+id, "report", id, bad, map[string]string{"counter": counter})
 		return
 	}
 	if req.Status == "installed" {
-		if err := release.ValidateVersion(req.Version); err != nil {
-			writeError(w, errorf(http.StatusBadRequest, "bad-version", "%v", err))
+		anomaly, err := s.checkInstalled(r.Context(), d, req.Version, uint64(req.SecurityVersion))
+		if err != nil {
+			s.fail(w, r, err)
+			return
+		}
+		if anomaly != nil {
+			s.reportAnomaly(w, r, id, req, anomaly)
 			return
 		}
 	}
-	detail := map[string]string{"status": req.Status, "counter": strconv.FormatUint(req.Counter, 10)}
+	detail := map[string]string{"status": req.Status, "counter": counter}
 	if req.Reason != "" {
 		detail["reason"] = req.Reason
 	}
 	if req.Version != "" {
 		detail["version"] = req.Version
 	}
-	err := s.atomically(r, func(tx store.Tx) (event, error) {
+	err = s.atomically(r, func(tx store.Tx) (event, error) {
+		// The counter is checked again in the report's transaction: no
+		// other writer moves it meanwhile.
+		d, err := tx.Device(r.Context(), id)
+		if err != nil {
+			return event{}, err
+		}
+		if bad := checkCounter(d, req.Counter); bad != nil {
+			return event{}, bad
+		}
 		return event{"device:" + id, "report", id, "ok", detail}, tx.RecordReport(r.Context(), id, store.Report{
-			Counter: req.Counter, Status: req.Status, Installed: req.Status == "installed",
-			Version: req.Version, SecurityVersion: req.SecurityVersion, At: s.now(),
+			Counter: uint64(req.Counter), Status: req.Status, Installed: req.Status == "installed",
+			Version: req.Version, SecurityVersion: uint64(req.SecurityVersion), At: s.now(),
 		})
 	})
+	var ae *apiError
 	switch {
 	case errors.Is(err, store.ErrReplay):
 		s.metrics.refusals.WithLabelValues("replayed-report").Inc()
 		s.refuse(w, r, "device:"+id, "report", id, errorf(http.StatusConflict, "replayed-report", "%v", err),
-			map[string]string{"counter": strconv.FormatUint(req.Counter, 10)})
+			map[string]string{"counter": counter})
 		return
-	case errors.Is(err, store.ErrRevoked):
-		// Revoked by another replica since this connection was opened.
-		s.gate.revoke(id)
-		writeError(w, errorf(http.StatusForbidden, "device-revoked", "device %s is revoked", id))
+	case errors.As(err, &ae):
+		s.metrics.refusals.WithLabelValues(ae.Code).Inc()
+		s.refuse(w, r, "device:"+id, "report", id, ae, map[string]string{"counter": counter})
+		return
+	case errors.Is(err, store.ErrRevoked), errors.Is(err, store.ErrNotFound):
+		s.deviceGone(w, r, id)
 		return
 	case err != nil:
 		s.fail(w, r, err)
@@ -290,6 +426,77 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		s.metrics.refusals.WithLabelValues(req.Reason).Inc()
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// checkCounter refuses a report counter that is not above the device's
+// last one (a replay), or too far above it.
+func checkCounter(d store.Device, counter int64) *apiError {
+	c := uint64(counter)
+	if c <= d.ReportCounter {
+		return errorf(http.StatusConflict, "replayed-report", "device %s: report counter %d is not above %d", d.ID, c, d.ReportCounter)
+	}
+	if c-d.ReportCounter > maxCounterStep {
+		return errorf(http.StatusConflict, "counter-jump", "report counter %d is more than %d above the last accepted counter %d; number reports one by one",
+			c, maxCounterStep, d.ReportCounter)
+	}
+	return nil
+}
+
+// deviceGone answers a device whose record was revoked or removed (by
+// another replica) since its connection was opened.
+func (s *Server) deviceGone(w http.ResponseWriter, r *http.Request, id string) {
+	s.gate.revoke(id, certSerial(r))
+	writeError(w, errorf(http.StatusForbidden, "device-revoked", "device %s is revoked or removed", id))
+}
+
+// checkInstalled returns the refusal of an "installed" report that names
+// a release the server did not publish for the device's hardware, or with
+// another security version than that release's; nil when it is possible.
+func (s *Server) checkInstalled(ctx context.Context, d store.Device, version string, sv uint64) (*apiError, error) {
+	id := d.ID
+	st, err := s.loadState(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var svs []uint64
+	for _, raw := range st.Roles {
+		role, err := metadata.Targets().FromBytes(raw)
+		if err != nil {
+			return nil, err
+		}
+		for path, tf := range role.Signed.Targets {
+			m, err := release.FromTarget(path, tf)
+			if err != nil || m.Version != version || !m.Supports(d.HardwareID) {
+				continue
+			}
+			if m.SecurityVersion == sv {
+				return nil, nil
+			}
+			svs = append(svs, m.SecurityVersion)
+		}
+	}
+	if len(svs) == 0 {
+		return errorf(http.StatusUnprocessableEntity, "unknown-installed-release", "no published release of version %s is for hardware %s; the report is refused and counted as an anomaly of device %s", version, d.HardwareID, id), nil
+	}
+	return errorf(http.StatusUnprocessableEntity, "wrong-security-version", "release %s for hardware %s has security version %v, not %d; the report is refused and counted as an anomaly of device %s", version, d.HardwareID, svs, sv, id), nil
+}
+
+// reportAnomaly refuses an impossible report and counts it for the
+// device, in one transaction with its audit entry. The counter is not
+// spent.
+func (s *Server) reportAnomaly(w http.ResponseWriter, r *http.Request, id string, req reportRequest, ae *apiError) {
+	err := s.atomically(r, func(tx store.Tx) (event, error) {
+		return event{"device:" + id, "report", id, "refused", map[string]string{
+				"code": ae.Code, "counter": strconv.FormatInt(req.Counter, 10), "version": req.Version,
+				"security_version": strconv.FormatInt(req.SecurityVersion, 10)}},
+			tx.RecordAnomaly(r.Context(), id, ae.Code, s.now())
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	s.metrics.refusals.WithLabelValues(ae.Code).Inc()
+	writeError(w, ae)
 }
 
 func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
@@ -302,7 +509,7 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id": d.ID, "hardware": d.HardwareID, "enrolled_at": d.EnrolledAt, "revoked": !d.RevokedAt.IsZero(),
 		"version": d.Version, "security_version": d.SecurityVersion, "last_status": d.LastStatus, "last_seen": d.LastSeen,
-		"assigned": a.Target,
+		"assigned": a.Target, "anomalies": d.Anomalies, "last_anomaly": d.LastAnomaly,
 	})
 }
 
@@ -311,8 +518,14 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 // the device's next TLS handshake is refused.
 func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("id")
+	var serial string
 	ok := s.operatorAction(w, r, "revoke-device", id, func(tx store.Tx) (event, error) {
-		err := tx.RevokeDevice(r.Context(), id, s.now())
+		d, err := tx.Device(r.Context(), id)
+		if err != nil {
+			return event{}, err
+		}
+		serial = d.CertSerial
+		err = tx.RevokeDevice(r.Context(), id, s.now())
 		if errors.Is(err, store.ErrRevoked) {
 			return event{}, errorf(http.StatusConflict, "already-revoked", "device %s is already revoked", id)
 		}
@@ -321,7 +534,33 @@ func (s *Server) handleRevokeDevice(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	s.gate.revoke(id)
+	s.gate.revoke(id, serial)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// handleRemoveDevice deletes a device's record and assignment, so that its
+// id can enroll again (after an enrollment with the wrong token, say).
+// The device's certificate is refused from its next TLS handshake, here
+// at once and on other replicas within their refresh interval, and it
+// stays refused: revocation is by certificate. The removal and its audit
+// entry commit together; the audit log keeps the device's history.
+func (s *Server) handleRemoveDevice(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	var removed store.Device
+	ok := s.operatorAction(w, r, "remove-device", id, func(tx store.Tx) (event, error) {
+		d, err := tx.RemoveDevice(r.Context(), id, s.now())
+		if errors.Is(err, store.ErrNotFound) {
+			return event{}, errorf(http.StatusNotFound, "not-found", "no device %s", id)
+		}
+		removed = d
+		return event{operatorActor(r), "remove-device", id, "ok", map[string]string{
+			"hardware": d.HardwareID, "serial": d.CertSerial, "was_revoked": strconv.FormatBool(!d.RevokedAt.IsZero())}}, err
+	})
+	if !ok {
+		return
+	}
+	s.gate.revoke(id, removed.CertSerial)
+	s.directors.forget(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -338,9 +577,11 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	// PRODUCT/VERSION names the release's only file; a full path works too.
-	product, _, _ := strings.Cut(req.Target, "/")
-	if release.ValidateProduct(product) != nil {
+	// PRODUCT/VERSION names the release's only file; a full path works
+	// too. A bare product is refused: it would pick whichever release
+	// happens to be the product's only one.
+	product, ok := deployTarget(req.Target)
+	if !ok {
 		writeError(w, errorf(http.StatusBadRequest, "bad-target", "%q is not PRODUCT/VERSION or PRODUCT/VERSION/FILE", req.Target))
 		return
 	}
@@ -398,4 +639,18 @@ func (s *Server) handleDeploy(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"target": req.Target, "devices": len(ids), "changed": n})
+}
+
+// deployTarget returns the product of a deployment's target when the
+// target is PRODUCT/VERSION or PRODUCT/VERSION/FILE.
+func deployTarget(target string) (product string, ok bool) {
+	parts := strings.Split(target, "/")
+	if len(parts) == 3 {
+		p, _, _, err := release.ParseTargetPath(target)
+		return p, err == nil
+	}
+	if len(parts) != 2 || release.ValidateProduct(parts[0]) != nil || release.ValidateVersion(parts[1]) != nil {
+		return "", false
+	}
+	return parts[0], true
 }

@@ -30,6 +30,7 @@ type tlsEnv struct {
 	caPEM       []byte
 	dataDirPath string
 	srv         *server.Server
+	inst        *server.Instance
 	close       func()
 }
 
@@ -60,7 +61,7 @@ func openTLSEnv(t *testing.T, dir, admin string, configure ...func(*server.Confi
 		cancel()
 		t.Fatal(err)
 	}
-	e.srv = in.Server
+	e.srv, e.inst = in.Server, in
 	e.ts = httptest.NewUnstartedServer(in.Server.Handler())
 	e.ts.TLS = in.TLS
 	e.ts.StartTLS()
@@ -171,9 +172,10 @@ func TestDeviceEnrollmentAndReports(t *testing.T) {
 	if !strings.Contains(string(b), `"version":""`) || !strings.Contains(string(b), `"last_status":"installed-pending-reboot"`) {
 		t.Fatalf("download or pending reboot changed the recorded version: %s", b)
 	}
-	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 4, "status": "installed", "version": "2.4.1", "security_version": 7}, 204)
+	e.publish("acme-gw-rev2") // acme-gw 1.0.0, security version 1
+	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 4, "status": "installed", "version": "1.0.0", "security_version": 1}, 204)
 	b = e.mustCall(e.pool, "GET", "/api/v1/devices/gw-0001", e.admin, nil, 200)
-	if !strings.Contains(string(b), `"version":"2.4.1"`) || !strings.Contains(string(b), `"hardware":"acme-gw-rev2"`) {
+	if !strings.Contains(string(b), `"version":"1.0.0"`) || !strings.Contains(string(b), `"hardware":"acme-gw-rev2"`) {
 		t.Fatalf("%s", b)
 	}
 

@@ -36,6 +36,14 @@ type directorEntry struct {
 	refreshAt time.Time
 }
 
+// forget drops a device's cached repository (its record was removed; an
+// enrollment under the same id starts afresh).
+func (c *directorCache) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.entries, id)
+}
+
 func (c *directorCache) entry(id string) *directorEntry {
 	c.mu.Lock()
 	defer c.mu.Unlock()

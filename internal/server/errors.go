@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/strictjson"
 )
 
 // apiError is every refusal's JSON body: a stable code and a message that
@@ -66,19 +68,25 @@ func writeError(w http.ResponseWriter, e *apiError) {
 	writeJSON(w, e.Status, map[string]*apiError{"error": e})
 }
 
-// decodeJSON reads a bounded, strict JSON body.
+// decodeJSON reads a bounded JSON body with the code base's one strict
+// decoder (internal/strictjson): a member given twice or in another case,
+// an unknown member, or a number its field cannot hold is a 400 bad-json
+// naming the member, so no two parsers can read one request differently.
 func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, limit))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
+	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return err
 		}
-		return errorf(http.StatusBadRequest, "bad-json", "malformed JSON body: %v", err)
+		return errorf(http.StatusBadRequest, "bad-json", "reading the JSON body: %v", err)
 	}
-	if dec.More() {
-		return errorf(http.StatusBadRequest, "bad-json", "malformed JSON body: data after the JSON value")
+	if err := strictjson.Unmarshal(b, v); err != nil {
+		var se *strictjson.Error
+		if errors.As(err, &se) {
+			return errorf(http.StatusBadRequest, "bad-json", "%v", se)
+		}
+		return err
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -124,4 +125,22 @@ func (e *tlsEnv) token(name, role string) string {
 		e.t.Fatalf("%s", b)
 	}
 	return out.Token
+}
+
+// publish runs an offline ceremony naming this server's online keys and
+// pushes its release, acme-gw/1.0.0/fw.img (security version 1) for
+// hardware hw.
+func (e *tlsEnv) publish(hw string) offlinePush {
+	e.t.Helper()
+	snap, _ := keysFromFile(e.t, filepath.Join(e.dataDirPath, "online", "snapshot.pub"))
+	ts, _ := keysFromFile(e.t, filepath.Join(e.dataDirPath, "online", "timestamp.pub"))
+	push := offlineRelease(e.t, snap, ts, hw)
+	for _, b := range push.blobs {
+		code, body, err := e.callRaw(e.pool, "PUT", fmt.Sprintf("/api/v1/blobs/%s?length=%d", b.digest, len(b.data)), e.admin, b.data)
+		if err != nil || code != 201 {
+			e.t.Fatalf("upload %d %s %v", code, body, err)
+		}
+	}
+	e.mustCall(e.pool, "POST", "/api/v1/repo/push", e.admin, push.body, 200)
+	return push
 }

@@ -181,11 +181,17 @@ func TestManufacturerEnrollment(t *testing.T) {
 	refuse("gw-0003", k, [][]byte{line.cert.Raw}, nil, 400, "bad-manufacturer-cert")
 	refuse("gw-0003", k, [][]byte{acme.device(k, pkix.Name{CommonName: "gw-0003"}, "acme-gw-rev2", year)}, map[string]any{"token": e.enrollToken("acme-gw-rev2", 60)}, 400, "bad-enrollment")
 
-	// Accepted and refused enrollments are audited.
+	// Accepted enrollments are audited, and refusals once the
+	// certificate chain and key were accepted (device-exists,
+	// hardware-mismatch, bad-hardware), with the manufacturer certificate
+	// as the actor; refusals before that are only counted.
 	var ok, refused int
 	for _, a := range e.audit() {
 		if a.Action != "enroll" {
 			continue
+		}
+		if !strings.HasPrefix(a.Actor, "manufacturer-cert:") {
+			t.Errorf("enrollment audited with actor %q", a.Actor)
 		}
 		switch {
 		case a.Outcome == "ok" && a.Detail["method"] == "manufacturer-ca" && a.Detail["manufacturer_issuer"] != "" && a.Detail["serial"] != "":
@@ -194,8 +200,8 @@ func TestManufacturerEnrollment(t *testing.T) {
 			refused++
 		}
 	}
-	if ok != 2 || refused != 13 {
-		t.Fatalf("audited %d manufacturer enrollments and %d refusals, want 2 and 13", ok, refused)
+	if ok != 2 || refused != 3 {
+		t.Fatalf("audited %d manufacturer enrollments and %d refusals, want 2 and 3", ok, refused)
 	}
 }
 
@@ -206,9 +212,10 @@ func TestManufacturerEnrollmentNotConfigured(t *testing.T) {
 	leaf := acme.device(key, pkix.Name{CommonName: "gw-0001"}, "acme-gw-rev2", time.Now().Add(time.Hour))
 	code, b := e.enrollManufacturer(map[string]any{"device_id": "gw-0001", "csr": csrFor(t, key, "gw-0001"), "manufacturer_certificates": [][]byte{leaf}})
 	wantCode(t, code, b, 403, "no-manufacturer-ca")
-	// Token enrollment is unaffected, and a hardware id is the token's.
+	// Token enrollment is unaffected; a hardware id given with a token is
+	// the device's, and must be the token's.
 	code, b = e.enrollManufacturer(map[string]any{"device_id": "gw-0001", "csr": csrFor(t, key, "gw-0001"), "token": e.enrollToken("acme-gw-rev2", 60), "hardware": "other"})
-	wantCode(t, code, b, 400, "bad-enrollment")
+	wantCode(t, code, b, 422, "wrong-hardware")
 	if c, code, b := e.enroll("gw-0001", e.enrollToken("acme-gw-rev2", 60)); c == nil {
 		t.Fatalf("%d %s", code, b)
 	}

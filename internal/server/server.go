@@ -164,6 +164,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /api/v1/devices/tokens", s.requireRole(s.handleEnrollToken, RoleOperator))
 	mux.HandleFunc("GET /api/v1/devices/{id}", s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
 	mux.HandleFunc("POST /api/v1/devices/{id}/revoke", s.requireRole(s.handleRevokeDevice, RoleOperator))
+	mux.HandleFunc("DELETE /api/v1/devices/{id}", s.requireRole(s.handleRemoveDevice, RoleOperator))
 	mux.HandleFunc("POST /api/v1/deploy", s.requireRole(s.handleDeploy, RoleOperator))
 	// Device API: enrollment by one-time token or manufacturer
 	// certificate, then mTLS.

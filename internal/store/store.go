@@ -73,6 +73,10 @@ type Device struct {
 	ReportCounter uint64
 	LastStatus    string
 	LastSeen      time.Time
+	// Anomalies counts reports refused as impossible for this device
+	// (see Devices.RecordAnomaly); LastAnomaly is the latest one's reason.
+	Anomalies   uint64
+	LastAnomaly string
 }
 
 // Report is a device's status report.
@@ -95,8 +99,21 @@ type Devices interface {
 	// RevokeDevice marks a device revoked: ErrNotFound for an unknown
 	// device, ErrRevoked if it already is.
 	RevokeDevice(ctx context.Context, id string, at time.Time) error
-	// RevokedDevices returns the ids of every revoked device, sorted.
-	RevokedDevices(ctx context.Context) ([]string, error)
+	// RevokedCertificates returns the serial numbers (lowercase hex) of
+	// every device certificate that must no longer be accepted: the
+	// current certificates of revoked devices and those of removed
+	// devices, sorted. Revocation is by certificate, so an id that was
+	// removed can enroll again with a new certificate.
+	RevokedCertificates(ctx context.Context) ([]string, error)
+	// RemoveDevice deletes a device's record and its assignment, so that
+	// its id can enroll again, and keeps its certificate's serial among
+	// RevokedCertificates. It returns the record removed; ErrNotFound for
+	// an unknown device.
+	RemoveDevice(ctx context.Context, id string, at time.Time) (Device, error)
+	// RecordAnomaly counts a report refused as impossible for the device
+	// (a release that does not exist, a wrong security version) and keeps
+	// its reason; ErrNotFound for an unknown device.
+	RecordAnomaly(ctx context.Context, id, reason string, at time.Time) error
 	// RecordReport accepts a report only if its counter is above the
 	// stored one (ErrReplay otherwise) and the device is not revoked.
 	RecordReport(ctx context.Context, id string, r Report) error
@@ -187,6 +204,16 @@ type Releases interface {
 	// Chunk returns where the chunk with this hash is (ErrNotFound when
 	// no recorded release holds it).
 	Chunk(ctx context.Context, hash string) (ChunkRef, error)
+	// PutPendingPush records the push in progress: what its writer needs
+	// to finish it if it is interrupted after its releases may have been
+	// logged (opaque to the store). There is at most one: ErrExists when
+	// one is pending already.
+	PutPendingPush(ctx context.Context, data []byte) error
+	// PendingPush returns the push in progress; ErrNotFound when none.
+	PendingPush(ctx context.Context) ([]byte, error)
+	// DeletePendingPush forgets the push in progress (none is not an
+	// error); it commits with the push's metadata.
+	DeletePendingPush(ctx context.Context) error
 }
 
 // Assignment is what a device must install now.

@@ -81,6 +81,10 @@ var migrations = []string{
 	`CREATE TABLE chunks (
 		hash TEXT PRIMARY KEY, blob TEXT NOT NULL, off INTEGER NOT NULL, length INTEGER NOT NULL
 	);`,
+	`ALTER TABLE devices ADD COLUMN anomalies INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE devices ADD COLUMN last_anomaly TEXT NOT NULL DEFAULT '';
+	CREATE TABLE revoked_certs (serial TEXT PRIMARY KEY, device_id TEXT NOT NULL, revoked_at INTEGER NOT NULL);
+	CREATE TABLE pending_push (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -261,12 +265,12 @@ func (s *conn) CreateDevice(ctx context.Context, d store.Device) error {
 	return err
 }
 
-const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen`
+const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen, anomalies, last_anomaly`
 
 func scanDevice(row interface{ Scan(...any) error }) (store.Device, error) {
 	var d store.Device
 	var enrolled, revoked, seen int64
-	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen)
+	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen, &d.Anomalies, &d.LastAnomaly)
 	d.EnrolledAt, d.RevokedAt, d.LastSeen = tm(enrolled), tm(revoked), tm(seen)
 	return d, err
 }
@@ -320,9 +324,10 @@ func (s *conn) RevokeDevice(ctx context.Context, id string, at time.Time) error 
 	return nil
 }
 
-// RevokedDevices implements store.Devices.
-func (s *conn) RevokedDevices(ctx context.Context) ([]string, error) {
-	rows, err := s.q.QueryContext(ctx, `SELECT id FROM devices WHERE revoked_at != 0 ORDER BY id`)
+// RevokedCertificates implements store.Devices.
+func (s *conn) RevokedCertificates(ctx context.Context) ([]string, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT cert_serial FROM devices WHERE revoked_at != 0
+		UNION SELECT serial FROM revoked_certs ORDER BY 1`)
 	if err != nil {
 		return nil, err
 	}
@@ -336,6 +341,38 @@ func (s *conn) RevokedDevices(ctx context.Context) ([]string, error) {
 		out = append(out, id)
 	}
 	return out, rows.Err()
+}
+
+// RemoveDevice implements store.Devices.
+func (s *conn) RemoveDevice(ctx context.Context, id string, at time.Time) (store.Device, error) {
+	var d store.Device
+	err := s.atomic(ctx, func(tx *conn) error {
+		var err error
+		if d, err = tx.Device(ctx, id); err != nil {
+			return err
+		}
+		if _, err := tx.q.ExecContext(ctx, `INSERT INTO revoked_certs (serial, device_id, revoked_at) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING`, d.CertSerial, id, ns(at)); err != nil {
+			return err
+		}
+		if _, err := tx.q.ExecContext(ctx, `DELETE FROM assignments WHERE device_id = ?`, id); err != nil {
+			return err
+		}
+		_, err = tx.q.ExecContext(ctx, `DELETE FROM devices WHERE id = ?`, id)
+		return err
+	})
+	return d, err
+}
+
+// RecordAnomaly implements store.Devices.
+func (s *conn) RecordAnomaly(ctx context.Context, id, reason string, at time.Time) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE devices SET anomalies = anomalies + 1, last_anomaly = ?, last_seen = ? WHERE id = ?`, reason, ns(at), id)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+	}
+	return nil
 }
 
 // RecordReport implements store.Devices. The counter check and the update
@@ -591,6 +628,31 @@ func (s *conn) Chunk(ctx context.Context, hash string) (store.ChunkRef, error) {
 		return c, fmt.Errorf("chunk %s: %w", hash, store.ErrNotFound)
 	}
 	return c, err
+}
+
+// PutPendingPush implements store.Releases.
+func (s *conn) PutPendingPush(ctx context.Context, data []byte) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO pending_push (id, data) VALUES (1, ?)`, data)
+	if err != nil && isConstraint(err) {
+		return fmt.Errorf("pending push: %w", store.ErrExists)
+	}
+	return err
+}
+
+// PendingPush implements store.Releases.
+func (s *conn) PendingPush(ctx context.Context) ([]byte, error) {
+	var data []byte
+	err := s.q.QueryRowContext(ctx, `SELECT data FROM pending_push WHERE id = 1`).Scan(&data)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, fmt.Errorf("pending push: %w", store.ErrNotFound)
+	}
+	return data, err
+}
+
+// DeletePendingPush implements store.Releases.
+func (s *conn) DeletePendingPush(ctx context.Context) error {
+	_, err := s.q.ExecContext(ctx, `DELETE FROM pending_push WHERE id = 1`)
+	return err
 }
 
 // Assign implements store.Assignments.

@@ -155,10 +155,62 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		if err := s.RevokeDevice(ctx, "a", now); err != nil {
 			t.Fatal(err)
 		}
-		ids, err := s.RevokedDevices(ctx)
-		if err != nil || fmt.Sprint(ids) != "[a d]" {
-			t.Fatalf("revoked devices %v %v", ids, err)
+		serials, err := s.RevokedCertificates(ctx)
+		if err != nil || fmt.Sprint(serials) != "[1 3]" {
+			t.Fatalf("revoked certificates %v %v", serials, err)
 		}
+	})
+	t.Run("RemoveDevice", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "a1", EnrolledAt: now})
+		s.CreateDevice(ctx, store.Device{ID: "r", HardwareID: "hw", CertSerial: "b2", EnrolledAt: now})
+		if _, err := s.Assign(ctx, "p/1.0.0/f", []string{"d"}, now); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RevokeDevice(ctx, "r", now); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"d", "r"} {
+			d, err := s.RemoveDevice(ctx, id, now)
+			if err != nil || d.ID != id {
+				t.Fatalf("remove %s: %+v %v", id, d, err)
+			}
+			_, err = s.Device(ctx, id)
+			is(t, err, store.ErrNotFound)
+			_, err = s.Assignment(ctx, id)
+			is(t, err, store.ErrNotFound)
+		}
+		_, err := s.RemoveDevice(ctx, "d", now)
+		is(t, err, store.ErrNotFound)
+		// Both certificates stay refused; the ids can enroll again.
+		serials, err := s.RevokedCertificates(ctx)
+		if err != nil || fmt.Sprint(serials) != "[a1 b2]" {
+			t.Fatalf("revoked certificates %v %v", serials, err)
+		}
+		if err := s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw2", CertSerial: "c3", EnrolledAt: now}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.Device(ctx, "d")
+		if err != nil || d.CertSerial != "c3" || d.HardwareID != "hw2" || d.ReportCounter != 0 || !d.RevokedAt.IsZero() {
+			t.Fatalf("re-enrolled %+v %v", d, err)
+		}
+		if a, err := s.Assignment(ctx, "d"); err != nil || a.Target != "" {
+			t.Fatalf("re-enrolled device inherited assignment %+v %v", a, err)
+		}
+	})
+	t.Run("Anomalies", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
+		for _, why := range []string{"unknown-release", "security-version"} {
+			if err := s.RecordAnomaly(ctx, "d", why, now.Add(time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d, _ := s.Device(ctx, "d")
+		if d.Anomalies != 2 || d.LastAnomaly != "security-version" || !d.LastSeen.Equal(now.Add(time.Minute)) || d.ReportCounter != 0 {
+			t.Fatalf("%+v", d)
+		}
+		is(t, s.RecordAnomaly(ctx, "nope", "x", now), store.ErrNotFound)
 	})
 
 	t.Run("EnrollTokens", func(t *testing.T) {
@@ -432,6 +484,39 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		}
 		_, err = s.LogEntry(ctx, "nope")
 		is(t, err, store.ErrNotFound)
+	})
+	t.Run("PendingPush", func(t *testing.T) {
+		s := open(t)
+		_, err := s.PendingPush(ctx)
+		is(t, err, store.ErrNotFound)
+		if err := s.PutPendingPush(ctx, []byte("one")); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.PutPendingPush(ctx, []byte("two")), store.ErrExists)
+		if b, err := s.PendingPush(ctx); err != nil || string(b) != "one" {
+			t.Fatalf("%q %v", b, err)
+		}
+		// Deleting it commits, or rolls back, with the transaction.
+		s.Atomic(ctx, func(tx store.Tx) error {
+			if err := tx.DeletePendingPush(ctx); err != nil {
+				t.Fatal(err)
+			}
+			return errors.New("roll back")
+		})
+		if b, err := s.PendingPush(ctx); err != nil || string(b) != "one" {
+			t.Fatalf("after rollback: %q %v", b, err)
+		}
+		if err := s.Atomic(ctx, func(tx store.Tx) error { return tx.DeletePendingPush(ctx) }); err != nil {
+			t.Fatal(err)
+		}
+		_, err = s.PendingPush(ctx)
+		is(t, err, store.ErrNotFound)
+		if err := s.DeletePendingPush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.PutPendingPush(ctx, []byte("three")); err != nil {
+			t.Fatal(err)
+		}
 	})
 	t.Run("Chunks", func(t *testing.T) {
 		s := open(t)
