@@ -122,7 +122,12 @@ func TestActionsCommitWithTheirAuditEntry(t *testing.T) {
 	if c, code, b := e.enroll("gw-2", tok2); c == nil {
 		t.Fatalf("the token was spent by a rolled-back enrollment: %d %s", code, b)
 	}
-	e.mustCall(e.pool, "POST", "/api/v1/repo/push", e.admin, push.body, 200)
+	// The push had been accepted (its release logged) when its commit
+	// failed: it stayed pending, and the server finishes it, with its
+	// audit entry, before the next push, which is then a replay.
+	code, b, _ = e.call(e.pool, "POST", "/api/v1/repo/push", e.admin, push.body)
+	wantCode(t, code, b, 409, "version-not-next")
+	e.mustCall(e.pool, "GET", "/repo/timestamp.json", "", nil, 200)
 
 	// 2. The action fails after its audit entry was appended.
 	sqlExec(t, raw, `CREATE TRIGGER enroll_fails BEFORE INSERT ON devices BEGIN SELECT RAISE(ABORT, 'injected device failure'); END`)

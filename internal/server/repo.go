@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"regexp"
@@ -102,8 +103,17 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// push applies a push: check it, check its blobs, log its releases, sign
-// the online roles and commit all metadata in one transaction.
+// push applies a push. Everything that can refuse it happens first:
+// check it (imagerepo), refuse a release name the log already gives other
+// content, check its blobs, and sign the online roles over the result.
+// Then the push is made durable as pending (everything needed to finish
+// it), its releases are logged, and its metadata, chunks and audit entry
+// commit in one transaction that also clears the pending record (see
+// finishPush). So the log never names a release that the repository does
+// not publish, except while a push is pending, and a pending push is
+// finished before anything else changes the repository: by this request,
+// or after an interruption at the server's start, its next push or its
+// next refresh.
 func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	ctx := r.Context()
 	if err := checkTargetNames(req); err != nil {
@@ -111,8 +121,14 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	}
 	s.pushMu.Lock()
 	defer s.pushMu.Unlock()
+	if err := s.finishPendingPush(ctx); err != nil {
+		return nil, err
+	}
 	cur, err := s.loadState(ctx)
 	if err != nil {
+		return nil, err
+	}
+	if err := s.checkLogged(ctx, req); err != nil {
 		return nil, err
 	}
 	now := s.now()
@@ -160,8 +176,10 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	// Log every new release before it becomes visible, so no device can
-	// see a release the log does not show.
+	// The statement of every new release, logged before the release
+	// becomes visible, so no device can see a release the log does not
+	// show.
+	var stmts []pendingStatement
 	var logged []string
 	for _, rel := range acc.NewReleases {
 		role := roles[rel.Meta.Product]
@@ -171,22 +189,21 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 				keyIDs = d.KeyIDs
 			}
 		}
-		stmt := &logproof.Statement{
+		leaf, err := logproof.MarshalStatement(&logproof.Statement{
 			Target: rel.Target, Length: rel.Image.Length, SHA256: rel.Image.SHA256,
 			SecurityVersion: rel.Meta.SecurityVersion, Role: rel.Meta.Product, RoleVersion: role.Signed.Version,
 			SignerKeyIDs: verify.ValidSigners(targets.Signed.Delegations.Keys, keyIDs, role),
-		}
-		proof, leaf, err := s.log.AppendStatement(ctx, stmt)
+		})
 		if err != nil {
-			return nil, wrapf(err, "logging %s", rel.Target)
+			return nil, wrapf(err, "statement of %s", rel.Target)
 		}
-		if err := s.store.PutLogEntry(ctx, store.LogEntry{Target: rel.Target, Index: proof.Index, Leaf: leaf}); err != nil && !errors.Is(err, store.ErrExists) {
-			return nil, err
-		}
+		stmts = append(stmts, pendingStatement{Target: rel.Target, SHA256: rel.Image.SHA256, Length: rel.Image.Length, Leaf: leaf})
 		logged = append(logged, rel.Target)
 	}
 
-	// Sign the online roles over the new state and commit everything.
+	// Sign the online roles over the new state: a root that does not
+	// name this server's online keys is refused here, before anything is
+	// logged.
 	var docs []store.Doc
 	for i, raw := range req.Roots {
 		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.ROOT, Version: int64(len(cur.Roots) + i + 1), Data: raw})
@@ -225,17 +242,25 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	for role, v := range acc.Versions {
 		detail[role] = strconv.FormatInt(v, 10)
 	}
-	err = s.atomically(r, func(tx store.Tx) (event, error) {
-		ev := event{operatorActor(r), "push", "image", "accepted", detail}
-		if err := tx.PutChunks(ctx, chunks); err != nil {
-			return ev, err
-		}
-		return ev, tx.PutDocs(ctx, docs...)
-	})
-	if err != nil {
+	if err := pushStep("checked"); err != nil {
 		return nil, err
 	}
-	return &pushResponse{Versions: acc.Versions, Releases: logged}, nil
+	logSize, err := s.log.Size(ctx)
+	if err != nil {
+		return nil, wrapf(err, "reading the log's size")
+	}
+	p := &pendingPush{
+		RequestID: r.Header.Get("X-Request-Id"), Actor: operatorActor(r), Detail: detail,
+		Docs: docs, Chunks: chunks, Statements: stmts, LogSize: logSize,
+		Response: pushResponse{Versions: acc.Versions, Releases: logged},
+	}
+	if err := s.startPush(ctx, p); err != nil {
+		return nil, err
+	}
+	if err := s.finishPush(ctx, p, false); err != nil {
+		return nil, wrapf(err, "push accepted and pending; the server finishes it at its next start, push or refresh")
+	}
+	return &p.Response, nil
 }
 
 func (s *Server) onlineVersions(ctx context.Context) (snap, ts int64, err error) {
@@ -267,6 +292,10 @@ func (s *Server) readBlob(r *http.Request, digest string, length int64) ([]byte,
 func (s *Server) RefreshOnline(ctx context.Context) (bool, error) {
 	s.pushMu.Lock()
 	defer s.pushMu.Unlock()
+	// A pending push holds the next snapshot and timestamp versions.
+	if err := s.finishPendingPush(ctx); err != nil {
+		return false, err
+	}
 	st, err := s.loadState(ctx)
 	if err != nil {
 		return false, err
@@ -369,12 +398,15 @@ func (s *Server) handleMetadata(w http.ResponseWriter, r *http.Request) {
 // consistent-snapshot name, with Range support. Only content the current
 // metadata names is served.
 //
-// A name once found published is remembered (servedTargets), so the
-// chunk requests of a download (one per chunk) cost no store read and no
-// parse of the product's metadata. That stays safe when a later version
-// drops the target: the name is its content hash, so the bytes can never
-// change, and clients accept only what their verified metadata names,
-// which is also why a CDN may cache it for a year.
+// A name once found published, its stored bytes checked against the
+// hash it names, is remembered (servedTargets), so the chunk requests of a
+// download (one per chunk) cost no store read, no parse of the product's
+// metadata and no hashing. That stays safe when a later version drops the
+// target: the name is its content hash, so the bytes can never change,
+// and clients accept only what their verified metadata names, which is
+// also why a CDN may cache it for a year. Bytes that do not match (a
+// corrupted disk) are never served: 500 payload-corrupt, checked again at
+// the next request.
 func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 	p := r.PathValue("path")
 	dir, file, ok := cutLast(p, "/")
@@ -388,7 +420,17 @@ func (s *Server) handleTarget(w http.ResponseWriter, r *http.Request) {
 			writeError(w, ae)
 			return
 		}
-		s.servedTargets.add(p)
+		// Concurrent first requests for one target wait for one check.
+		// The check goes on if the first client leaves: others wait for it.
+		err := s.servedTargets.check(p, func() error { return s.checkBlob(context.WithoutCancel(r.Context()), hash) })
+		if errors.Is(err, errBlobCorrupt) {
+			s.logger.Error("payload does not match its hash; not served", "target", p, "blob", hash)
+			writeError(w, errorf(http.StatusInternalServerError, "payload-corrupt", "the stored bytes of %s do not match its hash; the operator must restore blob %s", p, hash))
+			return
+		} else if err != nil {
+			s.fail(w, r, err)
+			return
+		}
 	}
 	br, err := s.blobs.Open(r.Context(), hash)
 	if err != nil {
@@ -480,6 +522,26 @@ func (s *Server) handleChunk(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
 	w.Header().Set("ETag", `"`+hash+`"`)
 	http.ServeContent(w, r, "", time.Time{}, content)
+}
+
+var errBlobCorrupt = errors.New("stored blob does not match its hash")
+
+// checkBlob hashes a stored blob: errBlobCorrupt when the bytes are not
+// the ones its name promises.
+func (s *Server) checkBlob(ctx context.Context, digest string) error {
+	br, err := s.blobs.Open(ctx, digest)
+	if err != nil {
+		return err
+	}
+	defer br.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, br); err != nil {
+		return wrapf(err, "reading blob %s", digest)
+	}
+	if hex.EncodeToString(h.Sum(nil)) != digest {
+		return fmt.Errorf("blob %s: %w", digest, errBlobCorrupt)
+	}
+	return nil
 }
 
 func cutLast(s, sep string) (before, after string, ok bool) {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 )
@@ -14,6 +15,8 @@ type seenSet struct {
 	m     sync.Map
 	n     atomic.Int64
 	limit int64
+	// checking holds the checks in progress (see check).
+	checking sync.Map
 }
 
 // seenLimit bounds each seenSet: about 10 MB of keys.
@@ -36,4 +39,38 @@ func (s *seenSet) add(k string) {
 		s.m.Clear()
 		s.n.Store(0)
 	}
+}
+
+// pendingCheck is one run of a check that concurrent callers wait for.
+type pendingCheck struct {
+	done chan struct{}
+	err  error
+}
+
+// check runs fn for k unless k was seen, adds k when fn succeeds, and
+// returns fn's error. Concurrent callers for one k share one run of fn, so
+// a check that costs (hashing a large payload) is not repeated by every
+// request that arrives while it runs. A failed check is not remembered:
+// the next call runs fn again.
+func (s *seenSet) check(k string, fn func() error) error {
+	if s.has(k) {
+		return nil
+	}
+	c := &pendingCheck{done: make(chan struct{}), err: errors.New("the check did not finish")}
+	if other, running := s.checking.LoadOrStore(k, c); running {
+		oc := other.(*pendingCheck)
+		<-oc.done
+		return oc.err
+	}
+	defer func() {
+		s.checking.Delete(k)
+		close(c.done)
+	}()
+	if s.has(k) {
+		return nil
+	}
+	if c.err = fn(); c.err == nil {
+		s.add(k)
+	}
+	return c.err
 }

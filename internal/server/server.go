@@ -133,6 +133,9 @@ func New(c Config) (*Server, error) {
 	if err := s.gate.load(context.Background()); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
+	if err := s.recoverPush(context.Background()); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rampart_enrolled_devices", Help: "Enrolled devices, revoked ones included.",
 	}, func() float64 {
