@@ -85,6 +85,45 @@ Example:
 	},
 }
 
+var deviceRemoveCmd = &cmdSpec{
+	name:    "device remove",
+	summary: "delete a device's record so that its id can enroll again",
+	usage: `
+Usage: rampart device remove ID --server URL --ca FILE --token TOKEN
+
+Deletes the device's record and its assignment, for a device that must
+enroll again under the same id (it enrolled with a token made for other
+hardware, say, or was replaced). Its certificate is refused from its next
+connection and stays refused; the audit log keeps its history. Needs an
+operator or admin token.
+
+Flags:
+` + serverFlagsHelp + `
+Example:
+    rampart device remove gw-0042 --server https://127.0.0.1:8443 --ca srv/ca.pem --token "$OPERATOR"
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("device remove", flag.ContinueOnError)
+		sf := addServerFlags(fs)
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 1 {
+			return usagef("rampart device remove --help shows an example", "device remove takes the device id")
+		}
+		c, err := sf.client(e)
+		if err != nil {
+			return err
+		}
+		if err := c.RemoveDevice(context.Background(), pos[0]); err != nil {
+			return err
+		}
+		fmt.Fprintf(e.stdout, "removed %s; its certificate is refused and its id may enroll again\n", termsafe.String(pos[0]))
+		return nil
+	},
+}
+
 var deployCmd = &cmdSpec{
 	name:    "deploy",
 	summary: "assign a published release to every device of a hardware id",

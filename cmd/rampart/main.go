@@ -33,7 +33,7 @@ var commands = []*cmdSpec{
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoDiffCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
-	deviceTokenCmd, deviceRevokeCmd, deployCmd, directorPushRootCmd, logVerifyCmd,
+	deviceTokenCmd, deviceRevokeCmd, deviceRemoveCmd, deployCmd, directorPushRootCmd, logVerifyCmd,
 }
 
 func main() {

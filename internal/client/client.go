@@ -693,6 +693,12 @@ func (c *Client) RevokeDevice(ctx context.Context, id string) error {
 	return c.postJSON(ctx, "/api/v1/devices/"+url.PathEscape(id)+"/revoke", nil, nil)
 }
 
+// RemoveDevice deletes a device's record: its certificate stops working at
+// once and its id can enroll again.
+func (c *Client) RemoveDevice(ctx context.Context, id string) error {
+	return c.doJSON(ctx, call{method: "DELETE", path: "/api/v1/devices/" + url.PathEscape(id), length: 0, limit: MaxSmallAnswer, timeout: c.Timeout}, nil)
+}
+
 // DirectorRootVersion returns the newest director root version the server
 // holds, 0 if none.
 func (c *Client) DirectorRootVersion(ctx context.Context) (int64, error) {
