@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"sync/atomic"
+	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -33,6 +34,10 @@ import (
 // A release name's content is fixed by its first statement: a push that
 // gives a logged name other content is refused (checkLogged), whether or
 // not the push that logged it completed.
+
+// finishTimeout bounds finishing a pending push for its request: logging
+// waits for checkpoints, which the log publishes every 100 ms.
+const finishTimeout = 2 * time.Minute
 
 // pendingPush is what finishing a push needs, stored as JSON in the store.
 type pendingPush struct {
@@ -77,8 +82,10 @@ func (s *Server) startPush(ctx context.Context, p *pendingPush) error {
 	if err != nil {
 		return err
 	}
-	if err := s.store.PutPendingPush(ctx, b); err != nil {
-		// ErrExists: another server process started a push meanwhile.
+	if err := s.store.PutPendingPush(ctx, b); errors.Is(err, store.ErrExists) {
+		// Another server process started a push meanwhile.
+		return errorf(http.StatusConflict, "conflict", "another push is in progress on another server process; fetch the current state and retry")
+	} else if err != nil {
 		return wrapf(err, "recording the pending push")
 	}
 	return pushStep("pending")

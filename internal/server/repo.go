@@ -257,6 +257,10 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	if err := s.startPush(ctx, p); err != nil {
 		return nil, err
 	}
+	// Once pending, the push is finished even if the client leaves: an
+	// impatient client must not leave it for the next start or refresh.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
+	defer cancel()
 	if err := s.finishPush(ctx, p, false); err != nil {
 		return nil, wrapf(err, "push accepted and pending; the server finishes it at its next start, push or refresh")
 	}
