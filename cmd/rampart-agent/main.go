@@ -20,6 +20,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/command"
+	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -399,10 +400,12 @@ func report(stderr io.Writer, err error) int {
 		return fail(stderr, exitUsage, err, "see docs/agent.md for every configuration key")
 	case errors.Is(err, agent.ErrNotEnrolled):
 		return fail(stderr, exitUsage, err, "run rampart-agent enroll --token TOKEN first")
-	case errors.Is(err, agent.ErrInstall):
+	case errors.Is(err, agent.ErrInstall) && failure.HintOf(err) == "":
 		return fail(stderr, exitFailed, err, "the running slot is untouched; the next check-in resumes the download")
 	}
-	return fail(stderr, exitFailed, err, "")
+	// The agent's own advice, when it has some (a failed check-in, a
+	// release too large for the slots).
+	return fail(stderr, exitFailed, err, failure.HintOf(err))
 }
 
 // enrollHints say what to do about the server's enrollment refusals that

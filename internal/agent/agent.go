@@ -259,7 +259,26 @@ var (
 	// ErrInstall: the install failed for a reason that is not an attack
 	// (download, disk); the active slot is untouched.
 	ErrInstall = errors.New("install failed")
+	// ErrUnavailable: a check-in could not get what it verifies from the
+	// server: unreachable, an HTTP error, or a transfer cut short
+	// (connection reset, timeout, a body that ended early). It is not an
+	// attack and is not reported as one; nothing changed, and the next
+	// check-in tries again.
+	ErrUnavailable = errors.New("check-in failed")
 )
+
+// hinted is an error with advice for whoever reads it on the device
+// (failure.Hinter); the command line prints it as its hint.
+type hinted struct {
+	err  error
+	hint string
+}
+
+func (h *hinted) Error() string       { return h.err.Error() }
+func (h *hinted) Unwrap() error       { return h.err }
+func (h *hinted) FailureHint() string { return h.hint }
+
+func withHint(err error, hint string) error { return &hinted{err: err, hint: hint} }
 
 // Outcome says what one operation did.
 type Outcome struct {

@@ -43,6 +43,10 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 
 	d, err := uptane.Check(ctx, a.uptaneConfig(st))
 	if err != nil {
+		if errors.Is(err, uptane.ErrUnavailable) {
+			err = withHint(fmt.Errorf("%w: %w", ErrUnavailable, err),
+				"the server could not be reached or a transfer was cut short; this is not a refusal, nothing was installed, and the next check-in tries again")
+		}
 		return nil, a.refusedOrFailed(ctx, st, err)
 	}
 	if d.Nothing {
@@ -104,13 +108,25 @@ func (a *Agent) fetchIndex(ctx context.Context, u string, length int64) ([]byte,
 	if resp.StatusCode != http.StatusOK {
 		return nil, fmt.Errorf("%w: fetching the chunk index: HTTP %d", ErrInstall, resp.StatusCode)
 	}
-	// Never more than the signed length: endless data is cut off here and
-	// then fails the hash check.
+	// Never more than the signed length: a body that declares or carries
+	// more is endless data, refused without reading past the length. One
+	// that ends early is a failed download, resumed next time.
+	if resp.ContentLength > length {
+		return nil, endlessIndex(fmt.Sprintf("declares %d bytes", resp.ContentLength), length)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, length+1))
 	if err != nil {
-		return nil, fmt.Errorf("%w: fetching the chunk index: %v", ErrInstall, err)
+		return nil, fmt.Errorf("%w: fetching the chunk index: cut after %d of %d bytes: %w", ErrInstall, len(b), length, err)
+	}
+	if int64(len(b)) > length {
+		return nil, endlessIndex("goes on", length)
 	}
 	return b, nil
+}
+
+func endlessIndex(what string, length int64) error {
+	return &verify.Error{Class: uptane.EndlessData, Role: "image",
+		Msg: fmt.Sprintf("the chunk index %s past its signed length of %d bytes", what, length)}
 }
 
 // releaseOf is what the agent records of a verified release.
@@ -152,7 +168,11 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 	a.flush(ctx, st)
 
 	ixBytes, err := index(ctx)
-	if err != nil {
+	var ve *verify.Error
+	switch {
+	case errors.As(err, &ve):
+		return nil, a.refusedOrFailed(ctx, st, err)
+	case err != nil:
 		return nil, a.installFailed(ctx, st, "download", err)
 	}
 	ix, err := verify.Index(res, ixBytes)
@@ -193,6 +213,8 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		var cm *install.ChunkMismatchError
 		var rb *install.ReadBackError
 		switch {
+		case errors.Is(err, install.ErrEndlessData):
+			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: uptane.EndlessData, Role: "image", Msg: "the image goes on past the bytes asked for; nothing of it was written", Err: err})
 		case errors.As(err, &cm), errors.Is(err, install.ErrChunkMismatch):
 			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "a chunk does not match the signed index; nothing of it was written", Err: err})
 		case errors.Is(err, chunkindex.ErrImageHash):

@@ -15,6 +15,16 @@ var (
 	// ErrReadBack is matched by every *ReadBackError: after all chunks
 	// were written and synced, the slot did not read back as the image.
 	ErrReadBack = errors.New("install: slot read-back verification failed")
+	// ErrEndlessData is matched by a *FetchError whose response carried, or
+	// declared, more bytes than were asked for: beyond the requested
+	// range, or beyond the image's signed length. Unlike a body that ends
+	// early it is never retried: a network cuts data short, only a hostile
+	// or broken server adds to it (TUF's endless data attack).
+	ErrEndlessData = errors.New("install: more data than requested")
+	// ErrRangeIgnored is matched by a *FetchError when the server answered
+	// a Range request with the whole file (200 OK). Install then reads the
+	// rest of the image in one sequential pass (TailSource).
+	ErrRangeIgnored = errors.New("install: the server ignores Range requests")
 )
 
 // ChunkMismatchError reports that the bytes the Source returned for chunk

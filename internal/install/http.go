@@ -24,22 +24,28 @@ const DefaultMaxRetries = 4
 //
 // A response is accepted only if it is 206 Partial Content with exactly the
 // requested Content-Range ("bytes off-end/total" or "bytes off-end/*"), or
-// 200 OK when the range starts at offset 0 and the body is exactly the
-// range (the range is the whole file). The body is read one chunk at a
-// time into the caller's buffer, and one byte past the range is probed
-// before the last chunk is delivered, so an endless body costs one chunk
-// of memory and is refused; a chunk of a body of the wrong length is never
+// 200 OK when the range starts at offset 0 and Content-Length says the
+// body is exactly the range (the range is the whole file). Any other 200
+// means the server ignores Range (some mirrors and CDNs do): ReadSpan
+// fails with ErrRangeIgnored, and Install falls back to ReadTail, which
+// reads the whole file from its start in one pass. The body is read one
+// chunk at a time into the caller's buffer, and one byte past the range is
+// probed before the last chunk is delivered, so an endless body costs one
+// chunk of memory; a chunk of a body of the wrong length is never
 // delivered.
 //
-// Retries: transport errors (including a connection dropped mid-body) and
-// 5xx responses are retried up to MaxRetries times with exponential backoff
-// and jitter, resuming at the first chunk not yet delivered. A body of the
-// wrong length (declared or actual) is retried once, as it may be a proxy's
-// hiccup but is not likely to fix itself. The budget is per chunk: it
-// starts again when a chunk was delivered. 4xx responses (404, 416, 429,
-// ...) and other unexpected statuses are not retried. Failures are
-// *FetchError (ErrFetch) naming the chunk and carrying the last HTTP
-// status. HTTPSource does not verify chunk hashes: Install does.
+// What failed decides what happens next. A body that ends early, a
+// connection cut mid-body, a timeout and a 5xx are the network's doing:
+// they are retried up to MaxRetries times with exponential backoff and
+// jitter, resuming at the first chunk not yet delivered (a body that
+// ends cleanly but short, or declares a shorter length, only once: a
+// proxy's hiccup, not likely to fix itself). A body that carries or
+// declares more bytes than asked for is ErrEndlessData and is not
+// retried. The budget is per chunk: it starts again when a chunk was
+// delivered. 4xx responses (404, 416, 429, ...) and other unexpected
+// statuses are not retried. Failures are *FetchError (ErrFetch) naming the
+// chunk and carrying the last HTTP status. HTTPSource does not verify
+// chunk hashes: Install does.
 type HTTPSource struct {
 	Client *http.Client // nil means http.DefaultClient (set a Timeout in production)
 	URL    string       // payload URL
@@ -72,10 +78,7 @@ const (
 	retryOnce              // wrong body length: at most one retry
 )
 
-var (
-	errShortBody = errors.New("response body shorter than the chunk")
-	errLongBody  = errors.New("response body longer than the chunk")
-)
+var errShortBody = errors.New("response body shorter than the chunk")
 
 // ReadChunk implements Source: a span of one chunk.
 func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, buf []byte) ([]byte, error) {
@@ -101,6 +104,21 @@ func (s *HTTPSource) ReadChunk(ctx context.Context, i int, c chunkindex.Chunk, b
 // chunk has been delivered, so a span costs at most len(cs)*(MaxRetries+1)
 // requests and never delivers a chunk twice.
 func (s *HTTPSource) ReadSpan(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error) error {
+	return s.read(ctx, first, cs, buf, yield, false)
+}
+
+// ReadTail implements TailSource: ReadSpan for chunks that run to the end
+// of the image, from a server that may ignore Range. A 200 OK answer is
+// then the whole file: the bytes before cs[0] are read and dropped, and
+// the file must end where the image does (Content-Length, or a probe past
+// the last chunk): a longer one is ErrEndlessData. A resumed request
+// after a cut asks for the rest again, and reads the whole file again if
+// it must.
+func (s *HTTPSource) ReadTail(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error) error {
+	return s.read(ctx, first, cs, buf, yield, true)
+}
+
+func (s *HTTPSource) read(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error, whole bool) error {
 	if err := validSpan(cs, len(buf)); err != nil {
 		return &FetchError{Chunk: first, Err: err}
 	}
@@ -125,7 +143,7 @@ func (s *HTTPSource) ReadSpan(ctx context.Context, first int, cs []chunkindex.Ch
 			case <-t.C:
 			}
 		}
-		n, status, class, err := s.fetch(ctx, first+next, cs[next:], buf, yield)
+		n, status, class, err := s.fetch(ctx, first+next, cs[next:], buf, yield, whole)
 		next += n
 		if err == nil {
 			return nil
@@ -183,8 +201,10 @@ func (e yieldError) Error() string { return e.err.Error() }
 
 // fetch makes one request for the bytes of cs (consecutive chunks, the
 // first of which is chunk number first) and passes each chunk to yield as
-// soon as it is read. It returns the number of chunks delivered.
-func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(int, []byte) error) (int, int, retryClass, error) {
+// soon as it is read. It returns the number of chunks delivered. With
+// whole, cs runs to the end of the image and a 200 OK (the whole file) is
+// read from its start.
+func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(int, []byte) error, whole bool) (int, int, retryClass, error) {
 	client := s.Client
 	if client == nil {
 		client = http.DefaultClient
@@ -207,27 +227,42 @@ func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk
 	defer resp.Body.Close()
 	status := resp.StatusCode
 
+	// skip is how many bytes of the body come before the span: all of
+	// the file before it when the server sends the whole file.
+	skip := int64(0)
 	switch {
 	case status == http.StatusPartialContent:
 		if err := checkContentRange(resp.Header.Get("Content-Range"), off, end); err != nil {
 			return 0, status, retryNever, err
 		}
+	case status == http.StatusOK && off == 0 && resp.ContentLength == length:
+		// The range is the whole file: exactly what was asked for.
+	case status == http.StatusOK && whole:
+		skip = off
 	case status == http.StatusOK:
-		// The server ignored Range: acceptable only if the whole file
-		// is this span, which the body length proves below.
-		if off != 0 {
-			return 0, status, retryNever, errors.New("server ignored the Range request (200 OK for bytes not at offset 0)")
-		}
-		if resp.ContentLength > length {
-			return 0, status, retryNever, fmt.Errorf("server ignored the Range request (200 OK with %d bytes for %d requested)", resp.ContentLength, length)
-		}
+		// Reading the whole file for every span would cost the image
+		// many times over: let the caller read it once (ReadTail).
+		return 0, status, retryNever, fmt.Errorf("%w (200 OK for bytes %d-%d)", ErrRangeIgnored, off, end)
 	case status >= 500 && status <= 599:
 		return 0, status, retryAlways, fmt.Errorf("server error: %s", resp.Status)
 	default:
 		return 0, status, retryNever, fmt.Errorf("unexpected response: %s", resp.Status)
 	}
-	if resp.ContentLength >= 0 && resp.ContentLength != length {
-		return 0, status, retryOnce, fmt.Errorf("Content-Length %d, requested %d bytes", resp.ContentLength, length)
+	switch want := skip + length; {
+	case resp.ContentLength > want:
+		// Declared more than asked for: refused before reading any of it.
+		return 0, status, retryNever, fmt.Errorf("%w: Content-Length %d, requested %d bytes", ErrEndlessData, resp.ContentLength, want)
+	case resp.ContentLength >= 0 && resp.ContentLength < want:
+		return 0, status, retryOnce, fmt.Errorf("%w: Content-Length %d, requested %d bytes", errShortBody, resp.ContentLength, want)
+	}
+	if skip > 0 {
+		n, err := io.CopyN(io.Discard, resp.Body, skip)
+		switch {
+		case err == io.EOF:
+			return 0, status, retryOnce, fmt.Errorf("%w: the whole file ended after %d bytes, before chunk %d at offset %d", errShortBody, n, first, off)
+		case err != nil:
+			return 0, status, retryAlways, fmt.Errorf("reading the whole file up to chunk %d, after %d of %d bytes: %w", first, n, skip, err)
+		}
 	}
 
 	for k, c := range cs {
@@ -247,17 +282,14 @@ func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk
 				return k, status, retryAlways, fmt.Errorf("reading chunk %d after %d of %d bytes: %w", first+k, n, c.Length, err)
 			}
 		}
-		if k == len(cs)-1 {
+		if k == len(cs)-1 && (status == http.StatusPartialContent || whole) {
 			// Probe for one more byte before delivering the last
 			// chunk: a longer body is refused, whatever its end, and
-			// its last chunk is asked for again.
+			// its last chunk is not delivered. (A span answered with
+			// the first bytes of the whole file stops here instead.)
 			var probe [1]byte
 			if m, _ := io.ReadFull(resp.Body, probe[:]); m > 0 {
-				if status == http.StatusOK {
-					// The server ignored Range and is sending a larger file.
-					return k, status, retryNever, fmt.Errorf("server ignored the Range request: %w", errLongBody)
-				}
-				return k, status, retryOnce, errLongBody
+				return k, status, retryNever, fmt.Errorf("%w: the response goes on after byte %d", ErrEndlessData, end)
 			}
 		}
 		if err := yield(first+k, b); err != nil {

@@ -20,6 +20,9 @@
 // also a SpanSource is asked for runs of consecutive chunks at once (up to
 // Options.SpanBytes), so a download streams instead of paying a request
 // per chunk; each chunk of a run is still verified before it is written.
+// When the source turns out to ignore ranges (ErrRangeIgnored from a
+// TailSource), the rest of the image is read in one sequential pass
+// instead, verified chunk by chunk the same way.
 // The read-back runs beside the download, in image order, each chunk as
 // soon as it is written, so it costs little wall time. Memory is bounded:
 // each worker owns one chunk buffer (used for local reuse and lent to the
@@ -42,6 +45,7 @@ import (
 	"io"
 	"runtime"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rampartfw/rampart/internal/chunkindex"
 )
@@ -66,6 +70,17 @@ type Source interface {
 type SpanSource interface {
 	Source
 	ReadSpan(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error) error
+}
+
+// TailSource is a SpanSource that can also serve a server that ignores
+// Range requests. When ReadSpan fails with ErrRangeIgnored, Install stops
+// fetching in parallel and calls ReadTail once, for every chunk from the
+// first one not yet written to the end of the image; ReadTail delivers
+// them in order as ReadSpan does, reading (and dropping) whatever comes
+// before them. Each chunk is still verified before it is written.
+type TailSource interface {
+	SpanSource
+	ReadTail(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(i int, data []byte) error) error
 }
 
 // DefaultSpanBytes is the most bytes Install asks a SpanSource for at
@@ -184,9 +199,15 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The parallel fetch runs under its own context, so that it can stop
+	// early to switch to one sequential pass (a server that ignores
+	// Range) while the read-back goes on.
+	fctx, stopFetch := context.WithCancel(ctx)
+	defer stopFetch()
 
 	// Which chunks are left to do, and which of them must come from src.
 	todo := make([]bool, len(ix.Chunks))
+	in.written = make([]bool, len(ix.Chunks))
 	fetch := 0
 	for i := range ix.Chunks {
 		if opt.Done != nil && opt.Done(i) {
@@ -202,6 +223,7 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 	if _, ok := src.(SpanSource); ok {
 		maxSpan = spanChunks(opt.SpanBytes, ix.ChunkSize, fetch, workers)
 	}
+	tail, _ := src.(TailSource)
 
 	// The read-back: every chunk is queued once, Done ones now, the others
 	// by put once written; the slot is read back in image order as the
@@ -212,7 +234,16 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 			in.readBack <- i
 		}
 	}
+	var rangeIgnored atomic.Bool
 	stop := func(err error) {
+		switch {
+		case tail != nil && errors.Is(err, ErrRangeIgnored):
+			rangeIgnored.Store(true)
+			stopFetch()
+			return
+		case rangeIgnored.Load() && ctx.Err() == nil && errors.Is(err, context.Canceled):
+			return // a fetch cut short by the switch to one pass
+		}
 		in.fail(err)
 		cancel()
 	}
@@ -226,17 +257,17 @@ func Install(ctx context.Context, ix *chunkindex.Index, src Source, dst Slot, lo
 		}
 	}()
 	jobs := make(chan job)
-	fetchers := startWorkers(ctx, workers, bufLen, jobs, stop, func(j job, buf []byte) error {
+	fetchers := startWorkers(fctx, workers, bufLen, jobs, stop, func(j job, buf []byte) error {
 		if j.n == 1 {
-			return in.chunk(ctx, j.first, buf)
+			return in.chunk(fctx, j.first, buf)
 		}
-		return in.span(ctx, j.first, j.n, buf)
+		return in.span(fctx, j.first, j.n, buf)
 	})
 	send := func(j job) bool {
 		select {
 		case jobs <- j:
 			return true
-		case <-ctx.Done():
+		case <-fctx.Done():
 			return false
 		}
 	}
@@ -267,6 +298,13 @@ dispatch:
 	}
 	close(jobs)
 	fetchers.Wait()
+	if rangeIgnored.Load() && ctx.Err() == nil {
+		// Every worker has stopped: the pass has the source to itself
+		// and a buffer of its own within the Workers+1 bound.
+		if err := in.tail(ctx, tail, todo, make([]byte, bufLen)); err != nil {
+			stop(err)
+		}
+	}
 	close(in.readBack) // every chunk written was queued
 
 	// The sync runs while the last chunks are read back.
@@ -429,9 +467,10 @@ type installer struct {
 	// sending never blocks.
 	readBack chan int
 
-	mu  sync.Mutex // guards res, err and serializes opt.Progress
-	res *Result
-	err error
+	mu      sync.Mutex // guards res, err, written and serializes opt.Progress
+	res     *Result
+	err     error
+	written []bool // chunks written by this call
 }
 
 func (in *installer) indexLocal(local *Local) {
@@ -485,6 +524,50 @@ func (in *installer) span(ctx context.Context, first, n int, buf []byte) error {
 	switch {
 	case err == nil && next != first+n:
 		return &FetchError{Chunk: next, Err: fmt.Errorf("source ended the span of chunks %d-%d before chunk %d", first, first+n-1, next)}
+	case err == nil || err == putErr:
+		return err
+	}
+	return sourceError(ctx, next, err)
+}
+
+// tail reads every chunk from the first one not yet written to the end of
+// the image with one ReadTail call, verifying and writing the chunks still
+// to do and passing over the others (done by an earlier attempt, or
+// written before the switch), whose bytes only count as downloaded.
+func (in *installer) tail(ctx context.Context, src TailSource, todo []bool, buf []byte) error {
+	in.mu.Lock()
+	first := len(todo)
+	for i, t := range todo {
+		if t && !in.written[i] {
+			first = i
+			break
+		}
+	}
+	in.mu.Unlock()
+	if first == len(todo) {
+		return nil
+	}
+	next := first
+	var putErr error
+	err := src.ReadTail(ctx, first, in.ix.Chunks[first:], buf, func(i int, d []byte) error {
+		if i != next {
+			putErr = &FetchError{Chunk: next, Err: fmt.Errorf("source delivered chunk %d, expected %d", i, next)}
+			return putErr
+		}
+		next++
+		in.mu.Lock()
+		pass := !todo[i] || in.written[i]
+		in.mu.Unlock()
+		if pass {
+			in.count(false, false, int64(len(d)), 0)
+			return nil
+		}
+		putErr = in.put(i, d, false, false)
+		return putErr
+	})
+	switch {
+	case err == nil && next != len(todo):
+		return &FetchError{Chunk: next, Err: fmt.Errorf("source ended the image before chunk %d", next)}
 	case err == nil || err == putErr:
 		return err
 	}
@@ -550,6 +633,7 @@ func (in *installer) put(i int, d []byte, reused, corrupt bool) error {
 
 	in.mu.Lock()
 	defer in.mu.Unlock()
+	in.written[i] = true
 	if reused {
 		in.res.Reused++
 	}

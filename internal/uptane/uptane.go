@@ -22,10 +22,21 @@
 //     must be consistent with the last one this device accepted
 //     (StateDir/log/checkpoint), which is then replaced atomically.
 //
-// Every refusal is a *verify.Error whose Class names the attack class; the
-// two log-specific classes NotLogged and LogFork are defined here.
-// Transport failures (server unreachable, 5xx) are returned as plain errors:
-// they are not evidence of an attack and the caller should simply retry.
+// Every refusal is a *verify.Error whose Class names the attack class;
+// the classes verify does not know (the log's NotLogged and LogFork,
+// WrongDevice, EndlessData) are defined here. A refusal is only ever about
+// bytes that arrived whole: a failed transfer (server unreachable, an
+// HTTP error, a body cut short by a reset connection or a timeout) is not
+// evidence of an attack, matches ErrUnavailable, and the caller simply
+// retries. A response longer than its bound (the signed length, or a
+// fixed limit where nothing is signed) is refused as EndlessData without
+// reading past the bound.
+//
+// The director's metadata is verified in a staging copy of its state and
+// replaces the trusted copy only once its targets role is proven bound to
+// this device: another device's metadata, whatever its version numbers,
+// is refused as WrongDevice and leaves nothing behind that could make the
+// device refuse its own director later.
 //
 // Check never downloads the image: it returns the consistent-snapshot URLs
 // of the image and its chunk index, which the caller streams and verifies
@@ -61,14 +72,38 @@ import (
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
-// Refusal classes for the transparency log, in addition to verify's.
+// Refusal classes of the device, in addition to verify's.
 const (
 	// NotLogged: the release is not (provably) recorded in the log.
 	NotLogged verify.Class = "not-logged"
 	// LogFork: the log's checkpoint is not an append-only extension of the
 	// one the device last accepted (split view, rollback of the log).
 	LogFork verify.Class = "log-inconsistent"
+	// WrongDevice: director metadata validly signed for another device
+	// (a server or front end handing one device's repository to another).
+	WrongDevice verify.Class = "wrong-device"
+	// EndlessData: a response went on past its signed length or its
+	// bound (TUF's endless data attack).
+	EndlessData verify.Class = "endless-data"
 )
+
+// ErrUnavailable is matched by every error of Check that is a failed
+// transfer rather than a refusal: the server could not be reached or
+// answered with an HTTP error, or a response was cut short (connection
+// reset, timeout, a body that ended before its length). Nothing was
+// trusted from it; the next check-in retries.
+var ErrUnavailable = errors.New("server unavailable or transfer cut short")
+
+// transferError is a failed transfer of url. It matches ErrUnavailable
+// and unwraps to its cause too (for go-tuf, which looks for its own
+// *metadata.ErrDownloadHTTP to find the end of the root chain).
+type transferError struct {
+	url string
+	err error
+}
+
+func (e *transferError) Error() string   { return fmt.Sprintf("fetching %s: %v", e.url, e.err) }
+func (e *transferError) Unwrap() []error { return []error{ErrUnavailable, e.err} }
 
 // Limits on the log API responses read by Check.
 const (
@@ -126,16 +161,9 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	base := strings.TrimRight(cfg.ServerURL, "/")
 
 	// 1. Director.
-	dir, err := refresh(cfg, "director", base+"/director/", cfg.DirectorRoot)
+	dir, err := refreshDirector(ctx, cfg, base+"/director/")
 	if err != nil {
 		return nil, err
-	}
-	trusted := dir.GetTrustedMetadataSet()
-	if trusted.Targets[metadata.TARGETS] == nil {
-		return nil, refuse(verify.MissingTarget, "director", nil, "director has no trusted targets role")
-	}
-	if err := directormeta.CheckDevice(trusted.Targets[metadata.TARGETS], cfg.DeviceID); err != nil {
-		return nil, directorRefusal(err)
 	}
 	dirTargets := dir.GetTopLevelTargets()
 	if len(dirTargets) == 0 {
@@ -151,9 +179,17 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	}
 
 	// 2. Image repository.
-	img, err := refresh(cfg, "image", base+"/repo/", cfg.ImageRoot)
+	imgDir := filepath.Join(cfg.StateDir, "image")
+	imgRoot, err := trustedRoot(imgDir, cfg.ImageRoot)
+	if err != nil {
+		return nil, fmt.Errorf("uptane: image: %w", err)
+	}
+	img, err := refresh(ctx, cfg, "image", base+"/repo/", imgDir, imgRoot, false)
 	if err != nil {
 		return nil, err
+	}
+	if err := keepTrustedRoot(imgDir); err != nil {
+		return nil, fmt.Errorf("uptane: image: %w", err)
 	}
 	imgTarget, err := img.GetTargetInfo(tpath)
 	if err != nil {
@@ -216,14 +252,13 @@ func (cfg *Config) now() time.Time {
 	return time.Now()
 }
 
-// refresh runs go-tuf's client workflow for one repository, starting from
-// the cached trusted root if there is one, else the shipped root.
-func refresh(cfg Config, name, metaURL string, shipped []byte) (*updater.Updater, error) {
-	mdDir := filepath.Join(cfg.StateDir, name)
-	root, err := trustedRoot(mdDir, shipped)
-	if err != nil {
-		return nil, fmt.Errorf("uptane: %s: %w", name, err)
-	}
+// refresh runs go-tuf's client workflow for one repository in mdDir,
+// starting from root (the trusted one). go-tuf stores what it verifies in
+// mdDir as it goes, unless noCache: then it stores nothing and starts from
+// root alone, with no cached versions to compare with. The caller keeps
+// the durable copy of the root (keepTrustedRoot) where it keeps the
+// metadata for good: the director's staging copy is scratch.
+func refresh(ctx context.Context, cfg Config, name, metaURL, mdDir string, root []byte, noCache bool) (*updater.Updater, error) {
 	uc, err := config.New(metaURL, root)
 	if err != nil {
 		return nil, fmt.Errorf("uptane: %s: %w", name, err)
@@ -234,11 +269,11 @@ func refresh(cfg Config, name, metaURL string, shipped []byte) (*updater.Updater
 	uc.LocalTargetsDir = filepath.Join(mdDir, "targets")
 	uc.RemoteTargetsURL = metaURL + "targets/"
 	uc.PrefixTargetsWithHash = true
-	// Never NewFetcherWithHTTPClient: its unbounded retries make the
-	// expected 404 for the next root hang.
-	if err := uc.SetDefaultFetcherHTTPClient(cfg.HTTPClient); err != nil {
-		return nil, fmt.Errorf("uptane: %s: %w", name, err)
-	}
+	uc.DisableLocalCache = noCache
+	// Our fetcher, not go-tuf's: it honours ctx, and it tells a cut
+	// transfer (ErrUnavailable) from a response longer than allowed
+	// (EndlessData), which go-tuf's would both leave to be guessed.
+	uc.Fetcher = &fetcher{ctx: ctx, client: cfg.HTTPClient, role: name}
 	up, err := updater.New(uc)
 	if err != nil {
 		// The trusted root itself does not load (not self-signed, garbage).
@@ -248,10 +283,136 @@ func refresh(cfg Config, name, metaURL string, shipped []byte) (*updater.Updater
 	if err := up.Refresh(); err != nil {
 		return nil, classify(name, err)
 	}
-	if err := keepTrustedRoot(mdDir); err != nil {
-		return nil, fmt.Errorf("uptane: %s: %w", name, err)
+	return up, nil
+}
+
+// The director's metadata files go-tuf keeps, in the order they are
+// committed from the staging copy.
+var directorFiles = []string{"root.json", "timestamp.json", "snapshot.json", "targets.json"}
+
+// refreshDirector refreshes the director in a staging copy of its trusted
+// metadata (StateDir/director.staging) and copies the result over the
+// trusted metadata (StateDir/director) only once the targets role is bound
+// to this device. Were another device's metadata stored first, as go-tuf
+// would, a device handed it once would then refuse its own director's
+// lower versions as a rollback until they caught up.
+//
+// Another device's metadata with lower version numbers than ours fails
+// go-tuf's rollback check before the binding can be read. So a rollback
+// refusal is looked at again: the same repository verified from the
+// trusted root alone, stored nowhere. Validly signed and bound to another
+// device, it is refused as WrongDevice; bound to this one, it stays a
+// rollback.
+func refreshDirector(ctx context.Context, cfg Config, metaURL string) (*updater.Updater, error) {
+	mdDir := filepath.Join(cfg.StateDir, "director")
+	root, err := trustedRoot(mdDir, cfg.DirectorRoot)
+	if err != nil {
+		return nil, fmt.Errorf("uptane: director: %w", err)
+	}
+	stage := mdDir + ".staging"
+	if err := stageCopy(mdDir, stage); err != nil {
+		return nil, fmt.Errorf("uptane: director: %w", err)
+	}
+	defer os.RemoveAll(stage)
+	up, err := refresh(ctx, cfg, "director", metaURL, stage, root, false)
+	if err != nil {
+		var ve *verify.Error
+		if errors.As(err, &ve) && ve.Class == verify.Rollback {
+			if werr := otherDevice(ctx, cfg, metaURL, stage, root); werr != nil {
+				return nil, errors.Join(werr, err)
+			}
+		}
+		return nil, err
+	}
+	t := up.GetTrustedMetadataSet().Targets[metadata.TARGETS]
+	if t == nil {
+		return nil, refuse(verify.MissingTarget, "director", nil, "director has no trusted targets role")
+	}
+	if err := directormeta.CheckDevice(t, cfg.DeviceID); err != nil {
+		return nil, directorRefusal(err)
+	}
+	if err := commitStaged(stage, mdDir); err != nil {
+		return nil, fmt.Errorf("uptane: director: %w", err)
 	}
 	return up, nil
+}
+
+// otherDevice verifies the director from the trusted root alone (in the
+// staging copy, the newest root the refresh reached), storing nothing, and
+// returns a WrongDevice refusal when that repository is bound to another
+// device; nil otherwise.
+func otherDevice(ctx context.Context, cfg Config, metaURL, stage string, root []byte) error {
+	if r, err := os.ReadFile(filepath.Join(stage, "root.json")); err == nil && json.Valid(r) {
+		root = r
+	}
+	empty, err := os.MkdirTemp(cfg.StateDir, "director.probe")
+	if err != nil {
+		return nil
+	}
+	defer os.RemoveAll(empty)
+	up, err := refresh(ctx, cfg, "director", metaURL, empty, root, true)
+	if err != nil {
+		return nil
+	}
+	t := up.GetTrustedMetadataSet().Targets[metadata.TARGETS]
+	if t == nil {
+		return nil
+	}
+	if err := directormeta.CheckDevice(t, cfg.DeviceID); errors.Is(err, directormeta.ErrWrongDevice) {
+		return directorRefusal(err)
+	}
+	return nil
+}
+
+// stageCopy makes stage a fresh copy of the metadata go-tuf reads from
+// mdDir (the root comes from trustedRoot, which go-tuf writes itself).
+// The copy is scratch: it is not synced.
+func stageCopy(mdDir, stage string) error {
+	if err := os.RemoveAll(stage); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(stage, 0o700); err != nil {
+		return err
+	}
+	for _, f := range directorFiles[1:] {
+		b, err := os.ReadFile(filepath.Join(mdDir, f))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(stage, f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// commitStaged replaces each trusted metadata file in mdDir that the
+// staged refresh changed, atomically and durably, root first. A power
+// cut part way leaves a mix that go-tuf reads as it reads any stale
+// cache: what no longer fits is fetched again and verified.
+func commitStaged(stage, mdDir string) error {
+	if err := os.MkdirAll(mdDir, 0o700); err != nil {
+		return err
+	}
+	for _, f := range directorFiles {
+		b, err := os.ReadFile(filepath.Join(stage, f))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		if old, err := os.ReadFile(filepath.Join(mdDir, f)); err == nil && bytes.Equal(old, b) {
+			continue
+		}
+		if err := atomicfile.WriteFile(filepath.Join(mdDir, f), b, 0o644); err != nil {
+			return err
+		}
+	}
+	return keepTrustedRoot(mdDir)
 }
 
 // TrustedImageRoot returns the newest image repository root the device
@@ -302,20 +463,15 @@ func refuse(c verify.Class, role string, err error, format string, args ...any) 
 	return &verify.Error{Class: c, Role: role, Msg: fmt.Sprintf(format, args...), Err: err}
 }
 
-// isDownload reports a transport failure: the server could not be reached
-// or answered with an HTTP error. An over-long response is not one: it is
-// refused as endless data.
+// isDownload reports a failed transfer (ErrUnavailable, or the context
+// ending); an over-long response is not one: it is refused as endless
+// data.
 func isDownload(err error) bool {
-	if errors.Is(err, &metadata.ErrDownloadLengthMismatch{}) {
-		return false
-	}
-	var ue *url.Error
-	return errors.Is(err, &metadata.ErrDownload{}) || errors.As(err, &ue) ||
-		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
+	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// classify maps go-tuf's errors onto refusal classes. Download failures
-// other than an over-long response are transport errors, not refusals.
+// classify maps go-tuf's errors onto refusal classes. Failed transfers
+// are not refusals.
 func classify(repo string, err error) error {
 	var ve *verify.Error
 	if errors.As(err, &ve) {
@@ -328,7 +484,7 @@ func classify(repo string, err error) error {
 	case errors.As(err, &pe):
 		return fmt.Errorf("uptane: %s metadata state: %w", repo, err) // local I/O, not a refusal
 	case errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
-		return refuse(verify.Mismatch, repo, err, "%s: response longer than allowed", repo)
+		return refuse(EndlessData, repo, err, "%s: response longer than allowed", repo)
 	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
 		return refuse(verify.BadSignature, repo, err, "%s: not signed by enough trusted keys", repo)
 	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
@@ -347,7 +503,7 @@ func directorRefusal(err error) error {
 	case errors.Is(err, directormeta.ErrWrongHardware):
 		return refuse(verify.WrongHardware, "director", err, "director target is not for this hardware")
 	case errors.Is(err, directormeta.ErrWrongDevice):
-		return refuse(verify.Mismatch, "director", err, "director metadata is bound to another device")
+		return refuse(WrongDevice, "director", err, "director metadata is bound to another device")
 	case errors.Is(err, directormeta.ErrDisagree):
 		return refuse(verify.Mismatch, "director", err, "director and image repository disagree")
 	}
@@ -357,7 +513,7 @@ func directorRefusal(err error) error {
 // checkLog verifies the release's inclusion in the log and the log's
 // consistency with the stored checkpoint, then stores the new checkpoint.
 func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.TargetFiles, rel *release.Meta) ([]byte, error) {
-	body, code, err := get(ctx, cfg.HTTPClient, base+"/api/v1/log/proof/"+escapePath(tpath), maxProofResponse)
+	body, code, err := get(ctx, cfg.HTTPClient, "log", base+"/api/v1/log/proof/"+escapePath(tpath), maxProofResponse)
 	if err != nil {
 		return nil, err
 	}
@@ -365,7 +521,7 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 		return nil, refuse(NotLogged, "log", nil, "the log has no entry for %q", tpath)
 	}
 	if code != http.StatusOK {
-		return nil, fmt.Errorf("uptane: log proof for %q: HTTP %d", tpath, code)
+		return nil, &transferError{url: "the log proof for " + tpath, err: fmt.Errorf("HTTP %d", code)}
 	}
 	newer, proof, err := verifyLogProof(cfg, body, tpath, tf, rel)
 	if err != nil {
@@ -498,12 +654,12 @@ func storedCheckpoint(cfg Config) (path string, older *log.Checkpoint, raw []byt
 
 func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uint64) ([][]byte, error) {
 	u := fmt.Sprintf("%s/api/v1/log/consistency?from=%d&to=%d", base, from, to)
-	body, code, err := get(ctx, cfg.HTTPClient, u, maxConsistencyResponse)
+	body, code, err := get(ctx, cfg.HTTPClient, "log", u, maxConsistencyResponse)
 	if err != nil {
 		return nil, err
 	}
 	if code != http.StatusOK {
-		return nil, fmt.Errorf("uptane: log consistency %d→%d: HTTP %d", from, to, code)
+		return nil, &transferError{url: fmt.Sprintf("the log consistency proof %d→%d", from, to), err: fmt.Errorf("HTTP %d", code)}
 	}
 	var resp struct {
 		Hashes [][]byte `json:"hashes"`
@@ -526,25 +682,70 @@ func logRefusal(err error) error {
 	return refuse(verify.Malformed, "log", err, "log proof")
 }
 
-// get fetches u, reading at most limit bytes; a longer body is a refusal.
-func get(ctx context.Context, c *http.Client, u string, limit int64) ([]byte, int, error) {
+// get fetches u for role, reading at most limit bytes. The body of an
+// answer other than 200 OK is not read: the caller decides what its status
+// means.
+func get(ctx context.Context, c *http.Client, role, u string, limit int64) ([]byte, int, error) {
+	b, code, err := fetch(ctx, c, role, u, limit)
+	if err != nil {
+		return nil, 0, err
+	}
+	return bytes.TrimSpace(b), code, nil
+}
+
+// fetch is every request of Check. It sorts what can go wrong into the
+// two kinds the caller must tell apart: a transfer that failed or was cut
+// short, in any way, before the body arrived whole (a *transferError,
+// ErrUnavailable), and a body, declared or actual, of more than limit
+// bytes (an EndlessData refusal, having read at most limit+1 bytes).
+// Only a body that arrived whole is returned, to be checked; for a status
+// other than 200 OK, only the status.
+func fetch(ctx context.Context, c *http.Client, role, u string, limit int64) ([]byte, int, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
 		return nil, 0, fmt.Errorf("uptane: %w", err)
 	}
 	resp, err := c.Do(req)
 	if err != nil {
-		return nil, 0, fmt.Errorf("uptane: %w", err)
+		return nil, 0, &transferError{url: u, err: err}
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, resp.StatusCode, nil
+	}
+	if resp.ContentLength > limit {
+		return nil, 0, refuse(EndlessData, role, nil, "%s declares %d bytes, more than the %d allowed", u, resp.ContentLength, limit)
+	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, 0, fmt.Errorf("uptane: reading %s: %w", u, err)
+		return nil, 0, &transferError{url: u, err: fmt.Errorf("cut after %d bytes: %w", len(b), err)}
 	}
 	if int64(len(b)) > limit {
-		return nil, 0, refuse(verify.Mismatch, "log", nil, "response from %s exceeds %d bytes", u, limit)
+		return nil, 0, refuse(EndlessData, role, nil, "%s goes on past the %d bytes allowed", u, limit)
 	}
-	return bytes.TrimSpace(b), resp.StatusCode, nil
+	return b, resp.StatusCode, nil
+}
+
+// fetcher is go-tuf's Fetcher over fetch, bound to Check's context.
+type fetcher struct {
+	ctx    context.Context
+	client *http.Client
+	role   string
+}
+
+// DownloadFile implements fetcher.Fetcher: maxLength is the length the
+// parent role signed, or go-tuf's bound for the role when none is signed.
+func (f *fetcher) DownloadFile(u string, maxLength int64, _ time.Duration) ([]byte, error) {
+	b, code, err := fetch(f.ctx, f.client, f.role, u, maxLength)
+	if err != nil {
+		return nil, err
+	}
+	if code != http.StatusOK {
+		// go-tuf looks for this type: a 404 for the next root version
+		// ends the root chain.
+		return nil, &transferError{url: u, err: &metadata.ErrDownloadHTTP{StatusCode: code, URL: u}}
+	}
+	return b, nil
 }
 
 // escapePath escapes each segment of a slash-separated path.

@@ -10,9 +10,11 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"io/fs"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -224,28 +226,6 @@ func TestCheckRefusals(t *testing.T) {
 		wantClass(t, d, err, verify.WrongHardware)
 	})
 
-	t.Run("another device's director repository", func(t *testing.T) {
-		// A hostile server hands gw-1 the (validly signed) repository of
-		// gw-2.
-		cfg := e.device("gw-1", hwRev2, certs.gw1)
-		gw2 := e.Client(certs.gw2)
-		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
-			if strings.HasPrefix(r.URL.Path, "/director/") && !strings.HasSuffix(r.URL.Path, ".root.json") {
-				resp, err := gw2.Get(e.TS.URL + r.URL.Path)
-				if err != nil {
-					t.Error(err)
-					return nil
-				}
-				return resp
-			}
-			return nil
-		})
-		d, err := uptane.Check(ctx, cfg)
-		if ve := wantClass(t, d, err, verify.Mismatch); !errors.Is(ve, directormeta.ErrWrongDevice) {
-			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
-		}
-	})
-
 	t.Run("director and image disagree", func(t *testing.T) {
 		// A compromised director (its online keys) names the release with
 		// a different length than the image repository signed.
@@ -369,6 +349,111 @@ func TestCheckRefusals(t *testing.T) {
 	})
 }
 
+// asDevice answers the director requests of cfg's device with what the
+// real server serves another device (client), as a hostile server or a
+// front end with the server's key could: validly signed metadata, bound
+// to that other device. The root chain is the shared one.
+func asDevice(t *testing.T, e *env, cfg *uptane.Config, client *http.Client) {
+	servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
+		if strings.HasPrefix(r.URL.Path, "/director/") && !strings.HasSuffix(r.URL.Path, ".root.json") {
+			resp, err := client.Get(e.TS.URL + r.URL.Path)
+			if err != nil {
+				t.Error(err)
+				return nil
+			}
+			return resp
+		}
+		return nil
+	})
+}
+
+// directorFiles returns the device's trusted director metadata.
+func directorFiles(t *testing.T, cfg uptane.Config) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	ents, _ := os.ReadDir(filepath.Join(cfg.StateDir, "director"))
+	for _, ent := range ents {
+		if b, err := os.ReadFile(filepath.Join(cfg.StateDir, "director", ent.Name())); err == nil {
+			out[ent.Name()] = string(b)
+		}
+	}
+	return out
+}
+
+// Director metadata bound to another device is refused as wrong-device
+// whether its versions are above the device's (go-tuf accepts them, the
+// binding does not) or below (go-tuf calls them a rollback; the binding
+// says what they are). Either way the device's trusted director metadata
+// is left as it was, so the device goes on accepting its own director.
+func TestAnotherDevicesDirector(t *testing.T) {
+	e := newEnv(t)
+	e.Release("1.0.0", 2, hwRev2)
+	e.Release("1.0.1", 2, hwRev2)
+	gw1, gw2, gw3 := e.Enroll("gw-1", hwRev2), e.Enroll("gw-2", hwRev2), e.Enroll("gw-3", hwRev2)
+	ctx := context.Background()
+	cfg := e.device("gw-1", hwRev2, gw1)
+	gw2Client := e.Client(gw2)
+	directorOf := func(c *http.Client) {
+		t.Helper()
+		resp, err := c.Get(e.TS.URL + "/director/timestamp.json")
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("director of another device: %v %v", resp, err)
+		}
+		resp.Body.Close()
+	}
+
+	// gw-1 trusts version 1 of its director; gw-2's goes to version 3.
+	e.Deploy(product+"/1.0.0", hwRev2)
+	check(t, cfg)
+	directorOf(gw2Client)
+	e.Deploy(product+"/1.0.1", hwRev2)
+	directorOf(gw2Client)
+	e.Deploy(product+"/1.0.0", hwRev2)
+	directorOf(gw2Client)
+
+	t.Run("higher versions", func(t *testing.T) {
+		trusted := directorFiles(t, cfg)
+		c := cfg
+		asDevice(t, e, &c, gw2Client)
+		d, err := uptane.Check(ctx, c)
+		if ve := wantClass(t, d, err, uptane.WrongDevice); !errors.Is(ve, directormeta.ErrWrongDevice) {
+			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
+		}
+		if got := directorFiles(t, cfg); !reflect.DeepEqual(got, trusted) {
+			t.Fatal("the refused metadata changed the trusted director metadata")
+		}
+		// gw-1's own director (version 2) is still accepted, though
+		// below what gw-2's reached.
+		check(t, cfg)
+	})
+
+	t.Run("lower versions", func(t *testing.T) {
+		// gw-1 moves on to version 2 of its director; gw-3's is made
+		// only now, at version 1.
+		e.Deploy(product+"/1.0.1", hwRev2)
+		check(t, cfg)
+		trusted := directorFiles(t, cfg)
+		c := cfg
+		asDevice(t, e, &c, e.Client(gw3))
+		d, err := uptane.Check(ctx, c)
+		if ve := wantClass(t, d, err, uptane.WrongDevice); !errors.Is(ve, directormeta.ErrWrongDevice) {
+			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
+		}
+		if got := directorFiles(t, cfg); !reflect.DeepEqual(got, trusted) {
+			t.Fatal("the refused metadata changed the trusted director metadata")
+		}
+		check(t, cfg)
+	})
+
+	t.Run("own older versions stay a rollback", func(t *testing.T) {
+		// Version 1 of gw-1's own director, validly signed.
+		c := cfg
+		servertest.Intercept(&c.HTTPClient, serveDirector(e.forgedDirector(t, "gw-1", nil)))
+		d, err := uptane.Check(ctx, c)
+		wantClass(t, d, err, verify.Rollback)
+	})
+}
+
 func TestNeverTrustOnFirstUse(t *testing.T) {
 	e, certs := deployed(t)
 	other := selfSignedRoot(t)
@@ -384,9 +469,11 @@ func TestNeverTrustOnFirstUse(t *testing.T) {
 			if ve := wantClass(t, d, err, verify.BadSignature); ve.Role != which {
 				t.Fatalf("refused role %q, want %s", ve.Role, which)
 			}
-			// The server's root was not adopted: only the shipped one is cached.
+			// The server's root was not adopted: only the shipped one is
+			// cached, if any (the director's metadata is only stored once
+			// it verifies).
 			b, err := os.ReadFile(filepath.Join(cfg.StateDir, which, "root.json"))
-			if err != nil || !bytes.Equal(b, other) {
+			if !(err == nil && bytes.Equal(b, other) || which == "director" && errors.Is(err, fs.ErrNotExist)) {
 				t.Fatalf("cached %s root changed (%v)", which, err)
 			}
 		})
