@@ -285,5 +285,11 @@ dir = "state"
 	write("slot-a", factory)
 	write("slot-b", nil)
 	write("cmdline", []byte("rauc.slot=A\n"))
+	// Slots stand for partitions: files of their full size (sparse).
+	for _, s := range []string{"slot-a", "slot-b"} {
+		if err := os.Truncate(filepath.Join(dir, s), 8<<20); err != nil && werr == nil {
+			werr = err
+		}
+	}
 	return werr
 }

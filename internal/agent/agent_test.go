@@ -51,8 +51,12 @@ type device struct {
 	cert      *tls.Certificate
 	health    func() error
 	rebooting atomic.Int32
-	factory   []byte
+	factory   []byte // the start of slot A at the factory; the rest is zeros
 }
+
+// slotSize is the size of each slot file of a test device: a file slot
+// stands for a partition and is not grown.
+const slotSize = 8 << 20
 
 func newDevice(t *testing.T, e *servertest.Env, id string) *device {
 	t.Helper()
@@ -102,6 +106,11 @@ retries = 2
 	rand.Read(d.factory)
 	write("slot-a", d.factory)
 	write("slot-b", nil)
+	for _, s := range []string{"slot-a", "slot-b"} {
+		if err := os.Truncate(filepath.Join(dir, s), slotSize); err != nil {
+			t.Fatal(err)
+		}
+	}
 	cfg, err := agent.LoadConfig(filepath.Join(dir, "agent.toml"))
 	if err != nil {
 		t.Fatal(err)
@@ -174,6 +183,14 @@ func (d *device) slot(s bootloader.Slot) []byte {
 	return b
 }
 
+// factorySlot reports whether slot s holds exactly what slot A held at the
+// factory.
+func (d *device) factorySlot(s bootloader.Slot) bool {
+	b := d.slot(s)
+	return len(b) == slotSize && bytes.Equal(b[:len(d.factory)], d.factory) &&
+		bytes.Count(b[len(d.factory):], []byte{0}) == len(b)-len(d.factory)
+}
+
 func (d *device) status() *agent.Status {
 	d.t.Helper()
 	s, err := d.a.Status()
@@ -223,7 +240,7 @@ func TestUpdateCommit(t *testing.T) {
 	if !bytes.Equal(d.slot(bootloader.B)[:len(img)], img) {
 		t.Fatal("slot B does not hold the image")
 	}
-	if !bytes.Equal(d.slot(bootloader.A), d.factory) {
+	if !d.factorySlot(bootloader.A) {
 		t.Fatal("the active slot changed")
 	}
 	// Not installed yet as far as the server knows.
@@ -288,7 +305,7 @@ func TestRollbackWhenHealthCheckFails(t *testing.T) {
 	if st.SecurityCounter != 0 || st.Running != nil || st.Pending != nil || st.CommittedSlot != "A" {
 		t.Fatalf("status after rollback: %+v", st)
 	}
-	if !bytes.Equal(d.slot(bootloader.A), d.factory) {
+	if !d.factorySlot(bootloader.A) {
 		t.Fatal("the factory slot changed")
 	}
 	srv := d.server()
@@ -390,7 +407,7 @@ func replaceBody(resp *http.Response, b []byte) *http.Response {
 // the target slot unbootable.
 func (d *device) assertUntouched() {
 	d.t.Helper()
-	if !bytes.Equal(d.slot(bootloader.A), d.factory) {
+	if !d.factorySlot(bootloader.A) {
 		d.t.Fatal("the active slot changed")
 	}
 	st, _ := d.sim.State()

@@ -156,7 +156,12 @@ type ConfigError struct {
 	Msg  string
 }
 
-func (e *ConfigError) Error() string { return e.Path + ": " + e.Msg }
+func (e *ConfigError) Error() string {
+	if e.Path == "" {
+		return e.Msg
+	}
+	return e.Path + ": " + e.Msg
+}
 
 // MaxConfigSize bounds the configuration file.
 const MaxConfigSize = 1 << 20
@@ -309,11 +314,20 @@ func (c *Config) check() error {
 	return nil
 }
 
-// resolve makes relative paths relative to dir.
+// resolve makes relative paths relative to dir. A command named by a
+// relative path ("./check", "bin/check") is one too, so the health check
+// does not depend on where the agent was started; a bare name ("systemctl")
+// is looked up in PATH, as a shell would.
 func (c *Config) resolve(dir string) {
-	for _, p := range []*string{&c.Server.CA, &c.Device.Key, &c.Device.Certificate,
+	paths := []*string{&c.Server.CA, &c.Device.Key, &c.Device.Certificate,
 		&c.Trust.ImageRoot, &c.Trust.DirectorRoot, &c.Trust.LogKey, &c.Slots.A, &c.Slots.B,
-		&c.Bootloader.Env, &c.Bootloader.FWEnvConfig, &c.Bootloader.Cmdline, &c.State.Dir} {
+		&c.Bootloader.Env, &c.Bootloader.FWEnvConfig, &c.Bootloader.Cmdline, &c.State.Dir}
+	for _, cmd := range [][]string{c.Health.Command, c.Reboot.Command} {
+		if len(cmd) > 0 && strings.Contains(cmd[0], "/") {
+			paths = append(paths, &cmd[0])
+		}
+	}
+	for _, p := range paths {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(dir, *p)
 		}

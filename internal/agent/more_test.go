@@ -46,6 +46,11 @@ func (d *device) commit(version string) *agent.Outcome {
 func TestChunkReuse(t *testing.T) {
 	e := servertest.New(t)
 	d := newDevice(t, e, "gw-1")
+	for _, s := range []string{d.cfg.Slots.A, d.cfg.Slots.B} {
+		if err := os.Truncate(s, 48<<20); err != nil { // partitions for a 40 MiB image
+			t.Fatal(err)
+		}
+	}
 	d.firstBoot()
 	const chunks = 40
 	img1 := make([]byte, chunks<<20)

@@ -251,9 +251,13 @@ func (s *sim) powerOn() error {
 func (h *harness) factoryDevice() (*sim, int) {
 	m := powercut.New()
 	m.Put(slotA, h.factory)
-	m.Put(slotB, make([]byte, len(h.factory)))
+	// Slot B is a file the size of its partition: exactly the new image's
+	// (the size it grew to before slots had to fit their image).
+	slot := make([]byte, len(h.img))
+	m.Put(slotB, slot)
 	if h.fallback {
-		m.Put(slotB, h.factory)
+		copy(slot, h.factory)
+		m.Put(slotB, slot)
 		sum := sha256.Sum256(h.factory)
 		rel := agent.Release{Target: "factory", Version: "0.0.1", Length: int64(len(h.factory)), SHA256: hex.EncodeToString(sum[:])}
 		b, _ := json.Marshal(agent.State{Format: 1, Slot: "A", Running: &rel, Other: &rel})

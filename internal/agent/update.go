@@ -29,6 +29,10 @@ import (
 // through the configured command). A verification refusal is reported to
 // the server with its attack class and returned as a *verify.Error.
 func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
+	if a.Config.Server.URL == "" {
+		// Not enrolling would not help: there is nothing to enroll with.
+		return nil, &ConfigError{Msg: "no server to check in with: the configuration has no [server] section (server.url and server.ca); install BUNDLE works without one"}
+	}
 	if a.HTTP == nil {
 		return nil, ErrNotEnrolled
 	}
@@ -140,7 +144,8 @@ func releaseOf(res *verify.Result) Release {
 func (a *Agent) install(ctx context.Context, st *State, rel Release, source string, res *verify.Result,
 	index func(context.Context) ([]byte, error), src install.Source) (*Outcome, error) {
 	if max := a.Config.Download.MaxImageSize; max > 0 && rel.Length > max {
-		err := fmt.Errorf("%w: %s is %d bytes, download.max_image_size is %d", ErrInstall, rel.Target, rel.Length, max)
+		err := withHint(fmt.Errorf("%w: %s is %d bytes, download.max_image_size is %d", ErrInstall, rel.Target, rel.Length, max),
+			"the release is larger than download.max_image_size allows: deploy a smaller one, or raise the limit")
 		return nil, a.installFailed(ctx, st, "too-large", err)
 	}
 	booted, err := a.BootedSlot()
@@ -148,11 +153,17 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		return nil, err
 	}
 	target := other(booted)
+	if err := a.fits(target, rel); err != nil {
+		return nil, a.installFailed(ctx, st, "too-large", err)
+	}
 
 	fresh := st.Pending == nil || st.Pending.SHA256 != rel.SHA256 || st.Pending.Slot != string(target) ||
 		st.Pending.Phase != PhaseInstalling && st.Pending.Phase != PhaseWritten
 	if fresh {
 		st.Pending = &Pending{Release: rel, Slot: string(target), Phase: PhaseInstalling, Source: source, Started: a.now().UTC()}
+		// The slot is about to be overwritten: whatever release it held
+		// is gone, whether this install commits or rolls back.
+		st.Other = nil
 		st.queue(Report{Status: "downloading", Version: rel.Version, SecurityVersion: rel.SecurityVersion})
 		if err := a.FS.Remove(a.progressPath()); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return nil, err
@@ -261,6 +272,27 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		return out, fmt.Errorf("reboot command: %w", err)
 	}
 	return out, nil
+}
+
+// fits refuses, before anything is downloaded or written, a release larger
+// than the target slot: a block device's capacity, or a file slot's size
+// (a file slot stands for a partition: it is created at its size and never
+// grown).
+func (a *Agent) fits(target bootloader.Slot, rel Release) error {
+	f, err := a.FS.OpenFile(a.slotPath(target), os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("%w: opening slot %s: %w", ErrInstall, target, err)
+	}
+	defer f.Close()
+	size, err := f.Size()
+	if err != nil {
+		return fmt.Errorf("%w: the size of slot %s: %w", ErrInstall, target, err)
+	}
+	if rel.Length <= size {
+		return nil
+	}
+	return withHint(fmt.Errorf("%w: %s is %d bytes, slot %s (%s) holds %d", ErrInstall, rel.Target, rel.Length, target, a.slotPath(target), size),
+		"the release does not fit this device's slots: deploy one that does; a file slot must be created at the full size of the partition it stands for (truncate -s SIZE FILE)")
 }
 
 // progressEvery is how many chunks are written between syncs of the slot
