@@ -418,6 +418,7 @@ var enrollHints = map[string]string{
 	"manufacturer-key-mismatch": "device.key must hold the key the manufacturer certified",
 	"device-id-mismatch":        "device.id must be the manufacturer certificate's subject serialNumber (or CommonName when it has none)",
 	"hardware-mismatch":         "device.hardware_id must be the hardware id in the manufacturer certificate (its rampart:hardware: URI)",
+	"wrong-hardware":            "the token was made for other hardware than device.hardware_id; it was not spent and this device id is still free: ask for a token for this device's hardware (rampart device token --hardware), or correct device.hardware_id",
 	"device-exists":             "a device with this id is already enrolled, and an id enrolls once: give this device another id, or ask the operator which device holds it",
 }
 

@@ -39,7 +39,8 @@ const hw = "acme-gw-rev2"
 // as the operator and the device's hardware:
 //
 //	mkdevice DIR ID          a simulated device: agent.toml, trust files, slots (sim bootloader)
-//	devtoken NAME            a one-time enrollment token into $NAME
+//	devtoken NAME [HW]       a one-time enrollment token into $NAME (for acme-gw-rev2,
+//	                         or hardware HW)
 //	release VERSION SV [MiB] a signed, pushed, logged release of acme-gw
 //	deploy VERSION           assign acme-gw/VERSION to every acme-gw-rev2 device
 //	mkbundle [-nolog] VERSION FILE
@@ -89,8 +90,12 @@ func runScript(t *testing.T, file string) {
 			},
 			"devtoken": func(ts *testscript.TestScript, neg bool, args []string) {
 				var tok struct{ Token string }
+				for_ := hw
+				if len(args) > 1 {
+					for_ = args[1]
+				}
 				mu.Lock()
-				json.Unmarshal(e.Call(e.Pool, "POST", "/api/v1/devices/tokens", e.Admin, map[string]any{"hardware": hw, "ttl_seconds": 600}, 201), &tok)
+				json.Unmarshal(e.Call(e.Pool, "POST", "/api/v1/devices/tokens", e.Admin, map[string]any{"hardware": for_, "ttl_seconds": 600}, 201), &tok)
 				mu.Unlock()
 				ts.Setenv(args[0], tok.Token)
 			},

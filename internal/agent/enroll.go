@@ -78,7 +78,10 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 		}
 		fresh = true
 	}
-	req := map[string]any{"device_id": cfg.Device.ID}
+	// The hardware id goes with either credential: the server refuses a
+	// token made for other hardware (wrong-hardware) before it spends the
+	// token or creates the device, so neither is lost to a mix-up.
+	req := map[string]any{"device_id": cfg.Device.ID, "hardware": cfg.Device.HardwareID}
 	if cred.Token != "" {
 		req["token"] = cred.Token
 	} else {
@@ -87,7 +90,6 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 			return nil, err
 		}
 		req["manufacturer_certificates"] = chain
-		req["hardware"] = cfg.Device.HardwareID
 	}
 	csr, err := pki.NewDeviceCSR(key, cfg.Device.ID)
 	if err != nil {
