@@ -16,6 +16,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/pki"
+	"github.com/rampartfw/rampart/internal/strictjson"
 )
 
 // EnrollError is the server refusing an enrollment, with its error code.
@@ -123,15 +124,20 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 	if err != nil {
 		return nil, err
 	}
+	// Both answers are parsed strictly (internal/strictjson): an error
+	// body that does not parse is shown as it is, without a code.
 	if resp.StatusCode != http.StatusCreated {
 		var e struct {
 			Error struct {
 				Code string `json:"code"`
 				Msg  string `json:"message"`
+				Role string `json:"role,omitempty"`
 			} `json:"error"`
 		}
-		json.Unmarshal(rb, &e)
-		ee := &EnrollError{Status: resp.StatusCode, Code: e.Error.Code, Msg: e.Error.Msg}
+		ee := &EnrollError{Status: resp.StatusCode}
+		if strictjson.Unmarshal(rb, &e) == nil {
+			ee.Code, ee.Msg = e.Error.Code, e.Error.Msg
+		}
 		if ee.Msg == "" {
 			ee.Msg = string(bytes.TrimSpace(rb))
 		}
@@ -142,7 +148,7 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 		Hardware    string `json:"hardware"`
 		Certificate string `json:"certificate"`
 	}
-	if err := json.Unmarshal(rb, &out); err != nil {
+	if err := strictjson.Unmarshal(rb, &out); err != nil {
 		return nil, fmt.Errorf("enrollment answer: %w", err)
 	}
 	cert, err := pki.ParseCertPEM([]byte(out.Certificate))

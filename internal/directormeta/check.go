@@ -5,6 +5,11 @@
 //
 // It is a leaf package, bytes in and errors out, so that the device agent
 // links it without the server-side director, which signs with online keys.
+//
+// The custom metadata it reads came from the network inside signed
+// metadata; it is parsed with internal/strictjson, so a member given
+// twice or in another case, or one this version does not know, is
+// malformed rather than read one way here and another way elsewhere.
 package directormeta
 
 import (
@@ -18,6 +23,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/strictjson"
 )
 
 // CustomKey is the key under "custom" that holds Rampart's director fields,
@@ -55,7 +61,7 @@ func CustomOf(tf *metadata.TargetFiles) (*Custom, error) {
 		return nil, fmt.Errorf("director target %s: %w", tf.Path, err)
 	}
 	var c Custom
-	if err := json.Unmarshal(raw, &c); err != nil {
+	if err := strictjson.Unmarshal(raw, &c); err != nil {
 		return nil, fmt.Errorf("%w: director target %s custom metadata: %v", ErrMalformed, tf.Path, err)
 	}
 	if c.DeviceID == "" || c.HardwareID == "" {
@@ -73,7 +79,7 @@ func ReleaseCustom(custom *json.RawMessage) (json.RawMessage, error) {
 		return nil, fmt.Errorf("%w: no custom metadata", ErrMalformed)
 	}
 	var wrapper map[string]json.RawMessage
-	if err := json.Unmarshal(*custom, &wrapper); err != nil {
+	if err := strictjson.Unmarshal(*custom, &wrapper); err != nil {
 		return nil, fmt.Errorf("%w: custom metadata: %v", ErrMalformed, err)
 	}
 	raw, ok := wrapper[CustomKey]
@@ -83,7 +89,9 @@ func ReleaseCustom(custom *json.RawMessage) (json.RawMessage, error) {
 	return raw, nil
 }
 
-// EqualJSON compares two JSON documents by value (numbers exactly).
+// EqualJSON compares two JSON documents by value (numbers exactly). A
+// document that strictjson refuses (a member given twice, trailing data)
+// equals nothing.
 func EqualJSON(a, b []byte) bool {
 	va, ea := decodeJSON(a)
 	vb, eb := decodeJSON(b)
@@ -91,6 +99,12 @@ func EqualJSON(a, b []byte) bool {
 }
 
 func decodeJSON(b []byte) (any, error) {
+	// strictjson first, so that no duplicate member can make the two
+	// documents compare equal here and differ for another parser; then
+	// encoding/json, which keeps numbers exact.
+	if err := strictjson.Unmarshal(b, new(any)); err != nil {
+		return nil, err
+	}
 	d := json.NewDecoder(bytes.NewReader(b))
 	d.UseNumber()
 	var v any
@@ -185,6 +199,16 @@ func Check(dirTarget, imageTarget *metadata.TargetFiles, path string, deviceID, 
 	if err != nil {
 		return fmt.Errorf("image repository entry %s: %w", path, err)
 	}
+	// release.FromTarget reads these with encoding/json; both copies must
+	// also read the same strictly, or they are malformed.
+	for _, x := range []struct {
+		side string
+		raw  []byte
+	}{{"image repository", imgRaw}, {"director", c.Release}} {
+		if err := strictjson.Unmarshal(x.raw, new(release.Meta)); err != nil {
+			return fmt.Errorf("%w: the %s's release metadata for %s: %v", ErrMalformed, x.side, path, err)
+		}
+	}
 	if !rel.Supports(hardwareID) {
 		return fmt.Errorf("%w: release %s is for hardware %v, this device is %q", ErrWrongHardware, path, rel.HardwareIDs, hardwareID)
 	}
@@ -211,7 +235,7 @@ func DeviceOf(t *metadata.Metadata[metadata.TargetsType]) (string, error) {
 		return "", fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	var c map[string]RoleCustom
-	if err := json.Unmarshal(b, &c); err != nil {
+	if err := strictjson.Unmarshal(b, &c); err != nil {
 		return "", fmt.Errorf("%w: director targets custom: %v", ErrMalformed, err)
 	}
 	if c[CustomKey].DeviceID == "" {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/transparency-dev/formats/log"
@@ -407,6 +408,11 @@ func TestProofJSON(t *testing.T) {
 		`{"index":1,"checkpoint":"","hashes":[]}`,
 		`{"index":1,"checkpoint":"a","hashes":["AAAA"]}`,
 		`[]`,
+		// What encoding/json reads one way and another parser another:
+		// a member twice, a member in another case.
+		strings.Replace(string(b), `{`, `{"index":4,`, 1),
+		strings.Replace(string(b), `{`, `{"Index":4,`, 1),
+		strings.Replace(string(b), `{`, `{"hashes":[],`, 1),
 	}
 	for _, s := range bad {
 		if _, err := ParseProof([]byte(s)); !errors.Is(err, ErrMalformed) {

@@ -1,12 +1,11 @@
 package logproof
 
 import (
-	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"unicode/utf8"
+
+	"github.com/rampartfw/rampart/internal/strictjson"
 )
 
 // MaxProofSize bounds the JSON encoding ParseProof accepts.
@@ -61,19 +60,16 @@ func ParseProof(b []byte) (*Proof, error) {
 	if len(b) > MaxProofSize {
 		return nil, fmt.Errorf("%w: proof is %d bytes, limit %d", ErrMalformed, len(b), MaxProofSize)
 	}
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	// Decode into raw members first so a missing member is detected.
+	// Pointers, so that a missing member is detected. strictjson refuses
+	// a member given twice or in another case ("Index"), which
+	// encoding/json would read, and anything after the object.
 	var w struct {
 		Index      *uint64   `json:"index"`
 		Checkpoint *string   `json:"checkpoint"`
 		Hashes     *[][]byte `json:"hashes"`
 	}
-	if err := dec.Decode(&w); err != nil {
+	if err := strictjson.Unmarshal(b, &w); err != nil {
 		return nil, fmt.Errorf("%w: proof: %v", ErrMalformed, err)
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("%w: proof: trailing data", ErrMalformed)
 	}
 	if w.Index == nil || w.Checkpoint == nil || w.Hashes == nil {
 		return nil, fmt.Errorf("%w: proof: index, checkpoint and hashes are required", ErrMalformed)

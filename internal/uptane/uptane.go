@@ -69,6 +69,7 @@ import (
 	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/strictjson"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -567,7 +568,7 @@ func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFi
 		Statement string          `json:"statement"`
 		Proof     json.RawMessage `json:"proof"`
 	}
-	if err := json.Unmarshal(body, &resp); err != nil {
+	if err := strictjson.Unmarshal(body, &resp); err != nil {
 		return nil, nil, refuse(verify.Malformed, "log", err, "log proof response")
 	}
 	proof, err := logproof.ParseProof(resp.Proof)
@@ -664,7 +665,7 @@ func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uin
 	var resp struct {
 		Hashes [][]byte `json:"hashes"`
 	}
-	if err := json.Unmarshal(body, &resp); err != nil {
+	if err := strictjson.Unmarshal(body, &resp); err != nil {
 		return nil, refuse(verify.Malformed, "log", err, "log consistency response")
 	}
 	return resp.Hashes, nil

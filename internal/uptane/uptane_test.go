@@ -671,3 +671,53 @@ func TestTornCachedRoot(t *testing.T) {
 		t.Fatal("check succeeded without any trusted root")
 	}
 }
+
+// The log's answers are parsed strictly: a member given twice (even with
+// the same value), in another case, or unknown is malformed, so that no
+// other parser can read the proof the device accepted differently.
+func TestLogAnswersAreStrict(t *testing.T) {
+	e, certs := deployed(t)
+	ctx := context.Background()
+	proofPath := "/api/v1/log/proof/" + product + "/1.0.0/fw.img"
+	genuine := e.Call(e.Pool, "GET", proofPath, "", nil, 200)
+	var top map[string]json.RawMessage
+	if err := json.Unmarshal(genuine, &top); err != nil {
+		t.Fatal(err)
+	}
+	for name, body := range map[string]string{
+		"duplicate proof":  `{"statement":` + string(top["statement"]) + `,"proof":` + string(top["proof"]) + `,"proof":` + string(top["proof"]) + `}`,
+		"case variant":     `{"statement":` + string(top["statement"]) + `,"Proof":` + string(top["proof"]) + `}`,
+		"unknown member":   `{"statement":` + string(top["statement"]) + `,"proof":` + string(top["proof"]) + `,"note":"x"}`,
+		"duplicate inside": `{"statement":` + string(top["statement"]) + `,"proof":` + strings.Replace(string(top["proof"]), `{`, `{"index":0,`, 1) + `}`,
+	} {
+		t.Run(strings.ReplaceAll(name, " ", "-"), func(t *testing.T) {
+			cfg := e.device("gw-1", hwRev2, certs.gw1)
+			servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
+				if r.URL.Path == proofPath {
+					return servertest.Respond(r, 200, []byte(body))
+				}
+				return nil
+			})
+			d, err := uptane.Check(ctx, cfg)
+			wantClass(t, d, err, verify.Malformed)
+		})
+	}
+
+	t.Run("consistency", func(t *testing.T) {
+		cfg := e.device("gw-1", hwRev2, certs.gw1)
+		check(t, cfg) // stores the size-1 checkpoint
+		e.Release("1.0.1", 2, hwRev2)
+		e.Deploy(product+"/1.0.1", hwRev2)
+		servertest.Intercept(&cfg.HTTPClient, func(r *http.Request) *http.Response {
+			if r.URL.Path == "/api/v1/log/consistency" {
+				b := e.Call(e.Pool, "GET", r.URL.RequestURI(), "", nil, 200)
+				var m map[string]json.RawMessage
+				json.Unmarshal(b, &m)
+				return servertest.Respond(r, 200, []byte(`{"hashes":`+string(m["hashes"])+`,"hashes":`+string(m["hashes"])+`}`))
+			}
+			return nil
+		})
+		d, err := uptane.Check(ctx, cfg)
+		wantClass(t, d, err, verify.Malformed)
+	})
+}

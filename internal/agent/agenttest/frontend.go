@@ -4,8 +4,9 @@
 // cannot tell it from the server; it forwards each request to the real
 // server with the device's client certificate, and does to the answers
 // what a broken network, mirror or CDN does: cut them part way, reset the
-// connection, stall, add bytes, or ignore Range. Everything happens on
-// real connections: the device sees what its HTTP client would see.
+// connection, stall, add bytes, or ignore Range; or, standing for a
+// hostile server, rewrites them. Everything happens on real connections:
+// the device sees what its HTTP client would see.
 package agenttest
 
 import (
@@ -60,14 +61,16 @@ type FrontEnd struct {
 	upstream string
 	client   *http.Client
 
-	mu    sync.Mutex
-	fault func(*http.Request) Fault
-	seen  []string
-	hit   map[Fault]int
+	mu      sync.Mutex
+	fault   func(*http.Request) Fault
+	rewrite func(*http.Request, []byte) []byte
+	seen    []string
+	hit     map[Fault]int
 }
 
 // New starts a front end before e's server for the device whose mTLS
-// certificate is cert, and stops it at the end of t.
+// certificate is cert (nil before it is enrolled), and stops it at the
+// end of t.
 func New(t testing.TB, e *servertest.Env, cert *tls.Certificate) *FrontEnd {
 	t.Helper()
 	serverCert, err := tls.LoadX509KeyPair(filepath.Join(e.DataDir, "tls.crt"), filepath.Join(e.DataDir, "keys", "tls.key"))
@@ -76,8 +79,12 @@ func New(t testing.TB, e *servertest.Env, cert *tls.Certificate) *FrontEnd {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(e.CAPEM)
+	upTLS := &tls.Config{RootCAs: pool}
+	if cert != nil {
+		upTLS.Certificates = []tls.Certificate{*cert}
+	}
 	f := &FrontEnd{upstream: e.TS.URL, hit: map[Fault]int{}, client: &http.Client{
-		Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{*cert}}},
+		Transport: &http.Transport{TLSClientConfig: upTLS},
 		// Never follow anything: the device must see what the server said.
 		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 	}}
@@ -94,6 +101,14 @@ func (f *FrontEnd) Set(fault func(*http.Request) Fault) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.fault = fault
+}
+
+// Rewrite replaces the body of every answer that passes (fault Pass) by
+// what rw returns for it (nil: no rewriting), as a hostile server would.
+func (f *FrontEnd) Rewrite(rw func(r *http.Request, body []byte) []byte) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.rewrite = rw
 }
 
 // Paths returns the paths requested so far.
@@ -118,6 +133,7 @@ func (f *FrontEnd) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	f.seen = append(f.seen, r.URL.RequestURI())
 	f.hit[fault]++
+	rw := f.rewrite
 	f.mu.Unlock()
 
 	out, err := http.NewRequestWithContext(r.Context(), r.Method, f.upstream+r.URL.RequestURI(), r.Body)
@@ -144,6 +160,10 @@ func (f *FrontEnd) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	for k, v := range resp.Header {
 		w.Header()[k] = v
+	}
+	if fault == Pass && rw != nil {
+		body = rw(r, body)
+		w.Header().Set("Content-Length", strconv.Itoa(len(body)))
 	}
 	switch fault {
 	case Append:
