@@ -4,14 +4,17 @@ import (
 	"context"
 	"crypto"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
 	"math/big"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/rampartfw/rampart/internal/agent/agenttest"
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server/servertest"
@@ -48,6 +52,10 @@ const hw = "acme-gw-rev2"
 //	                         its log proof (a format 1 bundle without, -nolog)
 //	powercycle DIR           the simulated bootloader boots; writes DIR/cmdline
 //	slotis DIR SLOT VERSION  the slot holds that release's image
+//	hostile DIR FAULT PATH   puts a hostile front end (internal/agent/agenttest)
+//	                         between enrolled device DIR and the server: answers to
+//	                         paths matching the regexp PATH get FAULT (cut, reset,
+//	                         append, ignore-range, pass); DIR/agent.toml points at it
 //	idevid [-untrusted] [-intermediate] [-expired] DIR ID HW
 //	                         a factory-provisioned device identity: DIR/device.key and
 //	                         DIR/idevid.pem, the certificate (subject serialNumber ID,
@@ -178,6 +186,32 @@ func runScript(t *testing.T, file string) {
 				ts.Check(err)
 				ts.Check(os.WriteFile(filepath.Join(dir, "device.key"), keyPEM, 0o600))
 				ts.Check(os.WriteFile(filepath.Join(dir, "idevid.pem"), out, 0o644))
+			},
+			"hostile": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 3 {
+					ts.Fatalf("usage: hostile DIR FAULT PATH")
+				}
+				dir := ts.MkAbs(args[0])
+				fault, ok := map[string]agenttest.Fault{"pass": agenttest.Pass, "cut": agenttest.Cut, "reset": agenttest.Reset,
+					"append": agenttest.Append, "ignore-range": agenttest.IgnoreRange}[args[1]]
+				if !ok {
+					ts.Fatalf("hostile: unknown fault %s", args[1])
+				}
+				re, err := regexp.Compile(args[2])
+				ts.Check(err)
+				cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "device.crt"), filepath.Join(dir, "device.key"))
+				ts.Check(err)
+				f := agenttest.New(t, e, &cert)
+				f.Set(func(r *http.Request) agenttest.Fault {
+					if re.MatchString(r.URL.Path) {
+						return fault
+					}
+					return agenttest.Pass
+				})
+				cfg, err := os.ReadFile(filepath.Join(dir, "agent.toml"))
+				ts.Check(err)
+				cfg = regexp.MustCompile(`(?m)^url = .*$`).ReplaceAllLiteral(cfg, []byte("url = "+strconv.Quote(f.URL)))
+				ts.Check(os.WriteFile(filepath.Join(dir, "agent.toml"), cfg, 0o644))
 			},
 			"slotis": func(ts *testscript.TestScript, neg bool, args []string) {
 				b, err := os.ReadFile(filepath.Join(ts.MkAbs(args[0]), "slot-"+strings.ToLower(args[1])))
