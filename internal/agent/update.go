@@ -691,9 +691,11 @@ func (a *Agent) send(ctx context.Context, r Report) error {
 	switch {
 	case resp.StatusCode/100 == 2:
 		return nil
-	case resp.StatusCode == http.StatusConflict, resp.StatusCode == http.StatusBadRequest:
-		// A replay (the server has it) or a report it will never take:
-		// retrying would block every later report.
+	case resp.StatusCode == http.StatusConflict, resp.StatusCode == http.StatusBadRequest, resp.StatusCode == http.StatusUnprocessableEntity:
+		// A replay (the server has it), a counter jump, or a report it
+		// will never take (an installed release it never published, a
+		// security version other than the release's): retrying would
+		// block every later report. The server counts the anomaly.
 		a.Log.Warn("report dropped by the server", "status", r.Status, "http", resp.StatusCode)
 		return nil
 	}
