@@ -15,6 +15,8 @@ import (
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/termsafe"
+	"github.com/rampartfw/rampart/internal/verify"
 )
 
 // Device report statuses. Only "installed", sent after a confirmed boot
@@ -317,6 +319,10 @@ type reportRequest struct {
 // 2^63-1 exists).
 const maxCounterStep = 1 << 20
 
+// maxReasonBytes bounds a report's free-text reason, which the audit log
+// keeps.
+const maxReasonBytes = 1024
+
 func checkReport(req reportRequest) *apiError {
 	switch {
 	case req.Counter < 1:
@@ -327,6 +333,11 @@ func checkReport(req reportRequest) *apiError {
 		return errorf(http.StatusBadRequest, "bad-status", "status %q is not one of %v", req.Status, reportStatuses)
 	case (req.Status == "failed" || req.Status == "rolled-back" || req.Status == "verification-refused") && req.Reason == "":
 		return errorf(http.StatusBadRequest, "no-reason", "status %s needs a reason code", req.Status)
+	case req.Status == "verification-refused" && !slices.Contains(verify.Classes, verify.Class(req.Reason)):
+		// The reason becomes a metric label: only the known classes.
+		return errorf(http.StatusBadRequest, "bad-reason", "reason %q is not a refusal class (%v)", termsafe.Bounded(req.Reason, 64), verify.Classes)
+	case len(req.Reason) > maxReasonBytes:
+		return errorf(http.StatusBadRequest, "bad-reason", "reason is %d bytes, more than %d", len(req.Reason), maxReasonBytes)
 	}
 	if req.Status == "installed" {
 		if err := release.ValidateVersion(req.Version); err != nil {

@@ -167,13 +167,23 @@ func TestDeviceEnrollmentAndReports(t *testing.T) {
 	wantCode(t, code, b, 400, "no-reason")
 	code, b, _ = e.call(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 2, "status": "pwned"})
 	wantCode(t, code, b, 400, "bad-status")
-	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 3, "status": "installed-pending-reboot", "version": "2.4.1"}, 204)
+	// A refusal's reason becomes a metric label: only the known classes,
+	// and free-text reasons are bounded.
+	code, b, _ = e.call(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 2, "status": "verification-refused", "reason": "evil-label-\u001b[2K"})
+	wantCode(t, code, b, 400, "bad-reason")
+	if strings.Contains(string(b), "\u001b") {
+		t.Fatalf("the refusal echoes the escape: %s", b)
+	}
+	code, b, _ = e.call(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 2, "status": "failed", "reason": strings.Repeat("x", 1025)})
+	wantCode(t, code, b, 400, "bad-reason")
+	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 2, "status": "verification-refused", "reason": "endless-data"}, 204)
+	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 4, "status": "installed-pending-reboot", "version": "2.4.1"}, 204)
 	b = e.mustCall(e.pool, "GET", "/api/v1/devices/gw-0001", e.admin, nil, 200)
 	if !strings.Contains(string(b), `"version":""`) || !strings.Contains(string(b), `"last_status":"installed-pending-reboot"`) {
 		t.Fatalf("download or pending reboot changed the recorded version: %s", b)
 	}
 	e.publish("acme-gw-rev2") // acme-gw 1.0.0, security version 1
-	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 4, "status": "installed", "version": "1.0.0", "security_version": 1}, 204)
+	e.mustCall(dev, "POST", "/api/v1/device/report", "", map[string]any{"counter": 5, "status": "installed", "version": "1.0.0", "security_version": 1}, 204)
 	b = e.mustCall(e.pool, "GET", "/api/v1/devices/gw-0001", e.admin, nil, 200)
 	if !strings.Contains(string(b), `"version":"1.0.0"`) || !strings.Contains(string(b), `"hardware":"acme-gw-rev2"`) {
 		t.Fatalf("%s", b)

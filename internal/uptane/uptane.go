@@ -73,19 +73,13 @@ import (
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
-// Refusal classes of the device, in addition to verify's.
+// Refusal classes of the device, in addition to verify's; defined in
+// verify so that the server can check reports against one list.
 const (
-	// NotLogged: the release is not (provably) recorded in the log.
-	NotLogged verify.Class = "not-logged"
-	// LogFork: the log's checkpoint is not an append-only extension of the
-	// one the device last accepted (split view, rollback of the log).
-	LogFork verify.Class = "log-inconsistent"
-	// WrongDevice: director metadata validly signed for another device
-	// (a server or front end handing one device's repository to another).
-	WrongDevice verify.Class = "wrong-device"
-	// EndlessData: a response went on past its signed length or its
-	// bound (TUF's endless data attack).
-	EndlessData verify.Class = "endless-data"
+	NotLogged   = verify.NotLogged
+	LogFork     = verify.LogFork
+	WrongDevice = verify.WrongDevice
+	EndlessData = verify.EndlessData
 )
 
 // ErrUnavailable is matched by every error of Check that is a failed

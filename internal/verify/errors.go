@@ -33,7 +33,25 @@ const (
 	MissingTarget Class = "missing-target"
 	// Malformed: input that does not parse or breaks the format's rules.
 	Malformed Class = "malformed"
+
+	// The device's classes beyond a single verification (internal/uptane).
+
+	// NotLogged: the release is not (provably) recorded in the log.
+	NotLogged Class = "not-logged"
+	// LogFork: the log's checkpoint is not an append-only extension of the
+	// one the device last accepted (split view, rollback of the log).
+	LogFork Class = "log-inconsistent"
+	// WrongDevice: director metadata validly signed for another device
+	// (a server or front end handing one device's repository to another).
+	WrongDevice Class = "wrong-device"
+	// EndlessData: a response went on past its signed length or its
+	// bound (TUF's endless data attack).
+	EndlessData Class = "endless-data"
 )
+
+// Classes lists every refusal class, for whoever must check or count
+// them (the server bounds its report reasons and metric labels by it).
+var Classes = []Class{BadSignature, Expired, Rollback, Mismatch, WrongHardware, Downgrade, MissingTarget, Malformed, NotLogged, LogFork, WrongDevice, EndlessData}
 
 // Error is a verification refusal.
 type Error struct {
