@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -43,7 +44,12 @@ func TestPowerLoss(t *testing.T) {
 		t.Skip("hundreds of simulated power cuts")
 	}
 	e := servertest.New(t)
-	cert := e.Enroll("gw-pl", hw)
+	// The scenarios are independent devices of one server, enrolled before
+	// the deployment reaches their hardware id.
+	certs := map[string]*tls.Certificate{}
+	for _, name := range []string{"commit", "rollback", "commit-over-fallback"} {
+		certs[name] = e.Enroll("gw-pl-"+name, hw)
+	}
 	img := make([]byte, 2<<20+4321) // three chunks
 	rand.Read(img)
 	e.ReleaseImage("1.0.0", 2, img, hw)
@@ -56,8 +62,11 @@ func TestPowerLoss(t *testing.T) {
 		healthy  bool
 		fallback bool
 	}{{"commit", true, false}, {"rollback", false, false}, {"commit-over-fallback", true, true}} {
+		cert := certs[sc.name]
 		t.Run(sc.name, func(t *testing.T) {
-			h := &harness{t: t, e: e, cert: e.Client(cert), img: img, factory: factory, healthy: sc.healthy, fallback: sc.fallback}
+			// The suite's longest test: its scenarios run side by side.
+			t.Parallel()
+			h := &harness{t: t, e: e, id: "gw-pl-" + sc.name, cert: e.Client(cert), img: img, factory: factory, healthy: sc.healthy, fallback: sc.fallback}
 			total := h.countOps()
 			if total < 20 {
 				t.Fatalf("the scenario performs only %d operations; the harness is not attached", total)
@@ -85,6 +94,7 @@ const (
 type harness struct {
 	t       *testing.T
 	e       *servertest.Env
+	id      string // the device id
 	cert    *http.Client
 	img     []byte
 	factory []byte
@@ -149,7 +159,7 @@ func (h *harness) newSim(m *powercut.Model, tufDir string, reports *reportLog) *
 url = %q
 ca = "/etc/ca.pem"
 [device]
-id = "gw-pl"
+id = %q
 hardware_id = %q
 key = "/etc/device.key"
 certificate = "/etc/device.crt"
@@ -172,7 +182,7 @@ dir = %q
 [download]
 workers = 2
 retries = 0
-`, h.e.TS.URL, hw, slotA, slotB, bootRec, stateDir)
+`, h.e.TS.URL, h.id, hw, slotA, slotB, bootRec, stateDir)
 	cfg, err := agent.ParseConfig([]byte(cfgText))
 	if err != nil {
 		h.t.Fatal(err)
