@@ -4,13 +4,11 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
-	"io/fs"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -160,19 +158,11 @@ func (c *cli) refused(want []string, args ...string) {
 
 func dirHash(t *testing.T, dir string) string {
 	t.Helper()
-	h := sha256.New()
-	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || d.Name() == ".lock" {
-			return err
-		}
-		fmt.Fprintln(h, p)
-		if d.Type().IsRegular() {
-			b, _ := os.ReadFile(p)
-			h.Write(b)
-		}
-		return nil
-	})
-	return fmt.Sprintf("%x", h.Sum(nil))
+	d, err := treeDigest(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // injectRelease adds an attacker's release to a signed product role's

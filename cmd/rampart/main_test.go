@@ -310,9 +310,16 @@ func cmdSoftHSMSetup(ts *testscript.TestScript, neg bool, args []string) {
 // treehash DIR: print a digest of every file's path, mode and content
 // under DIR, to show that a refused command changed nothing.
 func cmdTreehash(ts *testscript.TestScript, neg bool, args []string) {
+	d, err := treeDigest(ts.MkAbs(args[0]))
+	ts.Check(err)
+	fmt.Fprintln(ts.Stdout(), d)
+}
+
+// treeDigest digests every file's path, mode and content under root, but
+// the repository lock.
+func treeDigest(root string) (string, error) {
 	h := sha256.New()
-	root := ts.MkAbs(args[0])
-	ts.Check(filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
@@ -333,6 +340,6 @@ func cmdTreehash(ts *testscript.TestScript, neg bool, args []string) {
 			h.Write(b)
 		}
 		return nil
-	}))
-	fmt.Fprintf(ts.Stdout(), "%x\n", h.Sum(nil))
+	})
+	return fmt.Sprintf("%x", h.Sum(nil)), err
 }

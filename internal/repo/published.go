@@ -4,9 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +14,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/failure"
+	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -81,19 +80,7 @@ func (p *published) role(name string) *metadata.Metadata[metadata.TargetsType] {
 
 // readBounded reads a whole file of at most limit bytes.
 func readBounded(path string, limit int64) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, limit+1))
-	if err != nil {
-		return nil, err
-	}
-	if int64(len(b)) > limit {
-		return nil, fmt.Errorf("%s is larger than the %d bytes it may have", path, limit)
-	}
-	return b, nil
+	return fsys.ReadFile(fsys.OS, path, limit)
 }
 
 // readPublished reads public/ and verifies it. File names come from the
