@@ -16,7 +16,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -93,6 +92,34 @@ type fileConfig struct {
 	Hosts          []string `json:"hosts"`
 	LogOrigin      string   `json:"log_origin"`
 	ManufacturerCA string   `json:"manufacturer_ca"`
+	// Limits on slow clients (server.Limits); durations as "30s".
+	BodyTimeout        string `json:"body_timeout"`
+	ResponseTimeout    string `json:"response_timeout"`
+	MinTransferRate    int64  `json:"min_transfer_rate"`
+	MaxUnauthenticated int    `json:"max_unauthenticated"`
+}
+
+// limits returns the file's limits; what it leaves out takes the default.
+func (fc fileConfig) limits() (server.Limits, error) {
+	var l server.Limits
+	for _, d := range []struct {
+		name, v string
+		dst     *time.Duration
+	}{{"body_timeout", fc.BodyTimeout, &l.BodyTimeout}, {"response_timeout", fc.ResponseTimeout, &l.ResponseTimeout}} {
+		if d.v == "" {
+			continue
+		}
+		t, err := time.ParseDuration(d.v)
+		if err != nil || t <= 0 {
+			return l, fmt.Errorf("%s %q is not a positive duration such as \"30s\"", d.name, d.v)
+		}
+		*d.dst = t
+	}
+	if fc.MinTransferRate < 0 || fc.MaxUnauthenticated < 0 {
+		return l, errors.New("min_transfer_rate and max_unauthenticated must be positive (or left out for the default)")
+	}
+	l.MinRate, l.MaxUnauthenticated = fc.MinTransferRate, fc.MaxUnauthenticated
+	return l, nil
 }
 
 type multiFlag []string
@@ -151,7 +178,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -182,7 +209,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "transparency log key: %s\n\nadmin token (shown once, store it now):\n%s\n", res.Public["log"], res.AdminToken)
 		return 0
 	case "serve":
-		c := server.Config{}
+		lim, err := fc.limits()
+		if err != nil {
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), "docs/server.md lists the limits and their defaults")
+		}
+		c := server.Config{Limits: lim}
 		var attrs []any
 		if path := pick(*manufacturerCA, "RAMPART_MANUFACTURER_CA", fc.ManufacturerCA, ""); path != "" {
 			pool, certs, err := pki.LoadCABundle(path)
@@ -228,14 +259,7 @@ func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Wri
 	if err != nil {
 		return fail(stderr, 3, err, "is another server listening there?")
 	}
-	hs := &http.Server{
-		Handler:           in.Server.Handler(),
-		TLSConfig:         in.TLS,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
-		MaxHeaderBytes:    64 << 10,
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
+	hs := in.Server.HTTPServer(in.TLS, slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
 	go in.Server.Run(ctx, time.Minute)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
@@ -249,6 +273,9 @@ func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Wri
 	// Operators compare these, out of band, with what rampart server keys
 	// printed before trusting the keys it wrote.
 	logger.Info("online keys", ids...)
+	l := in.Server.Limits()
+	logger.Info("limits", "body_timeout", l.BodyTimeout.String(), "response_timeout", l.ResponseTimeout.String(),
+		"min_transfer_rate", l.MinRate, "max_unauthenticated", l.MaxUnauthenticated)
 	logger.Info("serving", "addr", ln.Addr().String(), "data", dir)
 	select {
 	case err := <-errc:

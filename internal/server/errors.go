@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"os"
 
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/imagerepo"
@@ -20,6 +21,8 @@ type apiError struct {
 	Code    string `json:"code"`
 	Message string `json:"message"`
 	Role    string `json:"role,omitempty"`
+	// cause is the failure behind a 5xx, for the server log only.
+	cause error
 }
 
 func (e *apiError) Error() string { return e.Message }
@@ -53,8 +56,13 @@ func toAPIError(err error) *apiError {
 		return errorf(http.StatusNotFound, "not-found", "%v", err)
 	case errors.Is(err, store.ErrConflict):
 		return errorf(http.StatusConflict, "conflict", "%v; another push won the race, fetch the current state and retry", err)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		// A request body that stopped arriving (see guard).
+		return errorf(http.StatusRequestTimeout, "timeout", "%v", err)
 	}
-	return errorf(http.StatusInternalServerError, "internal", "internal error; see the server log")
+	ae = errorf(http.StatusInternalServerError, "internal", "internal error; see the server log")
+	ae.cause = err
+	return ae
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
@@ -64,7 +72,14 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	json.NewEncoder(w).Encode(v)
 }
 
+// writeError answers e. A 500 is logged, with its cause and the request
+// id, when the request ends (see guard).
 func writeError(w http.ResponseWriter, e *apiError) {
+	if e.Status >= 500 {
+		if x := exchangeOf(w); x != nil {
+			x.recordFailure(e)
+		}
+	}
 	writeJSON(w, e.Status, map[string]*apiError{"error": e})
 }
 

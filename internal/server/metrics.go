@@ -18,6 +18,8 @@ type metrics struct {
 	refusals     *prometheus.CounterVec
 	authFailures prometheus.Counter
 	gateLookups  prometheus.Counter
+	busy         prometheus.Counter
+	bodyTimeouts prometheus.Counter
 }
 
 func newMetrics() *metrics {
@@ -43,8 +45,16 @@ func newMetrics() *metrics {
 			Name: "rampart_device_gate_store_lookups_total",
 			Help: "TLS handshakes whose device was not yet in the in-memory registry and was looked up in the store.",
 		}),
+		busy: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_http_busy_refusals_total",
+			Help: "Requests without credentials refused with 503 because the server was serving its limit of them.",
+		}),
+		bodyTimeouts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "rampart_http_body_timeouts_total",
+			Help: "Requests whose body did not arrive in time, or whose upload moved slower than the minimum rate.",
+		}),
 	}
-	m.reg.MustRegister(m.requests, m.latency, m.pushes, m.refusals, m.authFailures, m.gateLookups,
+	m.reg.MustRegister(m.requests, m.latency, m.pushes, m.refusals, m.authFailures, m.gateLookups, m.busy, m.bodyTimeouts,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -60,6 +70,9 @@ func (r *statusRecorder) WriteHeader(code int) {
 	r.code = code
 	r.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap lets http.ResponseController reach the connection (deadlines).
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // instrument records every request under its route pattern (not its raw
 // path, which would explode the label space).

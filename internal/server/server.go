@@ -29,8 +29,8 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"net/http"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -81,8 +81,11 @@ type Config struct {
 	// DirectorKeys are the director's online keys.
 	DirectorKeys director.Keys
 	Expiry       Expiry
-	Logger       *slog.Logger
-	Now          func() time.Time
+	// Limits bound slow clients and requests without credentials; zero
+	// fields take DefaultLimits.
+	Limits Limits
+	Logger *slog.Logger
+	Now    func() time.Time
 }
 
 // Server serves the API. It is safe for concurrent use.
@@ -111,6 +114,9 @@ type Server struct {
 	// pushMu serialises writers of the image repository within a
 	// process; the store's version conflicts protect across replicas.
 	pushMu sync.Mutex
+	limits Limits
+	// anonymous counts requests in flight without credentials.
+	anonymous *budget
 }
 
 // New returns a Server.
@@ -128,7 +134,9 @@ func New(c Config) (*Server, error) {
 		c.Now = time.Now
 	}
 	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
-		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys}
+		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys,
+		limits: c.Limits.withDefaults()}
+	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.gate = newDeviceGate(c.Store, s.metrics.gateLookups)
 	if err := s.gate.load(context.Background()); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -145,47 +153,62 @@ func New(c Config) (*Server, error) {
 		}
 		return float64(n)
 	}))
+	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "rampart_http_unauthenticated_in_flight", Help: "Requests without credentials being served (see Limits.MaxUnauthenticated).",
+	}, func() float64 { return float64(s.anonymous.n.Load()) }))
 	return s, nil
 }
 
-// Handler returns the HTTP handler with every route.
+// Handler returns the HTTP handler with every route. Each route has a
+// policy (routePolicy): the largest body it takes, whether its body is an
+// upload, and whether it serves clients without credentials.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
+	handle := func(pattern string, p routePolicy, h http.HandlerFunc) { mux.HandleFunc(pattern, s.route(p, h)) }
+	var (
+		// Operator and device routes refuse a request without a
+		// token or a device certificate before reading its body.
+		noBody  = routePolicy{}
+		small   = routePolicy{maxBody: smallBody}
+		bigJSON = routePolicy{maxBody: maxJSONBody}
+		public  = routePolicy{open: true}
+	)
 	// Operator API.
-	mux.HandleFunc("GET /api/v1/keys", s.handleKeys)
-	mux.HandleFunc("PUT /api/v1/blobs/{digest}", s.requireRole(s.handlePutBlob, RoleReleaseManager))
-	mux.HandleFunc("HEAD /api/v1/blobs/{digest}", s.requireRole(s.handleHeadBlob, RoleReleaseManager))
-	mux.HandleFunc("POST /api/v1/repo/push", s.requireRole(s.handlePush, RoleReleaseManager))
-	mux.HandleFunc("GET /api/v1/repo/versions", s.requireRole(s.handleVersions, RoleReleaseManager, RoleOperator, RoleAuditor))
-	mux.HandleFunc("POST /api/v1/tokens", s.requireRole(s.handleCreateToken))
-	mux.HandleFunc("GET /api/v1/tokens", s.requireRole(s.handleListTokens))
-	mux.HandleFunc("POST /api/v1/tokens/{name}/role", s.requireRole(s.handleSetTokenRole))
-	mux.HandleFunc("POST /api/v1/tokens/{name}/revoke", s.requireRole(s.handleRevokeToken))
-	mux.HandleFunc("GET /api/v1/audit", s.requireRole(s.handleAudit, RoleAuditor))
-	mux.HandleFunc("GET /api/v1/log/proof/{target...}", s.handleLogProof)
-	mux.HandleFunc("GET /api/v1/log/consistency", s.handleLogConsistency)
-	mux.HandleFunc("POST /api/v1/devices/tokens", s.requireRole(s.handleEnrollToken, RoleOperator))
-	mux.HandleFunc("GET /api/v1/devices/{id}", s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
-	mux.HandleFunc("POST /api/v1/devices/{id}/revoke", s.requireRole(s.handleRevokeDevice, RoleOperator))
-	mux.HandleFunc("DELETE /api/v1/devices/{id}", s.requireRole(s.handleRemoveDevice, RoleOperator))
-	mux.HandleFunc("POST /api/v1/deploy", s.requireRole(s.handleDeploy, RoleOperator))
+	handle("GET /api/v1/keys", public, s.handleKeys)
+	handle("PUT /api/v1/blobs/{digest}", routePolicy{maxBody: maxBlob, upload: true}, s.requireRole(s.handlePutBlob, RoleReleaseManager))
+	handle("HEAD /api/v1/blobs/{digest}", noBody, s.requireRole(s.handleHeadBlob, RoleReleaseManager))
+	handle("POST /api/v1/repo/push", bigJSON, s.requireRole(s.handlePush, RoleReleaseManager))
+	handle("GET /api/v1/repo/versions", noBody, s.requireRole(s.handleVersions, RoleReleaseManager, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/tokens", small, s.requireRole(s.handleCreateToken))
+	handle("GET /api/v1/tokens", noBody, s.requireRole(s.handleListTokens))
+	handle("POST /api/v1/tokens/{name}/role", small, s.requireRole(s.handleSetTokenRole))
+	handle("POST /api/v1/tokens/{name}/revoke", small, s.requireRole(s.handleRevokeToken))
+	handle("GET /api/v1/audit", noBody, s.requireRole(s.handleAudit, RoleAuditor))
+	handle("GET /api/v1/log/proof/{target...}", public, s.handleLogProof)
+	handle("GET /api/v1/log/consistency", public, s.handleLogConsistency)
+	handle("POST /api/v1/devices/tokens", small, s.requireRole(s.handleEnrollToken, RoleOperator))
+	handle("GET /api/v1/devices/{id}", noBody, s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/devices/{id}/revoke", small, s.requireRole(s.handleRevokeDevice, RoleOperator))
+	handle("DELETE /api/v1/devices/{id}", noBody, s.requireRole(s.handleRemoveDevice, RoleOperator))
+	handle("POST /api/v1/deploy", small, s.requireRole(s.handleDeploy, RoleOperator))
 	// Device API: enrollment by one-time token or manufacturer
 	// certificate, then mTLS.
-	mux.HandleFunc("POST /api/v1/enroll", s.handleEnroll)
-	mux.HandleFunc("POST /api/v1/device/report", s.handleReport)
-	mux.HandleFunc("POST /api/v1/director/root", s.requireRole(s.handleDirectorRoot))
-	mux.HandleFunc("GET /api/v1/director/root", s.requireRole(s.handleDirectorRootVersion, RoleReleaseManager, RoleOperator, RoleAuditor))
-	mux.HandleFunc("GET /director/{file}", s.handleDirector)
+	handle("POST /api/v1/enroll", routePolicy{maxBody: enrollBody, open: true}, s.handleEnroll)
+	handle("POST /api/v1/device/report", routePolicy{maxBody: reportBody}, s.handleReport)
+	handle("POST /api/v1/director/root", bigJSON, s.requireRole(s.handleDirectorRoot))
+	handle("GET /api/v1/director/root", noBody, s.requireRole(s.handleDirectorRootVersion, RoleReleaseManager, RoleOperator, RoleAuditor))
+	handle("GET /director/{file}", noBody, s.handleDirector)
 	// The published repository and log: public, cacheable.
-	mux.HandleFunc("GET /repo/{file}", s.handleMetadata)
-	mux.HandleFunc("GET /repo/targets/{path...}", s.handleTarget)
-	mux.HandleFunc("GET /repo/chunks/{hash}", s.handleChunk)
-	mux.Handle("GET /log/", http.StripPrefix("/log", tlog.Handler(s.log.Dir())))
-	// Operations.
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
-	mux.HandleFunc("GET /readyz", s.handleReady)
-	mux.Handle("GET /metrics", s.metrics.handler())
-	return s.metrics.instrument(requestID(refuseUnsafePaths(mux)))
+	handle("GET /repo/{file}", public, s.handleMetadata)
+	handle("GET /repo/targets/{path...}", public, s.handleTarget)
+	handle("GET /repo/chunks/{hash}", public, s.handleChunk)
+	handle("GET /log/", public, http.StripPrefix("/log", tlog.Handler(s.log.Dir())).ServeHTTP)
+	// Operations: answered even when the budget of requests without
+	// credentials is spent, which is when they matter.
+	handle("GET /healthz", noBody, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
+	handle("GET /readyz", noBody, s.handleReady)
+	handle("GET /metrics", noBody, s.metrics.handler().ServeHTTP)
+	return requestID(s.guard(s.metrics.instrument(refuseUnsafePaths(routerErrors(mux)))))
 }
 
 // requestID gives every request an id (the client's X-Request-Id when it
@@ -282,13 +305,9 @@ func (s *Server) operatorAction(w http.ResponseWriter, r *http.Request, action, 
 
 // fail answers err as an API error. An error that is not a refusal is a
 // 500 whose detail goes to the server log only, with the request id the
-// client sees.
+// client sees (guard logs it when the request ends).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	ae := toAPIError(err)
-	if ae.Status >= 500 {
-		s.logger.Error("request failed", "route", r.Pattern, "request_id", r.Header.Get("X-Request-Id"), "err", err)
-	}
-	writeError(w, ae)
+	writeError(w, toAPIError(err))
 }
 
 // refusal returns the API error of a refusal, or nil when err is not one
@@ -329,17 +348,26 @@ func wrapf(err error, format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, err)...)
 }
 
-// handleAudit exports audit entries as JSON lines, after ?after=SEQ, at
-// most ?limit=N (default and maximum 10000).
+// Audit export pages.
+const maxAuditPage = 10000
+
+// handleAudit exports audit entries as JSON lines, after ?after=SEQ
+// (default 0), at most ?limit=N (1 to 10000, default 10000). Sequence
+// numbers are stored as SQLite integers, so after is at most 2^63-1.
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
-	after, _ := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
-	limit, err := strconv.Atoi(r.URL.Query().Get("limit"))
-	if err != nil || limit <= 0 || limit > 10000 {
-		limit = 10000
+	after, bad := parseQueryInt(r, "after", 0, math.MaxInt64, 0)
+	if bad != nil {
+		writeError(w, bad)
+		return
 	}
-	es, err := s.store.AuditEntries(r.Context(), after, limit)
+	limit, bad := parseQueryInt(r, "limit", 1, maxAuditPage, maxAuditPage)
+	if bad != nil {
+		writeError(w, bad)
+		return
+	}
+	es, err := s.store.AuditEntries(r.Context(), uint64(after), int(limit))
 	if err != nil {
-		writeError(w, toAPIError(err))
+		s.fail(w, r, err)
 		return
 	}
 	w.Header().Set("Content-Type", "application/jsonl")
