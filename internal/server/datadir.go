@@ -213,6 +213,7 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 		return fail(err)
 	}
 	c.Store, c.Blobs, c.Log = db, blobs, lg
+	c.DataDir = dir
 	if c.DeviceCA, err = pki.LoadCA(filepath.Join(dir, "device-ca.pem"), filepath.Join(dir, "keys", "device-ca.key")); err != nil {
 		return fail(err)
 	}

@@ -84,8 +84,10 @@ type Config struct {
 	// Limits bound slow clients and requests without credentials; zero
 	// fields take DefaultLimits.
 	Limits Limits
-	Logger *slog.Logger
-	Now    func() time.Time
+	// DataDir, when set, is probed for writability by /readyz.
+	DataDir string
+	Logger  *slog.Logger
+	Now     func() time.Time
 }
 
 // Server serves the API. It is safe for concurrent use.
@@ -117,6 +119,7 @@ type Server struct {
 	limits Limits
 	// anonymous counts requests in flight without credentials.
 	anonymous *budget
+	ready     *readiness
 }
 
 // New returns a Server.
@@ -135,7 +138,7 @@ func New(c Config) (*Server, error) {
 	}
 	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
 		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys,
-		limits: c.Limits.withDefaults()}
+		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}}
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.gate = newDeviceGate(c.Store, s.metrics.gateLookups)
 	if err := s.gate.load(context.Background()); err != nil {
@@ -226,14 +229,6 @@ func requestID(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		next.ServeHTTP(w, r)
 	})
-}
-
-func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	if _, err := s.store.CountDevices(r.Context()); err != nil {
-		writeError(w, errorf(http.StatusServiceUnavailable, "not-ready", "the store is unavailable"))
-		return
-	}
-	w.Write([]byte("ready\n"))
 }
 
 // event is what an audit entry records about a request; the request id

@@ -1,0 +1,93 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+)
+
+// readiness decides /readyz: the store answers and the data directory can
+// be written (the store, blobs and the log all live there, so a full or
+// read-only disk fails every write the server would accept work for).
+// Writing is probed by creating, filling, syncing and removing a small
+// file, at most once a second whatever the probe rate.
+type readiness struct {
+	dir    string
+	logger *slog.Logger
+
+	mu  sync.Mutex
+	at  time.Time
+	err error
+}
+
+const readyProbeEvery = time.Second
+
+// writable returns why the data directory cannot be written, or nil.
+func (rd *readiness) writable() error {
+	if rd.dir == "" {
+		return nil
+	}
+	rd.mu.Lock()
+	defer rd.mu.Unlock()
+	if now := time.Now(); rd.at.IsZero() || now.Sub(rd.at) >= readyProbeEvery {
+		err := probeWrite(rd.dir)
+		switch {
+		case err != nil && rd.err == nil:
+			rd.logger.Error("data directory not writable: not ready", "dir", rd.dir, "err", err)
+		case err == nil && rd.err != nil:
+			rd.logger.Info("data directory writable again: ready", "dir", rd.dir)
+		}
+		rd.at, rd.err = now, err
+	}
+	return rd.err
+}
+
+// probeWrite writes a block, not an empty file: a full file system still
+// has room for an empty one.
+func probeWrite(dir string) error {
+	f, err := os.CreateTemp(dir, ".readyz-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(make([]byte, 4096))
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// handleReady answers 200 {"ready": true}, or 503 with the reason (and
+// the usual error object) when the store or the data directory fails.
+// The reason names the failure, not paths: /readyz needs no credentials.
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	var reason string
+	if _, err := s.store.CountDevices(r.Context()); err != nil {
+		s.logger.Error("store unavailable: not ready", "err", err)
+		reason = "the store is unavailable"
+	} else if err := s.ready.writable(); err != nil {
+		reason = "the data directory cannot be written: " + withoutPath(err)
+	}
+	if reason == "" {
+		writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
+		return
+	}
+	writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": reason,
+		"error": errorf(http.StatusServiceUnavailable, "not-ready", "%s", reason)})
+}
+
+// withoutPath is err's text without the file name of a *PathError.
+func withoutPath(err error) string {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return fmt.Sprintf("%s: %v", pe.Op, pe.Err)
+	}
+	return err.Error()
+}
