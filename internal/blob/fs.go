@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 )
@@ -75,6 +77,39 @@ func (s *FS) Put(ctx context.Context, digest string, length int64, r io.Reader) 
 		return err
 	}
 	return atomicfile.Rename(tmp.Name(), dst)
+}
+
+// CleanTemp removes the temporary files of uploads that never finished
+// (a killed process leaves them; a failed Put removes its own) last
+// written more than olderThan ago, and returns how many it removed. With
+// olderThan 0 it removes all of them, which is right only when no Put is
+// running: when the server starts. An upload that is running writes its
+// file continually, so a file untouched for long is abandoned.
+func (s *FS) CleanTemp(olderThan time.Duration) (int, error) {
+	dir := filepath.Join(s.dir, "tmp")
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, err
+	}
+	cutoff := time.Now().Add(-olderThan)
+	n := 0
+	for _, e := range es {
+		if !strings.HasPrefix(e.Name(), "put-") {
+			continue
+		}
+		if olderThan > 0 {
+			fi, err := e.Info()
+			if err != nil || fi.ModTime().After(cutoff) {
+				continue
+			}
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
+			n++
+		} else if !errors.Is(err, fs.ErrNotExist) {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 func countString(n, length int64) string {

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -53,10 +54,39 @@ type InitResult struct {
 // ErrInitialized means the data directory already holds a server.
 var ErrInitialized = errors.New("data directory is already initialised")
 
+// ErrIncomplete means the data directory was left by an init that did not
+// finish: serve refuses it, and init starts it afresh.
+var ErrIncomplete = errors.New("data directory is incomplete: rampart-server init did not finish")
+
+// Init is atomic: a kill at any moment leaves no data directory or a
+// complete one. A new directory is built beside its final place and
+// renamed into it. An existing (empty) directory, such as a mount point,
+// cannot be replaced by a rename; init then marks it incomplete first
+// (initMarker), builds inside it, moves the entries into place with
+// rampart.db last, and removes the mark.
+const (
+	// initMarker marks a data directory whose init has not finished.
+	initMarker = ".rampart-init-incomplete"
+	// stagingPrefix names the directory an in-place init builds in.
+	stagingPrefix = ".rampart-staging-"
+)
+
+// initEntries are the entries init makes, and the only ones a recovering
+// init removes.
+var initEntries = []string{"rampart.db", "rampart.db-wal", "rampart.db-shm", "rampart.db-journal",
+	"blobs", "log", "keys", "online", "ca.pem", "tls.crt", "device-ca.pem"}
+
 // InitDataDir creates a data directory with fresh keys, CAs, a serving
-// certificate, an empty store and an admin token.
+// certificate, an empty store and an admin token. It recovers a directory
+// left by an init that did not finish (ErrIncomplete) by starting afresh:
+// nothing in one was usable, as its admin token was never shown.
 func InitDataDir(dir string, o InitOptions) (*InitResult, error) {
-	if _, err := os.Stat(filepath.Join(dir, "rampart.db")); err == nil {
+	dir = filepath.Clean(dir)
+	state, err := inspectDataDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if state == dirComplete {
 		return nil, fmt.Errorf("%s: %w", dir, ErrInitialized)
 	}
 	if len(o.Hosts) == 0 {
@@ -65,8 +95,184 @@ func InitDataDir(dir string, o InitOptions) (*InitResult, error) {
 	if o.LogOrigin == "" {
 		o.LogOrigin = "rampart.local/log"
 	}
-	for _, d := range []string{dir, filepath.Join(dir, "keys"), filepath.Join(dir, "online")} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	parent, base := filepath.Dir(dir), filepath.Base(dir)
+	siblingPrefix := "." + base + ".init-"
+	// Left by a killed init of a new directory: never a data directory.
+	if names, err := readDirNames(parent); err == nil {
+		for _, n := range names {
+			if strings.HasPrefix(n, siblingPrefix) {
+				os.RemoveAll(filepath.Join(parent, n))
+			}
+		}
+	}
+	if state == dirAbsent {
+		if err := os.MkdirAll(parent, 0o755); err != nil {
+			return nil, err
+		}
+		staging, err := os.MkdirTemp(parent, siblingPrefix)
+		if err != nil {
+			return nil, err
+		}
+		res, err := buildDataDir(staging, o)
+		if err == nil {
+			err = atomicfile.Rename(staging, dir)
+		}
+		if err != nil {
+			os.RemoveAll(staging)
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		}
+		return res, nil
+	}
+	// In place: mark, clear what an interrupted init left, build, move.
+	marker := filepath.Join(dir, initMarker)
+	if err := atomicfile.WriteFile(marker, []byte("rampart-server init has not finished here; run it again to start afresh\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if err := clearInitEntries(dir); err != nil {
+		return nil, err
+	}
+	staging, err := os.MkdirTemp(dir, stagingPrefix)
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(staging)
+	res, err := buildDataDir(staging, o)
+	if err != nil {
+		return nil, fmt.Errorf("init %s: %w", dir, err)
+	}
+	names, err := readDirNames(staging)
+	if err != nil {
+		return nil, err
+	}
+	// rampart.db last: until it is there, serve finds no data directory.
+	names = append(slices.DeleteFunc(names, func(n string) bool { return n == "rampart.db" }), "rampart.db")
+	for _, n := range names {
+		if err := os.Rename(filepath.Join(staging, n), filepath.Join(dir, n)); err != nil {
+			return nil, fmt.Errorf("init %s: %w", dir, err)
+		}
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(marker); err != nil {
+		return nil, err
+	}
+	if err := atomicfile.SyncDir(dir); err != nil {
+		return nil, err
+	}
+	return res, nil
+}
+
+type dirState int
+
+const (
+	dirAbsent dirState = iota
+	// dirEmpty: exists, holding nothing init makes.
+	dirEmpty
+	// dirInterrupted: left by an init that did not finish.
+	dirInterrupted
+	dirComplete
+)
+
+// inspectDataDir says what dir holds. It refuses (with an error) a
+// directory that holds entries init makes without evidence that an init
+// made them, rather than remove what may be someone else's.
+func inspectDataDir(dir string) (dirState, error) {
+	fi, err := os.Stat(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return dirAbsent, nil
+	} else if err != nil {
+		return 0, err
+	}
+	if !fi.IsDir() {
+		return 0, fmt.Errorf("%s is not a directory", dir)
+	}
+	if _, err := os.Lstat(filepath.Join(dir, initMarker)); err == nil {
+		return dirInterrupted, nil
+	}
+	if _, err := os.Lstat(filepath.Join(dir, "rampart.db")); err == nil {
+		return inspectStore(dir)
+	}
+	var ours []string
+	for _, n := range initEntries {
+		if _, err := os.Lstat(filepath.Join(dir, n)); err == nil {
+			ours = append(ours, n)
+		}
+	}
+	if len(ours) > 0 {
+		return 0, fmt.Errorf("%s holds %s but no rampart.db: not a data directory (or one from an init of an older version that did not finish); remove those entries, or choose an empty or new directory", dir, strings.Join(ours, ", "))
+	}
+	return dirEmpty, nil
+}
+
+// inspectStore tells a complete data directory (its store has an
+// operator token: init adds the admin token last, and the last admin
+// token can never be revoked) from one whose init was killed before the
+// token, which holds nothing else.
+func inspectStore(dir string) (dirState, error) {
+	db, err := sqlite.Open(filepath.Join(dir, "rampart.db"))
+	if err != nil {
+		return 0, err
+	}
+	defer db.Close()
+	ctx := context.Background()
+	toks, err := db.OperatorTokens(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if len(toks) > 0 {
+		return dirComplete, nil
+	}
+	devices, err := db.CountDevices(ctx)
+	if err != nil {
+		return 0, err
+	}
+	entries, err := db.AuditEntries(ctx, 0, 1)
+	if err != nil {
+		return 0, err
+	}
+	if devices > 0 || len(entries) > 0 {
+		return 0, fmt.Errorf("%s: its store has no operator token but holds devices or audit entries: it is not an unfinished init and is left alone; restore it from a backup", dir)
+	}
+	return dirInterrupted, nil
+}
+
+// clearInitEntries removes what an unfinished init left in dir.
+func clearInitEntries(dir string) error {
+	names, err := readDirNames(dir)
+	if err != nil {
+		return err
+	}
+	for _, n := range names {
+		if slices.Contains(initEntries, n) || strings.HasPrefix(n, stagingPrefix) {
+			if err := os.RemoveAll(filepath.Join(dir, n)); err != nil {
+				return err
+			}
+		}
+	}
+	return atomicfile.SyncDir(dir)
+}
+
+func readDirNames(dir string) ([]string, error) {
+	es, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(es))
+	for i, e := range es {
+		names[i] = e.Name()
+	}
+	return names, nil
+}
+
+// buildDataDir makes a complete data directory's content in dir (an
+// empty directory), every file and directory synced.
+func buildDataDir(dir string, o InitOptions) (*InitResult, error) {
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	for _, d := range []string{filepath.Join(dir, "keys"), filepath.Join(dir, "online")} {
+		if err := os.Mkdir(d, 0o700); err != nil {
 			return nil, err
 		}
 	}
@@ -128,7 +334,7 @@ func InitDataDir(dir string, o InitOptions) (*InitResult, error) {
 		return nil, err
 	}
 	for _, d := range []string{"blobs", "log"} {
-		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
 		}
 	}
@@ -136,10 +342,20 @@ func InitDataDir(dir string, o InitOptions) (*InitResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer db.Close()
 	secret, hash := NewToken()
-	if err := db.CreateOperatorToken(context.Background(), store.OperatorToken{Hash: hash, Name: "admin", Role: RoleAdmin, CreatedAt: time.Now()}); err != nil {
+	err = db.CreateOperatorToken(context.Background(), store.OperatorToken{Hash: hash, Name: "admin", Role: RoleAdmin, CreatedAt: time.Now()})
+	// Closing checkpoints the WAL into rampart.db and removes it, so
+	// the store is one file when it is moved into place.
+	if cerr := db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
 		return nil, err
+	}
+	for _, d := range []string{"keys", "online", "blobs", "log", "."} {
+		if err := atomicfile.SyncDir(filepath.Join(dir, d)); err != nil {
+			return nil, err
+		}
 	}
 	res.AdminToken = secret
 	return res, nil
@@ -160,6 +376,9 @@ func (in *Instance) Close() error {
 
 // OpenDataDir opens an initialised data directory.
 func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
+	if _, err := os.Lstat(filepath.Join(dir, initMarker)); err == nil {
+		return nil, fmt.Errorf("%s: %w; run rampart-server init --data %s again: it starts the directory afresh", dir, ErrIncomplete, dir)
+	}
 	if _, err := os.Stat(filepath.Join(dir, "rampart.db")); errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("%s has no rampart.db; create it with rampart-server init --data %s", dir, dir)
 	}
@@ -201,6 +420,15 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	if err != nil {
 		return nil, err
 	}
+	// An older init that was killed before its last step left a store
+	// without the admin token: a server nobody can administer.
+	if toks, err := db.OperatorTokens(ctx); err != nil || len(toks) == 0 {
+		db.Close()
+		if err != nil {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%s: %w (its store has no operator token); run rampart-server init --data %s again: it starts the directory afresh", dir, ErrIncomplete, dir)
+	}
 	lg, err := tlog.Open(ctx, filepath.Join(dir, "log"), signer, signer.Name())
 	if err != nil {
 		db.Close()
@@ -211,6 +439,13 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	blobs, err := blob.NewFS(filepath.Join(dir, "blobs"))
 	if err != nil {
 		return fail(err)
+	}
+	// Uploads cut by a kill left their temporary files; no upload runs
+	// before the server does.
+	if n, err := blobs.CleanTemp(0); err != nil {
+		return fail(err)
+	} else if n > 0 && c.Logger != nil {
+		c.Logger.Info("removed temporary files of unfinished uploads", "files", n)
 	}
 	c.Store, c.Blobs, c.Log = db, blobs, lg
 	c.DataDir = dir

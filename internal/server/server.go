@@ -320,7 +320,8 @@ func operatorActor(r *http.Request) string { return "token:" + operator(r.Contex
 // the timestamp (and the snapshot) when less than half its lifetime is
 // left, so clients never see the repository expire while the server runs,
 // and reloads the revoked devices, so revocations made by other replicas
-// reach this one's TLS handshakes within an interval.
+// reach this one's TLS handshakes within an interval, and removes upload
+// files abandoned for a day.
 func (s *Server) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -331,11 +332,33 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 		if err := s.ReloadRevocations(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("reloading revoked devices", "err", err)
 		}
+		s.cleanUploads()
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// abandonedUpload is how long an upload's temporary file may go unwritten
+// before it is taken for abandoned. Far above any upload's deadline
+// (Limits), so only the leftovers of a process that died are removed.
+const abandonedUpload = 24 * time.Hour
+
+// cleanUploads removes abandoned temporary upload files, when the blob
+// store keeps such files.
+func (s *Server) cleanUploads() {
+	c, ok := s.blobs.(interface {
+		CleanTemp(olderThan time.Duration) (int, error)
+	})
+	if !ok {
+		return
+	}
+	if n, err := c.CleanTemp(abandonedUpload); err != nil {
+		s.logger.Error("removing abandoned upload files", "err", err)
+	} else if n > 0 {
+		s.logger.Info("removed abandoned upload files", "files", n)
 	}
 }
 
