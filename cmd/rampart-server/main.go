@@ -68,7 +68,13 @@ Flags:
     --manufacturer-ca FILE    manufacturer CA certificates (or RAMPART_MANUFACTURER_CA)
     --config FILE             a JSON file with "data", "listen", "hosts",
                               "log_origin", "manufacturer_ca" (or RAMPART_CONFIG);
-                              flags win over the environment, which wins over the file
+                              flags win over the environment, which wins over the file.
+                              It may also bound slow and anonymous clients:
+                              "body_timeout" (default "30s"), "response_timeout"
+                              ("2m"), "min_transfer_rate" (bytes/s, 1024) and
+                              "max_unauthenticated" (concurrent requests without
+                              credentials; a quarter of the open-file limit); see
+                              docs/server.md
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
