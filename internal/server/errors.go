@@ -91,8 +91,8 @@ func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) erro
 	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return err
+		if errors.As(err, &mbe) || errors.Is(err, os.ErrDeadlineExceeded) {
+			return err // 413, or 408 for a body that stopped arriving
 		}
 		return errorf(http.StatusBadRequest, "bad-json", "reading the JSON body: %v", err)
 	}
