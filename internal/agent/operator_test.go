@@ -167,7 +167,7 @@ func TestImageLargerThanSlot(t *testing.T) {
 	t.Run("block-device", func(t *testing.T) {
 		cert := e.Enroll("gw-pl", hw)
 		e.Deploy(servertest.Product+"/1.0.0", hw)
-		h := &harness{t: t, e: e, cert: e.Client(cert), img: img, factory: make([]byte, 4096), healthy: true}
+		h := &harness{t: t, e: e, id: "gw-pl", cert: e.Client(cert), img: img, factory: make([]byte, 4096), healthy: true}
 		m := powercut.New()
 		m.Put(slotA, h.factory)
 		m.PutDevice(slotB, 1<<20)
