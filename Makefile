@@ -20,6 +20,8 @@ test:
 	$(GO) run $(STATICCHECK) ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	$(GO) test -race -timeout 30m ./...
+	# Under -race the power-cut test samples its crash points; here it cuts every one.
+	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/
 
 fuzz:
 	./scripts/fuzz.sh
