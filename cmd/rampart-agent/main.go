@@ -21,6 +21,7 @@ import (
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/failure"
+	"github.com/rampartfw/rampart/internal/termsafe"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -185,7 +186,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if *verbose {
 		level = slog.LevelDebug
 	}
-	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: termsafe.LogAttr}))
 
 	want := map[string]int{"enroll": 0, "run": 0, "boot": 0, "status": 0, "install": 1}
 	n, ok := want[cmd]
@@ -423,9 +424,11 @@ var enrollHints = map[string]string{
 }
 
 func fail(stderr io.Writer, code int, err error, hint string) int {
-	fmt.Fprintf(stderr, "rampart-agent: error: %v\n", err)
+	// The error may quote a hostile peer (a server, a bundle): one line,
+	// bounded, with no terminal controls.
+	fmt.Fprintf(stderr, "rampart-agent: error: %s\n", termsafe.Bounded(err.Error(), 1024))
 	if hint != "" {
-		fmt.Fprintf(stderr, "rampart-agent: hint: %s\n", hint)
+		fmt.Fprintf(stderr, "rampart-agent: hint: %s\n", termsafe.Bounded(hint, 1024))
 	}
 	return code
 }

@@ -61,6 +61,7 @@ import (
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/pki"
+	"github.com/rampartfw/rampart/internal/termsafe"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -335,14 +336,22 @@ func (a *Agent) open() (*State, error) {
 	if err := fsys.RemoveTemps(a.FS, a.stateDir()); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	return loadState(a.FS, a.stateDir())
+	st, err := loadState(a.FS, a.stateDir())
+	if errors.Is(err, ErrStateDamaged) {
+		if st, err = recoverState(a.FS, a.stateDir(), err, a.now(), true); err == nil {
+			err = a.save(st)
+		}
+	} else if err == nil && st.salvaged {
+		err = a.save(st)
+	}
+	return st, err
 }
 
 func (a *Agent) save(st *State) error { return saveState(a.FS, a.stateDir(), st) }
 
 // lastError records err for status; a refusal keeps its attack class.
 func (a *Agent) lastError(st *State, err error) {
-	ev := &Event{Time: a.now().UTC(), Msg: err.Error()}
+	ev := &Event{Time: a.now().UTC(), Msg: termsafe.Bounded(err.Error(), maxMsgRunes)}
 	var ve *verify.Error
 	if errors.As(err, &ve) {
 		ev.Class = string(ve.Class)

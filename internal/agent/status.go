@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"os"
 )
 
@@ -31,6 +32,9 @@ type BootStatus struct {
 // Status reads the state without changing anything.
 func (a *Agent) Status() (*Status, error) {
 	st, err := loadState(a.FS, a.stateDir())
+	if errors.Is(err, ErrStateDamaged) {
+		st, err = recoverState(a.FS, a.stateDir(), err, a.now(), false)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -13,6 +13,7 @@ package termsafe
 
 import (
 	"fmt"
+	"log/slog"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -107,4 +108,23 @@ func unsafeRune(r rune) bool {
 		return true
 	}
 	return unicode.In(r, unicode.Cc, unicode.Cf, unicode.Zl, unicode.Zp)
+}
+
+// LogAttr is a slog.HandlerOptions.ReplaceAttr that bounds every string,
+// error and Stringer value of a log record to DefaultMaxRunes, safe for a
+// terminal: a hostile peer's text (an error quoting a 1 MiB URL) must not
+// make one log line as long as itself.
+func LogAttr(_ []string, a slog.Attr) slog.Attr {
+	if k := a.Value.Kind(); k != slog.KindString && k != slog.KindAny {
+		return a // numbers, times and durations are bounded already
+	}
+	switch v := a.Value.Any().(type) {
+	case string:
+		a.Value = slog.StringValue(String(v))
+	case error:
+		a.Value = slog.StringValue(String(v.Error()))
+	case fmt.Stringer:
+		a.Value = slog.StringValue(String(v.String()))
+	}
+	return a
 }

@@ -1,6 +1,9 @@
 package termsafe
 
 import (
+	"bytes"
+	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -84,4 +87,20 @@ func FuzzString(f *testing.F) {
 			t.Fatalf("safe %q changed to %q", s, out)
 		}
 	})
+}
+
+// A log record quoting a hostile peer stays one bounded line; numbers and
+// times keep their own formatting.
+func TestLogAttr(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: LogAttr}))
+	huge := strings.Repeat("\x1b[2J", 1<<18)
+	log.Warn("check-in failed", "err", errors.New(huge), "url", huge, "n", 42)
+	out := buf.String()
+	if len(out) > 4*DefaultMaxRunes*4 || strings.Contains(out, "\x1b") || strings.Count(out, "\n") != 1 {
+		t.Fatalf("log line of %d bytes: %.200q", len(out), out)
+	}
+	if !strings.Contains(out, "n=42") || !strings.HasPrefix(out, "time=") {
+		t.Fatalf("log line lost its plain attributes: %.200q", out)
+	}
 }
