@@ -2,6 +2,10 @@ package pki
 
 import (
 	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -43,6 +47,11 @@ const (
 	// of under 2 KiB.
 	maxChain   = 4
 	maxCertDER = 16 << 10
+	// maxRSABits bounds the RSA keys of a manufacturer chain's
+	// intermediates: verifying a signature costs time that grows with the
+	// key, and no manufacturer CA needs more than 4096 bits.
+	maxRSABits = 4096
+	minRSABits = 2048
 	// maxBundle bounds the CAs of a bundle file.
 	maxBundle = 64
 )
@@ -69,7 +78,16 @@ type ManufacturerIdentity struct {
 // then any intermediates, against the manufacturer CAs in roots at time
 // now, and returns what the leaf says about its device. Errors wrap
 // ErrUnknownCA (no chain to roots), ErrCertExpired (a certificate of the
-// chain is outside its validity) or ErrBadCertificate (anything else).
+// chain is outside its validity) or ErrBadCertificate (anything else; with
+// ErrUnsupportedKey for a key of the wrong type or size).
+//
+// Anyone can send a chain, so everything that costs nothing is checked
+// before any signature: the number and size of the certificates, that
+// they parse, that the leaf's key is a device key (P-256 or Ed25519: it
+// is the key the device certificate will certify) and that every
+// intermediate's key is one checkChainKey accepts. Only then is the chain
+// built, and a client's intermediates are at most maxChain-1 certificates
+// of bounded keys.
 //
 // The leaf's extended key usage may be anything: the certificate is used
 // only to prove which device is enrolling, never for TLS. Possession of
@@ -81,11 +99,13 @@ func VerifyManufacturerChain(chain [][]byte, roots *x509.CertPool, now time.Time
 	if len(chain) == 0 || len(chain) > maxChain {
 		return nil, fmt.Errorf("manufacturer certificate: %w: %d certificates, want 1 to %d (leaf first)", ErrBadCertificate, len(chain), maxChain)
 	}
-	certs := make([]*x509.Certificate, len(chain))
 	for i, der := range chain {
 		if len(der) > maxCertDER {
 			return nil, fmt.Errorf("manufacturer certificate %d: %w: %d bytes, limit %d", i, ErrBadCertificate, len(der), maxCertDER)
 		}
+	}
+	certs := make([]*x509.Certificate, len(chain))
+	for i, der := range chain {
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return nil, fmt.Errorf("manufacturer certificate %d: %w: %w", i, ErrBadCertificate, err)
@@ -95,6 +115,14 @@ func VerifyManufacturerChain(chain [][]byte, roots *x509.CertPool, now time.Time
 	leaf := certs[0]
 	if leaf.IsCA {
 		return nil, fmt.Errorf("manufacturer certificate: %w: the leaf %q is a ca certificate", ErrBadCertificate, leaf.Subject)
+	}
+	if err := checkDeviceKey(leaf.PublicKey); err != nil {
+		return nil, fmt.Errorf("manufacturer certificate: %w: the leaf's key: %w", ErrBadCertificate, err)
+	}
+	for i, c := range certs[1:] {
+		if err := checkChainKey(c.PublicKey); err != nil {
+			return nil, fmt.Errorf("manufacturer certificate %d: %w: %w", i+1, ErrBadCertificate, err)
+		}
 	}
 	if err := verifyChain(certs, roots, now, x509.ExtKeyUsageAny); err != nil {
 		var ua x509.UnknownAuthorityError
@@ -127,9 +155,12 @@ func VerifyManufacturerChain(chain [][]byte, roots *x509.CertPool, now time.Time
 	return id, nil
 }
 
-// CheckCSRKey checks that a CSR is well formed, signed by the key it
-// carries, and that this key is pub: then whoever made the CSR holds
-// pub's private key. Errors wrap ErrBadCSR or ErrKeyMismatch.
+// CheckCSRKey checks that a CSR is well formed, that its key is pub and
+// an accepted device key, and that it is signed by that key: then whoever
+// made the CSR holds pub's private key. The signature is checked last, so
+// a CSR that could not be accepted costs no signature verification.
+// Errors wrap ErrBadCSR (with ErrUnsupportedKey for a key of the wrong
+// type) or ErrKeyMismatch.
 func CheckCSRKey(csrDER []byte, pub crypto.PublicKey) error {
 	if len(csrDER) > maxCSR {
 		return fmt.Errorf("%w: %d bytes, limit %d", ErrBadCSR, len(csrDER), maxCSR)
@@ -138,11 +169,35 @@ func CheckCSRKey(csrDER []byte, pub crypto.PublicKey) error {
 	if err != nil {
 		return fmt.Errorf("%w: %w", ErrBadCSR, err)
 	}
+	if !publicKeysEqual(pub, csr.PublicKey) {
+		return fmt.Errorf("%w: the csr's key is not the certificate's", ErrKeyMismatch)
+	}
+	if err := checkDeviceKey(csr.PublicKey); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadCSR, err)
+	}
 	if err := csr.CheckSignature(); err != nil {
 		return fmt.Errorf("%w: signature: %w", ErrBadCSR, err)
 	}
-	if !publicKeysEqual(pub, csr.PublicKey) {
-		return fmt.Errorf("%w: the csr's key is not the certificate's", ErrKeyMismatch)
+	return nil
+}
+
+// checkChainKey bounds the keys of certificates a client sends as
+// intermediates: RSA of 2048 to 4096 bits, ECDSA on P-256 or P-384, or
+// Ed25519. Each costs well under a millisecond to verify a signature with.
+// Errors wrap ErrUnsupportedKey.
+func checkChainKey(pub crypto.PublicKey) error {
+	switch k := pub.(type) {
+	case *rsa.PublicKey:
+		if n := k.N.BitLen(); n < minRSABits || n > maxRSABits {
+			return fmt.Errorf("%w: rsa key of %d bits, want %d to %d", ErrUnsupportedKey, n, minRSABits, maxRSABits)
+		}
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return fmt.Errorf("%w: ecdsa key on curve %s, want P-256 or P-384", ErrUnsupportedKey, k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	default:
+		return fmt.Errorf("%w: public key type %T", ErrUnsupportedKey, pub)
 	}
 	return nil
 }

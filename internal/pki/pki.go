@@ -32,6 +32,7 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -73,6 +74,12 @@ var (
 	// ErrBadPEM: PEM input is missing, of the wrong type or has trailing
 	// data.
 	ErrBadPEM = errors.New("bad pem")
+	// ErrUnsupportedKey: a public key is of a type or size this package
+	// does not accept where it was found (a device key that is not P-256
+	// or Ed25519, a manufacturer chain key outside the bounds of
+	// checkChainKey). It is wrapped together with ErrBadCSR or
+	// ErrBadCertificate.
+	ErrUnsupportedKey = errors.New("unsupported public key")
 )
 
 const (
@@ -237,32 +244,60 @@ func (ca *CA) IssueServer(hosts []string, validity time.Duration) (certPEM, keyP
 	return CertPEM(der), keyPEM, nil
 }
 
-// IssueDevice issues a client certificate for deviceID from a CSR.
-//
-// The CSR only proves possession of the device's key (its signature is
-// checked) and supplies the public key, which must be ECDSA P-256 or
-// Ed25519. Everything else it asks for (subject, SANs, extensions such as
-// basic constraints) is ignored: the identity comes from the server, which
-// knows it from the enrollment token, and the certificate carries exactly
-// CN = deviceID, one URI SAN DeviceURI(deviceID) and ExtKeyUsageClientAuth.
-// It returns the certificate (DER) and its serial number, which the server
-// records so it can revoke this certificate.
+// IssueDevice issues a client certificate for deviceID from a CSR: it is
+// ParseDeviceCSR followed by IssueDeviceKey.
 func (ca *CA) IssueDevice(csrDER []byte, deviceID string, validity time.Duration) (certDER []byte, serial *big.Int, err error) {
 	if err := ValidateDeviceID(deviceID); err != nil {
 		return nil, nil, fmt.Errorf("issue device certificate: %w", err)
 	}
+	csr, err := ParseDeviceCSR(csrDER)
+	if err != nil {
+		return nil, nil, fmt.Errorf("issue device certificate: %w", err)
+	}
+	return ca.IssueDeviceKey(csr.PublicKey, deviceID, validity)
+}
+
+// ParseDeviceCSR checks an enrollment CSR, cheapest check first: its size,
+// its DER, the type and size of its key (ECDSA P-256 or Ed25519), and only
+// then its signature. The order matters because the endpoint is open to
+// anyone who holds a token: verifying the signature of a CSR that carries
+// a 60,000-bit RSA key costs about 0.1 s of CPU, while refusing the key
+// type costs nothing. Errors wrap ErrBadCSR, and ErrUnsupportedKey for a
+// key of the wrong type or size.
+//
+// The CSR only proves possession of the device's key and supplies the
+// public key; what it asks for (subject, SANs, extensions) is ignored by
+// IssueDeviceKey.
+func ParseDeviceCSR(csrDER []byte) (*x509.CertificateRequest, error) {
 	if len(csrDER) > maxCSR {
-		return nil, nil, fmt.Errorf("issue device certificate: %w: %d bytes, limit %d", ErrBadCSR, len(csrDER), maxCSR)
+		return nil, fmt.Errorf("%w: %d bytes, limit %d", ErrBadCSR, len(csrDER), maxCSR)
 	}
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
-		return nil, nil, fmt.Errorf("issue device certificate: %w: %w", ErrBadCSR, err)
-	}
-	if err := csr.CheckSignature(); err != nil {
-		return nil, nil, fmt.Errorf("issue device certificate: %w: signature: %w", ErrBadCSR, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadCSR, err)
 	}
 	if err := checkDeviceKey(csr.PublicKey); err != nil {
-		return nil, nil, fmt.Errorf("issue device certificate: %w: %w", ErrBadCSR, err)
+		return nil, fmt.Errorf("%w: %w", ErrBadCSR, err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("%w: signature: %w", ErrBadCSR, err)
+	}
+	return csr, nil
+}
+
+// IssueDeviceKey issues a client certificate for deviceID certifying pub,
+// which must be ECDSA P-256 or Ed25519 and whose possession the caller has
+// established (ParseDeviceCSR). The certificate carries exactly CN =
+// deviceID, one URI SAN DeviceURI(deviceID) and ExtKeyUsageClientAuth: the
+// identity comes from the server, which knows it from the enrollment
+// credential. It returns the certificate (DER) and its serial number, which
+// the server records so it can revoke this certificate.
+func (ca *CA) IssueDeviceKey(pub crypto.PublicKey, deviceID string, validity time.Duration) (certDER []byte, serial *big.Int, err error) {
+	if err := ValidateDeviceID(deviceID); err != nil {
+		return nil, nil, fmt.Errorf("issue device certificate: %w", err)
+	}
+	if err := checkDeviceKey(pub); err != nil {
+		return nil, nil, fmt.Errorf("issue device certificate: %w", err)
 	}
 	// Ed25519 keys only sign; ECDSA keys in TLS 1.3 only sign too, so
 	// DigitalSignature is the only key usage a device needs.
@@ -272,7 +307,7 @@ func (ca *CA) IssueDevice(csrDER []byte, deviceID string, validity time.Duration
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 	}
-	der, err := ca.issue(tmpl, csr.PublicKey, validity)
+	der, err := ca.issue(tmpl, pub, validity)
 	if err != nil {
 		return nil, nil, fmt.Errorf("issue device certificate: %w", err)
 	}
@@ -343,21 +378,25 @@ func GenerateDeviceKey() (*ecdsa.PrivateKey, error) {
 
 // checkDeviceKey accepts only ECDSA P-256 and Ed25519 public keys: both
 // are strong at small sizes, fast on embedded CPUs and supported by TLS
-// 1.3, and accepting nothing else keeps weak RSA keys out of the fleet.
+// 1.3, and accepting nothing else keeps weak RSA keys out of the fleet,
+// and expensive ones out of the server's signature checks. Errors wrap
+// ErrUnsupportedKey.
 func checkDeviceKey(pub crypto.PublicKey) error {
 	switch k := pub.(type) {
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() {
-			return fmt.Errorf("ecdsa key on curve %s, want P-256", k.Curve.Params().Name)
+			return fmt.Errorf("%w: ecdsa key on curve %s, want P-256", ErrUnsupportedKey, k.Curve.Params().Name)
 		}
 		return nil
 	case ed25519.PublicKey:
 		if len(k) != ed25519.PublicKeySize {
-			return errors.New("malformed ed25519 key")
+			return fmt.Errorf("%w: malformed ed25519 key", ErrUnsupportedKey)
 		}
 		return nil
+	case *rsa.PublicKey:
+		return fmt.Errorf("%w: rsa key of %d bits, want ecdsa P-256 or ed25519", ErrUnsupportedKey, k.N.BitLen())
 	default:
-		return fmt.Errorf("public key type %T, want ecdsa P-256 or ed25519", pub)
+		return fmt.Errorf("%w: public key type %T, want ecdsa P-256 or ed25519", ErrUnsupportedKey, pub)
 	}
 }
 

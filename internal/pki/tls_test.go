@@ -505,7 +505,7 @@ func TestServerTLSConfigArguments(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.MinVersion != tls.VersionTLS13 || cfg.ClientAuth != tls.VerifyClientCertIfGiven || cfg.VerifyConnection == nil {
+	if cfg.MinVersion != tls.VersionTLS13 || cfg.ClientAuth != tls.RequestClientCert || cfg.VerifyConnection == nil {
 		t.Errorf("config: min %x, client auth %v", cfg.MinVersion, cfg.ClientAuth)
 	}
 }

@@ -180,8 +180,9 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request) (string, bool) {
 	return id, true
 }
 
-// certSerial is the serial (lowercase hex) of a request's verified client
-// certificate; DeviceFromRequest has checked that there is one.
+// certSerial is the serial (lowercase hex) of a request's client
+// certificate; DeviceFromRequest has checked that there is one and that
+// the listener verified it.
 func certSerial(r *http.Request) string {
-	return r.TLS.VerifiedChains[0][0].SerialNumber.Text(16)
+	return r.TLS.PeerCertificates[0].SerialNumber.Text(16)
 }
