@@ -79,10 +79,19 @@ type Device struct {
 	LastAnomaly string
 }
 
+// ReportHistory is how many of a device's latest accepted reports the
+// store keeps (RecordReport drops older ones; the counts per status and
+// the audit entries of state changes stay). It bounds what one device's
+// reports take, however many it sends.
+const ReportHistory = 32
+
 // Report is a device's status report.
 type Report struct {
 	Counter uint64
 	Status  string
+	// Reason is the report's reason code or text, already bounded by the
+	// caller.
+	Reason string
 	// Installed is set only when the device confirmed a boot of a new
 	// release; only then do Version and SecurityVersion change.
 	Installed       bool
@@ -115,8 +124,13 @@ type Devices interface {
 	// its reason; ErrNotFound for an unknown device.
 	RecordAnomaly(ctx context.Context, id, reason string, at time.Time) error
 	// RecordReport accepts a report only if its counter is above the
-	// stored one (ErrReplay otherwise) and the device is not revoked.
+	// stored one (ErrReplay otherwise) and the device is not revoked. It
+	// keeps the report among the device's latest ReportHistory and counts
+	// it under its status.
 	RecordReport(ctx context.Context, id string, r Report) error
+	// Reports returns a device's kept reports, newest first, and how many
+	// reports of each status it has sent.
+	Reports(ctx context.Context, id string) ([]Report, map[string]uint64, error)
 	CountDevices(ctx context.Context) (int, error)
 }
 
@@ -146,6 +160,10 @@ type Tokens interface {
 	// Exactly one of any number of concurrent callers succeeds; the
 	// others get ErrUsed. An expired token gives ErrExpired.
 	ConsumeEnrollToken(ctx context.Context, hash, deviceID string, now time.Time) (EnrollToken, error)
+	// EnrollToken returns the token with this secret hash without
+	// changing it (ErrNotFound when none): a read that lets a request
+	// without a valid token be refused before any write.
+	EnrollToken(ctx context.Context, hash string) (EnrollToken, error)
 	// CreateOperatorToken stores a new token. Names are unique for ever,
 	// revoked tokens included (ErrExists), so an audit entry's actor
 	// always names one token.
@@ -165,6 +183,17 @@ type Tokens interface {
 	RevokeOperatorToken(ctx context.Context, name string, at time.Time) error
 }
 
+// AuditAnchor is the last entry pruned from the audit log: the entry
+// after it names its hash, so the chain that remains is verified from it
+// (audit.Verify with an entry of this Seq and Hash). Seq 0 and
+// audit.Genesis when nothing was pruned.
+type AuditAnchor struct {
+	Seq  uint64
+	Hash string
+	// At is when the prefix was pruned.
+	At time.Time
+}
+
 // Audit stores the audit log.
 type Audit interface {
 	// AppendAudit chains e after the current last entry (see
@@ -172,6 +201,19 @@ type Audit interface {
 	AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, error)
 	// AuditEntries returns up to limit entries with Seq > after, in order.
 	AuditEntries(ctx context.Context, after uint64, limit int) ([]audit.Entry, error)
+	// AuditRaw calls fn with the stored JSON of up to limit entries with
+	// Seq > after, in order, and stops before the entry that would take
+	// the bytes passed past maxBytes (the first entry is always passed).
+	// fn must not keep raw. It returns how many entries it passed.
+	AuditRaw(ctx context.Context, after uint64, limit int, maxBytes int64, fn func(seq uint64, raw []byte) error) (int, error)
+	// AuditAnchor returns the anchor of the pruned prefix.
+	AuditAnchor(ctx context.Context) (AuditAnchor, error)
+	// PruneAudit removes the longest prefix of the log whose entries are
+	// all older than before, at most limit entries, records the last one
+	// removed as the anchor, and returns how many it removed and the
+	// anchor. The head entry is never removed, so the log never loses
+	// its chain's end.
+	PruneAudit(ctx context.Context, before time.Time, limit int) (int, AuditAnchor, error)
 }
 
 // LogEntry records where a release's statement sits in the transparency
@@ -204,6 +246,10 @@ type Releases interface {
 	// Chunk returns where the chunk with this hash is (ErrNotFound when
 	// no recorded release holds it).
 	Chunk(ctx context.Context, hash string) (ChunkRef, error)
+	// ChunkBlobs returns the distinct blobs that recorded chunks are in:
+	// the payloads of every release ever published, which chunk URLs
+	// keep serving.
+	ChunkBlobs(ctx context.Context) ([]string, error)
 	// PutPendingPush records the push in progress: what its writer needs
 	// to finish it if it is interrupted after its releases may have been
 	// logged (opaque to the store). There is at most one: ErrExists when

@@ -85,6 +85,20 @@ var migrations = []string{
 	ALTER TABLE devices ADD COLUMN last_anomaly TEXT NOT NULL DEFAULT '';
 	CREATE TABLE revoked_certs (serial TEXT PRIMARY KEY, device_id TEXT NOT NULL, revoked_at INTEGER NOT NULL);
 	CREATE TABLE pending_push (id INTEGER PRIMARY KEY CHECK (id = 1), data BLOB NOT NULL);`,
+	// Retention: the audit log is pruned by age (at, in ns; entries of
+	// older versions get the time their JSON records, or now if it does
+	// not parse, so nothing is pruned early) from its start, the last
+	// pruned entry kept as the anchor; a device's reports are kept as its
+	// latest ReportHistory and counts per status.
+	`ALTER TABLE audit ADD COLUMN at INTEGER NOT NULL DEFAULT 0;
+	UPDATE audit SET at = COALESCE(CAST(unixepoch(json_extract(entry, '$.time')) AS INTEGER), CAST(unixepoch() AS INTEGER)) * 1000000000;
+	CREATE TABLE audit_anchor (id INTEGER PRIMARY KEY CHECK (id = 1), seq INTEGER NOT NULL, hash TEXT NOT NULL, pruned_at INTEGER NOT NULL);
+	CREATE TABLE reports (
+		device_id TEXT NOT NULL, counter INTEGER NOT NULL, status TEXT NOT NULL, reason TEXT NOT NULL,
+		version TEXT NOT NULL, security_version INTEGER NOT NULL, at INTEGER NOT NULL,
+		PRIMARY KEY (device_id, counter)
+	) WITHOUT ROWID;
+	CREATE TABLE report_counts (device_id TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (device_id, status)) WITHOUT ROWID;`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -354,8 +368,10 @@ func (s *conn) RemoveDevice(ctx context.Context, id string, at time.Time) (store
 		if _, err := tx.q.ExecContext(ctx, `INSERT INTO revoked_certs (serial, device_id, revoked_at) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING`, d.CertSerial, id, ns(at)); err != nil {
 			return err
 		}
-		if _, err := tx.q.ExecContext(ctx, `DELETE FROM assignments WHERE device_id = ?`, id); err != nil {
-			return err
+		for _, q := range []string{`DELETE FROM assignments WHERE device_id = ?`, `DELETE FROM reports WHERE device_id = ?`, `DELETE FROM report_counts WHERE device_id = ?`} {
+			if _, err := tx.q.ExecContext(ctx, q, id); err != nil {
+				return err
+			}
 		}
 		_, err = tx.q.ExecContext(ctx, `DELETE FROM devices WHERE id = ?`, id)
 		return err
@@ -376,31 +392,85 @@ func (s *conn) RecordAnomaly(ctx context.Context, id, reason string, at time.Tim
 }
 
 // RecordReport implements store.Devices. The counter check and the update
-// are one statement, so two replicas cannot both accept the same counter.
+// are one statement, so two replicas cannot both accept the same counter;
+// the history and the counts change under a savepoint with it.
 func (s *conn) RecordReport(ctx context.Context, id string, r store.Report) error {
-	q := `UPDATE devices SET report_counter = ?, last_status = ?, last_seen = ?`
-	args := []any{r.Counter, r.Status, ns(r.At)}
-	if r.Installed {
-		q += `, version = ?, security_version = ?`
-		args = append(args, r.Version, r.SecurityVersion)
-	}
-	q += ` WHERE id = ? AND report_counter < ? AND revoked_at = 0`
-	args = append(args, id, r.Counter)
-	res, err := s.q.ExecContext(ctx, q, args...)
-	if err != nil {
+	return s.atomic(ctx, func(tx *conn) error {
+		q := `UPDATE devices SET report_counter = ?, last_status = ?, last_seen = ?`
+		args := []any{r.Counter, r.Status, ns(r.At)}
+		if r.Installed {
+			q += `, version = ?, security_version = ?`
+			args = append(args, r.Version, r.SecurityVersion)
+		}
+		q += ` WHERE id = ? AND report_counter < ? AND revoked_at = 0`
+		args = append(args, id, r.Counter)
+		res, err := tx.q.ExecContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n != 1 {
+			d, err := tx.Device(ctx, id)
+			if err != nil {
+				return err
+			}
+			if !d.RevokedAt.IsZero() {
+				return fmt.Errorf("device %s: %w", id, store.ErrRevoked)
+			}
+			return fmt.Errorf("device %s: report counter %d is not above %d: %w", id, r.Counter, d.ReportCounter, store.ErrReplay)
+		}
+		if _, err := tx.q.ExecContext(ctx, `INSERT INTO reports (device_id, counter, status, reason, version, security_version, at) VALUES (?, ?, ?, ?, ?, ?, ?)`,
+			id, r.Counter, r.Status, r.Reason, r.Version, r.SecurityVersion, ns(r.At)); err != nil {
+			return err
+		}
+		if _, err := tx.q.ExecContext(ctx, `DELETE FROM reports WHERE device_id = ? AND counter <= (
+			SELECT counter FROM reports WHERE device_id = ? ORDER BY counter DESC LIMIT 1 OFFSET ?)`, id, id, store.ReportHistory); err != nil {
+			return err
+		}
+		_, err = tx.q.ExecContext(ctx, `INSERT INTO report_counts (device_id, status, n) VALUES (?, ?, 1)
+			ON CONFLICT (device_id, status) DO UPDATE SET n = n + 1`, id, r.Status)
 		return err
+	})
+}
+
+// Reports implements store.Devices.
+func (s *conn) Reports(ctx context.Context, id string) ([]store.Report, map[string]uint64, error) {
+	if _, err := s.Device(ctx, id); err != nil {
+		return nil, nil, err
 	}
-	if n, _ := res.RowsAffected(); n == 1 {
-		return nil
-	}
-	d, err := s.Device(ctx, id)
+	rows, err := s.q.QueryContext(ctx, `SELECT counter, status, reason, version, security_version, at FROM reports WHERE device_id = ? ORDER BY counter DESC`, id)
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	if !d.RevokedAt.IsZero() {
-		return fmt.Errorf("device %s: %w", id, store.ErrRevoked)
+	var out []store.Report
+	for rows.Next() {
+		var r store.Report
+		var at int64
+		if err := rows.Scan(&r.Counter, &r.Status, &r.Reason, &r.Version, &r.SecurityVersion, &at); err != nil {
+			rows.Close()
+			return nil, nil, err
+		}
+		r.At, r.Installed = tm(at), r.Status == "installed"
+		out = append(out, r)
 	}
-	return fmt.Errorf("device %s: report counter %d is not above %d: %w", id, r.Counter, d.ReportCounter, store.ErrReplay)
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	counts := map[string]uint64{}
+	rows, err = s.q.QueryContext(ctx, `SELECT status, n FROM report_counts WHERE device_id = ?`, id)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var n uint64
+		if err := rows.Scan(&st, &n); err != nil {
+			return nil, nil, err
+		}
+		counts[st] = n
+	}
+	return out, counts, rows.Err()
 }
 
 // CreateEnrollToken implements store.Tokens.
@@ -437,6 +507,18 @@ func (s *conn) ConsumeEnrollToken(ctx context.Context, hash, deviceID string, no
 		return t, fmt.Errorf("enrollment token: %w", store.ErrUsed)
 	}
 	return t, fmt.Errorf("enrollment token expired at %s: %w", t.Expires.Format(time.RFC3339), store.ErrExpired)
+}
+
+// EnrollToken implements store.Tokens.
+func (s *conn) EnrollToken(ctx context.Context, hash string) (store.EnrollToken, error) {
+	var t store.EnrollToken
+	var expires, used int64
+	err := s.q.QueryRowContext(ctx, `SELECT hash, hardware_id, expires, used_at, used_by FROM enroll_tokens WHERE hash = ?`, hash).Scan(&t.Hash, &t.HardwareID, &expires, &used, &t.UsedBy)
+	if errors.Is(err, sql.ErrNoRows) {
+		return t, fmt.Errorf("enrollment token: %w", store.ErrNotFound)
+	}
+	t.Expires, t.UsedAt = tm(expires), tm(used)
+	return t, err
 }
 
 // CreateOperatorToken implements store.Tokens.
@@ -547,6 +629,16 @@ func (s *conn) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, err
 			prev = &p
 		case !errors.Is(err, sql.ErrNoRows):
 			return err
+		default:
+			// Pruned to nothing is impossible (the head stays), but an
+			// anchor without entries would still be where to chain.
+			a, err := tx.AuditAnchor(ctx)
+			if err != nil {
+				return err
+			}
+			if a.Seq > 0 {
+				prev = &audit.Entry{Seq: a.Seq, Hash: a.Hash}
+			}
 		}
 		n, err := audit.Append(prev, e)
 		if err != nil {
@@ -556,7 +648,7 @@ func (s *conn) AppendAudit(ctx context.Context, e audit.Entry) (audit.Entry, err
 		if err != nil {
 			return err
 		}
-		if _, err := tx.q.ExecContext(ctx, `INSERT INTO audit (seq, hash, entry) VALUES (?, ?, ?)`, n.Seq, n.Hash, string(b)); err != nil {
+		if _, err := tx.q.ExecContext(ctx, `INSERT INTO audit (seq, hash, entry, at) VALUES (?, ?, ?, ?)`, n.Seq, n.Hash, string(b), ns(n.Time)); err != nil {
 			return err
 		}
 		out = n
@@ -585,6 +677,95 @@ func (s *conn) AuditEntries(ctx context.Context, after uint64, limit int) ([]aud
 		out = append(out, e)
 	}
 	return out, rows.Err()
+}
+
+// AuditRaw implements store.Audit.
+func (s *conn) AuditRaw(ctx context.Context, after uint64, limit int, maxBytes int64, fn func(seq uint64, raw []byte) error) (int, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT seq, entry FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`, after, limit)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	n := 0
+	var total int64
+	for rows.Next() {
+		var seq uint64
+		var raw sql.RawBytes
+		if err := rows.Scan(&seq, &raw); err != nil {
+			return n, err
+		}
+		if n > 0 && total+int64(len(raw)) > maxBytes {
+			break
+		}
+		if err := fn(seq, raw); err != nil {
+			return n, err
+		}
+		n++
+		total += int64(len(raw))
+	}
+	return n, rows.Err()
+}
+
+// AuditAnchor implements store.Audit.
+func (s *conn) AuditAnchor(ctx context.Context) (store.AuditAnchor, error) {
+	a := store.AuditAnchor{Hash: audit.Genesis}
+	var at int64
+	err := s.q.QueryRowContext(ctx, `SELECT seq, hash, pruned_at FROM audit_anchor WHERE id = 1`).Scan(&a.Seq, &a.Hash, &at)
+	if errors.Is(err, sql.ErrNoRows) {
+		return a, nil
+	}
+	a.At = tm(at)
+	return a, err
+}
+
+// PruneAudit implements store.Audit.
+func (s *conn) PruneAudit(ctx context.Context, before time.Time, limit int) (int, store.AuditAnchor, error) {
+	var n int
+	var a store.AuditAnchor
+	err := s.atomic(ctx, func(tx *conn) error {
+		// The prefix ends before the first entry that is not old enough,
+		// and before the head.
+		var head uint64
+		if err := tx.q.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) FROM audit`).Scan(&head); err != nil {
+			return err
+		}
+		rows, err := tx.q.QueryContext(ctx, `SELECT seq, hash, at FROM audit ORDER BY seq LIMIT ?`, limit)
+		if err != nil {
+			return err
+		}
+		var last uint64
+		var lastHash string
+		for rows.Next() {
+			var seq uint64
+			var hash string
+			var at int64
+			if err := rows.Scan(&seq, &hash, &at); err != nil {
+				rows.Close()
+				return err
+			}
+			if seq >= head || at >= ns(before) {
+				break
+			}
+			last, lastHash = seq, hash
+			n++
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if n == 0 {
+			a, err = tx.AuditAnchor(ctx)
+			return err
+		}
+		if _, err := tx.q.ExecContext(ctx, `DELETE FROM audit WHERE seq <= ?`, last); err != nil {
+			return err
+		}
+		a = store.AuditAnchor{Seq: last, Hash: lastHash, At: time.Now().UTC()}
+		_, err = tx.q.ExecContext(ctx, `INSERT INTO audit_anchor (id, seq, hash, pruned_at) VALUES (1, ?, ?, ?)
+			ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, pruned_at = excluded.pruned_at`, a.Seq, a.Hash, ns(a.At))
+		return err
+	})
+	return n, a, err
 }
 
 // PutLogEntry implements store.Releases.
@@ -628,6 +809,24 @@ func (s *conn) Chunk(ctx context.Context, hash string) (store.ChunkRef, error) {
 		return c, fmt.Errorf("chunk %s: %w", hash, store.ErrNotFound)
 	}
 	return c, err
+}
+
+// ChunkBlobs implements store.Releases.
+func (s *conn) ChunkBlobs(ctx context.Context) ([]string, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT DISTINCT blob FROM chunks`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var b string
+		if err := rows.Scan(&b); err != nil {
+			return nil, err
+		}
+		out = append(out, b)
+	}
+	return out, rows.Err()
 }
 
 // PutPendingPush implements store.Releases.

@@ -167,3 +167,26 @@ func exec(t *testing.T, db *DB, q string) {
 		t.Fatal(err)
 	}
 }
+
+// The retention migration dates entries written before it from their
+// JSON, nanoseconds and all, and an undatable one as now (never pruned
+// early).
+func TestAuditTimeBackfill(t *testing.T) {
+	db, err := Open(filepath.Join(t.TempDir(), "rampart.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var got, bad int64
+	err = db.db.QueryRow(`SELECT COALESCE(CAST(unixepoch(json_extract('{"time":"2026-11-25T12:00:00.123456789Z"}', '$.time')) AS INTEGER), 0),
+		COALESCE(CAST(unixepoch(json_extract('{"time":"garbage"}', '$.time')) AS INTEGER), CAST(unixepoch() AS INTEGER))`).Scan(&got, &bad)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC).Unix(); got != want {
+		t.Fatalf("dated %d, want %d", got, want)
+	}
+	if d := time.Since(time.Unix(bad, 0)); d < 0 || d > time.Minute {
+		t.Fatalf("an undatable entry got %s", time.Unix(bad, 0))
+	}
+}

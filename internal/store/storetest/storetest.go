@@ -596,4 +596,117 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatal(err)
 		}
 	})
+	t.Run("ReportHistoryIsBounded", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
+		for i := 1; i <= 3*store.ReportHistory; i++ {
+			st := []string{"downloading", "failed"}[i%2]
+			if err := s.RecordReport(ctx, "d", store.Report{Counter: uint64(i), Status: st, Reason: fmt.Sprint("r", i), At: now}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		is(t, s.RecordReport(ctx, "d", store.Report{Counter: 2, Status: "failed", At: now}), store.ErrReplay)
+		rs, counts, err := s.Reports(ctx, "d")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rs) != store.ReportHistory || rs[0].Counter != 3*store.ReportHistory || rs[0].Reason != fmt.Sprint("r", 3*store.ReportHistory) {
+			t.Fatalf("%d reports kept, newest %+v", len(rs), rs[0])
+		}
+		if counts["downloading"] != uint64(3*store.ReportHistory/2) || counts["failed"] != uint64(3*store.ReportHistory/2) || len(counts) != 2 {
+			t.Fatalf("counts %v", counts)
+		}
+		if _, err := s.RemoveDevice(ctx, "d", now); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err = s.Reports(ctx, "d")
+		is(t, err, store.ErrNotFound)
+	})
+	t.Run("EnrollTokenReadOnly", func(t *testing.T) {
+		s := open(t)
+		_, err := s.EnrollToken(ctx, "h")
+		is(t, err, store.ErrNotFound)
+		s.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h", HardwareID: "hw", Expires: now.Add(time.Hour)})
+		tok, err := s.EnrollToken(ctx, "h")
+		if err != nil || tok.HardwareID != "hw" || !tok.UsedAt.IsZero() {
+			t.Fatalf("%+v %v", tok, err)
+		}
+		if _, err := s.ConsumeEnrollToken(ctx, "h", "d", now); err != nil {
+			t.Fatal(err)
+		}
+		if tok, _ := s.EnrollToken(ctx, "h"); tok.UsedAt.IsZero() || tok.UsedBy != "d" {
+			t.Fatalf("%+v", tok)
+		}
+	})
+	t.Run("AuditPruneKeepsTheChainVerifiable", func(t *testing.T) {
+		s := open(t)
+		for i := range 10 {
+			at := now.Add(time.Duration(i) * time.Hour)
+			if _, err := s.AppendAudit(ctx, audit.Entry{Time: at, Actor: "admin", Action: "x", Outcome: "ok"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		all, _ := s.AuditEntries(ctx, 0, 100)
+		a, err := s.AuditAnchor(ctx)
+		if err != nil || a.Seq != 0 || a.Hash != audit.Genesis {
+			t.Fatalf("anchor before pruning: %+v %v", a, err)
+		}
+		// Entries 1-4 are older than now+4h; at most 3 at a time.
+		n, a, err := s.PruneAudit(ctx, now.Add(4*time.Hour), 3)
+		if err != nil || n != 3 || a.Seq != 3 || a.Hash != all[2].Hash {
+			t.Fatalf("pruned %d, anchor %+v, %v", n, a, err)
+		}
+		n, a, err = s.PruneAudit(ctx, now.Add(4*time.Hour), 3)
+		if err != nil || n != 1 || a.Seq != 4 || a.Hash != all[3].Hash {
+			t.Fatalf("pruned %d, anchor %+v, %v", n, a, err)
+		}
+		if n, _, _ := s.PruneAudit(ctx, now.Add(4*time.Hour), 3); n != 0 {
+			t.Fatalf("pruned %d more", n)
+		}
+		rest, _ := s.AuditEntries(ctx, 0, 100)
+		if len(rest) != 6 || rest[0].Seq != 5 {
+			t.Fatalf("%d entries left, first %d", len(rest), rest[0].Seq)
+		}
+		if err := audit.Verify(&audit.Entry{Seq: a.Seq, Hash: a.Hash}, rest); err != nil {
+			t.Fatal(err)
+		}
+		// Everything is old: the head stays, and appends still chain.
+		if n, _, _ := s.PruneAudit(ctx, now.Add(100*time.Hour), 100); n != 5 {
+			t.Fatalf("pruned %d of 6", n)
+		}
+		if _, err := s.AppendAudit(ctx, audit.Entry{Time: now, Actor: "admin", Action: "y", Outcome: "ok"}); err != nil {
+			t.Fatal(err)
+		}
+		a, _ = s.AuditAnchor(ctx)
+		rest, _ = s.AuditEntries(ctx, 0, 100)
+		if a.Seq != 9 || len(rest) != 2 || audit.Verify(&audit.Entry{Seq: a.Seq, Hash: a.Hash}, rest) != nil {
+			t.Fatalf("anchor %+v, %d entries", a, len(rest))
+		}
+	})
+	t.Run("AuditRawIsBoundedByBytes", func(t *testing.T) {
+		s := open(t)
+		for range 10 {
+			s.AppendAudit(ctx, audit.Entry{Time: now, Actor: "admin", Action: "x", Outcome: "ok", Detail: map[string]string{"pad": strings.Repeat("p", 1000)}})
+		}
+		var sizes []int
+		n, err := s.AuditRaw(ctx, 0, 100, 4000, func(seq uint64, raw []byte) error { sizes = append(sizes, len(raw)); return nil })
+		if err != nil || n != 3 || len(sizes) != 3 {
+			t.Fatalf("%d entries (%v), %v; want 3 within 4000 bytes", n, sizes, err)
+		}
+		// One entry always passes, so a page always moves forward.
+		if n, _ := s.AuditRaw(ctx, 9, 100, 1, func(uint64, []byte) error { return nil }); n != 1 {
+			t.Fatalf("%d entries past a tiny bound", n)
+		}
+		if n, _ := s.AuditRaw(ctx, 0, 4, 1<<20, func(uint64, []byte) error { return nil }); n != 4 {
+			t.Fatalf("%d entries with limit 4", n)
+		}
+	})
+	t.Run("ChunkBlobs", func(t *testing.T) {
+		s := open(t)
+		s.PutChunks(ctx, []store.ChunkRef{{Hash: "c1", Blob: "b1", Length: 1}, {Hash: "c2", Blob: "b1", Offset: 1, Length: 1}, {Hash: "c3", Blob: "b2", Length: 1}})
+		bs, err := s.ChunkBlobs(ctx)
+		if err != nil || fmt.Sprint(bs) != "[b1 b2]" && fmt.Sprint(bs) != "[b2 b1]" {
+			t.Fatalf("%v %v", bs, err)
+		}
+	})
 }
