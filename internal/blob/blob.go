@@ -28,7 +28,32 @@ var (
 	ErrMismatch = errors.New("blob content does not match its digest or length")
 	// ErrInvalidDigest means a digest is not 64 lower-case hex digits.
 	ErrInvalidDigest = errors.New("invalid blob digest")
+	// ErrInsufficientStorage means a Put was refused before reading any
+	// of its content because storing it would pass the store's quota or
+	// leave the disk less free space than its reserve; *StorageError
+	// says which.
+	ErrInsufficientStorage = errors.New("insufficient storage for the blob")
 )
+
+// StorageError is a Put refused for lack of room.
+type StorageError struct {
+	// Length is the blob's length.
+	Length int64
+	// Quota and Used (bytes stored and being uploaded) when the quota
+	// refused it; Quota 0 otherwise.
+	Quota, Used int64
+	// Free and Reserve when the disk's free space refused it.
+	Free, Reserve int64
+}
+
+func (e *StorageError) Error() string {
+	if e.Quota > 0 {
+		return fmt.Sprintf("the blob store holds %d bytes of its %d-byte quota (uploads in progress included); a %d-byte blob does not fit: remove unreferenced blobs or raise blob_quota", e.Used, e.Quota, e.Length)
+	}
+	return fmt.Sprintf("the disk has %d bytes free, and the server keeps %d free for reports and the audit log; a %d-byte blob does not fit: free disk space or lower disk_reserve", e.Free, e.Reserve, e.Length)
+}
+
+func (e *StorageError) Unwrap() error { return ErrInsufficientStorage }
 
 // Store is a content-addressed blob store. Implementations are safe for
 // concurrent use.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
@@ -20,16 +21,137 @@ import (
 // hex digits of their digest. A blob is written to a temporary file, hashed
 // on the way, fsynced, and renamed into place only when it matches, so a
 // crash or a bad upload never leaves a partial blob under a real name.
+//
+// It bounds what uploads may take (Limits): a Put is refused with
+// ErrInsufficientStorage before any of its content is read when the
+// blobs stored and being uploaded would pass the quota, or when the file
+// system would be left with less free space than the reserve, so that
+// the database and the logs on the same disk keep room for what the
+// server must still write when uploads are refused.
 type FS struct {
 	dir string
+	lim Limits
+
+	mu       sync.Mutex
+	used     int64 // bytes of stored blobs
+	count    int64
+	inflight int64 // lengths of Puts in progress
 }
 
-// NewFS returns a Store rooted at dir, creating it if needed.
-func NewFS(dir string) (*FS, error) {
+// Limits bound an FS.
+type Limits struct {
+	// Quota is the most bytes the blobs may take; 0 for no quota.
+	Quota int64
+	// Reserve is the free space (bytes) an upload must leave on the file
+	// system; 0 for none.
+	Reserve int64
+}
+
+// NewFS returns a Store rooted at dir, creating it if needed, with no
+// limits.
+func NewFS(dir string) (*FS, error) { return NewLimitedFS(dir, Limits{}) }
+
+// NewLimitedFS returns a Store rooted at dir with limits. It adds up the
+// blobs already stored (one directory walk).
+func NewLimitedFS(dir string, lim Limits) (*FS, error) {
+	if lim.Quota < 0 || lim.Reserve < 0 {
+		return nil, fmt.Errorf("blob store limits: negative quota %d or reserve %d", lim.Quota, lim.Reserve)
+	}
 	if err := os.MkdirAll(filepath.Join(dir, "tmp"), 0o755); err != nil {
 		return nil, err
 	}
-	return &FS{dir: dir}, nil
+	s := &FS{dir: dir, lim: lim}
+	err := s.Walk(context.Background(), func(b Info) error {
+		s.used += b.Size
+		s.count++
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Info describes a stored blob.
+type Info struct {
+	Digest string
+	Size   int64
+	// ModTime is when it was last stored (a Put of an existing blob
+	// stores it again).
+	ModTime time.Time
+}
+
+// Walk calls fn for every stored blob, in no particular order.
+func (s *FS) Walk(ctx context.Context, fn func(Info) error) error {
+	fans, err := os.ReadDir(s.dir)
+	if err != nil {
+		return err
+	}
+	for _, fan := range fans {
+		if !fan.IsDir() || len(fan.Name()) != 2 {
+			continue
+		}
+		es, err := os.ReadDir(filepath.Join(s.dir, fan.Name()))
+		if err != nil {
+			return err
+		}
+		for _, e := range es {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if CheckDigest(e.Name()) != nil || !strings.HasPrefix(e.Name(), fan.Name()) {
+				continue
+			}
+			fi, err := e.Info()
+			if errors.Is(err, fs.ErrNotExist) {
+				continue // deleted meanwhile
+			} else if err != nil {
+				return err
+			}
+			if err := fn(Info{Digest: e.Name(), Size: fi.Size(), ModTime: fi.ModTime()}); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Usage returns the bytes and the number of blobs stored.
+func (s *FS) Usage() (bytes, blobs int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.used, s.count
+}
+
+// Limits returns the limits in force.
+func (s *FS) Limits() Limits { return s.lim }
+
+// reserve claims room for an upload of length bytes of blob digest, or
+// says why there is none. release gives it back. Storing a blob again
+// replaces it, so its current size does not count against the quota.
+func (s *FS) reserve(digest string, length int64) error {
+	var replaced int64
+	if fi, err := os.Stat(s.path(digest)); err == nil {
+		replaced = fi.Size()
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if q := s.lim.Quota; q > 0 && s.used-replaced+s.inflight+length > q {
+		return &StorageError{Length: length, Quota: q, Used: s.used + s.inflight}
+	}
+	if s.lim.Reserve > 0 {
+		if free, ok := freeSpace(s.dir); ok && free-s.inflight-length < s.lim.Reserve {
+			return &StorageError{Length: length, Free: max(0, free-s.inflight), Reserve: s.lim.Reserve}
+		}
+	}
+	s.inflight += length
+	return nil
+}
+
+func (s *FS) release(length int64) {
+	s.mu.Lock()
+	s.inflight -= length
+	s.mu.Unlock()
 }
 
 func (s *FS) path(d string) string { return filepath.Join(s.dir, d[:2], d) }
@@ -41,6 +163,10 @@ func (s *FS) Put(ctx context.Context, digest string, length int64, r io.Reader) 
 	if length < 0 {
 		return fmt.Errorf("%w: negative length %d", ErrMismatch, length)
 	}
+	if err := s.reserve(digest, length); err != nil {
+		return fmt.Errorf("blob %s: %w", digest, err)
+	}
+	defer s.release(length)
 	tmp, err := os.CreateTemp(filepath.Join(s.dir, "tmp"), "put-*")
 	if err != nil {
 		return err
@@ -76,7 +202,21 @@ func (s *FS) Put(ctx context.Context, digest string, length int64, r io.Reader) 
 	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
 		return err
 	}
-	return atomicfile.Rename(tmp.Name(), dst)
+	// Under the lock, so that ExpireIfOlder never removes a blob that
+	// was stored again since it looked.
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old, statErr := os.Stat(dst)
+	if err := atomicfile.Rename(tmp.Name(), dst); err != nil {
+		return err
+	}
+	if statErr == nil {
+		s.used -= old.Size()
+		s.count--
+	}
+	s.used += length
+	s.count++
+	return nil
 }
 
 // CleanTemp removes the temporary files of uploads that never finished
@@ -153,13 +293,38 @@ func (s *FS) Stat(ctx context.Context, digest string) (int64, error) {
 }
 
 func (s *FS) Delete(ctx context.Context, digest string) error {
+	_, err := s.ExpireIfOlder(digest, time.Time{})
+	return err
+}
+
+// ExpireIfOlder removes a blob unless it was stored at or after before
+// (the zero time removes it whatever its age), and says whether it
+// removed it. A blob stored again while a caller decided to expire it is
+// kept.
+func (s *FS) ExpireIfOlder(digest string, before time.Time) (bool, error) {
 	if err := CheckDigest(digest); err != nil {
-		return err
+		return false, err
 	}
-	if err := os.Remove(s.path(digest)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return err
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fi, err := os.Stat(s.path(digest))
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	} else if err != nil {
+		return false, err
 	}
-	return nil
+	if !before.IsZero() && !fi.ModTime().Before(before) {
+		return false, nil
+	}
+	if err := os.Remove(s.path(digest)); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	s.used -= fi.Size()
+	s.count--
+	return true, nil
 }
 
 type fileReader struct {
