@@ -71,7 +71,7 @@ func (s *Server) requireRole(h http.HandlerFunc, roles ...string) http.HandlerFu
 		case errors.Is(err, store.ErrRevoked):
 			// Only the holder of the secret learns that it was revoked.
 			s.metrics.authFailures.Inc()
-			s.audit(r, "token:"+tok.Name, "authenticate", r.Method+" "+r.URL.Path, "refused", map[string]string{"code": "token-revoked"})
+			s.auditRefusal(r, "token:"+tok.Name, "authenticate", r.Method+" "+r.URL.Path, "refused", map[string]string{"code": "token-revoked"})
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart", error="invalid_token"`)
 			writeError(w, errorf(http.StatusUnauthorized, "token-revoked", "operator token %s was revoked at %s; ask an admin for a new one", tok.Name, tok.RevokedAt.Format(time.RFC3339)))
 			return
@@ -85,7 +85,7 @@ func (s *Server) requireRole(h http.HandlerFunc, roles ...string) http.HandlerFu
 			return
 		}
 		if tok.Role != RoleAdmin && !slices.Contains(roles, tok.Role) {
-			s.audit(r, "token:"+tok.Name, "authorize", r.Method+" "+r.URL.Path, "denied", map[string]string{"role": tok.Role})
+			s.auditRefusal(r, "token:"+tok.Name, "authorize", r.Method+" "+r.URL.Path, "denied", map[string]string{"role": tok.Role})
 			writeError(w, errorf(http.StatusForbidden, "forbidden", "role %s may not do this; it needs %s", tok.Role, strings.Join(append([]string{RoleAdmin}, roles...), " or ")))
 			return
 		}

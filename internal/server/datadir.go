@@ -436,7 +436,11 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	}
 	in := &Instance{Store: db, Log: lg}
 	fail := func(err error) (*Instance, error) { in.Close(); return nil, err }
-	blobs, err := blob.NewFS(filepath.Join(dir, "blobs"))
+	lim := DefaultBlobLimits(filepath.Join(dir, "blobs"))
+	if c.BlobLimits != nil {
+		lim = *c.BlobLimits
+	}
+	blobs, err := blob.NewLimitedFS(filepath.Join(dir, "blobs"), lim)
 	if err != nil {
 		return fail(err)
 	}

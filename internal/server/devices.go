@@ -2,13 +2,16 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"errors"
+	"fmt"
 	"math"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -99,8 +102,10 @@ type enrollment struct {
 	// client chose.
 	actor  string
 	detail map[string]string
-	// spend checks and consumes the credential inside the enrollment's
-	// transaction (a one-time token); nil when it was checked already.
+	// key is the device key to certify, once the CSR was checked.
+	key crypto.PublicKey
+	// spend consumes the credential inside the enrollment's transaction
+	// (a one-time token); nil when there is nothing to consume.
 	spend func(ctx context.Context, tx store.Tx) error
 }
 
@@ -110,17 +115,26 @@ type enrollment struct {
 // manufacturer CA whose subject names the device. The device record, the
 // spent token and the audit entry commit in one transaction.
 //
-// Anyone can call this endpoint, so what it records is bounded by
-// authentication: a refusal before the credential is accepted (malformed
-// request, bad, used or expired token, an unknown manufacturer CA, ...)
-// is counted in rampart_verification_refusals_total and logged at most
-// once per rateLogInterval, never audited, and the answer does not depend
-// on whether the device id exists. Only after the credential is accepted
+// Anyone can call this endpoint, so the cheapest checks come first and
+// nothing costly happens for a request whose credential is not good:
+// the request's syntax; then the credential (a token is looked up
+// without writing; a manufacturer chain is bounded in count, size and
+// key sizes before any signature is checked); then the CSR's key type
+// and size (ECDSA P-256 or Ed25519); then its signature; and only in the
+// transaction that spends the token, the signing of the certificate.
+//
+// What it records is bounded by authentication: a refusal before the
+// credential is accepted (malformed request, bad, used or expired token,
+// an unknown manufacturer CA, ...) is counted in
+// rampart_verification_refusals_total and logged at most once per
+// rateLogInterval, never audited, and the answer does not depend on
+// whether the device id exists. Only after the credential is accepted
 // does the server look at the device id (409 device-exists) and audit,
-// with the credential as the actor.
+// with the credential as the actor (within its budget of audited
+// refusals).
 func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	var req enrollRequest
-	if err := decodeJSON(w, r, 64<<10, &req); err != nil {
+	if err := decodeJSON(w, r, enrollBody, &req); err != nil {
 		s.refuseEnrollment(w, r, nil, "", toAPIError(err))
 		return
 	}
@@ -130,11 +144,6 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	if s.deviceCA == nil {
 		writeError(w, errorf(http.StatusServiceUnavailable, "no-device-ca", "this server has no device CA"))
-		return
-	}
-	// Check the CSR before spending a credential on it.
-	if _, _, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, time.Hour); err != nil {
-		s.refuseEnrollment(w, r, nil, "", errorf(http.StatusBadRequest, "bad-csr", "%v", err))
 		return
 	}
 	if req.Hardware != "" {
@@ -151,7 +160,20 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	case req.ManufacturerCertificates != nil:
 		en, bad = s.manufacturerEnrollment(req)
 	default:
-		en = s.tokenEnrollment(req)
+		en, bad = s.tokenEnrollment(r.Context(), req)
+	}
+	if bad == nil && en.key == nil {
+		// The credential is good: the CSR, its key's type before its
+		// signature.
+		csr, err := pki.ParseDeviceCSR(req.CSR)
+		switch {
+		case errors.Is(err, pki.ErrUnsupportedKey):
+			bad = errorf(http.StatusBadRequest, "unsupported-key", "%v", err)
+		case err != nil:
+			bad = errorf(http.StatusBadRequest, "bad-csr", "%v", err)
+		default:
+			en.key = csr.PublicKey
+		}
 	}
 	if bad != nil {
 		// en is set when the credential was accepted.
@@ -160,12 +182,12 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 	}
 	var cert []byte
 	var serial string
-	authenticated := en.spend == nil
+	authenticated := true
 	err := s.atomically(r, func(tx store.Tx) (event, error) {
 		if en.spend != nil {
-			err := en.spend(r.Context(), tx)
-			authenticated = en.actor != "" // the credential is good, even if refused for this device
-			if err != nil {
+			if err := en.spend(r.Context(), tx); err != nil {
+				// Spent by a concurrent enrollment since the lookup.
+				authenticated = false
 				return event{}, err
 			}
 		}
@@ -176,7 +198,7 @@ func (s *Server) handleEnroll(w http.ResponseWriter, r *http.Request) {
 		} else if !errors.Is(err, store.ErrNotFound) {
 			return event{}, err
 		}
-		der, sn, err := s.deviceCA.IssueDevice(req.CSR, req.DeviceID, deviceCertValidity)
+		der, sn, err := s.deviceCA.IssueDeviceKey(en.key, req.DeviceID, deviceCertValidity)
 		if err != nil {
 			return event{}, err
 		}
@@ -213,7 +235,7 @@ var enrollRefusalLog rateLog
 
 func (s *Server) refuseEnrollment(w http.ResponseWriter, r *http.Request, en *enrollment, id string, ae *apiError) {
 	s.metrics.refusals.WithLabelValues(ae.Code).Inc()
-	if en == nil {
+	if en == nil || en.actor == "" {
 		enrollRefusalLog.log(s.logger, "enrollment refused before authentication", "code", ae.Code,
 			"remote", r.RemoteAddr, "request_id", r.Header.Get("X-Request-Id"))
 		writeError(w, ae)
@@ -222,25 +244,14 @@ func (s *Server) refuseEnrollment(w http.ResponseWriter, r *http.Request, en *en
 	s.refuse(w, r, en.actor, "enroll", id, ae, nil)
 }
 
-// tokenEnrollment spends a one-time token; the token says the hardware id.
-// When the request names the device's hardware, a token made for other
-// hardware is refused (422 wrong-hardware) and, the transaction rolling
-// back, stays unspent, and the device id stays free.
-func (s *Server) tokenEnrollment(req enrollRequest) *enrollment {
-	en := &enrollment{detail: map[string]string{"method": "token"}}
-	en.spend = func(ctx context.Context, tx store.Tx) error {
-		hash := HashToken(req.Token)
-		tok, err := tx.ConsumeEnrollToken(ctx, hash, req.DeviceID, s.now())
-		if err == nil {
-			if req.Hardware != "" && req.Hardware != tok.HardwareID {
-				en.actor = "enroll-token:" + enrollTokenID(hash)
-				return errorf(http.StatusUnprocessableEntity, "wrong-hardware", "this enrollment token is for hardware %s, the device is %s; the token was not spent: use a token made for %s (rampart device token --hardware %s)",
-					tok.HardwareID, req.Hardware, req.Hardware, req.Hardware)
-			}
-			en.hardware, en.actor = tok.HardwareID, "enroll-token:"+enrollTokenID(hash)
-			en.detail["token_id"] = enrollTokenID(hash)
-			return nil
-		}
+// tokenEnrollment checks a one-time token without spending it (a read:
+// a flood of wrong tokens costs no write), and returns the enrollment
+// that spends it in the enrollment's transaction, where the token is
+// checked again. The token says the hardware id. When the request names
+// the device's hardware, a token made for other hardware is refused (422
+// wrong-hardware) and stays unspent, and the device id stays free.
+func (s *Server) tokenEnrollment(ctx context.Context, req enrollRequest) (*enrollment, *apiError) {
+	refused := func(err error) *apiError {
 		code := "bad-token"
 		switch {
 		case errors.Is(err, store.ErrUsed):
@@ -248,11 +259,36 @@ func (s *Server) tokenEnrollment(req enrollRequest) *enrollment {
 		case errors.Is(err, store.ErrExpired):
 			code = "token-expired"
 		case !errors.Is(err, store.ErrNotFound):
-			return err
+			return toAPIError(err)
 		}
 		return errorf(http.StatusUnauthorized, code, "enrollment refused: %v", err)
 	}
-	return en
+	if !strings.HasPrefix(req.Token, tokenPrefix) {
+		return nil, refused(fmt.Errorf("enrollment token: %w", store.ErrNotFound))
+	}
+	hash := HashToken(req.Token)
+	tok, err := s.store.EnrollToken(ctx, hash)
+	switch {
+	case err != nil:
+		return nil, refused(err)
+	case !tok.UsedAt.IsZero():
+		return nil, refused(fmt.Errorf("enrollment token: %w", store.ErrUsed))
+	case !s.now().Before(tok.Expires):
+		return nil, refused(fmt.Errorf("enrollment token expired at %s: %w", tok.Expires.Format(time.RFC3339), store.ErrExpired))
+	}
+	en := &enrollment{actor: "enroll-token:" + enrollTokenID(hash), hardware: tok.HardwareID,
+		detail: map[string]string{"method": "token", "token_id": enrollTokenID(hash)}}
+	if req.Hardware != "" && req.Hardware != tok.HardwareID {
+		return en, errorf(http.StatusUnprocessableEntity, "wrong-hardware", "this enrollment token is for hardware %s, the device is %s; the token was not spent: use a token made for %s (rampart device token --hardware %s)",
+			tok.HardwareID, req.Hardware, req.Hardware, req.Hardware)
+	}
+	en.spend = func(ctx context.Context, tx store.Tx) error {
+		if _, err := tx.ConsumeEnrollToken(ctx, hash, req.DeviceID, s.now()); err != nil {
+			return refused(err)
+		}
+		return nil
+	}
+	return en, nil
 }
 
 // manufacturerEnrollment checks a manufacturer certificate chain: it must
@@ -260,7 +296,9 @@ func (s *Server) tokenEnrollment(req enrollRequest) *enrollment {
 // subject, and certify the key that signed the CSR (the CSR's signature is
 // the proof that the enrolling party holds the certificate's key, so a
 // copied certificate is worthless). The device certificate then certifies
-// that same key.
+// that same key. The chain is bounded before any signature is checked
+// (pki.VerifyManufacturerChain), and the CSR's key is compared with the
+// certificate's before its signature is.
 func (s *Server) manufacturerEnrollment(req enrollRequest) (*enrollment, *apiError) {
 	if s.manufacturers == nil {
 		return nil, errorf(http.StatusForbidden, "no-manufacturer-ca", "this server accepts no manufacturer certificates (rampart-server serve --manufacturer-ca); enroll with a token")
@@ -282,7 +320,7 @@ func (s *Server) manufacturerEnrollment(req enrollRequest) (*enrollment, *apiErr
 	}
 	// The credential is good from here on: a refusal names it (the
 	// enrollment is returned with the refusal).
-	en := &enrollment{actor: "manufacturer-cert:" + id.Leaf.SerialNumber.Text(16), detail: map[string]string{
+	en := &enrollment{actor: "manufacturer-cert:" + id.Leaf.SerialNumber.Text(16), key: id.Leaf.PublicKey, detail: map[string]string{
 		"method":              "manufacturer-ca",
 		"manufacturer_issuer": id.Leaf.Issuer.String(),
 		"manufacturer_serial": id.Leaf.SerialNumber.Text(16),
@@ -319,9 +357,12 @@ type reportRequest struct {
 // 2^63-1 exists).
 const maxCounterStep = 1 << 20
 
-// maxReasonBytes bounds a report's free-text reason, which the audit log
-// keeps.
-const maxReasonBytes = 1024
+// maxReasonBytes bounds a report's free-text reason; maxStoredReason is
+// how much of it the report history and the audit log keep.
+const (
+	maxReasonBytes  = 1024
+	maxStoredReason = 256
+)
 
 func checkReport(req reportRequest) *apiError {
 	switch {
@@ -334,7 +375,7 @@ func checkReport(req reportRequest) *apiError {
 	case (req.Status == "failed" || req.Status == "rolled-back" || req.Status == "verification-refused") && req.Reason == "":
 		return errorf(http.StatusBadRequest, "no-reason", "status %s needs a reason code", req.Status)
 	case req.Status == "verification-refused" && !slices.Contains(verify.Classes, verify.Class(req.Reason)):
-		// The reason becomes a metric label: only the known classes.
+		// Counted by class: only the known classes.
 		return errorf(http.StatusBadRequest, "bad-reason", "reason %q is not a refusal class (%v)", termsafe.Bounded(req.Reason, 64), verify.Classes)
 	case len(req.Reason) > maxReasonBytes:
 		return errorf(http.StatusBadRequest, "bad-reason", "reason is %d bytes, more than %d", len(req.Reason), maxReasonBytes)
@@ -347,19 +388,47 @@ func checkReport(req reportRequest) *apiError {
 	return nil
 }
 
+// truncateUTF8 cuts s to at most n bytes, at a character boundary.
+func truncateUTF8(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
+}
+
 // handleReport records a device's status. The device is who its
 // certificate says; the counter must grow, so replays are refused, but by
 // at most maxCounterStep. A report of "installed" must name a release the
 // server published for the device's hardware, with that release's security
 // version: otherwise it is refused (422) and counted as an anomaly of the
 // device, since a device cannot have installed what does not exist.
+//
+// What one device's reports cost is bounded: they are rate limited per
+// device (Limits.ReportBurst, Limits.ReportEvery; 429 beyond), checked
+// before the body is read; the store keeps the device's latest
+// store.ReportHistory reports (reason truncated to maxStoredReason bytes)
+// and counts per status; and only a report that changes the device's
+// state (its status, or the release it runs) is audited. Refused reports
+// (replays, counter jumps) are counted, and audited within the device's
+// budget of audited refusals.
 func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 	id, ok := s.device(w, r)
 	if !ok {
 		return
 	}
+	if ok, wait := s.reportBudget.allow(id); !ok {
+		s.metrics.refusals.WithLabelValues("rate-limited").Inc()
+		secs := max(1, int64(math.Ceil(wait.Seconds())))
+		w.Header().Set("Retry-After", strconv.FormatInt(secs, 10))
+		writeError(w, errorf(http.StatusTooManyRequests, "rate-limited", "device %s sent more than %d reports, then one every %s; send this one again in %d s",
+			id, s.limits.ReportBurst, s.limits.ReportEvery, secs))
+		return
+	}
 	var req reportRequest
-	if err := decodeJSON(w, r, 16<<10, &req); err != nil {
+	if err := decodeJSON(w, r, reportBody, &req); err != nil {
 		writeError(w, toAPIError(err))
 		return
 	}
@@ -393,27 +462,40 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	reason := truncateUTF8(req.Reason, maxStoredReason)
 	detail := map[string]string{"status": req.Status, "counter": counter}
-	if req.Reason != "" {
-		detail["reason"] = req.Reason
+	if reason != "" {
+		detail["reason"] = reason
 	}
 	if req.Version != "" {
 		detail["version"] = req.Version
 	}
-	err = s.atomically(r, func(tx store.Tx) (event, error) {
+	err = s.store.Atomic(r.Context(), func(tx store.Tx) error {
 		// The counter is checked again in the report's transaction: no
 		// other writer moves it meanwhile.
 		d, err := tx.Device(r.Context(), id)
 		if err != nil {
-			return event{}, err
+			return err
 		}
 		if bad := checkCounter(d, req.Counter); bad != nil {
-			return event{}, bad
+			return bad
 		}
-		return event{"device:" + id, "report", id, "ok", detail}, tx.RecordReport(r.Context(), id, store.Report{
-			Counter: uint64(req.Counter), Status: req.Status, Installed: req.Status == "installed",
+		err = tx.RecordReport(r.Context(), id, store.Report{
+			Counter: uint64(req.Counter), Status: req.Status, Reason: reason, Installed: req.Status == "installed",
 			Version: req.Version, SecurityVersion: uint64(req.SecurityVersion), At: s.now(),
 		})
+		if err != nil {
+			return err
+		}
+		changed := d.LastStatus != req.Status ||
+			req.Status == "installed" && (d.Version != req.Version || d.SecurityVersion != uint64(req.SecurityVersion))
+		if !changed {
+			return nil
+		}
+		if _, err := tx.AppendAudit(r.Context(), s.entry(r, event{"device:" + id, "report", id, "ok", detail})); err != nil {
+			return wrapf(err, "audit entry of report %s", id)
+		}
+		return nil
 	})
 	var ae *apiError
 	switch {
@@ -517,10 +599,28 @@ func (s *Server) handleGetDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	a, _ := s.store.Assignment(r.Context(), d.ID)
+	reports, counts, err := s.store.Reports(r.Context(), d.ID)
+	if err != nil {
+		writeError(w, toAPIError(err))
+		return
+	}
+	type report struct {
+		Counter         uint64    `json:"counter"`
+		Status          string    `json:"status"`
+		Reason          string    `json:"reason,omitempty"`
+		Version         string    `json:"version,omitempty"`
+		SecurityVersion uint64    `json:"security_version,omitempty"`
+		At              time.Time `json:"at"`
+	}
+	latest := make([]report, len(reports))
+	for i, rp := range reports {
+		latest[i] = report{rp.Counter, rp.Status, rp.Reason, rp.Version, rp.SecurityVersion, rp.At}
+	}
 	writeJSON(w, http.StatusOK, map[string]any{
 		"id": d.ID, "hardware": d.HardwareID, "enrolled_at": d.EnrolledAt, "revoked": !d.RevokedAt.IsZero(),
 		"version": d.Version, "security_version": d.SecurityVersion, "last_status": d.LastStatus, "last_seen": d.LastSeen,
 		"assigned": a.Target, "anomalies": d.Anomalies, "last_anomaly": d.LastAnomaly,
+		"reports": latest, "report_counts": counts,
 	})
 }
 

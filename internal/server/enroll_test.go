@@ -78,7 +78,7 @@ func TestEnrollmentRefusalsBeforeAuthentication(t *testing.T) {
 		}
 		t.Fatalf("%d audit entries from refused enrollments", len(after)-len(before))
 	}
-	b = e.mustCall(e.pool, "GET", "/metrics", "", nil, 200)
+	b = e.mustCall(e.pool, "GET", "/metrics", e.admin, nil, 200)
 	for _, m := range []string{`rampart_verification_refusals_total{reason="bad-token"} 52`, `rampart_verification_refusals_total{reason="token-used"} 2`, `rampart_verification_refusals_total{reason="bad-device-id"} 1`, `rampart_verification_refusals_total{reason="bad-json"} 1`} {
 		if !bytes.Contains(b, []byte(m)) {
 			t.Errorf("metrics lack %s:\n%s", m, grepLines(b, "reason="))
@@ -128,7 +128,7 @@ func TestEnrollmentChecksHardwareBeforeSpending(t *testing.T) {
 		t.Fatalf("enroll without hardware: %d %s", code, b)
 	}
 	code, b = e.send(e.pool, "POST", "/api/v1/enroll", "", `{"token":"rmp_x","device_id":"gw-4","csr":"","hardware":"bad hw"}`)
-	refused(t, code, b, 400, "bad-csr")
+	refused(t, code, b, 400, "bad-hardware")
 	// The refusal after the token was accepted is audited, naming the token.
 	var seen bool
 	for _, a := range e.audit() {

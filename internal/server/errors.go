@@ -48,6 +48,15 @@ func toAPIError(err error) *apiError {
 		return &apiError{Status: status, Code: string(ie.Code), Message: ie.Msg, Role: ie.Role}
 	case errors.As(err, &mbe):
 		return errorf(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds %d bytes", mbe.Limit)
+	case errors.Is(err, blob.ErrInsufficientStorage):
+		// The quota or the disk reserve: refused before the upload was
+		// read, so that reports and the audit log keep their room.
+		var se *blob.StorageError
+		msg := err.Error()
+		if errors.As(err, &se) {
+			msg = se.Error()
+		}
+		return errorf(http.StatusInsufficientStorage, "insufficient-storage", "upload refused: %s", msg)
 	case errors.Is(err, blob.ErrMismatch):
 		return errorf(http.StatusUnprocessableEntity, "blob-mismatch", "%v", err)
 	case errors.Is(err, blob.ErrInvalidDigest):

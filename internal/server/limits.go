@@ -54,6 +54,12 @@ type Limits struct {
 	MinRate int64
 	// MaxUnauthenticated bounds concurrent requests without credentials.
 	MaxUnauthenticated int
+	// ReportBurst and ReportEvery bound each device's reports: a burst
+	// of ReportBurst, then one every ReportEvery; beyond that a report
+	// is refused with 429 rate-limited and Retry-After, which the agent
+	// keeps in its outbox for its next check-in.
+	ReportBurst int
+	ReportEvery time.Duration
 }
 
 // DefaultLimits are the limits of a server configured with none:
@@ -61,13 +67,15 @@ type Limits struct {
 // the log); MinRate 1 KiB/s (a stall is cut, a slow cellular link is
 // not); MaxUnauthenticated a quarter of the process's open-file limit,
 // between 16 and 1024 (256 when the limit is unknown), which leaves most
-// descriptors to everything else.
+// descriptors to everything else; 30 reports a device at once, then one
+// a minute (an update takes four or five).
 func DefaultLimits() Limits {
 	n := 256
 	if fds := openFileLimit(); fds > 0 {
 		n = min(max(fds/4, 16), 1024)
 	}
-	return Limits{BodyTimeout: 30 * time.Second, ResponseTimeout: 2 * time.Minute, MinRate: 1 << 10, MaxUnauthenticated: n}
+	return Limits{BodyTimeout: 30 * time.Second, ResponseTimeout: 2 * time.Minute, MinRate: 1 << 10, MaxUnauthenticated: n,
+		ReportBurst: 30, ReportEvery: time.Minute}
 }
 
 func (l Limits) withDefaults() Limits {
@@ -83,6 +91,12 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.MaxUnauthenticated <= 0 {
 		l.MaxUnauthenticated = d.MaxUnauthenticated
+	}
+	if l.ReportBurst <= 0 {
+		l.ReportBurst = d.ReportBurst
+	}
+	if l.ReportEvery <= 0 {
+		l.ReportEvery = d.ReportEvery
 	}
 	return l
 }

@@ -316,7 +316,7 @@ func TestStalledBodyIsCut(t *testing.T) {
 }
 
 func (e *liveEnv) metrics() string {
-	resp, b := e.do(e.client(nil, false), "GET", "/metrics", "", nil)
+	resp, b := e.do(e.client(nil, false), "GET", "/metrics", e.admin, nil)
 	if resp.StatusCode != 200 {
 		e.t.Fatalf("metrics: %d", resp.StatusCode)
 	}
@@ -578,7 +578,8 @@ func TestUnauthenticatedBudget(t *testing.T) {
 		resp, b = e.do(anon, "GET", "/repo/timestamp.json", "", nil)
 		wantAPIError(t, resp, b, 503, "busy")
 		for _, p := range []string{"/healthz", "/readyz", "/metrics"} {
-			if resp, b := e.do(anon, "GET", p, "", nil); resp.StatusCode != 200 {
+			tok := map[bool]string{true: e.admin}[p == "/metrics"]
+			if resp, b := e.do(anon, "GET", p, tok, nil); resp.StatusCode != 200 {
 				t.Fatalf("%s: %d %s", p, resp.StatusCode, b)
 			}
 		}

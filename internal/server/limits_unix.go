@@ -13,3 +13,12 @@ func openFileLimit() int {
 	}
 	return int(rl.Cur)
 }
+
+// fsSize is the size of the file system holding dir.
+func fsSize(dir string) (int64, bool) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, false
+	}
+	return int64(st.Blocks) * int64(st.Bsize), true
+}

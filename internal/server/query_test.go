@@ -15,7 +15,6 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
-	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
@@ -92,7 +91,7 @@ func TestEvery500IsLoggedWithItsRequestID(t *testing.T) {
 // cause on purpose, standing in for any handler's.
 type panicStore struct{ store.Store }
 
-func (panicStore) AuditEntries(context.Context, uint64, int) ([]audit.Entry, error) {
+func (panicStore) AuditRaw(context.Context, uint64, int, int64, func(uint64, []byte) error) (int, error) {
 	panic("injected bug")
 }
 

@@ -16,7 +16,7 @@ import (
 // the store.
 func (e *tlsEnv) gateLookups() int {
 	e.t.Helper()
-	b := e.mustCall(e.pool, "GET", "/metrics", "", nil, 200)
+	b := e.mustCall(e.pool, "GET", "/metrics", e.admin, nil, 200)
 	m := regexp.MustCompile(`(?m)^rampart_device_gate_store_lookups_total (\d+)$`).FindSubmatch(b)
 	if m == nil {
 		e.t.Fatalf("no gate lookup metric:\n%s", b)

@@ -24,7 +24,6 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -84,6 +83,13 @@ type Config struct {
 	// Limits bound slow clients and requests without credentials; zero
 	// fields take DefaultLimits.
 	Limits Limits
+	// Retention bounds how long the audit log and unreferenced blobs are
+	// kept; zero fields take DefaultRetention.
+	Retention Retention
+	// BlobLimits bound the blob store OpenDataDir opens (quota, disk
+	// reserve); see DefaultBlobLimits. Ignored by New, which takes its
+	// blob store ready-made.
+	BlobLimits *blob.Limits
 	// DataDir, when set, is probed for writability by /readyz.
 	DataDir string
 	Logger  *slog.Logger
@@ -120,6 +126,14 @@ type Server struct {
 	// anonymous counts requests in flight without credentials.
 	anonymous *budget
 	ready     *readiness
+	retention Retention
+	// reportBudget bounds each device's reports (Limits.ReportBurst,
+	// Limits.ReportEvery); auditBudget bounds the refusals of each
+	// authenticated actor that are audited one by one.
+	reportBudget *keyedLimiter
+	auditBudget  *keyedLimiter
+	// lastBlobSweep is when ExpireBlobs last ran from Run.
+	lastBlobSweep time.Time
 }
 
 // New returns a Server.
@@ -138,8 +152,10 @@ func New(c Config) (*Server, error) {
 	}
 	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
 		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys,
-		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}}
+		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
+	s.reportBudget = newKeyedLimiter(s.limits.ReportBurst, s.limits.ReportEvery, maxTrackedIdentities)
+	s.auditBudget = newKeyedLimiter(auditedRefusalBurst, auditedRefusalEvery, maxTrackedIdentities)
 	s.gate = newDeviceGate(c.Store, s.metrics.gateLookups)
 	if err := s.gate.load(context.Background()); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
@@ -159,6 +175,11 @@ func New(c Config) (*Server, error) {
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rampart_http_unauthenticated_in_flight", Help: "Requests without credentials being served (see Limits.MaxUnauthenticated).",
 	}, func() float64 { return float64(s.anonymous.n.Load()) }))
+	if u, ok := s.blobs.(interface{ Usage() (int64, int64) }); ok {
+		s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "rampart_blob_bytes", Help: "Bytes of stored blobs.",
+		}, func() float64 { b, _ := u.Usage(); return float64(b) }))
+	}
 	return s, nil
 }
 
@@ -187,6 +208,7 @@ func (s *Server) Handler() http.Handler {
 	handle("POST /api/v1/tokens/{name}/role", small, s.requireRole(s.handleSetTokenRole))
 	handle("POST /api/v1/tokens/{name}/revoke", small, s.requireRole(s.handleRevokeToken))
 	handle("GET /api/v1/audit", noBody, s.requireRole(s.handleAudit, RoleAuditor))
+	handle("GET /api/v1/audit/anchor", noBody, s.requireRole(s.handleAuditAnchor, RoleAuditor))
 	handle("GET /api/v1/log/proof/{target...}", public, s.handleLogProof)
 	handle("GET /api/v1/log/consistency", public, s.handleLogConsistency)
 	handle("POST /api/v1/devices/tokens", small, s.requireRole(s.handleEnrollToken, RoleOperator))
@@ -210,8 +232,20 @@ func (s *Server) Handler() http.Handler {
 	// credentials is spent, which is when they matter.
 	handle("GET /healthz", noBody, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 	handle("GET /readyz", noBody, s.handleReady)
-	handle("GET /metrics", noBody, s.metrics.handler().ServeHTTP)
+	// Metrics need an operator token of any role here; a scraper without
+	// one reads MetricsHandler on a listener of its own (metrics_listen).
+	handle("GET /metrics", noBody, s.requireRole(s.metrics.handler().ServeHTTP, RoleReleaseManager, RoleOperator, RoleAuditor))
 	return requestID(s.guard(s.metrics.instrument(refuseUnsafePaths(routerErrors(mux)))))
+}
+
+// MetricsHandler serves the metrics without credentials, for a listener
+// of their own that only the monitoring system can reach (metrics_listen
+// in rampart-server's configuration). No label holds client input, so
+// what it serves grows with routes and refusal codes, not with traffic.
+func (s *Server) MetricsHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.metrics.handler())
+	return mux
 }
 
 // requestID gives every request an id (the client's X-Request-Id when it
@@ -274,12 +308,43 @@ func (s *Server) audit(r *http.Request, actor, action, subject, outcome string, 
 }
 
 // refuse answers a refused request with ae and audits the refusal on its
-// own, with ae's code and any further detail.
+// own, with ae's code and any further detail, within the actor's budget
+// of audited refusals (auditRefusal).
 func (s *Server) refuse(w http.ResponseWriter, r *http.Request, actor, action, subject string, ae *apiError, detail map[string]string) {
 	d := map[string]string{"code": ae.Code}
 	maps.Copy(d, detail)
-	s.audit(r, actor, action, subject, "refused", d)
+	s.auditRefusal(r, actor, action, subject, "refused", d)
 	writeError(w, ae)
+}
+
+// Budget of refusals audited one by one per authenticated actor (a
+// device, an operator token, an enrollment credential): a burst, then
+// one a minute. Beyond it a refusal is counted
+// (rampart_audit_refusals_suppressed_total) and logged at a bounded rate,
+// so a client with credentials cannot grow the audit log by repeating a
+// request the server refuses. Actions that change state are always
+// audited: they are bounded by what they change.
+const (
+	auditedRefusalBurst = 20
+	auditedRefusalEvery = time.Minute
+	// maxTrackedIdentities bounds the per-identity rate limiters'
+	// memory (about 100 bytes an identity).
+	maxTrackedIdentities = 100000
+)
+
+// auditSuppressedLog limits the log lines of refusals not audited.
+var auditSuppressedLog rateLog
+
+// auditRefusal audits a refusal or denial of an authenticated actor
+// within its budget.
+func (s *Server) auditRefusal(r *http.Request, actor, action, subject, outcome string, detail map[string]string) {
+	if ok, _ := s.auditBudget.allow(actor); !ok {
+		s.metrics.auditSuppressed.Inc()
+		auditSuppressedLog.log(s.logger, "refusals over the actor's audit budget are counted, not audited", "actor", actor, "action", action,
+			"request_id", r.Header.Get("X-Request-Id"))
+		return
+	}
+	s.audit(r, actor, action, subject, outcome, detail)
 }
 
 // operatorAction runs an operator's action with its audit entry in one
@@ -302,7 +367,11 @@ func (s *Server) operatorAction(w http.ResponseWriter, r *http.Request, action, 
 // 500 whose detail goes to the server log only, with the request id the
 // client sees (guard logs it when the request ends).
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
-	writeError(w, toAPIError(err))
+	ae := toAPIError(err)
+	if ae.Status == http.StatusInsufficientStorage {
+		s.metrics.storageRefusals.Inc()
+	}
+	writeError(w, ae)
 }
 
 // refusal returns the API error of a refusal, or nil when err is not one
@@ -333,6 +402,7 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 			s.logger.Error("reloading revoked devices", "err", err)
 		}
 		s.cleanUploads()
+		s.enforceRetention(ctx)
 		select {
 		case <-ctx.Done():
 			return
@@ -366,12 +436,28 @@ func wrapf(err error, format string, args ...any) error {
 	return fmt.Errorf(format+": %w", append(args, err)...)
 }
 
-// Audit export pages.
-const maxAuditPage = 10000
+// Audit export pages: at most maxAuditPage entries and maxAuditPageBytes
+// bytes, whichever comes first (one entry always, so a page moves
+// forward). The page is read from the store in batches of auditBatch
+// entries or auditBatchBytes and written out between them, so a request
+// holds one batch in memory and no read transaction while the client
+// reads, however slowly.
+const (
+	maxAuditPage      = 10000
+	maxAuditPageBytes = 4 << 20
+	auditBatch        = 256
+	auditBatchBytes   = 256 << 10
+)
+
+var errPageFull = errors.New("page full")
 
 // handleAudit exports audit entries as JSON lines, after ?after=SEQ
-// (default 0), at most ?limit=N (1 to 10000, default 10000). Sequence
-// numbers are stored as SQLite integers, so after is at most 2^63-1.
+// (default 0), at most ?limit=N (1 to 10000, default 10000) entries and
+// maxAuditPageBytes bytes: a page shorter than asked is not the end of
+// the log; an empty one is. Sequence numbers are stored as SQLite
+// integers, so after is at most 2^63-1. Entries before the retention
+// anchor were pruned: asking for them is 410 audit-pruned, naming the
+// anchor to verify the rest from (GET /api/v1/audit/anchor).
 func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 	after, bad := parseQueryInt(r, "after", 0, math.MaxInt64, 0)
 	if bad != nil {
@@ -383,15 +469,78 @@ func (s *Server) handleAudit(w http.ResponseWriter, r *http.Request) {
 		writeError(w, bad)
 		return
 	}
-	es, err := s.store.AuditEntries(r.Context(), uint64(after), int(limit))
+	ctx := r.Context()
+	anchor, err := s.store.AuditAnchor(ctx)
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
+	if uint64(after) < anchor.Seq {
+		writeError(w, errorf(http.StatusGone, "audit-pruned", "audit entries through seq %d were removed by retention (%s); the log continues after seq %d, whose hash is %s (GET /api/v1/audit/anchor): ask for entries after it",
+			anchor.Seq, s.retention.auditText(), anchor.Seq, anchor.Hash))
+		return
+	}
 	w.Header().Set("Content-Type", "application/jsonl")
 	w.Header().Set("Cache-Control", "no-store")
-	enc := json.NewEncoder(w)
-	for _, e := range es {
-		enc.Encode(e)
+	var (
+		buf     []byte
+		written int64
+		count   int
+		next    = uint64(after)
+		full    bool
+	)
+	for !full && count < int(limit) {
+		buf = buf[:0]
+		n, err := s.store.AuditRaw(ctx, next, min(auditBatch, int(limit)-count), auditBatchBytes, func(seq uint64, raw []byte) error {
+			if written+int64(len(buf)+len(raw)+1) > maxAuditPageBytes && written+int64(len(buf)) > 0 {
+				return errPageFull
+			}
+			buf = append(append(buf, raw...), '\n')
+			next = seq
+			return nil
+		})
+		switch {
+		case errors.Is(err, errPageFull):
+			full = true
+		case err != nil:
+			if written == 0 {
+				s.fail(w, r, err)
+			} else {
+				// The answer has started: cut it, so the client sees a
+				// broken page rather than a short one.
+				s.logger.Error("audit export failed", "request_id", r.Header.Get("X-Request-Id"), "err", err)
+				panic(http.ErrAbortHandler)
+			}
+			return
+		}
+		if len(buf) > 0 {
+			if _, err := w.Write(buf); err != nil {
+				return
+			}
+			written += int64(len(buf))
+		}
+		count += n
+		if n == 0 {
+			break // the end of the log
+		}
 	}
+	if written == 0 {
+		w.WriteHeader(http.StatusOK)
+	}
+}
+
+// handleAuditAnchor answers where the retained audit log starts: the seq
+// and hash of the last entry pruned (0 and the genesis hash when none
+// was), which audit.Verify takes as the entry before the first one.
+func (s *Server) handleAuditAnchor(w http.ResponseWriter, r *http.Request) {
+	a, err := s.store.AuditAnchor(r.Context())
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	out := map[string]any{"seq": a.Seq, "hash": a.Hash, "retention": s.retention.auditText()}
+	if !a.At.IsZero() {
+		out["pruned_at"] = a.At
+	}
+	writeJSON(w, http.StatusOK, out)
 }

@@ -390,7 +390,7 @@ func TestAPIRefusals(t *testing.T) {
 	if resp, _ := e.do("GET", "/healthz", "", nil); resp.StatusCode != 200 {
 		t.Fatal("healthz")
 	}
-	resp, b = e.do("GET", "/metrics", "", nil)
+	resp, b = e.do("GET", "/metrics", e.admin, nil)
 	if resp.StatusCode != 200 || !strings.Contains(string(b), `rampart_http_requests_total{code="403",route="POST /api/v1/repo/push"} 2`) || !strings.Contains(string(b), "rampart_auth_failures_total 1") || !strings.Contains(string(b), "rampart_enrolled_devices 0") {
 		t.Fatalf("metrics:\n%s", b)
 	}

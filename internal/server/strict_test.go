@@ -177,7 +177,7 @@ func TestReportsAreCheckedAgainstTheServer(t *testing.T) {
 	if anomalies != 3 {
 		t.Fatalf("%d anomalies audited, want 3", anomalies)
 	}
-	b = e.mustCall(e.pool, "GET", "/metrics", "", nil, 200)
+	b = e.mustCall(e.pool, "GET", "/metrics", e.admin, nil, 200)
 	for _, m := range []string{`rampart_verification_refusals_total{reason="unknown-installed-release"} 2`, `rampart_verification_refusals_total{reason="wrong-security-version"} 1`, `rampart_verification_refusals_total{reason="counter-jump"} 2`} {
 		if !bytes.Contains(b, []byte(m)) {
 			t.Errorf("metrics lack %s", m)

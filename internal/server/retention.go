@@ -1,0 +1,205 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"strconv"
+	"time"
+
+	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/store"
+)
+
+// Retention bounds what the server keeps of what clients make it write.
+// (A device's reports are bounded by the store: its latest
+// store.ReportHistory and counts per status.)
+type Retention struct {
+	// Audit is how long audit entries are kept, counted from when they
+	// were written; negative keeps them for ever. The log is pruned from
+	// its start, and the last entry pruned is kept as its anchor, so
+	// that rampart audit verify still proves the chain from there (and
+	// a chained prune-audit entry records every pruning).
+	Audit time.Duration
+	// BlobGrace is how long a blob that no published release references
+	// is kept after it was uploaded: room for the push that will name
+	// it.
+	BlobGrace time.Duration
+}
+
+// DefaultRetention keeps the audit log a year and unreferenced blobs a
+// day.
+func DefaultRetention() Retention {
+	return Retention{Audit: 365 * 24 * time.Hour, BlobGrace: 24 * time.Hour}
+}
+
+func (r Retention) withDefaults() Retention {
+	d := DefaultRetention()
+	if r.Audit == 0 {
+		r.Audit = d.Audit
+	}
+	if r.BlobGrace <= 0 {
+		r.BlobGrace = d.BlobGrace
+	}
+	return r
+}
+
+// Retention returns the retention in force.
+func (s *Server) Retention() Retention { return s.retention }
+
+func (r Retention) auditText() string {
+	if r.Audit < 0 {
+		return "audit entries are kept for ever"
+	}
+	return "audit entries are kept " + r.Audit.String()
+}
+
+// DefaultBlobLimits are the blob store's limits when none are
+// configured: no quota, and a disk reserve of 1 GiB, or a twentieth of
+// the file system when that is less, so that the database and the logs
+// can still be written when uploads are refused.
+func DefaultBlobLimits(dir string) blob.Limits {
+	reserve := int64(1 << 30)
+	if size, ok := fsSize(dir); ok {
+		reserve = min(reserve, size/20)
+	}
+	return blob.Limits{Reserve: reserve}
+}
+
+// blobSweepEvery is the least time between two sweeps of the blob store
+// from Run: each lists every blob.
+const blobSweepEvery = 10 * time.Minute
+
+// pruneBatch is how many audit entries one transaction prunes.
+const pruneBatch = 10000
+
+// enforceRetention prunes the audit log and, at most every
+// blobSweepEvery, expires unreferenced blobs; Run calls it.
+func (s *Server) enforceRetention(ctx context.Context) {
+	if _, err := s.PruneAudit(ctx); err != nil && ctx.Err() == nil {
+		s.logger.Error("pruning the audit log", "err", err)
+	}
+	if time.Since(s.lastBlobSweep) < blobSweepEvery {
+		return
+	}
+	s.lastBlobSweep = time.Now()
+	if n, err := s.ExpireBlobs(ctx); err != nil && ctx.Err() == nil {
+		s.logger.Error("expiring unreferenced blobs", "err", err)
+	} else if n > 0 {
+		s.logger.Info("expired unreferenced blobs", "blobs", n, "grace", s.retention.BlobGrace.String())
+	}
+}
+
+// PruneAudit removes the audit entries older than the retention, in
+// batches, each in one transaction with a prune-audit entry that records
+// the new anchor (the seq and hash of the last entry removed) in the
+// chain. It returns how many it removed.
+func (s *Server) PruneAudit(ctx context.Context) (int, error) {
+	if s.retention.Audit < 0 {
+		return 0, nil
+	}
+	before := s.now().Add(-s.retention.Audit)
+	total := 0
+	for {
+		var n int
+		err := s.store.Atomic(ctx, func(tx store.Tx) error {
+			var a store.AuditAnchor
+			var err error
+			if n, a, err = tx.PruneAudit(ctx, before, pruneBatch); err != nil || n == 0 {
+				return err
+			}
+			_, err = tx.AppendAudit(ctx, audit.Entry{Time: s.now(), Actor: "server", Action: "prune-audit", Outcome: "ok", Detail: map[string]string{
+				"through_seq": strconv.FormatUint(a.Seq, 10), "through_hash": a.Hash, "entries": strconv.Itoa(n),
+				"retention": s.retention.Audit.String(),
+			}})
+			return err
+		})
+		if err != nil {
+			return total, err
+		}
+		total += n
+		s.metrics.auditPruned.Add(float64(n))
+		if n < pruneBatch {
+			return total, nil
+		}
+	}
+}
+
+// expiringStore is a blob store whose blobs can be listed and expired by
+// age (blob.FS).
+type expiringStore interface {
+	Walk(ctx context.Context, fn func(blob.Info) error) error
+	ExpireIfOlder(digest string, before time.Time) (bool, error)
+}
+
+// ExpireBlobs removes the blobs that no published release references and
+// that were uploaded more than the grace period ago, and returns how many
+// it removed. Referenced are the payloads of every release ever published
+// (chunk URLs keep serving them) and the payloads and chunk indexes of
+// the releases the current metadata names. It holds the push lock, so no
+// push of this process can name a blob while it decides, and waits for
+// a pending push to finish: it names blobs not recorded yet.
+func (s *Server) ExpireBlobs(ctx context.Context) (int, error) {
+	ex, ok := s.blobs.(expiringStore)
+	if !ok {
+		return 0, nil
+	}
+	s.pushMu.Lock()
+	defer s.pushMu.Unlock()
+	if _, err := s.store.PendingPush(ctx); err == nil {
+		return 0, nil
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return 0, err
+	}
+	refs := map[string]bool{}
+	chunkBlobs, err := s.store.ChunkBlobs(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, b := range chunkBlobs {
+		refs[b] = true
+	}
+	st, err := s.loadState(ctx)
+	if err != nil {
+		return 0, err
+	}
+	for _, raw := range st.Roles {
+		role, err := metadata.Targets().FromBytes(raw)
+		if err != nil {
+			return 0, err
+		}
+		for path, tf := range role.Signed.Targets {
+			refs[tf.Hashes["sha256"].String()] = true
+			if m, err := release.FromTarget(path, tf); err == nil {
+				refs[m.Index.SHA256] = true
+			}
+		}
+	}
+	// Files are dated by the clock of the machine, not by s.now.
+	cutoff := time.Now().Add(-s.retention.BlobGrace)
+	var expired []string
+	err = ex.Walk(ctx, func(b blob.Info) error {
+		if !refs[b.Digest] && b.ModTime.Before(cutoff) {
+			expired = append(expired, b.Digest)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range expired {
+		gone, err := ex.ExpireIfOlder(d, cutoff)
+		if err != nil {
+			return n, err
+		}
+		if gone {
+			n++
+			s.metrics.blobsExpired.Inc()
+		}
+	}
+	return n, nil
+}
