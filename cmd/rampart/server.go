@@ -151,7 +151,11 @@ Usage: rampart audit verify --server URL --ca FILE --token TOKEN [--head SEQ:HAS
 Downloads every audit entry and recomputes the hash chain; an edited,
 deleted or reordered entry is named and the command exits 1. Prints the
 head (sequence and hash): record it elsewhere and pass it back with --head
-later to detect a rewritten or truncated tail. Needs an auditor token.
+later to detect a rewritten or truncated tail. When the server's retention
+pruned the log's start, the chain is verified from the anchor it keeps
+(the last pruned entry's hash, recorded by a chained prune-audit entry);
+a --head older than the anchor cannot be checked and is refused. Needs an
+auditor token.
 
 Flags:
 ` + serverFlagsHelp + `    --head SEQ:HASH  a head recorded earlier, which must still be in the log
@@ -194,6 +198,9 @@ Example:
 			fmt.Fprintln(e.stdout, "verified 0 audit entries")
 			return nil
 		}
+		if first := last.Seq - uint64(n) + 1; first > 1 {
+			fmt.Fprintf(e.stdout, "entries before seq %d were pruned by the server's retention; the chain is verified from their anchor\n", first)
+		}
 		fmt.Fprintf(e.stdout, "verified %d audit entries; head %d:%s\n", n, last.Seq, last.Hash)
 		return nil
 	},
@@ -208,10 +215,26 @@ type auditHead struct {
 // verifyAuditLog fetches the audit log page by page and checks its hash
 // chain, each page after the previous page's last entry, and that head
 // (if not nil) is still in it. It holds one page at a time and returns
-// the number of entries and the last one.
+// the number of entries and the last one. When the server's retention
+// pruned the log's start, the chain is checked from the anchor (the last
+// pruned entry's seq and hash), which a chained prune-audit entry must
+// record, and a head recorded before the anchor can no longer be checked.
 func verifyAuditLog(ctx context.Context, c *client.Client, head *auditHead) (n int, last *audit.Entry, err error) {
-	headSeen := false
-	err = c.AuditPages(ctx, func(page []audit.Entry) error {
+	anchor, err := c.AuditAnchor(ctx)
+	if err != nil {
+		return 0, nil, err
+	}
+	if anchor.Seq > 0 {
+		last = &audit.Entry{Seq: anchor.Seq, Hash: anchor.Hash}
+	}
+	headSeen, anchorRecorded := false, anchor.Seq == 0
+	if head != nil && head.seq <= anchor.Seq {
+		if head.seq < anchor.Seq || head.hash != anchor.Hash {
+			return 0, nil, &auditRefusal{fmt.Errorf("%w: recorded head %d was pruned by the server's retention (the log is kept after seq %d); record heads more often than the retention", audit.ErrBroken, head.seq, anchor.Seq)}
+		}
+		headSeen = true
+	}
+	err = c.AuditPagesAfter(ctx, anchor.Seq, func(page []audit.Entry) error {
 		if err := audit.Verify(last, page); err != nil {
 			return &auditRefusal{pageIndex(err, n)}
 		}
@@ -219,6 +242,11 @@ func verifyAuditLog(ctx context.Context, c *client.Client, head *auditHead) (n i
 			headSeen = true
 			if err := audit.VerifyHead(page, head.seq, head.hash); err != nil {
 				return &auditRefusal{pageIndex(err, n)}
+			}
+		}
+		for _, e := range page {
+			if e.Action == "prune-audit" && e.Detail["through_seq"] == fmt.Sprint(anchor.Seq) && e.Detail["through_hash"] == anchor.Hash {
+				anchorRecorded = true
 			}
 		}
 		n += len(page)
@@ -231,6 +259,9 @@ func verifyAuditLog(ctx context.Context, c *client.Client, head *auditHead) (n i
 		// that do not follow one another (both exit 1), or a failure to
 		// fetch.
 		return 0, nil, err
+	}
+	if !anchorRecorded {
+		return 0, nil, &auditRefusal{fmt.Errorf("%w: the log starts after seq %d, but no prune-audit entry in it records that anchor (entries were deleted, not pruned)", audit.ErrBroken, anchor.Seq)}
 	}
 	if head != nil && !headSeen {
 		// The log is empty or ends before the head: VerifyHead says so.

@@ -583,19 +583,27 @@ func (c *Client) Audit(ctx context.Context) ([]audit.Entry, error) {
 }
 
 // AuditPages fetches the audit log page by page, from its first entry,
-// and calls fn with each page in order until a page is not full. Each
-// page is at most MaxAuditPage bytes and its entries must carry the
-// sequence numbers that follow the previous page's, one by one; otherwise
+// and calls fn with each page in order until a page is empty. Each page
+// is at most MaxAuditPage bytes and its entries must carry the sequence
+// numbers that follow the previous page's, one by one; otherwise
 // AuditPages stops with an error that wraps audit.ErrBroken. It checks
 // sequence numbers only: fn verifies the hash chain (audit.Verify with the
 // previous page's last entry). An error from fn stops it and is returned
-// as it is. Only the current page is held.
+// as it is. Only the current page is held. A log whose start was pruned
+// by the server's retention is read with AuditAnchor and
+// AuditPagesAfter.
 func (c *Client) AuditPages(ctx context.Context, fn func(page []audit.Entry) error) error {
+	return c.AuditPagesAfter(ctx, 0, fn)
+}
+
+// AuditPagesAfter is AuditPages from the entry after seq after. The
+// server bounds a page by bytes as well as by entries, so a page shorter
+// than asked is not the end: an empty one is.
+func (c *Client) AuditPagesAfter(ctx context.Context, after uint64, fn func(page []audit.Entry) error) error {
 	size := c.AuditPageSize
 	if size <= 0 || size > maxAuditPageSize {
 		size = maxAuditPageSize
 	}
-	var after uint64
 	for {
 		path := fmt.Sprintf("/api/v1/audit?after=%d&limit=%d", after, size)
 		b, err := c.do(ctx, call{method: "GET", path: path, length: -1, limit: MaxAuditPage, timeout: c.Timeout})
@@ -623,11 +631,30 @@ func (c *Client) AuditPages(ctx context.Context, fn func(page []audit.Entry) err
 		if err := fn(page); err != nil {
 			return err
 		}
-		if len(page) < size {
-			return nil
-		}
 		after = page[len(page)-1].Seq
 	}
+}
+
+// AuditAnchor is where a server's retained audit log starts: the seq and
+// hash of the last entry its retention pruned (0 and audit.Genesis when
+// none was). The first retained entry names this hash as its previous
+// one, so audit.Verify checks the rest from an entry with this Seq and
+// Hash.
+type AuditAnchor struct {
+	Seq  uint64 `json:"seq"`
+	Hash string `json:"hash"`
+}
+
+// AuditAnchor returns the server's audit anchor.
+func (c *Client) AuditAnchor(ctx context.Context) (AuditAnchor, error) {
+	var a AuditAnchor
+	if err := c.getJSON(ctx, "/api/v1/audit/anchor", MaxSmallAnswer, &a); err != nil {
+		return a, err
+	}
+	if len(a.Hash) != len(audit.Genesis) {
+		return a, &auditExportError{fmt.Sprintf("the audit anchor's hash %q is not a SHA-256", a.Hash)}
+	}
+	return a, nil
 }
 
 // auditExportError is an audit export whose sequence numbers do not

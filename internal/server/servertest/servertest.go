@@ -62,6 +62,9 @@ type Env struct {
 	ImageRoot                []byte
 	DirectorRoot             []byte
 	LogKey                   note.Verifier
+	// Server is the server behind TS, for what tests run that Run would
+	// (retention, refreshes).
+	Server *server.Server
 }
 
 // Option changes the server's configuration before it starts.
@@ -71,6 +74,16 @@ type Option func(*server.Config)
 // the CAs in pool.
 func WithManufacturerCAs(pool *x509.CertPool) Option {
 	return func(c *server.Config) { c.ManufacturerCAs = pool }
+}
+
+// WithRetention sets the server's retention.
+func WithRetention(r server.Retention) Option {
+	return func(c *server.Config) { c.Retention = r }
+}
+
+// WithLimits sets the server's limits.
+func WithLimits(l server.Limits) Option {
+	return func(c *server.Config) { c.Limits = l }
 }
 
 // New starts a server for the test and stops it at cleanup.
@@ -92,6 +105,7 @@ func New(t testing.TB, opts ...Option) *Env {
 		cancel()
 		t.Fatal(err)
 	}
+	e.Server = in.Server
 	e.TS = httptest.NewUnstartedServer(in.Server.Handler())
 	e.TS.TLS = in.TLS
 	e.TS.StartTLS()
