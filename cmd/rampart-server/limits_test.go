@@ -301,7 +301,7 @@ loop:
 				probeErrs = append(probeErrs, err.Error())
 			}
 		}
-		if m := regexp.MustCompile(`rampart_http_unauthenticated_in_flight (\d+)`).FindStringSubmatch(metricsText(hc, srv.addr)); m != nil {
+		if m := regexp.MustCompile(`rampart_http_unauthenticated_in_flight (\d+)`).FindStringSubmatch(metricsText(hc, srv.addr, admin)); m != nil {
 			var n int
 			fmt.Sscan(m[1], &n)
 			inFlight = max(inFlight, n)
@@ -329,7 +329,7 @@ loop:
 			longest = max(longest, r.closed.Sub(r.opened))
 		}
 	}
-	m := metricsText(hc, srv.addr)
+	m := metricsText(hc, srv.addr, admin)
 	t.Logf("%d stalled connections opened in %s (%d failed to open), server open-file limit %d", stalled-failedToOpen, floodSent.Round(time.Millisecond), failedToOpen, fdLimit)
 	t.Logf("held in handlers at once (peak sampled): %d; answers: %v", inFlight, statuses)
 	t.Logf("longest a stalled connection stayed open: %s", longest.Round(time.Millisecond))
@@ -364,8 +364,10 @@ func (d *tlsDialer) dial(addr string) (*tls.Conn, error) {
 	return tls.DialWithDialer(&net.Dialer{Timeout: 20 * time.Second}, "tcp", addr, pki.ClientTLSConfig(d.pool, nil))
 }
 
-func metricsText(hc *http.Client, addr string) string {
-	resp, err := hc.Get("https://" + addr + "/metrics")
+func metricsText(hc *http.Client, addr, token string) string {
+	req, _ := http.NewRequest("GET", "https://"+addr+"/metrics", nil)
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return ""
 	}

@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -25,6 +26,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
@@ -73,8 +75,15 @@ Flags:
                               "body_timeout" (default "30s"), "response_timeout"
                               ("2m"), "min_transfer_rate" (bytes/s, 1024) and
                               "max_unauthenticated" (concurrent requests without
-                              credentials; a quarter of the open-file limit); see
-                              docs/server.md
+                              credentials; a quarter of the open-file limit),
+                              "report_burst" (30) and "report_interval" ("1m") per
+                              device; storage: "blob_quota" (bytes; none),
+                              "disk_reserve" (bytes kept free; 1 GiB or 5 % of the
+                              disk), "blob_grace" ("24h" before an unreferenced blob
+                              expires), "audit_retention" ("8760h", or "forever");
+                              and "metrics_listen" (HOST:PORT serving /metrics over
+                              plain HTTP without a token; on the API listener
+                              /metrics needs an operator token); see docs/server.md
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
@@ -103,6 +112,16 @@ type fileConfig struct {
 	ResponseTimeout    string `json:"response_timeout"`
 	MinTransferRate    int64  `json:"min_transfer_rate"`
 	MaxUnauthenticated int    `json:"max_unauthenticated"`
+	// Per-device report rate.
+	ReportBurst    int    `json:"report_burst"`
+	ReportInterval string `json:"report_interval"`
+	// Storage and retention.
+	BlobQuota      int64  `json:"blob_quota"`
+	DiskReserve    *int64 `json:"disk_reserve"`
+	BlobGrace      string `json:"blob_grace"`
+	AuditRetention string `json:"audit_retention"`
+	// MetricsListen serves /metrics without a token on its own address.
+	MetricsListen string `json:"metrics_listen"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -121,11 +140,53 @@ func (fc fileConfig) limits() (server.Limits, error) {
 		}
 		*d.dst = t
 	}
-	if fc.MinTransferRate < 0 || fc.MaxUnauthenticated < 0 {
-		return l, errors.New("min_transfer_rate and max_unauthenticated must be positive (or left out for the default)")
+	if fc.MinTransferRate < 0 || fc.MaxUnauthenticated < 0 || fc.ReportBurst < 0 {
+		return l, errors.New("min_transfer_rate, max_unauthenticated and report_burst must be positive (or left out for the default)")
 	}
-	l.MinRate, l.MaxUnauthenticated = fc.MinTransferRate, fc.MaxUnauthenticated
+	l.MinRate, l.MaxUnauthenticated, l.ReportBurst = fc.MinTransferRate, fc.MaxUnauthenticated, fc.ReportBurst
+	if fc.ReportInterval != "" {
+		d, err := time.ParseDuration(fc.ReportInterval)
+		if err != nil || d <= 0 {
+			return l, fmt.Errorf("report_interval %q is not a positive duration such as \"1m\"", fc.ReportInterval)
+		}
+		l.ReportEvery = d
+	}
 	return l, nil
+}
+
+// storage returns the file's retention and blob limits (nil: the
+// defaults); what it leaves out takes the default.
+func (fc fileConfig) storage() (server.Retention, *blob.Limits, error) {
+	var r server.Retention
+	if fc.BlobGrace != "" {
+		d, err := time.ParseDuration(fc.BlobGrace)
+		if err != nil || d <= 0 {
+			return r, nil, fmt.Errorf("blob_grace %q is not a positive duration such as \"24h\"", fc.BlobGrace)
+		}
+		r.BlobGrace = d
+	}
+	switch fc.AuditRetention {
+	case "":
+	case "forever":
+		r.Audit = -1
+	default:
+		d, err := time.ParseDuration(fc.AuditRetention)
+		if err != nil || d <= 0 {
+			return r, nil, fmt.Errorf("audit_retention %q is not a positive duration such as \"8760h\", or \"forever\"", fc.AuditRetention)
+		}
+		r.Audit = d
+	}
+	if fc.BlobQuota < 0 || fc.DiskReserve != nil && *fc.DiskReserve < 0 {
+		return r, nil, errors.New("blob_quota and disk_reserve are bytes, 0 or more")
+	}
+	if fc.BlobQuota == 0 && fc.DiskReserve == nil {
+		return r, nil, nil
+	}
+	lim := &blob.Limits{Quota: fc.BlobQuota, Reserve: -1}
+	if fc.DiskReserve != nil {
+		lim.Reserve = *fc.DiskReserve
+	}
+	return r, lim, nil
 }
 
 type multiFlag []string
@@ -184,7 +245,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -219,7 +280,14 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if err != nil {
 			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), "docs/server.md lists the limits and their defaults")
 		}
-		c := server.Config{Limits: lim}
+		ret, blobLim, err := fc.storage()
+		if err != nil {
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), "docs/server.md lists the storage settings and their defaults")
+		}
+		if blobLim != nil && blobLim.Reserve < 0 {
+			blobLim.Reserve = server.DefaultBlobLimits(filepath.Join(dir, "blobs")).Reserve
+		}
+		c := server.Config{Limits: lim, Retention: ret, BlobLimits: blobLim}
 		var attrs []any
 		if path := pick(*manufacturerCA, "RAMPART_MANUFACTURER_CA", fc.ManufacturerCA, ""); path != "" {
 			pool, certs, err := pki.LoadCABundle(path)
@@ -233,7 +301,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			attrs = []any{"manufacturer_ca", path, "manufacturers", names}
 		}
-		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), c, stderr, attrs...)
+		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, stderr, attrs...)
 	}
 	return fail(stderr, 2, fmt.Errorf("unknown command %q", args[0]), "rampart-server --help lists the commands")
 }
@@ -253,7 +321,7 @@ func fail(w io.Writer, code int, err error, hint string) int {
 	return code
 }
 
-func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Writer, attrs ...any) int {
+func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	c.Logger = logger
 	in, err := server.OpenDataDir(ctx, dir, c)
@@ -267,8 +335,22 @@ func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Wri
 	}
 	hs := in.Server.HTTPServer(in.TLS, slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
 	go in.Server.Run(ctx, time.Minute)
-	errc := make(chan error, 1)
+	errc := make(chan error, 2)
 	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	if metricsAddr != "" {
+		mln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return fail(stderr, 3, err, "metrics_listen: is another process listening there?")
+		}
+		// Plain HTTP without credentials: bind it where only the
+		// monitoring system can reach it.
+		ms := &http.Server{Handler: in.Server.MetricsHandler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 10 * time.Second,
+			WriteTimeout: 30 * time.Second, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10,
+			ErrorLog: slog.NewLogLogger(logger.Handler(), slog.LevelWarn)}
+		go func() { errc <- ms.Serve(mln) }()
+		defer ms.Close()
+		logger.Info("serving metrics", "addr", mln.Addr().String())
+	}
 	if c.ManufacturerCAs != nil {
 		logger.Info("manufacturer enrollment enabled", attrs...)
 	}
@@ -282,6 +364,12 @@ func serve(ctx context.Context, dir, addr string, c server.Config, stderr io.Wri
 	l := in.Server.Limits()
 	logger.Info("limits", "body_timeout", l.BodyTimeout.String(), "response_timeout", l.ResponseTimeout.String(),
 		"min_transfer_rate", l.MinRate, "max_unauthenticated", l.MaxUnauthenticated)
+	rt := in.Server.Retention()
+	storage := []any{"report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	if bl, ok := in.Server.BlobLimits(); ok {
+		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
+	}
+	logger.Info("storage", storage...)
 	logger.Info("serving", "addr", ln.Addr().String(), "data", dir)
 	select {
 	case err := <-errc:

@@ -57,6 +57,15 @@ func (r Retention) auditText() string {
 	return "audit entries are kept " + r.Audit.String()
 }
 
+// BlobLimits returns the blob store's limits, when it has any.
+func (s *Server) BlobLimits() (blob.Limits, bool) {
+	l, ok := s.blobs.(interface{ Limits() blob.Limits })
+	if !ok {
+		return blob.Limits{}, false
+	}
+	return l.Limits(), true
+}
+
 // DefaultBlobLimits are the blob store's limits when none are
 // configured: no quota, and a disk reserve of 1 GiB, or a twentieth of
 // the file system when that is less, so that the database and the logs
