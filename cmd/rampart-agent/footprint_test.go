@@ -151,7 +151,10 @@ func TestIdleRSS(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	// A check-in that never ends must fail the test, not hang the suite.
+	stuck := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
 	line, err := bufio.NewReader(stdout).ReadString('\n')
+	stuck.Stop()
 	if err != nil || strings.TrimSpace(line) != "nothing" {
 		t.Fatalf("first check-in printed %q, %v", line, err)
 	}
