@@ -171,7 +171,10 @@ func TestReportsBoundedPerDevice(t *testing.T) {
 		t.Fatalf("%d reports audited, want 10 state changes", reports)
 	}
 	var d struct {
-		Reports      []struct{ Counter uint64; Status, Reason string }
+		Reports []struct {
+			Counter        uint64
+			Status, Reason string
+		}
 		ReportCounts map[string]uint64 `json:"report_counts"`
 	}
 	json.Unmarshal(e.mustCall(e.pool, "GET", "/api/v1/devices/gw-1", e.admin, nil, 200), &d)
