@@ -136,7 +136,7 @@ func run(d time.Duration, workers int, only string) error {
 			rate: float64(res.Requests) / elapsed.Seconds(), result: res.String(),
 			cpu: (cpu1 - cpu0).Seconds() / elapsed.Seconds(), rss: rss, dbGrowth: db1 - db0}
 		if res.Requests > 0 {
-			r.cpuPerRequestMS = float64((cpu1-cpu0).Microseconds()) / 1000 / float64(res.Requests)
+			r.cpuPerRequestMS = float64((cpu1 - cpu0).Microseconds()) / 1000 / float64(res.Requests)
 		}
 		fmt.Fprintf(os.Stderr, "%s: check-in median %s; %s\n", name, r.median, r.result)
 		if len(errs) > 0 {

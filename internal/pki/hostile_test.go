@@ -27,7 +27,7 @@ func cpuTime(t *testing.T) time.Duration {
 // handshake runs one TLS handshake between cfg (the server) and a client
 // presenting cert over an in-memory connection, and returns the server's
 // error and the CPU time both sides used.
-func handshake(t *testing.T, cfg *tls.Config, pool *x509.CertPool, cert *tls.Certificate) (error, time.Duration) {
+func handshake(t *testing.T, cfg *tls.Config, pool *x509.CertPool, cert *tls.Certificate) (time.Duration, error) {
 	t.Helper()
 	c, s := net.Pipe()
 	defer c.Close()
@@ -56,7 +56,7 @@ func handshake(t *testing.T, cfg *tls.Config, pool *x509.CertPool, cert *tls.Cer
 	err := srv.Handshake()
 	s.Close()
 	<-done
-	return err, cpuTime(t) - start
+	return cpuTime(t) - start, err
 }
 
 func hostileFixture(t *testing.T) (*pki.CA, *tls.Config, *x509.CertPool) {
@@ -106,24 +106,24 @@ func TestHostileClientChainCostsOneSignatureCheck(t *testing.T) {
 	}
 
 	// Best of a few, so that a scheduler's hiccup does not decide.
-	best := func(cert *tls.Certificate) (error, time.Duration) {
+	best := func(cert *tls.Certificate) (time.Duration, error) {
 		var lastErr error
 		low := time.Hour
 		for range 5 {
-			err, d := handshake(t, cfg, pool, cert)
+			d, err := handshake(t, cfg, pool, cert)
 			lastErr, low = err, min(low, d)
 		}
-		return lastErr, low
+		return low, lastErr
 	}
-	if err, _ := handshake(t, cfg, pool, nil); err != nil {
+	if _, err := handshake(t, cfg, pool, nil); err != nil {
 		t.Fatalf("anonymous handshake: %v", err)
 	}
-	_, anonymous := best(nil)
-	err, many := best(hostile)
+	anonymous, _ := best(nil)
+	many, err := best(hostile)
 	if !errors.Is(err, pki.ErrClientChain) {
 		t.Fatalf("%d intermediates: %v, want pki.ErrClientChain", n, err)
 	}
-	err, three := best(few)
+	three, err := best(few)
 	var ua x509.UnknownAuthorityError
 	if !errors.Is(err, pki.ErrUnknownCA) || !errors.As(err, &ua) {
 		t.Fatalf("3 intermediates: %v, want pki.ErrUnknownCA (the leaf alone does not verify)", err)
@@ -133,7 +133,7 @@ func TestHostileClientChainCostsOneSignatureCheck(t *testing.T) {
 	// what the attack costs there.
 	old := cfg.Clone()
 	old.ClientAuth, old.VerifyConnection = tls.VerifyClientCertIfGiven, nil
-	oldErr, oldCost := handshake(t, old, pool, hostile)
+	oldCost, oldErr := handshake(t, old, pool, hostile)
 	t.Logf("%d intermediates (%d KiB): %s CPU per handshake; 3: %s; anonymous handshake %s; crypto/tls's chain builder: %s (%v)",
 		n, size>>10, many, three, anonymous, oldCost, oldErr)
 	if raceEnabled {
@@ -163,7 +163,7 @@ func TestDeviceLeafMustBeADeviceKey(t *testing.T) {
 	}
 	// The leaf's own key is P-256: it is refused as not issued by the
 	// device CA.
-	if err, _ := handshake(t, cfg, pool, cert); !errors.Is(err, pki.ErrUnknownCA) {
+	if _, err := handshake(t, cfg, pool, cert); !errors.Is(err, pki.ErrUnknownCA) {
 		t.Fatalf("forged leaf: %v, want pki.ErrUnknownCA", err)
 	}
 }

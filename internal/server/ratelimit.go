@@ -65,10 +65,3 @@ func (l *keyedLimiter) sweep(now time.Time) bool {
 	}
 	return len(l.buckets) < n
 }
-
-// size is how many keys are tracked.
-func (l *keyedLimiter) size() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.buckets)
-}
