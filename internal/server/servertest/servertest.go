@@ -96,7 +96,10 @@ func New(t testing.TB, opts ...Option) *Env {
 	}
 	e := &Env{t: t, DataDir: dir, Admin: res.AdminToken}
 	ctx, cancel := context.WithCancel(context.Background())
-	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	// Device-side tests replay one device identity through hundreds of
+	// scenarios (TestPowerLoss): its report budget is lifted unless
+	// WithLimits sets one.
+	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Limits: server.Limits{ReportBurst: 1 << 30}}
 	for _, o := range opts {
 		o(&cfg)
 	}
