@@ -336,7 +336,9 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	hs := in.Server.HTTPServer(in.TLS, slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
 	go in.Server.Run(ctx, time.Minute)
 	errc := make(chan error, 2)
-	go func() { errc <- hs.ServeTLS(ln, "", "") }()
+	// A client may send only what a device's handshake needs before it
+	// is verified: crypto/tls parses up to 256 KiB of certificates first.
+	go func() { errc <- hs.Serve(pki.LimitHandshake(ln, in.TLS)) }()
 	if metricsAddr != "" {
 		mln, err := net.Listen("tcp", metricsAddr)
 		if err != nil {
