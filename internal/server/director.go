@@ -197,6 +197,10 @@ func (s *Server) handleDirector(w http.ResponseWriter, r *http.Request) {
 	}
 	file := r.PathValue("file")
 	w.Header().Set("Cache-Control", "no-store") // per device: never cache in shared caches
+	if m := directorFileRE.FindStringSubmatch(file); m != nil && !servableVersion(m[1]) {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no director file %q", file))
+		return
+	}
 	if m := directorFileRE.FindStringSubmatch(file); m != nil && m[2] == "root" {
 		v, _ := strconv.ParseInt(m[1], 10, 64)
 		d, err := s.store.Doc(r.Context(), directorRepo, metadata.ROOT, v)

@@ -281,6 +281,14 @@ func (s *Server) onlineVersions(ctx context.Context) (snap, ts int64, err error)
 	return snap, ts, nil
 }
 
+// servableVersion reports whether a version in a file name is within
+// snapshot.MaxVersion: the server neither signs nor serves versions past
+// it (a file the store holds beyond it was not signed by this server).
+func servableVersion(v string) bool {
+	n, err := strconv.ParseInt(v, 10, 64)
+	return err == nil && n >= 1 && n <= snapshot.MaxVersion
+}
+
 func (s *Server) readBlob(r *http.Request, digest string, length int64) ([]byte, error) {
 	br, err := s.blobs.Open(r.Context(), digest)
 	if err != nil {
@@ -380,7 +388,7 @@ func (s *Server) handleMetadata(w http.ResponseWriter, r *http.Request) {
 	if file == "timestamp.json" {
 		d, err = s.store.Doc(r.Context(), imageRepo, metadata.TIMESTAMP, 0)
 		w.Header().Set("Cache-Control", "public, max-age=60")
-	} else if m := metaFileRE.FindStringSubmatch(file); m != nil && m[2] != metadata.TIMESTAMP {
+	} else if m := metaFileRE.FindStringSubmatch(file); m != nil && m[2] != metadata.TIMESTAMP && servableVersion(m[1]) {
 		v, _ := strconv.ParseInt(m[1], 10, 64)
 		d, err = s.store.Doc(r.Context(), imageRepo, m[2], v)
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")
