@@ -136,6 +136,11 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A root that names a log key names this server's: devices verify the
+	// log under it (docs/incident-response.md, rotating the log key).
+	if vk, ok := acc.Root.Signed.UnrecognizedFields[logproof.RootField]; ok && vk != s.logVerifierKey {
+		return nil, errorf(http.StatusUnprocessableEntity, "log-key", "root version %d names log key %.200v, this server's is %s (rampart server keys writes it)", acc.Root.Signed.Version, vk, s.logVerifierKey)
+	}
 	// Every new release's payload and index must already be uploaded, and
 	// the index must agree with the signed target.
 	roles := map[string]*metadata.Metadata[metadata.TargetsType]{}
