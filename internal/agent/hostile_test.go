@@ -234,7 +234,7 @@ func (d *device) evilDirector(mutate func(t *metadata.Metadata[metadata.TargetsT
 	return &evilDirector{files: map[string][]byte{
 		"timestamp.json": tsb,
 		fmt.Sprintf("%d.snapshot.json", version("snapshot", snap.Signed.Version)): sb,
-		fmt.Sprintf("%d.targets.json", targets.Signed.Version):                     tb,
+		fmt.Sprintf("%d.targets.json", targets.Signed.Version):                    tb,
 	}}
 }
 
