@@ -3,6 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/server/servertest"
@@ -634,5 +636,38 @@ func TestHugeImageSnapshotBoundedMemory(t *testing.T) {
 	}
 	if out, err := d.run(); err != nil || out.Action != "up-to-date" {
 		t.Fatalf("honest check-in after the attack: %+v, %v", out, err)
+	}
+}
+
+// A 4xx with a body over the log proof's 160 KiB bound is a failed
+// transfer, not a mismatch: the status decides, the body is not read.
+func TestLogProofErrorWithLargeBodyIsTransferError(t *testing.T) {
+	e := servertest.New(t)
+	e.Release("1.0.0", 2, hw)
+	for _, code := range []int{400, 403, 429} {
+		t.Run(fmt.Sprint(code), func(t *testing.T) {
+			d := newDevice(t, e, fmt.Sprintf("gw-proof-%d", code))
+			d.firstBoot()
+			e.Deploy(servertest.Product+"/1.0.0", hw)
+			f := d.frontEnd()
+			f.Rewrite(func(r *http.Request, body []byte) []byte {
+				if urlClass(r.URL.Path) == "log proof" {
+					return bytes.Repeat([]byte("x"), 200<<10)
+				}
+				return body
+			})
+			d.tamper(func(req *http.Request, resp *http.Response) *http.Response {
+				if urlClass(req.URL.Path) == "log proof" {
+					resp.StatusCode, resp.Status = code, http.StatusText(code)
+				}
+				return resp
+			})
+			_, err := d.run()
+			var ve *verify.Error
+			if err == nil || errorsAs(err, &ve) || !errors.Is(err, agent.ErrUnavailable) {
+				t.Fatalf("HTTP %d with 200 KiB on the log proof: %v; want a failed transfer, no refusal", code, err)
+			}
+			d.assertNotLockedOut()
+		})
 	}
 }
