@@ -305,7 +305,7 @@ func (d *device) serveDirector(ev *evilDirector) {
 func TestHostileDirectorFieldsCannotLockOut(t *testing.T) {
 	e := servertest.New(t)
 	e.Release("1.0.0", 2, hw)
-	huge := strings.Repeat("\x1b[2J", 300<<10) // 1.2 MiB
+	huge := strings.Repeat("%1b[2J", 200<<10) // 1.2 MiB
 	for name, mutate := range map[string]func(*metadata.Metadata[metadata.TargetsType]){
 		"target-name": func(tm *metadata.Metadata[metadata.TargetsType]) {
 			for p, tf := range tm.Signed.Targets {
