@@ -89,6 +89,38 @@ Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
     rampart-server serve --data srv --manufacturer-ca acme-factory-ca.pem
 `},
+		{Name: "rotate-keys", Summary: "replace the online keys (after a compromise, or on schedule)", Usage: `
+Usage: rampart-server rotate-keys --data DIR [--image] [--director] [--log]
+
+Generates new online keys in DIR: --image the image repository's snapshot
+and timestamp keys, --director the director's targets, snapshot and
+timestamp keys, --log the transparency log's key. Each replaced key is
+kept in DIR/keys/previous/ (its public key in DIR/online/previous/).
+Prints the new key ids and public key files.
+
+Online keys (--image, --director): restart the server afterwards. It
+keeps signing with the previous keys while the root still names them,
+and with the new ones alone once the root key holders have pushed a root
+naming them (rampart repo rotate, repo sign, repo push; for the director,
+director push-root). Devices walk to the new root at their next check-in
+and drop whatever the old keys signed, whatever its version.
+
+The log key (--log) needs the server stopped: the log's checkpoint is
+re-signed with the new key; then the root key holders name it in the image
+repository's root (rampart repo set-log-key, repo sign, repo push), and
+devices discard the checkpoint of the retired key.
+
+docs/incident-response.md has the whole ceremony for each key.
+
+Flags:
+    --data DIR    the data directory (or RAMPART_DATA)
+    --image       rotate the image repository's online keys
+    --director    rotate the director's online keys
+    --log         rotate the transparency log's key (server stopped)
+
+Example:
+    rampart-server rotate-keys --data srv --image --director
+`},
 		{Name: "version", Summary: "print the version", Usage: `
 Usage: rampart-server version
 
@@ -223,6 +255,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfgFile := fs.String("config", "", "")
 	origin := fs.String("log-origin", "", "")
 	manufacturerCA := fs.String("manufacturer-ca", "", "")
+	rotImage := fs.Bool("image", false, "")
+	rotDirector := fs.Bool("director", false, "")
+	rotLog := fs.Bool("log", false, "")
 	var hosts multiFlag
 	fs.Var(&hosts, "host", "")
 	if err := fs.Parse(args[1:]); err != nil {
@@ -274,6 +309,34 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%s:\n%s", role, res.Public[role])
 		}
 		fmt.Fprintf(stdout, "transparency log key: %s\n\nadmin token (shown once, store it now):\n%s\n", res.Public["log"], res.AdminToken)
+		return 0
+	case "rotate-keys":
+		var roles []string
+		if *rotImage {
+			roles = append(roles, server.ImageRoles...)
+		}
+		if *rotDirector {
+			roles = append(roles, server.DirectorRoles...)
+		}
+		if len(roles) == 0 && !*rotLog {
+			return fail(stderr, 2, errors.New("nothing to rotate"), "give --image, --director and/or --log")
+		}
+		if len(roles) > 0 {
+			rot, err := server.RotateKeys(dir, roles)
+			if err != nil {
+				return fail(stderr, 3, err, "")
+			}
+			for _, r := range rot {
+				fmt.Fprintf(stdout, "%s: new key %s (was %s), public key %s\n", r.Role, r.NewID, r.PreviousID, r.PublicFile)
+			}
+		}
+		if *rotLog {
+			vkey, err := server.RotateLogKey(dir)
+			if err != nil {
+				return fail(stderr, 3, err, "stop the server first; run rotate-keys --log again to finish a rotation that was cut short")
+			}
+			fmt.Fprintf(stdout, "log: new verifier key %s (in %s)\n", vkey, filepath.Join(dir, "online", "log.pub"))
+		}
 		return 0
 	case "serve":
 		lim, err := fc.limits()

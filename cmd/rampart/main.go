@@ -30,7 +30,7 @@ type cmdSpec struct {
 // commands lists every command in the order help shows them.
 var commands = []*cmdSpec{
 	keyGenerateCmd, keyIDCmd,
-	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoDiffCmd, repoPublishCmd, repoRotateCmd, repoStageCmd, repoUnstageCmd,
+	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoDiffCmd, repoPublishCmd, repoRotateCmd, repoSetLogKeyCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
 	deviceTokenCmd, deviceRevokeCmd, deviceRemoveCmd, deployCmd, directorPushRootCmd, logVerifyCmd,

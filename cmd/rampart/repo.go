@@ -621,3 +621,50 @@ func withRepoRole(e *env, args []string, name string, f func(*repo.Repo, string)
 	defer r.Close()
 	return f(r, pos[1])
 }
+
+var repoSetLogKeyCmd = &cmdSpec{
+	name:    "repo set-log-key",
+	summary: "name the transparency log's key in the root (stages root)",
+	usage: `
+Usage: rampart repo set-log-key DIR LOGPUB
+
+LOGPUB is the log's verifier key file (log.pub, as rampart server keys
+writes it: origin+hash+key). It stages a new root version that names it;
+like every root change it needs a threshold of the previous root's keys
+and of its own (rampart repo sign DIR root), then rampart repo push.
+
+Devices verify the transparency log under the key the newest root they
+trust names, instead of the key pinned in their configuration; a device
+that holds a checkpoint signed by another key discards it and accepts the
+named key's next checkpoint. That is how a stolen log key is rotated
+(docs/incident-response.md). Compare the key with what the server's
+console logs at start before you sign.
+
+Example:
+    rampart server keys -o online/ --server https://updates.example.com:8443 --ca srv/ca.pem
+    rampart repo set-log-key repo online/log.pub
+    rampart repo sign repo root --key keys/root-a.key
+    rampart repo sign repo root --key keys/root-b.key
+    rampart repo push repo --server https://updates.example.com:8443 --ca srv/ca.pem --token "$TOKEN"
+`,
+	run: func(e *env, args []string) error {
+		fs := flag.NewFlagSet("repo set-log-key", flag.ContinueOnError)
+		pos, err := parse(fs, args)
+		if err != nil {
+			return err
+		}
+		if len(pos) != 2 {
+			return usagef("rampart repo set-log-key --help shows an example", "repo set-log-key takes DIR and the log key file")
+		}
+		b, err := os.ReadFile(pos[1])
+		if err != nil {
+			return err
+		}
+		r, err := openRepo(e, pos[0])
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		return r.SetLogKey(string(b))
+	},
+}

@@ -306,7 +306,9 @@ DIR is a repository made with rampart repo init whose targets, snapshot and
 timestamp keys are the server's director keys (rampart server keys writes
 them) and whose root the root key holders signed. Every root version the
 server does not have yet is pushed; each must be signed by a threshold of
-the previous root's keys and of its own.
+the previous root's keys and of its own. Pushed roots are recorded in
+DIR/public/, so a later rampart repo rotate DIR stages the next version:
+that is how the director's online keys rotate (docs/incident-response.md).
 
 Flags:
 ` + serverFlagsHelp + `
@@ -352,6 +354,11 @@ Example:
 		}
 		v, err := c.PushDirectorRoots(ctx, roots)
 		if err != nil {
+			return err
+		}
+		// The server holds them: record them as published, so that the
+		// next rotation stages the version after them.
+		if err := r.AdoptPushedRoots(roots); err != nil {
 			return err
 		}
 		fmt.Fprintf(e.stdout, "director root version %d on the server\n", v)

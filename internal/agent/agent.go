@@ -60,6 +60,7 @@ import (
 	"github.com/rampartfw/rampart/internal/bootenv"
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/fsys"
+	"github.com/rampartfw/rampart/internal/install"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/termsafe"
 	"github.com/rampartfw/rampart/internal/verify"
@@ -155,10 +156,12 @@ func NewHTTPClient(cfg *Config) (*http.Client, error) {
 		}
 		cert = &c
 	}
-	return &http.Client{
+	// Never a redirect: the device talks to server.url and nothing else
+	// (see install.NoRedirects); every request path also enforces it.
+	return install.NoRedirects(&http.Client{
 		Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, cert), ResponseHeaderTimeout: time.Minute},
 		Timeout:   cfg.Download.Timeout.Duration,
-	}, nil
+	}), nil
 }
 
 // OpenBootloader opens the configured backend on fsy (used by the sim

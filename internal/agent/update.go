@@ -64,6 +64,11 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 	if reason, ok := st.Failed[rel.SHA256]; ok {
 		return &Outcome{Action: "not-retried", Target: rel.Target, Reason: reason}, nil
 	}
+	// Only now, acting on the release, does the device commit to the
+	// log checkpoint it was proven under (see uptane.KeepCheckpoint).
+	if err := d.KeepCheckpoint(); err != nil {
+		return nil, err
+	}
 	index := func(ctx context.Context) ([]byte, error) {
 		return a.fetchIndex(ctx, d.IndexURL, d.Release.Index.Length)
 	}
@@ -104,7 +109,7 @@ func (a *Agent) fetchIndex(ctx context.Context, u string, length int64) ([]byte,
 	if err != nil {
 		return nil, err
 	}
-	resp, err := a.HTTP.Do(req)
+	resp, err := install.NoRedirects(a.HTTP).Do(req)
 	if err != nil {
 		return nil, fmt.Errorf("%w: fetching the chunk index: %v", ErrInstall, err)
 	}
@@ -682,7 +687,7 @@ func (a *Agent) send(ctx context.Context, r Report) error {
 		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := a.HTTP.Do(req)
+	resp, err := install.NoRedirects(a.HTTP).Do(req)
 	if err != nil {
 		return err
 	}

@@ -473,6 +473,9 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 	for path := range want {
 		out.Target = path
 	}
+	if err := snapshot.CheckVersion(metadata.TARGETS, tv); err != nil {
+		return nil, false, fmt.Errorf("director for %s: %w", deviceID, err)
+	}
 	if newTargets {
 		t := metadata.Targets(at(exp.Targets))
 		t.Signed.Version = tv

@@ -46,6 +46,27 @@ var (
 	ErrMalformed = errors.New("malformed target metadata")
 )
 
+// Bounds on what a director target's custom metadata may hold. The
+// director's metadata is signed with online keys, so its content is the
+// server's word only; these bounds keep a hostile server's fields from
+// reaching the device's state and messages whole.
+const (
+	// MaxDeviceID is the longest device id (the server's own limit).
+	MaxDeviceID = 256
+	// MaxCustom is the largest custom metadata of a director target: a
+	// device id, a hardware id and a copy of the release's metadata.
+	MaxCustom = 16 << 10
+)
+
+// quote is s quoted for an error message, cut to 64 bytes: device ids
+// and paths here came from the network.
+func quote(s string) string {
+	if len(s) <= 64 {
+		return fmt.Sprintf("%q", s)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", s[:64], len(s))
+}
+
 // Custom is the rampart custom metadata of a director target entry.
 type Custom struct {
 	DeviceID   string `json:"device_id"`
@@ -56,19 +77,25 @@ type Custom struct {
 
 // CustomOf decodes a director target's custom metadata.
 func CustomOf(tf *metadata.TargetFiles) (*Custom, error) {
+	if tf.Custom != nil && len(*tf.Custom) > MaxCustom {
+		return nil, fmt.Errorf("%w: director target %s has %d bytes of custom metadata, more than %d", ErrMalformed, quote(tf.Path), len(*tf.Custom), MaxCustom)
+	}
 	raw, err := ReleaseCustom(tf.Custom)
 	if err != nil {
-		return nil, fmt.Errorf("director target %s: %w", tf.Path, err)
+		return nil, fmt.Errorf("director target %s: %w", quote(tf.Path), err)
 	}
 	var c Custom
 	if err := strictjson.Unmarshal(raw, &c); err != nil {
-		return nil, fmt.Errorf("%w: director target %s custom metadata: %v", ErrMalformed, tf.Path, err)
+		return nil, fmt.Errorf("%w: director target %s custom metadata: %v", ErrMalformed, quote(tf.Path), err)
 	}
 	if c.DeviceID == "" || c.HardwareID == "" {
-		return nil, fmt.Errorf("%w: director target %s names no device or hardware id", ErrMalformed, tf.Path)
+		return nil, fmt.Errorf("%w: director target %s names no device or hardware id", ErrMalformed, quote(tf.Path))
+	}
+	if len(c.DeviceID) > MaxDeviceID || len(c.HardwareID) > MaxDeviceID {
+		return nil, fmt.Errorf("%w: director target %s names a device or hardware id longer than %d bytes", ErrMalformed, quote(tf.Path), MaxDeviceID)
 	}
 	if len(c.Release) == 0 || bytes.Equal(c.Release, []byte("null")) {
-		return nil, fmt.Errorf("%w: director target %s carries no release metadata", ErrMalformed, tf.Path)
+		return nil, fmt.Errorf("%w: director target %s carries no release metadata", ErrMalformed, quote(tf.Path))
 	}
 	return &c, nil
 }
@@ -186,10 +213,10 @@ func Check(dirTarget, imageTarget *metadata.TargetFiles, path string, deviceID, 
 		return err
 	}
 	if c.DeviceID != deviceID {
-		return fmt.Errorf("%w: the director assigned %s to device %q, this is %q", ErrWrongDevice, path, c.DeviceID, deviceID)
+		return fmt.Errorf("%w: the director assigned %s to device %s, this is %s", ErrWrongDevice, quote(path), quote(c.DeviceID), quote(deviceID))
 	}
 	if c.HardwareID != hardwareID {
-		return fmt.Errorf("%w: the director assigned %s for hardware %q, this device is %q", ErrWrongHardware, path, c.HardwareID, hardwareID)
+		return fmt.Errorf("%w: the director assigned %s for hardware %s, this device is %s", ErrWrongHardware, quote(path), quote(c.HardwareID), quote(hardwareID))
 	}
 	rel, err := release.FromTarget(path, imageTarget)
 	if err != nil {
@@ -241,6 +268,9 @@ func DeviceOf(t *metadata.Metadata[metadata.TargetsType]) (string, error) {
 	if c[CustomKey].DeviceID == "" {
 		return "", fmt.Errorf("%w: the director targets role names no device", ErrMalformed)
 	}
+	if n := len(c[CustomKey].DeviceID); n > MaxDeviceID {
+		return "", fmt.Errorf("%w: the director targets role names a device id of %d bytes, more than %d", ErrMalformed, n, MaxDeviceID)
+	}
 	return c[CustomKey].DeviceID, nil
 }
 
@@ -252,7 +282,7 @@ func CheckDevice(t *metadata.Metadata[metadata.TargetsType], deviceID string) er
 		return err
 	}
 	if got != deviceID {
-		return fmt.Errorf("%w: the director targets role is for device %q, this is %q", ErrWrongDevice, got, deviceID)
+		return fmt.Errorf("%w: the director targets role is for device %s, this is %s", ErrWrongDevice, quote(got), quote(deviceID))
 	}
 	return nil
 }

@@ -176,6 +176,22 @@ func (s *HTTPSource) read(ctx context.Context, first int, cs []chunkindex.Chunk,
 	}
 }
 
+// NoRedirects returns a copy of c (nil: http.DefaultClient) that never
+// follows a redirect: the redirect itself is returned as the answer, a
+// status the caller does not accept. A device talks only to the server
+// it is configured with, over TLS with the pinned CA; a redirect could
+// send it to another host or to plain http, and the net/http error for a
+// followed redirect quotes the Location, which a hostile answer makes as
+// long as it likes.
+func NoRedirects(c *http.Client) *http.Client {
+	if c == nil {
+		c = http.DefaultClient
+	}
+	cc := *c
+	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cc
+}
+
 // validSpan checks that cs are consecutive chunks that fit in a buffer of
 // bufLen bytes.
 func validSpan(cs []chunkindex.Chunk, bufLen int) error {
@@ -205,10 +221,7 @@ func (e yieldError) Error() string { return e.err.Error() }
 // whole, cs runs to the end of the image and a 200 OK (the whole file) is
 // read from its start.
 func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk, buf []byte, yield func(int, []byte) error, whole bool) (int, int, retryClass, error) {
-	client := s.Client
-	if client == nil {
-		client = http.DefaultClient
-	}
+	client := NoRedirects(s.Client)
 	off := cs[0].Offset
 	last := cs[len(cs)-1]
 	end := last.Offset + last.Length - 1

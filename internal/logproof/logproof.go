@@ -172,3 +172,38 @@ func checkHashes(hs [][]byte) error {
 	}
 	return nil
 }
+
+// RootField is the member of the image repository root's signed part that
+// names the log's verifier key ("origin+hash+key", the text form of
+// golang.org/x/mod/sumdb/note). The root is signed offline by a threshold
+// of root keys, so naming the log key there gives it a rotation path that
+// a thief of the online server cannot take: a new root version, signed by
+// the root key holders, names the new key, and every device that walks to
+// that root verifies checkpoints with it from then on.
+//
+// TUF clients preserve and ignore members they do not know, so the field
+// does not disturb other clients of the repository.
+const RootField = "x-rampart-log-key"
+
+// maxVerifierKey bounds the verifier key text read from a root.
+const maxVerifierKey = 1 << 10
+
+// KeyFromRoot returns the log verifier key that a root's signed part names
+// in RootField (fields is go-tuf's RootType.UnrecognizedFields), or nil
+// when it names none. A field that is present but is not a single valid
+// Ed25519 verifier key is an error wrapping ErrMalformed.
+func KeyFromRoot(fields map[string]any) (note.Verifier, error) {
+	v, ok := fields[RootField]
+	if !ok {
+		return nil, nil
+	}
+	s, ok := v.(string)
+	if !ok || len(s) == 0 || len(s) > maxVerifierKey {
+		return nil, fmt.Errorf("%w: the root's %s must be one verifier key of at most %d bytes", ErrMalformed, RootField, maxVerifierKey)
+	}
+	vk, err := note.NewVerifier(s)
+	if err != nil {
+		return nil, fmt.Errorf("%w: the root's %s: %v", ErrMalformed, RootField, err)
+	}
+	return vk, nil
+}

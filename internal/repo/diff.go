@@ -12,6 +12,8 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/logproof"
+
 	"github.com/rampartfw/rampart/internal/release"
 )
 
@@ -156,6 +158,22 @@ func diffRoot(base, next *metadata.RootType) []Change {
 	if base != nil && base.ConsistentSnapshot != next.ConsistentSnapshot {
 		out = append(out, Change{Op: Changed, Kind: "consistent-snapshot", Name: "consistent_snapshot", Detail: fmt.Sprintf("%v (was %v)", next.ConsistentSnapshot, base.ConsistentSnapshot)})
 	}
+	// The log key: a signature on root vouches for the key every device
+	// will verify the transparency log under.
+	var baseLog any
+	if base != nil {
+		baseLog = base.UnrecognizedFields[logproof.RootField]
+	}
+	if nextLog := next.UnrecognizedFields[logproof.RootField]; nextLog != baseLog {
+		c := Change{Op: Changed, Kind: "log-key", Name: logproof.RootField, Detail: fmt.Sprintf("%v (was %v)", nextLog, baseLog)}
+		switch {
+		case baseLog == nil:
+			c.Op, c.Detail = Added, fmt.Sprint(nextLog)
+		case nextLog == nil:
+			c.Op, c.Detail = Removed, fmt.Sprint(baseLog)
+		}
+		out = append(out, c)
+	}
 	var was time.Time
 	if base != nil {
 		was = base.Expires
@@ -242,6 +260,22 @@ func diffTargets(base, next *metadata.TargetsType) []Change {
 		}
 	}
 	out = append(out, diffDelegations(baseDel, next.Delegations)...)
+	// The log key: a signature on root vouches for the key every device
+	// will verify the transparency log under.
+	var baseLog any
+	if base != nil {
+		baseLog = base.UnrecognizedFields[logproof.RootField]
+	}
+	if nextLog := next.UnrecognizedFields[logproof.RootField]; nextLog != baseLog {
+		c := Change{Op: Changed, Kind: "log-key", Name: logproof.RootField, Detail: fmt.Sprintf("%v (was %v)", nextLog, baseLog)}
+		switch {
+		case baseLog == nil:
+			c.Op, c.Detail = Added, fmt.Sprint(nextLog)
+		case nextLog == nil:
+			c.Op, c.Detail = Removed, fmt.Sprint(baseLog)
+		}
+		out = append(out, c)
+	}
 	var was time.Time
 	if base != nil {
 		was = base.Expires

@@ -403,6 +403,9 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 		}
 		*k.dst = []keys.Signer{sg}
 	}
+	if err := loadPrevious(dir, &c); err != nil {
+		return nil, err
+	}
 	skey, err := read("keys/log.key")
 	if err != nil {
 		return nil, err

@@ -197,6 +197,10 @@ func (s *Server) handleDirector(w http.ResponseWriter, r *http.Request) {
 	}
 	file := r.PathValue("file")
 	w.Header().Set("Cache-Control", "no-store") // per device: never cache in shared caches
+	if m := directorFileRE.FindStringSubmatch(file); m != nil && !servableVersion(m[1]) {
+		writeError(w, errorf(http.StatusNotFound, "not-found", "no director file %q", file))
+		return
+	}
 	if m := directorFileRE.FindStringSubmatch(file); m != nil && m[2] == "root" {
 		v, _ := strconv.ParseInt(m[1], 10, 64)
 		d, err := s.store.Doc(r.Context(), directorRepo, metadata.ROOT, v)
@@ -226,6 +230,36 @@ func (s *Server) handleDirector(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeError(w, errorf(http.StatusNotFound, "not-found", "no director file %q", file))
+}
+
+// directorSigners returns the director keys this server holds (current
+// and, after a rotation, previous) that root names for each role: until
+// the rotated director root is pushed the server signs with the previous
+// keys, and after it with the new ones alone, never with a key the root
+// no longer names.
+func (s *Server) directorSigners(root []byte) director.Keys {
+	rt, err := metadata.Root().FromBytes(root)
+	if err != nil {
+		return s.directorKeys // director.Build reports the bad root
+	}
+	pick := func(role string, cur, prev []keys.Signer) []keys.Signer {
+		var out []keys.Signer
+		for _, sg := range append(append([]keys.Signer{}, cur...), prev...) {
+			id, err := keys.ID(sg.Public())
+			if rl := rt.Signed.Roles[role]; err == nil && rl != nil && contains(rl.KeyIDs, id) {
+				out = append(out, sg)
+			}
+		}
+		if len(out) == 0 {
+			return cur // director.Build names the key the root lacks
+		}
+		return out
+	}
+	return director.Keys{
+		Targets:   pick(metadata.TARGETS, s.directorKeys.Targets, s.previousDirectorKeys.Targets),
+		Snapshot:  pick(metadata.SNAPSHOT, s.directorKeys.Snapshot, s.previousDirectorKeys.Snapshot),
+		Timestamp: pick(metadata.TIMESTAMP, s.directorKeys.Timestamp, s.previousDirectorKeys.Timestamp),
+	}
 }
 
 func writeMeta(w http.ResponseWriter, b []byte) {
@@ -283,7 +317,7 @@ func (s *Server) directorFor(ctx context.Context, id string) (*director.Repo, *d
 		}
 		as.File = tf
 	}
-	repo, err := director.Build(root.data, as, prev, s.directorKeys, now, director.Expiry{})
+	repo, err := director.Build(root.data, as, prev, s.directorSigners(root.data), now, director.Expiry{})
 	if err != nil {
 		return nil, nil, err
 	}

@@ -136,6 +136,11 @@ func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A root that names a log key names this server's: devices verify the
+	// log under it (docs/incident-response.md, rotating the log key).
+	if vk, ok := acc.Root.Signed.UnrecognizedFields[logproof.RootField]; ok && vk != s.logVerifierKey {
+		return nil, errorf(http.StatusUnprocessableEntity, "log-key", "root version %d names log key %.200v, this server's is %s (rampart server keys writes it)", acc.Root.Signed.Version, vk, s.logVerifierKey)
+	}
 	// Every new release's payload and index must already be uploaded, and
 	// the index must agree with the signed target.
 	roles := map[string]*metadata.Metadata[metadata.TargetsType]{}
@@ -281,6 +286,14 @@ func (s *Server) onlineVersions(ctx context.Context) (snap, ts int64, err error)
 	return snap, ts, nil
 }
 
+// servableVersion reports whether a version in a file name is within
+// snapshot.MaxVersion: the server neither signs nor serves versions past
+// it (a file the store holds beyond it was not signed by this server).
+func servableVersion(v string) bool {
+	n, err := strconv.ParseInt(v, 10, 64)
+	return err == nil && n >= 1 && n <= snapshot.MaxVersion
+}
+
 func (s *Server) readBlob(r *http.Request, digest string, length int64) ([]byte, error) {
 	br, err := s.blobs.Open(r.Context(), digest)
 	if err != nil {
@@ -380,7 +393,7 @@ func (s *Server) handleMetadata(w http.ResponseWriter, r *http.Request) {
 	if file == "timestamp.json" {
 		d, err = s.store.Doc(r.Context(), imageRepo, metadata.TIMESTAMP, 0)
 		w.Header().Set("Cache-Control", "public, max-age=60")
-	} else if m := metaFileRE.FindStringSubmatch(file); m != nil && m[2] != metadata.TIMESTAMP {
+	} else if m := metaFileRE.FindStringSubmatch(file); m != nil && m[2] != metadata.TIMESTAMP && servableVersion(m[1]) {
 		v, _ := strconv.ParseInt(m[1], 10, 64)
 		d, err = s.store.Doc(r.Context(), imageRepo, m[2], v)
 		w.Header().Set("Cache-Control", "public, max-age=31536000, immutable")

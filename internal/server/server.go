@@ -79,7 +79,14 @@ type Config struct {
 	ManufacturerCAs *x509.CertPool
 	// DirectorKeys are the director's online keys.
 	DirectorKeys director.Keys
-	Expiry       Expiry
+	// PreviousOnline and PreviousDirectorKeys are the online keys a
+	// rotation replaced (rampart-server keys rotate). The server signs
+	// with them only while the root still names them, so that it keeps
+	// signing between a rotation and the new root's push; once a root no
+	// longer names them they are never used.
+	PreviousOnline       []keys.Signer
+	PreviousDirectorKeys director.Keys
+	Expiry               Expiry
 	// Limits bound slow clients and requests without credentials; zero
 	// fields take DefaultLimits.
 	Limits Limits
@@ -111,8 +118,10 @@ type Server struct {
 	manufacturers  *x509.CertPool
 	gate           *deviceGate
 	directorKeys   director.Keys
-	directorRoot   atomic.Pointer[directorRootState]
-	directors      directorCache
+	// previousDirectorKeys: see Config.PreviousDirectorKeys.
+	previousDirectorKeys director.Keys
+	directorRoot         atomic.Pointer[directorRootState]
+	directors            directorCache
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
 	servedTargets seenSet
@@ -150,7 +159,7 @@ func New(c Config) (*Server, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: []keys.Signer{c.Snapshot, c.Timestamp},
+	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: append([]keys.Signer{c.Snapshot, c.Timestamp}, c.PreviousOnline...), previousDirectorKeys: c.PreviousDirectorKeys,
 		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys,
 		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}

@@ -25,6 +25,27 @@ var ErrNoKey = errors.New("no authorised online key")
 // ErrBelowThreshold means the given keys cannot reach the role's threshold.
 var ErrBelowThreshold = errors.New("online keys below threshold")
 
+// MaxVersion is the highest metadata version Rampart signs or serves
+// (2^40). An honest repository gains a version per publish or timestamp
+// renewal: at one a second, 2^40 lasts 34,000 years. Anything near 2^63
+// was signed by someone else, with a stolen key, to make devices refuse
+// every honest version as a rollback; the server refuses to go near it,
+// so its own versions never need to, and the recovery from such an
+// attack is a rotation of the stolen keys (docs/incident-response.md),
+// never a race to a higher number.
+const MaxVersion int64 = 1 << 40
+
+// ErrVersion means a version is out of 1..MaxVersion.
+var ErrVersion = errors.New("metadata version out of range")
+
+// CheckVersion refuses a version outside 1..MaxVersion for role.
+func CheckVersion(role string, v int64) error {
+	if v < 1 || v > MaxVersion {
+		return fmt.Errorf("%w: %s version %d is not within 1..%d; rotate the online keys instead (docs/incident-response.md)", ErrVersion, role, v, MaxVersion)
+	}
+	return nil
+}
+
 // Role is one targets-type role as the snapshot will pin it.
 type Role struct {
 	Name    string // "targets" or a delegated role
@@ -45,6 +66,9 @@ type Options struct {
 
 // Sign returns the encoded snapshot and timestamp.
 func Sign(o Options) (snap, ts []byte, err error) {
+	if err := CheckVersion(metadata.SNAPSHOT, o.SnapshotVersion); err != nil {
+		return nil, nil, err
+	}
 	s := metadata.Snapshot(o.SnapshotExpires.UTC().Truncate(time.Second))
 	s.Signed.Version = o.SnapshotVersion
 	s.Signed.Meta = map[string]*metadata.MetaFiles{}
@@ -69,6 +93,9 @@ func Sign(o Options) (snap, ts []byte, err error) {
 // SignTimestamp returns a timestamp of version tsVersion pinning the given
 // snapshot; the server uses it alone to renew a timestamp before it expires.
 func SignTimestamp(root *metadata.Metadata[metadata.RootType], snap []byte, snapVersion, tsVersion int64, expires time.Time, signers []keys.Signer) ([]byte, error) {
+	if err := CheckVersion(metadata.TIMESTAMP, tsVersion); err != nil {
+		return nil, err
+	}
 	t := metadata.Timestamp(expires.UTC().Truncate(time.Second))
 	t.Signed.Version = tsVersion
 	t.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": MetaFile(snapVersion, snap)}

@@ -498,3 +498,44 @@ func signedBy(raw []byte, signer note.Signer) bool {
 	}
 	return false
 }
+
+// Resign replaces the signature of the published checkpoint in the log
+// directory dir with one by signer, for a rotation of the log key: the
+// checkpoint must verify under one of known (the retired key, and the new
+// one, for a rotation that was cut short and runs again); its text, and
+// so the tree, is unchanged. The log must not be open. fs.ErrNotExist
+// means the log has no checkpoint yet (Open makes one with the new key).
+func Resign(dir string, known []note.Verifier, signer note.Signer) error {
+	path := filepath.Join(dir, layout.CheckpointPath)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	n, err := note.Open(raw, note.VerifierList(known...))
+	if err != nil {
+		return fmt.Errorf("tlog: the checkpoint in %s does not verify under the retired or the new log key: %w", dir, err)
+	}
+	if _, err := uncheckedCheckpoint(raw); err != nil {
+		return err
+	}
+	out, err := note.Sign(&note.Note{Text: n.Text}, signer)
+	if err != nil {
+		return fmt.Errorf("tlog: %w", err)
+	}
+	tmp := path + ".resign"
+	if err := os.WriteFile(tmp, out, 0o644); err != nil {
+		return fmt.Errorf("tlog: %w", err)
+	}
+	if f, err := os.Open(tmp); err == nil {
+		f.Sync()
+		f.Close()
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("tlog: %w", err)
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}

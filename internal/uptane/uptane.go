@@ -56,8 +56,10 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -97,8 +99,14 @@ type transferError struct {
 	err error
 }
 
-func (e *transferError) Error() string   { return fmt.Sprintf("fetching %s: %v", e.url, e.err) }
+func (e *transferError) Error() string {
+	return fmt.Sprintf("fetching %s: %v", boundURL(e.url), e.err)
+}
 func (e *transferError) Unwrap() []error { return []error{ErrUnavailable, e.err} }
+
+// maxTargetPath bounds a target name from the director: a release name is
+// PRODUCT/VERSION/FILENAME, each part far shorter (release.ParseTargetPath).
+const maxTargetPath = 512
 
 // Limits on the log API responses read by Check.
 const (
@@ -119,7 +127,9 @@ type Config struct {
 	// ImageRoot and DirectorRoot are the roots shipped in firmware, used
 	// only when StateDir holds no cached trusted root.
 	ImageRoot, DirectorRoot []byte
-	// LogOrigin and LogKey pin the transparency log.
+	// LogOrigin and LogKey pin the transparency log. A trusted image root
+	// that names a log key (logproof.RootField) overrides them: the root
+	// key holders rotate the log key with a new root.
 	LogOrigin string
 	LogKey    note.Verifier
 	// DeviceID and HardwareID are this device's identity.
@@ -128,6 +138,10 @@ type Config struct {
 	MinSecurityVersion uint64
 	// Now is the reference time for metadata expiry; nil means time.Now.
 	Now func() time.Time
+
+	// logKeyText identifies the log key the image root names, when it
+	// replaced LogKey; pinned identifies the pinned one then.
+	logKeyText, pinned string
 }
 
 // Decision is the outcome of a successful Check.
@@ -144,8 +158,35 @@ type Decision struct {
 	// ImageURL and IndexURL are the consistent-snapshot URLs of the image
 	// and its chunk index under /repo/targets/.
 	ImageURL, IndexURL string
-	// Checkpoint is the log checkpoint now stored as the last accepted.
+	// Checkpoint is the log checkpoint the release was proven under. It is
+	// not stored by Check: KeepCheckpoint stores it, once the caller acts
+	// on the release (see KeepCheckpoint).
 	Checkpoint []byte
+
+	// keep stores Checkpoint as the last accepted one; nil when there is
+	// nothing new to store.
+	keep func() error
+}
+
+// KeepCheckpoint stores the decision's checkpoint as the last one the
+// device accepted, atomically, if it is newer than the stored one.
+//
+// The caller calls it only when it acts on the release (it installs it),
+// never on a check-in that changes nothing. A stored checkpoint is a
+// commitment: every later one must extend it. Were every check-in to
+// store the newest checkpoint it was shown, one answer signed by a stolen
+// log key (the honest tree plus a made-up entry, with a genuine
+// consistency proof) would bind an up-to-date device to that fork, and
+// every honest check-in after it would be refused as log-inconsistent.
+// Stored only when the device installs, a fork can bind only a device
+// that installs a release the release signers genuinely signed and the
+// director assigned; that device recovers when the log key is rotated
+// (the checkpoint of a retired key is discarded).
+func (d *Decision) KeepCheckpoint() error {
+	if d == nil || d.keep == nil {
+		return nil
+	}
+	return d.keep()
 }
 
 // Check runs the full verification described in the package comment.
@@ -172,6 +213,10 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	for p, tf := range dirTargets {
 		tpath, dirTarget = p, tf
 	}
+	if len(tpath) > maxTargetPath {
+		// Refused before it is quoted in any request or message.
+		return nil, refuse(verify.Malformed, "director", nil, "the director's target name is %d bytes, more than the %d a release name can be", len(tpath), maxTargetPath)
+	}
 
 	// 2. Image repository.
 	imgDir := filepath.Join(cfg.StateDir, "image")
@@ -189,7 +234,7 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	imgTarget, err := img.GetTargetInfo(tpath)
 	if err != nil {
 		if strings.Contains(err.Error(), "not found") && !isDownload(err) {
-			return nil, refuse(verify.MissingTarget, "image", err, "image repository does not list %q", tpath)
+			return nil, refuse(verify.MissingTarget, "image", err, "image repository does not list %s", boundName(tpath))
 		}
 		return nil, classify("image", err)
 	}
@@ -198,14 +243,18 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	}
 	rel, err := release.FromTarget(tpath, imgTarget)
 	if err != nil {
-		return nil, refuse(verify.Malformed, "image", err, "release metadata of %q", tpath)
+		return nil, refuse(verify.Malformed, "image", err, "release metadata of %s", boundName(tpath))
 	}
 	if rel.SecurityVersion < cfg.MinSecurityVersion {
-		return nil, refuse(verify.Downgrade, "image", nil, "%q has security version %d, below the device's %d", tpath, rel.SecurityVersion, cfg.MinSecurityVersion)
+		return nil, refuse(verify.Downgrade, "image", nil, "%s has security version %d, below the device's %d", boundName(tpath), rel.SecurityVersion, cfg.MinSecurityVersion)
 	}
 
-	// 3. Transparency log.
-	cp, err := checkLog(ctx, cfg, base, tpath, imgTarget, rel)
+	// 3. Transparency log, under the key the trusted image root names
+	// (else the pinned one).
+	if cfg, err = withRootLogKey(cfg, img.GetTrustedMetadataSet().Root); err != nil {
+		return nil, err
+	}
+	cp, keep, err := checkLog(ctx, cfg, base, tpath, imgTarget, rel)
 	if err != nil {
 		return nil, err
 	}
@@ -219,6 +268,7 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 		ImageURL:   base + "/repo/targets/" + escapePath(dirPart+sum+"."+file),
 		IndexURL:   base + "/repo/targets/" + escapePath(dirPart+rel.Index.SHA256+"."+file+release.IndexSuffix),
 		Checkpoint: cp,
+		keep:       keep,
 	}, nil
 }
 
@@ -253,7 +303,84 @@ func (cfg *Config) now() time.Time {
 // root alone, with no cached versions to compare with. The caller keeps
 // the durable copy of the root (keepTrustedRoot) where it keeps the
 // metadata for good: the director's staging copy is scratch.
+//
+// When the refresh walked to a root that changed the keys of the online
+// roles and then failed, the metadata those roles' old keys signed is
+// deleted and the refresh runs once more (TUF 5.3.11). go-tuf already
+// ignores a cached role that no longer verifies under the new root, but
+// not one whose own keys did not change while its parent's did: a
+// timestamp of version 2^63-1 signed with an unchanged timestamp key
+// would still be trusted, and every honest one refused as a rollback.
+// Rotating the online keys through the offline root is how devices that
+// accepted an attacker's metadata recover (docs/incident-response.md).
 func refresh(ctx context.Context, cfg Config, name, metaURL, mdDir string, root []byte, noCache bool) (*updater.Updater, error) {
+	up, err := refreshOnce(ctx, cfg, name, metaURL, mdDir, root, noCache)
+	if err == nil || noCache || isDownload(err) {
+		return up, err
+	}
+	newRoot, rerr := os.ReadFile(filepath.Join(mdDir, "root.json"))
+	if rerr != nil || !json.Valid(newRoot) || bytes.Equal(newRoot, root) {
+		return up, err
+	}
+	roles := onlineRoles(name)
+	if !onlineKeysChanged(root, newRoot, roles) {
+		return up, err
+	}
+	for _, r := range roles {
+		if rmErr := os.Remove(filepath.Join(mdDir, r+".json")); rmErr != nil && !errors.Is(rmErr, fs.ErrNotExist) {
+			return nil, fmt.Errorf("uptane: %s: discarding metadata of rotated keys: %w", name, rmErr)
+		}
+	}
+	return refreshOnce(ctx, cfg, name, metaURL, mdDir, newRoot, false)
+}
+
+// onlineRoles are the roles of a repository whose keys the server holds:
+// the director's targets too.
+func onlineRoles(name string) []string {
+	if name == "director" {
+		return []string{metadata.TIMESTAMP, metadata.SNAPSHOT, metadata.TARGETS}
+	}
+	return []string{metadata.TIMESTAMP, metadata.SNAPSHOT}
+}
+
+// onlineKeysChanged reports whether any of roles has other keys or
+// another threshold in newRoot than in oldRoot. Roots that do not parse
+// count as unchanged: go-tuf has refused them already.
+func onlineKeysChanged(oldRoot, newRoot []byte, roles []string) bool {
+	o, err1 := metadata.Root().FromBytes(oldRoot)
+	n, err2 := metadata.Root().FromBytes(newRoot)
+	if err1 != nil || err2 != nil {
+		return false
+	}
+	for _, r := range roles {
+		or, nr := o.Signed.Roles[r], n.Signed.Roles[r]
+		if or == nil || nr == nil {
+			return or != nr
+		}
+		if or.Threshold != nr.Threshold || !sameSet(or.KeyIDs, nr.KeyIDs) {
+			return true
+		}
+	}
+	return false
+}
+
+func sameSet(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	m := map[string]bool{}
+	for _, x := range a {
+		m[x] = true
+	}
+	for _, x := range b {
+		if !m[x] {
+			return false
+		}
+	}
+	return true
+}
+
+func refreshOnce(ctx context.Context, cfg Config, name, metaURL, mdDir string, root []byte, noCache bool) (*updater.Updater, error) {
 	uc, err := config.New(metaURL, root)
 	if err != nil {
 		return nil, fmt.Errorf("uptane: %s: %w", name, err)
@@ -265,10 +392,13 @@ func refresh(ctx context.Context, cfg Config, name, metaURL, mdDir string, root 
 	uc.RemoteTargetsURL = metaURL + "targets/"
 	uc.PrefixTargetsWithHash = true
 	uc.DisableLocalCache = noCache
-	// Our fetcher, not go-tuf's: it honours ctx, and it tells a cut
-	// transfer (ErrUnavailable) from a response longer than allowed
-	// (EndlessData), which go-tuf's would both leave to be guessed.
-	uc.Fetcher = &fetcher{ctx: ctx, client: cfg.HTTPClient, role: name}
+	lim := limitsFor(name)
+	uc.RootMaxLength, uc.TimestampMaxLength, uc.SnapshotMaxLength, uc.TargetsMaxLength = lim.Root, lim.Timestamp, lim.Snapshot, lim.Targets
+	// Our fetcher, not go-tuf's: it honours ctx, it tells a cut transfer
+	// (ErrUnavailable) from a response longer than allowed (EndlessData),
+	// which go-tuf's would both leave to be guessed, and it holds every
+	// role to the agent's own bound whatever length a parent signed.
+	uc.Fetcher = &fetcher{ctx: ctx, client: cfg.HTTPClient, role: name, limits: lim}
 	up, err := updater.New(uc)
 	if err != nil {
 		// The trusted root itself does not load (not self-signed, garbage).
@@ -279,6 +409,62 @@ func refresh(ctx context.Context, cfg Config, name, metaURL, mdDir string, root 
 		return nil, classify(name, err)
 	}
 	return up, nil
+}
+
+// Limits are the largest metadata files the agent fetches, per role, set
+// by the agent whatever a signature says: whoever holds a repository's
+// online snapshot key signs the lengths of targets roles, and whoever
+// holds its timestamp key signs the snapshot's. A file whose signed or
+// declared length is larger is refused as EndlessData before any of it
+// is read, and a body that goes on past the bound is cut there; nothing
+// refused is parsed or stored.
+type Limits struct {
+	// Root bounds each root version, Timestamp and Snapshot their roles.
+	Root, Timestamp, Snapshot int64
+	// Targets bounds the top-level targets role; Delegated each delegated
+	// (product) role.
+	Targets, Delegated int64
+}
+
+// DirectorLimits: a device's director repository lists at most one
+// target (one per ECU, and a Rampart device is one ECU) whose entry
+// carries a copy of the release's custom metadata: a few KiB. Its
+// snapshot names one role.
+var DirectorLimits = Limits{Root: 128 << 10, Timestamp: 16 << 10, Snapshot: 16 << 10, Targets: 64 << 10, Delegated: 64 << 10}
+
+// ImageLimits: the image repository's snapshot names one role per
+// product line (about 110 bytes each with length and hash: 512 KiB is
+// over 4,000 products); its targets role holds the delegations and their
+// keys; a product role lists that product's releases (about 600 bytes
+// each: 4 MiB is several thousand releases).
+var ImageLimits = Limits{Root: 128 << 10, Timestamp: 16 << 10, Snapshot: 512 << 10, Targets: 1 << 20, Delegated: 4 << 20}
+
+func limitsFor(name string) Limits {
+	if name == "director" {
+		return DirectorLimits
+	}
+	return ImageLimits
+}
+
+// forFile returns the bound of the metadata file a URL names
+// (timestamp.json, N.ROLE.json) and the role's name.
+func (l Limits) forFile(u string) (int64, string) {
+	file := u[strings.LastIndex(u, "/")+1:]
+	role := strings.TrimSuffix(file, ".json")
+	if v, rest, ok := strings.Cut(role, "."); ok && v != "" && strings.Trim(v, "0123456789") == "" {
+		role = rest
+	}
+	switch role {
+	case metadata.ROOT:
+		return l.Root, role
+	case metadata.TIMESTAMP:
+		return l.Timestamp, role
+	case metadata.SNAPSHOT:
+		return l.Snapshot, role
+	case metadata.TARGETS:
+		return l.Targets, role
+	}
+	return l.Delegated, role
 }
 
 // The director's metadata files go-tuf keeps, in the order they are
@@ -506,50 +692,64 @@ func directorRefusal(err error) error {
 }
 
 // checkLog verifies the release's inclusion in the log and the log's
-// consistency with the stored checkpoint, then stores the new checkpoint.
-func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.TargetFiles, rel *release.Meta) ([]byte, error) {
+// consistency with the stored checkpoint. It stores nothing: it returns
+// the checkpoint and, when it is newer than the stored one, the function
+// that stores it (Decision.KeepCheckpoint).
+func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.TargetFiles, rel *release.Meta) ([]byte, func() error, error) {
 	body, code, err := get(ctx, cfg.HTTPClient, "log", base+"/api/v1/log/proof/"+escapePath(tpath), maxProofResponse)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if code == http.StatusNotFound {
-		return nil, refuse(NotLogged, "log", nil, "the log has no entry for %q", tpath)
+		return nil, nil, refuse(NotLogged, "log", nil, "the log has no entry for %s", boundName(tpath))
 	}
 	if code != http.StatusOK {
-		return nil, &transferError{url: "the log proof for " + tpath, err: fmt.Errorf("HTTP %d", code)}
+		return nil, nil, &transferError{url: "the log proof for " + tpath, err: fmt.Errorf("HTTP %d", code)}
 	}
 	newer, proof, err := verifyLogProof(cfg, body, tpath, tf, rel)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	cp := proof.Checkpoint
 
 	cpFile, older, oldRaw, err := storedCheckpoint(cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if older != nil {
 		var hashes [][]byte
 		if older.Size < newer.Size {
 			hashes, err = fetchConsistency(ctx, cfg, base, older.Size, newer.Size)
 			if err != nil {
-				return nil, err
+				return nil, nil, err
 			}
 		}
 		if err := logproof.CheckConsistency(older, newer, hashes); err != nil {
-			return nil, logRefusal(err)
+			return nil, nil, logRefusal(err)
 		}
 		if older.Size == newer.Size {
-			return oldRaw, nil // same tree: nothing new to store
+			return oldRaw, nil, nil // same tree: nothing new to store
 		}
 	}
-	if err := os.MkdirAll(filepath.Dir(cpFile), 0o700); err != nil {
-		return nil, fmt.Errorf("uptane: %w", err)
+	keyText := verifierText(cfg)
+	keep := func() error {
+		if err := os.MkdirAll(filepath.Dir(cpFile), 0o700); err != nil {
+			return fmt.Errorf("uptane: %w", err)
+		}
+		// The checkpoint first, then the key it verified under: a cut in
+		// between leaves a key that does not match, and the checkpoint
+		// is then discarded as a retired key's (harmless: the next one
+		// is accepted afresh), never a key file that matches a
+		// checkpoint it did not sign.
+		if err := atomicfile.WriteFile(cpFile, cp, 0o600); err != nil {
+			return fmt.Errorf("uptane: storing checkpoint: %w", err)
+		}
+		if err := atomicfile.WriteFile(cpFile+keySuffix, []byte(keyText+"\n"), 0o600); err != nil {
+			return fmt.Errorf("uptane: storing checkpoint key: %w", err)
+		}
+		return nil
 	}
-	if err := atomicfile.WriteFile(cpFile, cp, 0o600); err != nil {
-		return nil, fmt.Errorf("uptane: storing checkpoint: %w", err)
-	}
-	return cp, nil
+	return cp, keep, nil
 }
 
 // verifyLogProof checks a log proof response (the server's
@@ -577,7 +777,7 @@ func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFi
 	sum := tf.Hashes["sha256"].String()
 	if st.Target != tpath || st.Length != tf.Length || st.SHA256 != sum || st.SecurityVersion != rel.SecurityVersion {
 		return nil, nil, refuse(NotLogged, "log", nil, "the logged statement (%s, %d bytes, sha256 %s, security version %d) is not this release (%s, %d bytes, sha256 %s, security version %d)",
-			st.Target, st.Length, st.SHA256, st.SecurityVersion, tpath, tf.Length, sum, rel.SecurityVersion)
+			boundName(st.Target), st.Length, st.SHA256, st.SecurityVersion, boundName(tpath), tf.Length, sum, rel.SecurityVersion)
 	}
 	newer, err := logproof.VerifyInclusion(cfg.LogOrigin, cfg.LogKey, leaf, proof)
 	if err != nil {
@@ -607,12 +807,17 @@ func VerifyLogProof(logKey note.Verifier, proofJSON []byte, res *verify.Result) 
 
 // CheckOfflineLog checks the log proof an offline bundle carries for a
 // release that verify.Target has accepted (res): the statement is this
-// release, and it is included under a checkpoint signed by the pinned log
-// key. Offline there is no consistency proof to fetch, so a checkpoint of
-// another size than the stored one is neither checked against it nor
-// stored (the next online check-in proves consistency from the stored
-// one); one of the same size must be the very same tree.
+// release, and it is included under a checkpoint signed by the log key
+// (the one the trusted image root names, else the pinned one). Offline
+// there is no consistency proof to fetch, so a checkpoint of another size
+// than the stored one is neither checked against it nor stored (the next
+// online check-in proves consistency from the stored one); one of the
+// same size must be the very same tree.
 func CheckOfflineLog(cfg Config, proofJSON []byte, res *verify.Result) error {
+	cfg, err := withStoredRootLogKey(cfg)
+	if err != nil {
+		return err
+	}
 	newer, _, err := VerifyLogProof(cfg.LogKey, proofJSON, res)
 	if err != nil {
 		return err
@@ -627,8 +832,17 @@ func CheckOfflineLog(cfg Config, proofJSON []byte, res *verify.Result) error {
 	return nil
 }
 
+// keySuffix names the file beside the stored checkpoint that holds the
+// verifier key it was accepted under. A checkpoint stored before this
+// file existed was accepted under the pinned key.
+const keySuffix = ".key"
+
 // storedCheckpoint reads and verifies the last checkpoint this device
-// accepted; older is nil when there is none yet.
+// accepted; older is nil when there is none yet, or when it was accepted
+// under a log key that the trusted image root has since retired: a
+// checkpoint of a retired key is discarded, and the first checkpoint of
+// the key now named is accepted afresh (see docs/incident-response.md).
+// That is what ends a fork bound by a stolen log key.
 func storedCheckpoint(cfg Config) (path string, older *log.Checkpoint, raw []byte, err error) {
 	path = filepath.Join(cfg.StateDir, "log", "checkpoint")
 	raw, err = os.ReadFile(path)
@@ -638,13 +852,80 @@ func storedCheckpoint(cfg Config) (path string, older *log.Checkpoint, raw []byt
 	case err != nil:
 		return path, nil, nil, fmt.Errorf("uptane: reading stored checkpoint: %w", err)
 	}
+	under := cfg.pinnedText()
+	if k, kerr := os.ReadFile(path + keySuffix); kerr == nil && len(k) <= 2*maxVerifierText {
+		under = strings.TrimSpace(string(k))
+	}
+	if under != verifierText(cfg) {
+		return path, nil, nil, nil // a retired key's: discarded
+	}
 	older, err = logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, raw)
 	if err != nil {
 		// Storage is writable; a stored checkpoint that does not verify
-		// was not written by us. Refuse rather than forget it.
+		// under the key it was stored under was not written by us.
+		// Refuse rather than forget it.
 		return path, nil, nil, refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", path)
 	}
 	return path, older, raw, nil
+}
+
+// maxVerifierText bounds a verifier key's text form.
+const maxVerifierText = 1 << 10
+
+// verifierText is the text form of the log key cfg verifies under.
+func verifierText(cfg Config) string {
+	if cfg.logKeyText != "" {
+		return cfg.logKeyText
+	}
+	return cfg.pinnedText()
+}
+
+// pinnedText identifies the pinned log key: its name and key hash (the
+// text form is not kept by note.Verifier).
+func (cfg *Config) pinnedText() string {
+	if cfg.pinned != "" {
+		return cfg.pinned
+	}
+	if cfg.LogKey == nil {
+		return ""
+	}
+	return fmt.Sprintf("%s+%08x", cfg.LogKey.Name(), cfg.LogKey.KeyHash())
+}
+
+// withRootLogKey returns cfg verifying the log under the key root names
+// (logproof.RootField), if it names one. A root that names a malformed
+// key is refused: it is validly signed, and it is wrong.
+func withRootLogKey(cfg Config, root *metadata.Metadata[metadata.RootType]) (Config, error) {
+	if root == nil {
+		return cfg, nil
+	}
+	vk, err := logproof.KeyFromRoot(root.Signed.UnrecognizedFields)
+	if err != nil {
+		return cfg, refuse(verify.Malformed, "image", err, "image root version %d names an unusable log key", root.Signed.Version)
+	}
+	if vk == nil {
+		return cfg, nil
+	}
+	cfg.pinned = cfg.pinnedText()
+	cfg.LogKey, cfg.LogOrigin = vk, vk.Name()
+	cfg.logKeyText = fmt.Sprintf("%s+%08x", vk.Name(), vk.KeyHash())
+	return cfg, nil
+}
+
+// withStoredRootLogKey is withRootLogKey for the trusted image root in
+// cfg.StateDir (offline: nothing is refreshed).
+func withStoredRootLogKey(cfg Config) (Config, error) {
+	b, err := TrustedImageRoot(cfg.StateDir, cfg.ImageRoot)
+	if err != nil || len(b) == 0 {
+		return cfg, err
+	}
+	root, err := metadata.Root().FromBytes(b)
+	if err != nil {
+		// The trusted root does not parse: the bundle's own checks
+		// refuse it; the log key stays the pinned one.
+		return cfg, nil
+	}
+	return withRootLogKey(cfg, root)
 }
 
 func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uint64) ([][]byte, error) {
@@ -700,23 +981,26 @@ func fetch(ctx context.Context, c *http.Client, role, u string, limit int64) ([]
 	if err != nil {
 		return nil, 0, fmt.Errorf("uptane: %w", err)
 	}
-	resp, err := c.Do(req)
+	resp, err := noRedirects(c).Do(req)
 	if err != nil {
-		return nil, 0, &transferError{url: u, err: err}
+		return nil, 0, &transferError{url: u, err: boundedTransportError(err)}
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
+		// The body is not read: whatever its length, a status other
+		// than 200 OK is a failed transfer (or, for the log proof, 404
+		// means not logged), never a refusal of the bytes.
 		return nil, resp.StatusCode, nil
 	}
 	if resp.ContentLength > limit {
-		return nil, 0, refuse(EndlessData, role, nil, "%s declares %d bytes, more than the %d allowed", u, resp.ContentLength, limit)
+		return nil, 0, refuse(EndlessData, role, nil, "%s declares %d bytes, more than the %d allowed", boundURL(u), resp.ContentLength, limit)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
-		return nil, 0, &transferError{url: u, err: fmt.Errorf("cut after %d bytes: %w", len(b), err)}
+		return nil, 0, &transferError{url: u, err: fmt.Errorf("cut after %d bytes: %w", len(b), boundedTransportError(err))}
 	}
 	if int64(len(b)) > limit {
-		return nil, 0, refuse(EndlessData, role, nil, "%s goes on past the %d bytes allowed", u, limit)
+		return nil, 0, refuse(EndlessData, role, nil, "%s goes on past the %d bytes allowed", boundURL(u), limit)
 	}
 	return b, resp.StatusCode, nil
 }
@@ -726,11 +1010,21 @@ type fetcher struct {
 	ctx    context.Context
 	client *http.Client
 	role   string
+	limits Limits
 }
 
 // DownloadFile implements fetcher.Fetcher: maxLength is the length the
-// parent role signed, or go-tuf's bound for the role when none is signed.
+// parent role signed, or go-tuf's bound for the role when none is signed
+// (set to the agent's own). Neither may exceed the agent's bound: a
+// signed length beyond it is refused before anything is requested.
 func (f *fetcher) DownloadFile(u string, maxLength int64, _ time.Duration) ([]byte, error) {
+	limit, role := f.limits.forFile(u)
+	if maxLength > limit {
+		return nil, refuse(EndlessData, f.role, nil, "%s: the %s metadata is signed as %d bytes, more than the %d this device accepts", f.role, boundName(role), maxLength, limit)
+	}
+	if maxLength <= 0 {
+		maxLength = limit
+	}
 	b, code, err := fetch(f.ctx, f.client, f.role, u, maxLength)
 	if err != nil {
 		return nil, err
@@ -738,9 +1032,44 @@ func (f *fetcher) DownloadFile(u string, maxLength int64, _ time.Duration) ([]by
 	if code != http.StatusOK {
 		// go-tuf looks for this type: a 404 for the next root version
 		// ends the root chain.
-		return nil, &transferError{url: u, err: &metadata.ErrDownloadHTTP{StatusCode: code, URL: u}}
+		return nil, &transferError{url: u, err: &metadata.ErrDownloadHTTP{StatusCode: code, URL: boundURL(u)}}
 	}
 	return b, nil
+}
+
+// maxQuoted bounds a URL or name quoted in an error: an error is kept in
+// the device's state and shown to people, and a hostile server chooses
+// what the names in its metadata say.
+const maxQuoted = 256
+
+// boundURL is u cut to maxQuoted bytes, for error text.
+func boundURL(u string) string { return boundName(u) }
+
+// boundName is s cut to maxQuoted bytes (at a rune boundary) and quoted,
+// with its length when cut.
+func boundName(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:cut]), len(s))
+}
+
+// noRedirects returns c, made never to follow a redirect: the redirect
+// itself is returned as the answer, which is not 200 OK and so fails as a
+// transfer. A device talks only to its configured server, over TLS with
+// the pinned CA; a redirect would take it elsewhere (another host, plain
+// http), and the server never redirects what a device asks for.
+func noRedirects(c *http.Client) *http.Client {
+	if c == nil {
+		c = http.DefaultClient
+	}
+	cc := *c
+	cc.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	return &cc
 }
 
 // escapePath escapes each segment of a slash-separated path.
@@ -751,3 +1080,27 @@ func escapePath(p string) string {
 	}
 	return strings.Join(segs, "/")
 }
+
+// boundedTransportError keeps a transport error's cause but not the URL
+// net/http quotes in it (the request's, which transferError names
+// bounded), and bounds what is left.
+func boundedTransportError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return &boundedError{msg: ue.Op + ": " + boundName(ue.Err.Error()), err: err}
+	}
+	if len(err.Error()) > 4*maxQuoted {
+		return &boundedError{msg: boundName(err.Error()), err: err}
+	}
+	return err
+}
+
+// boundedError is an error whose text is bounded and whose cause is kept
+// for errors.Is and errors.As.
+type boundedError struct {
+	msg string
+	err error
+}
+
+func (e *boundedError) Error() string { return e.msg }
+func (e *boundedError) Unwrap() error { return e.err }

@@ -49,11 +49,16 @@ func wantClass(t *testing.T, d *uptane.Decision, err error, c verify.Class) *ver
 	return ve
 }
 
+// check runs Check and keeps its checkpoint, as the agent does when it
+// installs the release.
 func check(t *testing.T, cfg uptane.Config) *uptane.Decision {
 	t.Helper()
 	d, err := uptane.Check(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("Check: %v", err)
+	}
+	if err := d.KeepCheckpoint(); err != nil {
+		t.Fatalf("KeepCheckpoint: %v", err)
 	}
 	return d
 }
@@ -133,7 +138,7 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 	if bytes.Equal(stored2, stored) || !bytes.Equal(stored2, d3.Checkpoint) {
 		t.Fatal("the newer checkpoint was not stored")
 	}
-	if ents, _ := os.ReadDir(filepath.Join(cfg.StateDir, "log")); len(ents) != 1 {
+	if ents, _ := os.ReadDir(filepath.Join(cfg.StateDir, "log")); len(ents) != 2 { // checkpoint, checkpoint.key
 		t.Fatalf("leftover files in the log state dir: %v", ents)
 	}
 

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -65,6 +66,13 @@ type Env struct {
 	// Server is the server behind TS, for what tests run that Run would
 	// (retention, refreshes).
 	Server *server.Server
+	// DirectorRepo is the offline director repository (rampart repo
+	// init) and DirectorRootKey its root key, for rotations.
+	DirectorRepo    string
+	DirectorRootKey keys.Signer
+
+	opts  []Option
+	close func()
 }
 
 // Option changes the server's configuration before it starts.
@@ -94,25 +102,9 @@ func New(t testing.TB, opts ...Option) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &Env{t: t, DataDir: dir, Admin: res.AdminToken}
-	ctx, cancel := context.WithCancel(context.Background())
-	// Device-side tests replay one device identity through hundreds of
-	// scenarios (TestPowerLoss): its report budget is lifted unless
-	// WithLimits sets one.
-	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Limits: server.Limits{ReportBurst: 1 << 30}}
-	for _, o := range opts {
-		o(&cfg)
-	}
-	in, err := server.OpenDataDir(ctx, dir, cfg)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	e.Server = in.Server
-	e.TS = httptest.NewUnstartedServer(in.Server.Handler())
-	e.TS.TLS = in.TLS
-	e.TS.StartTLS()
-	t.Cleanup(func() { e.TS.Close(); cancel(); in.Close() })
+	e := &Env{t: t, DataDir: dir, Admin: res.AdminToken, opts: opts}
+	e.start("")
+	t.Cleanup(func() { e.close() })
 	e.CAPEM = e.Read("ca.pem")
 	e.Pool = e.Client(nil)
 	vkey := strings.TrimSpace(string(e.Read("online/log.pub")))
@@ -159,12 +151,79 @@ func New(t testing.TB, opts ...Option) *Env {
 	}
 	e.must(dr.Sign("root", rk))
 	dr.Close()
+	e.DirectorRepo, e.DirectorRootKey = ddir, rk
 	e.DirectorRoot, err = os.ReadFile(filepath.Join(ddir, "staged", "root.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.Call(e.Pool, "POST", "/api/v1/director/root", e.Admin, map[string]any{"roots": [][]byte{e.DirectorRoot}}, 200)
+	// As rampart director push-root does: the pushed root is published.
+	dr, err = repo.Open(ddir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dr.Close()
+	if err := dr.AdoptPushedRoots([][]byte{e.DirectorRoot}); err != nil {
+		t.Fatal(err)
+	}
 	return e
+}
+
+// start opens the data directory and serves it over TLS, on addr when
+// given (a restart keeps the address devices are configured with).
+func (e *Env) start(addr string) {
+	t := e.t
+	ctx, cancel := context.WithCancel(context.Background())
+	// Device-side tests replay one device identity through hundreds of
+	// scenarios (TestPowerLoss): its report budget is lifted unless
+	// WithLimits sets one.
+	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Limits: server.Limits{ReportBurst: 1 << 30}}
+	for _, o := range e.opts {
+		o(&cfg)
+	}
+	in, err := server.OpenDataDir(ctx, e.DataDir, cfg)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	e.Server = in.Server
+	e.TS = httptest.NewUnstartedServer(in.Server.Handler())
+	if addr != "" {
+		e.TS.Listener.Close()
+		var l net.Listener
+		for i := 0; ; i++ { // the old listener's port may take a moment to free
+			if l, err = net.Listen("tcp", addr); err == nil || i == 50 {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err != nil {
+			cancel()
+			in.Close()
+			t.Fatal(err)
+		}
+		e.TS.Listener = l
+	}
+	e.TS.TLS = in.TLS
+	e.TS.StartTLS()
+	e.close = func() { e.TS.Close(); cancel(); in.Close() }
+}
+
+// Restart stops the server and opens its data directory again, serving
+// on the same address: what an operator does after rampart-server keys
+// rotate.
+func (e *Env) Restart() { e.RestartWith(nil) }
+
+// RestartWith is Restart running stopped while the server is stopped
+// (rampart-server keys rotate --log needs it so).
+func (e *Env) RestartWith(stopped func()) {
+	e.t.Helper()
+	addr := e.TS.Listener.Addr().String()
+	e.close()
+	if stopped != nil {
+		stopped()
+	}
+	e.start(addr)
 }
 
 func (e *Env) must(_ string, err error) {
