@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"syscall"
 
 	"golang.org/x/mod/semver"
 
@@ -52,7 +53,8 @@ func (a *Agent) InstallBundle(ctx context.Context, path string) (*Outcome, error
 	if err != nil {
 		return nil, err
 	}
-	v, err := bundle.Verify(io.NewSectionReader(f, 0, size), root, bundle.Options{
+	ra := bundleReader(f)
+	v, err := bundle.Verify(io.NewSectionReader(ra, 0, size), root, bundle.Options{
 		Options: verify.Options{Hardware: a.Config.Device.HardwareID, MinSecurityVersion: st.SecurityCounter, Time: a.now()},
 		Name:    path,
 		Workers: a.Config.Download.Workers,
@@ -79,10 +81,14 @@ func (a *Agent) InstallBundle(ctx context.Context, path string) (*Outcome, error
 		return nil, fmt.Errorf("%w: %s (version %s, security version %d) is not newer than the running %s (version %s, security version %d); offline.policy = \"always\" allows it",
 			ErrOfflineRefused, rel.Target, rel.Version, rel.SecurityVersion, st.Running.Target, st.Running.Version, st.Running.SecurityVersion)
 	}
-	src := &sectionSource{r: io.NewSectionReader(f, v.ImageOffset, v.ImageSize), base: v.ImageOffset}
+	src := &sectionSource{r: io.NewSectionReader(ra, v.ImageOffset, v.ImageSize), base: v.ImageOffset}
 	index := func(context.Context) ([]byte, error) { return v.IndexBytes, nil }
 	return a.install(ctx, st, rel, "bundle", res, index, src)
 }
+
+// bundleReader is how the bundle file is read; tests put a failing medium
+// in its place.
+var bundleReader = func(f *os.File) io.ReaderAt { return f }
 
 // UsageError is a command line the agent cannot act on (a BUNDLE that is
 // not a readable regular file): nothing was judged and nothing changed.
@@ -100,7 +106,9 @@ func (e *UsageError) FailureHint() string { return e.Hint }
 // the image at offsets, which a pipe or a terminal cannot give. This is
 // checked before anything is recorded.
 func openBundle(path string) (*os.File, int64, error) {
-	f, err := os.Open(path)
+	// O_NONBLOCK: opening a pipe without a writer would otherwise wait
+	// for one; a regular file reads as usual.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, 0, &UsageError{Err: err, Hint: "name the bundle file (rampart bundle writes one)"}
 	}
