@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -188,7 +190,7 @@ func TestWriteRefusesShortImage(t *testing.T) {
 }
 
 // members returns the sample bundle's members, for hostile rewrites.
-func members(t *testing.T) bundletest.Members {
+func members(t testing.TB) bundletest.Members {
 	c, img := sample()
 	ms, err := bundletest.Split(encode(t, c, img))
 	if err != nil {
@@ -207,7 +209,7 @@ func hostile(f func(w *bundletest.Writer)) []byte {
 
 // hostileCases are the shapes an attacker with the stick tries on the
 // structure. They are also the fuzz seeds.
-func hostileCases(t *testing.T) []struct {
+func hostileCases(t testing.TB) []struct {
 	name string
 	data []byte
 	want error
@@ -431,6 +433,32 @@ func TestWriteSample(t *testing.T) {
 	}
 }
 
+// maxSeed bounds a fuzz seed: the 1 MiB shapes are refused by their
+// headers alone, and smaller seeds mutate faster.
+const maxSeed = 96 << 10
+
+// TestWriteFuzzSeeds writes the hostile shapes into FuzzReader's seed
+// corpus when asked.
+func TestWriteFuzzSeeds(t *testing.T) {
+	if os.Getenv("BUNDLE_WRITE_SEEDS") == "" {
+		t.Skip("set BUNDLE_WRITE_SEEDS=1 to regenerate testdata/fuzz/FuzzReader/hostile-*")
+	}
+	dir := filepath.Join("testdata", "fuzz", "FuzzReader")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range hostileCases(t) {
+		if len(tc.data) > maxSeed {
+			continue
+		}
+		name := "hostile-" + strings.NewReplacer(" ", "-", "/", "-").Replace(tc.name)
+		body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", tc.data)
+		if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // FuzzReader feeds arbitrary bytes to the reader: it must never panic, and
 // must either refuse with one of its errors or yield a bundle whose parts
 // are within the limits.
@@ -447,6 +475,13 @@ func FuzzReader(f *testing.F) {
 	f.Add([]byte{})
 	if sparse, err := os.ReadFile("testdata/sparse.rbundle"); err == nil {
 		f.Add(sparse)
+	}
+	// The hostile shapes (testdata/fuzz/FuzzReader holds them too, from
+	// TestWriteFuzzSeeds) that are small enough to mutate quickly.
+	for _, tc := range hostileCases(f) {
+		if len(tc.data) <= maxSeed {
+			f.Add(tc.data)
+		}
 	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		w, err := walk(bytes.NewReader(data))
