@@ -3,8 +3,8 @@ package bundle
 import (
 	"bytes"
 	"errors"
-	"io"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +15,7 @@ import (
 )
 
 func sample() (*Contents, []byte) {
-	img := bytes.Repeat([]byte("firmware"), 1000)
+	img := bytes.Repeat([]byte("firmware"), 100)
 	return &Contents{
 		Manifest:  Manifest{Target: "acme-gw/2.4.1/fw.img", Role: "acme-gw"},
 		Roots:     [][]byte{[]byte(`{"root":1}`), []byte(`{"root":2}`)},
@@ -344,7 +344,7 @@ func hostileCases(t testing.TB) []struct {
 			w.File("image", ms[len(ms)-1].Body)
 			w.End()
 		}), ErrTrailing, `unexpected member "image" after the image`},
-		{"cut inside the image", good[:len(good)-1024-2000], ErrTruncated, "ends inside a member"},
+		{"cut inside the image", good[:len(good)-1024-400], ErrTruncated, "ends inside a member"},
 		{"metadata over the budget", hostile(func(w *bundletest.Writer) {
 			w.File("rampart-bundle.json", ms[0].Body)
 			pad := bytes.Repeat([]byte{' '}, MaxMetadata)
@@ -435,7 +435,7 @@ func TestWriteSample(t *testing.T) {
 
 // maxSeed bounds a fuzz seed: the 1 MiB shapes are refused by their
 // headers alone, and smaller seeds mutate faster.
-const maxSeed = 96 << 10
+const maxSeed = 16 << 10
 
 // TestWriteFuzzSeeds writes the hostile shapes into FuzzReader's seed
 // corpus when asked.
