@@ -337,10 +337,10 @@ func print(w io.Writer, out *agent.Outcome, asJSON bool) {
 
 // refusal is install --json's answer to a refused bundle: the fields of
 // rampart verify --json's refusal, so one parser reads both programs.
-// A refusal by offline.policy is not a verdict on the bundle: it has no
-// class, and "refused" says which policy.
+// A refusal by offline.policy is not a verdict on the bundle: it has
+// neither "verified" nor a class, and "refused" says which policy.
 type refusal struct {
-	Verified    bool         `json:"verified"`
+	Verified    *bool        `json:"verified,omitempty"`
 	Class       verify.Class `json:"class,omitempty"`
 	RefusedRole string       `json:"refused_role,omitempty"`
 	Refused     string       `json:"refused,omitempty"`
@@ -354,6 +354,7 @@ func printRefusal(w io.Writer, err error) {
 	r := refusal{Error: termsafe.Bounded(err.Error(), 1024)}
 	switch {
 	case errors.As(err, &ve):
+		r.Verified = new(bool)
 		r.Class, r.RefusedRole = ve.Class, ve.Role
 	case errors.Is(err, agent.ErrOfflineRefused):
 		r.Refused = "offline.policy"

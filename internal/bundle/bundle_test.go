@@ -1,6 +1,7 @@
 package bundle
 
 import (
+	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/bundle/bundletest"
 	"github.com/rampartfw/rampart/internal/verify"
@@ -501,4 +503,42 @@ func FuzzReader(f *testing.F) {
 			t.Fatal("image and header disagree")
 		}
 	})
+}
+
+// An image of 8 GiB or more is written with a PAX size record (Write);
+// the reader takes its size from it.
+func TestLargeImagePAXSize(t *testing.T) {
+	var buf bytes.Buffer
+	w := &bundletest.Writer{W: &buf}
+	members(t).Before(w, "image")
+	tw := tar.NewWriter(&buf)
+	if err := tw.WriteHeader(&tar.Header{Name: "image", Mode: 0o644, Size: 9 << 30, Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0), Format: tar.FormatPAX}); err != nil {
+		t.Fatal(err)
+	}
+	tw.Flush()
+	br, err := NewReader(bytes.NewReader(buf.Bytes()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, _, ok, err := br.NextRoot(func(int64) bool { return false })
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+	}
+	for _, name := range []string{"metadata/timestamp.json", "metadata/snapshot.json", "metadata/targets.json", "metadata/acme-gw.json"} {
+		if _, err := br.Metadata(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := br.index(-1, nil); err != nil {
+		t.Fatal(err)
+	}
+	size, offset, err := br.Image()
+	if err != nil || size != 9<<30 || offset != int64(buf.Len()) {
+		t.Fatalf("image size %d at %d (of %d), %v", size, offset, buf.Len(), err)
+	}
 }
