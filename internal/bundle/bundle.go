@@ -23,8 +23,12 @@
 // server. Devices refuse it unless told not to require the log.
 //
 // The reader treats every byte as hostile: member names, order, types and
-// sizes are checked against this layout, every metadata member is bounded,
-// and nothing but the end-of-archive padding may follow the image.
+// sizes are checked against this layout before a member's body is read,
+// every metadata member is bounded and all of them share one budget, and
+// nothing but the end-of-archive blocks and their zero padding may follow
+// the image. It keeps no member longer than it takes to check it. Verify
+// is the whole check, in the bundle's member order, for every program
+// that reads bundles (rampart verify, rampart-agent install).
 package bundle
 
 import (
