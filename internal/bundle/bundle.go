@@ -249,7 +249,7 @@ func (br *Reader) metadata(name string, limit int64) ([]byte, error) {
 	if err := budget(h, limit); err != nil {
 		return nil, err
 	}
-	return br.t.readAll(h.size, "member "+h.name)
+	return br.t.readAll(h.size, "member "+h.name, nil)
 }
 
 // NextRoot reads the next root member. keep says, from the version in the
@@ -279,7 +279,7 @@ func (br *Reader) NextRoot(keep func(version int64) bool) (version int64, raw []
 	if !keep(br.roots) {
 		return br.roots, nil, true, nil // the next header skips the body
 	}
-	raw, err = br.t.readAll(h.size, "member "+h.name)
+	raw, err = br.t.readAll(h.size, "member "+h.name, nil)
 	return br.roots, raw, err == nil, err
 }
 
@@ -324,17 +324,11 @@ func (br *Reader) index(length int64, sum []byte) ([]byte, error) {
 	if length >= 0 && h.size != length {
 		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("chunk index is %d bytes, signed metadata says %d", h.size, length)}
 	}
-	b := make([]byte, h.size)
 	hash := sha256.New()
-	for off := 0; off < len(b); {
-		n := min(len(b)-off, 1<<20)
-		if err := br.t.fill(b[off:off+n], "member index"); err != nil {
-			return nil, err
-		}
-		hash.Write(b[off : off+n])
-		off += n
+	b, err := br.t.readAll(h.size, "member index", hash)
+	if err != nil {
+		return nil, err
 	}
-	br.t.remain = 0
 	if got := hash.Sum(nil); sum != nil && !bytes.Equal(got, sum) {
 		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("chunk index sha256 %x differs from the signed %x", got, sum)}
 	}

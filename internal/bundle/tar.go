@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -120,11 +122,24 @@ func (t *tarReader) Read(p []byte) (int, error) {
 	return n, &ReadError{Offset: t.off, Err: err}
 }
 
-// readAll reads the whole current member into memory.
-func (t *tarReader) readAll(size int64, what string) ([]byte, error) {
-	b := make([]byte, size)
-	if err := t.fill(b, what); err != nil {
-		return nil, err
+// readAll reads the whole current member (size bytes) into memory. It
+// grows its buffer as bytes arrive rather than allocating the declared
+// size, so a header that claims more than the file holds costs no more
+// than the file; h, when set, hashes the bytes as they are read.
+func (t *tarReader) readAll(size int64, what string, h hash.Hash) ([]byte, error) {
+	b := make([]byte, 0, min(size, 64<<10))
+	for int64(len(b)) < size {
+		if len(b) == cap(b) {
+			b = slices.Grow(b, int(min(size-int64(len(b)), int64(cap(b)))))
+		}
+		n := int(min(int64(cap(b)-len(b)), size-int64(len(b))))
+		if err := t.fill(b[len(b):len(b)+n], what); err != nil {
+			return nil, err
+		}
+		if h != nil {
+			h.Write(b[len(b) : len(b)+n])
+		}
+		b = b[:len(b)+n]
 	}
 	t.remain = 0
 	return b, nil
@@ -175,7 +190,7 @@ func (t *tarReader) next() (*header, error) {
 			}
 			seenPAX = true
 			t.body(n)
-			b, err := t.readAll(n, "a PAX header")
+			b, err := t.readAll(n, "a PAX header", nil)
 			if err != nil {
 				return nil, err
 			}
@@ -201,7 +216,7 @@ func (t *tarReader) next() (*header, error) {
 			}
 			seenGNU = true
 			t.body(n)
-			b, err := t.readAll(n, "a GNU long name")
+			b, err := t.readAll(n, "a GNU long name", nil)
 			if err != nil {
 				return nil, err
 			}
