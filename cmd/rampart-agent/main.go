@@ -95,13 +95,18 @@ Example:
     rampart-agent status --config /etc/rampart/agent.toml --json
 `},
 		{Name: "install", Summary: "out-of-band update from a bundle file", Usage: `
-Usage: rampart-agent install --config FILE BUNDLE
+Usage: rampart-agent install --config FILE BUNDLE [--json]
 
 Installs an offline bundle (rampart bundle) with the same verification as
-an online update, then arms a trial boot.
+an online update, then arms a trial boot. The bundle is checked whole
+first, with the reader and the order of checks of rampart verify, and the
+device changes only if it passes: a refused bundle leaves the slots, the
+boot order and the state as they were. BUNDLE must be a regular file.
 
 Flags:
     --config FILE   the agent configuration (default /etc/rampart/agent.toml)
+    --json          print the outcome as JSON; a refusal as rampart verify
+                    --json prints one: {"verified":false,"class":...}
 
 Example:
     rampart-agent install --config /etc/rampart/agent.toml /media/usb/fw.rbundle
@@ -261,6 +266,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		if out != nil {
 			print(stdout, out, *asJSON)
 		}
+		if err != nil && *asJSON {
+			printRefusal(stdout, err)
+		}
 		return report(stderr, err)
 	}
 	// run
@@ -327,6 +335,36 @@ func print(w io.Writer, out *agent.Outcome, asJSON bool) {
 	}
 }
 
+// refusal is install --json's answer to a refused bundle: the fields of
+// rampart verify --json's refusal, so one parser reads both programs.
+// A refusal by offline.policy is not a verdict on the bundle: it has
+// neither "verified" nor a class, and "refused" says which policy.
+type refusal struct {
+	Verified    *bool        `json:"verified,omitempty"`
+	Class       verify.Class `json:"class,omitempty"`
+	RefusedRole string       `json:"refused_role,omitempty"`
+	Refused     string       `json:"refused,omitempty"`
+	Error       string       `json:"error"`
+}
+
+// printRefusal prints a refusal as one JSON line; other failures (usage,
+// environment) print nothing on stdout.
+func printRefusal(w io.Writer, err error) {
+	var ve *verify.Error
+	r := refusal{Error: termsafe.Bounded(err.Error(), 1024)}
+	switch {
+	case errors.As(err, &ve):
+		r.Verified = new(bool)
+		r.Class, r.RefusedRole = ve.Class, ve.Role
+	case errors.Is(err, agent.ErrOfflineRefused):
+		r.Refused = "offline.policy"
+	default:
+		return
+	}
+	b, _ := json.Marshal(r)
+	fmt.Fprintln(w, string(b))
+}
+
 func printJSON(w io.Writer, v any) int {
 	b, _ := json.MarshalIndent(v, "", "  ")
 	fmt.Fprintln(w, string(b))
@@ -386,7 +424,13 @@ func report(stderr io.Writer, err error) int {
 	var ve *verify.Error
 	var ce *agent.ConfigError
 	var ee *agent.EnrollError
+	var ue *agent.UsageError
+	var sc *agent.SlotChangedError
 	switch {
+	case errors.As(err, &ue):
+		return fail(stderr, exitUsage, err, ue.Hint)
+	case errors.As(err, &sc) && errors.As(err, &ve):
+		return fail(stderr, exitRefused, err, "the update was refused as "+string(ve.Class)+" after the install into slot "+sc.Slot+" began: that slot no longer holds a bootable release; the running slot is untouched")
 	case errors.As(err, &ve):
 		return fail(stderr, exitRefused, err, "the update was refused as "+string(ve.Class)+"; nothing was installed and the running slot is untouched")
 	case errors.Is(err, agent.ErrOfflineRefused):

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
@@ -25,6 +26,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/agent/agenttest"
 	"github.com/rampartfw/rampart/internal/bootloader"
+	"github.com/rampartfw/rampart/internal/bundle/bundletest"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 )
@@ -50,6 +52,11 @@ const hw = "acme-gw-rev2"
 //	mkbundle [-nolog] VERSION FILE
 //	                         an offline bundle of a published release, with
 //	                         its log proof (a format 1 bundle without, -nolog)
+//	hostile-bundle SHAPE IN OUT
+//	                         a hostile rewrite of bundle IN: longname (a 1 MiB GNU
+//	                         long name before the index), lastbyte (the image's
+//	                         last byte changed), extra (a member after the image),
+//	                         cut (cut inside the image)
 //	powercycle DIR           the simulated bootloader boots; writes DIR/cmdline
 //	slotis DIR SLOT VERSION  the slot holds that release's image
 //	hostile DIR FAULT PATH   puts a hostile front end (internal/agent/agenttest)
@@ -140,6 +147,14 @@ func runScript(t *testing.T, file string) {
 					proof = e.LogProof(args[0])
 				}
 				e.WriteBundle(ts.MkAbs(args[1]), args[0], proof)
+			},
+			"hostile-bundle": func(ts *testscript.TestScript, neg bool, args []string) {
+				if len(args) != 3 {
+					ts.Fatalf("usage: hostile-bundle SHAPE IN OUT")
+				}
+				b, err := os.ReadFile(ts.MkAbs(args[1]))
+				ts.Check(err)
+				ts.Check(os.WriteFile(ts.MkAbs(args[2]), hostileBundle(ts, args[0], b), 0o644))
 			},
 			"powercycle": func(ts *testscript.TestScript, neg bool, args []string) {
 				dir := ts.MkAbs(args[0])
@@ -331,4 +346,36 @@ dir = "state"
 		}
 	}
 	return werr
+}
+
+// hostileBundle rewrites a genuine bundle into one of the shapes of
+// hostile-bundle (internal/bundle/bundletest writes them).
+func hostileBundle(ts *testscript.TestScript, shape string, good []byte) []byte {
+	ms, err := bundletest.Split(good)
+	ts.Check(err)
+	members := bundletest.Members(ms)
+	image := ms[len(ms)-1].Body
+	end := len(good) - 1024
+	var buf bytes.Buffer
+	w := &bundletest.Writer{W: &buf}
+	switch shape {
+	case "longname":
+		members.Before(w, "index")
+		w.GNULongName(strings.Repeat("\x1b[2J", 256<<10))
+		members.From(w, "index")
+		w.End()
+	case "extra":
+		members.From(w, "rampart-bundle.json")
+		w.File("payload.sh", []byte("#!/bin/sh\n"))
+		w.End()
+	case "lastbyte":
+		b := bytes.Clone(good)
+		b[end-1-(512-len(image)%512)%512] ^= 1
+		return b
+	case "cut":
+		return good[:end-len(image)/2]
+	default:
+		ts.Fatalf("unknown shape %q", shape)
+	}
+	return buf.Bytes()
 }

@@ -1,12 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"strconv"
@@ -140,68 +140,57 @@ func runVerify(e *env, args []string) error {
 }
 
 func verifyBundle(e *env, path string, root []byte, opt verify.Options, logKey note.Verifier) (*verifyOutput, error) {
-	f, err := os.Open(path)
+	f, err := openBundle(path)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	br, err := bundle.NewReader(bufio.NewReaderSize(f, 1<<20))
-	if err != nil {
-		return nil, bundleRefusal(path, err)
-	}
-	res, err := verify.Target(root, verify.Metadata{
-		Roots: br.Roots, Timestamp: br.Timestamp, Snapshot: br.Snapshot, Targets: br.Targets,
-		Delegated: map[string][]byte{br.Role: br.Delegated},
-	}, br.Target, opt)
-	if err != nil {
-		return nil, err
-	}
-	ix, err := verify.Index(res, br.Index)
-	if err != nil {
-		return nil, err
-	}
 	var logged *verifiedLog
+	bopt := bundle.Options{Options: opt, Name: path,
+		Image: func(r io.Reader, size int64) (io.Reader, func()) { return startProgress(e, "verifying", r, size) }}
 	if logKey != nil {
-		cp, index, err := uptane.VerifyLogProof(logKey, br.LogProof, res)
-		if err != nil {
-			return nil, err
+		bopt.Log = func(proof []byte, res *verify.Result) error {
+			cp, index, err := uptane.VerifyLogProof(logKey, proof, res)
+			if err != nil {
+				return err
+			}
+			logged = &verifiedLog{Origin: cp.Origin, Index: index, TreeSize: cp.Size}
+			return nil
 		}
-		logged = &verifiedLog{Origin: cp.Origin, Index: index, TreeSize: cp.Size}
 	}
-	if br.ImageSize != res.File.Length {
-		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("%s: the bundle's image is %d bytes, the signed length is %d", path, br.ImageSize, res.File.Length)}
-	}
-	img, stop := startProgress(e, "verifying", br.Image(), br.ImageSize)
-	err = verify.Image(ix, img, nil, 0)
-	stop()
+	v, err := bundle.Verify(f, root, bopt)
 	if err != nil {
-		return nil, bundleRefusal(path, err)
+		return nil, err
 	}
-	if err := br.Finish(); err != nil {
-		return nil, bundleRefusal(path, err)
-	}
+	res := v.Result
 	sv := res.Release.SecurityVersion
 	return &verifyOutput{
 		Verified: true, Target: res.Target, Product: res.Release.Product, Version: res.Release.Version,
 		SecurityVersion: &sv, HardwareIDs: res.Release.HardwareIDs, Length: res.File.Length,
-		SHA256: hex.EncodeToString(res.File.Hashes["sha256"]), Chunks: len(ix.Chunks), Role: res.Role,
+		SHA256: hex.EncodeToString(res.File.Hashes["sha256"]), Chunks: len(v.Index.Chunks), Role: res.Role,
 		Signers: res.Signers, Threshold: res.Threshold, Versions: res.Versions, Expires: res.Expires,
 		Log: logged,
 	}, nil
 }
 
-// bundleRefusal turns a bundle format error into a verification refusal.
-func bundleRefusal(path string, err error) error {
-	var ve *verify.Error
-	if errors.As(err, &ve) {
-		return err
+// openBundle opens BUNDLE for reading. A path that does not exist or
+// cannot be opened, and a directory, are usage errors (exit 2): the bundle
+// was never judged. verify reads the bundle once, front to back, so a
+// pipe will do (the device, which reads it twice, needs a file).
+func openBundle(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, usagef("name the bundle file (rampart bundle writes one)", "%v", err)
 	}
-	for _, s := range []error{bundle.ErrEscape, bundle.ErrTruncated, bundle.ErrTrailing, bundle.ErrMalformed} {
-		if errors.Is(err, s) {
-			return &verify.Error{Class: verify.Malformed, Msg: path, Err: err}
-		}
+	fi, err := f.Stat()
+	if err == nil && fi.IsDir() {
+		err = fmt.Errorf("%s is a directory", path)
 	}
-	return err
+	if err != nil {
+		f.Close()
+		return nil, usagef("name the bundle file itself (rampart bundle writes one)", "%v", err)
+	}
+	return f, nil
 }
 
 func readBounded(path string, limit int64) ([]byte, error) {

@@ -2,6 +2,8 @@ package agent
 
 import (
 	"context"
+	"io"
+	"os"
 
 	"github.com/rampartfw/rampart/internal/install"
 	"github.com/rampartfw/rampart/internal/verify"
@@ -26,4 +28,12 @@ func (a *Agent) InstallVerified(ctx context.Context, res *verify.Result, index [
 		return nil, err
 	}
 	return a.install(ctx, st, releaseOf(res), "server", res, func(context.Context) ([]byte, error) { return index, nil }, src)
+}
+
+// SetBundleMedium makes InstallBundle read bundle files through wrap (a
+// failing medium); it returns a func restoring the default.
+func SetBundleMedium(wrap func(io.ReaderAt) io.ReaderAt) func() {
+	old := bundleReader
+	bundleReader = func(f *os.File) io.ReaderAt { return wrap(f) }
+	return func() { bundleReader = old }
 }

@@ -104,6 +104,26 @@ func (a *Agent) refusedOrFailed(ctx context.Context, st *State, err error) error
 	return err
 }
 
+// refusedInstall records a refusal that came after install began: the
+// target slot is out of the boot order (and may be partly written) and its
+// release forgotten, so the error says so, and the pending record goes:
+// nothing will resume a refused release, and status must not show one.
+func (a *Agent) refusedInstall(ctx context.Context, st *State, target bootloader.Slot, err error) error {
+	st.Pending = nil
+	return a.refusedOrFailed(ctx, st, &SlotChangedError{Slot: string(target), Err: err})
+}
+
+// SlotChangedError is a refusal (Err, a *verify.Error) that came after the
+// install into Slot began: that slot no longer holds a bootable release.
+// The running slot is untouched.
+type SlotChangedError struct {
+	Slot string
+	Err  error
+}
+
+func (e *SlotChangedError) Error() string { return e.Err.Error() }
+func (e *SlotChangedError) Unwrap() error { return e.Err }
+
 func (a *Agent) fetchIndex(ctx context.Context, u string, length int64) ([]byte, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, u, nil)
 	if err != nil {
@@ -187,13 +207,13 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 	var ve *verify.Error
 	switch {
 	case errors.As(err, &ve):
-		return nil, a.refusedOrFailed(ctx, st, err)
+		return nil, a.refusedInstall(ctx, st, target, err)
 	case err != nil:
 		return nil, a.installFailed(ctx, st, "download", err)
 	}
 	ix, err := verify.Index(res, ixBytes)
 	if err != nil {
-		return nil, a.refusedOrFailed(ctx, st, err)
+		return nil, a.refusedInstall(ctx, st, target, err)
 	}
 
 	slot, err := a.FS.OpenFile(a.slotPath(target), os.O_RDWR, 0)
@@ -230,12 +250,12 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		var rb *install.ReadBackError
 		switch {
 		case errors.Is(err, install.ErrEndlessData):
-			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: uptane.EndlessData, Role: "image", Msg: "the image goes on past the bytes asked for; nothing of it was written", Err: err})
+			return nil, a.refusedInstall(ctx, st, target, &verify.Error{Class: uptane.EndlessData, Role: "image", Msg: "the image goes on past the bytes asked for; nothing of it was written", Err: err})
 		case errors.As(err, &cm), errors.Is(err, install.ErrChunkMismatch):
-			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "a chunk does not match the signed index; nothing of it was written", Err: err})
+			return nil, a.refusedInstall(ctx, st, target, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "a chunk does not match the signed index; nothing of it was written", Err: err})
 		case errors.Is(err, chunkindex.ErrImageHash):
 			// Signed metadata that contradicts itself, not a failing disk.
-			return nil, a.refusedOrFailed(ctx, st, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "the slot matches every chunk of the signed index but not the signed image hash; the slot is not made bootable", Err: err})
+			return nil, a.refusedInstall(ctx, st, target, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "the slot matches every chunk of the signed index but not the signed image hash; the slot is not made bootable", Err: err})
 		case errors.As(err, &rb):
 			return nil, a.installFailed(ctx, st, "read-back", fmt.Errorf("%w: %w", ErrInstall, err))
 		case errors.Is(err, syscall.ENOSPC):

@@ -23,12 +23,18 @@
 // server. Devices refuse it unless told not to require the log.
 //
 // The reader treats every byte as hostile: member names, order, types and
-// sizes are checked against this layout, every metadata member is bounded,
-// and nothing but the end-of-archive padding may follow the image.
+// sizes are checked against this layout before a member's body is read,
+// every metadata member is bounded and all of them share one budget, and
+// nothing but the end-of-archive blocks and their zero padding may follow
+// the image. It keeps no member longer than it takes to check it. Verify
+// is the whole check, in the bundle's member order, for every program
+// that reads bundles (rampart verify, rampart-agent install).
 package bundle
 
 import (
 	"archive/tar"
+	"bytes"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -37,7 +43,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/release"
+	"github.com/rampartfw/rampart/internal/strictjson"
+	"github.com/rampartfw/rampart/internal/verify"
 )
 
 // Limits on untrusted input.
@@ -47,6 +56,13 @@ const (
 	MaxIndex    = 64 << 20
 	MaxLogProof = 64 << 10
 	MaxRoots    = 256
+	// MaxMetadataTotal bounds everything before the index: the manifest,
+	// every root (skipped ones too), the timestamp, snapshot, targets,
+	// product role and log proof, headers included. A bundle that fills
+	// every member to its own limit is refused once it passes this, so
+	// reading its metadata never costs more than this in time, and the
+	// verifier never holds more than one member of it at a time.
+	MaxMetadataTotal = 16 << 20
 	// maxTrailer bounds the zero padding accepted after the archive end.
 	maxTrailer = 64 << 10
 )
@@ -142,25 +158,36 @@ func Write(w io.Writer, c *Contents, image io.Reader) error {
 	return tw.Close()
 }
 
-// Reader reads a bundle. NewReader consumes everything before the image;
-// Image then yields the image bytes and Finish checks the end of the stream.
+// Reader reads a bundle one member at a time, in the bundle's order, and
+// keeps none of them: NewReader reads the manifest, then NextRoot (until it
+// reports no more roots), Metadata for the timestamp, snapshot, targets and
+// product role, LogProof, Index, Image and Finish. Verify drives it; it is
+// exported for tools and tests that need the structure without the trust
+// decisions.
+//
+// Every member is checked against the layout before its body is read (name,
+// type, declared size against its limit and against MaxMetadataTotal), so a
+// hostile header costs at most its own block. Errors wrap ErrMalformed,
+// ErrTruncated, ErrEscape or ErrTrailing; a failing medium is a *ReadError.
 type Reader struct {
-	Contents
-	src   io.Reader
-	tr    *tar.Reader
-	image io.Reader
+	Manifest
+	t     *tarReader
+	ahead *header // the member after the roots, read to find where they end
+	roots int64
+	image *header
 }
 
-// NewReader parses a bundle up to the start of its image.
+// NewReader reads and checks the manifest.
 func NewReader(r io.Reader) (*Reader, error) {
-	br := &Reader{src: r, tr: tar.NewReader(r)}
-	mb, err := br.member("rampart-bundle.json", MaxManifest)
+	br := &Reader{t: &tarReader{r: r}}
+	mb, err := br.metadata("rampart-bundle.json", MaxManifest)
 	if err != nil {
 		return nil, err
 	}
-	dec := json.NewDecoder(strings.NewReader(string(mb)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&br.Manifest); err != nil {
+	// The strict decoder: a case variant of a member name ("FORMAT") or
+	// anything after the first value would be read differently by another
+	// parser.
+	if err := strictjson.Unmarshal(mb, &br.Manifest); err != nil {
 		return nil, fmt.Errorf("%w: rampart-bundle.json: %v", ErrMalformed, err)
 	}
 	if br.Format != 1 && br.Format != 2 {
@@ -171,184 +198,195 @@ func NewReader(r io.Reader) (*Reader, error) {
 		return nil, fmt.Errorf("%w: rampart-bundle.json: %v", ErrMalformed, err)
 	}
 	if br.Role != product {
-		return nil, fmt.Errorf("%w: rampart-bundle.json names role %q for a target of product %q", ErrMalformed, br.Role, product)
+		return nil, fmt.Errorf("%w: rampart-bundle.json names role %s for a target of product %s", ErrMalformed, quote(br.Role), quote(product))
 	}
-	// Roots come first, consecutively from version 1; the first non-root
-	// member must be the timestamp.
-	var next *tar.Header
-	for {
-		hdr, err := br.header()
-		if err != nil {
-			return nil, err
-		}
-		want := fmt.Sprintf("metadata/%d.root.json", len(br.Roots)+1)
-		if hdr.Name != want {
-			if len(br.Roots) == 0 {
-				return nil, fmt.Errorf("%w: expected member %s, found %q", ErrMalformed, want, hdr.Name)
-			}
-			next = hdr
-			break
-		}
-		if len(br.Roots) == MaxRoots {
-			return nil, fmt.Errorf("%w: more than %d root versions", ErrMalformed, MaxRoots)
-		}
-		b, err := br.body(hdr, MaxMetadata)
-		if err != nil {
-			return nil, err
-		}
-		br.Roots = append(br.Roots, b)
-	}
-	if br.Timestamp, err = br.bodyNamed(next, "metadata/timestamp.json", MaxMetadata); err != nil {
-		return nil, err
-	}
-	if br.Snapshot, err = br.member("metadata/snapshot.json", MaxMetadata); err != nil {
-		return nil, err
-	}
-	if br.Targets, err = br.member("metadata/targets.json", MaxMetadata); err != nil {
-		return nil, err
-	}
-	if br.Delegated, err = br.member("metadata/"+br.Role+".json", MaxMetadata); err != nil {
-		return nil, err
-	}
-	if br.Format == 2 {
-		if br.LogProof, err = br.member("log-proof.json", MaxLogProof); err != nil {
-			return nil, err
-		}
-		if br.LogProof == nil {
-			br.LogProof = []byte{} // present, if empty: the verifier refuses it
-		}
-	}
-	if br.Index, err = br.member("index", MaxIndex); err != nil {
-		return nil, err
-	}
-	hdr, err := br.header()
-	if err != nil {
-		return nil, err
-	}
-	if hdr.Name != "image" {
-		return nil, fmt.Errorf("%w: expected member image, found %q", ErrMalformed, hdr.Name)
-	}
-	br.ImageSize = hdr.Size
-	br.image = &truncationReader{br.tr}
 	return br, nil
 }
 
-// Image returns the image member's bytes. The tar reader ends it at the
-// size its header declares; the verifier compares that with the signed
-// length before trusting any of it.
-func (br *Reader) Image() io.Reader { return br.image }
-
-// Finish checks that nothing but end-of-archive padding follows the image.
-// Call it after the image has been read completely.
-func (br *Reader) Finish() error {
-	hdr, err := br.tr.Next()
-	if err == nil {
-		return fmt.Errorf("%w: unexpected member %q after the image", ErrTrailing, hdr.Name)
+// header reads the next member's header; want names the member expected,
+// for the message when the archive ends instead.
+func (br *Reader) header(want string) (*header, error) {
+	if h := br.ahead; h != nil {
+		br.ahead = nil
+		return h, nil
 	}
-	if !errors.Is(err, io.EOF) {
-		return br.wrap(err)
+	h, err := br.t.next()
+	if errors.Is(err, errEnd) {
+		return nil, fmt.Errorf("%w: the archive ends before the image (expected member %s)", ErrTruncated, want)
 	}
-	buf := make([]byte, 32<<10)
-	total := 0
-	for {
-		n, err := br.src.Read(buf)
-		for _, c := range buf[:n] {
-			if c != 0 {
-				return fmt.Errorf("%w: non-zero bytes after the end-of-archive marker", ErrTrailing)
-			}
-		}
-		total += n
-		if total > maxTrailer {
-			return fmt.Errorf("%w: more than %d bytes of padding", ErrTrailing, maxTrailer)
-		}
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
+	return h, err
 }
 
-func (br *Reader) header() (*tar.Header, error) {
-	hdr, err := br.tr.Next()
-	if err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: archive ended before the image", ErrTruncated)
-		}
-		return nil, br.wrap(err)
-	}
-	if escapes(hdr.Name) {
-		return nil, fmt.Errorf("%w: %q", ErrEscape, hdr.Name)
-	}
-	if hdr.Typeflag != tar.TypeReg {
-		return nil, fmt.Errorf("%w: member %q is not a regular file (type %q)", ErrMalformed, hdr.Name, hdr.Typeflag)
-	}
-	// PAX records can turn a regular entry into a sparse file whose holes
-	// read as zeros that are not in the stream: a few bytes of input could
-	// then pose as gigabytes. Bundles are written without them.
-	for k := range hdr.PAXRecords {
-		if strings.HasPrefix(k, "GNU.sparse.") {
-			return nil, fmt.Errorf("%w: member %q is a sparse file", ErrMalformed, hdr.Name)
-		}
-	}
-	if hdr.Size < 0 {
-		return nil, fmt.Errorf("%w: member %q has a negative size", ErrMalformed, hdr.Name)
-	}
-	return hdr, nil
-}
-
-func (br *Reader) member(name string, limit int64) ([]byte, error) {
-	hdr, err := br.header()
+// named reads the next header, which must be want's.
+func (br *Reader) named(want string) (*header, error) {
+	h, err := br.header(want)
 	if err != nil {
 		return nil, err
 	}
-	return br.bodyNamed(hdr, name, limit)
+	if h.name != want {
+		return nil, fmt.Errorf("%w: expected member %s, found %s", ErrMalformed, want, quote(h.name))
+	}
+	return h, nil
 }
 
-func (br *Reader) bodyNamed(hdr *tar.Header, name string, limit int64) ([]byte, error) {
-	if hdr.Name != name {
-		return nil, fmt.Errorf("%w: expected member %s, found %q", ErrMalformed, name, hdr.Name)
+// budget refuses a metadata member over its own limit or one that would
+// take the metadata past MaxMetadataTotal, before its body is read.
+func budget(h *header, limit int64) error {
+	if h.size > limit {
+		return fmt.Errorf("%w: member %s is %d bytes, the limit is %d", ErrMalformed, h.name, h.size, limit)
 	}
-	return br.body(hdr, limit)
+	if h.offset+h.size > MaxMetadataTotal {
+		return fmt.Errorf("%w: member %s ends at byte %d: the metadata of a bundle may take at most %d bytes", ErrMalformed, h.name, h.offset+h.size, MaxMetadataTotal)
+	}
+	return nil
 }
 
-func (br *Reader) body(hdr *tar.Header, limit int64) ([]byte, error) {
-	if hdr.Size > limit {
-		return nil, fmt.Errorf("%w: member %s is %d bytes, the limit is %d", ErrMalformed, hdr.Name, hdr.Size, limit)
-	}
-	// Read rather than allocate the declared size: a hostile header may
-	// claim megabytes that never follow.
-	b, err := io.ReadAll(io.LimitReader(br.tr, hdr.Size))
+func (br *Reader) metadata(name string, limit int64) ([]byte, error) {
+	h, err := br.named(name)
 	if err != nil {
-		return nil, br.wrap(fmt.Errorf("member %s: %w", hdr.Name, err))
+		return nil, err
 	}
-	if int64(len(b)) != hdr.Size {
-		return nil, fmt.Errorf("%w: member %s: %v", ErrTruncated, hdr.Name, io.ErrUnexpectedEOF)
+	if err := budget(h, limit); err != nil {
+		return nil, err
+	}
+	return br.t.readAll(h.size, "member "+h.name, nil)
+}
+
+// NextRoot reads the next root member. keep says, from the version in the
+// member's name, whether its body is wanted: one that is not (a version
+// the verifier already trusts) is skipped unread. ok is false once the
+// members after the roots begin; raw is nil for a skipped root.
+func (br *Reader) NextRoot(keep func(version int64) bool) (version int64, raw []byte, ok bool, err error) {
+	want := fmt.Sprintf("metadata/%d.root.json", br.roots+1)
+	h, err := br.header(want)
+	if err != nil {
+		return 0, nil, false, err
+	}
+	if h.name != want {
+		if br.roots == 0 {
+			return 0, nil, false, fmt.Errorf("%w: expected member %s, found %s", ErrMalformed, want, quote(h.name))
+		}
+		br.ahead = h
+		return 0, nil, false, nil
+	}
+	if br.roots == MaxRoots {
+		return 0, nil, false, fmt.Errorf("%w: more than %d root versions", ErrMalformed, MaxRoots)
+	}
+	if err := budget(h, MaxMetadata); err != nil {
+		return 0, nil, false, err
+	}
+	br.roots++
+	if !keep(br.roots) {
+		return br.roots, nil, true, nil // the next header skips the body
+	}
+	raw, err = br.t.readAll(h.size, "member "+h.name, nil)
+	return br.roots, raw, err == nil, err
+}
+
+// Metadata reads the next member, which must be name: the timestamp,
+// snapshot, targets or product role (metadata/ROLE.json).
+func (br *Reader) Metadata(name string) ([]byte, error) {
+	return br.metadata(name, MaxMetadata)
+}
+
+// LogProof reads log-proof.json in a format 2 bundle (an empty member is
+// returned as a non-nil empty slice, for the verifier to refuse); it reads
+// nothing and returns nil in a format 1 bundle.
+func (br *Reader) LogProof() ([]byte, error) {
+	if br.Format != 2 {
+		return nil, nil
+	}
+	b, err := br.metadata("log-proof.json", MaxLogProof)
+	if b == nil && err == nil {
+		b = []byte{}
+	}
+	return b, err
+}
+
+// Index reads the chunk index, which must be length bytes (its signed
+// length) with the SHA-256 sum (its signed hash): a member of another size
+// is refused before it is read, and the hash is checked as it is read.
+// Both refusals are *verify.Error of class mismatch.
+func (br *Reader) Index(length int64, sum []byte) ([]byte, error) {
+	return br.index(length, sum)
+}
+
+// index is Index; a negative length (tests, fuzzing) takes any size up to
+// MaxIndex and a nil sum skips the hash.
+func (br *Reader) index(length int64, sum []byte) ([]byte, error) {
+	h, err := br.named("index")
+	if err != nil {
+		return nil, err
+	}
+	if h.size > MaxIndex {
+		return nil, fmt.Errorf("%w: member index is %d bytes, the limit is %d", ErrMalformed, h.size, MaxIndex)
+	}
+	if length >= 0 && h.size != length {
+		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("chunk index is %d bytes, signed metadata says %d", h.size, length)}
+	}
+	hash := sha256.New()
+	b, err := br.t.readAll(h.size, "member index", hash)
+	if err != nil {
+		return nil, err
+	}
+	if got := hash.Sum(nil); sum != nil && !bytes.Equal(got, sum) {
+		return nil, &verify.Error{Class: verify.Mismatch, Msg: fmt.Sprintf("chunk index sha256 %x differs from the signed %x", got, sum)}
 	}
 	return b, nil
 }
 
-func (br *Reader) wrap(err error) error {
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		return fmt.Errorf("%w: %v", ErrTruncated, err)
+// Image reads the image member's header and returns its size and its
+// offset in the bundle; ImageReader then yields its bytes.
+func (br *Reader) Image() (size, offset int64, err error) {
+	h, err := br.named("image")
+	if err != nil {
+		return 0, 0, err
 	}
-	return fmt.Errorf("%w: %v", ErrMalformed, err)
+	br.image = h
+	return h.size, h.offset, nil
 }
 
-// truncationReader reports a stream cut inside the image as ErrTruncated.
-type truncationReader struct{ r io.Reader }
+// ImageReader reads the image member (after Image). It ends at the size
+// the header declares; a file cut inside it is ErrTruncated.
+func (br *Reader) ImageReader() io.Reader { return br.t }
 
-func (t *truncationReader) Read(p []byte) (int, error) {
-	n, err := t.r.Read(p)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = fmt.Errorf("%w: image: %v", ErrTruncated, err)
+// Finish checks that the archive ends after the image: the two
+// end-of-archive blocks, then nothing but at most 64 KiB of zero padding.
+// The rest of the image, if unread, is skipped.
+func (br *Reader) Finish() error {
+	if br.image == nil {
+		return fmt.Errorf("%w: Finish before the image", ErrMalformed)
 	}
-	return n, err
+	return br.t.finish()
+}
+
+// Offset is how many bytes of the bundle were read.
+func (br *Reader) Offset() int64 { return br.t.off }
+
+// ReadError is a failure to read the bundle (a failing medium, a
+// directory): the environment's fault, not the bundle's, so never a
+// refusal.
+type ReadError struct {
+	Offset int64
+	Err    error
+}
+
+func (e *ReadError) Error() string {
+	return fmt.Sprintf("reading the bundle failed at offset %d: %v", e.Offset, e.Err)
+}
+
+func (e *ReadError) Unwrap() error { return e.Err }
+
+// FailureKind makes a read error an environment failure (exit 3).
+func (e *ReadError) FailureKind() failure.Kind { return failure.Environment }
+
+// FailureHint says what to do.
+func (e *ReadError) FailureHint() string {
+	return "the bundle could not be read; this is not a refusal: check the medium, or copy the bundle to another one, and try again"
 }
 
 func escapes(name string) bool {
-	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") {
+	if name == "" || strings.HasPrefix(name, "/") || strings.Contains(name, "\\") || strings.IndexByte(name, 0) >= 0 {
 		return true
 	}
 	for _, part := range strings.Split(name, "/") {

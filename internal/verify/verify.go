@@ -64,103 +64,37 @@ type Result struct {
 }
 
 // Target verifies the metadata chain from trustedRoot down to target.
+// Root versions at or below the trusted one are skipped.
 func Target(trustedRoot []byte, md Metadata, target string, opt Options) (*Result, error) {
 	if err := checkDuplicateSignatures(trustedRoot, md); err != nil {
 		return nil, err
 	}
-	trusted, err := trustedmetadata.New(trustedRoot)
+	c, err := NewChain(trustedRoot, opt)
 	if err != nil {
-		return nil, classify("root", fmt.Errorf("trusted root: %w", err))
-	}
-	if !opt.Time.IsZero() {
-		trusted.RefTime = opt.Time.UTC()
+		return nil, err
 	}
 	for _, raw := range md.Roots {
 		r, err := metadata.Root().FromBytes(raw)
 		if err != nil {
 			return nil, classify("root", err)
 		}
-		if r.Signed.Version <= trusted.Root.Signed.Version {
+		if r.Signed.Version <= c.RootVersion() {
 			continue
 		}
-		if _, err := trusted.UpdateRoot(raw); err != nil {
-			return nil, classify("root", fmt.Errorf("root version %d: %w", r.Signed.Version, err))
+		if err := c.UpdateRoot(raw); err != nil {
+			return nil, err
 		}
 	}
-	if _, err := trusted.UpdateTimestamp(md.Timestamp); err != nil {
-		return nil, expiryOr(trusted, "timestamp", md.Timestamp, err)
+	if err := c.UpdateTimestamp(md.Timestamp); err != nil {
+		return nil, err
 	}
-	if _, err := trusted.UpdateSnapshot(md.Snapshot, false); err != nil {
-		return nil, expiryOr(trusted, "snapshot", md.Snapshot, err)
+	if err := c.UpdateSnapshot(md.Snapshot); err != nil {
+		return nil, err
 	}
-	if _, err := trusted.UpdateTargets(md.Targets); err != nil {
-		return nil, expiryOr(trusted, "targets", md.Targets, err)
+	if err := c.UpdateTargets(md.Targets); err != nil {
+		return nil, err
 	}
-
-	res := &Result{Target: target, Versions: map[string]int64{}, Expires: map[string]time.Time{}}
-	res.Versions["root"], res.Expires["root"] = trusted.Root.Signed.Version, trusted.Root.Signed.Expires
-	res.Versions["timestamp"], res.Expires["timestamp"] = trusted.Timestamp.Signed.Version, trusted.Timestamp.Signed.Expires
-	res.Versions["snapshot"], res.Expires["snapshot"] = trusted.Snapshot.Signed.Version, trusted.Snapshot.Signed.Expires
-	top := trusted.Targets[metadata.TARGETS]
-	res.Versions["targets"], res.Expires["targets"] = top.Signed.Version, top.Signed.Expires
-
-	if _, _, _, err := release.ParseTargetPath(target); err != nil {
-		return nil, refuse(Malformed, "", err, "target %q", target)
-	}
-	// Rampart repositories delegate every product path to one terminating
-	// role; the top-level targets role lists no releases itself.
-	if tf, ok := top.Signed.Targets[target]; ok {
-		res.File, res.Role = tf, metadata.TARGETS
-		res.Threshold = trusted.Root.Signed.Roles[metadata.TARGETS].Threshold
-		res.Signers = ValidSigners(trusted.Root.Signed.Keys, trusted.Root.Signed.Roles[metadata.TARGETS].KeyIDs, top)
-	} else {
-		if top.Signed.Delegations == nil {
-			return nil, refuse(MissingTarget, "targets", nil, "no role is delegated target %s", target)
-		}
-		for _, rr := range top.Signed.Delegations.GetRolesForTarget(target) {
-			raw, ok := md.Delegated[rr.Name]
-			if !ok {
-				return nil, refuse(MissingTarget, rr.Name, nil, "metadata of role %s, delegated target %s, is missing", rr.Name, target)
-			}
-			role, err := trusted.UpdateDelegatedTargets(raw, rr.Name, metadata.TARGETS)
-			if err != nil {
-				return nil, expiryOr(trusted, rr.Name, raw, err)
-			}
-			res.Versions[rr.Name], res.Expires[rr.Name] = role.Signed.Version, role.Signed.Expires
-			if tf, ok := role.Signed.Targets[target]; ok {
-				res.File, res.Role = tf, rr.Name
-				for _, d := range top.Signed.Delegations.Roles {
-					if d.Name == rr.Name {
-						res.Threshold = d.Threshold
-						res.Signers = ValidSigners(top.Signed.Delegations.Keys, d.KeyIDs, role)
-					}
-				}
-				break
-			}
-			if rr.Terminating {
-				break
-			}
-		}
-		if res.File == nil {
-			return nil, refuse(MissingTarget, "", nil, "target %s is not in the signed metadata", target)
-		}
-	}
-
-	rel, err := release.FromTarget(target, res.File)
-	if err != nil {
-		return nil, refuse(Malformed, res.Role, err, "release metadata")
-	}
-	res.Release = rel
-	if _, ok := res.File.Hashes["sha256"]; !ok {
-		return nil, refuse(Malformed, res.Role, nil, "target %s has no sha256 hash", target)
-	}
-	if opt.Hardware != "" && !rel.Supports(opt.Hardware) {
-		return nil, refuse(WrongHardware, res.Role, nil, "release %s is for hardware %v, not %s", target, rel.HardwareIDs, opt.Hardware)
-	}
-	if rel.SecurityVersion < opt.MinSecurityVersion {
-		return nil, refuse(Downgrade, res.Role, nil, "release %s has security version %d, below the required minimum %d", target, rel.SecurityVersion, opt.MinSecurityVersion)
-	}
-	return res, nil
+	return c.Target(target, md.Delegated)
 }
 
 // expiryOr turns go-tuf's expiry errors into a message that names the role
@@ -354,21 +288,29 @@ func checkDuplicateSignatures(root []byte, md Metadata) error {
 		}{name, b})
 	}
 	for _, d := range docs {
-		var env struct {
-			Signatures []struct {
-				KeyID string `json:"keyid"`
-			} `json:"signatures"`
+		if err := checkDuplicates(d.role, d.b); err != nil {
+			return err
 		}
-		if json.Unmarshal(d.b, &env) != nil {
-			continue // go-tuf reports the parse error with its context
+	}
+	return nil
+}
+
+// checkDuplicates refuses one document signed twice under one key id.
+func checkDuplicates(role string, b []byte) error {
+	var env struct {
+		Signatures []struct {
+			KeyID string `json:"keyid"`
+		} `json:"signatures"`
+	}
+	if json.Unmarshal(b, &env) != nil {
+		return nil // go-tuf reports the parse error with its context
+	}
+	seen := map[string]bool{}
+	for _, s := range env.Signatures {
+		if seen[s.KeyID] {
+			return refuse(BadSignature, role, nil, "%s is signed twice by key %s; a key counts once towards a threshold", role, s.KeyID)
 		}
-		seen := map[string]bool{}
-		for _, s := range env.Signatures {
-			if seen[s.KeyID] {
-				return refuse(BadSignature, d.role, nil, "%s is signed twice by key %s; a key counts once towards a threshold", d.role, s.KeyID)
-			}
-			seen[s.KeyID] = true
-		}
+		seen[s.KeyID] = true
 	}
 	return nil
 }
