@@ -160,20 +160,11 @@ func diffRoot(base, next *metadata.RootType) []Change {
 	}
 	// The log key: a signature on root vouches for the key every device
 	// will verify the transparency log under.
-	var baseLog any
+	var baseFields map[string]any
 	if base != nil {
-		baseLog = base.UnrecognizedFields[logproof.RootField]
+		baseFields = base.UnrecognizedFields
 	}
-	if nextLog := next.UnrecognizedFields[logproof.RootField]; nextLog != baseLog {
-		c := Change{Op: Changed, Kind: "log-key", Name: logproof.RootField, Detail: fmt.Sprintf("%v (was %v)", nextLog, baseLog)}
-		switch {
-		case baseLog == nil:
-			c.Op, c.Detail = Added, fmt.Sprint(nextLog)
-		case nextLog == nil:
-			c.Op, c.Detail = Removed, fmt.Sprint(baseLog)
-		}
-		out = append(out, c)
-	}
+	out = append(out, diffLogKey(baseFields, next.UnrecognizedFields)...)
 	var was time.Time
 	if base != nil {
 		was = base.Expires
@@ -235,6 +226,25 @@ func sortedIDs(ids []string) []string {
 	return out
 }
 
+// diffLogKey compares the log key member of two roles' unrecognized fields.
+// The values are whatever JSON held (a string, or an object from a hostile
+// file), so they are compared by their printed form: == on two maps would
+// panic.
+func diffLogKey(base, next map[string]any) []Change {
+	baseLog, hadBase := base[logproof.RootField]
+	nextLog, hasNext := next[logproof.RootField]
+	was, now := fmt.Sprint(baseLog), fmt.Sprint(nextLog)
+	switch {
+	case !hadBase && !hasNext, hadBase && hasNext && was == now:
+		return nil
+	case !hadBase:
+		return []Change{{Op: Added, Kind: "log-key", Name: logproof.RootField, Detail: now}}
+	case !hasNext:
+		return []Change{{Op: Removed, Kind: "log-key", Name: logproof.RootField, Detail: was}}
+	}
+	return []Change{{Op: Changed, Kind: "log-key", Name: logproof.RootField, Detail: fmt.Sprintf("%s (was %s)", now, was)}}
+}
+
 func diffTargets(base, next *metadata.TargetsType) []Change {
 	var out []Change
 	var baseTargets map[string]*metadata.TargetFiles
@@ -260,22 +270,13 @@ func diffTargets(base, next *metadata.TargetsType) []Change {
 		}
 	}
 	out = append(out, diffDelegations(baseDel, next.Delegations)...)
-	// The log key: a signature on root vouches for the key every device
-	// will verify the transparency log under.
-	var baseLog any
+	// A log key has no meaning in targets, but a signature would vouch
+	// for it all the same: show it.
+	var baseFields map[string]any
 	if base != nil {
-		baseLog = base.UnrecognizedFields[logproof.RootField]
+		baseFields = base.UnrecognizedFields
 	}
-	if nextLog := next.UnrecognizedFields[logproof.RootField]; nextLog != baseLog {
-		c := Change{Op: Changed, Kind: "log-key", Name: logproof.RootField, Detail: fmt.Sprintf("%v (was %v)", nextLog, baseLog)}
-		switch {
-		case baseLog == nil:
-			c.Op, c.Detail = Added, fmt.Sprint(nextLog)
-		case nextLog == nil:
-			c.Op, c.Detail = Removed, fmt.Sprint(baseLog)
-		}
-		out = append(out, c)
-	}
+	out = append(out, diffLogKey(baseFields, next.UnrecognizedFields)...)
 	var was time.Time
 	if base != nil {
 		was = base.Expires
