@@ -9,13 +9,14 @@ import (
 )
 
 // HandshakeBudget bounds the bytes a client may send before its TLS
-// handshake reaches the server's VerifyConnection: a ClientHello and a
-// certificate message of at most maxClientCerts certificates of
-// maxCertDER bytes, with room to spare. crypto/tls itself reads and
-// parses a certificate message of up to 256 KiB before anything of ours
-// runs, which made a hostile handshake of 100 large intermediates cost
-// five times an honest one even with verifyDevice refusing it outright.
-const HandshakeBudget = maxClientCerts*maxCertDER + 32<<10
+// handshake reaches the server's VerifyConnection: a ClientHello (a few
+// KiB, post-quantum key shares included) and a certificate message with
+// one device certificate of at most maxCertDER bytes, with room to spare.
+// crypto/tls itself reads and parses a certificate message of up to
+// 256 KiB before anything of ours runs, which made a hostile handshake of
+// 100 large intermediates cost five times an honest one even with
+// verifyDevice refusing it outright.
+const HandshakeBudget = maxCertDER + 16<<10
 
 // ErrHandshakeTooLarge: a client sent more than HandshakeBudget bytes
 // before its handshake was verified.
