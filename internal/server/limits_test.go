@@ -506,8 +506,12 @@ func smallReceiveBuffer(network, address string, c syscall.RawConn) error {
 // Answers are held to the minimum rate too: a download that keeps moving
 // completes however long it takes; one whose client stops reading is cut.
 func TestDownloadMinimumRate(t *testing.T) {
-	// Steps of 384 KiB, each to be taken within 3 s.
-	lim := server.Limits{BodyTimeout: 3 * time.Second, MinRate: 128 << 10}
+	// Steps of 96 KiB, each to be taken within 3 s: the client below
+	// reads up to 128 times faster, so only a stall of seconds (or a
+	// server that cuts a progressing download) fails it. With steps of
+	// 384 KiB a machine loaded by -race and other test binaries once
+	// starved the reader of one.
+	lim := server.Limits{BodyTimeout: 3 * time.Second, MinRate: 32 << 10}
 	e := newLive(t, lim)
 	path, data := e.publish(16 << 20)
 	dial := func() *http.Client {
@@ -516,7 +520,7 @@ func TestDownloadMinimumRate(t *testing.T) {
 		t.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr}
 	}
-	// 64 KiB every 16 ms: up to 4 MiB/s, 32 times the minimum rate;
+	// 64 KiB every 16 ms: up to 4 MiB/s, 128 times the minimum rate;
 	// 4 to 6 s for 16 MiB, 1.5 to 2 times BodyTimeout.
 	resp, err := dial().Get(e.url(path))
 	if err != nil {
@@ -537,7 +541,7 @@ func TestDownloadMinimumRate(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("slow download: got %d of %d bytes", got.Len(), len(data))
 	}
-	t.Logf("16 MiB read, paced at up to 4 MiB/s, in %s (BodyTimeout %s, MinRate 128 KiB/s)", time.Since(start).Round(time.Millisecond), lim.BodyTimeout)
+	t.Logf("16 MiB read, paced at up to 4 MiB/s, in %s (BodyTimeout %s, MinRate 32 KiB/s)", time.Since(start).Round(time.Millisecond), lim.BodyTimeout)
 
 	// Read 1 MiB, stop reading for 6 s, then read on: the server gave
 	// up while the client was not reading, so the rest never comes.
