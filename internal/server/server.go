@@ -93,7 +93,7 @@ type Config struct {
 	// Retention bounds how long the audit log and unreferenced blobs are
 	// kept; zero fields take DefaultRetention.
 	Retention Retention
-	// BlobLimits bound the blob store OpenDataDir opens (quota, disk
+	// BlobLimits bound the blob store datadir.Open opens (quota, disk
 	// reserve); see DefaultBlobLimits. Ignored by New, which takes its
 	// blob store ready-made.
 	BlobLimits *blob.Limits

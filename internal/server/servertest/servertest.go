@@ -31,6 +31,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/repo"
@@ -41,7 +42,7 @@ const (
 	// Product is the product line Release publishes under.
 	Product = "acme-gw"
 	// LogOrigin is the log origin of a data directory made by
-	// server.InitDataDir with default options.
+	// datadir.Init with default options.
 	LogOrigin = "rampart.local/log"
 )
 
@@ -98,7 +99,7 @@ func WithLimits(l server.Limits) Option {
 func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "srv")
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -181,7 +182,7 @@ func (e *Env) start(addr string) {
 	for _, o := range e.opts {
 		o(&cfg)
 	}
-	in, err := server.OpenDataDir(ctx, e.DataDir, cfg)
+	in, err := datadir.Open(ctx, e.DataDir, cfg)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
