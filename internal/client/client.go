@@ -1,7 +1,9 @@
 // Package client is the operator API client used by the rampart CLI: it
 // talks to rampart-server over TLS with the server CA pinned (never the
 // system roots) and an operator token, and turns API errors into typed
-// errors that keep the server's stable code.
+// errors that keep the server's stable code. It also runs the push
+// protocol of an offline repository (PushRepo): versions, blob uploads,
+// push, adoption of what the server published.
 package client
 
 import (
