@@ -547,7 +547,7 @@ func (s *Server) deviceGone(w http.ResponseWriter, r *http.Request, id string) {
 // another security version than that release's; nil when it is possible.
 func (s *Server) checkInstalled(ctx context.Context, d store.Device, version string, sv uint64) (*apiError, error) {
 	id := d.ID
-	st, err := s.loadState(ctx)
+	st, err := s.images.State(ctx)
 	if err != nil {
 		return nil, err
 	}

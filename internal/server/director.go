@@ -77,8 +77,8 @@ func (s *Server) handleDirectorRoot(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "nothing-pushed", "give at least one root version"))
 		return
 	}
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
+	s.images.Lock()
+	defer s.images.Unlock()
 	var chain [][]byte
 	for v := int64(1); ; v++ {
 		d, err := s.store.Doc(r.Context(), directorRepo, metadata.ROOT, v)
