@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
-	"github.com/theupdateframework/go-tuf/v2/metadata/trustedmetadata"
 
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/keys"
@@ -63,10 +62,8 @@ type directorRootRequest struct {
 }
 
 // handleDirectorRoot accepts new versions of the offline-signed director
-// root: the first must be version 1 signed by its own threshold, each
-// later one by a threshold of the previous root's keys and of its own
-// (go-tuf's trustedmetadata checks both), and the newest must name this
-// server's director online keys.
+// root when director.AcceptRoots does, and stores them with their audit
+// entry.
 func (s *Server) handleDirectorRoot(w http.ResponseWriter, r *http.Request) {
 	var req directorRootRequest
 	if err := decodeJSON(w, r, maxJSONBody, &req); err != nil {
@@ -91,39 +88,10 @@ func (s *Server) handleDirectorRoot(w http.ResponseWriter, r *http.Request) {
 		}
 		chain = append(chain, d.Data)
 	}
-	all := append(append([][]byte{}, chain...), req.Roots...)
-	trusted, err := trustedmetadata.New(all[0])
+	root, err := director.AcceptRoots(chain, req.Roots, s.directorKeys, s.now())
 	if err != nil {
-		writeError(w, errorf(http.StatusUnprocessableEntity, "bad-signature", "director root version 1: %v", err))
+		writeError(w, toAPIError(err))
 		return
-	}
-	if trusted.Root.Signed.Version != 1 {
-		writeError(w, errorf(http.StatusConflict, "version-not-next", "the first director root must be version 1"))
-		return
-	}
-	for _, raw := range all[1:] {
-		if _, err := trusted.UpdateRoot(raw); err != nil {
-			code := "bad-signature"
-			if errors.Is(err, &metadata.ErrBadVersionNumber{}) {
-				code = "version-not-next"
-			}
-			writeError(w, errorf(http.StatusUnprocessableEntity, code, "director root: %v", err))
-			return
-		}
-	}
-	root := trusted.Root
-	if root.Signed.IsExpired(s.now()) {
-		writeError(w, errorf(http.StatusUnprocessableEntity, "expired", "the director root expired at %s", root.Signed.Expires.Format(time.RFC3339)))
-		return
-	}
-	for role, signers := range map[string][]keys.Signer{"targets": s.directorKeys.Targets, "snapshot": s.directorKeys.Snapshot, "timestamp": s.directorKeys.Timestamp} {
-		for _, sg := range signers {
-			id, _ := keys.ID(sg.Public())
-			if rl := root.Signed.Roles[role]; rl == nil || !contains(rl.KeyIDs, id) {
-				writeError(w, errorf(http.StatusUnprocessableEntity, "online-keys", "the director root does not name this server's director %s key %s (rampart server keys writes it)", role, id))
-				return
-			}
-		}
 	}
 	var docs []store.Doc
 	for i, raw := range req.Roots {
@@ -137,7 +105,7 @@ func (s *Server) handleDirectorRoot(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	s.directorRoot.Store(&directorRootState{version: root.Signed.Version, data: all[len(all)-1], consistent: root.Signed.ConsistentSnapshot})
+	s.directorRoot.Store(&directorRootState{version: root.Signed.Version, data: req.Roots[len(req.Roots)-1], consistent: root.Signed.ConsistentSnapshot})
 	writeJSON(w, http.StatusOK, map[string]int64{"root": root.Signed.Version})
 }
 

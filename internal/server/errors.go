@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/store"
@@ -38,6 +39,7 @@ func toAPIError(err error) *apiError {
 	var ae *apiError
 	var ie *imagerepo.Error
 	var hr *hostedrepo.Refusal
+	var dr *director.RootError
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &ae):
@@ -54,6 +56,12 @@ func toAPIError(err error) *apiError {
 			status = http.StatusConflict
 		}
 		return &apiError{Status: status, Code: string(hr.Code), Message: hr.Msg, Role: hr.Role}
+	case errors.As(err, &dr):
+		status := http.StatusUnprocessableEntity
+		if dr.NotFirst {
+			status = http.StatusConflict
+		}
+		return &apiError{Status: status, Code: string(dr.Code), Message: dr.Msg}
 	case errors.As(err, &mbe):
 		return errorf(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds %d bytes", mbe.Limit)
 	case errors.Is(err, blob.ErrInsufficientStorage):
