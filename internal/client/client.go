@@ -751,14 +751,16 @@ func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
 
 // LogProof fetches a release's logged statement and inclusion proof.
 func (c *Client) LogProof(ctx context.Context, target string) (statement []byte, proof *logproof.Proof, err error) {
-	var out struct {
-		Statement string
-		Proof     *logproof.Proof
-	}
-	if err := c.getJSON(ctx, "/api/v1/log/proof/"+target, MaxLogProof, &out); err != nil {
+	path := "/api/v1/log/proof/" + target
+	b, err := c.do(ctx, call{method: "GET", path: path, length: -1, limit: MaxLogProof, timeout: c.Timeout})
+	if err != nil {
 		return nil, nil, err
 	}
-	return []byte(out.Statement), out.Proof, nil
+	env, err := logproof.ParseEnvelope(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the server's answer to GET %s: %w", path, err)
+	}
+	return env.Statement, env.Proof, nil
 }
 
 // LogProofJSON returns the server's log proof answer for a release as it

@@ -19,6 +19,7 @@ import (
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/store"
@@ -330,7 +331,7 @@ func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"statement": string(e.Leaf), "proof": p})
+	writeJSON(w, http.StatusOK, logproof.Envelope{Statement: e.Leaf, Proof: p})
 }
 
 // handleKeys publishes the online public keys (for the offline root
