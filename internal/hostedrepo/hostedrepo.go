@@ -33,6 +33,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/keys"
@@ -200,19 +201,12 @@ func (s *Service) State(ctx context.Context) (imagerepo.State, error) {
 }
 
 // Push is a push's metadata: new root versions, targets and product
-// roles, each offline-signed. Its JSON is the push request's.
-type Push struct {
-	Roots   [][]byte          `json:"roots,omitempty"`
-	Targets []byte            `json:"targets,omitempty"`
-	Roles   map[string][]byte `json:"roles,omitempty"`
-}
+// roles, each offline-signed (the request of POST /api/v1/repo/push).
+type Push = api.PushRequest
 
 // PushResult is an accepted push: the versions now published, by role,
-// and the new releases, logged. Its JSON is the push response's.
-type PushResult struct {
-	Versions map[string]int64 `json:"versions"`
-	Releases []string         `json:"releases"`
-}
+// and the new releases, logged (the answer of POST /api/v1/repo/push).
+type PushResult = api.PushResponse
 
 // Origin says who pushed, for the push's audit entry.
 type Origin struct {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/release"
@@ -57,9 +58,7 @@ func (c *directorCache) entry(id string) *directorEntry {
 	return e
 }
 
-type directorRootRequest struct {
-	Roots [][]byte `json:"roots"`
-}
+type directorRootRequest = api.DirectorRootRequest
 
 // handleDirectorRoot accepts new versions of the offline-signed director
 // root when director.AcceptRoots does, and stores them with their audit
@@ -106,7 +105,7 @@ func (s *Server) handleDirectorRoot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.directorRoot.Store(&directorRootState{version: root.Signed.Version, data: req.Roots[len(req.Roots)-1], consistent: root.Signed.ConsistentSnapshot})
-	writeJSON(w, http.StatusOK, map[string]int64{"root": root.Signed.Version})
+	writeJSON(w, http.StatusOK, api.DirectorRootResponse{Root: root.Signed.Version})
 }
 
 func (s *Server) handleDirectorRootVersion(w http.ResponseWriter, r *http.Request) {
@@ -117,7 +116,7 @@ func (s *Server) handleDirectorRootVersion(w http.ResponseWriter, r *http.Reques
 		writeError(w, toAPIError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]int64{"director": v})
+	writeJSON(w, http.StatusOK, api.DirectorVersionResponse{Director: v})
 }
 
 func contains(ss []string, s string) bool {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
@@ -311,7 +312,7 @@ func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request) {
 			out[name] = m.Signed.Version
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"versions": out})
+	writeJSON(w, http.StatusOK, api.VersionsResponse{Versions: out})
 }
 
 func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
@@ -354,18 +355,21 @@ func (s *Server) handleLogConsistency(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
-	out := map[string]string{"log_origin": s.log.Origin(), "log_key": s.logVerifierKey}
-	for role, sg := range map[string]keys.Signer{"snapshot": s.online[0], "timestamp": s.online[1],
-		"director-targets": first(s.directorKeys.Targets), "director-snapshot": first(s.directorKeys.Snapshot), "director-timestamp": first(s.directorKeys.Timestamp)} {
-		if sg == nil {
+	out := api.Keys{LogOrigin: s.log.Origin(), LogKey: s.logVerifierKey}
+	for _, k := range []struct {
+		sg  keys.Signer
+		dst *string
+	}{{s.online[0], &out.Snapshot}, {s.online[1], &out.Timestamp}, {first(s.directorKeys.Targets), &out.DirectorTargets},
+		{first(s.directorKeys.Snapshot), &out.DirectorSnapshot}, {first(s.directorKeys.Timestamp), &out.DirectorTimestamp}} {
+		if k.sg == nil {
 			continue
 		}
-		b, err := keys.MarshalPublic(sg.Public())
+		b, err := keys.MarshalPublic(k.sg.Public())
 		if err != nil {
 			writeError(w, toAPIError(err))
 			return
 		}
-		out[role] = string(b)
+		*k.dst = string(b)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

@@ -33,12 +33,14 @@ import (
 	"maps"
 	"math"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
@@ -202,7 +204,14 @@ func New(c Config) (*Server, error) {
 // upload, and whether it serves clients without credentials.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, p routePolicy, h http.HandlerFunc) { mux.HandleFunc(pattern, s.route(p, h)) }
+	// Every route is one of api.Routes, and every one of api.Routes is
+	// registered: the wire vocabulary and docs/api.md are checked
+	// against that list.
+	var registered []string
+	handle := func(pattern string, p routePolicy, h http.HandlerFunc) {
+		registered = append(registered, pattern)
+		mux.HandleFunc(pattern, s.route(p, h))
+	}
 	var (
 		// Operator and device routes refuse a request without a
 		// token or a device certificate before reading its body.
@@ -249,7 +258,24 @@ func (s *Server) Handler() http.Handler {
 	// Metrics need an operator token of any role here; a scraper without
 	// one reads MetricsHandler on a listener of its own (metrics_listen).
 	handle("GET /metrics", noBody, s.requireRole(s.metrics.handler().ServeHTTP, RoleReleaseManager, RoleOperator, RoleAuditor))
+	checkRoutes(registered)
 	return requestID(s.guard(s.metrics.instrument(refuseUnsafePaths(routerErrors(mux)))))
+}
+
+// checkRoutes panics unless registered are exactly api.Routes: a route
+// added here and not there (or the reverse) is a programming error that
+// every test constructing a handler finds.
+func checkRoutes(registered []string) {
+	want := make([]string, len(api.Routes))
+	for i, r := range api.Routes {
+		want[i] = r.String()
+	}
+	got := slices.Clone(registered)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		panic(fmt.Sprintf("server: the registered routes %v are not api.Routes %v", got, want))
+	}
 }
 
 // MetricsHandler serves the metrics without credentials, for a listener
