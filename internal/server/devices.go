@@ -662,7 +662,7 @@ func (s *Server) handleRemoveDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.gate.revoke(id, removed.CertSerial)
-	s.directors.forget(id)
+	s.directors.Forget(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 

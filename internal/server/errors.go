@@ -10,6 +10,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/store"
@@ -62,6 +63,8 @@ func toAPIError(err error) *apiError {
 			status = http.StatusConflict
 		}
 		return &apiError{Status: status, Code: string(dr.Code), Message: dr.Msg}
+	case errors.Is(err, hosteddirector.ErrNoRoot):
+		return errorf(http.StatusServiceUnavailable, "no-director-root", "%v", err)
 	case errors.As(err, &mbe):
 		return errorf(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds %d bytes", mbe.Limit)
 	case errors.Is(err, blob.ErrInsufficientStorage):

@@ -3,12 +3,13 @@
 // mapping and metrics, over the services that own the behaviour. The
 // hosted TUF image repository (pushes of offline-signed metadata, online
 // snapshot and timestamp signing, the pending-push protocol with the
-// transparency log) is package hostedrepo; this package serves its
-// metadata static-style (any CDN can cache it), serves the transparency
-// log, the audit log and the operator API. It is plain net/http over
-// narrow interfaces: a store.Store for metadata, a blob.Store for
-// payloads, a tlog.Log. Opening them from a data directory is package
-// datadir's job.
+// transparency log) is package hostedrepo, each device's director
+// repository package hosteddirector; this package serves their
+// metadata (the image repository's static-style: any CDN can cache it),
+// the transparency log, the audit log and the operator API. It is plain
+// net/http over narrow interfaces: a store.Store for metadata, a
+// blob.Store for payloads, a tlog.Log. Opening them from a data
+// directory is package datadir's job.
 //
 // Trust decisions are not made here: imagerepo decides what a push may
 // change, snapshot signs the online roles, logproof defines what is
@@ -35,7 +36,6 @@ import (
 	"net/http"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -44,6 +44,7 @@ import (
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
@@ -125,8 +126,9 @@ type Server struct {
 	directorKeys   director.Keys
 	// previousDirectorKeys: see Config.PreviousDirectorKeys.
 	previousDirectorKeys director.Keys
-	directorRoot         atomic.Pointer[directorRootState]
-	directors            directorCache
+	// directors is the director service: the current director root and
+	// each device's director repository.
+	directors *hosteddirector.Service
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
 	servedTargets seenSet
@@ -169,6 +171,8 @@ func New(c Config) (*Server, error) {
 		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
 	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
 		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
+	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
+		ProductRole: s.productRole, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.reportBudget = newKeyedLimiter(s.limits.ReportBurst, s.limits.ReportEvery, maxTrackedIdentities)
 	s.auditBudget = newKeyedLimiter(auditedRefusalBurst, auditedRefusalEvery, maxTrackedIdentities)
