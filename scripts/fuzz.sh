@@ -18,6 +18,7 @@ targets=(
   "./internal/bootenv FuzzParseGRUB"
   "./internal/logproof FuzzParseStatement"
   "./internal/logproof FuzzParseProof"
+  "./internal/logproof FuzzParseEnvelope"
   "./internal/agent FuzzParseConfig"
   "./internal/agent FuzzLoadState"
   "./internal/pki FuzzVerifyManufacturerChain"

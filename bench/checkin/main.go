@@ -37,10 +37,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/repo"
-	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
@@ -86,7 +86,7 @@ func run(nDevices, workers int, duration time.Duration, newConn bool) error {
 	}
 	defer os.RemoveAll(tmp)
 	data := filepath.Join(tmp, "srv")
-	res, err := server.InitDataDir(data, server.InitOptions{})
+	res, err := datadir.Init(data, datadir.InitOptions{})
 	if err != nil {
 		return err
 	}

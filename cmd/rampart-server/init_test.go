@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 )
@@ -27,7 +28,7 @@ func dirState(t *testing.T, dir string) string {
 	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
 		return "absent"
 	}
-	in, err := server.OpenDataDir(context.Background(), dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	in, err := datadir.Open(context.Background(), dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		if strings.Contains(err.Error(), "rampart-server init --data "+dir) {
 			return "incomplete: " + err.Error()

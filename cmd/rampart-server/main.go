@@ -28,6 +28,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/command"
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
@@ -300,7 +301,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	switch args[0] {
 	case "init":
-		res, err := server.InitDataDir(dir, server.InitOptions{Hosts: hosts, LogOrigin: pick(*origin, "", fc.LogOrigin, "")})
+		res, err := datadir.Init(dir, datadir.InitOptions{Hosts: hosts, LogOrigin: pick(*origin, "", fc.LogOrigin, "")})
 		if err != nil {
 			return fail(stderr, exitFor(err), err, "")
 		}
@@ -313,16 +314,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "rotate-keys":
 		var roles []string
 		if *rotImage {
-			roles = append(roles, server.ImageRoles...)
+			roles = append(roles, datadir.ImageRoles...)
 		}
 		if *rotDirector {
-			roles = append(roles, server.DirectorRoles...)
+			roles = append(roles, datadir.DirectorRoles...)
 		}
 		if len(roles) == 0 && !*rotLog {
 			return fail(stderr, 2, errors.New("nothing to rotate"), "give --image, --director and/or --log")
 		}
 		if len(roles) > 0 {
-			rot, err := server.RotateKeys(dir, roles)
+			rot, err := datadir.RotateKeys(dir, roles)
 			if err != nil {
 				return fail(stderr, 3, err, "")
 			}
@@ -331,7 +332,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		if *rotLog {
-			vkey, err := server.RotateLogKey(dir)
+			vkey, err := datadir.RotateLogKey(dir)
 			if err != nil {
 				return fail(stderr, 3, err, "stop the server first; run rotate-keys --log again to finish a rotation that was cut short")
 			}
@@ -370,7 +371,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 }
 
 func exitFor(err error) int {
-	if errors.Is(err, server.ErrInitialized) {
+	if errors.Is(err, datadir.ErrInitialized) {
 		return 2
 	}
 	return 3
@@ -387,7 +388,7 @@ func fail(w io.Writer, code int, err error, hint string) int {
 func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	c.Logger = logger
-	in, err := server.OpenDataDir(ctx, dir, c)
+	in, err := datadir.Open(ctx, dir, c)
 	if err != nil {
 		return fail(stderr, 3, err, "")
 	}

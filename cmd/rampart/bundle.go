@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
@@ -102,11 +101,11 @@ func fetchLogProof(e *env, sf serverFlags, p *repo.Published) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fetching the log proof of %s: %w", target, err)
 	}
-	var resp struct{ Statement string }
-	if err := json.Unmarshal(b, &resp); err != nil {
+	env, err := logproof.ParseEnvelope(b)
+	if err != nil {
 		return nil, fmt.Errorf("the server's log proof of %s: %v", target, err)
 	}
-	st, err := logproof.ParseStatement([]byte(resp.Statement))
+	st, err := logproof.ParseStatement(env.Statement)
 	if err != nil {
 		return nil, fmt.Errorf("the server's log proof of %s: %w", target, err)
 	}

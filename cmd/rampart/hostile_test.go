@@ -20,6 +20,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/server"
 )
@@ -58,12 +59,12 @@ func hostileEnv(t *testing.T) (*frontEnd, string, string) {
 	t.Helper()
 	keys.SetTestOnlyWorkFactor(10)
 	dir := filepath.Join(t.TempDir(), "srv")
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	in, err := datadir.Open(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -21,6 +21,7 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/server"
 	_ "modernc.org/sqlite"
@@ -236,12 +237,12 @@ func cmdBundleExtra(ts *testscript.TestScript, neg bool, args []string) {
 // RAMPART_SERVER, RAMPART_CA and ADMIN (the admin token).
 func startServer(e *testscript.Env) error {
 	dir := filepath.Join(e.WorkDir, "srv")
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	in, err := server.OpenDataDir(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	in, err := datadir.Open(ctx, dir, server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if err != nil {
 		cancel()
 		return err

@@ -4,8 +4,11 @@ import (
 	"context"
 	"flag"
 	"fmt"
-	"os"
+	"io"
 	"path/filepath"
+
+	"github.com/rampartfw/rampart/internal/client"
+	"github.com/rampartfw/rampart/internal/repo"
 )
 
 var repoPushCmd = &cmdSpec{
@@ -40,62 +43,24 @@ Example:
 		if err != nil {
 			return err
 		}
-		ctx := context.Background()
-		before, err := c.Versions(ctx)
+		out, err := c.PushRepo(context.Background(), client.RepoPush{
+			Open: func() (*repo.Repo, error) { return openRepo(e, pos[0]) },
+			Upload: func(path string, r io.Reader, length int64) (io.Reader, func()) {
+				return startProgress(e, "uploading "+filepath.Base(path), r, length)
+			},
+		})
 		if err != nil {
 			return err
 		}
-		r, err := openRepo(e, pos[0])
-		if err != nil {
-			return err
-		}
-		defer r.Close()
-		ps, err := r.PushSet(before)
-		if err != nil {
-			return err
-		}
-		fetch := func(name string) ([]byte, error) { return c.Metadata(ctx, name) }
-		if ps.Empty() {
-			// A push whose answer was lost or refused is adopted now.
-			adopted, err := r.AdoptPublished(fetch)
-			if err != nil {
-				return err
-			}
-			if adopted {
+		if out.Result == nil {
+			if out.Adopted {
 				fmt.Fprintf(e.stdout, "the server already had what is staged; %s/public now mirrors it\n", pos[0])
 			} else {
 				fmt.Fprintln(e.stderr, "rampart: note: the server is up to date; nothing to push")
 			}
 			return nil
 		}
-		for _, b := range ps.Blobs {
-			has, err := c.HasBlob(ctx, b.SHA256)
-			if err != nil {
-				return err
-			}
-			if has {
-				continue
-			}
-			f, err := os.Open(b.Path)
-			if err != nil {
-				return err
-			}
-			src, stop := startProgress(e, "uploading "+filepath.Base(b.Path), f, b.Length)
-			err = c.PutBlob(ctx, b.SHA256, b.Length, src)
-			stop()
-			f.Close()
-			if err != nil {
-				return fmt.Errorf("uploading %s: %w", b.Path, err)
-			}
-		}
-		res, err := c.Push(ctx, ps.Roots, ps.Targets, ps.Roles)
-		if err != nil {
-			return err
-		}
-		// Mirror what the server published, once it verifies.
-		if _, err := r.AdoptPublished(fetch); err != nil {
-			return err
-		}
+		res := out.Result
 		fmt.Fprintf(e.stdout, "pushed to %s: root %d, targets %d, snapshot %d, timestamp %d\n", c.Base(), res.Versions["root"], res.Versions["targets"], res.Versions["snapshot"], res.Versions["timestamp"])
 		for _, rel := range res.Releases {
 			fmt.Fprintf(e.stdout, "  new release %s (logged)\n", rel)

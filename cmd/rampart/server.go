@@ -96,9 +96,9 @@ Example:
 			return err
 		}
 		var missing []string
-		for _, role := range []string{"snapshot", "timestamp", "log_key"} {
-			if ks[role] == "" {
-				missing = append(missing, role)
+		for _, k := range [][2]string{{"snapshot", ks.Snapshot}, {"timestamp", ks.Timestamp}, {"log_key", ks.LogKey}} {
+			if k[1] == "" {
+				missing = append(missing, k[0])
 			}
 		}
 		if len(missing) != 0 {
@@ -108,10 +108,10 @@ Example:
 		type keyFile struct{ name, content, line string }
 		var files []keyFile
 		for _, role := range []string{"snapshot", "timestamp", "director-targets", "director-snapshot", "director-timestamp"} {
-			if ks[role] == "" {
+			if ks.Role(role) == "" {
 				continue
 			}
-			pub, err := keys.ParsePublic([]byte(ks[role]))
+			pub, err := keys.ParsePublic([]byte(ks.Role(role)))
 			if err != nil {
 				return fmt.Errorf("the server's %s key: %w", role, err)
 			}
@@ -119,9 +119,9 @@ Example:
 			if err != nil {
 				return fmt.Errorf("the server's %s key: %w", role, err)
 			}
-			files = append(files, keyFile{role + ".pub", ks[role], fmt.Sprintf("%s key id %s %s", role, id, keys.TypeOf(pub))})
+			files = append(files, keyFile{role + ".pub", ks.Role(role), fmt.Sprintf("%s key id %s %s", role, id, keys.TypeOf(pub))})
 		}
-		vkey := strings.TrimSpace(ks["log_key"])
+		vkey := strings.TrimSpace(ks.LogKey)
 		if _, err := note.NewVerifier(vkey); err != nil {
 			return fmt.Errorf("the server's log key %s: %v", termsafe.String(vkey), err)
 		}

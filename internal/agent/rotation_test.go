@@ -15,10 +15,10 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/repo"
-	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/tlog"
@@ -34,7 +34,7 @@ import (
 // a root naming them signed by the root key holders, pushed.
 func rotateImageOnlineKeys(t *testing.T, e *servertest.Env) {
 	t.Helper()
-	rot, err := server.RotateKeys(e.DataDir, server.ImageRoles)
+	rot, err := datadir.RotateKeys(e.DataDir, datadir.ImageRoles)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +60,7 @@ func rotateImageOnlineKeys(t *testing.T, e *servertest.Env) {
 // root naming them signed by the director's root key holders, pushed.
 func rotateDirectorOnlineKeys(t *testing.T, e *servertest.Env) {
 	t.Helper()
-	rot, err := server.RotateKeys(e.DataDir, server.DirectorRoles)
+	rot, err := datadir.RotateKeys(e.DataDir, datadir.DirectorRoles)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +101,7 @@ func rotateLogKey(t *testing.T, e *servertest.Env) {
 	var vkey string
 	e.RestartWith(func() {
 		var err error
-		if vkey, err = server.RotateLogKey(e.DataDir); err != nil {
+		if vkey, err = datadir.RotateLogKey(e.DataDir); err != nil {
 			t.Fatal(err)
 		}
 	})

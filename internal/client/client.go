@@ -1,7 +1,9 @@
 // Package client is the operator API client used by the rampart CLI: it
 // talks to rampart-server over TLS with the server CA pinned (never the
 // system roots) and an operator token, and turns API errors into typed
-// errors that keep the server's stable code.
+// errors that keep the server's stable code. It also runs the push
+// protocol of an offline repository (PushRepo): versions, blob uploads,
+// push, adoption of what the server published.
 package client
 
 import (
@@ -23,6 +25,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/failure"
@@ -472,15 +475,15 @@ func byteSize(n int64) string {
 func (c *Client) Base() string { return c.base.String() }
 
 // Keys returns the server's online public keys and log key.
-func (c *Client) Keys(ctx context.Context) (map[string]string, error) {
-	var out map[string]string
+func (c *Client) Keys(ctx context.Context) (*api.Keys, error) {
+	var out api.Keys
 	err := c.getJSON(ctx, "/api/v1/keys", MaxSmallAnswer, &out)
-	return out, err
+	return &out, err
 }
 
 // Versions returns the versions of root, targets and each product role.
 func (c *Client) Versions(ctx context.Context) (map[string]int64, error) {
-	var out struct{ Versions map[string]int64 }
+	var out api.VersionsResponse
 	err := c.getJSON(ctx, "/api/v1/repo/versions", MaxSmallAnswer, &out)
 	return out.Versions, err
 }
@@ -504,14 +507,11 @@ func (c *Client) PutBlob(ctx context.Context, digest string, length int64, r io.
 
 // PushResult is the server's answer to an accepted push. Release names
 // are made safe to print (internal/termsafe).
-type PushResult struct {
-	Versions map[string]int64 `json:"versions"`
-	Releases []string         `json:"releases"`
-}
+type PushResult = api.PushResponse
 
 // Push uploads metadata, under PushTimeout.
 func (c *Client) Push(ctx context.Context, roots [][]byte, targets []byte, roles map[string][]byte) (*PushResult, error) {
-	b, err := json.Marshal(map[string]any{"roots": roots, "targets": targets, "roles": roles})
+	b, err := json.Marshal(api.PushRequest{Roots: roots, Targets: targets, Roles: roles})
 	if err != nil {
 		return nil, err
 	}
@@ -736,8 +736,8 @@ func (c *Client) DirectorRootVersion(ctx context.Context) (int64, error) {
 
 // PushDirectorRoots pushes new director root versions, in order.
 func (c *Client) PushDirectorRoots(ctx context.Context, roots [][]byte) (int64, error) {
-	var out struct{ Root int64 }
-	err := c.postJSON(ctx, "/api/v1/director/root", map[string]any{"roots": roots}, &out)
+	var out api.DirectorRootResponse
+	err := c.postJSON(ctx, "/api/v1/director/root", api.DirectorRootRequest{Roots: roots}, &out)
 	return out.Root, err
 }
 
@@ -749,14 +749,16 @@ func (c *Client) Checkpoint(ctx context.Context) ([]byte, error) {
 
 // LogProof fetches a release's logged statement and inclusion proof.
 func (c *Client) LogProof(ctx context.Context, target string) (statement []byte, proof *logproof.Proof, err error) {
-	var out struct {
-		Statement string
-		Proof     *logproof.Proof
-	}
-	if err := c.getJSON(ctx, "/api/v1/log/proof/"+target, MaxLogProof, &out); err != nil {
+	path := "/api/v1/log/proof/" + target
+	b, err := c.do(ctx, call{method: "GET", path: path, length: -1, limit: MaxLogProof, timeout: c.Timeout})
+	if err != nil {
 		return nil, nil, err
 	}
-	return []byte(out.Statement), out.Proof, nil
+	env, err := logproof.ParseEnvelope(b)
+	if err != nil {
+		return nil, nil, fmt.Errorf("the server's answer to GET %s: %w", path, err)
+	}
+	return env.Statement, env.Proof, nil
 }
 
 // LogProofJSON returns the server's log proof answer for a release as it

@@ -30,8 +30,11 @@
 // the previous repository, so a repository that a device would refuse (wrong
 // key, rollback) is never handed out.
 //
-// Check is the device side's Uptane agreement check between the director's
-// target and the image repository's target.
+// AcceptRoots decides whether pushed versions of the director root may
+// follow the ones the server holds, as imagerepo.Accept does for the image
+// repository. The device side's checks of director metadata (binding to
+// the device, agreement with the image repository) are package
+// directormeta's.
 //
 // The package is pure: bytes in, bytes out, no I/O.
 package director

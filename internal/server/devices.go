@@ -15,16 +15,13 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/termsafe"
 	"github.com/rampartfw/rampart/internal/verify"
 )
-
-// Device report statuses. Only "installed", sent after a confirmed boot
-// and health check, changes what the server records a device runs.
-var reportStatuses = []string{"downloading", "installing", "installed-pending-reboot", "installed", "rolled-back", "failed", "verification-refused"}
 
 const deviceCertValidity = 5 * 365 * 24 * time.Hour
 
@@ -342,13 +339,7 @@ func (s *Server) manufacturerEnrollment(req enrollRequest) (*enrollment, *apiErr
 // reportRequest is a device's report. Counters are int64 because the
 // store keeps signed 64-bit integers: 2^63 or more is refused while
 // decoding, naming the member, and negative values by checkReport.
-type reportRequest struct {
-	Counter         int64  `json:"counter"`
-	Status          string `json:"status"`
-	Reason          string `json:"reason,omitempty"`
-	Version         string `json:"version,omitempty"`
-	SecurityVersion int64  `json:"security_version,omitempty"`
-}
+type reportRequest = api.ReportRequest
 
 // maxCounterStep is how far a report's counter may be above the last one
 // accepted. The agent numbers reports one by one, and drops some when its
@@ -370,17 +361,17 @@ func checkReport(req reportRequest) *apiError {
 		return errorf(http.StatusBadRequest, "bad-json", "member \"counter\": %d is out of range (1 to %d)", req.Counter, int64(math.MaxInt64))
 	case req.SecurityVersion < 0:
 		return errorf(http.StatusBadRequest, "bad-json", "member \"security_version\": %d is out of range (0 to %d)", req.SecurityVersion, int64(math.MaxInt64))
-	case !slices.Contains(reportStatuses, req.Status):
-		return errorf(http.StatusBadRequest, "bad-status", "status %q is not one of %v", req.Status, reportStatuses)
-	case (req.Status == "failed" || req.Status == "rolled-back" || req.Status == "verification-refused") && req.Reason == "":
+	case !slices.Contains(api.ReportStatuses, req.Status):
+		return errorf(http.StatusBadRequest, "bad-status", "status %q is not one of %v", req.Status, api.ReportStatuses)
+	case req.Status.NeedsReason() && req.Reason == "":
 		return errorf(http.StatusBadRequest, "no-reason", "status %s needs a reason code", req.Status)
-	case req.Status == "verification-refused" && !slices.Contains(verify.Classes, verify.Class(req.Reason)):
+	case req.Status == api.VerificationRefused && !slices.Contains(verify.Classes, verify.Class(req.Reason)):
 		// Counted by class: only the known classes.
 		return errorf(http.StatusBadRequest, "bad-reason", "reason %q is not a refusal class (%v)", termsafe.Bounded(req.Reason, 64), verify.Classes)
 	case len(req.Reason) > maxReasonBytes:
 		return errorf(http.StatusBadRequest, "bad-reason", "reason is %d bytes, more than %d", len(req.Reason), maxReasonBytes)
 	}
-	if req.Status == "installed" {
+	if req.Status == api.Installed {
 		if err := release.ValidateVersion(req.Version); err != nil {
 			return errorf(http.StatusBadRequest, "bad-version", "%v", err)
 		}
@@ -451,7 +442,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		s.refuse(w, r, "device:"+id, "report", id, bad, map[string]string{"counter": counter})
 		return
 	}
-	if req.Status == "installed" {
+	if req.Status == api.Installed {
 		anomaly, err := s.checkInstalled(r.Context(), d, req.Version, uint64(req.SecurityVersion))
 		if err != nil {
 			s.fail(w, r, err)
@@ -463,7 +454,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	reason := truncateUTF8(req.Reason, maxStoredReason)
-	detail := map[string]string{"status": req.Status, "counter": counter}
+	detail := map[string]string{"status": string(req.Status), "counter": counter}
 	if reason != "" {
 		detail["reason"] = reason
 	}
@@ -481,14 +472,14 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 			return bad
 		}
 		err = tx.RecordReport(r.Context(), id, store.Report{
-			Counter: uint64(req.Counter), Status: req.Status, Reason: reason, Installed: req.Status == "installed",
+			Counter: uint64(req.Counter), Status: string(req.Status), Reason: reason, Installed: req.Status == api.Installed,
 			Version: req.Version, SecurityVersion: uint64(req.SecurityVersion), At: s.now(),
 		})
 		if err != nil {
 			return err
 		}
-		changed := d.LastStatus != req.Status ||
-			req.Status == "installed" && (d.Version != req.Version || d.SecurityVersion != uint64(req.SecurityVersion))
+		changed := d.LastStatus != string(req.Status) ||
+			req.Status == api.Installed && (d.Version != req.Version || d.SecurityVersion != uint64(req.SecurityVersion))
 		if !changed {
 			return nil
 		}
@@ -515,7 +506,7 @@ func (s *Server) handleReport(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	if req.Status == "verification-refused" {
+	if req.Status == api.VerificationRefused {
 		s.metrics.refusals.WithLabelValues(req.Reason).Inc()
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -547,7 +538,7 @@ func (s *Server) deviceGone(w http.ResponseWriter, r *http.Request, id string) {
 // another security version than that release's; nil when it is possible.
 func (s *Server) checkInstalled(ctx context.Context, d store.Device, version string, sv uint64) (*apiError, error) {
 	id := d.ID
-	st, err := s.loadState(ctx)
+	st, err := s.images.State(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -671,7 +662,7 @@ func (s *Server) handleRemoveDevice(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.gate.revoke(id, removed.CertSerial)
-	s.directors.forget(id)
+	s.directors.Forget(id)
 	w.WriteHeader(http.StatusNoContent)
 }
 

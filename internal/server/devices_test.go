@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 )
@@ -30,7 +31,7 @@ type tlsEnv struct {
 	caPEM       []byte
 	dataDirPath string
 	srv         *server.Server
-	inst        *server.Instance
+	inst        *datadir.Instance
 	close       func()
 }
 
@@ -38,7 +39,7 @@ type tlsEnv struct {
 // the server's configuration first.
 func newTLSEnv(t *testing.T, configure ...func(*server.Config)) *tlsEnv {
 	dir := filepath.Join(t.TempDir(), "srv")
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -56,7 +57,7 @@ func openTLSEnv(t *testing.T, dir, admin string, configure ...func(*server.Confi
 	for _, f := range configure {
 		f(&c)
 	}
-	in, err := server.OpenDataDir(ctx, dir, c)
+	in, err := datadir.Open(ctx, dir, c)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -9,6 +9,9 @@ import (
 	"os"
 
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/hosteddirector"
+	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/strictjson"
@@ -36,6 +39,8 @@ func errorf(status int, code, format string, args ...any) *apiError {
 func toAPIError(err error) *apiError {
 	var ae *apiError
 	var ie *imagerepo.Error
+	var hr *hostedrepo.Refusal
+	var dr *director.RootError
 	var mbe *http.MaxBytesError
 	switch {
 	case errors.As(err, &ae):
@@ -46,6 +51,20 @@ func toAPIError(err error) *apiError {
 			status = http.StatusConflict
 		}
 		return &apiError{Status: status, Code: string(ie.Code), Message: ie.Msg, Role: ie.Role}
+	case errors.As(err, &hr):
+		status := http.StatusUnprocessableEntity
+		if hr.Code == hostedrepo.Conflict || hr.Code == hostedrepo.ReleaseLogged {
+			status = http.StatusConflict
+		}
+		return &apiError{Status: status, Code: string(hr.Code), Message: hr.Msg, Role: hr.Role}
+	case errors.As(err, &dr):
+		status := http.StatusUnprocessableEntity
+		if dr.NotFirst {
+			status = http.StatusConflict
+		}
+		return &apiError{Status: status, Code: string(dr.Code), Message: dr.Msg}
+	case errors.Is(err, hosteddirector.ErrNoRoot):
+		return errorf(http.StatusServiceUnavailable, "no-director-root", "%v", err)
 	case errors.As(err, &mbe):
 		return errorf(http.StatusRequestEntityTooLarge, "too-large", "the request body exceeds %d bytes", mbe.Limit)
 	case errors.Is(err, blob.ErrInsufficientStorage):

@@ -1,11 +1,7 @@
 package server
 
-// SetPushStep installs f as the hook called at each step of a push (see
-// pushStep); nil removes it.
-func SetPushStep(f func(step string) error) {
-	if f == nil {
-		pushStepHook.Store(nil)
-		return
-	}
-	pushStepHook.Store(&f)
-}
+import "github.com/rampartfw/rampart/internal/hostedrepo"
+
+// SetPushStep installs f as the hook called at each step of a push
+// (hostedrepo.SetPushStep); nil removes it.
+func SetPushStep(f func(step string) error) { hostedrepo.SetPushStep(f) }

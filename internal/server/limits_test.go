@@ -26,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/repo"
@@ -70,7 +71,7 @@ func newLive(t *testing.T, lim server.Limits, configure ...func(*server.Config))
 // serveLive initialises dir and serves it until the test ends.
 func serveLive(t *testing.T, dir string, lim server.Limits, configure ...func(*server.Config)) *liveEnv {
 	t.Helper()
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,7 +81,7 @@ func serveLive(t *testing.T, dir string, lim server.Limits, configure ...func(*s
 		f(&c)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	in, err := server.OpenDataDir(ctx, dir, c)
+	in, err := datadir.Open(ctx, dir, c)
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"strings"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+
+	"github.com/rampartfw/rampart/internal/hostedrepo"
 )
 
 // Paths, in URLs and in pushed target names, are refused unless they are
@@ -77,7 +79,7 @@ func refuseUnsafePaths(next http.Handler) http.Handler {
 // refuse such a release too (it is not PRODUCT/VERSION/FILE); this check
 // gives it one code and keeps unsafe names out of every later step.
 // Metadata that does not parse is left to imagerepo to refuse.
-func checkTargetNames(req pushRequest) error {
+func checkTargetNames(req hostedrepo.Push) error {
 	check := func(role string, raw []byte) error {
 		if raw == nil {
 			return nil

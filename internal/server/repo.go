@@ -10,78 +10,27 @@ import (
 	"io"
 	"net/http"
 	"regexp"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
-	"github.com/rampartfw/rampart/internal/imagerepo"
+	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/store"
-	"github.com/rampartfw/rampart/internal/verify"
 )
 
-const imageRepo = "image"
-
-var errNoRepository = errors.New("the image repository has no root yet")
-
-// loadState reads the image repository's current signed metadata.
-func (s *Server) loadState(ctx context.Context) (imagerepo.State, error) {
-	st := imagerepo.State{Roles: map[string][]byte{}}
-	for v := int64(1); ; v++ {
-		d, err := s.store.Doc(ctx, imageRepo, metadata.ROOT, v)
-		if errors.Is(err, store.ErrNotFound) {
-			break
-		}
-		if err != nil {
-			return st, err
-		}
-		st.Roots = append(st.Roots, d.Data)
-	}
-	if len(st.Roots) == 0 {
-		return st, nil
-	}
-	t, err := s.store.Doc(ctx, imageRepo, metadata.TARGETS, 0)
-	if err != nil {
-		return st, err
-	}
-	st.Targets = t.Data
-	tm, err := metadata.Targets().FromBytes(t.Data)
-	if err != nil {
-		return st, err
-	}
-	if tm.Signed.Delegations != nil {
-		for _, d := range tm.Signed.Delegations.Roles {
-			doc, err := s.store.Doc(ctx, imageRepo, d.Name, 0)
-			if err != nil {
-				return st, err
-			}
-			st.Roles[d.Name] = doc.Data
-		}
-	}
-	return st, nil
-}
-
-type pushRequest struct {
-	Roots   [][]byte          `json:"roots,omitempty"`
-	Targets []byte            `json:"targets,omitempty"`
-	Roles   map[string][]byte `json:"roles,omitempty"`
-}
-
-type pushResponse struct {
-	Versions map[string]int64 `json:"versions"`
-	Releases []string         `json:"releases"`
-}
+const imageRepo = hostedrepo.Repo
 
 func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 	op := operator(r.Context())
-	var req pushRequest
+	var req hostedrepo.Push
 	if err := decodeJSON(w, r, maxJSONBody, &req); err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -103,187 +52,13 @@ func (s *Server) handlePush(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, resp)
 }
 
-// push applies a push. Everything that can refuse it happens first:
-// check it (imagerepo), refuse a release name the log already gives other
-// content, check its blobs, and sign the online roles over the result.
-// Then the push is made durable as pending (everything needed to finish
-// it), its releases are logged, and its metadata, chunks and audit entry
-// commit in one transaction that also clears the pending record (see
-// finishPush). So the log never names a release that the repository does
-// not publish, except while a push is pending, and a pending push is
-// finished before anything else changes the repository: by this request,
-// or after an interruption at the server's start, its next push or its
-// next refresh.
-func (s *Server) push(r *http.Request, req pushRequest) (*pushResponse, error) {
-	ctx := r.Context()
+// push checks the pushed target names and hands the push to the hosted
+// repository.
+func (s *Server) push(r *http.Request, req hostedrepo.Push) (*hostedrepo.PushResult, error) {
 	if err := checkTargetNames(req); err != nil {
 		return nil, err
 	}
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
-	if err := s.finishPendingPush(ctx); err != nil {
-		return nil, err
-	}
-	cur, err := s.loadState(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.checkLogged(ctx, req); err != nil {
-		return nil, err
-	}
-	now := s.now()
-	acc, err := imagerepo.Accept(cur, imagerepo.Push{Roots: req.Roots, Targets: req.Targets, Roles: req.Roles}, now)
-	if err != nil {
-		return nil, err
-	}
-	// A root that names a log key names this server's: devices verify the
-	// log under it (docs/incident-response.md, rotating the log key).
-	if vk, ok := acc.Root.Signed.UnrecognizedFields[logproof.RootField]; ok && vk != s.logVerifierKey {
-		return nil, errorf(http.StatusUnprocessableEntity, "log-key", "root version %d names log key %.200v, this server's is %s (rampart server keys writes it)", acc.Root.Signed.Version, vk, s.logVerifierKey)
-	}
-	// Every new release's payload and index must already be uploaded, and
-	// the index must agree with the signed target.
-	roles := map[string]*metadata.Metadata[metadata.TargetsType]{}
-	var chunks []store.ChunkRef // where each new release's chunks are, served by hash once published
-	for _, rel := range acc.NewReleases {
-		role := roles[rel.Meta.Product]
-		if role == nil {
-			if role, err = metadata.Targets().FromBytes(acc.State.Roles[rel.Meta.Product]); err != nil {
-				return nil, err
-			}
-			roles[rel.Meta.Product] = role
-		}
-		for _, b := range []imagerepo.Blob{rel.Image, rel.Index} {
-			n, err := s.blobs.Stat(ctx, b.SHA256)
-			if errors.Is(err, blob.ErrNotFound) {
-				return nil, errorf(http.StatusUnprocessableEntity, "missing-blob", "blob %s (%d bytes) of release %s is not uploaded; PUT it to /api/v1/blobs/%s first", b.SHA256, b.Length, rel.Target, b.SHA256)
-			}
-			if err != nil {
-				return nil, err
-			}
-			if n != b.Length {
-				return nil, errorf(http.StatusUnprocessableEntity, "blob-mismatch", "blob %s is %d bytes, release %s says %d", b.SHA256, n, rel.Target, b.Length)
-			}
-		}
-		ix, err := s.readBlob(r, rel.Index.SHA256, rel.Index.Length)
-		if err != nil {
-			return nil, err
-		}
-		index, err := imagerepo.Index(rel, role.Signed.Targets[rel.Target], ix)
-		if err != nil {
-			return nil, errorf(http.StatusUnprocessableEntity, "bad-index", "release %s: %v", rel.Target, err)
-		}
-		for _, c := range index.Chunks {
-			chunks = append(chunks, store.ChunkRef{Hash: hex.EncodeToString(c.Hash[:]), Blob: rel.Image.SHA256, Offset: c.Offset, Length: c.Length})
-		}
-	}
-	targets, err := metadata.Targets().FromBytes(acc.State.Targets)
-	if err != nil {
-		return nil, err
-	}
-	// The statement of every new release, logged before the release
-	// becomes visible, so no device can see a release the log does not
-	// show.
-	var stmts []pendingStatement
-	var logged []string
-	for _, rel := range acc.NewReleases {
-		role := roles[rel.Meta.Product]
-		var keyIDs []string
-		for _, d := range targets.Signed.Delegations.Roles {
-			if d.Name == rel.Meta.Product {
-				keyIDs = d.KeyIDs
-			}
-		}
-		leaf, err := logproof.MarshalStatement(&logproof.Statement{
-			Target: rel.Target, Length: rel.Image.Length, SHA256: rel.Image.SHA256,
-			SecurityVersion: rel.Meta.SecurityVersion, Role: rel.Meta.Product, RoleVersion: role.Signed.Version,
-			SignerKeyIDs: verify.ValidSigners(targets.Signed.Delegations.Keys, keyIDs, role),
-		})
-		if err != nil {
-			return nil, wrapf(err, "statement of %s", rel.Target)
-		}
-		stmts = append(stmts, pendingStatement{Target: rel.Target, SHA256: rel.Image.SHA256, Length: rel.Image.Length, Leaf: leaf})
-		logged = append(logged, rel.Target)
-	}
-
-	// Sign the online roles over the new state: a root that does not
-	// name this server's online keys is refused here, before anything is
-	// logged.
-	var docs []store.Doc
-	for i, raw := range req.Roots {
-		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.ROOT, Version: int64(len(cur.Roots) + i + 1), Data: raw})
-	}
-	pinned := []snapshot.Role{{Name: metadata.TARGETS, Version: acc.Versions[metadata.TARGETS], Data: acc.State.Targets}}
-	for name, raw := range acc.State.Roles {
-		pinned = append(pinned, snapshot.Role{Name: name, Version: acc.Versions[name], Data: raw})
-	}
-	for _, name := range acc.Changed {
-		data := acc.State.Targets
-		if name != metadata.TARGETS {
-			data = acc.State.Roles[name]
-		}
-		docs = append(docs, store.Doc{Repo: imageRepo, Role: name, Version: acc.Versions[name], Data: data})
-	}
-	snapV, tsV, err := s.onlineVersions(ctx)
-	if err != nil {
-		return nil, err
-	}
-	snap, ts, err := snapshot.Sign(snapshot.Options{
-		Root: acc.Root, Roles: pinned, SnapshotVersion: snapV + 1, TimestampVersion: tsV + 1,
-		SnapshotExpires: now.Add(s.expiry.Snapshot), TimestampExpires: now.Add(s.expiry.Timestamp), Signers: s.online,
-	})
-	if err != nil {
-		return nil, errorf(http.StatusUnprocessableEntity, "online-keys", "cannot sign snapshot and timestamp: %v; the root must name this server's online keys (rampart server keys)", err)
-	}
-	docs = append(docs,
-		store.Doc{Repo: imageRepo, Role: metadata.SNAPSHOT, Version: snapV + 1, Data: snap},
-		store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsV + 1, Data: ts})
-	acc.Versions[metadata.ROOT] = acc.Root.Signed.Version
-	acc.Versions[metadata.SNAPSHOT], acc.Versions[metadata.TIMESTAMP] = snapV+1, tsV+1
-	sort.Strings(logged)
-	// The metadata and the audit entry of the accepted push commit
-	// together: no published version is missing from the audit log.
-	detail := map[string]string{"releases": strings.Join(logged, " ")}
-	for role, v := range acc.Versions {
-		detail[role] = strconv.FormatInt(v, 10)
-	}
-	if err := pushStep("checked"); err != nil {
-		return nil, err
-	}
-	logSize, err := s.log.Size(ctx)
-	if err != nil {
-		return nil, wrapf(err, "reading the log's size")
-	}
-	p := &pendingPush{
-		RequestID: r.Header.Get("X-Request-Id"), Actor: operatorActor(r), Detail: detail,
-		Docs: docs, Chunks: chunks, Statements: stmts, LogSize: logSize,
-		Response: pushResponse{Versions: acc.Versions, Releases: logged},
-	}
-	if err := s.startPush(ctx, p); err != nil {
-		return nil, err
-	}
-	// Once pending, the push is finished even if the client leaves: an
-	// impatient client must not leave it for the next start or refresh.
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), finishTimeout)
-	defer cancel()
-	if err := s.finishPush(ctx, p, false); err != nil {
-		return nil, wrapf(err, "push accepted and pending; the server finishes it at its next start, push or refresh")
-	}
-	return &p.Response, nil
-}
-
-func (s *Server) onlineVersions(ctx context.Context) (snap, ts int64, err error) {
-	if d, err := s.store.Doc(ctx, imageRepo, metadata.SNAPSHOT, 0); err == nil {
-		snap = d.Version
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return 0, 0, err
-	}
-	if d, err := s.store.Doc(ctx, imageRepo, metadata.TIMESTAMP, 0); err == nil {
-		ts = d.Version
-	} else if !errors.Is(err, store.ErrNotFound) {
-		return 0, 0, err
-	}
-	return snap, ts, nil
+	return s.images.Push(r.Context(), req, hostedrepo.Origin{RequestID: r.Header.Get("X-Request-Id"), Actor: operatorActor(r)})
 }
 
 // servableVersion reports whether a version in a file name is within
@@ -294,91 +69,10 @@ func servableVersion(v string) bool {
 	return err == nil && n >= 1 && n <= snapshot.MaxVersion
 }
 
-func (s *Server) readBlob(r *http.Request, digest string, length int64) ([]byte, error) {
-	br, err := s.blobs.Open(r.Context(), digest)
-	if err != nil {
-		return nil, err
-	}
-	defer br.Close()
-	return io.ReadAll(io.LimitReader(br, length))
-}
-
-// RefreshOnline renews the timestamp, and the snapshot with it when the
-// snapshot is near expiry, once less than half the lifetime is left. It
-// reports whether it wrote anything.
+// RefreshOnline renews the image repository's online roles when they
+// near expiry (hostedrepo.Service.RefreshOnline).
 func (s *Server) RefreshOnline(ctx context.Context) (bool, error) {
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
-	// A pending push holds the next snapshot and timestamp versions.
-	if err := s.finishPendingPush(ctx); err != nil {
-		return false, err
-	}
-	st, err := s.loadState(ctx)
-	if err != nil {
-		return false, err
-	}
-	if len(st.Roots) == 0 {
-		return false, errNoRepository
-	}
-	tsDoc, err := s.store.Doc(ctx, imageRepo, metadata.TIMESTAMP, 0)
-	if err != nil {
-		return false, err
-	}
-	snapDoc, err := s.store.Doc(ctx, imageRepo, metadata.SNAPSHOT, 0)
-	if err != nil {
-		return false, err
-	}
-	ts, err := metadata.Timestamp().FromBytes(tsDoc.Data)
-	if err != nil {
-		return false, err
-	}
-	snap, err := metadata.Snapshot().FromBytes(snapDoc.Data)
-	if err != nil {
-		return false, err
-	}
-	now := s.now()
-	snapStale := snap.Signed.Expires.Sub(now) < s.expiry.Snapshot/2
-	tsStale := ts.Signed.Expires.Sub(now) < s.expiry.Timestamp/2
-	if !snapStale && !tsStale {
-		return false, nil
-	}
-	root, err := metadata.Root().FromBytes(st.Roots[len(st.Roots)-1])
-	if err != nil {
-		return false, err
-	}
-	var docs []store.Doc
-	snapBytes, snapV := snapDoc.Data, snapDoc.Version
-	if snapStale {
-		var pinned []snapshot.Role
-		for name, mf := range snap.Signed.Meta {
-			role := strings.TrimSuffix(name, ".json")
-			d, err := s.store.Doc(ctx, imageRepo, role, mf.Version)
-			if err != nil {
-				return false, err
-			}
-			pinned = append(pinned, snapshot.Role{Name: role, Version: mf.Version, Data: d.Data})
-		}
-		snapV++
-		var tsBytes []byte
-		snapBytes, tsBytes, err = snapshot.Sign(snapshot.Options{Root: root, Roles: pinned, SnapshotVersion: snapV, TimestampVersion: tsDoc.Version + 1,
-			SnapshotExpires: now.Add(s.expiry.Snapshot), TimestampExpires: now.Add(s.expiry.Timestamp), Signers: s.online})
-		if err != nil {
-			return false, err
-		}
-		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.SNAPSHOT, Version: snapV, Data: snapBytes},
-			store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsDoc.Version + 1, Data: tsBytes})
-	} else {
-		tsBytes, err := snapshot.SignTimestamp(root, snapBytes, snapV, tsDoc.Version+1, now.Add(s.expiry.Timestamp), s.online)
-		if err != nil {
-			return false, err
-		}
-		docs = append(docs, store.Doc{Repo: imageRepo, Role: metadata.TIMESTAMP, Version: tsDoc.Version + 1, Data: tsBytes})
-	}
-	if err := s.store.PutDocs(ctx, docs...); err != nil {
-		return false, err
-	}
-	s.logger.Info("renewed online metadata", "snapshot", snapStale, "timestamp_version", tsDoc.Version+1)
-	return true, nil
+	return s.images.RefreshOnline(ctx)
 }
 
 var metaFileRE = regexp.MustCompile(`^([1-9][0-9]{0,18})\.([a-z0-9][a-z0-9-]{0,62})\.json$`)
@@ -602,7 +296,7 @@ func (s *Server) handleHeadBlob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request) {
-	st, err := s.loadState(r.Context())
+	st, err := s.images.State(r.Context())
 	if err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -618,7 +312,7 @@ func (s *Server) handleVersions(w http.ResponseWriter, r *http.Request) {
 			out[name] = m.Signed.Version
 		}
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"versions": out})
+	writeJSON(w, http.StatusOK, api.VersionsResponse{Versions: out})
 }
 
 func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
@@ -638,7 +332,7 @@ func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
 		writeError(w, toAPIError(err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"statement": string(e.Leaf), "proof": p})
+	writeJSON(w, http.StatusOK, logproof.Envelope{Statement: e.Leaf, Proof: p})
 }
 
 // handleKeys publishes the online public keys (for the offline root
@@ -661,18 +355,21 @@ func (s *Server) handleLogConsistency(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
-	out := map[string]string{"log_origin": s.log.Origin(), "log_key": s.logVerifierKey}
-	for role, sg := range map[string]keys.Signer{"snapshot": s.online[0], "timestamp": s.online[1],
-		"director-targets": first(s.directorKeys.Targets), "director-snapshot": first(s.directorKeys.Snapshot), "director-timestamp": first(s.directorKeys.Timestamp)} {
-		if sg == nil {
+	out := api.Keys{LogOrigin: s.log.Origin(), LogKey: s.logVerifierKey}
+	for _, k := range []struct {
+		sg  keys.Signer
+		dst *string
+	}{{s.online[0], &out.Snapshot}, {s.online[1], &out.Timestamp}, {first(s.directorKeys.Targets), &out.DirectorTargets},
+		{first(s.directorKeys.Snapshot), &out.DirectorSnapshot}, {first(s.directorKeys.Timestamp), &out.DirectorTimestamp}} {
+		if k.sg == nil {
 			continue
 		}
-		b, err := keys.MarshalPublic(sg.Public())
+		b, err := keys.MarshalPublic(k.sg.Public())
 		if err != nil {
 			writeError(w, toAPIError(err))
 			return
 		}
-		out[role] = string(b)
+		*k.dst = string(b)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

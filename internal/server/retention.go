@@ -156,8 +156,8 @@ func (s *Server) ExpireBlobs(ctx context.Context) (int, error) {
 	if !ok {
 		return 0, nil
 	}
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
+	s.images.Lock()
+	defer s.images.Unlock()
 	if _, err := s.store.PendingPush(ctx); err == nil {
 		return 0, nil
 	} else if !errors.Is(err, store.ErrNotFound) {
@@ -171,7 +171,7 @@ func (s *Server) ExpireBlobs(ctx context.Context) (int, error) {
 	for _, b := range chunkBlobs {
 		refs[b] = true
 	}
-	st, err := s.loadState(ctx)
+	st, err := s.images.State(ctx)
 	if err != nil {
 		return 0, err
 	}

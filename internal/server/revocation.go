@@ -151,9 +151,9 @@ func (g *deviceGate) isRevoked(serial string) bool {
 	return revoked
 }
 
-// deviceRevoked is the handshake's revocation check: an unknown or revoked
+// DeviceRevoked is the handshake's revocation check: an unknown or revoked
 // device, or a certificate other than the device's current one, is refused.
-func (s *Server) deviceRevoked(serial *big.Int, id string) error {
+func (s *Server) DeviceRevoked(serial *big.Int, id string) error {
 	return s.gate.check(serial, id)
 }
 

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/rampartfw/rampart/internal/server"
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
 
@@ -44,7 +44,7 @@ func (e *tlsEnv) handshakes(cert *tls.Certificate, n int) (refused int) {
 // made by another replica picked up by ReloadRevocations.
 func TestRevocationIsImmediateAndInMemory(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "srv")
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,18 +1,22 @@
-// Package server is rampart-server's HTTP service: the hosted TUF image
-// repository (pushes of offline-signed metadata, online snapshot and
-// timestamp signing, static-style serving that any CDN can cache), the
-// transparency log, the audit log and the operator API with role-checked
-// tokens. It is plain net/http over narrow interfaces: a store.Store for
-// metadata, a blob.Store for payloads, a tlog.Log.
+// Package server is rampart-server's HTTP layer: routes, authentication
+// (role-checked operator tokens, device mTLS), request decoding, error
+// mapping and metrics, over the services that own the behaviour. The
+// hosted TUF image repository (pushes of offline-signed metadata, online
+// snapshot and timestamp signing, the pending-push protocol with the
+// transparency log) is package hostedrepo, each device's director
+// repository package hosteddirector; this package serves their
+// metadata (the image repository's static-style: any CDN can cache it),
+// the transparency log, the audit log and the operator API. It is plain
+// net/http over narrow interfaces: a store.Store for metadata, a
+// blob.Store for payloads, a tlog.Log. Opening them from a data
+// directory is package datadir's job.
 //
 // Trust decisions are not made here: imagerepo decides what a push may
-// change, snapshot signs the online roles, logproof defines what is logged.
-// This package sequences them so that nothing is half-applied: blobs are
-// content-addressed and verified on upload, and a push's metadata (roles,
-// snapshot, timestamp) is committed in one store transaction after its
-// releases are in the log. Every action that changes the store commits in
-// the same transaction as the audit entry that records it (atomically), so
-// the audit log and the state it describes cannot disagree.
+// change, snapshot signs the online roles, logproof defines what is
+// logged, hostedrepo sequences them so that nothing is half-applied.
+// Every action that changes the store commits in the same transaction as
+// the audit entry that records it (atomically), so the audit log and the
+// state it describes cannot disagree.
 //
 // Devices enroll with a one-time token or a manufacturer certificate, then
 // use mTLS; whether a device certificate may still be used is decided at
@@ -30,16 +34,18 @@ import (
 	"maps"
 	"math"
 	"net/http"
+	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/hosteddirector"
+	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/store"
@@ -93,7 +99,7 @@ type Config struct {
 	// Retention bounds how long the audit log and unreferenced blobs are
 	// kept; zero fields take DefaultRetention.
 	Retention Retention
-	// BlobLimits bound the blob store OpenDataDir opens (quota, disk
+	// BlobLimits bound the blob store datadir.Open opens (quota, disk
 	// reserve); see DefaultBlobLimits. Ignored by New, which takes its
 	// blob store ready-made.
 	BlobLimits *blob.Limits
@@ -120,17 +126,18 @@ type Server struct {
 	directorKeys   director.Keys
 	// previousDirectorKeys: see Config.PreviousDirectorKeys.
 	previousDirectorKeys director.Keys
-	directorRoot         atomic.Pointer[directorRootState]
-	directors            directorCache
+	// directors is the director service: the current director root and
+	// each device's director repository.
+	directors *hosteddirector.Service
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
 	servedTargets seenSet
 	// checkedChunks holds the hashes of chunks whose stored bytes were
 	// found to match, see handleChunk.
 	checkedChunks seenSet
-	// pushMu serialises writers of the image repository within a
-	// process; the store's version conflicts protect across replicas.
-	pushMu sync.Mutex
+	// images is the hosted image repository; its lock serialises the
+	// writers of the image repository and of the director's root.
+	images *hostedrepo.Service
 	limits Limits
 	// anonymous counts requests in flight without credentials.
 	anonymous *budget
@@ -162,6 +169,10 @@ func New(c Config) (*Server, error) {
 	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: append([]keys.Signer{c.Snapshot, c.Timestamp}, c.PreviousOnline...), previousDirectorKeys: c.PreviousDirectorKeys,
 		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys,
 		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
+	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
+		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
+	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
+		ProductRole: s.productRole, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.reportBudget = newKeyedLimiter(s.limits.ReportBurst, s.limits.ReportEvery, maxTrackedIdentities)
 	s.auditBudget = newKeyedLimiter(auditedRefusalBurst, auditedRefusalEvery, maxTrackedIdentities)
@@ -169,7 +180,7 @@ func New(c Config) (*Server, error) {
 	if err := s.gate.load(context.Background()); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
-	if err := s.recoverPush(context.Background()); err != nil {
+	if err := s.images.Recover(context.Background()); err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
@@ -197,7 +208,14 @@ func New(c Config) (*Server, error) {
 // upload, and whether it serves clients without credentials.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	handle := func(pattern string, p routePolicy, h http.HandlerFunc) { mux.HandleFunc(pattern, s.route(p, h)) }
+	// Every route is one of api.Routes, and every one of api.Routes is
+	// registered: the wire vocabulary and docs/api.md are checked
+	// against that list.
+	var registered []string
+	handle := func(pattern string, p routePolicy, h http.HandlerFunc) {
+		registered = append(registered, pattern)
+		mux.HandleFunc(pattern, s.route(p, h))
+	}
 	var (
 		// Operator and device routes refuse a request without a
 		// token or a device certificate before reading its body.
@@ -244,7 +262,24 @@ func (s *Server) Handler() http.Handler {
 	// Metrics need an operator token of any role here; a scraper without
 	// one reads MetricsHandler on a listener of its own (metrics_listen).
 	handle("GET /metrics", noBody, s.requireRole(s.metrics.handler().ServeHTTP, RoleReleaseManager, RoleOperator, RoleAuditor))
+	checkRoutes(registered)
 	return requestID(s.guard(s.metrics.instrument(refuseUnsafePaths(routerErrors(mux)))))
+}
+
+// checkRoutes panics unless registered are exactly api.Routes: a route
+// added here and not there (or the reverse) is a programming error that
+// every test constructing a handler finds.
+func checkRoutes(registered []string) {
+	want := make([]string, len(api.Routes))
+	for i, r := range api.Routes {
+		want[i] = r.String()
+	}
+	got := slices.Clone(registered)
+	slices.Sort(got)
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		panic(fmt.Sprintf("server: the registered routes %v are not api.Routes %v", got, want))
+	}
 }
 
 // MetricsHandler serves the metrics without credentials, for a listener
@@ -404,7 +439,7 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if _, err := s.RefreshOnline(ctx); err != nil && !errors.Is(err, errNoRepository) {
+		if _, err := s.RefreshOnline(ctx); err != nil && !errors.Is(err, hostedrepo.ErrNoRepository) {
 			s.logger.Error("refreshing timestamp", "err", err)
 		}
 		if err := s.ReloadRevocations(ctx); err != nil && ctx.Err() == nil {

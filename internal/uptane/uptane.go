@@ -758,18 +758,11 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 // must verify under a checkpoint signed by the pinned log key. It returns
 // that checkpoint, parsed and raw.
 func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, *logproof.Proof, error) {
-	var resp struct {
-		Statement string          `json:"statement"`
-		Proof     json.RawMessage `json:"proof"`
-	}
-	if err := strictjson.Unmarshal(body, &resp); err != nil {
+	env, err := logproof.ParseEnvelope(body)
+	if err != nil {
 		return nil, nil, refuse(verify.Malformed, "log", err, "log proof response")
 	}
-	proof, err := logproof.ParseProof(resp.Proof)
-	if err != nil {
-		return nil, nil, refuse(verify.Malformed, "log", err, "log proof")
-	}
-	leaf := []byte(resp.Statement)
+	proof, leaf := env.Proof, env.Statement
 	st, err := logproof.ParseStatement(leaf)
 	if err != nil {
 		return nil, nil, refuse(verify.Malformed, "log", err, "log statement")

@@ -40,6 +40,7 @@ import (
 
 	_ "modernc.org/sqlite" // read-only look at the server's database
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/pki/pkitest"
@@ -247,7 +248,7 @@ func (s *Server) pushDirectorRoot() error {
 	if err != nil {
 		return err
 	}
-	_, err = s.mustCall("POST", "/api/v1/director/root", map[string]any{"roots": [][]byte{root}}, 200)
+	_, err = s.mustCall("POST", "/api/v1/director/root", api.DirectorRootRequest{Roots: [][]byte{root}}, 200)
 	return err
 }
 

@@ -29,8 +29,10 @@ import (
 
 	"golang.org/x/mod/sumdb/note"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/bundle"
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/repo"
@@ -41,7 +43,7 @@ const (
 	// Product is the product line Release publishes under.
 	Product = "acme-gw"
 	// LogOrigin is the log origin of a data directory made by
-	// server.InitDataDir with default options.
+	// datadir.Init with default options.
 	LogOrigin = "rampart.local/log"
 )
 
@@ -98,7 +100,7 @@ func WithLimits(l server.Limits) Option {
 func New(t testing.TB, opts ...Option) *Env {
 	t.Helper()
 	dir := filepath.Join(t.TempDir(), "srv")
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +158,7 @@ func New(t testing.TB, opts ...Option) *Env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	e.Call(e.Pool, "POST", "/api/v1/director/root", e.Admin, map[string]any{"roots": [][]byte{e.DirectorRoot}}, 200)
+	e.Call(e.Pool, "POST", "/api/v1/director/root", e.Admin, api.DirectorRootRequest{Roots: [][]byte{e.DirectorRoot}}, 200)
 	// As rampart director push-root does: the pushed root is published.
 	dr, err = repo.Open(ddir)
 	if err != nil {
@@ -181,7 +183,7 @@ func (e *Env) start(addr string) {
 	for _, o := range e.opts {
 		o(&cfg)
 	}
-	in, err := server.OpenDataDir(ctx, e.DataDir, cfg)
+	in, err := datadir.Open(ctx, e.DataDir, cfg)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -339,7 +341,7 @@ func (e *Env) PushStaged(tamper func(name string, b []byte) []byte) error {
 		e.Call(e.Pool, "PUT", fmt.Sprintf("/api/v1/blobs/%s?length=%d", bf.SHA256, bf.Length), e.Admin, data, 201)
 	}
 	if !ps.Empty() {
-		e.Call(e.Pool, "POST", "/api/v1/repo/push", e.Admin, map[string]any{"roots": ps.Roots, "targets": ps.Targets, "roles": ps.Roles}, 200)
+		e.Call(e.Pool, "POST", "/api/v1/repo/push", e.Admin, api.PushRequest{Roots: ps.Roots, Targets: ps.Targets, Roles: ps.Roles}, 200)
 	}
 	_, err = e.Repo.AdoptPublished(func(name string) ([]byte, error) {
 		resp, err := e.Pool.Get(e.TS.URL + "/repo/" + name)

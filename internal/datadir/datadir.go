@@ -1,4 +1,11 @@
-package server
+// Package datadir owns rampart-server's data directory: its layout, the
+// atomic init that creates it, opening it (which metadata store, blob
+// store, transparency log, online keys, CAs and serving certificate) into
+// a running server, and the rotation of the online and log keys kept in
+// it. It is the server's wiring: the HTTP package (server) takes the
+// pieces it needs as interfaces and never knows where they live, so
+// another metadata store is a change here only.
+package datadir
 
 import (
 	"context"
@@ -18,6 +25,7 @@ import (
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
+	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 	"github.com/rampartfw/rampart/internal/tlog"
@@ -76,11 +84,11 @@ const (
 var initEntries = []string{"rampart.db", "rampart.db-wal", "rampart.db-shm", "rampart.db-journal",
 	"blobs", "log", "keys", "online", "ca.pem", "tls.crt", "device-ca.pem"}
 
-// InitDataDir creates a data directory with fresh keys, CAs, a serving
+// Init creates a data directory with fresh keys, CAs, a serving
 // certificate, an empty store and an admin token. It recovers a directory
 // left by an init that did not finish (ErrIncomplete) by starting afresh:
 // nothing in one was usable, as its admin token was never shown.
-func InitDataDir(dir string, o InitOptions) (*InitResult, error) {
+func Init(dir string, o InitOptions) (*InitResult, error) {
 	dir = filepath.Clean(dir)
 	state, err := inspectDataDir(dir)
 	if err != nil {
@@ -342,8 +350,8 @@ func buildDataDir(dir string, o InitOptions) (*InitResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	secret, hash := NewToken()
-	err = db.CreateOperatorToken(context.Background(), store.OperatorToken{Hash: hash, Name: "admin", Role: RoleAdmin, CreatedAt: time.Now()})
+	secret, hash := server.NewToken()
+	err = db.CreateOperatorToken(context.Background(), store.OperatorToken{Hash: hash, Name: "admin", Role: server.RoleAdmin, CreatedAt: time.Now()})
 	// Closing checkpoints the WAL into rampart.db and removes it, so
 	// the store is one file when it is moved into place.
 	if cerr := db.Close(); err == nil {
@@ -363,7 +371,7 @@ func buildDataDir(dir string, o InitOptions) (*InitResult, error) {
 
 // Instance is an opened data directory: a server and its TLS settings.
 type Instance struct {
-	Server *Server
+	Server *server.Server
 	TLS    *tls.Config
 	Store  store.Store
 	Log    *tlog.Log
@@ -374,8 +382,10 @@ func (in *Instance) Close() error {
 	return errors.Join(in.Log.Close(), in.Store.Close())
 }
 
-// OpenDataDir opens an initialised data directory.
-func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
+// Open opens an initialised data directory: it loads the online keys
+// (and those a rotation replaced), the store, the log and the blob store
+// into c and builds the server and its TLS settings.
+func Open(ctx context.Context, dir string, c server.Config) (*Instance, error) {
 	if _, err := os.Lstat(filepath.Join(dir, initMarker)); err == nil {
 		return nil, fmt.Errorf("%s: %w; run rampart-server init --data %s again: it starts the directory afresh", dir, ErrIncomplete, dir)
 	}
@@ -439,7 +449,7 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	}
 	in := &Instance{Store: db, Log: lg}
 	fail := func(err error) (*Instance, error) { in.Close(); return nil, err }
-	lim := DefaultBlobLimits(filepath.Join(dir, "blobs"))
+	lim := server.DefaultBlobLimits(filepath.Join(dir, "blobs"))
 	if c.BlobLimits != nil {
 		lim = *c.BlobLimits
 	}
@@ -459,7 +469,7 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	if c.DeviceCA, err = pki.LoadCA(filepath.Join(dir, "device-ca.pem"), filepath.Join(dir, "keys", "device-ca.key")); err != nil {
 		return fail(err)
 	}
-	if in.Server, err = New(c); err != nil {
+	if in.Server, err = server.New(c); err != nil {
 		return fail(err)
 	}
 	certPEM, err := read("tls.crt")
@@ -478,7 +488,7 @@ func OpenDataDir(ctx context.Context, dir string, c Config) (*Instance, error) {
 	if err != nil {
 		return fail(err)
 	}
-	in.TLS, err = pki.ServerTLSConfig(certPEM, keyPEM, dca, in.Server.deviceRevoked)
+	in.TLS, err = pki.ServerTLSConfig(certPEM, keyPEM, dca, in.Server.DeviceRevoked)
 	if err != nil {
 		return fail(err)
 	}

@@ -1,4 +1,4 @@
-package server
+package hostedrepo
 
 import (
 	"bytes"
@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"sync/atomic"
 	"time"
 
@@ -53,7 +52,7 @@ type pendingPush struct {
 	// LogSize is the log's published size before the push: its
 	// statements, if logged, are at this index or later.
 	LogSize  uint64
-	Response pushResponse
+	Response PushResult
 }
 
 type pendingStatement struct {
@@ -68,6 +67,17 @@ type pendingStatement struct {
 // durable so far.
 var pushStepHook atomic.Pointer[func(step string) error]
 
+// SetPushStep installs f as the hook called at each step of a push (the
+// crash tests'): an error from it stops the push there as a crash would.
+// nil removes it.
+func SetPushStep(f func(step string) error) {
+	if f == nil {
+		pushStepHook.Store(nil)
+		return
+	}
+	pushStepHook.Store(&f)
+}
+
 func pushStep(step string) error {
 	if f := pushStepHook.Load(); f != nil {
 		return (*f)(step)
@@ -75,16 +85,16 @@ func pushStep(step string) error {
 	return nil
 }
 
-// startPush stores p as the pending push. The caller holds pushMu and has
+// startPush stores p as the pending push. The caller holds mu and has
 // finished any earlier pending push.
-func (s *Server) startPush(ctx context.Context, p *pendingPush) error {
+func (s *Service) startPush(ctx context.Context, p *pendingPush) error {
 	b, err := json.Marshal(p)
 	if err != nil {
 		return err
 	}
 	if err := s.store.PutPendingPush(ctx, b); errors.Is(err, store.ErrExists) {
 		// Another server process started a push meanwhile.
-		return errorf(http.StatusConflict, "conflict", "another push is in progress on another server process; fetch the current state and retry")
+		return refuse(Conflict, "another push is in progress on another server process; fetch the current state and retry")
 	} else if err != nil {
 		return wrapf(err, "recording the pending push")
 	}
@@ -92,8 +102,8 @@ func (s *Server) startPush(ctx context.Context, p *pendingPush) error {
 }
 
 // finishPendingPush finishes the pending push, if there is one. The
-// caller holds pushMu.
-func (s *Server) finishPendingPush(ctx context.Context) error {
+// caller holds mu.
+func (s *Service) finishPendingPush(ctx context.Context) error {
 	b, err := s.store.PendingPush(ctx)
 	if errors.Is(err, store.ErrNotFound) {
 		return nil
@@ -117,7 +127,7 @@ func (s *Server) finishPendingPush(ctx context.Context) error {
 // resumed says that p was read back from the store: an earlier attempt
 // may have appended statements without recording them, so the log is
 // searched for them first.
-func (s *Server) finishPush(ctx context.Context, p *pendingPush, resumed bool) error {
+func (s *Service) finishPush(ctx context.Context, p *pendingPush, resumed bool) error {
 	var inLog map[string]uint64 // leaf -> index, of p's statements found in the log
 	if resumed {
 		var err error
@@ -185,7 +195,7 @@ func (s *Server) finishPush(ctx context.Context, p *pendingPush, resumed bool) e
 // from where the log ended when p was accepted. It first waits until
 // everything the log sequenced is published, so a statement appended just
 // before a crash is seen.
-func (s *Server) findStatements(ctx context.Context, p *pendingPush) (map[string]uint64, error) {
+func (s *Service) findStatements(ctx context.Context, p *pendingPush) (map[string]uint64, error) {
 	size, err := s.log.Settle(ctx)
 	if err != nil {
 		return nil, err
@@ -232,7 +242,7 @@ func sameContent(e store.LogEntry, st pendingStatement) error {
 // never holds two statements that disagree about one release. The pushed
 // roles are not verified yet; what this reveals (the logged digest) is
 // public in the log.
-func (s *Server) checkLogged(ctx context.Context, req pushRequest) error {
+func (s *Service) checkLogged(ctx context.Context, req Push) error {
 	for role, raw := range req.Roles {
 		m, err := metadata.Targets().FromBytes(raw)
 		if err != nil {
@@ -252,8 +262,8 @@ func (s *Server) checkLogged(ctx context.Context, req pushRequest) error {
 			}
 			sum := tf.Hashes["sha256"].String()
 			if sum != logged.SHA256 || tf.Length != logged.Length {
-				return &apiError{Status: http.StatusConflict, Code: "release-logged", Role: role,
-					Message: fmt.Sprintf("release %s is in the transparency log (entry %d) with sha256 %s, %d bytes; this push gives it sha256 %s, %d bytes. A release's content is fixed by its first log statement: publish the new content under a new version",
+				return &Refusal{Code: ReleaseLogged, Role: role,
+					Msg: fmt.Sprintf("release %s is in the transparency log (entry %d) with sha256 %s, %d bytes; this push gives it sha256 %s, %d bytes. A release's content is fixed by its first log statement: publish the new content under a new version",
 						name, e.Index, logged.SHA256, logged.Length, sum, tf.Length)}
 			}
 		}
@@ -261,11 +271,11 @@ func (s *Server) checkLogged(ctx context.Context, req pushRequest) error {
 	return nil
 }
 
-// recoverPush finishes, as the server starts, a push that a crash
+// Recover finishes, as the server starts, a push that a crash
 // interrupted after it was accepted, so that the log and the repository
 // agree before anything is served.
-func (s *Server) recoverPush(ctx context.Context) error {
-	s.pushMu.Lock()
-	defer s.pushMu.Unlock()
+func (s *Service) Recover(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.finishPendingPush(ctx)
 }

@@ -1,4 +1,4 @@
-package server
+package datadir
 
 import (
 	"errors"
@@ -13,6 +13,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/tlog"
 )
 
@@ -208,7 +209,7 @@ func verifies(raw []byte, v note.Verifier) bool {
 }
 
 // loadPrevious loads the keys a rotation replaced, when there are any.
-func loadPrevious(dir string, c *Config) error {
+func loadPrevious(dir string, c *server.Config) error {
 	for _, r := range OnlineRoles {
 		f := filepath.Join(dir, "keys", previousDir, r+".key")
 		sg, err := keys.OpenFile(f, nil)

@@ -1,4 +1,4 @@
-package server_test
+package datadir_test
 
 import (
 	"context"
@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
@@ -24,7 +25,7 @@ func quietConfig() server.Config {
 // open opens dir as serve would and checks that token is its admin's.
 func openWithAdmin(t *testing.T, dir, token string) {
 	t.Helper()
-	in, err := server.OpenDataDir(context.Background(), dir, quietConfig())
+	in, err := datadir.Open(context.Background(), dir, quietConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,12 +51,12 @@ func rawExec(t *testing.T, dir, q string) {
 
 func wantIncomplete(t *testing.T, dir string) {
 	t.Helper()
-	in, err := server.OpenDataDir(context.Background(), dir, quietConfig())
+	in, err := datadir.Open(context.Background(), dir, quietConfig())
 	if err == nil {
 		in.Close()
 		t.Fatalf("%s opened", dir)
 	}
-	if !errors.Is(err, server.ErrIncomplete) || !strings.Contains(err.Error(), "rampart-server init --data "+dir) {
+	if !errors.Is(err, datadir.ErrIncomplete) || !strings.Contains(err.Error(), "rampart-server init --data "+dir) {
 		t.Fatalf("opening an incomplete directory: %v", err)
 	}
 }
@@ -65,17 +66,17 @@ func wantIncomplete(t *testing.T, dir string) {
 // out, and init recovers it.
 func TestInitRecoversAStoreWithoutToken(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "srv")
-	if _, err := server.InitDataDir(dir, server.InitOptions{}); err != nil {
+	if _, err := datadir.Init(dir, datadir.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	rawExec(t, dir, `DELETE FROM operator_tokens`)
 	wantIncomplete(t, dir)
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatalf("init did not recover: %v", err)
 	}
 	openWithAdmin(t, dir, res.AdminToken)
-	if _, err := server.InitDataDir(dir, server.InitOptions{}); !errors.Is(err, server.ErrInitialized) {
+	if _, err := datadir.Init(dir, datadir.InitOptions{}); !errors.Is(err, datadir.ErrInitialized) {
 		t.Fatalf("a third init: %v", err)
 	}
 }
@@ -84,7 +85,7 @@ func TestInitRecoversAStoreWithoutToken(t *testing.T) {
 // init: init leaves it alone.
 func TestInitLeavesAStoreWithDataAlone(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "srv")
-	if _, err := server.InitDataDir(dir, server.InitOptions{}); err != nil {
+	if _, err := datadir.Init(dir, datadir.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	db, err := sqlite.Open(filepath.Join(dir, "rampart.db"))
@@ -97,7 +98,7 @@ func TestInitLeavesAStoreWithDataAlone(t *testing.T) {
 	db.Close()
 	rawExec(t, dir, `DELETE FROM operator_tokens`)
 	before, _ := os.ReadFile(filepath.Join(dir, "ca.pem"))
-	if _, err := server.InitDataDir(dir, server.InitOptions{}); err == nil || !strings.Contains(err.Error(), "left alone") {
+	if _, err := datadir.Init(dir, datadir.InitOptions{}); err == nil || !strings.Contains(err.Error(), "left alone") {
 		t.Fatalf("init on a store with data: %v", err)
 	}
 	if after, _ := os.ReadFile(filepath.Join(dir, "ca.pem")); string(after) != string(before) {
@@ -113,7 +114,7 @@ func TestInitInPlace(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "srv")
 	os.Mkdir(dir, 0o700)
 	fi, _ := os.Stat(dir)
-	res, err := server.InitDataDir(dir, server.InitOptions{})
+	res, err := datadir.Init(dir, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -135,7 +136,7 @@ func TestInitInPlace(t *testing.T) {
 	os.WriteFile(filepath.Join(dir2, "rampart.db"), []byte("not a database"), 0o600)
 	os.WriteFile(filepath.Join(dir2, "lost+found"), []byte("not init's"), 0o600)
 	wantIncomplete(t, dir2)
-	res, err = server.InitDataDir(dir2, server.InitOptions{})
+	res, err = datadir.Init(dir2, datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +167,7 @@ func TestInitRefusesADirectoryThatIsNotItsOwn(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "home")
 	os.MkdirAll(filepath.Join(dir, "keys"), 0o700)
 	os.WriteFile(filepath.Join(dir, "keys", "mine.key"), []byte("precious"), 0o600)
-	_, err := server.InitDataDir(dir, server.InitOptions{})
+	_, err := datadir.Init(dir, datadir.InitOptions{})
 	if err == nil || !strings.Contains(err.Error(), "keys") {
 		t.Fatalf("init in a directory holding keys/: %v", err)
 	}
@@ -181,7 +182,7 @@ func TestInitRemovesAKilledInitsStaging(t *testing.T) {
 	parent := t.TempDir()
 	stale := filepath.Join(parent, ".srv.init-12345")
 	os.MkdirAll(filepath.Join(stale, "keys"), 0o700)
-	res, err := server.InitDataDir(filepath.Join(parent, "srv"), server.InitOptions{})
+	res, err := datadir.Init(filepath.Join(parent, "srv"), datadir.InitOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +202,7 @@ func TestInitRemovesAKilledInitsStaging(t *testing.T) {
 // starts; while it runs, those untouched for a day.
 func TestUploadLeftoversRemoved(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "srv")
-	if _, err := server.InitDataDir(dir, server.InitOptions{}); err != nil {
+	if _, err := datadir.Init(dir, datadir.InitOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	tmp := filepath.Join(dir, "blobs", "tmp")
@@ -209,7 +210,7 @@ func TestUploadLeftoversRemoved(t *testing.T) {
 	os.WriteFile(filepath.Join(tmp, "put-killed"), make([]byte, 1000), 0o644)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	in, err := server.OpenDataDir(ctx, dir, quietConfig())
+	in, err := datadir.Open(ctx, dir, quietConfig())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -226,4 +227,14 @@ func TestUploadLeftoversRemoved(t *testing.T) {
 	waitFor(t, func() bool { return dirNames(t, tmp) == "put-fresh" })
 	cancel()
 	<-done
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return
+		}
+	}
+	t.Fatal("condition not met in 10 s")
 }

@@ -1,0 +1,274 @@
+// Package api owns rampart-server's wire vocabulary: its routes, the
+// stable error codes of its refusals and the statuses a device reports.
+// rampart, rampart-server and rampart-agent name them from here, and
+// docs/api.md is checked against it (docs_test.go): every route the
+// server serves is documented, every documented route and error code
+// exists.
+//
+// It is a leaf package (standard library only), so the device agent may
+// link it. The log-proof envelope, which offline bundles carry too, is
+// logproof.Envelope.
+package api
+
+// Route is one route of the server: a method and a net/http ServeMux
+// pattern.
+type Route struct {
+	Method, Pattern string
+}
+
+// String is the route as ServeMux takes it: "METHOD PATTERN".
+func (r Route) String() string { return r.Method + " " + r.Pattern }
+
+// Routes are every route rampart-server serves (server.Handler registers
+// exactly these; a test checks it).
+var Routes = []Route{
+	// Operator API.
+	{"GET", "/api/v1/keys"},
+	{"PUT", "/api/v1/blobs/{digest}"},
+	{"HEAD", "/api/v1/blobs/{digest}"},
+	{"POST", "/api/v1/repo/push"},
+	{"GET", "/api/v1/repo/versions"},
+	{"POST", "/api/v1/tokens"},
+	{"GET", "/api/v1/tokens"},
+	{"POST", "/api/v1/tokens/{name}/role"},
+	{"POST", "/api/v1/tokens/{name}/revoke"},
+	{"GET", "/api/v1/audit"},
+	{"GET", "/api/v1/audit/anchor"},
+	{"GET", "/api/v1/log/proof/{target...}"},
+	{"GET", "/api/v1/log/consistency"},
+	{"POST", "/api/v1/devices/tokens"},
+	{"GET", "/api/v1/devices/{id}"},
+	{"POST", "/api/v1/devices/{id}/revoke"},
+	{"DELETE", "/api/v1/devices/{id}"},
+	{"POST", "/api/v1/deploy"},
+	// Device API.
+	{"POST", "/api/v1/enroll"},
+	{"POST", "/api/v1/device/report"},
+	{"POST", "/api/v1/director/root"},
+	{"GET", "/api/v1/director/root"},
+	{"GET", "/director/{file}"},
+	// The published repository and log.
+	{"GET", "/repo/{file}"},
+	{"GET", "/repo/targets/{path...}"},
+	{"GET", "/repo/chunks/{hash}"},
+	{"GET", "/log/"},
+	// Operations.
+	{"GET", "/healthz"},
+	{"GET", "/readyz"},
+	{"GET", "/metrics"},
+}
+
+// Code is a refusal's stable error code: the "code" of the error body.
+type Code string
+
+// The error codes of rampart-server's refusals, by status (docs/api.md,
+// Errors).
+const (
+	// 400
+	BadJSON             Code = "bad-json"
+	BadPath             Code = "bad-path"
+	BadDigest           Code = "bad-digest"
+	BadLength           Code = "bad-length"
+	BadRole             Code = "bad-role"
+	BadName             Code = "bad-name"
+	BadHardware         Code = "bad-hardware"
+	BadTTL              Code = "bad-ttl"
+	BadDeviceID         Code = "bad-device-id"
+	BadCSR              Code = "bad-csr"
+	UnsupportedKey      Code = "unsupported-key"
+	BadEnrollment       Code = "bad-enrollment"
+	BadManufacturerCert Code = "bad-manufacturer-cert"
+	BadStatus           Code = "bad-status"
+	BadVersion          Code = "bad-version"
+	BadReason           Code = "bad-reason"
+	NoReason            Code = "no-reason"
+	BadTarget           Code = "bad-target"
+	AmbiguousTarget     Code = "ambiguous-target"
+	BadAfter            Code = "bad-after"
+	BadLimit            Code = "bad-limit"
+	BadRange            Code = "bad-range"
+	// 401
+	Unauthenticated         Code = "unauthenticated"
+	TokenRevoked            Code = "token-revoked" // also 409: changing a revoked token
+	NoDeviceCertificate     Code = "no-device-certificate"
+	BadToken                Code = "bad-token"
+	TokenUsed               Code = "token-used"
+	TokenExpired            Code = "token-expired"
+	ManufacturerUnknownCA   Code = "manufacturer-unknown-ca"
+	ManufacturerCertExpired Code = "manufacturer-cert-expired"
+	ManufacturerKeyMismatch Code = "manufacturer-key-mismatch"
+	// 403
+	Forbidden        Code = "forbidden"
+	DeviceRevoked    Code = "device-revoked"
+	NoManufacturerCA Code = "no-manufacturer-ca"
+	DeviceIDMismatch Code = "device-id-mismatch"
+	HardwareMismatch Code = "hardware-mismatch"
+	NotFound         Code = "not-found"
+	UnknownRelease   Code = "unknown-release"
+	MethodNotAllowed Code = "method-not-allowed"
+	Timeout          Code = "timeout"
+	VersionNotNext   Code = "version-not-next" // 409; 422 for a director root out of order
+	ReleaseLogged    Code = "release-logged"
+	Exists           Code = "exists"
+	DeviceExists     Code = "device-exists"
+	ReplayedReport   Code = "replayed-report"
+	CounterJump      Code = "counter-jump"
+	Conflict         Code = "conflict"
+	LastAdmin        Code = "last-admin"
+	AlreadyRevoked   Code = "already-revoked"
+	AuditPruned      Code = "audit-pruned"
+	TooLarge         Code = "too-large"
+	RateLimited      Code = "rate-limited"
+	// 422: push refusals (imagerepo, hostedrepo, director roots)
+	BadSignature         Code = "bad-signature"
+	Expired              Code = "expired"
+	Malformed            Code = "malformed"
+	UnknownRole          Code = "unknown-role"
+	ReleaseImmutable     Code = "release-immutable"
+	SecurityLowered      Code = "security-version-lowered"
+	OutsideDelegation    Code = "path-outside-delegation"
+	UnsafeTargetPath     Code = "unsafe-target-path"
+	NothingPushed        Code = "nothing-pushed"
+	MissingBlob          Code = "missing-blob"
+	BlobMismatch         Code = "blob-mismatch"
+	BadIndex             Code = "bad-index"
+	OnlineKeys           Code = "online-keys"
+	LogKey               Code = "log-key"
+	WrongHardware        Code = "wrong-hardware"
+	UnknownInstalled     Code = "unknown-installed-release"
+	WrongSecurityVersion Code = "wrong-security-version"
+	// 5xx
+	Internal            Code = "internal"
+	ChunkCorrupt        Code = "chunk-corrupt"
+	PayloadCorrupt      Code = "payload-corrupt"
+	Busy                Code = "busy"
+	NotReady            Code = "not-ready"
+	NoDirectorRoot      Code = "no-director-root"
+	NoDeviceCA          Code = "no-device-ca"
+	InsufficientStorage Code = "insufficient-storage"
+)
+
+// Codes are every error code.
+var Codes = []Code{
+	BadJSON, BadPath, BadDigest, BadLength, BadRole, BadName, BadHardware, BadTTL, BadDeviceID, BadCSR,
+	UnsupportedKey, BadEnrollment, BadManufacturerCert, BadStatus, BadVersion, BadReason, NoReason, BadTarget,
+	AmbiguousTarget, BadAfter, BadLimit, BadRange,
+	Unauthenticated, TokenRevoked, NoDeviceCertificate, BadToken, TokenUsed, TokenExpired,
+	ManufacturerUnknownCA, ManufacturerCertExpired, ManufacturerKeyMismatch,
+	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch,
+	NotFound, UnknownRelease, MethodNotAllowed, Timeout,
+	VersionNotNext, ReleaseLogged, Exists, DeviceExists, ReplayedReport, CounterJump, Conflict, LastAdmin, AlreadyRevoked,
+	AuditPruned, TooLarge, RateLimited,
+	BadSignature, Expired, Malformed, UnknownRole, ReleaseImmutable, SecurityLowered, OutsideDelegation,
+	UnsafeTargetPath, NothingPushed, MissingBlob, BlobMismatch, BadIndex, OnlineKeys, LogKey, WrongHardware,
+	UnknownInstalled, WrongSecurityVersion,
+	Internal, ChunkCorrupt, PayloadCorrupt, Busy, NotReady, NoDirectorRoot, NoDeviceCA, InsufficientStorage,
+}
+
+// ReportStatus is the status of a device report (POST /api/v1/device/report).
+type ReportStatus string
+
+// The statuses a device reports. Only Installed, sent after a confirmed
+// boot, changes what the server believes the device runs.
+const (
+	Downloading            ReportStatus = "downloading"
+	Installing             ReportStatus = "installing"
+	InstalledPendingReboot ReportStatus = "installed-pending-reboot"
+	Installed              ReportStatus = "installed"
+	RolledBack             ReportStatus = "rolled-back"
+	Failed                 ReportStatus = "failed"
+	VerificationRefused    ReportStatus = "verification-refused"
+)
+
+// ReportStatuses are every report status, in the order of an update.
+var ReportStatuses = []ReportStatus{Downloading, Installing, InstalledPendingReboot, Installed, RolledBack, Failed, VerificationRefused}
+
+// NeedsReason reports whether a report of status s must give a reason.
+func (s ReportStatus) NeedsReason() bool {
+	return s == Failed || s == RolledBack || s == VerificationRefused
+}
+
+// ReportRequest is a device report: POST /api/v1/device/report. Counter
+// increases with every report of a device (replays are refused).
+type ReportRequest struct {
+	Counter         int64        `json:"counter"`
+	Status          ReportStatus `json:"status"`
+	Reason          string       `json:"reason,omitempty"`
+	Version         string       `json:"version,omitempty"`
+	SecurityVersion int64        `json:"security_version,omitempty"`
+}
+
+// Keys is the answer of GET /api/v1/keys: the server's online public keys
+// (PEM) for the root ceremonies and the transparency log's verifier key.
+// Its members are in the order encoding/json gives a map's, so that the
+// answer's bytes did not change when it became a struct.
+type Keys struct {
+	DirectorSnapshot  string `json:"director-snapshot,omitempty"`
+	DirectorTargets   string `json:"director-targets,omitempty"`
+	DirectorTimestamp string `json:"director-timestamp,omitempty"`
+	LogKey            string `json:"log_key"`
+	LogOrigin         string `json:"log_origin"`
+	Snapshot          string `json:"snapshot"`
+	Timestamp         string `json:"timestamp"`
+}
+
+// Role returns the public key of an online role by its name in the data
+// directory (snapshot, timestamp, director-targets, director-snapshot,
+// director-timestamp); "" when the server has none.
+func (k *Keys) Role(name string) string {
+	switch name {
+	case "snapshot":
+		return k.Snapshot
+	case "timestamp":
+		return k.Timestamp
+	case "director-targets":
+		return k.DirectorTargets
+	case "director-snapshot":
+		return k.DirectorSnapshot
+	case "director-timestamp":
+		return k.DirectorTimestamp
+	}
+	return ""
+}
+
+// VersionsResponse is the answer of GET /api/v1/repo/versions: the
+// image repository's current version of each role (root, targets and
+// each product role).
+type VersionsResponse struct {
+	Versions map[string]int64 `json:"versions"`
+}
+
+// DirectorRootRequest is POST /api/v1/director/root: new director root
+// versions, oldest first.
+type DirectorRootRequest struct {
+	Roots [][]byte `json:"roots"`
+}
+
+// DirectorRootResponse is the answer of POST /api/v1/director/root: the
+// director root version now current.
+type DirectorRootResponse struct {
+	Root int64 `json:"root"`
+}
+
+// DirectorVersionResponse is the answer of GET /api/v1/director/root (0
+// before the first push).
+type DirectorVersionResponse struct {
+	Director int64 `json:"director"`
+}
+
+// PushRequest is POST /api/v1/repo/push: offline-signed metadata of the
+// image repository, each file's bytes as signed (base64 in JSON). Roots
+// are the new root versions, oldest first; Roles the product roles by
+// name.
+type PushRequest struct {
+	Roots   [][]byte          `json:"roots,omitempty"`
+	Targets []byte            `json:"targets,omitempty"`
+	Roles   map[string][]byte `json:"roles,omitempty"`
+}
+
+// PushResponse is the answer to an accepted push: the versions now
+// published, by role, and the new releases, logged.
+type PushResponse struct {
+	Versions map[string]int64 `json:"versions"`
+	Releases []string         `json:"releases"`
+}
