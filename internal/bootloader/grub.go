@@ -93,9 +93,9 @@ func (g *GRUB) MarkBad(s Slot) error {
 	return g.update(func(st State, _ bool) (State, error) { return markBad(st, s) })
 }
 
-// Provision writes the factory state (ORDER="A B", both slots OK and not
-// tried) in one write, keeping every other variable; a missing grubenv is
-// created.
+// Provision writes the factory state (ORDER="A B", A_OK=1 A_TRY=0, B_OK=0
+// B_TRY=0: only slot A bootable) in one write, keeping every other
+// variable; a missing grubenv is created.
 func (g *GRUB) Provision() error {
 	return g.update(func(State, bool) (State, error) { return factory(grubMax), nil })
 }
