@@ -60,7 +60,8 @@ kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
 kdeb=$(find "$cache/debs" -maxdepth 1 -name "${kpkg}_*_${debarch}.deb" | head -n 1)
 if [ -z "$kdeb" ]; then
 	log "downloading $kpkg $kver"
-	(cd "$cache/debs" && apt-get download "$kpkg" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+	# apt-get warns that root downloads unsandboxed; the check below tells.
+	(cd "$cache/debs" && { apt-get download "$kpkg" 2>&1 | grep -v 'unsandboxed' >&2; } || true)
 	kdeb=$(find "$cache/debs" -maxdepth 1 -name "${kpkg}_*_${debarch}.deb" | head -n 1)
 	[ -n "$kdeb" ] || {
 		log "apt-get download $kpkg failed"

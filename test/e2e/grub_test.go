@@ -1,0 +1,203 @@
+//go:build e2e
+
+package e2e
+
+import (
+	"fmt"
+	"path/filepath"
+	"regexp"
+	"testing"
+	"time"
+)
+
+// installTook is how long the guest took to write and verify release 2
+// (measured by the commit scenario); the power-cut scenario cuts at
+// fractions of it.
+var installTook = 8 * time.Second
+
+// TestGRUB runs the scenarios on the x86_64 machine: SeaBIOS, BIOS GRUB
+// with the grub.cfg of docs/agent.md, Debian's kernel, the static agent.
+func TestGRUB(t *testing.T) {
+	m := buildMachine(t, "x86_64")
+	bundle := func(v string) string { return filepath.Join(m.dir, "bundle-"+v+".rbundle") }
+	for _, p := range m.packages {
+		figure("x86_64: %s", p)
+	}
+
+	// Scenarios 1-3 follow one device through its life: commit, a
+	// release whose health check fails, a release that cannot boot.
+	t.Run("Lifecycle", func(t *testing.T) {
+		d := m.newDisk(t)
+		t.Run("1-Commit", func(t *testing.T) {
+			p := d.powerOn(t, bundle("2.0.0"), nil)
+			// Factory boot of A, install of 2.0.0 into B, trial boot of B,
+			// health check, commit.
+			p.wantBoots(t, "A:1.0.0", "B:2.0.0")
+			p.must(t, `^booted slot A`, `installed, rebooting into the trial" target=e2e/2\.0\.0/\S+ slot=B`,
+				`health 2\.0\.0 exit 0`, `^committed e2e/2\.0\.0/\S+ slot B`)
+			if a, ok := p.when(`install start`); ok {
+				if b, ok := p.when(`installed, rebooting into the trial`); ok {
+					installTook = b - a
+					figure("x86_64: install of a 40 MiB release from a bundle in the guest: %.1fs", installTook.Seconds())
+				}
+			}
+			d.wantSlots(t, "1.0.0", "2.0.0")
+			d.wantGrubenv(t, map[string]string{"ORDER": "B A", "B_OK": "1", "B_TRY": "0", "A_OK": "0"})
+			st := d.state(t)
+			if st.Slot != "B" || st.running() != "2.0.0" || st.Pending != nil || st.SecurityCounter != 1 ||
+				!st.reported("installed", "", "2.0.0") {
+				t.Fatalf("state after the commit: %+v", st)
+			}
+			// The next boot is B, not on trial.
+			p = d.powerOn(t, "", nil)
+			p.wantBoots(t, "B:2.0.0")
+			p.must(t, `^booted slot B`)
+			p.mustNot(t, `^committed`, `^rolled-back`, `rolled back`)
+			d.wantGrubenv(t, map[string]string{"ORDER": "B A", "B_OK": "1", "B_TRY": "0"})
+		})
+		if t.Failed() {
+			return
+		}
+		t.Run("2-HealthCheckFails", func(t *testing.T) {
+			p := d.powerOn(t, bundle("3.0.0"), nil)
+			// 3.0.0 goes into A; its trial boot fails the health check,
+			// the agent rolls back and reboots into B.
+			p.wantBoots(t, "B:2.0.0", "A:3.0.0", "B:2.0.0")
+			p.must(t, `installed, rebooting into the trial" target=e2e/3\.0\.0/\S+ slot=A`, `health 3\.0\.0 exit 1`,
+				`msg="rolled back" target=e2e/3\.0\.0/\S+ reason=health-check-failed`)
+			d.wantSlots(t, "3.0.0", "2.0.0")
+			d.wantGrubenv(t, map[string]string{"ORDER": "B A", "B_OK": "1", "B_TRY": "0", "A_OK": "0"})
+			st := d.state(t)
+			if st.Slot != "B" || st.running() != "2.0.0" || st.Pending != nil ||
+				!st.reported("rolled-back", "health-check-failed", "3.0.0") || len(st.Failed) != 1 {
+				t.Fatalf("state after the rollback: %+v", st)
+			}
+			p = d.powerOn(t, "", nil)
+			p.wantBoots(t, "B:2.0.0")
+		})
+		if t.Failed() {
+			return
+		}
+		t.Run("3-CannotBoot", func(t *testing.T) {
+			p := d.powerOn(t, bundle("4.0.0"), nil)
+			// 4.0.0's init exits: the kernel panics, panic=1 resets, GRUB
+			// finds A tried and boots B; the agent records the rollback
+			// and confirms B.
+			p.wantBoots(t, "B:2.0.0", "B:2.0.0")
+			p.must(t, `installed, rebooting into the trial" target=e2e/4\.0\.0/\S+ slot=A`, `init of this release exits`,
+				`Kernel panic`, `msg="rolled back" target=e2e/4\.0\.0/\S+ reason=trial-boot-failed`,
+				`^rolled-back e2e/4\.0\.0/\S+ slot B \(trial-boot-failed\)`)
+			d.wantSlots(t, "4.0.0", "2.0.0")
+			// B confirmed after the rollback (B_TRY=0): the next power-on
+			// boots it at once. Before the fix B_TRY stayed 1 and GRUB
+			// found no slot to boot.
+			d.wantGrubenv(t, map[string]string{"ORDER": "B A", "B_OK": "1", "B_TRY": "0", "A_OK": "0"})
+			st := d.state(t)
+			if st.Slot != "B" || st.running() != "2.0.0" || st.Pending != nil ||
+				!st.reported("rolled-back", "trial-boot-failed", "4.0.0") {
+				t.Fatalf("state after the fallback: %+v", st)
+			}
+			for i := 0; i < 2; i++ {
+				p = d.powerOn(t, "", nil)
+				p.wantBoots(t, "B:2.0.0")
+				p.mustNot(t, `no slot left to try`, `Kernel panic`)
+			}
+		})
+	})
+
+	t.Run("4-PowerCut", func(t *testing.T) {
+		t.Run("FirstBoot", func(t *testing.T) {
+			// Cut during the very first boot, before the agent ran: the
+			// empty slot B must never boot.
+			d := m.newDisk(t)
+			d.powerOn(t, "", &cut{regexp.MustCompile(`RAMPART-E2E: booted slot=A`), 0})
+			p := d.powerOn(t, "", nil)
+			p.wantBoots(t, "A:1.0.0")
+			p.must(t, `no slot left to try`) // GRUB's one try, then reset
+			p.mustNot(t, `unknown filesystem`)
+			d.wantGrubenv(t, map[string]string{"A_OK": "1", "A_TRY": "0", "B_OK": "0"})
+		})
+		t.Run("WritingAndCommitting", func(t *testing.T) {
+			d := m.newDisk(t)
+			// While the agent writes the inactive slot.
+			for i, frac := range []float64{0.2, 0.5, 0.85} {
+				delay := time.Duration(frac * float64(installTook))
+				p := d.powerOn(t, bundle("2.0.0"), &cut{regexp.MustCompile(`RAMPART-E2E: install start`), delay})
+				if p.has(`installed, rebooting into the trial`) {
+					t.Logf("cut %d at %v came after the install", i, delay)
+				}
+				p = d.powerOn(t, "", nil)
+				// Whatever the cut left, the next boot is a good slot.
+				bs := p.boots()
+				if len(bs) == 0 {
+					t.Fatalf("no boot after cut %d (log %s)", i, p.log)
+				}
+				for _, b := range bs {
+					if !(b.slot == "A" && b.release == "1.0.0" || b.slot == "B" && b.release == "2.0.0") {
+						t.Fatalf("after cut %d the device booted %v", i, b)
+					}
+				}
+				if got := d.slot(t, "A"); got != "1.0.0" {
+					t.Fatalf("slot A holds %s after a cut while writing B", got)
+				}
+			}
+			// While committing: the trial boot of 2.0.0 is cut after its
+			// health check started (it takes 0.5 s), before, during and
+			// after the commit's writes. A cut before the commit is a
+			// trial that never confirmed: GRUB falls back to A and the
+			// agent records the rollback; the next power-on with the
+			// bundle tries again. A cut after it leaves 2.0.0 committed.
+			committed := false
+			for i, delay := range []time.Duration{0, 450 * time.Millisecond, 600 * time.Millisecond, 800 * time.Millisecond, 3 * time.Second} {
+				d.powerOn(t, bundle("2.0.0"), &cut{regexp.MustCompile(`RAMPART-E2E: health 2\.0\.0`), delay})
+				p := d.powerOn(t, "", nil)
+				bs := p.boots()
+				if len(bs) == 0 {
+					t.Fatalf("no boot after commit cut %d (log %s)", i, p.log)
+				}
+				last := bs[len(bs)-1]
+				st := d.state(t)
+				switch {
+				case last == boot{"B", "2.0.0"} && st.Slot == "B" && st.running() == "2.0.0" && st.Pending == nil:
+					committed = true
+					t.Logf("commit cut %d (+%v): committed", i, delay)
+				case last == boot{"A", "1.0.0"} && st.Slot == "A" && st.running() == "factory" && st.Pending == nil &&
+					st.reported("rolled-back", "trial-boot-failed", "2.0.0"):
+					t.Logf("commit cut %d (+%v): rolled back", i, delay)
+				default:
+					t.Fatalf("after commit cut %d (+%v) the device booted %v with state %+v (log %s)", i, delay, bs, st, p.log)
+				}
+				if committed {
+					break
+				}
+			}
+			if !committed {
+				p := d.powerOn(t, bundle("2.0.0"), nil)
+				p.must(t, `committed e2e/2\.0\.0/\S+ slot B`)
+			}
+			d.wantSlots(t, "1.0.0", "2.0.0")
+			d.powerOn(t, "", nil).wantBoots(t, "B:2.0.0")
+		})
+	})
+
+	t.Run("5-TamperedBundle", func(t *testing.T) {
+		d := m.newDisk(t)
+		bad := filepath.Join(t.TempDir(), "tampered-2.0.0.rbundle")
+		run(t, "cp", bundle("2.0.0"), bad)
+		// One byte of the signed metadata at the start of the bundle.
+		run(t, "sh", "-c", fmt.Sprintf("printf x | dd of=%s bs=1 seek=6000 conv=notrunc 2>/dev/null", bad))
+		before := d.slot(t, "B")
+		p := d.powerOn(t, bad, nil)
+		p.wantBoots(t, "A:1.0.0")
+		p.must(t, `refused as`)
+		p.mustNot(t, `installed, rebooting into the trial`)
+		if got := d.slot(t, "B"); got != before || got != "empty" {
+			t.Fatalf("slot B holds %s after a refused bundle, held %s", got, before)
+		}
+		d.wantGrubenv(t, map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0"})
+		st := d.state(t)
+		if st.Pending != nil || st.running() != "factory" {
+			t.Fatalf("state after the refusal: %+v", st)
+		}
+	})
+}
