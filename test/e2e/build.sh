@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Builds the end-to-end test machines from Debian packages only: a raw disk
-# with BIOS GRUB (x86_64), two root slots A/B, a state partition and the
-# grubenv, plus signed releases 2-4 as offline bundles made with the real
-# rampart CLI. No loop devices, no mounts, no root needed: partitions are
+# with two root slots A/B, a state partition and the bootloader's boot
+# variables, plus signed releases 2-4 as offline bundles made with the real
+# rampart CLI. x86_64 boots with BIOS GRUB (grubenv on the boot partition);
+# arm64 with U-Boot (qemu_arm64 from u-boot-qemu, a boot.scr, the boot
+# variables in a U-Boot environment on the disk that Linux edits with
+# libubootenv). No loop devices, no mounts, no root needed: partitions are
 # made with mkfs.ext4 -d into files and put together with sfdisk and dd.
 #
-# Usage: test/e2e/build.sh [x86_64]
+# Usage: test/e2e/build.sh [x86_64|arm64]
 #
 # Prints the directory of the built machine on its last line. Machines are
 # cached under ${RAMPART_E2E_CACHE:-~/.cache/rampart-e2e}, keyed by a hash of
@@ -16,12 +19,16 @@ set -eu
 
 arch=${1:-x86_64}
 case $arch in
-x86_64) goarch=amd64 debarch=amd64 ;;
+x86_64) goarch=amd64 debarch=amd64 loader=grub ;;
+arm64) goarch=arm64 debarch=arm64 loader=uboot ;;
 *)
-	echo "build.sh: unknown architecture $arch (x86_64; arm64 is not built yet)" >&2
+	echo "build.sh: unknown architecture $arch (x86_64 or arm64)" >&2
 	exit 2
 	;;
 esac
+# The U-Boot environment with the boot variables: bytes on the disk before
+# the first partition (docs/agent.md's boot.cmd reads sector 0x400).
+uboot_env_offset=$((0x80000)) uboot_env_size=$((0x4000))
 
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -40,28 +47,39 @@ trap 'rm -rf "$tmp"' EXIT
 (cd "$repo" && CGO_ENABLED=0 GOOS=linux GOARCH=$goarch go build -trimpath -buildvcs=false -ldflags='-s -w' -o "$tmp/rampart-agent" ./cmd/rampart-agent)
 (cd "$repo" && go build -trimpath -buildvcs=false -o "$tmp/rampart" ./cmd/rampart)
 
-# The grub.cfg operators are given, read from the docs so that they are tested.
-awk '/^<!-- file: grub.cfg/ {found=1; next}
-     found && /^```/ { if (inblock) exit; inblock=1; next }
-     inblock { print }' "$repo/docs/agent.md" >"$tmp/grub.cfg"
-if ! grep -q 'save_env A_TRY B_TRY' "$tmp/grub.cfg"; then
-	log "docs/agent.md has no complete grub.cfg after <!-- file: grub.cfg -->"
+# The boot configuration operators are given, read from the docs so that
+# they are tested: grub.cfg or U-Boot's boot.cmd.
+docfile() { # docfile NAME: the fenced block after <!-- file: NAME
+	awk -v name="$1" 'index($0, "<!-- file: " name " ") == 1 {found=1; next}
+	     found && /^```/ { if (inblock) exit; inblock=1; next }
+	     inblock { print }' "$repo/docs/agent.md"
+}
+if [ "$loader" = grub ]; then
+	bootcfg=grub.cfg check='save_env A_TRY B_TRY'
+else
+	bootcfg=boot.cmd check='env export -c'
+fi
+docfile "$bootcfg" >"$tmp/$bootcfg"
+if ! grep -q "$check" "$tmp/$bootcfg"; then
+	log "docs/agent.md has no complete $bootcfg after <!-- file: $bootcfg"
 	exit 1
 fi
 
 # Debian's kernel, from the package the linux-image-$debarch metapackage
 # names, downloaded once (apt-get download) and unpacked without installing.
-kpkg=$(apt-cache depends "linux-image-$debarch" | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
+kpkg=$(apt-cache depends "linux-image-$debarch:$debarch" | awk '/Depends: linux-image-[0-9]/ {sub(/:.*/, "", $2); print $2; exit}')
 if [ -z "$kpkg" ]; then
 	log "apt-cache knows no linux-image-$debarch; run apt-get update"
 	exit 1
 fi
-kver=$(apt-cache policy "$kpkg" | awk '/Candidate:/ {print $2}')
+kver=$(apt-cache policy "$kpkg:$debarch" | awk '/Candidate:/ {print $2}')
 kdeb=$(find "$cache/debs" -maxdepth 1 -name "${kpkg}_*_${debarch}.deb" | head -n 1)
 if [ -z "$kdeb" ]; then
 	log "downloading $kpkg $kver"
 	# apt-get warns that root downloads unsandboxed; the check below tells.
-	(cd "$cache/debs" && { apt-get download "$kpkg" 2>&1 | grep -v 'unsandboxed' >&2; } || true)
+	if ! (cd "$cache/debs" && apt-get download "$kpkg:$debarch" >"$tmp/apt.log" 2>&1); then
+		cat "$tmp/apt.log" >&2
+	fi
 	kdeb=$(find "$cache/debs" -maxdepth 1 -name "${kpkg}_*_${debarch}.deb" | head -n 1)
 	[ -n "$kdeb" ] || {
 		log "apt-get download $kpkg failed"
@@ -70,18 +88,39 @@ if [ -z "$kdeb" ]; then
 fi
 
 pkgver() { dpkg-query -W -f '${Version}' "$1"; }
-busybox=/bin/busybox
-if ! pkgver busybox-static >/dev/null 2>&1 || [ ! -x "$busybox" ]; then
+if ! pkgver busybox-static >/dev/null 2>&1 || [ ! -x /bin/busybox ]; then
 	log "busybox-static is not installed (scripts/e2e-deps.sh installs it)"
 	exit 1
+fi
+# The guest's busybox: the host's, or for another architecture Debian's
+# busybox-static of the same version for it (apt-get download).
+if [ "$debarch" = "$(dpkg --print-architecture)" ]; then
+	busybox=/bin/busybox
+	bbver=$(pkgver busybox-static)
+else
+	bbver=$(apt-cache policy "busybox-static:$debarch" | awk '/Candidate:/ {print $2}')
+	bbdeb=$(find "$cache/debs" -maxdepth 1 -name "busybox-static_*_${debarch}.deb" | head -n 1)
+	if [ -z "$bbdeb" ]; then
+		if ! (cd "$cache/debs" && apt-get download "busybox-static:$debarch" >"$tmp/apt.log" 2>&1); then
+			cat "$tmp/apt.log" >&2
+		fi
+		bbdeb=$(find "$cache/debs" -maxdepth 1 -name "busybox-static_*_${debarch}.deb" | head -n 1)
+		[ -n "$bbdeb" ] || {
+			log "apt-get download busybox-static:$debarch failed (dpkg --add-architecture $debarch; apt-get update)"
+			exit 1
+		}
+	fi
+	dpkg-deb -x "$bbdeb" "$tmp/busybox-$debarch"
+	busybox=$tmp/busybox-$debarch/bin/busybox
 fi
 
 key=$({
 	cat "$0"
-	cat "$tmp/grub.cfg"
+	cat "$tmp/$bootcfg"
 	sha256sum "$tmp/rampart-agent" "$tmp/rampart" | cut -d' ' -f1
 	basename "$kdeb"
-	for p in busybox-static grub-pc-bin grub-common e2fsprogs fdisk cpio; do echo "$p $(pkgver $p)"; done
+	echo "busybox $bbver"
+	for p in grub-pc-bin grub-common u-boot-qemu u-boot-tools e2fsprogs fdisk cpio; do echo "$p $(pkgver $p 2>/dev/null || true)"; done
 	date -u +%Y-%m
 } | sha256sum | cut -c1-16)
 out=$cache/$arch-$key
@@ -157,22 +196,42 @@ chmod 755 "$initrd/init"
 logkey='rampart-e2e.invalid/log+f6b696b8+AU4Ca0eCaHTsZG/pwEqsoGLmc+18ILO4SUCco2cTFUxj'
 hw=rampart-e2e-$arch
 
+if [ "$loader" = grub ]; then
+	bootloader_toml='[bootloader]
+backend = "grub"
+env = "/boot/grub/grubenv"'
+else
+	bootloader_toml='[bootloader]
+backend = "uboot"
+fw_env_config = "/etc/fw_env.config"
+max_attempts = 3'
+fi
+
 # rootfs VERSION HEALTH-EXIT INIT-KIND: INIT-KIND is "ok" or "exits".
 rootfs() {
 	local version=$1 health=$2 initkind=$3 dir=$work/rootfs-$1
 	mkdir -p "$dir/bin" "$dir/sbin" "$dir/usr/bin" "$dir/etc/rampart" "$dir/boot" "$dir/proc" "$dir/sys" \
 		"$dir/dev" "$dir/tmp" "$dir/run" "$dir/data" "$dir/mnt/bundle"
 	cp "$busybox" "$dir/bin/busybox"
-	# The slot is mounted read-only: the applet links are made here.
-	for app in $("$busybox" --list); do
+	# The slot is mounted read-only: the applet links are made here (the
+	# host's busybox lists the same applets).
+	for app in $(/bin/busybox --list); do
 		[ "$app" = busybox ] || ln -sf busybox "$dir/bin/$app"
 	done
 	cp "$tmp/rampart-agent" "$dir/usr/bin/rampart-agent"
-	cp "$vmlinuz" "$dir/boot/vmlinuz"
+	if [ "$loader" = uboot ]; then
+		# booti unpacks a gzipped Image (kernel_comp_addr_r in boot.cmd).
+		gzip -9 -n -c "$vmlinuz" >"$dir/boot/vmlinuz"
+		mkdir -p "$dir/var"
+		ln -sf /run "$dir/var/lock" # fw_printenv's lock file
+	else
+		cp "$vmlinuz" "$dir/boot/vmlinuz"
+	fi
 	cp "$work/initrd.img" "$dir/boot/initrd.img"
 	echo "$version" >"$dir/etc/rampart-release"
 	cp "$work/repo/public/1.root.json" "$dir/etc/rampart/image-root.json"
 	echo "$logkey" >"$dir/etc/rampart/log.pub"
+	printf '/dev/vda %#x %#x\n' "$uboot_env_offset" "$uboot_env_size" >"$dir/etc/fw_env.config"
 	cat >"$dir/etc/rampart/agent.toml" <<EOF
 # The e2e test machine: slots are partitions 2 and 3 of the virtio disk.
 [device]
@@ -190,9 +249,7 @@ log_key = "/etc/rampart/log.pub"
 a = "/dev/vda2"
 b = "/dev/vda3"
 
-[bootloader]
-backend = "grub"
-env = "/boot/grub/grubenv"
+$bootloader_toml
 
 [health]
 command = ["/usr/bin/health"]
@@ -296,11 +353,21 @@ rootfs 4.0.0 0 exits
 
 mib=$((1024 * 1024))
 boot_mib=16 slot_mib=64 state_mib=32
-# The boot partition: grub.cfg, the factory grubenv, GRUB's modules.
-mkdir -p "$work/bootfs/grub/i386-pc"
-cp "$tmp/grub.cfg" "$work/bootfs/grub/grub.cfg"
-cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "$work/bootfs/grub/i386-pc/"
-"$tmp/rampart-agent" provision --backend grub --env-out "$work/bootfs/grub/grubenv" >&2
+mkdir -p "$work/bootfs"
+if [ "$loader" = grub ]; then
+	# The boot partition: grub.cfg, the factory grubenv, GRUB's modules.
+	mkdir -p "$work/bootfs/grub/i386-pc"
+	cp "$tmp/grub.cfg" "$work/bootfs/grub/grub.cfg"
+	cp /usr/lib/grub/i386-pc/*.mod /usr/lib/grub/i386-pc/*.lst "$work/bootfs/grub/i386-pc/"
+	"$tmp/rampart-agent" provision --backend grub --env-out "$work/bootfs/grub/grubenv" >&2
+else
+	# The boot partition: boot.scr, found by U-Boot's distro boot.
+	mkimage -A arm64 -O linux -T script -C none -n "rampart A/B" -d "$tmp/boot.cmd" "$work/bootfs/boot.scr" >/dev/null
+	# The factory boot variables, for the gap before the first partition
+	# (the agent built for the guest cannot run here: the host's writes them).
+	(cd "$repo" && go run ./cmd/rampart-agent provision --backend uboot --env-out "$work/uboot-env.bin" \
+		--env-size "$uboot_env_size" --max-attempts 3) >&2
+fi
 mkfs.ext4 -q -F -L boot -E root_owner=0:0 -d "$work/bootfs" "$work/boot.img" "${boot_mib}M"
 mkdir -p "$work/statefs"
 mkfs.ext4 -q -F -L state -E root_owner=0:0 -d "$work/statefs" "$work/state.img" "${state_mib}M"
@@ -321,19 +388,24 @@ put "$work/boot.img" 1
 put "$work/release-1.0.0.img" $((1 + boot_mib))
 put "$work/state.img" $((1 + boot_mib + 2 * slot_mib))
 
-# BIOS GRUB: boot.img's code in the MBR (its first 440 bytes, before the
-# disk signature and partition table), the core image in the gap after it.
-# boot.img loads sector 1; the core image's first sector loads the rest
-# from sector 2 on, which is where it is.
-grub-mkimage -O i386-pc -o "$work/core.img" -p '(hd0,msdos1)/grub' \
-	biosdisk part_msdos ext2 normal configfile loadenv test echo linux serial terminal reboot sleep
-core_sectors=$((($(stat -c %s "$work/core.img") + 511) / 512))
-if [ "$core_sectors" -ge 2047 ]; then
-	log "the core image ($core_sectors sectors) does not fit before the first partition"
-	exit 1
+if [ "$loader" = grub ]; then
+	# BIOS GRUB: boot.img's code in the MBR (its first 440 bytes, before
+	# the disk signature and partition table), the core image in the gap
+	# after it. boot.img loads sector 1; the core image's first sector
+	# loads the rest from sector 2 on, which is where it is.
+	grub-mkimage -O i386-pc -o "$work/core.img" -p '(hd0,msdos1)/grub' \
+		biosdisk part_msdos ext2 normal configfile loadenv test echo linux serial terminal reboot sleep
+	core_sectors=$((($(stat -c %s "$work/core.img") + 511) / 512))
+	if [ "$core_sectors" -ge 2047 ]; then
+		log "the core image ($core_sectors sectors) does not fit before the first partition"
+		exit 1
+	fi
+	dd if=/usr/lib/grub/i386-pc/boot.img of="$disk" bs=440 count=1 conv=notrunc status=none
+	dd if="$work/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
+else
+	# The factory boot variables in the gap before the first partition.
+	dd if="$work/uboot-env.bin" of="$disk" bs=512 seek=$((uboot_env_offset / 512)) conv=notrunc status=none
 fi
-dd if=/usr/lib/grub/i386-pc/boot.img of="$disk" bs=440 count=1 conv=notrunc status=none
-dd if="$work/core.img" of="$disk" bs=512 seek=1 conv=notrunc status=none
 
 # --- the result -------------------------------------------------------------
 
@@ -347,12 +419,19 @@ done >"$out.new/manifest.tmp"
 {
 	echo "arch $arch"
 	echo "disk disk.img $mib $boot_mib $slot_mib $state_mib"
+	if [ "$loader" = grub ]; then
+		echo "bootloader grub-pc-bin $(pkgver grub-pc-bin)"
+	else
+		echo "bootloader u-boot-qemu $(pkgver u-boot-qemu), u-boot-tools $(pkgver u-boot-tools), libubootenv-tool $(pkgver libubootenv-tool)"
+		echo "ubootenv $uboot_env_offset $uboot_env_size"
+	fi
 	echo "kernel $kpkg $kver"
-	for p in busybox-static grub-pc-bin e2fsprogs; do echo "package $p $(pkgver $p)"; done
+	echo "package busybox-static:$debarch $bbver"
+	echo "package e2fsprogs $(pkgver e2fsprogs)"
 	cat "$out.new/manifest.tmp"
 } >"$out.new/manifest"
 rm "$out.new/manifest.tmp"
-cp "$tmp/grub.cfg" "$out.new/grub.cfg"
+cp "$tmp/$bootcfg" "$out.new/$bootcfg"
 rm -rf "$out"
 mv "$out.new" "$out"
 log "built $out"
