@@ -53,6 +53,11 @@ type machine struct {
 	parts    [4][2]int64
 	releases map[string]release // by version
 	packages []string
+	loader   string // grub or uboot
+	max      int    // attempts a confirmed slot gets: GRUB 1, U-Boot 3
+	// The U-Boot environment with the boot variables: offset and size on
+	// the disk.
+	ubootEnv [2]int64
 }
 
 type release struct {
@@ -124,7 +129,8 @@ func buildMachine(t *testing.T, arch string) *machine {
 	if m, ok := machines[arch]; ok {
 		return m
 	}
-	for _, tool := range []string{"qemu-system-" + arch, "debugfs", "grub-editenv", "mkfs.ext4"} {
+	qemu := map[string]string{"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}[arch]
+	for _, tool := range []string{qemu, "debugfs", "grub-editenv", "fw_printenv", "mkfs.ext4"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is missing: run scripts/e2e-deps.sh (make e2e does)", tool)
 		}
@@ -160,8 +166,18 @@ func buildMachine(t *testing.T, arch string) *machine {
 		case "release":
 			size, _ := strconv.ParseInt(f[2], 10, 64)
 			m.releases[f[1]] = release{version: f[1], size: size, sha256: f[3]}
-		case "kernel", "package", "bootloader":
+		case "kernel", "package":
 			m.packages = append(m.packages, strings.Join(f[1:], " "))
+		case "bootloader":
+			m.packages = append(m.packages, strings.Join(f[1:], " "))
+			m.loader, m.max = "grub", 1
+			if strings.HasPrefix(f[1], "u-boot") {
+				m.loader, m.max = "uboot", 3
+			}
+		case "ubootenv":
+			off, _ := strconv.ParseInt(f[1], 10, 64)
+			size, _ := strconv.ParseInt(f[2], 10, 64)
+			m.ubootEnv = [2]int64{off, size}
 		}
 	}
 	m.manifest = lines
@@ -322,15 +338,21 @@ func (d *disk) powerOn(t *testing.T, bundle string, c *cut) *power {
 
 func qemuArgs(arch, disk, bundle string) []string {
 	var args []string
+	common := []string{"-m", "512", "-smp", "1", "-display", "none", "-serial", "stdio", "-no-user-config", "-nodefaults"}
 	switch arch {
 	case "x86_64":
-		args = []string{"qemu-system-x86_64", "-machine", "pc", "-cpu", "max"}
-	}
-	args = append(args, "-m", "256", "-smp", "1", "-display", "none", "-serial", "stdio",
-		"-no-user-config", "-nodefaults",
-		"-drive", "file="+disk+",format=raw,if=virtio")
-	if bundle != "" {
-		args = append(args, "-drive", "file="+bundle+",format=raw,if=virtio,readonly=on")
+		args = append([]string{"qemu-system-x86_64", "-machine", "pc", "-cpu", "max"}, common...)
+		args = append(args, "-drive", "file="+disk+",format=raw,if=virtio")
+		if bundle != "" {
+			args = append(args, "-drive", "file="+bundle+",format=raw,if=virtio,readonly=on")
+		}
+	case "arm64":
+		args = append([]string{"qemu-system-aarch64", "-machine", "virt", "-cpu", "cortex-a57",
+			"-bios", "/usr/lib/u-boot/qemu_arm64/u-boot.bin"}, common...)
+		args = append(args, "-drive", "if=none,id=d0,format=raw,file="+disk, "-device", "virtio-blk-pci,drive=d0")
+		if bundle != "" {
+			args = append(args, "-drive", "if=none,id=d1,format=raw,readonly=on,file="+bundle, "-device", "virtio-blk-pci,drive=d1")
+		}
 	}
 	return args
 }
@@ -489,15 +511,67 @@ func (d *disk) grubenv(t *testing.T) map[string]string {
 	return vars
 }
 
-func (d *disk) wantGrubenv(t *testing.T, want map[string]string) {
+// ubootenv reads the boot variables with libubootenv's fw_printenv, as an
+// operator would on the device.
+func (d *disk) ubootenv(t *testing.T) map[string]string {
 	t.Helper()
-	got := d.grubenv(t)
-	for k, v := range want {
-		if got[k] != v {
-			t.Fatalf("grubenv %s=%q, want %q (all: %v)", k, got[k], v, got)
+	cfg := filepath.Join(t.TempDir(), "fw_env.config")
+	conf := fmt.Sprintf("%s %#x %#x\n", d.path, d.m.ubootEnv[0], d.m.ubootEnv[1])
+	if err := os.WriteFile(cfg, []byte(conf), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out := run(t, "fw_printenv", "-c", cfg)
+	vars := map[string]string{}
+	for _, l := range strings.Split(strings.TrimSpace(out), "\n") {
+		if k, v, ok := strings.Cut(l, "="); ok {
+			vars[k] = v
 		}
 	}
-	t.Logf("grubenv: %v", got)
+	return vars
+}
+
+// full stands for the attempts a confirmed slot gets (1 GRUB, 3 U-Boot).
+const full = -1
+
+// wantBoot checks the boot variables, read by the bootloader's own tools,
+// against the slots that the next power-on may boot and their attempts
+// left, in order: wantBoot(t, "B", full) is slot B alone, confirmed. For
+// GRUB a slot may boot when it is OK (x_OK=1) and has its try when it was
+// not tried (x_TRY=0); for U-Boot when it is in BOOT_ORDER with
+// BOOT_x_LEFT attempts.
+func (d *disk) wantBoot(t *testing.T, pairs ...any) {
+	t.Helper()
+	var want []string
+	for i := 0; i < len(pairs); i += 2 {
+		n := pairs[i+1].(int)
+		if n == full {
+			n = d.m.max
+		}
+		want = append(want, fmt.Sprintf("%s:%d", pairs[i], n))
+	}
+	var got []string
+	var vars map[string]string
+	if d.m.loader == "grub" {
+		vars = d.grubenv(t)
+		for _, s := range strings.Fields(vars["ORDER"]) {
+			if vars[s+"_OK"] == "1" {
+				left := 0
+				if vars[s+"_TRY"] == "0" {
+					left = 1
+				}
+				got = append(got, fmt.Sprintf("%s:%d", s, left))
+			}
+		}
+	} else {
+		vars = d.ubootenv(t)
+		for _, s := range strings.Fields(vars["BOOT_ORDER"]) {
+			got = append(got, s+":"+vars["BOOT_"+s+"_LEFT"])
+		}
+	}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("boot variables %v read as %v, want %v", vars, got, want)
+	}
+	t.Logf("boot variables: %v", vars)
 }
 
 // agentState is the part of the agent's state.json the scenarios judge.
