@@ -408,17 +408,6 @@ func (p *power) has(re string) bool {
 	return false
 }
 
-func (p *power) count(re string) int {
-	r := regexp.MustCompile(re)
-	n := 0
-	for _, l := range p.lines {
-		if r.MatchString(l.text) {
-			n++
-		}
-	}
-	return n
-}
-
 // when returns how long after the power-on the first line matching re came.
 func (p *power) when(re string) (time.Duration, bool) {
 	r := regexp.MustCompile(re)
