@@ -415,6 +415,35 @@ func TestTrialThatNeverComesUpFallsBack(t *testing.T) {
 	}
 }
 
+// TestFallbackOntoUnhealthySlot: after the bootloader fell back, the old
+// slot fails its health check too. The rollback is recorded all the same;
+// the slot stays unconfirmed, as any committed slot whose check fails.
+func TestFallbackOntoUnhealthySlot(t *testing.T) {
+	e := servertest.New(t)
+	d := newDeviceMax(t, e, "gw-1", 1)
+	d.firstBoot()
+	e.Release("1.0.0", 2, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	if _, err := d.run(); err != nil {
+		t.Fatal(err)
+	}
+	d.powerCycle() // B hangs
+	if s := d.powerCycle(); s != bootloader.A {
+		t.Fatalf("fallback booted %s", s)
+	}
+	d.health = func() error { return errors.New("sick") }
+	out, err := d.a.Boot(context.Background())
+	if err == nil || out == nil || out.Action != "unhealthy" || !strings.Contains(out.Reason, "trial-boot-failed") {
+		t.Fatalf("boot: %+v, %v", out, err)
+	}
+	if s := d.status(); s.Pending != nil {
+		t.Fatalf("the rollback was not recorded: %+v", s.Pending)
+	}
+	if st, _ := d.sim.State(); st.InOrder(bootloader.B) || st.Bootable(bootloader.A) {
+		t.Fatalf("boot state %v: want B out, A unconfirmed", st)
+	}
+}
+
 // TestFirstBootPowerCut: the power is cut during the first boots of a
 // factory device, before the agent runs. Slot B holds nothing, so the
 // bootloader must never start it; the agent then confirms A as usual.
