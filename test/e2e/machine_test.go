@@ -70,7 +70,7 @@ var (
 	artifacts string
 	figuresMu sync.Mutex
 	figures   []string
-	bootTimes []time.Duration
+	bootTimes = map[string][]time.Duration{} // by architecture
 )
 
 func TestMain(m *testing.M) {
@@ -86,14 +86,14 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	figuresMu.Lock()
 	defer figuresMu.Unlock()
-	var max, sum time.Duration
-	for _, d := range bootTimes {
-		sum += d
-		max = maxDur(max, d)
-	}
-	if n := len(bootTimes); n > 0 {
-		figures = append(figures, fmt.Sprintf("boots: %d, mean %.1fs, max %.1fs (power-on or reset to the guest's init)",
-			n, (sum/time.Duration(n)).Seconds(), max.Seconds()))
+	for arch, times := range bootTimes {
+		var max, sum time.Duration
+		for _, d := range times {
+			sum += d
+			max = maxDur(max, d)
+		}
+		figures = append(figures, fmt.Sprintf("%s: %d boots, mean %.1fs, max %.1fs (power-on or reset to the guest's init)",
+			arch, len(times), (sum/time.Duration(len(times))).Seconds(), max.Seconds()))
 	}
 	figures = append(figures, fmt.Sprintf("suite: %.0fs", time.Since(start).Seconds()))
 	text := strings.Join(figures, "\n") + "\n"
@@ -333,7 +333,7 @@ func (d *disk) powerOn(t *testing.T, bundle string, c *cut) *power {
 	if c != nil && !p.killed && !c.mayFinish {
 		t.Fatalf("power-on %d: the guest powered off before the cut at %q + %v (serial log %s)", d.n, c.at, c.delay, logPath)
 	}
-	p.checkBootTimes(t, d.n)
+	p.checkBootTimes(t, d.m.arch, d.n)
 	t.Logf("power-on %d: %d boot(s) %v in %.1fs%s; serial log %s", d.n, len(p.boots()), p.boots(), p.took.Seconds(),
 		map[bool]string{true: ", cut", false: ""}[p.killed], logPath)
 	return p
@@ -382,7 +382,7 @@ func (p *power) boots() []boot {
 
 // checkBootTimes measures every boot, from the power-on or the reset
 // before it to the guest's init, and holds it to bootTimeout.
-func (p *power) checkBootTimes(t *testing.T, n int) {
+func (p *power) checkBootTimes(t *testing.T, arch string, n int) {
 	t.Helper()
 	var from time.Duration
 	for _, l := range p.lines {
@@ -392,7 +392,7 @@ func (p *power) checkBootTimes(t *testing.T, n int) {
 		case bootedRE.MatchString(l.text):
 			d := l.at - from
 			figuresMu.Lock()
-			bootTimes = append(bootTimes, d)
+			bootTimes[arch] = append(bootTimes[arch], d)
 			figuresMu.Unlock()
 			if d > bootTimeout {
 				t.Errorf("power-on %d: a boot took %.1fs to reach init, more than %v", n, d.Seconds(), bootTimeout)
