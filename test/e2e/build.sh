@@ -289,6 +289,11 @@ mount -t tmpfs tmpfs /run
 mount -t ext4 /dev/vda1 /boot
 mount -t ext4 /dev/vda4 /data
 mkdir -p /data/rampart
+# Write dirty pages back within half a second, as memory pressure on a
+# small device would, so that a power cut while the agent writes a slot
+# finds it partly written (unsynced pages are lost with the power).
+echo 50 >/proc/sys/vm/dirty_expire_centisecs
+echo 25 >/proc/sys/vm/dirty_writeback_centisecs
 slot=$(sed -n 's/.*rauc\.slot=\([AB]\).*/\1/p' /proc/cmdline)
 say "booted slot=$slot release=$(cat /etc/rampart-release) uptime=$(cut -d' ' -f1 /proc/uptime)"
 rampart-agent boot --config /etc/rampart/agent.toml

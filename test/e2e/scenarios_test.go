@@ -129,9 +129,11 @@ func scenarios(t *testing.T, m *machine) {
 		})
 		t.Run("Writing", func(t *testing.T) {
 			d := m.newDisk(t)
-			// While the agent writes the inactive slot. Unsynced writes
-			// die with the guest's page cache, so a cut may leave B empty,
-			// partly written or whole; none of it may boot.
+			// While the agent writes the inactive slot. The guest writes
+			// dirty pages back within half a second (its init sets
+			// vm.dirty_expire_centisecs) and unsynced ones die with the
+			// power, so a cut leaves B empty, partly written or whole;
+			// none of it may boot.
 			for i, frac := range []float64{0.2, 0.5, 0.8} {
 				delay := time.Duration(frac * float64(installTook))
 				p := d.powerOn(t, bundle("2.0.0"), &cut{at: regexp.MustCompile(`RAMPART-E2E: install start`), delay: delay, mayFinish: true})
