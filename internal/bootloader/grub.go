@@ -48,8 +48,10 @@ type GRUBEnv interface {
 // boots the rescue entry (step 1 makes no slot OK): write the factory state
 // with Provision when building the image.
 //
-// grubenv has no checksum; bootenv.GRUB replaces the file atomically, which
-// is what makes each transition one atomic write. grub-editenv takes no
+// grubenv has no checksum; bootenv.GRUB rewrites the block in place, as
+// GRUB's save_env does (GRUB does not replay a journal, so it would not
+// see a renamed file in time), which with the variables in the block's
+// first sector is what makes each transition one atomic write. grub-editenv takes no
 // lock, so it must not run while the agent changes the state; GRUB
 // serialises the agent's own calls.
 type GRUB struct {
