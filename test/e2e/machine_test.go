@@ -625,6 +625,16 @@ func (st *agentState) reported(status, reason, version string) bool {
 	return false
 }
 
+// hasReason returns whether the outbox holds any report with this reason.
+func (st *agentState) hasReason(reason string) bool {
+	for _, r := range st.Outbox {
+		if r.Reason == reason {
+			return true
+		}
+	}
+	return false
+}
+
 // slot returns the release whose image slot i (1 A, 2 B) holds, "empty"
 // for zeros, or "unknown".
 func (d *disk) slot(t *testing.T, s string) string {

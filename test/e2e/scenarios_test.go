@@ -190,6 +190,10 @@ func scenarios(t *testing.T, m *machine) {
 				}
 				last := bs[len(bs)-1]
 				st := d.state(t)
+				if st.hasReason("committed-slot-failed") {
+					// The bootloader booted A after the agent had committed B.
+					t.Fatalf("after commit cut %d (+%v) the committed slot did not boot: boots %v, state %+v (log %s)", i, delay, bs, st, p.log)
+				}
 				switch {
 				case last == boot{"B", "2.0.0"} && st.Slot == "B" && st.running() == "2.0.0" && st.Pending == nil:
 					committed = true
