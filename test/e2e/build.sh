@@ -124,6 +124,10 @@ key=$({
 	date -u +%Y-%m
 } | sha256sum | cut -c1-16)
 out=$cache/$arch-$key
+# One build of a machine at a time: two test runs building the same key
+# would otherwise swap each other's disk and manifest.
+exec 9>"$cache/$arch.lock"
+flock 9
 if [ -f "$out/manifest" ]; then
 	echo "$out"
 	exit 0
