@@ -5,7 +5,7 @@ GO ?= go
 # go.mod's build list; it caught a test comparing a value with itself.
 STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
-.PHONY: build demo test vet fuzz bench
+.PHONY: build demo test vet fuzz bench e2e
 
 build:
 	$(GO) build ./...
@@ -22,6 +22,13 @@ test:
 	$(GO) test -race -timeout 30m ./...
 	# Under -race the power-cut test samples its crash points; here it cuts every one.
 	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/
+
+# Boots the agent on Debian's kernel under real GRUB in QEMU (TCG) through
+# update, commit, rollback, failed boots, power cuts and a tampered bundle
+# (test/e2e, docs/agent.md "Proved on real boots"). Not part of make test.
+e2e:
+	./scripts/e2e-deps.sh
+	cd test/e2e && $(GO) test -tags e2e -count=1 -v -timeout 85m .
 
 fuzz:
 	./scripts/fuzz.sh

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -111,6 +112,35 @@ Flags:
 Example:
     rampart-agent install --config /etc/rampart/agent.toml /media/usb/fw.rbundle
 `},
+		{Name: "provision", Summary: "write the factory boot state (only slot A bootable)", Usage: `
+Usage: rampart-agent provision --config FILE
+       rampart-agent provision --backend grub --env-out FILE
+       rampart-agent provision --backend uboot --env-out FILE [--env-size SIZE] [--redundant] [--max-attempts N]
+
+Writes the boot state a device must leave the factory with: slot A (the
+factory image) is the only slot the bootloader may boot, and slot B,
+which holds nothing verified yet, is out of the boot order. Other
+variables of an existing environment are kept.
+
+With --config it writes the configured environment in place (the
+grubenv, or the U-Boot environment of fw_env.config). With --env-out it
+builds the environment file for an image build: a grubenv, or a U-Boot
+environment image of one copy of SIZE bytes (default 0x4000, U-Boot's
+CONFIG_ENV_SIZE) or, with --redundant, two copies back to back (at
+offsets 0 and SIZE in fw_env.config). An existing file is updated.
+
+Flags:
+    --config FILE        the agent configuration
+    --backend NAME       grub, uboot or sim, with --env-out
+    --env-out FILE       the environment file to write
+    --env-size SIZE      U-Boot's CONFIG_ENV_SIZE (default 0x4000)
+    --redundant          U-Boot: two copies (CONFIG_SYS_REDUNDAND_ENVIRONMENT)
+    --max-attempts N     U-Boot and sim: attempts of slot A (default 3); must equal the boot script's
+
+Example:
+    rampart-agent provision --backend grub --env-out rootfs/boot/grub/grubenv
+    rampart-agent provision --backend uboot --env-out uboot-env.bin --env-size 0x4000 --redundant
+`},
 		{Name: "version", Summary: "print the version", Usage: `
 Usage: rampart-agent version
 
@@ -179,6 +209,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	once := fs.Bool("once", false, "")
 	asJSON := fs.Bool("json", false, "")
 	verbose := fs.Bool("v", false, "")
+	backend := fs.String("backend", "", "")
+	envOut := fs.String("env-out", "", "")
+	envSize := fs.String("env-size", "0x4000", "")
+	redundant := fs.Bool("redundant", false, "")
+	maxAttempts := fs.Int("max-attempts", 0, "")
 	pos, err := parse(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		program.Help(stdout, c)
@@ -193,7 +228,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: termsafe.LogAttr}))
 
-	want := map[string]int{"enroll": 0, "run": 0, "boot": 0, "status": 0, "install": 1}
+	want := map[string]int{"enroll": 0, "run": 0, "boot": 0, "status": 0, "install": 1, "provision": 0}
 	n, ok := want[cmd]
 	if !ok {
 		return fail(stderr, exitUsage, fmt.Errorf("unknown command %q", cmd), "run rampart-agent help")
@@ -203,6 +238,25 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return fail(stderr, exitUsage, errors.New("install takes one BUNDLE file"), "example: rampart-agent install --config agent.toml /media/usb/fw.rbundle")
 		}
 		return fail(stderr, exitUsage, fmt.Errorf("%s takes no arguments, got %q", cmd, strings.Join(pos, " ")), "")
+	}
+	if cmd == "provision" {
+		size, err := strconv.ParseInt(*envSize, 0, 64)
+		if err != nil || size <= 0 {
+			return fail(stderr, exitUsage, fmt.Errorf("--env-size %q is not a positive number", *envSize), "example: --env-size 0x4000")
+		}
+		switch {
+		case *envOut == "" && *backend != "":
+			return fail(stderr, exitUsage, errors.New("--backend goes with --env-out"), "rampart-agent provision --help shows both forms")
+		case *envOut != "" && *backend != "grub" && *backend != "uboot" && *backend != "sim":
+			return fail(stderr, exitUsage, fmt.Errorf("--env-out needs --backend grub, uboot or sim, not %q", *backend), "")
+		}
+		msg, err := provision(provisionOptions{config: *configPath, backend: *backend, envOut: *envOut,
+			envSize: size, redundant: *redundant, maxAttempts: *maxAttempts})
+		if err != nil {
+			return report(stderr, err)
+		}
+		fmt.Fprintln(stdout, msg)
+		return exitOK
 	}
 	cfg, err := agent.LoadConfig(*configPath)
 	if err != nil {

@@ -60,6 +60,14 @@ const slotSize = 8 << 20
 
 func newDevice(t *testing.T, e *servertest.Env, id string) *device {
 	t.Helper()
+	return newDeviceMax(t, e, id, 0)
+}
+
+// newDeviceMax is newDevice with the simulated bootloader's MaxAttempts:
+// 1 is GRUB with RAUC's grub.conf (one try, then the fallback), 3 U-Boot's
+// default, 0 the default.
+func newDeviceMax(t *testing.T, e *servertest.Env, id string, maxAttempts int) *device {
+	t.Helper()
 	dir := t.TempDir()
 	d := &device{t: t, e: e, id: id, dir: dir, booted: bootloader.A, health: func() error { return nil }}
 	cfgText := fmt.Sprintf(`
@@ -81,6 +89,7 @@ b = "slot-b"
 [bootloader]
 backend = "sim"
 env = "boot.json"
+max_attempts = %d
 [health]
 command = ["health"]
 timeout = "2s"
@@ -91,7 +100,7 @@ dir = "state"
 [download]
 workers = 2
 retries = 2
-`, e.TS.URL, id, hw)
+`, e.TS.URL, id, hw, maxAttempts)
 	write := func(name string, b []byte) {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			t.Fatal(err)
@@ -118,7 +127,7 @@ retries = 2
 	d.cfg = cfg
 	cert := e.Enroll(id, hw)
 	d.cert = cert
-	d.sim, err = bootloader.OpenSim(cfg.Bootloader.Env, 0)
+	d.sim, err = bootloader.OpenSim(cfg.Bootloader.Env, cfg.Bootloader.MaxAttempts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,32 +358,115 @@ func TestRollbackWhenHealthCheckHangs(t *testing.T) {
 	}
 }
 
+// TestTrialThatNeverComesUpFallsBack: the new image never starts the
+// agent; the bootloader falls back by itself. The agent on the old slot
+// records the rollback and confirms the slot it runs on, so that the
+// following power-ons boot it too: with GRUB's one try (max 1), a slot left
+// unconfirmed after the fallback has no attempt left for the next power-on.
 func TestTrialThatNeverComesUpFallsBack(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		max  int
+	}{{"GRUB", 1}, {"UBoot", 3}} {
+		t.Run(c.name, func(t *testing.T) {
+			e := servertest.New(t)
+			d := newDeviceMax(t, e, "gw-1", c.max)
+			d.firstBoot()
+			e.Release("1.0.0", 2, hw)
+			e.Deploy(servertest.Product+"/1.0.0", hw)
+			if _, err := d.run(); err != nil {
+				t.Fatal(err)
+			}
+			// The new kernel hangs before the agent runs: no Boot call. The
+			// bootloader's counter brings the old slot back on its own.
+			if s := d.powerCycle(); s != bootloader.B {
+				t.Fatalf("trial boot started %s", s)
+			}
+			if s := d.powerCycle(); s != bootloader.A {
+				t.Fatalf("after a hung trial the bootloader booted %s", s)
+			}
+			out := d.boot()
+			if out.Action != "rolled-back" || out.Reason != "trial-boot-failed" || out.Slot != "A" {
+				t.Fatalf("boot: %+v", out)
+			}
+			if srv := d.server(); srv["last_status"] != "rolled-back" {
+				t.Fatalf("server record: %v", srv)
+			}
+			st, _ := d.sim.State()
+			if st.InOrder(bootloader.B) {
+				t.Fatalf("the failed slot is still in the boot order: %v", st)
+			}
+			if !st.Bootable(bootloader.A) || st.Attempts[bootloader.A] != st.MaxAttempts {
+				t.Fatalf("the running slot was not confirmed after the rollback: %v", st)
+			}
+			// Power on again, several times: A every time, confirmed.
+			for i := 0; i < 3; i++ {
+				if s := d.powerCycle(); s != bootloader.A {
+					t.Fatalf("power-on %d after the rollback booted %s", i, s)
+				}
+				if out := d.boot(); out.Action != "booted" || out.Slot != "A" {
+					t.Fatalf("boot %d after the rollback: %+v", i, out)
+				}
+			}
+			if s := d.status(); s.Pending != nil || s.SecurityCounter != 0 {
+				t.Fatalf("status: %+v", s)
+			}
+		})
+	}
+}
+
+// TestFallbackOntoUnhealthySlot: after the bootloader fell back, the old
+// slot fails its health check too. The rollback is recorded all the same;
+// the slot stays unconfirmed, as any committed slot whose check fails.
+func TestFallbackOntoUnhealthySlot(t *testing.T) {
 	e := servertest.New(t)
-	d := newDevice(t, e, "gw-1")
+	d := newDeviceMax(t, e, "gw-1", 1)
 	d.firstBoot()
 	e.Release("1.0.0", 2, hw)
 	e.Deploy(servertest.Product+"/1.0.0", hw)
 	if _, err := d.run(); err != nil {
 		t.Fatal(err)
 	}
-	// The new kernel hangs before the agent runs: no Boot call. The
-	// bootloader's counter brings the old slot back on its own.
-	if s := d.powerCycle(); s != bootloader.B {
-		t.Fatalf("trial boot started %s", s)
-	}
+	d.powerCycle() // B hangs
 	if s := d.powerCycle(); s != bootloader.A {
-		t.Fatalf("after a hung trial the bootloader booted %s", s)
+		t.Fatalf("fallback booted %s", s)
 	}
-	out := d.boot()
-	if out.Action != "rolled-back" || out.Reason != "trial-boot-failed" {
-		t.Fatalf("boot: %+v", out)
+	d.health = func() error { return errors.New("sick") }
+	out, err := d.a.Boot(context.Background())
+	if err == nil || out == nil || out.Action != "unhealthy" || !strings.Contains(out.Reason, "trial-boot-failed") {
+		t.Fatalf("boot: %+v, %v", out, err)
 	}
-	if srv := d.server(); srv["last_status"] != "rolled-back" {
-		t.Fatalf("server record: %v", srv)
+	if s := d.status(); s.Pending != nil {
+		t.Fatalf("the rollback was not recorded: %+v", s.Pending)
 	}
-	if st, _ := d.sim.State(); st.InOrder(bootloader.B) {
-		t.Fatalf("the failed slot is still in the boot order: %v", st)
+	if st, _ := d.sim.State(); st.InOrder(bootloader.B) || st.Bootable(bootloader.A) {
+		t.Fatalf("boot state %v: want B out, A unconfirmed", st)
+	}
+}
+
+// TestFirstBootPowerCut: the power is cut during the first boots of a
+// factory device, before the agent runs. Slot B holds nothing, so the
+// bootloader must never start it; the agent then confirms A as usual.
+func TestFirstBootPowerCut(t *testing.T) {
+	e := servertest.New(t)
+	for _, max := range []int{1, 3} {
+		t.Run(fmt.Sprint("max", max), func(t *testing.T) {
+			d := newDeviceMax(t, e, fmt.Sprint("gw-cut-", max), max)
+			// max cut boots use up A's attempts; the next power-on resets them.
+			for i := 0; i < max+1; i++ {
+				s, err := d.sim.Boot()
+				if errors.Is(err, bootloader.ErrNoBootableSlot) {
+					continue // the bootloader resets A's attempts
+				}
+				if err != nil || s != bootloader.A {
+					t.Fatalf("power-on %d (cut before the agent ran) booted %q, %v", i, s, err)
+				}
+			}
+			if st, _ := d.sim.State(); st.InOrder(bootloader.B) {
+				t.Fatalf("factory boot state %v lists the empty slot B", st)
+			}
+			d.firstBoot()
+		})
 	}
 }
 

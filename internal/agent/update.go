@@ -534,9 +534,9 @@ func (a *Agent) settle(ctx context.Context, st *State, confirm bool) (*Outcome, 
 			return a.rollback(ctx, st, booted, "booted-incomplete-slot")
 		case p.Phase == PhaseTrial:
 			// The trial never confirmed: the bootloader fell back.
-			return a.rolledBack(ctx, st, ps, "trial-boot-failed")
+			return a.fellBack(ctx, st, booted, ps, "trial-boot-failed", confirm)
 		case p.Phase == PhaseRollingBack:
-			return a.rolledBack(ctx, st, ps, p.Reason)
+			return a.fellBack(ctx, st, booted, ps, p.Reason, confirm)
 		}
 		// installing or written on the old slot: Run resumes it.
 	}
@@ -560,6 +560,15 @@ func (a *Agent) settle(ctx context.Context, st *State, confirm bool) (*Outcome, 
 	if !confirm {
 		return nil, nil
 	}
+	return a.confirmRunning(ctx, st, booted)
+}
+
+// confirmRunning health-checks the committed slot the device runs on and
+// confirms it to the bootloader, which counts every boot: a slot left
+// unconfirmed loses an attempt at each power-on (with GRUB's one try, the
+// next power-on already finds it out of attempts). It returns an
+// "unhealthy" Outcome when the check fails, nil otherwise.
+func (a *Agent) confirmRunning(ctx context.Context, st *State, booted bootloader.Slot) (*Outcome, error) {
 	if err := a.health(ctx); err != nil {
 		a.lastError(st, err)
 		st.queue(Report{Status: "failed", Reason: "health-check", Version: st.versionOrEmpty()})
@@ -572,6 +581,29 @@ func (a *Agent) settle(ctx context.Context, st *State, confirm bool) (*Outcome, 
 		return nil, fmt.Errorf("confirming slot %s to the bootloader: %w", booted, err)
 	}
 	return nil, a.pruneFallback(st, booted)
+}
+
+// fellBack handles a boot of the old slot while an update of the other
+// slot (failed) was on trial or being rolled back: the bootloader fell
+// back by itself (the new image never came up, or the reboot after a
+// failed health check happened). It records the rollback and then, like
+// every boot, health-checks the slot it runs on and confirms it, so that
+// the next power-on boots it again. A cut between the two finds no pending
+// update and confirms the slot as on a normal boot.
+func (a *Agent) fellBack(ctx context.Context, st *State, booted, failed bootloader.Slot, reason string, confirm bool) (*Outcome, error) {
+	out, err := a.rolledBack(ctx, st, failed, reason)
+	if err != nil || !confirm {
+		return out, err
+	}
+	if unhealthy, err := a.confirmRunning(ctx, st, booted); err != nil {
+		if unhealthy != nil {
+			// The rollback stands; the old slot stays unconfirmed, as any
+			// committed slot whose health check fails.
+			out.Action, out.Reason = unhealthy.Action, reason+"; then the running slot failed its health check: "+unhealthy.Reason
+		}
+		return out, err
+	}
+	return out, nil
 }
 
 func (s *State) versionOrEmpty() string {

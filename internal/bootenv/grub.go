@@ -155,10 +155,22 @@ func (g *GRUB) Load() (Env, error) {
 	return env, nil
 }
 
-// Save replaces the file atomically. grub-editenv truncates and rewrites in
-// place, so a power cut can leave it empty; a rename leaves the old or the
-// new block. GRUB locates the file through the file system on every boot,
-// so the new inode is found.
+// Save writes the block. An existing grubenv of GRUBSize bytes is
+// overwritten in place and synced, as GRUB's own save_env does: GRUB reads
+// the file system without replaying its journal, so a file replaced by a
+// rename (a new inode, a new directory entry) stays invisible to GRUB until
+// the kernel checkpoints the journal, and a power cut before that makes
+// GRUB boot from the old variables while Linux, which replays the journal
+// at mount, reads the new ones. A real boot showed exactly that: a commit
+// cut seconds after it was saved fell back to the old slot. Rewriting the
+// same blocks involves no metadata, so GRUB sees the new variables as soon
+// as the data is synced. The variables RAUC's grub.conf uses and the
+// header stay within the block's first 512-byte sector, and the '#'
+// padding after them is the same in the old and the new block, so a
+// write torn between sectors leaves the old or the new variables. (An
+// environment whose variables reach past byte 512 can be torn; keep other
+// variables out of it.) A missing file, or one of another size, is
+// created atomically by a rename.
 func (g *GRUB) Save(env Env) error {
 	data, err := MarshalGRUB(env)
 	if err != nil {
@@ -173,8 +185,36 @@ func (g *GRUB) Save(env Env) error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	if done, err := overwriteInPlace(path, data); done || err != nil {
+		return err
+	}
 	if err := atomicfile.WriteFile(path, data, perm); err != nil {
 		return fmt.Errorf("replacing %s: %w", path, err)
 	}
 	return nil
+}
+
+// overwriteInPlace rewrites an existing regular file of len(data) bytes
+// without truncating it, then syncs it. It reports false, and writes
+// nothing, when there is no such file.
+func overwriteInPlace(path string, data []byte) (bool, error) {
+	f, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return false, nil
+		}
+		return false, err
+	}
+	fi, err := f.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() != int64(len(data)) {
+		f.Close()
+		return false, err
+	}
+	_, werr := f.WriteAt(data, 0)
+	serr := f.Sync()
+	cerr := f.Close()
+	if err := errors.Join(werr, serr, cerr); err != nil {
+		return true, fmt.Errorf("rewriting %s in place: %w", path, err)
+	}
+	return true, nil
 }

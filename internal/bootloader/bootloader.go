@@ -16,8 +16,8 @@ const (
 	B Slot = "B"
 )
 
-// slots lists every slot a device has, in factory boot order. It is not
-// exported so that nobody can change it.
+// slots lists every slot a device has, in the order the boot scripts
+// default to. It is not exported so that nobody can change it.
 var slots = []Slot{A, B}
 
 // DefaultMaxAttempts is RAUC's boot-attempts default and the number its
@@ -173,14 +173,15 @@ func checkMax(n int) (int, error) {
 	return n, nil
 }
 
-// factory is the state of an environment without boot variables on a
-// bootloader whose script defaults to both slots, A first.
+// factory is the state a device leaves the factory with: slot A, which
+// holds the factory image, is the only slot in the order, with
+// maxAttempts. Slot B holds nothing verified, so it must never be booted:
+// not even when a power cut during the very first boot, before the agent
+// has run, uses up A's attempts (the bootloader then resets A's attempts
+// and boots A again). The agent puts B in the order only for a trial of an
+// image it has written there and verified.
 func factory(maxAttempts int) State {
-	st := State{Order: slices.Clone(slots), Attempts: map[Slot]int{}, MaxAttempts: maxAttempts}
-	for _, s := range slots {
-		st.Attempts[s] = maxAttempts
-	}
-	return st
+	return State{Order: []Slot{A}, Attempts: map[Slot]int{A: maxAttempts}, MaxAttempts: maxAttempts}
 }
 
 // The transitions below are the model. Sim applies them to its own state;

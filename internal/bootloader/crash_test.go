@@ -125,7 +125,7 @@ func TestTornTrialWrite(t *testing.T) {
 				// in-place tears are compared with it.
 				if len(tr.image) == len(full) {
 					got := f.printenv(t)
-					if got["BOOT_ORDER"] != "A B" || got["BOOT_A_LEFT"] != "3" || got["BOOT_B_LEFT"] != "3" {
+					if got["BOOT_ORDER"] != "A" || got["BOOT_A_LEFT"] != "3" || got["BOOT_B_LEFT"] != "0" {
 						t.Fatalf("fw_printenv after the tear: %v", got)
 					}
 				}

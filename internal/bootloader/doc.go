@@ -51,8 +51,11 @@
 //
 // Missing variables mean what the boot script makes of them, because that
 // is what the device will do: U-Boot's script defaults to BOOT_ORDER="A B"
-// with MaxAttempts each (the factory state), RAUC's grub.conf defaults to
-// both slots not OK, which boots the rescue entry. Malformed values (a
+// with MaxAttempts each, RAUC's grub.conf defaults to both slots not OK,
+// which boots the rescue entry. Neither is the factory state, which
+// Provision writes (rampart-agent provision): only slot A in the order, so
+// that power cuts during the first boots, before the agent has run, never
+// start the empty slot B. Malformed values (a
 // counter that is not a small number, an unknown slot name) make State and
 // Primary fail with ErrCorrupt, while the simulated boot reads them as the
 // scripts do, which is "no attempts left" or "skip this name". Writes start

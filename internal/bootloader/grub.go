@@ -48,8 +48,10 @@ type GRUBEnv interface {
 // boots the rescue entry (step 1 makes no slot OK): write the factory state
 // with Provision when building the image.
 //
-// grubenv has no checksum; bootenv.GRUB replaces the file atomically, which
-// is what makes each transition one atomic write. grub-editenv takes no
+// grubenv has no checksum; bootenv.GRUB rewrites the block in place, as
+// GRUB's save_env does (GRUB does not replay a journal, so it would not
+// see a renamed file in time), which with the variables in the block's
+// first sector is what makes each transition one atomic write. grub-editenv takes no
 // lock, so it must not run while the agent changes the state; GRUB
 // serialises the agent's own calls.
 type GRUB struct {
@@ -93,9 +95,9 @@ func (g *GRUB) MarkBad(s Slot) error {
 	return g.update(func(st State, _ bool) (State, error) { return markBad(st, s) })
 }
 
-// Provision writes the factory state (ORDER="A B", both slots OK and not
-// tried) in one write, keeping every other variable; a missing grubenv is
-// created.
+// Provision writes the factory state (ORDER="A B", A_OK=1 A_TRY=0, B_OK=0
+// B_TRY=0: only slot A bootable) in one write, keeping every other
+// variable; a missing grubenv is created.
 func (g *GRUB) Provision() error {
 	return g.update(func(State, bool) (State, error) { return factory(grubMax), nil })
 }

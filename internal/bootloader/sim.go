@@ -15,8 +15,10 @@ import (
 // and the fleet simulator. Its state is an encoded record kept in memory or
 // in a file, so a simulated device can persist it across simulated reboots
 // and process restarts, and tests can corrupt it (SetRaw) the way flash
-// corruption would. Like an environment without boot variables, a missing
-// record is the factory state: order A B, both slots at MaxAttempts.
+// corruption would. A missing record is the factory state, as Provision
+// writes it on the real backends: only slot A in the order, at
+// MaxAttempts. Configured with MaxAttempts 1 it behaves as GRUB with
+// RAUC's grub.conf: one try per MarkGood, then the fallback.
 //
 // Every transition and every Boot is one write of the record (atomic in
 // file mode); Writes counts them.
@@ -115,6 +117,12 @@ func (s *Sim) Boot() (Slot, error) {
 		return "", err
 	}
 	return slot, bootErr
+}
+
+// Provision writes the factory state (only slot A in the order, at
+// MaxAttempts) in one write.
+func (s *Sim) Provision() error {
+	return s.update(func(State, bool) (State, error) { return factory(s.limit), nil })
 }
 
 // Writes returns how many times the record has been written.

@@ -128,11 +128,14 @@ func (f *ubootFixture) damage(t *testing.T, d bootloadertest.Damage) {
 
 func ubootTarget(t *testing.T, redundant bool) bootloadertest.Target {
 	f := newUBootFixture(t, redundant)
+	must(t, f.bl.Provision())
+	f.env.writes = 0
 	damages := 0
 	tg := bootloadertest.Target{
-		Bootloader: f.bl,
-		Boot:       f.bl.SimulateBoot,
-		Writes:     func() int { return f.env.writes },
+		Bootloader:       f.bl,
+		Boot:             f.bl.SimulateBoot,
+		MissingBootsBoth: true,
+		Writes:           func() int { return f.env.writes },
 		Damage: func(t *testing.T, d bootloadertest.Damage) {
 			f.damage(t, d)
 			damages++
@@ -203,6 +206,7 @@ func (f *grubFixture) damage(t *testing.T, d bootloadertest.Damage) {
 
 func grubTarget(t *testing.T) bootloadertest.Target {
 	f := newGRUBFixture(t, true)
+	f.env.writes = 0
 	return bootloadertest.Target{
 		Bootloader:          f.bl,
 		Boot:                f.bl.SimulateBoot,

@@ -103,13 +103,13 @@ func TestUBootVariablesWithFwPrintenv(t *testing.T) {
 
 			must(t, bl.Provision())
 			wantVars(t, "after Provision", f.printenv(t),
-				map[string]string{"BOOT_ORDER": "A B", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "3"}, boardEnv)
+				map[string]string{"BOOT_ORDER": "A", "BOOT_A_LEFT": "3", "BOOT_B_LEFT": "0"}, boardEnv)
 
 			if s, err := bl.SimulateBoot(); err != nil || s != bootloader.A {
 				t.Fatalf("boot: %q, %v", s, err)
 			}
 			wantVars(t, "after the boot script", f.printenv(t),
-				map[string]string{"BOOT_ORDER": "A B", "BOOT_A_LEFT": "2", "BOOT_B_LEFT": "3"}, boardEnv)
+				map[string]string{"BOOT_ORDER": "A", "BOOT_A_LEFT": "2", "BOOT_B_LEFT": "0"}, boardEnv)
 			must(t, bl.MarkGood(bootloader.A))
 			must(t, bl.SetTrial(bootloader.B, 1))
 			wantVars(t, "after SetTrial(B, 1)", f.printenv(t),
@@ -153,13 +153,13 @@ func TestGRUBVariablesWithGrubEditenv(t *testing.T) {
 	mustState(t, f.bl, "order=[] max=1")
 	must(t, f.bl.Provision())
 	wantVars(t, "after Provision", list(),
-		map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "1", "B_TRY": "0"}, other)
+		map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "0", "B_OK": "0", "B_TRY": "0"}, other)
 
 	if s, err := f.bl.SimulateBoot(); err != nil || s != bootloader.A {
 		t.Fatalf("boot: %q, %v", s, err)
 	}
 	wantVars(t, "after grub.conf", list(),
-		map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "1", "B_OK": "1", "B_TRY": "0"}, other)
+		map[string]string{"ORDER": "A B", "A_OK": "1", "A_TRY": "1", "B_OK": "0", "B_TRY": "0"}, other)
 	must(t, f.bl.MarkGood(bootloader.A))
 	must(t, f.bl.SetTrial(bootloader.B, 1))
 	wantVars(t, "after SetTrial(B, 1)", list(),

@@ -84,10 +84,13 @@ func (u *UBoot) MarkBad(s Slot) error {
 	return u.update(func(st State, _ bool) (State, error) { return markBad(st, s) })
 }
 
-// Provision writes the factory state (BOOT_ORDER="A B", both slots at
-// MaxAttempts) in one write, keeping every other variable. An environment
-// without the variables already boots that way; Provision makes it visible
-// to fw_printenv.
+// Provision writes the factory state (BOOT_ORDER="A", BOOT_A_LEFT at
+// MaxAttempts, BOOT_B_LEFT=0: only slot A bootable) in one write, keeping
+// every other variable. An environment without the variables is not the
+// factory state: RAUC's script defaults it to BOOT_ORDER="A B" with both
+// slots at MaxAttempts, so power cuts during the first boots (before the
+// agent has run) would use up A's attempts and boot the empty slot B.
+// Write the factory state into the image (rampart-agent provision).
 func (u *UBoot) Provision() error {
 	return u.update(func(st State, _ bool) (State, error) { return factory(st.MaxAttempts), nil })
 }

@@ -36,8 +36,8 @@ func (d Damage) String() string {
 
 // Target is one backend under test.
 type Target struct {
-	// Bootloader must start in the factory state: order A B, both slots at
-	// MaxAttempts.
+	// Bootloader must start in the factory state (Provision): only slot A
+	// in the order, at MaxAttempts.
 	Bootloader bootloader.Bootloader
 	// Boot simulates one power-up on the same stored state: the boot
 	// script's logic, including its write.
@@ -48,9 +48,13 @@ type Target struct {
 	// without counting as a write.
 	Damage func(t *testing.T, d Damage)
 	// MissingBootsNothing says the boot script's defaults for missing
-	// variables boot no slot (RAUC's grub.conf), rather than the factory
-	// state (RAUC's U-Boot script).
+	// variables boot no slot (RAUC's grub.conf).
 	MissingBootsNothing bool
+	// MissingBootsBoth says the boot script's defaults for missing
+	// variables are order A B with both slots at MaxAttempts (RAUC's
+	// U-Boot script). With neither, missing variables are the factory
+	// state (the simulator).
+	MissingBootsBoth bool
 }
 
 // Run runs the suite; newTarget is called once per subtest.
@@ -77,6 +81,7 @@ var cases = []struct {
 	run  func(t *testing.T, h *harness)
 }{
 	{"FreshBootsA", freshBootsA},
+	{"FirstBootCutsNeverBootB", firstBootCutsNeverBootB},
 	{"ReadsDoNotWrite", readsDoNotWrite},
 	{"TrialNotConfirmedFallsBack", trialNotConfirmedFallsBack},
 	{"TrialCommittedStaysPrimary", trialCommittedStaysPrimary},
@@ -195,10 +200,28 @@ func freshBootsA(t *testing.T, h *harness) {
 	if h.max < 1 {
 		t.Fatalf("MaxAttempts = %d", h.max)
 	}
-	h.state(t, "A", h.max, "B", h.max)
+	h.state(t, "A", h.max)
 	h.primary(t, bootloader.A)
 	h.boot(t, bootloader.A)
-	h.state(t, "A", h.max-1, "B", h.max)
+	h.state(t, "A", h.max-1)
+}
+
+// firstBootCutsNeverBootB: the power is cut during every one of the first
+// boots, before the agent has run, again and again. Slot B holds nothing
+// verified at the factory, so no boot may start it: the bootloader resets
+// A's attempts and starts A again.
+func firstBootCutsNeverBootB(t *testing.T, h *harness) {
+	for round := 0; round < 3; round++ {
+		for i := 0; i < h.max; i++ {
+			h.boot(t, bootloader.A)
+		}
+		h.state(t, "A", 0)
+		h.primary(t, "")
+		h.boot(t, "")
+		h.state(t, "A", h.max)
+	}
+	h.upOn(t, bootloader.A)
+	h.state(t, "A", h.max)
 }
 
 func readsDoNotWrite(t *testing.T, h *harness) {
@@ -300,7 +323,7 @@ func invalidArguments(t *testing.T, h *harness) {
 	for _, n := range []int{-1, 0, h.max + 1, 100} {
 		h.setTrial(t, bootloader.B, n, bootloader.ErrInvalidAttempts)
 	}
-	h.state(t, "A", h.max, "B", h.max)
+	h.state(t, "A", h.max)
 }
 
 // MarkGood accepts a slot with no attempts left (the trial slot after its
@@ -342,17 +365,18 @@ func markBadKeepsOneSlot(t *testing.T, h *harness) {
 }
 
 func exhaustedResets(t *testing.T, h *harness) {
+	h.upOn(t, bootloader.A)
+	h.setTrial(t, bootloader.B, 1, nil)
+	h.boot(t, bootloader.B)
+	// Neither slot is ever confirmed again.
 	for i := 0; i < h.max; i++ {
 		h.boot(t, bootloader.A)
 	}
-	for i := 0; i < h.max; i++ {
-		h.boot(t, bootloader.B)
-	}
-	h.state(t, "A", 0, "B", 0)
+	h.state(t, "B", 0, "A", 0)
 	h.primary(t, "")
 	h.boot(t, "")
-	h.state(t, "A", h.max, "B", h.max)
-	h.boot(t, bootloader.A)
+	h.state(t, "B", h.max, "A", h.max)
+	h.boot(t, bootloader.B)
 }
 
 func missingVariables(t *testing.T, h *harness) {
@@ -369,7 +393,12 @@ func missingVariables(t *testing.T, h *harness) {
 		h.setTrial(t, bootloader.B, 1, bootloader.ErrNoFallback)
 		return
 	}
-	h.state(t, "A", h.max, "B", h.max)
+	if h.MissingBootsBoth {
+		h.state(t, "A", h.max, "B", h.max)
+		h.upOn(t, bootloader.A)
+		return
+	}
+	h.state(t, "A", h.max)
 	h.upOn(t, bootloader.A)
 }
 
