@@ -23,6 +23,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
@@ -106,7 +107,7 @@ func Init(dir string, o InitOptions) (*InitResult, error) {
 	parent, base := filepath.Dir(dir), filepath.Base(dir)
 	siblingPrefix := "." + base + ".init-"
 	// Left by a killed init of a new directory: never a data directory.
-	if names, err := readDirNames(parent); err == nil {
+	if names, err := fsys.OS.ReadDir(parent); err == nil {
 		for _, n := range names {
 			if strings.HasPrefix(n, siblingPrefix) {
 				os.RemoveAll(filepath.Join(parent, n))
@@ -148,7 +149,7 @@ func Init(dir string, o InitOptions) (*InitResult, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init %s: %w", dir, err)
 	}
-	names, err := readDirNames(staging)
+	names, err := fsys.OS.ReadDir(staging)
 	if err != nil {
 		return nil, err
 	}
@@ -247,7 +248,7 @@ func inspectStore(dir string) (dirState, error) {
 
 // clearInitEntries removes what an unfinished init left in dir.
 func clearInitEntries(dir string) error {
-	names, err := readDirNames(dir)
+	names, err := fsys.OS.ReadDir(dir)
 	if err != nil {
 		return err
 	}
@@ -259,18 +260,6 @@ func clearInitEntries(dir string) error {
 		}
 	}
 	return atomicfile.SyncDir(dir)
-}
-
-func readDirNames(dir string) ([]string, error) {
-	es, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
-	names := make([]string, len(es))
-	for i, e := range es {
-		names[i] = e.Name()
-	}
-	return names, nil
 }
 
 // buildDataDir makes a complete data directory's content in dir (an
