@@ -14,6 +14,8 @@ import (
 	"github.com/rampartfw/rampart/internal/client"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/server/servertest"
+	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
 
 // A log whose start the server's retention pruned still verifies: from
@@ -72,5 +74,52 @@ func TestAuditVerifyAcrossAPrunedPrefix(t *testing.T) {
 	code := run([]string{"audit", "verify", "--server", srv.TS.URL, "--ca", ca, "--token", srv.Admin}, &env{stdout: &out, stderr: &errb, getenv: func(string) string { return "" }})
 	if code != 0 || !strings.Contains(out.String(), "were pruned by the server's retention") || !strings.Contains(out.String(), "verified 6 audit entries") {
 		t.Fatalf("audit verify: %d\n%s%s", code, out.String(), errb.String())
+	}
+}
+
+// A server that drops the start of its audit log without a chained
+// prune-audit entry recording the anchor (a compromised or buggy one: the
+// honest server writes both in one transaction) is refused: the anchor
+// alone would let it erase any prefix unseen.
+func TestAuditVerifyRefusesAnUnrecordedPrune(t *testing.T) {
+	srv := servertest.New(t, servertest.WithRetention(server.Retention{Audit: time.Millisecond}))
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, srv.CAPEM, 0o644)
+	c, err := client.New(srv.TS.URL, ca, srv.Admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	for i := range 5 {
+		if _, err := c.CreateToken(ctx, fmt.Sprintf("t%d", i), "auditor"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(5 * time.Millisecond)
+	// Prune through a second connection to the server's own database,
+	// without the record PruneAudit appends.
+	db, err := sqlite.Open(filepath.Join(srv.DataDir, "rampart.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	err = db.Atomic(ctx, func(tx store.Tx) error {
+		n, _, err := tx.PruneAudit(ctx, time.Now(), 1000)
+		if err == nil && n == 0 {
+			err = errors.New("nothing pruned")
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = verifyAuditLog(ctx, c, nil)
+	if !errors.Is(err, audit.ErrBroken) || !strings.Contains(err.Error(), "prune-audit") {
+		t.Fatalf("a prefix dropped without a record: %v, want a refusal naming the missing prune-audit entry", err)
+	}
+	var out, errb strings.Builder
+	code := run([]string{"audit", "verify", "--server", srv.TS.URL, "--ca", ca, "--token", srv.Admin}, &env{stdout: &out, stderr: &errb, getenv: func(string) string { return "" }})
+	if code != 1 {
+		t.Fatalf("audit verify exit %d, want 1\n%s%s", code, out.String(), errb.String())
 	}
 }
