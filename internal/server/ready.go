@@ -14,36 +14,57 @@ import (
 // be written (the store, blobs and the log all live there, so a full or
 // read-only disk fails every write the server would accept work for).
 // Writing is probed by creating, filling, syncing and removing a small
-// file, at most once a second whatever the probe rate.
+// file, at most once a second whatever the probe rate, and in the
+// background: a request answers from the last probe, so an fsync that a
+// busy disk holds for a second never holds /readyz (a probe under load
+// once took 1.45 s). Only the first probe is waited for.
 type readiness struct {
 	dir    string
 	logger *slog.Logger
 
-	mu  sync.Mutex
-	at  time.Time
-	err error
+	mu      sync.Mutex
+	at      time.Time // when the last probe started
+	probing bool
+	err     error
 }
 
 const readyProbeEvery = time.Second
 
-// writable returns why the data directory cannot be written, or nil.
+// writable returns why the data directory cannot be written, or nil, as
+// of the last probe; it starts the next one when the last is a second old.
 func (rd *readiness) writable() error {
 	if rd.dir == "" {
 		return nil
 	}
 	rd.mu.Lock()
 	defer rd.mu.Unlock()
-	if now := time.Now(); rd.at.IsZero() || now.Sub(rd.at) >= readyProbeEvery {
-		err := probeWrite(rd.dir)
-		switch {
-		case err != nil && rd.err == nil:
-			rd.logger.Error("data directory not writable: not ready", "dir", rd.dir, "err", err)
-		case err == nil && rd.err != nil:
-			rd.logger.Info("data directory writable again: ready", "dir", rd.dir)
-		}
-		rd.at, rd.err = now, err
+	now := time.Now()
+	switch {
+	case rd.at.IsZero():
+		rd.at = now
+		rd.record(probeWrite(rd.dir))
+	case !rd.probing && now.Sub(rd.at) >= readyProbeEvery:
+		rd.at, rd.probing = now, true
+		go func() {
+			err := probeWrite(rd.dir)
+			rd.mu.Lock()
+			defer rd.mu.Unlock()
+			rd.probing = false
+			rd.record(err)
+		}()
 	}
 	return rd.err
+}
+
+// record keeps a probe's result, logging each change; rd.mu is held.
+func (rd *readiness) record(err error) {
+	switch {
+	case err != nil && rd.err == nil:
+		rd.logger.Error("data directory not writable: not ready", "dir", rd.dir, "err", err)
+	case err == nil && rd.err != nil:
+		rd.logger.Info("data directory writable again: ready", "dir", rd.dir)
+	}
+	rd.err = err
 }
 
 // probeWrite writes a block, not an empty file: a full file system still
