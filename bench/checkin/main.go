@@ -39,8 +39,8 @@ import (
 
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
-	"github.com/rampartfw/rampart/internal/repo"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
@@ -305,7 +305,7 @@ func publish(data string, call func(method, path string, body any) error) error 
 	root := keys.InMemory(rk)
 	tmp, _ := os.MkdirTemp("", "rampart-checkin-repo-*")
 	defer os.RemoveAll(tmp)
-	r, err := repo.Init(filepath.Join(tmp, "image"), repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
+	r, err := offlinerepo.Init(filepath.Join(tmp, "image"), offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
 		TargetsKeys: []crypto.PublicKey{root.Public()}, TargetsThreshold: 1, SnapshotKeys: pub("snapshot.pub"), TimestampKeys: pub("timestamp.pub")})
 	if err != nil {
 		return err
@@ -317,7 +317,7 @@ func publish(data string, call func(method, path string, body any) error) error 
 	b := make([]byte, 4<<20)
 	rand.Read(b)
 	os.WriteFile(img, b, 0o644)
-	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"hw"}}); err != nil {
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"hw"}}); err != nil {
 		return err
 	}
 	r.Sign("acme-gw", root)
@@ -334,7 +334,7 @@ func publish(data string, call func(method, path string, body any) error) error 
 	if err := call("POST", "/api/v1/repo/push", map[string]any{"roots": [][]byte{read("root.json")}, "targets": read("targets.json"), "roles": map[string][]byte{"acme-gw": read("roles/acme-gw.json")}}); err != nil {
 		return err
 	}
-	d, err := repo.Init(filepath.Join(tmp, "director"), repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
+	d, err := offlinerepo.Init(filepath.Join(tmp, "director"), offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
 		TargetsKeys: pub("director-targets.pub"), TargetsThreshold: 1, SnapshotKeys: pub("director-snapshot.pub"), TimestampKeys: pub("director-timestamp.pub")})
 	if err != nil {
 		return err

@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
-	"github.com/rampartfw/rampart/internal/repo"
 )
 
 // buildServer builds this command into the test's temporary directory.
@@ -100,7 +100,7 @@ func pushDirectorRoot(t *testing.T, data, addr, admin string, hc *http.Client) {
 	}
 	rk, _ := keys.Generate(keys.Ed25519)
 	dir := filepath.Join(t.TempDir(), "director")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
 		TargetsKeys: pub("director-targets.pub"), TargetsThreshold: 1,
 		SnapshotKeys: pub("director-snapshot.pub"), TimestampKeys: pub("director-timestamp.pub")})
 	if err != nil {

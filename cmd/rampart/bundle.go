@@ -10,7 +10,7 @@ import (
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/logproof"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
@@ -91,7 +91,7 @@ Example:
 // that its statement is this release, so a wrong server or a stale
 // mirror is caught here rather than on the device (which verifies all of
 // it, signature and inclusion included).
-func fetchLogProof(e *env, sf serverFlags, p *repo.Published) ([]byte, error) {
+func fetchLogProof(e *env, sf serverFlags, p *offlinerepo.Published) ([]byte, error) {
 	target, sum := p.Target, p.File.Hashes["sha256"].String()
 	cl, err := sf.client(e)
 	if err != nil {

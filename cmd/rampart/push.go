@@ -8,7 +8,7 @@ import (
 	"path/filepath"
 
 	"github.com/rampartfw/rampart/internal/client"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 )
 
 var repoPushCmd = &cmdSpec{
@@ -44,7 +44,7 @@ Example:
 			return err
 		}
 		out, err := c.PushRepo(context.Background(), client.RepoPush{
-			Open: func() (*repo.Repo, error) { return openRepo(e, pos[0]) },
+			Open: func() (*offlinerepo.Repo, error) { return openRepo(e, pos[0]) },
 			Upload: func(path string, r io.Reader, length int64) (io.Reader, func()) {
 				return startProgress(e, "uploading "+filepath.Base(path), r, length)
 			},

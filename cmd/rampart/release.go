@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 )
 
 var releaseAddCmd = &cmdSpec{
@@ -62,7 +62,7 @@ Example:
 		}
 		defer r.Close()
 		stop := startSpinner(e, "indexing "+pos[1])
-		res, err := r.AddRelease(repo.ReleaseOptions{
+		res, err := r.AddRelease(offlinerepo.ReleaseOptions{
 			Image: pos[1], Product: *product, Version: *ver, SecurityVersion: n, Hardware: hw,
 			Filename: *filename, LowerSecurityVersionReason: *lower, ChunkSize: *chunk,
 		})

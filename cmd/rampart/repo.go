@@ -16,12 +16,12 @@ import (
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
-func openRepo(e *env, dir string) (*repo.Repo, error) {
-	r, err := repo.Open(dir)
+func openRepo(e *env, dir string) (*offlinerepo.Repo, error) {
+	r, err := offlinerepo.Open(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -86,7 +86,7 @@ Example:
 		if len(rootKeys) == 0 || len(targetsKeys) == 0 || *snapKey == "" || *tsKey == "" {
 			return usagef("rampart repo init --help shows an example", "repo init needs --root-key, --targets-key and --online-key")
 		}
-		opt := repo.InitOptions{RootThreshold: *rootTh, TargetsThreshold: *targetsTh, Expiry: map[string]repo.Duration{}}
+		opt := offlinerepo.InitOptions{RootThreshold: *rootTh, TargetsThreshold: *targetsTh, Expiry: map[string]offlinerepo.Duration{}}
 		if opt.RootKeys, err = loadPublics(rootKeys); err != nil {
 			return err
 		}
@@ -104,13 +104,13 @@ Example:
 			if !ok {
 				return usagef("example: --expiry timestamp=2d", "--expiry %q is not ROLE=DURATION", x)
 			}
-			d, err := repo.ParseDuration(dur)
+			d, err := offlinerepo.ParseDuration(dur)
 			if err != nil {
 				return usagef("", "--expiry %s: %v", role, err)
 			}
 			opt.Expiry[role] = d
 		}
-		r, err := repo.Init(pos[0], opt)
+		r, err := offlinerepo.Init(pos[0], opt)
 		if err != nil {
 			return err
 		}
@@ -218,7 +218,7 @@ Example:
 			return err
 		}
 		defer r.Close()
-		var ds []*repo.RoleDiff
+		var ds []*offlinerepo.RoleDiff
 		if len(pos) == 2 {
 			d, err := r.Diff(pos[1])
 			if err != nil {
@@ -244,7 +244,7 @@ Example:
 }
 
 // printDiff shows a key holder what a signature on a staged role approves.
-func printDiff(w io.Writer, d *repo.RoleDiff) {
+func printDiff(w io.Writer, d *offlinerepo.RoleDiff) {
 	base := "never published before"
 	if d.Base > 0 {
 		base = fmt.Sprintf("against published version %d, which verifies", d.Base)
@@ -253,7 +253,7 @@ func printDiff(w io.Writer, d *repo.RoleDiff) {
 	if len(d.Changes) == 0 {
 		fmt.Fprintln(w, "    no change but the version")
 	}
-	mark := map[string]string{repo.Added: "+", repo.Removed: "-", repo.Changed: "~"}
+	mark := map[string]string{offlinerepo.Added: "+", offlinerepo.Removed: "-", offlinerepo.Changed: "~"}
 	for _, c := range d.Changes {
 		line := fmt.Sprintf("  %s %s", mark[c.Op], c.Kind)
 		if c.Name != "" {
@@ -550,7 +550,7 @@ Example:
 		if len(pos) != 2 {
 			return usagef("rampart repo rotate --help shows an example", "repo rotate takes DIR and ROLE")
 		}
-		opt := repo.RotateOptions{Threshold: *th}
+		opt := offlinerepo.RotateOptions{Threshold: *th}
 		if opt.Add, err = loadPublics(add); err != nil {
 			return err
 		}
@@ -588,7 +588,7 @@ Example:
     rampart repo stage repo targets
 `,
 	run: func(e *env, args []string) error {
-		return withRepoRole(e, args, "repo stage", func(r *repo.Repo, role string) error { return r.Stage(role) })
+		return withRepoRole(e, args, "repo stage", func(r *offlinerepo.Repo, role string) error { return r.Stage(role) })
 	},
 }
 
@@ -602,11 +602,11 @@ Example:
     rampart repo unstage repo acme-gw
 `,
 	run: func(e *env, args []string) error {
-		return withRepoRole(e, args, "repo unstage", func(r *repo.Repo, role string) error { return r.Unstage(role) })
+		return withRepoRole(e, args, "repo unstage", func(r *offlinerepo.Repo, role string) error { return r.Unstage(role) })
 	},
 }
 
-func withRepoRole(e *env, args []string, name string, f func(*repo.Repo, string) error) error {
+func withRepoRole(e *env, args []string, name string, f func(*offlinerepo.Repo, string) error) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	pos, err := parse(fs, args)
 	if err != nil {

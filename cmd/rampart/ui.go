@@ -14,8 +14,8 @@ import (
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/repo"
 	"github.com/rampartfw/rampart/internal/termsafe"
 )
 
@@ -45,18 +45,18 @@ var classes = []struct {
 	kind failure.Kind
 	hint string
 }{
-	{repo.ErrBelowThreshold, failure.Refused, "collect the missing signatures with rampart repo sign, then publish again; a published role whose keys changed must first be staged again with rampart repo stage"},
-	{repo.ErrNotAuthorised, failure.Refused, "check the key with rampart key id and the role's keys with rampart repo status"},
-	{repo.ErrAlreadySigned, failure.Refused, "a key counts once towards a threshold; ask another key holder to sign"},
-	{repo.ErrSecurityLower, failure.Refused, ""},
-	{repo.ErrExpired, failure.Refused, ""},
-	{repo.ErrCorruptStaging, failure.Refused, ""},
-	{repo.ErrLocked, failure.Environment, "wait for the other rampart command on this repository to finish"},
-	{repo.ErrNotRepository, failure.Input, "create one with rampart repo init, or check the path"},
-	{repo.ErrExists, failure.Input, ""},
-	{repo.ErrUnknownRole, failure.Input, "rampart repo status lists the roles"},
-	{repo.ErrNothingStaged, failure.Input, "rampart repo status shows what is staged"},
-	{repo.ErrBadInput, failure.Input, ""},
+	{offlinerepo.ErrBelowThreshold, failure.Refused, "collect the missing signatures with rampart repo sign, then publish again; a published role whose keys changed must first be staged again with rampart repo stage"},
+	{offlinerepo.ErrNotAuthorised, failure.Refused, "check the key with rampart key id and the role's keys with rampart repo status"},
+	{offlinerepo.ErrAlreadySigned, failure.Refused, "a key counts once towards a threshold; ask another key holder to sign"},
+	{offlinerepo.ErrSecurityLower, failure.Refused, ""},
+	{offlinerepo.ErrExpired, failure.Refused, ""},
+	{offlinerepo.ErrCorruptStaging, failure.Refused, ""},
+	{offlinerepo.ErrLocked, failure.Environment, "wait for the other rampart command on this repository to finish"},
+	{offlinerepo.ErrNotRepository, failure.Input, "create one with rampart repo init, or check the path"},
+	{offlinerepo.ErrExists, failure.Input, ""},
+	{offlinerepo.ErrUnknownRole, failure.Input, "rampart repo status lists the roles"},
+	{offlinerepo.ErrNothingStaged, failure.Input, "rampart repo status shows what is staged"},
+	{offlinerepo.ErrBadInput, failure.Input, ""},
 	{release.ErrInvalid, failure.Input, ""},
 	{keys.ErrWrongPassphrase, failure.Input, "check RAMPART_PASSPHRASE or the file given with --passphrase-file"},
 	{keys.ErrNoPassphrase, failure.Input, "set RAMPART_PASSPHRASE, give --passphrase-file FILE, or run in a terminal to be asked"},

@@ -11,8 +11,8 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -58,9 +58,9 @@ func TestCompromisedOnlineKeysRecovery(t *testing.T) {
 		}
 		online = append(online, s)
 	}
-	evilSnap, evilTS, err := snapshot.Sign(snapshot.Options{
+	evilSnap, evilTS, err := onlineroles.Sign(onlineroles.Options{
 		Root: root,
-		Roles: []snapshot.Role{
+		Roles: []onlineroles.Role{
 			{Name: "targets", Version: targetsV, Data: e.Call(e.Pool, "GET", fmt.Sprintf("/repo/%d.targets.json", targetsV), "", nil, 200)},
 			{Name: servertest.Product, Version: 1, Data: e.Call(e.Pool, "GET", "/repo/1."+servertest.Product+".json", "", nil, 200)},
 		},

@@ -21,8 +21,8 @@ import (
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -220,14 +220,14 @@ func (d *device) evilDirector(mutate func(t *metadata.Metadata[metadata.TargetsT
 	mutate(targets)
 	targets.Signed.Version = version("targets", targets.Signed.Version)
 	targets.Signed.Expires = time.Now().Add(24 * time.Hour).UTC().Truncate(time.Second)
-	if err := snapshot.SignRole(root, "targets", targets, signer("director-targets.key")); err != nil {
+	if err := onlineroles.SignRole(root, "targets", targets, signer("director-targets.key")); err != nil {
 		t.Fatal(err)
 	}
 	tb, err := targets.ToBytes(true)
 	if err != nil {
 		t.Fatal(err)
 	}
-	sb, tsb, err := snapshotSignUnbounded(root, []snapshot.Role{{Name: "targets", Version: targets.Signed.Version, Data: tb}},
+	sb, tsb, err := snapshotSignUnbounded(root, []onlineroles.Role{{Name: "targets", Version: targets.Signed.Version, Data: tb}},
 		version("snapshot", snap.Signed.Version), version("timestamp", ts.Signed.Version),
 		append(signer("director-snapshot.key"), signer("director-timestamp.key")...))
 	if err != nil {
@@ -258,16 +258,16 @@ func (d *device) currentDirectorRoot() []byte {
 }
 
 // snapshotSignUnbounded signs a snapshot and a timestamp at any version,
-// as an attacker's own code would (snapshot.Sign refuses versions past
-// snapshot.MaxVersion).
-func snapshotSignUnbounded(root *metadata.Metadata[metadata.RootType], roles []snapshot.Role, snapV, tsV int64, signers []keys.Signer) ([]byte, []byte, error) {
+// as an attacker's own code would (onlineroles.Sign refuses versions past
+// onlineroles.MaxVersion).
+func snapshotSignUnbounded(root *metadata.Metadata[metadata.RootType], roles []onlineroles.Role, snapV, tsV int64, signers []keys.Signer) ([]byte, []byte, error) {
 	s := metadata.Snapshot(time.Now().Add(24 * time.Hour).UTC().Truncate(time.Second))
 	s.Signed.Version = snapV
 	s.Signed.Meta = map[string]*metadata.MetaFiles{}
 	for _, r := range roles {
-		s.Signed.Meta[r.Name+".json"] = snapshot.MetaFile(r.Version, r.Data)
+		s.Signed.Meta[r.Name+".json"] = onlineroles.MetaFile(r.Version, r.Data)
 	}
-	if err := snapshot.SignRole(root, "snapshot", s, signers); err != nil {
+	if err := onlineroles.SignRole(root, "snapshot", s, signers); err != nil {
 		return nil, nil, err
 	}
 	sb, err := s.ToBytes(true)
@@ -276,8 +276,8 @@ func snapshotSignUnbounded(root *metadata.Metadata[metadata.RootType], roles []s
 	}
 	ts := metadata.Timestamp(time.Now().Add(time.Hour).UTC().Truncate(time.Second))
 	ts.Signed.Version = tsV
-	ts.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": snapshot.MetaFile(snapV, sb)}
-	if err := snapshot.SignRole(root, "timestamp", ts, signers); err != nil {
+	ts.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": onlineroles.MetaFile(snapV, sb)}
+	if err := onlineroles.SignRole(root, "timestamp", ts, signers); err != nil {
 		return nil, nil, err
 	}
 	tsb, err := ts.ToBytes(true)
@@ -457,11 +457,11 @@ func TestHugeDirectorTargetsBoundedMemory(t *testing.T) {
 				mf.Length = size
 			}
 			s.Signed.Meta = map[string]*metadata.MetaFiles{"targets.json": mf}
-			if err := snapshot.SignRole(root, "snapshot", s, sk); err != nil {
+			if err := onlineroles.SignRole(root, "snapshot", s, sk); err != nil {
 				t.Fatal(err)
 			}
 			sb, _ := s.ToBytes(true)
-			tsb, err := snapshot.SignTimestamp(root, sb, sv, tsv, time.Now().Add(time.Hour), sk)
+			tsb, err := onlineroles.SignTimestamp(root, sb, sv, tsv, time.Now().Add(time.Hour), sk)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -573,7 +573,7 @@ func TestHugeImageSnapshotBoundedMemory(t *testing.T) {
 		s.Signed.Meta[fmt.Sprintf("role-%06d.json", i)] = metadata.MetaFile(1)
 	}
 	s.Signed.Meta["targets.json"] = metadata.MetaFile(1)
-	if err := snapshot.SignRole(root, "snapshot", s, online); err != nil {
+	if err := onlineroles.SignRole(root, "snapshot", s, online); err != nil {
 		t.Fatal(err)
 	}
 	sb, err := s.ToBytes(true)
@@ -582,7 +582,7 @@ func TestHugeImageSnapshotBoundedMemory(t *testing.T) {
 	}
 	for _, signedLength := range []bool{true, false} {
 		t.Run(fmt.Sprintf("signed-length=%v", signedLength), func(t *testing.T) {
-			mf := snapshot.MetaFile(snapV, sb)
+			mf := onlineroles.MetaFile(snapV, sb)
 			if !signedLength {
 				mf = metadata.MetaFile(snapV) // nothing signed: the agent's bound alone
 			}
@@ -592,7 +592,7 @@ func TestHugeImageSnapshotBoundedMemory(t *testing.T) {
 				tm.Signed.Version++ // past the first subtest's, which the device stored
 			}
 			tm.Signed.Meta = map[string]*metadata.MetaFiles{"snapshot.json": mf}
-			if err := snapshot.SignRole(root, "timestamp", tm, online); err != nil {
+			if err := onlineroles.SignRole(root, "timestamp", tm, online); err != nil {
 				t.Fatal(err)
 			}
 			tsb, _ := tm.ToBytes(true)

@@ -18,9 +18,9 @@ import (
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/tlog"
 	"github.com/rampartfw/rampart/internal/verify"
 )
@@ -44,7 +44,7 @@ func rotateImageOnlineKeys(t *testing.T, e *servertest.Env) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := e.Repo.Rotate(r.Role, repo.RotateOptions{Add: []crypto.PublicKey{pub}, Remove: []string{r.PreviousID}}); err != nil {
+		if err := e.Repo.Rotate(r.Role, offlinerepo.RotateOptions{Add: []crypto.PublicKey{pub}, Remove: []string{r.PreviousID}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -65,7 +65,7 @@ func rotateDirectorOnlineKeys(t *testing.T, e *servertest.Env) {
 		t.Fatal(err)
 	}
 	e.Restart()
-	dr, err := repo.Open(e.DirectorRepo)
+	dr, err := offlinerepo.Open(e.DirectorRepo)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,7 +75,7 @@ func rotateDirectorOnlineKeys(t *testing.T, e *servertest.Env) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := dr.Rotate(strings.TrimPrefix(r.Role, "director-"), repo.RotateOptions{Add: []crypto.PublicKey{pub}, Remove: []string{r.PreviousID}}); err != nil {
+		if err := dr.Rotate(strings.TrimPrefix(r.Role, "director-"), offlinerepo.RotateOptions{Add: []crypto.PublicKey{pub}, Remove: []string{r.PreviousID}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -143,13 +143,13 @@ func evilImage(t *testing.T, e *servertest.Env, snapV, tsV int64, extra ...strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	var roles []snapshot.Role
+	var roles []onlineroles.Role
 	for name, mf := range honest.Signed.Meta {
 		role := strings.TrimSuffix(name, ".json")
-		roles = append(roles, snapshot.Role{Name: role, Version: mf.Version, Data: e.Call(e.Pool, "GET", fmt.Sprintf("/repo/%d.%s", mf.Version, name), "", nil, 200)})
+		roles = append(roles, onlineroles.Role{Name: role, Version: mf.Version, Data: e.Call(e.Pool, "GET", fmt.Sprintf("/repo/%d.%s", mf.Version, name), "", nil, 200)})
 	}
 	for _, x := range extra {
-		roles = append(roles, snapshot.Role{Name: x, Version: 1, Data: []byte("{}")})
+		roles = append(roles, onlineroles.Role{Name: x, Version: 1, Data: []byte("{}")})
 	}
 	root, err := metadata.Root().FromBytes(e.ImageRoot)
 	if err != nil {

@@ -119,7 +119,7 @@ const (
 	AuditPruned      Code = "audit-pruned"
 	TooLarge         Code = "too-large"
 	RateLimited      Code = "rate-limited"
-	// 422: push refusals (imagerepo, hostedrepo, director roots)
+	// 422: push refusals (pushaccept, hostedrepo, director roots)
 	BadSignature         Code = "bad-signature"
 	Expired              Code = "expired"
 	Malformed            Code = "malformed"

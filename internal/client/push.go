@@ -6,14 +6,14 @@ import (
 	"io"
 	"os"
 
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 )
 
 // RepoPush says how PushRepo reaches the offline repository.
 type RepoPush struct {
 	// Open opens the repository. It is called once the server's
 	// versions are known; PushRepo closes what it returns.
-	Open func() (*repo.Repo, error)
+	Open func() (*offlinerepo.Repo, error)
 	// Upload, when set, wraps the reader of each blob uploaded (the
 	// CLI's progress display); done is called once the upload ends.
 	Upload func(path string, r io.Reader, length int64) (wrapped io.Reader, done func())
@@ -36,7 +36,7 @@ type PushOutcome struct {
 // targets and product role, each meeting its thresholds), uploads the
 // payloads and chunk indexes of new releases the server lacks, pushes
 // the metadata, and makes the repository's public/ mirror what the
-// server published, once it verifies (repo.AdoptPublished). When there
+// server published, once it verifies (offlinerepo.AdoptPublished). When there
 // is nothing to push it only adopts what the server published.
 func (c *Client) PushRepo(ctx context.Context, p RepoPush) (*PushOutcome, error) {
 	before, err := c.Versions(ctx)
@@ -82,7 +82,7 @@ func (c *Client) PushRepo(ctx context.Context, p RepoPush) (*PushOutcome, error)
 	return &PushOutcome{Result: res}, nil
 }
 
-func (c *Client) uploadFile(ctx context.Context, b repo.BlobFile, wrap func(string, io.Reader, int64) (io.Reader, func())) error {
+func (c *Client) uploadFile(ctx context.Context, b offlinerepo.BlobFile, wrap func(string, io.Reader, int64) (io.Reader, func())) error {
 	f, err := os.Open(b.Path)
 	if err != nil {
 		return err

@@ -18,7 +18,7 @@
 //     even an empty list is bound to one device: all devices share one
 //     director root, and a device that accepted another device's (higher)
 //     versions would then refuse its own as a rollback.
-//   - snapshot and timestamp are signed with internal/snapshot, the code the
+//   - snapshot and timestamp are signed with internal/onlineroles, the code the
 //     image repository uses.
 //
 // Versions increase monotonically per device. The server keeps each
@@ -31,7 +31,7 @@
 // key, rollback) is never handed out.
 //
 // AcceptRoots decides whether pushed versions of the director root may
-// follow the ones the server holds, as imagerepo.Accept does for the image
+// follow the ones the server holds, as pushaccept.Accept does for the image
 // repository. The device side's checks of director metadata (binding to
 // the device, agreement with the image repository) are package
 // directormeta's.
@@ -55,8 +55,8 @@ import (
 
 	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/snapshot"
 )
 
 // CustomKey is the key under "custom" that holds Rampart's director fields,
@@ -78,8 +78,8 @@ var (
 	ErrKeyNotInRoot = errors.New("online key not authorised by the director root")
 	// ErrNoKey and ErrBelowThreshold are snapshot's: no given key, or not
 	// enough, for a role that had to be signed.
-	ErrNoKey          = snapshot.ErrNoKey
-	ErrBelowThreshold = snapshot.ErrBelowThreshold
+	ErrNoKey          = onlineroles.ErrNoKey
+	ErrBelowThreshold = onlineroles.ErrBelowThreshold
 	// ErrSelfCheck: the generated repository would not verify on the
 	// device. It indicates a bug or an inconsistent root.
 	ErrSelfCheck = errors.New("generated director repository does not verify")
@@ -476,7 +476,7 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 	for path := range want {
 		out.Target = path
 	}
-	if err := snapshot.CheckVersion(metadata.TARGETS, tv); err != nil {
+	if err := onlineroles.CheckVersion(metadata.TARGETS, tv); err != nil {
 		return nil, false, fmt.Errorf("director for %s: %w", deviceID, err)
 	}
 	if newTargets {
@@ -484,7 +484,7 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 		t.Signed.Version = tv
 		t.Signed.Targets = want
 		t.Signed.UnrecognizedFields = map[string]any{"custom": map[string]any{CustomKey: directormeta.RoleCustom{DeviceID: deviceID}}}
-		if err := snapshot.SignRole(rt, metadata.TARGETS, t, k.Targets); err != nil {
+		if err := onlineroles.SignRole(rt, metadata.TARGETS, t, k.Targets); err != nil {
 			return nil, false, err
 		}
 		b, err := t.ToBytes(true)
@@ -496,9 +496,9 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 		out.Targets = p.raw.Targets
 	}
 	if newSnap {
-		snap, ts, err := snapshot.Sign(snapshot.Options{
+		snap, ts, err := onlineroles.Sign(onlineroles.Options{
 			Root:             rt,
-			Roles:            []snapshot.Role{{Name: metadata.TARGETS, Version: tv, Data: out.Targets}},
+			Roles:            []onlineroles.Role{{Name: metadata.TARGETS, Version: tv, Data: out.Targets}},
 			SnapshotVersion:  sv,
 			TimestampVersion: tsv,
 			SnapshotExpires:  at(exp.Snapshot),
@@ -511,7 +511,7 @@ func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, w
 		out.Snapshot, out.Timestamp = snap, ts
 	} else {
 		out.Snapshot = p.raw.Snapshot
-		ts, err := snapshot.SignTimestamp(rt, out.Snapshot, sv, tsv, at(exp.Timestamp), k.Timestamp)
+		ts, err := onlineroles.SignTimestamp(rt, out.Snapshot, sv, tsv, at(exp.Timestamp), k.Timestamp)
 		if err != nil {
 			return nil, false, fmt.Errorf("director for %s: %w", deviceID, err)
 		}

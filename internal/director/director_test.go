@@ -20,8 +20,8 @@ import (
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/repo"
 )
 
 var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
@@ -92,7 +92,7 @@ func newFx(t *testing.T) *fx {
 	return f
 }
 
-// imageTarget is an image repository entry as internal/repo writes it,
+// imageTarget is an image repository entry as internal/offlinerepo writes it,
 // with an extra sha512 hash.
 func imageTarget(t *testing.T, path string, hwids []string) *metadata.TargetFiles {
 	t.Helper()
@@ -434,7 +434,7 @@ func TestRootFromRepoWorkflow(t *testing.T) {
 	rootA, rootB := key(t, keys.Ed25519), key(t, keys.Ed25519)
 	tk, online := key(t, keys.Ed25519), key(t, keys.ECDSAP256)
 	dir := filepath.Join(t.TempDir(), "director-root")
-	r, err := repo.Init(dir, repo.InitOptions{
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{
 		RootKeys: []crypto.PublicKey{rootA.Public(), rootB.Public()}, RootThreshold: 2,
 		TargetsKeys: []crypto.PublicKey{tk.Public()}, TargetsThreshold: 1,
 		SnapshotKeys: []crypto.PublicKey{online.Public()}, TimestampKeys: []crypto.PublicKey{online.Public()},

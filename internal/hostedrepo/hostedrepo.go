@@ -1,9 +1,9 @@
 // Package hostedrepo is rampart-server's hosted TUF image repository: it
 // owns what the repository publishes and how it changes. A push (Push)
-// is checked by the pure acceptance rules of package imagerepo, its blobs
+// is checked by the pure acceptance rules of package pushaccept, its blobs
 // and chunk indexes are checked against the signed targets, its releases
 // are appended to the transparency log, the online snapshot and timestamp
-// are signed over the result (package snapshot), and everything commits
+// are signed over the result (package onlineroles), and everything commits
 // with its audit entry in one store transaction. RefreshOnline renews the
 // online roles before they expire. Both pin the repository's roles in
 // the snapshot the same way (pin).
@@ -35,10 +35,10 @@ import (
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
-	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
-	"github.com/rampartfw/rampart/internal/snapshot"
+	"github.com/rampartfw/rampart/internal/onlineroles"
+	"github.com/rampartfw/rampart/internal/pushaccept"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/verify"
 )
@@ -164,8 +164,8 @@ func wrapf(err error, format string, args ...any) error {
 }
 
 // State reads the image repository's current signed metadata.
-func (s *Service) State(ctx context.Context) (imagerepo.State, error) {
-	st := imagerepo.State{Roles: map[string][]byte{}}
+func (s *Service) State(ctx context.Context) (pushaccept.State, error) {
+	st := pushaccept.State{Roles: map[string][]byte{}}
 	for v := int64(1); ; v++ {
 		d, err := s.store.Doc(ctx, Repo, metadata.ROOT, v)
 		if errors.Is(err, store.ErrNotFound) {
@@ -215,7 +215,7 @@ type Origin struct {
 }
 
 // Push applies a push. Everything that can refuse it happens first:
-// check it (imagerepo), refuse a release name the log already gives other
+// check it (pushaccept), refuse a release name the log already gives other
 // content, check its blobs, and sign the online roles over the result.
 // Then the push is made durable as pending (everything needed to finish
 // it), its releases are logged, and its metadata, chunks and audit entry
@@ -239,7 +239,7 @@ func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, er
 		return nil, err
 	}
 	now := s.now()
-	acc, err := imagerepo.Accept(cur, imagerepo.Push{Roots: req.Roots, Targets: req.Targets, Roles: req.Roles}, now)
+	acc, err := pushaccept.Accept(cur, pushaccept.Push{Roots: req.Roots, Targets: req.Targets, Roles: req.Roles}, now)
 	if err != nil {
 		return nil, err
 	}
@@ -260,7 +260,7 @@ func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, er
 			}
 			roles[rel.Meta.Product] = role
 		}
-		for _, b := range []imagerepo.Blob{rel.Image, rel.Index} {
+		for _, b := range []pushaccept.Blob{rel.Image, rel.Index} {
 			n, err := s.blobs.Stat(ctx, b.SHA256)
 			if errors.Is(err, blob.ErrNotFound) {
 				return nil, refuse(MissingBlob, "blob %s (%d bytes) of release %s is not uploaded; PUT it to /api/v1/blobs/%s first", b.SHA256, b.Length, rel.Target, b.SHA256)
@@ -276,7 +276,7 @@ func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, er
 		if err != nil {
 			return nil, err
 		}
-		index, err := imagerepo.Index(rel, role.Signed.Targets[rel.Target], ix)
+		index, err := pushaccept.Index(rel, role.Signed.Targets[rel.Target], ix)
 		if err != nil {
 			return nil, refuse(BadIndex, "release %s: %v", rel.Target, err)
 		}
@@ -320,7 +320,7 @@ func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, er
 	for i, raw := range req.Roots {
 		docs = append(docs, store.Doc{Repo: Repo, Role: metadata.ROOT, Version: int64(len(cur.Roots) + i + 1), Data: raw})
 	}
-	pinned := []snapshot.Role{pin(metadata.TARGETS, acc.Versions[metadata.TARGETS], acc.State.Targets)}
+	pinned := []onlineroles.Role{pin(metadata.TARGETS, acc.Versions[metadata.TARGETS], acc.State.Targets)}
 	for name, raw := range acc.State.Roles {
 		pinned = append(pinned, pin(name, acc.Versions[name], raw))
 	}
@@ -378,14 +378,14 @@ func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, er
 
 // pin is how a role is pinned in the snapshot, by the push and by the
 // refresh alike.
-func pin(name string, version int64, data []byte) snapshot.Role {
-	return snapshot.Role{Name: name, Version: version, Data: data}
+func pin(name string, version int64, data []byte) onlineroles.Role {
+	return onlineroles.Role{Name: name, Version: version, Data: data}
 }
 
 // sign signs a snapshot pinning roles and a timestamp pinning it, with
 // the service's online keys and expiries, under root.
-func (s *Service) sign(root *metadata.Metadata[metadata.RootType], roles []snapshot.Role, snapV, tsV int64, now time.Time) (snap, ts []byte, err error) {
-	return snapshot.Sign(snapshot.Options{
+func (s *Service) sign(root *metadata.Metadata[metadata.RootType], roles []onlineroles.Role, snapV, tsV int64, now time.Time) (snap, ts []byte, err error) {
+	return onlineroles.Sign(onlineroles.Options{
 		Root: root, Roles: roles, SnapshotVersion: snapV, TimestampVersion: tsV,
 		SnapshotExpires: now.Add(s.expiry.Snapshot), TimestampExpires: now.Add(s.expiry.Timestamp), Signers: s.online,
 	})
@@ -460,7 +460,7 @@ func (s *Service) RefreshOnline(ctx context.Context) (bool, error) {
 	var docs []store.Doc
 	snapBytes, snapV := snapDoc.Data, snapDoc.Version
 	if snapStale {
-		var pinned []snapshot.Role
+		var pinned []onlineroles.Role
 		for name, mf := range snap.Signed.Meta {
 			role := strings.TrimSuffix(name, ".json")
 			d, err := s.store.Doc(ctx, Repo, role, mf.Version)
@@ -478,7 +478,7 @@ func (s *Service) RefreshOnline(ctx context.Context) (bool, error) {
 		docs = append(docs, store.Doc{Repo: Repo, Role: metadata.SNAPSHOT, Version: snapV, Data: snapBytes},
 			store.Doc{Repo: Repo, Role: metadata.TIMESTAMP, Version: tsDoc.Version + 1, Data: tsBytes})
 	} else {
-		tsBytes, err := snapshot.SignTimestamp(root, snapBytes, snapV, tsDoc.Version+1, now.Add(s.expiry.Timestamp), s.online)
+		tsBytes, err := onlineroles.SignTimestamp(root, snapBytes, snapV, tsDoc.Version+1, now.Add(s.expiry.Timestamp), s.online)
 		if err != nil {
 			return false, err
 		}

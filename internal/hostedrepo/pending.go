@@ -246,7 +246,7 @@ func (s *Service) checkLogged(ctx context.Context, req Push) error {
 	for role, raw := range req.Roles {
 		m, err := metadata.Targets().FromBytes(raw)
 		if err != nil {
-			continue // imagerepo refuses it as malformed
+			continue // pushaccept refuses it as malformed
 		}
 		for name, tf := range m.Signed.Targets {
 			e, err := s.store.LogEntry(ctx, name)

@@ -16,7 +16,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 )
 
 // directorRoot makes the offline director root naming the server's
@@ -31,7 +31,7 @@ func (e *tlsEnv) directorRoot(t *testing.T) []byte {
 	}
 	rk, _ := keys.Generate(keys.Ed25519)
 	dir := filepath.Join(t.TempDir(), "director")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
 		TargetsKeys: pub("director-targets.pub"), TargetsThreshold: 1,
 		SnapshotKeys: pub("director-snapshot.pub"), TimestampKeys: pub("director-timestamp.pub")})
 	if err != nil {
@@ -139,7 +139,7 @@ func itoa(n int) string { return strconv.Itoa(n) }
 func offlineRootNaming(t *testing.T, snap, ts crypto.PublicKey) []byte {
 	rk, _ := keys.Generate(keys.Ed25519)
 	dir := filepath.Join(t.TempDir(), "r")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
 		TargetsKeys: []crypto.PublicKey{rk.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{snap}, TimestampKeys: []crypto.PublicKey{ts}})
 	if err != nil {
 		t.Fatal(err)

@@ -12,7 +12,7 @@ import (
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
-	"github.com/rampartfw/rampart/internal/imagerepo"
+	"github.com/rampartfw/rampart/internal/pushaccept"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/strictjson"
 )
@@ -38,7 +38,7 @@ func errorf(status int, code, format string, args ...any) *apiError {
 // not recognise is a 500 whose detail stays in the server log.
 func toAPIError(err error) *apiError {
 	var ae *apiError
-	var ie *imagerepo.Error
+	var ie *pushaccept.Error
 	var hr *hostedrepo.Refusal
 	var dr *director.RootError
 	var mbe *http.MaxBytesError
@@ -47,7 +47,7 @@ func toAPIError(err error) *apiError {
 		return ae
 	case errors.As(err, &ie):
 		status := http.StatusUnprocessableEntity
-		if ie.Code == imagerepo.VersionNotNext {
+		if ie.Code == pushaccept.VersionNotNext {
 			status = http.StatusConflict
 		}
 		return &apiError{Status: status, Code: string(ie.Code), Message: ie.Msg, Role: ie.Role}

@@ -17,8 +17,8 @@ import (
 	"testing"
 
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
-	"github.com/rampartfw/rampart/internal/repo"
 )
 
 func pkiKey(t *testing.T) (*ecdsa.PrivateKey, error) {
@@ -70,7 +70,7 @@ func offlineRelease(t *testing.T, snap, ts crypto.PublicKey, hw string) offlineP
 	}
 	root, targets, rel := k(), k(), k()
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1, TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{snap}, TimestampKeys: []crypto.PublicKey{ts}})
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1, TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{snap}, TimestampKeys: []crypto.PublicKey{ts}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func offlineRelease(t *testing.T, snap, ts crypto.PublicKey, hw string) offlineP
 	b := make([]byte, 1<<20+3)
 	rand.Read(b)
 	os.WriteFile(img, b, 0o644)
-	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{hw}}); err != nil {
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{hw}}); err != nil {
 		t.Fatal(err)
 	}
 	r.Sign("acme-gw", rel)

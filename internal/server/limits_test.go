@@ -28,8 +28,8 @@ import (
 
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
-	"github.com/rampartfw/rampart/internal/repo"
 	"github.com/rampartfw/rampart/internal/server"
 )
 
@@ -450,7 +450,7 @@ func (e *liveEnv) publish(size int) (string, []byte) {
 	}
 	root, targets, rel := k(), k(), k()
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1, TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1,
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1, TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1,
 		SnapshotKeys: pub("snapshot.pub"), TimestampKeys: pub("timestamp.pub")})
 	if err != nil {
 		t.Fatal(err)
@@ -463,7 +463,7 @@ func (e *liveEnv) publish(size int) (string, []byte) {
 	rand.Read(data)
 	img := filepath.Join(t.TempDir(), "fw.img")
 	os.WriteFile(img, data, 0o644)
-	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"acme-gw-rev2"}}); err != nil {
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"acme-gw-rev2"}}); err != nil {
 		t.Fatal(err)
 	}
 	r.Sign("acme-gw", rel)

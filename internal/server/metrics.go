@@ -9,7 +9,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/rampartfw/rampart/internal/imagerepo"
+	"github.com/rampartfw/rampart/internal/pushaccept"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -59,8 +59,8 @@ func refusalLabels() map[string]bool {
 	for _, c := range verify.Classes {
 		m[string(c)] = true
 	}
-	for _, c := range []imagerepo.Code{imagerepo.BadSignature, imagerepo.VersionNotNext, imagerepo.Expired, imagerepo.Malformed,
-		imagerepo.UnknownRole, imagerepo.ReleaseImmutable, imagerepo.SecurityLowered, imagerepo.OutsideDelegation, imagerepo.NothingPushed} {
+	for _, c := range []pushaccept.Code{pushaccept.BadSignature, pushaccept.VersionNotNext, pushaccept.Expired, pushaccept.Malformed,
+		pushaccept.UnknownRole, pushaccept.ReleaseImmutable, pushaccept.SecurityLowered, pushaccept.OutsideDelegation, pushaccept.NothingPushed} {
 		m[string(c)] = true
 	}
 	for _, c := range []string{

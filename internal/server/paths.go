@@ -75,10 +75,10 @@ func refuseUnsafePaths(next http.Handler) http.Handler {
 }
 
 // checkTargetNames refuses a push that names any target with an unsafe
-// path, in any role, before anything else looks at it. imagerepo would
+// path, in any role, before anything else looks at it. pushaccept would
 // refuse such a release too (it is not PRODUCT/VERSION/FILE); this check
 // gives it one code and keeps unsafe names out of every later step.
-// Metadata that does not parse is left to imagerepo to refuse.
+// Metadata that does not parse is left to pushaccept to refuse.
 func checkTargetNames(req hostedrepo.Push) error {
 	check := func(role string, raw []byte) error {
 		if raw == nil {

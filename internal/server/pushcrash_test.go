@@ -18,7 +18,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
 )
@@ -38,7 +38,7 @@ func (e *tlsEnv) ceremony(k ceremonyKeys, hw string, versions ...string) offline
 	snap, _ := keysFromFile(t, filepath.Join(e.dataDirPath, "online", "snapshot.pub"))
 	ts, _ := keysFromFile(t, filepath.Join(e.dataDirPath, "online", "timestamp.pub"))
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{k.root.Public()}, RootThreshold: 1, TargetsKeys: []crypto.PublicKey{k.targets.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{snap}, TimestampKeys: []crypto.PublicKey{ts}})
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{k.root.Public()}, RootThreshold: 1, TargetsKeys: []crypto.PublicKey{k.targets.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{snap}, TimestampKeys: []crypto.PublicKey{ts}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -51,7 +51,7 @@ func (e *tlsEnv) ceremony(k ceremonyKeys, hw string, versions ...string) offline
 		b := make([]byte, 1<<20+3)
 		rand.Read(b)
 		os.WriteFile(img, b, 0o644)
-		if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: v, SecurityVersion: 1, Hardware: []string{hw}}); err != nil {
+		if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: v, SecurityVersion: 1, Hardware: []string{hw}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -265,7 +265,7 @@ func TestPushCrashConsistency(t *testing.T) {
 
 // The first statement of a release name fixes its content whatever the
 // rest of a push is: here another repository altogether (its own root,
-// which imagerepo would refuse for other reasons) gives the name other
+// which pushaccept would refuse for other reasons) gives the name other
 // bytes, and the answer is the log's digest.
 func TestLoggedNameKeepsItsContent(t *testing.T) {
 	defer server.SetPushStep(nil)

@@ -11,7 +11,7 @@
 // blob.Store for payloads, a tlog.Log. Opening them from a data
 // directory is package datadir's job.
 //
-// Trust decisions are not made here: imagerepo decides what a push may
+// Trust decisions are not made here: pushaccept decides what a push may
 // change, snapshot signs the online roles, logproof defines what is
 // logged, hostedrepo sequences them so that nothing is half-applied.
 // Every action that changes the store commits in the same transaction as

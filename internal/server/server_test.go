@@ -26,7 +26,7 @@ import (
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
@@ -143,7 +143,7 @@ func (e *env) ceremony(image []byte) {
 		}
 		return
 	}
-	r, err := repo.Init(e.repoDir, repo.InitOptions{RootKeys: pub(root), RootThreshold: 1, TargetsKeys: pub(targets), TargetsThreshold: 1, SnapshotKeys: pub(e.snap), TimestampKeys: pub(e.tsk)})
+	r, err := offlinerepo.Init(e.repoDir, offlinerepo.InitOptions{RootKeys: pub(root), RootThreshold: 1, TargetsKeys: pub(targets), TargetsThreshold: 1, SnapshotKeys: pub(e.snap), TimestampKeys: pub(e.tsk)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -155,7 +155,7 @@ func (e *env) ceremony(image []byte) {
 	r.Sign("targets", targets)
 	img := filepath.Join(t.TempDir(), "fw.img")
 	os.WriteFile(img, image, 0o644)
-	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "2.4.1", SecurityVersion: 7, Hardware: []string{"acme-gw-rev2"}}); err != nil {
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "2.4.1", SecurityVersion: 7, Hardware: []string{"acme-gw-rev2"}}); err != nil {
 		t.Fatal(err)
 	}
 	r.Sign("acme-gw", e.rel[0])

@@ -27,7 +27,7 @@ import (
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/directormeta"
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
@@ -513,7 +513,7 @@ func selfSignedRoot(t *testing.T) []byte {
 	s, _ := keys.Generate(keys.Ed25519)
 	k := keys.InMemory(s)
 	dir := filepath.Join(t.TempDir(), "r")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{k.Public()}, RootThreshold: 1,
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{k.Public()}, RootThreshold: 1,
 		TargetsKeys: []crypto.PublicKey{k.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{k.Public()}, TimestampKeys: []crypto.PublicKey{k.Public()}})
 	if err != nil {
 		t.Fatal(err)

@@ -13,7 +13,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -41,13 +41,13 @@ func mustKey(t *testing.T, typ keys.Type) keys.Signer {
 	return keys.InMemory(s)
 }
 
-func newFixture(t *testing.T, expiry map[string]repo.Duration) *fixture {
+func newFixture(t *testing.T, expiry map[string]offlinerepo.Duration) *fixture {
 	t.Helper()
 	f := &fixture{t: t, dir: filepath.Join(t.TempDir(), "repo"), target: "acme-gw/2.4.1/fw.img"}
 	f.rootA, f.rootB = mustKey(t, keys.Ed25519), mustKey(t, keys.ECDSAP256)
 	f.targets, f.online = mustKey(t, keys.Ed25519), mustKey(t, keys.Ed25519)
 	f.relA, f.relB, f.relC = mustKey(t, keys.Ed25519), mustKey(t, keys.ECDSAP256), mustKey(t, keys.Ed25519)
-	r, err := repo.Init(f.dir, repo.InitOptions{
+	r, err := offlinerepo.Init(f.dir, offlinerepo.InitOptions{
 		RootKeys: pubs(f.rootA, f.rootB), RootThreshold: 2,
 		TargetsKeys: pubs(f.targets), TargetsThreshold: 1,
 		SnapshotKeys: pubs(f.online), TimestampKeys: pubs(f.online),
@@ -64,7 +64,7 @@ func newFixture(t *testing.T, expiry map[string]repo.Duration) *fixture {
 	rand.Read(f.image)
 	img := filepath.Join(t.TempDir(), "fw.img")
 	must(t, os.WriteFile(img, f.image, 0o644))
-	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "2.4.1", SecurityVersion: 7, Hardware: []string{"acme-gw-rev2"}, ChunkSize: 1 << 20}); err != nil {
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "2.4.1", SecurityVersion: 7, Hardware: []string{"acme-gw-rev2"}, ChunkSize: 1 << 20}); err != nil {
 		t.Fatal(err)
 	}
 	must(t, sign(r, "acme-gw", f.relA, f.relC))
@@ -109,8 +109,8 @@ func (f *fixture) load() {
 	f.index = idx
 }
 
-func (f *fixture) published() *repo.Published {
-	r, err := repo.Open(f.dir)
+func (f *fixture) published() *offlinerepo.Published {
+	r, err := offlinerepo.Open(f.dir)
 	must(f.t, err)
 	defer r.Close()
 	p, err := r.FindPublished("acme-gw/2.4.1")
@@ -125,7 +125,7 @@ func pubs(ss ...keys.Signer) (out []crypto.PublicKey) {
 	return out
 }
 
-func sign(r *repo.Repo, role string, ss ...keys.Signer) error {
+func sign(r *offlinerepo.Repo, role string, ss ...keys.Signer) error {
 	for _, s := range ss {
 		if _, err := r.Sign(role, s); err != nil {
 			return err

@@ -11,7 +11,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -223,10 +223,10 @@ func TestVerifyRefusesReleaseRules(t *testing.T) {
 }
 
 func TestVerifyRefusesExpiredRoles(t *testing.T) {
-	day := repo.Duration(24 * time.Hour)
+	day := offlinerepo.Duration(24 * time.Hour)
 	for _, role := range []string{"root", "targets", "delegated", "snapshot", "timestamp"} {
 		t.Run(role, func(t *testing.T) {
-			expiry := map[string]repo.Duration{"root": 100 * day, "targets": 100 * day, "delegated": 100 * day, "snapshot": 100 * day, "timestamp": 100 * day}
+			expiry := map[string]offlinerepo.Duration{"root": 100 * day, "targets": 100 * day, "delegated": 100 * day, "snapshot": 100 * day, "timestamp": 100 * day}
 			expiry[role] = 10 * day
 			f := newFixture(t, expiry)
 			want := role

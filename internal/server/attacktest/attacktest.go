@@ -42,9 +42,9 @@ import (
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/pki/pkitest"
-	"github.com/rampartfw/rampart/internal/repo"
 )
 
 // Build builds rampart-server from the module at root into dir.
@@ -225,7 +225,7 @@ func (s *Server) pushDirectorRoot() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	var o repo.InitOptions
+	var o offlinerepo.InitOptions
 	o.RootKeys, o.RootThreshold, o.TargetsThreshold = []crypto.PublicKey{rk.Public()}, 1, 1
 	if o.TargetsKeys, err = pub("director-targets.pub"); err != nil {
 		return err
@@ -236,7 +236,7 @@ func (s *Server) pushDirectorRoot() error {
 	if o.TimestampKeys, err = pub("director-timestamp.pub"); err != nil {
 		return err
 	}
-	r, err := repo.Init(filepath.Join(dir, "d"), o)
+	r, err := offlinerepo.Init(filepath.Join(dir, "d"), o)
 	if err != nil {
 		return err
 	}

@@ -34,8 +34,8 @@ import (
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
-	"github.com/rampartfw/rampart/internal/repo"
 	"github.com/rampartfw/rampart/internal/server"
 )
 
@@ -58,7 +58,7 @@ type Env struct {
 	Admin   string
 	Pool    *http.Client
 
-	Repo *repo.Repo
+	Repo *offlinerepo.Repo
 	// Rel signs the product role; RootKey and TargetsKey are the offline
 	// root and targets keys of the image repository.
 	Rel, RootKey, TargetsKey keys.Signer
@@ -125,7 +125,7 @@ func New(t testing.TB, opts ...Option) *Env {
 	root, targets := k(), k()
 	e.Rel, e.RootKey, e.TargetsKey = k(), root, targets
 	rdir := filepath.Join(t.TempDir(), "repo")
-	e.Repo, err = repo.Init(rdir, repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
+	e.Repo, err = offlinerepo.Init(rdir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
 		TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1,
 		SnapshotKeys: e.pub("snapshot.pub"), TimestampKeys: e.pub("timestamp.pub")})
 	if err != nil {
@@ -145,7 +145,7 @@ func New(t testing.TB, opts ...Option) *Env {
 	// Offline director root naming the server's director keys.
 	rk := k()
 	ddir := filepath.Join(t.TempDir(), "director")
-	dr, err := repo.Init(ddir, repo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
+	dr, err := offlinerepo.Init(ddir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{rk.Public()}, RootThreshold: 1,
 		TargetsKeys: e.pub("director-targets.pub"), TargetsThreshold: 1,
 		SnapshotKeys: e.pub("director-snapshot.pub"), TimestampKeys: e.pub("director-timestamp.pub")})
 	if err != nil {
@@ -160,7 +160,7 @@ func New(t testing.TB, opts ...Option) *Env {
 	}
 	e.Call(e.Pool, "POST", "/api/v1/director/root", e.Admin, api.DirectorRootRequest{Roots: [][]byte{e.DirectorRoot}}, 200)
 	// As rampart director push-root does: the pushed root is published.
-	dr, err = repo.Open(ddir)
+	dr, err = offlinerepo.Open(ddir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -311,7 +311,7 @@ func (e *Env) ReleaseImage(version string, secVer uint64, b []byte, hw ...string
 	if err := os.WriteFile(img, b, 0o644); err != nil {
 		e.t.Fatal(err)
 	}
-	if _, err := e.Repo.AddRelease(repo.ReleaseOptions{Image: img, Product: Product, Version: version, SecurityVersion: secVer, Hardware: hw}); err != nil {
+	if _, err := e.Repo.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: Product, Version: version, SecurityVersion: secVer, Hardware: hw}); err != nil {
 		e.t.Fatal(err)
 	}
 	e.must(e.Repo.Sign(Product, e.Rel))

@@ -1,4 +1,4 @@
-package imagerepo_test
+package pushaccept_test
 
 import (
 	"bytes"
@@ -14,18 +14,18 @@ import (
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
-	"github.com/rampartfw/rampart/internal/imagerepo"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
+	"github.com/rampartfw/rampart/internal/pushaccept"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/repo"
 )
 
 type fx struct {
 	t                             *testing.T
 	rootA, rootB, targets, online keys.Signer
 	relA, relB, relC              keys.Signer
-	first                         imagerepo.Push
-	state                         imagerepo.State
+	first                         pushaccept.Push
+	state                         pushaccept.State
 }
 
 func key(t *testing.T) keys.Signer {
@@ -49,7 +49,7 @@ func pubs(ss ...keys.Signer) (out []crypto.PublicKey) {
 func newFx(t *testing.T) *fx {
 	f := &fx{t: t, rootA: key(t), rootB: key(t), targets: key(t), online: key(t), relA: key(t), relB: key(t), relC: key(t)}
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: pubs(f.rootA, f.rootB), RootThreshold: 2, TargetsKeys: pubs(f.targets), TargetsThreshold: 1, SnapshotKeys: pubs(f.online), TimestampKeys: pubs(f.online)})
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: pubs(f.rootA, f.rootB), RootThreshold: 2, TargetsKeys: pubs(f.targets), TargetsThreshold: 1, SnapshotKeys: pubs(f.online), TimestampKeys: pubs(f.online)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func newFx(t *testing.T) *fx {
 	b := make([]byte, 100000)
 	rand.Read(b)
 	os.WriteFile(img, b, 0o644)
-	if _, err := r.AddRelease(repo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 7, Hardware: []string{"hw"}}); err != nil {
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 7, Hardware: []string{"hw"}}); err != nil {
 		t.Fatal(err)
 	}
 	sign("acme-gw", f.relA, f.relC)
@@ -84,8 +84,8 @@ func newFx(t *testing.T) *fx {
 		}
 		return b
 	}
-	f.first = imagerepo.Push{Roots: [][]byte{read("1.root.json")}, Targets: read("1.targets.json"), Roles: map[string][]byte{"acme-gw": read("1.acme-gw.json")}}
-	acc, err := imagerepo.Accept(imagerepo.State{}, f.first, time.Now())
+	f.first = pushaccept.Push{Roots: [][]byte{read("1.root.json")}, Targets: read("1.targets.json"), Roles: map[string][]byte{"acme-gw": read("1.acme-gw.json")}}
+	acc, err := pushaccept.Accept(pushaccept.State{}, f.first, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,10 +136,10 @@ func addRelease(t *testing.T, version string, sv uint64, reason string) func(m *
 	}
 }
 
-func (f *fx) refused(p imagerepo.Push, code imagerepo.Code, role, msg string) {
+func (f *fx) refused(p pushaccept.Push, code pushaccept.Code, role, msg string) {
 	f.t.Helper()
-	_, err := imagerepo.Accept(f.state, p, time.Now())
-	var e *imagerepo.Error
+	_, err := pushaccept.Accept(f.state, p, time.Now())
+	var e *pushaccept.Error
 	if !errors.As(err, &e) || e.Code != code || e.Role != role || !contains(e.Msg, msg) {
 		f.t.Fatalf("got %v, want %s on %s containing %q", err, code, role, msg)
 	}
@@ -150,7 +150,7 @@ func contains(s, sub string) bool { return strings.Contains(s, sub) }
 func TestAcceptsNewRelease(t *testing.T) {
 	f := newFx(t)
 	role := edit(t, f.state.Roles["acme-gw"], addRelease(t, "1.1.0", 8, ""), f.relA, f.relB)
-	acc, err := imagerepo.Accept(f.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": role}}, time.Now())
+	acc, err := pushaccept.Accept(f.state, pushaccept.Push{Roles: map[string][]byte{"acme-gw": role}}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,22 +162,22 @@ func TestAcceptsNewRelease(t *testing.T) {
 func TestRefusals(t *testing.T) {
 	f := newFx(t)
 	role := f.state.Roles["acme-gw"]
-	f.refused(imagerepo.Push{}, imagerepo.NothingPushed, "", "no metadata")
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": role}}, imagerepo.VersionNotNext, "acme-gw", "version 1 pushed; the next version must be 2")
+	f.refused(pushaccept.Push{}, pushaccept.NothingPushed, "", "no metadata")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": role}}, pushaccept.VersionNotNext, "acme-gw", "version 1 pushed; the next version must be 2")
 	skip := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { m.Signed.Version++ }, f.relA, f.relB)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": skip}}, imagerepo.VersionNotNext, "acme-gw", "version 3 pushed")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": skip}}, pushaccept.VersionNotNext, "acme-gw", "version 3 pushed")
 	one := edit(t, role, addRelease(t, "1.1.0", 8, ""), f.relA)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": one}}, imagerepo.BadSignature, "acme-gw", "got 1, want 2")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": one}}, pushaccept.BadSignature, "acme-gw", "got 1, want 2")
 	stranger := edit(t, role, addRelease(t, "1.1.0", 8, ""), f.relA, f.targets)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": stranger}}, imagerepo.BadSignature, "acme-gw", "got 1, want 2")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": stranger}}, pushaccept.BadSignature, "acme-gw", "got 1, want 2")
 	changed := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { m.Signed.Targets["acme-gw/1.0.0/fw.img"].Length++ }, f.relA, f.relB)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": changed}}, imagerepo.ReleaseImmutable, "acme-gw", "was changed")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": changed}}, pushaccept.ReleaseImmutable, "acme-gw", "was changed")
 	removed := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { delete(m.Signed.Targets, "acme-gw/1.0.0/fw.img") }, f.relA, f.relB)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": removed}}, imagerepo.ReleaseImmutable, "acme-gw", "was removed")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": removed}}, pushaccept.ReleaseImmutable, "acme-gw", "was removed")
 	lower := edit(t, role, addRelease(t, "1.1.0", 6, ""), f.relA, f.relB)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": lower}}, imagerepo.SecurityLowered, "acme-gw", "security version 6, below acme-gw's highest 7")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": lower}}, pushaccept.SecurityLowered, "acme-gw", "security version 6, below acme-gw's highest 7")
 	lowerOK := edit(t, role, addRelease(t, "1.1.0", 6, "backport for old bootloaders"), f.relA, f.relB)
-	if _, err := imagerepo.Accept(f.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": lowerOK}}, time.Now()); err != nil {
+	if _, err := pushaccept.Accept(f.state, pushaccept.Push{Roles: map[string][]byte{"acme-gw": lowerOK}}, time.Now()); err != nil {
 		t.Fatalf("a lowered security version with a reason was refused: %v", err)
 	}
 	outside := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) {
@@ -186,13 +186,13 @@ func TestRefusals(t *testing.T) {
 		delete(m.Signed.Targets, "acme-gw/1.1.0/fw.img")
 		m.Signed.Targets["acme-gw/1.1.0/extra/fw.img"] = tf
 	}, f.relA, f.relB)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": outside}}, imagerepo.OutsideDelegation, "acme-gw", "outside the paths")
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"other": role}}, imagerepo.UnknownRole, "other", "not delegated")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": outside}}, pushaccept.OutsideDelegation, "acme-gw", "outside the paths")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"other": role}}, pushaccept.UnknownRole, "other", "not delegated")
 	expired := edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) {
 		m.Signed.Expires = time.Now().Add(-time.Hour).Truncate(time.Second)
 	}, f.relA, f.relB)
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": expired}}, imagerepo.Expired, "acme-gw", "expired at")
-	f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": []byte("{")}}, imagerepo.Malformed, "acme-gw", "metadata")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": expired}}, pushaccept.Expired, "acme-gw", "expired at")
+	f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": []byte("{")}}, pushaccept.Malformed, "acme-gw", "metadata")
 }
 
 func TestRevokedKeyNeedsResignedRole(t *testing.T) {
@@ -205,11 +205,11 @@ func TestRevokedKeyNeedsResignedRole(t *testing.T) {
 	}, f.targets)
 	// acme-gw version 1 was signed by rel-a and rel-c: with rel-a revoked
 	// it no longer meets its threshold.
-	f.refused(imagerepo.Push{Targets: targets}, imagerepo.BadSignature, "acme-gw", "push a new version of acme-gw signed by its current keys")
+	f.refused(pushaccept.Push{Targets: targets}, pushaccept.BadSignature, "acme-gw", "push a new version of acme-gw signed by its current keys")
 	resigned := edit(t, f.state.Roles["acme-gw"], func(*metadata.Metadata[metadata.TargetsType]) {}, f.relA, f.relC)
-	f.refused(imagerepo.Push{Targets: targets, Roles: map[string][]byte{"acme-gw": resigned}}, imagerepo.BadSignature, "acme-gw", "got 1, want 2")
+	f.refused(pushaccept.Push{Targets: targets, Roles: map[string][]byte{"acme-gw": resigned}}, pushaccept.BadSignature, "acme-gw", "got 1, want 2")
 	resigned = edit(t, f.state.Roles["acme-gw"], func(*metadata.Metadata[metadata.TargetsType]) {}, f.relB, f.relC)
-	if _, err := imagerepo.Accept(f.state, imagerepo.Push{Targets: targets, Roles: map[string][]byte{"acme-gw": resigned}}, time.Now()); err != nil {
+	if _, err := pushaccept.Accept(f.state, pushaccept.Push{Targets: targets, Roles: map[string][]byte{"acme-gw": resigned}}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -238,9 +238,9 @@ func TestRootRotation(t *testing.T) {
 		b, _ := r.ToBytes(true)
 		return b
 	}
-	f.refused(imagerepo.Push{Roots: [][]byte{rotate(newA, newB)}}, imagerepo.BadSignature, "root", "version 1 root keys")
-	f.refused(imagerepo.Push{Roots: [][]byte{rotate(f.rootA, f.rootB)}}, imagerepo.BadSignature, "root", "its own keys")
-	acc, err := imagerepo.Accept(f.state, imagerepo.Push{Roots: [][]byte{rotate(f.rootA, f.rootB, newA, newB)}}, time.Now())
+	f.refused(pushaccept.Push{Roots: [][]byte{rotate(newA, newB)}}, pushaccept.BadSignature, "root", "version 1 root keys")
+	f.refused(pushaccept.Push{Roots: [][]byte{rotate(f.rootA, f.rootB)}}, pushaccept.BadSignature, "root", "its own keys")
+	acc, err := pushaccept.Accept(f.state, pushaccept.Push{Roots: [][]byte{rotate(f.rootA, f.rootB, newA, newB)}}, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -249,14 +249,14 @@ func TestRootRotation(t *testing.T) {
 	}
 	// Replaying version 1 as the next root is refused.
 	f.state = acc.State
-	f.refused(imagerepo.Push{Roots: [][]byte{f.first.Roots[0]}}, imagerepo.VersionNotNext, "root", "the next must be 3")
+	f.refused(pushaccept.Push{Roots: [][]byte{f.first.Roots[0]}}, pushaccept.VersionNotNext, "root", "the next must be 3")
 }
 
 func TestFirstPushMustStartAtRootOne(t *testing.T) {
 	f := newFx(t)
-	_, err := imagerepo.Accept(imagerepo.State{}, imagerepo.Push{Targets: f.first.Targets}, time.Now())
-	var e *imagerepo.Error
-	if !errors.As(err, &e) || e.Code != imagerepo.Malformed {
+	_, err := pushaccept.Accept(pushaccept.State{}, pushaccept.Push{Targets: f.first.Targets}, time.Now())
+	var e *pushaccept.Error
+	if !errors.As(err, &e) || e.Code != pushaccept.Malformed {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -295,7 +295,7 @@ func TestImmutabilityComparesSignedContent(t *testing.T) {
 		if got := *m.Signed.Targets["acme-gw/1.0.0/fw.img"].Custom; bytes.Equal(got, *published.Signed.Targets["acme-gw/1.0.0/fw.img"].Custom) {
 			t.Fatalf("%s: the published release's custom metadata is not reformatted: %s", name, got)
 		}
-		acc, err := imagerepo.Accept(f.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": next}}, time.Now())
+		acc, err := pushaccept.Accept(f.state, pushaccept.Push{Roles: map[string][]byte{"acme-gw": next}}, time.Now())
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -306,7 +306,7 @@ func TestImmutabilityComparesSignedContent(t *testing.T) {
 		f2 := *f
 		f2.state = acc.State
 		again := compact(edit(t, next, addRelease(t, "1.2.0", 8, ""), f.relB, f.relC))
-		if _, err := imagerepo.Accept(f2.state, imagerepo.Push{Roles: map[string][]byte{"acme-gw": again}}, time.Now()); err != nil {
+		if _, err := pushaccept.Accept(f2.state, pushaccept.Push{Roles: map[string][]byte{"acme-gw": again}}, time.Now()); err != nil {
 			t.Fatalf("%s, then compact: %v", name, err)
 		}
 	}
@@ -328,7 +328,7 @@ func TestImmutabilityComparesSignedContent(t *testing.T) {
 			changed := format(edit(t, role, func(m *metadata.Metadata[metadata.TargetsType]) { change(m.Signed.Targets["acme-gw/1.0.0/fw.img"]) }, f.relA, f.relB))
 			t.Run(what+"/"+name, func(t *testing.T) {
 				f.t = t
-				f.refused(imagerepo.Push{Roles: map[string][]byte{"acme-gw": changed}}, imagerepo.ReleaseImmutable, "acme-gw", "was changed")
+				f.refused(pushaccept.Push{Roles: map[string][]byte{"acme-gw": changed}}, pushaccept.ReleaseImmutable, "acme-gw", "was changed")
 			})
 		}
 	}

@@ -1,4 +1,4 @@
-package repo_test
+package offlinerepo_test
 
 import (
 	"bytes"
@@ -17,9 +17,9 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/snapshot"
 )
 
 // treeHash digests every file under dir (path, mode, content) but the lock,
@@ -113,13 +113,13 @@ func resign(t testing.TB, e *servertest.Env, meta map[string]*metadata.MetaFiles
 	online := onlineKeys(t, e)
 	s := metadata.Snapshot(expires)
 	s.Signed.Version, s.Signed.Meta = snapV, meta
-	if err := snapshot.SignRole(root, metadata.SNAPSHOT, s, online); err != nil {
+	if err := onlineroles.SignRole(root, metadata.SNAPSHOT, s, online); err != nil {
 		t.Fatal(err)
 	}
 	if snap, err = s.ToBytes(true); err != nil {
 		t.Fatal(err)
 	}
-	if ts, err = snapshot.SignTimestamp(root, snap, snapV, tsV, expires, online); err != nil {
+	if ts, err = onlineroles.SignTimestamp(root, snap, snapV, tsV, expires, online); err != nil {
 		t.Fatal(err)
 	}
 	return snap, ts
@@ -135,7 +135,7 @@ func TestPushAnswerRefused(t *testing.T) {
 	rand.Read(img)
 	p := filepath.Join(t.TempDir(), "fw.img")
 	os.WriteFile(p, img, 0o644)
-	if _, err := e.Repo.AddRelease(repo.ReleaseOptions{Image: p, Product: servertest.Product, Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"acme-gw-rev2"}}); err != nil {
+	if _, err := e.Repo.AddRelease(offlinerepo.ReleaseOptions{Image: p, Product: servertest.Product, Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"acme-gw-rev2"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
@@ -191,7 +191,7 @@ func TestPushAnswerRefused(t *testing.T) {
 		{"the poisoned role pinned by a snapshot the online keys signed", func(t *testing.T) func(string, []byte) []byte {
 			meta, sv, tv := pins()
 			poisoned := injectTarget(t, genuine("2.acme-gw.json"), "acme-gw/6.6.6/fw.img", 99)
-			meta["acme-gw.json"] = snapshot.MetaFile(2, poisoned)
+			meta["acme-gw.json"] = onlineroles.MetaFile(2, poisoned)
 			snap, ts := resign(t, e, meta, sv+1, tv+1, far)
 			inner := withSnapshot(snap, ts)
 			return func(name string, b []byte) []byte {
@@ -247,7 +247,7 @@ func TestPushAnswerRefused(t *testing.T) {
 			}
 			snap, _ := s.ToBytes(true)
 			root, _ := metadata.Root().FromBytes(e.ImageRoot)
-			ts, err := snapshot.SignTimestamp(root, snap, sv+1, 100, far, onlineKeys(t, e))
+			ts, err := onlineroles.SignTimestamp(root, snap, sv+1, 100, far, onlineKeys(t, e))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -258,7 +258,7 @@ func TestPushAnswerRefused(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			err := e.PushStaged(c.tamper(t))
-			if !errors.Is(err, repo.ErrUnverified) {
+			if !errors.Is(err, offlinerepo.ErrUnverified) {
 				t.Fatalf("got %v, want ErrUnverified", err)
 			}
 			if !strings.Contains(err.Error(), c.want) {
@@ -304,7 +304,7 @@ func TestPushAnswerRootSubstitution(t *testing.T) {
 	rand.Read(img)
 	p := filepath.Join(t.TempDir(), "fw.img")
 	os.WriteFile(p, img, 0o644)
-	if _, err := e.Repo.AddRelease(repo.ReleaseOptions{Image: p, Product: servertest.Product, Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"hw"}}); err != nil {
+	if _, err := e.Repo.AddRelease(offlinerepo.ReleaseOptions{Image: p, Product: servertest.Product, Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"hw"}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
@@ -318,7 +318,7 @@ func TestPushAnswerRootSubstitution(t *testing.T) {
 		}
 		return b
 	})
-	if !errors.Is(err, repo.ErrUnverified) || !strings.Contains(err.Error(), "root version 1 that differs from the one pushed") {
+	if !errors.Is(err, offlinerepo.ErrUnverified) || !strings.Contains(err.Error(), "root version 1 that differs from the one pushed") {
 		t.Fatalf("got %v", err)
 	}
 	if treeHash(t, e.Repo.Dir) != before {
@@ -429,7 +429,7 @@ func TestTamperedPublicRefused(t *testing.T) {
 	}
 	commands := map[string]func() error{
 		"release add": func() error {
-			_, err := s.r.AddRelease(repo.ReleaseOptions{Image: img2, Product: "acme-gw", Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"hw"}})
+			_, err := s.r.AddRelease(offlinerepo.ReleaseOptions{Image: img2, Product: "acme-gw", Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"hw"}})
 			return err
 		},
 		"repo stage":  func() error { return s.r.Stage("acme-gw") },
@@ -468,7 +468,7 @@ func TestTamperedPublicRefused(t *testing.T) {
 			before := treeHash(t, s.dir)
 			for name, cmd := range commands {
 				err := cmd()
-				if !errors.Is(err, repo.ErrUnverified) || !strings.Contains(err.Error(), c.want) {
+				if !errors.Is(err, offlinerepo.ErrUnverified) || !strings.Contains(err.Error(), c.want) {
 					t.Errorf("%s: got %v, want ErrUnverified naming %q", name, err, c.want)
 				}
 			}
@@ -478,14 +478,14 @@ func TestTamperedPublicRefused(t *testing.T) {
 		})
 	}
 	// Restored, everything works again.
-	if _, err := s.r.AddRelease(repo.ReleaseOptions{Image: img2, Product: "acme-gw", Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"hw"}}); err != nil {
+	if _, err := s.r.AddRelease(offlinerepo.ReleaseOptions{Image: img2, Product: "acme-gw", Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"hw"}}); err != nil {
 		t.Fatal(err)
 	}
 	d, err := s.r.Diff("acme-gw")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d.Base != 1 || len(d.Changes) < 1 || d.Changes[0].Op != repo.Added || d.Changes[0].Name != "acme-gw/2.0.0/fw2.img" {
+	if d.Base != 1 || len(d.Changes) < 1 || d.Changes[0].Op != offlinerepo.Added || d.Changes[0].Name != "acme-gw/2.0.0/fw2.img" {
 		t.Fatalf("diff %+v", d)
 	}
 	if !bytes.Contains([]byte(d.Changes[0].Detail), []byte("security version 2")) {

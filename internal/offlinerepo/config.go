@@ -1,4 +1,4 @@
-package repo
+package offlinerepo
 
 import (
 	"encoding/json"

@@ -1,8 +1,8 @@
-// Package imagerepo decides what the server's hosted image repository
+// Package pushaccept decides what the server's hosted image repository
 // accepts. It is pure: Accept takes the metadata the server holds and the
 // metadata an operator pushes, and returns the new repository state and
 // the payloads it needs, or a typed refusal. Storage, HTTP and the online
-// signing of snapshot and timestamp (package snapshot) happen elsewhere.
+// signing of snapshot and timestamp (package onlineroles) happen elsewhere.
 //
 // A push is accepted only if the repository after it verifies completely,
 // as a TUF client would check it from the first root: every new root is
@@ -13,7 +13,7 @@
 // nothing has expired, published releases are immutable, every release
 // lies inside its role's delegated paths, and no product's security
 // version goes backwards unless the release records why.
-package imagerepo
+package pushaccept
 
 import (
 	"bytes"

@@ -1,4 +1,4 @@
-// Package repo owns an offline TUF image repository on disk: the staged
+// Package offlinerepo owns an offline TUF image repository on disk: the staged
 // metadata that key holders sign one at a time, the payloads and chunk
 // indexes of releases waiting to be published, and the published
 // repository (public/) that any static web server can host.
@@ -22,7 +22,7 @@
 // atomically, so a failed or interrupted command leaves the repository as
 // it was (or, for publish, with the new files present but not yet
 // referenced by timestamp.json).
-package repo
+package offlinerepo
 
 import (
 	"crypto/sha256"

@@ -1,4 +1,4 @@
-package repo_test
+package offlinerepo_test
 
 import (
 	"crypto"
@@ -9,11 +9,11 @@ import (
 	"testing"
 
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 )
 
 type simpleRepo struct {
-	r                          *repo.Repo
+	r                          *offlinerepo.Repo
 	dir                        string
 	root, targets, online, rel keys.Signer
 }
@@ -29,7 +29,7 @@ func newSimpleRepo(t *testing.T) *simpleRepo {
 	}
 	s := &simpleRepo{dir: filepath.Join(t.TempDir(), "repo"), root: k(), targets: k(), online: k(), rel: k()}
 	pub := func(k keys.Signer) []crypto.PublicKey { return []crypto.PublicKey{k.Public()} }
-	r, err := repo.Init(s.dir, repo.InitOptions{RootKeys: pub(s.root), RootThreshold: 1, TargetsKeys: pub(s.targets), TargetsThreshold: 1, SnapshotKeys: pub(s.online), TimestampKeys: pub(s.online)})
+	r, err := offlinerepo.Init(s.dir, offlinerepo.InitOptions{RootKeys: pub(s.root), RootThreshold: 1, TargetsKeys: pub(s.targets), TargetsThreshold: 1, SnapshotKeys: pub(s.online), TimestampKeys: pub(s.online)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,13 +47,13 @@ func newSimpleRepo(t *testing.T) *simpleRepo {
 	return s
 }
 
-func (s *simpleRepo) add(t *testing.T, version string, img []byte) *repo.AddedRelease {
+func (s *simpleRepo) add(t *testing.T, version string, img []byte) *offlinerepo.AddedRelease {
 	t.Helper()
 	p := filepath.Join(t.TempDir(), "fw.img")
 	if err := os.WriteFile(p, img, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	a, err := s.r.AddRelease(repo.ReleaseOptions{Image: p, Product: "acme-gw", Version: version, SecurityVersion: 1, Hardware: []string{"hw"}})
+	a, err := s.r.AddRelease(offlinerepo.ReleaseOptions{Image: p, Product: "acme-gw", Version: version, SecurityVersion: 1, Hardware: []string{"hw"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func TestPublishRefusesCorruptStagedBlob(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = s.r.Publish([]keys.Signer{s.online})
-	if !errors.Is(err, repo.ErrCorruptStaging) {
+	if !errors.Is(err, offlinerepo.ErrCorruptStaging) {
 		t.Fatalf("got %v, want ErrCorruptStaging", err)
 	}
 	if _, err := os.Stat(filepath.Join(s.dir, "public", "timestamp.json")); !errors.Is(err, os.ErrNotExist) {
@@ -91,7 +91,7 @@ func TestPublishRefusesCorruptStagedBlob(t *testing.T) {
 	if err := os.Truncate(blob, 1<<20); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.r.Publish([]keys.Signer{s.online}); !errors.Is(err, repo.ErrCorruptStaging) {
+	if _, err := s.r.Publish([]keys.Signer{s.online}); !errors.Is(err, offlinerepo.ErrCorruptStaging) {
 		t.Fatalf("got %v, want ErrCorruptStaging", err)
 	}
 }
@@ -130,7 +130,7 @@ func TestPublishSharedBlob(t *testing.T) {
 // Another process cannot open a repository that is in use.
 func TestLock(t *testing.T) {
 	s := newSimpleRepo(t)
-	if _, err := repo.Open(s.dir); !errors.Is(err, repo.ErrLocked) {
+	if _, err := offlinerepo.Open(s.dir); !errors.Is(err, offlinerepo.ErrLocked) {
 		t.Fatalf("got %v", err)
 	}
 }

@@ -1,4 +1,4 @@
-package repo_test
+package offlinerepo_test
 
 import (
 	"crypto"
@@ -15,9 +15,9 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -106,7 +106,7 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 			rand.Read(img)
 			p := filepath.Join(t.TempDir(), "fw.img")
 			os.WriteFile(p, img, 0o644)
-			a, err := e.Repo.AddRelease(repo.ReleaseOptions{Image: p, Product: servertest.Product, Version: fmt.Sprintf("1.0.%d", version), SecurityVersion: uint64(version), Hardware: []string{"hw"}})
+			a, err := e.Repo.AddRelease(offlinerepo.ReleaseOptions{Image: p, Product: servertest.Product, Version: fmt.Sprintf("1.0.%d", version), SecurityVersion: uint64(version), Hardware: []string{"hw"}})
 			if err == nil {
 				addedTargets[a.Target] = true
 			}
@@ -159,7 +159,7 @@ func propertyRun(t *testing.T, seed uint64, steps int) {
 		case 7: // a new release key, signed into targets
 			k, _ := keys.Generate(keys.Ed25519)
 			s := keys.InMemory(k)
-			if err := e.Repo.Rotate(servertest.Product, repo.RotateOptions{Add: []crypto.PublicKey{s.Public()}}); err == nil {
+			if err := e.Repo.Rotate(servertest.Product, offlinerepo.RotateOptions{Add: []crypto.PublicKey{s.Public()}}); err == nil {
 				id, _ := keys.ID(s.Public())
 				addedKeys[id] = true
 			}
@@ -194,7 +194,7 @@ func poisonedSnapshot(t *testing.T, e *servertest.Env, far time.Time) func(strin
 					n := fmt.Sprintf("%d.acme-gw.json", mf.Version)
 					p := injectTarget(t, e.Call(e.Pool, "GET", "/repo/"+n, "", nil, 200), "acme-gw/6.6.6/fw.img", 999)
 					poisoned[n] = p
-					sm.Signed.Meta[file] = snapshot.MetaFile(mf.Version, p)
+					sm.Signed.Meta[file] = onlineroles.MetaFile(mf.Version, p)
 				}
 			}
 			snap, ts = resign(t, e, sm.Signed.Meta, sv+1, tm.Signed.Version+1, far)

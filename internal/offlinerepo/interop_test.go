@@ -1,4 +1,4 @@
-package repo_test
+package offlinerepo_test
 
 import (
 	"bytes"
@@ -20,7 +20,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/keys"
-	"github.com/rampartfw/rampart/internal/repo"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 )
 
 // tufjsDir holds client.js and the npm packages scripts/test-deps.sh
@@ -29,7 +29,7 @@ const tufjsDir = "testdata/tufjs"
 
 const product = "acme-gw"
 
-// TestTufJSInterop publishes a repository with internal/repo and has
+// TestTufJSInterop publishes a repository with internal/offlinerepo and has
 // tuf-js, over HTTP from a plain static file server, refresh it from the
 // first root and download and verify a release through the product's
 // delegation: the published repository must be complete TUF with
@@ -56,7 +56,7 @@ func TestTufJSInterop(t *testing.T) {
 	relEd, relRSA, relEC := gen(t, keys.Ed25519), gen(t, keys.RSA3072), gen(t, keys.ECDSAP256)
 
 	dir := t.TempDir()
-	r, err := repo.Init(dir, repo.InitOptions{
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{
 		RootKeys:         []crypto.PublicKey{rootA.Public(), rootB.Public()},
 		RootThreshold:    2,
 		TargetsKeys:      []crypto.PublicKey{targetsKey.Public()},
@@ -94,7 +94,7 @@ func TestTufJSInterop(t *testing.T) {
 		if err := os.WriteFile(img, b, 0o644); err != nil {
 			t.Fatal(err)
 		}
-		added, err := r.AddRelease(repo.ReleaseOptions{
+		added, err := r.AddRelease(offlinerepo.ReleaseOptions{
 			Image:           img,
 			Product:         product,
 			Version:         version,
@@ -160,7 +160,7 @@ func TestTufJSInterop(t *testing.T) {
 	t.Run("root rotation", func(t *testing.T) {
 		rootC := gen(t, keys.Ed25519)
 		idB := mustID(t, rootB)
-		if err := r.Rotate("root", repo.RotateOptions{Add: []crypto.PublicKey{rootC.Public()}, Remove: []string{idB}}); err != nil {
+		if err := r.Rotate("root", offlinerepo.RotateOptions{Add: []crypto.PublicKey{rootC.Public()}, Remove: []string{idB}}); err != nil {
 			t.Fatalf("Rotate root: %v", err)
 		}
 		// Version 2 needs 2 of the old keys {A, B} and 2 of the new {A, C}.
@@ -232,18 +232,18 @@ func TestTufJSInterop(t *testing.T) {
 	})
 
 	t.Run("revoked release signer", func(t *testing.T) {
-		if err := r.Rotate(product, repo.RotateOptions{Remove: []string{mustID(t, relEd)}}); err != nil {
+		if err := r.Rotate(product, offlinerepo.RotateOptions{Remove: []string{mustID(t, relEd)}}); err != nil {
 			t.Fatalf("Rotate %s: %v", product, err)
 		}
 		sign(t, "targets", targetsKey)
 		if err := r.Stage(product); err != nil {
 			t.Fatalf("Stage %s: %v", product, err)
 		}
-		if _, err := r.Sign(product, relEd); !errors.Is(err, repo.ErrNotAuthorised) {
+		if _, err := r.Sign(product, relEd); !errors.Is(err, offlinerepo.ErrNotAuthorised) {
 			t.Fatalf("Sign(%s) with the revoked key: %v, want ErrNotAuthorised", product, err)
 		}
 		sign(t, product, relRSA)
-		if _, err := r.Publish([]keys.Signer{online}); !errors.Is(err, repo.ErrBelowThreshold) {
+		if _, err := r.Publish([]keys.Signer{online}); !errors.Is(err, offlinerepo.ErrBelowThreshold) {
 			t.Fatalf("Publish with 1 of 2 release signatures: %v, want ErrBelowThreshold", err)
 		}
 		sign(t, product, relEC)

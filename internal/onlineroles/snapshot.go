@@ -1,9 +1,9 @@
-// Package snapshot signs a repository's online roles: the snapshot, which
+// Package onlineroles signs a repository's online roles: the snapshot, which
 // pins the version, length and hash of every targets-type role, and the
 // timestamp, which pins the snapshot. The offline publisher (rampart repo
 // publish) and the server (on every accepted push and timestamp refresh)
 // use the same code, so their repositories cannot drift apart.
-package snapshot
+package onlineroles
 
 import (
 	"crypto/sha256"

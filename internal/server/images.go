@@ -21,8 +21,8 @@ import (
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/store"
 )
 
@@ -62,11 +62,11 @@ func (s *Server) push(r *http.Request, req hostedrepo.Push) (*hostedrepo.PushRes
 }
 
 // servableVersion reports whether a version in a file name is within
-// snapshot.MaxVersion: the server neither signs nor serves versions past
+// onlineroles.MaxVersion: the server neither signs nor serves versions past
 // it (a file the store holds beyond it was not signed by this server).
 func servableVersion(v string) bool {
 	n, err := strconv.ParseInt(v, 10, 64)
-	return err == nil && n >= 1 && n <= snapshot.MaxVersion
+	return err == nil && n >= 1 && n <= onlineroles.MaxVersion
 }
 
 // RefreshOnline renews the image repository's online roles when they

@@ -1,4 +1,4 @@
-package repo
+package offlinerepo
 
 import (
 	"encoding/hex"
@@ -15,8 +15,8 @@ import (
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/chunkindex"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/snapshot"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -67,7 +67,7 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 	if s.timestamp != nil {
 		tsVersion = s.timestamp.Signed.Version + 1
 	}
-	var pinned []snapshot.Role
+	var pinned []onlineroles.Role
 	for _, role := range roles {
 		doc, staged := s.doc(role)
 		var b []byte
@@ -81,19 +81,19 @@ func (r *Repo) Publish(online []keys.Signer) (*PublishResult, error) {
 		} else if b = s.pub.roles[role]; b == nil {
 			return nil, fmt.Errorf("role %s version %d is neither staged nor published", role, v)
 		}
-		pinned = append(pinned, snapshot.Role{Name: role, Version: v, Data: b})
+		pinned = append(pinned, onlineroles.Role{Name: role, Version: v, Data: b})
 		res.Versions[role] = v
 	}
-	snapBytes, tsBytes, err := snapshot.Sign(snapshot.Options{
+	snapBytes, tsBytes, err := onlineroles.Sign(onlineroles.Options{
 		Root: s.root, Roles: pinned,
 		SnapshotVersion: snapVersion, TimestampVersion: tsVersion,
 		SnapshotExpires:  r.now().Add(r.cfg.ExpiryFor(metadata.SNAPSHOT)),
 		TimestampExpires: r.now().Add(r.cfg.ExpiryFor(metadata.TIMESTAMP)),
 		Signers:          online,
 	})
-	if errors.Is(err, snapshot.ErrNoKey) {
+	if errors.Is(err, onlineroles.ErrNoKey) {
 		return nil, fmt.Errorf("%w: %v", ErrNotAuthorised, err)
-	} else if errors.Is(err, snapshot.ErrBelowThreshold) {
+	} else if errors.Is(err, onlineroles.ErrBelowThreshold) {
 		return nil, fmt.Errorf("%w: %v", ErrBelowThreshold, err)
 	} else if err != nil {
 		return nil, err

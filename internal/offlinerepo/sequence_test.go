@@ -1,4 +1,4 @@
-package repo_test
+package offlinerepo_test
 
 import (
 	"crypto"
@@ -14,8 +14,8 @@ import (
 
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/repo"
 )
 
 // clearError reports whether err is one the CLI turns into a documented
@@ -27,9 +27,9 @@ func clearError(err error) bool {
 	if errors.As(err, &c) {
 		return true
 	}
-	for _, s := range []error{repo.ErrNotRepository, repo.ErrExists, repo.ErrNotAuthorised, repo.ErrAlreadySigned, repo.ErrBelowThreshold,
-		repo.ErrNothingStaged, repo.ErrUnknownRole, repo.ErrSecurityLower, repo.ErrBadInput, repo.ErrExpired, repo.ErrCorruptStaging,
-		repo.ErrUnverified, release.ErrInvalid, fs.ErrNotExist} {
+	for _, s := range []error{offlinerepo.ErrNotRepository, offlinerepo.ErrExists, offlinerepo.ErrNotAuthorised, offlinerepo.ErrAlreadySigned, offlinerepo.ErrBelowThreshold,
+		offlinerepo.ErrNothingStaged, offlinerepo.ErrUnknownRole, offlinerepo.ErrSecurityLower, offlinerepo.ErrBadInput, offlinerepo.ErrExpired, offlinerepo.ErrCorruptStaging,
+		offlinerepo.ErrUnverified, release.ErrInvalid, fs.ErrNotExist} {
 		if errors.Is(err, s) {
 			return true
 		}
@@ -62,7 +62,7 @@ func commandSequence(t *testing.T, seed uint64, steps int) {
 	root, targets, online := k(), k(), k()
 	pool := []keys.Signer{root, targets, online, k(), k(), k()}
 	dir := filepath.Join(t.TempDir(), "repo")
-	r, err := repo.Init(dir, repo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
+	r, err := offlinerepo.Init(dir, offlinerepo.InitOptions{RootKeys: []crypto.PublicKey{root.Public()}, RootThreshold: 1,
 		TargetsKeys: []crypto.PublicKey{targets.Public()}, TargetsThreshold: 1, SnapshotKeys: []crypto.PublicKey{online.Public()}, TimestampKeys: []crypto.PublicKey{online.Public()}})
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +93,7 @@ func commandSequence(t *testing.T, seed uint64, steps int) {
 				p := products[rng.IntN(len(products))]
 				v := fmt.Sprintf("1.%d.%d", rng.IntN(3), rng.IntN(3))
 				name = "release add " + p + " " + v
-				_, err = r.AddRelease(repo.ReleaseOptions{Image: img, Product: p, Version: v, SecurityVersion: uint64(rng.IntN(4)), Hardware: []string{"hw"}})
+				_, err = r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: p, Version: v, SecurityVersion: uint64(rng.IntN(4)), Hardware: []string{"hw"}})
 			case 2, 3:
 				role := roles[rng.IntN(len(roles))]
 				signer := pool[rng.IntN(len(pool))]
@@ -113,7 +113,7 @@ func commandSequence(t *testing.T, seed uint64, steps int) {
 			case 7:
 				role := roles[rng.IntN(len(roles))]
 				name = "rotate " + role
-				opt := repo.RotateOptions{Threshold: rng.IntN(3)}
+				opt := offlinerepo.RotateOptions{Threshold: rng.IntN(3)}
 				if rng.IntN(2) == 0 {
 					opt.Add = []crypto.PublicKey{pool[rng.IntN(len(pool))].Public()}
 				} else {
