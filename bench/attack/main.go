@@ -11,7 +11,10 @@
 //	go run ./bench/attack -duration 20s -workers 8
 //
 // Run from the module root. The attacker, the honest device and the
-// server share the machine's cores, as the measurements did.
+// server share the machine's cores, as the measurements did, but
+// the honest device runs in a process of its own (this program, started
+// again with -probe), as a real device would; -in-process puts it back
+// beside the attacker's goroutines.
 package main
 
 import (
@@ -38,8 +41,18 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "how long each attack runs")
 	workers := flag.Int("workers", 4, "concurrent attacking clients")
 	only := flag.String("only", "", "run only the attacks whose name contains this (and idle)")
+	inProcess := flag.Bool("in-process", false, "run the honest device inside this process, beside the attacker (the old measurement)")
+	probeAddr := flag.String("probe", "", "internal: be the honest device, checking in at this address")
+	probeDir := flag.String("probe-dir", "", "internal: the honest device's credentials")
+	probeInterval := flag.Duration("probe-interval", 50*time.Millisecond, "internal: the honest device's check-in interval")
 	flag.Parse()
-	if err := run(*duration, *workers, *only); err != nil {
+	if *probeAddr != "" {
+		if err := probe(*probeAddr, *probeDir, *probeInterval); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if err := run(*duration, *workers, *only, *inProcess); err != nil {
 		log.Fatal(err)
 	}
 }
@@ -66,7 +79,7 @@ func pct(ds []time.Duration, p float64) time.Duration {
 	return s[int(p*float64(len(s)-1))]
 }
 
-func run(d time.Duration, workers int, only string) error {
+func run(d time.Duration, workers int, only string, inProcess bool) error {
 	tmp, err := os.MkdirTemp("", "rampart-attack-*")
 	if err != nil {
 		return err
@@ -82,10 +95,6 @@ func run(d time.Duration, workers int, only string) error {
 		return err
 	}
 	defer srv.Stop()
-	honest, err := srv.Enroll("gw-honest", "acme-gw-rev2")
-	if err != nil {
-		return err
-	}
 	flooder, err := srv.Enroll("gw-flood", "acme-gw-rev2")
 	if err != nil {
 		return err
@@ -101,7 +110,16 @@ func run(d time.Duration, workers int, only string) error {
 	if err := padAudit(srv, 8000); err != nil {
 		return err
 	}
-	probe := srv.NewProber(honest, 50*time.Millisecond)
+	var probe prober
+	if inProcess {
+		honest, err := srv.Enroll("gw-honest", "acme-gw-rev2")
+		if err != nil {
+			return err
+		}
+		probe = srv.NewProber(honest, 50*time.Millisecond)
+	} else if probe, err = startProcessProber(srv, tmp, 50*time.Millisecond); err != nil {
+		return err
+	}
 	defer probe.Stop()
 	time.Sleep(time.Second)
 	probe.Take()
@@ -190,7 +208,11 @@ func run(d time.Duration, workers int, only string) error {
 		}
 	}
 	idle := rows[0]
-	fmt.Printf("%s, %d attacking clients, %s per attack, honest device checking in every 50 ms\n\n", time.Now().Format("2006-01-02"), workers, d)
+	where := "in a process of its own"
+	if inProcess {
+		where = "in the attacker's process"
+	}
+	fmt.Printf("%s, %d attacking clients, %s per attack, honest device checking in every 50 ms %s\n\n", time.Now().Format("2006-01-02"), workers, d, where)
 	fmt.Println("| attack | attack rate | honest check-in p50 (× idle) | p90 | server CPU | CPU per request | RSS | database growth | answers |")
 	fmt.Println("|---|---|---|---|---|---|---|---|---|")
 	for _, r := range rows {

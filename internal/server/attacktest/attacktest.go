@@ -264,33 +264,43 @@ func (s *Server) EnrollToken(hw string) (string, error) {
 
 // Enroll enrolls device id and returns its client certificate.
 func (s *Server) Enroll(id, hw string) (*tls.Certificate, error) {
-	tok, err := s.EnrollToken(hw)
+	certPEM, keyPEM, err := s.EnrollPEM(id, hw)
 	if err != nil {
 		return nil, err
+	}
+	cert, err := tls.X509KeyPair(certPEM, keyPEM)
+	return &cert, err
+}
+
+// EnrollPEM enrolls device id and returns its certificate and key in
+// PEM, for a device that runs in a process of its own.
+func (s *Server) EnrollPEM(id, hw string) (certPEM, keyPEM []byte, err error) {
+	tok, err := s.EnrollToken(hw)
+	if err != nil {
+		return nil, nil, err
 	}
 	key, err := pki.GenerateDeviceKey()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	csr, err := pki.NewDeviceCSR(key, id)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	body, _ := json.Marshal(map[string]any{"token": tok, "device_id": id, "csr": csr})
 	code, b, err := s.Call(s.admin, "POST", "/api/v1/enroll", "", body)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if code != 201 {
-		return nil, fmt.Errorf("enroll %s: %d %s", id, code, b)
+		return nil, nil, fmt.Errorf("enroll %s: %d %s", id, code, b)
 	}
 	var out struct{ Certificate string }
 	if err := json.Unmarshal(b, &out); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	keyPEM, _ := pki.MarshalKeyPEM(key)
-	cert, err := tls.X509KeyPair([]byte(out.Certificate), keyPEM)
-	return &cert, err
+	keyPEM, err = pki.MarshalKeyPEM(key)
+	return []byte(out.Certificate), keyPEM, err
 }
 
 // Metrics returns the server's metrics, read with the admin token.
