@@ -56,7 +56,7 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 	if d.Nothing {
 		return &Outcome{Action: "nothing"}, nil
 	}
-	res := &verify.Result{Target: d.Target, File: d.File, Release: d.Release, Role: "image"}
+	res := d.Result
 	rel := releaseOf(res)
 	if st.Running != nil && st.Running.SHA256 == rel.SHA256 {
 		return &Outcome{Action: "up-to-date", Target: rel.Target}, nil
@@ -79,7 +79,7 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 func (a *Agent) uptaneConfig(st *State) uptane.Config {
 	c := a.Config
 	return uptane.Config{
-		ServerURL: c.Server.URL, HTTPClient: a.HTTP, StateDir: a.TUFDir,
+		ServerURL: c.Server.URL, HTTPClient: a.HTTP, StateDir: a.TUFDir, FS: a.FS,
 		ImageRoot: a.ImageRoot, DirectorRoot: a.DirectorRoot,
 		LogOrigin: a.LogOrigin, LogKey: a.LogKey,
 		DeviceID: c.Device.ID, HardwareID: c.Device.HardwareID,
@@ -154,7 +154,7 @@ func (a *Agent) fetchIndex(ctx context.Context, u string, length int64) ([]byte,
 }
 
 func endlessIndex(what string, length int64) error {
-	return &verify.Error{Class: uptane.EndlessData, Role: "image",
+	return &verify.Error{Class: verify.EndlessData, Role: "image",
 		Msg: fmt.Sprintf("the chunk index %s past its signed length of %d bytes", what, length)}
 }
 
@@ -250,7 +250,7 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		var rb *install.ReadBackError
 		switch {
 		case errors.Is(err, install.ErrEndlessData):
-			return nil, a.refusedInstall(ctx, st, target, &verify.Error{Class: uptane.EndlessData, Role: "image", Msg: "the image goes on past the bytes asked for; nothing of it was written", Err: err})
+			return nil, a.refusedInstall(ctx, st, target, &verify.Error{Class: verify.EndlessData, Role: "image", Msg: "the image goes on past the bytes asked for; nothing of it was written", Err: err})
 		case errors.As(err, &cm), errors.Is(err, install.ErrChunkMismatch):
 			return nil, a.refusedInstall(ctx, st, target, &verify.Error{Class: verify.Mismatch, Role: "image", Msg: "a chunk does not match the signed index; nothing of it was written", Err: err})
 		case errors.Is(err, chunkindex.ErrImageHash):

@@ -48,7 +48,10 @@ type Options struct {
 	Time time.Time
 }
 
-// Result is a verified release.
+// Result is a verified release. It is built in one place (newResult), for
+// an offline repository or bundle (Target, Chain.Target) and for what a
+// device's director assigns (Assigned) alike, so every caller gets the
+// same release rules applied in the same order.
 type Result struct {
 	Target  string
 	File    *metadata.TargetFiles
@@ -95,6 +98,27 @@ func Target(trustedRoot []byte, md Metadata, target string, opt Options) (*Resul
 		return nil, err
 	}
 	return c.Target(target, md.Delegated)
+}
+
+// newResult applies Rampart's release rules to the verified entry file of
+// target, which role signed: its custom metadata parses, it carries a
+// SHA-256 hash, it lists opt.Hardware (when set), and its security
+// version is at least opt.MinSecurityVersion.
+func newResult(target string, file *metadata.TargetFiles, role string, opt Options) (*Result, error) {
+	rel, err := release.FromTarget(target, file)
+	if err != nil {
+		return nil, refuse(Malformed, role, err, "release metadata of %s", Quote(target))
+	}
+	if _, ok := file.Hashes["sha256"]; !ok {
+		return nil, refuse(Malformed, role, nil, "target %s has no sha256 hash", target)
+	}
+	if opt.Hardware != "" && !rel.Supports(opt.Hardware) {
+		return nil, refuse(WrongHardware, role, nil, "release %s is for hardware %v, not %s", target, rel.HardwareIDs, opt.Hardware)
+	}
+	if rel.SecurityVersion < opt.MinSecurityVersion {
+		return nil, refuse(Downgrade, role, nil, "release %s has security version %d, below the required minimum %d", target, rel.SecurityVersion, opt.MinSecurityVersion)
+	}
+	return &Result{Target: target, File: file, Release: rel, Role: role}, nil
 }
 
 // expiryOr turns go-tuf's expiry errors into a message that names the role
@@ -159,26 +183,33 @@ func ValidSigners(keys map[string]*metadata.Key, keyIDs []string, md any) []stri
 // parses it. The index must also agree with the target's own length and
 // SHA-256, so the index, the target entry and the image cannot drift apart.
 func Index(res *Result, data []byte) (*chunkindex.Index, error) {
-	ref := res.Release.Index
+	return IndexOf(res.File, res.Release, res.Role, data)
+}
+
+// IndexOf is Index for a release not verified through this package: a
+// push the server accepts (internal/pushaccept), whose target entry file
+// and release metadata rel role signed.
+func IndexOf(file *metadata.TargetFiles, rel *release.Meta, role string, data []byte) (*chunkindex.Index, error) {
+	ref := rel.Index
 	if int64(len(data)) != ref.Length {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index is %d bytes, signed metadata says %d", len(data), ref.Length)
+		return nil, refuse(Mismatch, role, nil, "chunk index is %d bytes, signed metadata says %d", len(data), ref.Length)
 	}
 	sum := sha256Hex(data)
 	if sum != ref.SHA256 {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index sha256 %s differs from the signed %s", sum, ref.SHA256)
+		return nil, refuse(Mismatch, role, nil, "chunk index sha256 %s differs from the signed %s", sum, ref.SHA256)
 	}
 	ix, err := chunkindex.Parse(data)
 	if err != nil {
-		return nil, refuse(Malformed, res.Role, err, "chunk index")
+		return nil, refuse(Malformed, role, err, "chunk index")
 	}
-	if ix.ImageLength != res.File.Length {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index covers %d bytes, the signed target is %d bytes", ix.ImageLength, res.File.Length)
+	if ix.ImageLength != file.Length {
+		return nil, refuse(Mismatch, role, nil, "chunk index covers %d bytes, the signed target is %d bytes", ix.ImageLength, file.Length)
 	}
-	if hex.EncodeToString(ix.ImageHash[:]) != hex.EncodeToString(res.File.Hashes["sha256"]) {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index image sha256 differs from the signed target hash")
+	if hex.EncodeToString(ix.ImageHash[:]) != hex.EncodeToString(file.Hashes["sha256"]) {
+		return nil, refuse(Mismatch, role, nil, "chunk index image sha256 differs from the signed target hash")
 	}
 	if ix.ChunkSize != ref.ChunkSize {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index uses chunk size %d, signed metadata says %d", ix.ChunkSize, ref.ChunkSize)
+		return nil, refuse(Mismatch, role, nil, "chunk index uses chunk size %d, signed metadata says %d", ix.ChunkSize, ref.ChunkSize)
 	}
 	return ix, nil
 }
