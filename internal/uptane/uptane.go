@@ -138,7 +138,8 @@ type Config struct {
 // Decision is the outcome of a successful Check.
 type Decision struct {
 	// Nothing is true when the director lists nothing to install; every
-	// other field is then zero.
+	// other field is then zero (Result points to a zero Result, so that
+	// its fields read as empty).
 	Nothing bool
 	// Result is what verify decided the device may install: the image
 	// repository's target path (Target), its verified entry (File) and
@@ -195,7 +196,7 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 		return nil, err
 	}
 	if dirTarget == nil {
-		return &Decision{Nothing: true}, nil
+		return &Decision{Nothing: true, Result: &verify.Result{}}, nil
 	}
 
 	// 2. Image repository.
