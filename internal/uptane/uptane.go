@@ -1,36 +1,39 @@
-// Package uptane is the device side's full Uptane verification of what the
-// Rampart server asks a device to install.
+// Package uptane is the device's network side of Uptane: it fetches what
+// the Rampart server asks a device to install, refreshes both
+// repositories with go-tuf, and stores the log checkpoint the device
+// accepted. Every decision on what it fetched is package verify's, the
+// pure trust decision the offline verifier (rampart verify) shares.
 //
 // Check decides, before a single image byte is downloaded, whether the
 // device should install something now. It requires three independent
-// authorities to agree (design §3):
+// authorities to agree (docs/agent.md, "What happens during an update"):
 //
 //  1. The director: the device's own TUF repository, served at /director/
 //     over mTLS, refreshed with go-tuf from the trusted director root (the
 //     cached StateDir/director/root.json, else the root shipped in firmware;
 //     never trust on first use). Its targets role must be bound to this
-//     device (directormeta.CheckDevice) and lists at most one target.
+//     device (verify.DirectorBinding) and names at most one target
+//     (verify.DirectorTarget).
 //  2. The image repository, served at /repo/ with consistent snapshots,
 //     refreshed the same way (StateDir/image): the director's target must
-//     exist there (delegations followed) and agree with the director's
-//     entry in path, length, hashes, device id, hardware id and release
-//     metadata (directormeta.Check). Its security version must be at least
-//     Config.MinSecurityVersion.
+//     exist there (delegations followed; verify.TargetLookup) and agree
+//     with the director's entry in path, length, hashes, device id,
+//     hardware id and release metadata, and its security version must be
+//     at least Config.MinSecurityVersion (verify.Assigned).
 //  3. The transparency log: the release statement must be included under
-//     a checkpoint signed by the pinned log key, describe exactly this
-//     target (path, length, SHA-256, security version), and the checkpoint
-//     must be consistent with the last one this device accepted
-//     (StateDir/log/checkpoint), which is then replaced atomically.
+//     a checkpoint signed by the pinned log key and describe exactly this
+//     target (verify.LogProof), and the checkpoint must be consistent with
+//     the last one this device accepted (StateDir/log/checkpoint, through
+//     Config.FS; verify.LogConsistency), which is then replaced atomically.
 //
 // Every refusal is a *verify.Error whose Class names the attack class;
-// the classes verify does not know (the log's NotLogged and LogFork,
-// WrongDevice, EndlessData) are defined here. A refusal is only ever about
-// bytes that arrived whole: a failed transfer (server unreachable, an
-// HTTP error, a body cut short by a reset connection or a timeout) is not
-// evidence of an attack, matches ErrUnavailable, and the caller simply
-// retries. A response longer than its bound (the signed length, or a
-// fixed limit where nothing is signed) is refused as EndlessData without
-// reading past the bound.
+// go-tuf's errors are mapped onto classes by verify.FromTUF. A refusal is
+// only ever about bytes that arrived whole: a failed transfer (server
+// unreachable, an HTTP error, a body cut short by a reset connection or a
+// timeout) is not evidence of an attack, matches ErrUnavailable, and the
+// caller simply retries. A response longer than its bound (the signed
+// length, or a fixed limit where nothing is signed) is refused as
+// EndlessData without reading past the bound.
 //
 // The director's metadata is verified in a staging copy of its state and
 // replaces the trusted copy only once its targets role is proven bound to

@@ -1,13 +1,37 @@
-// Package verify decides whether a release may be trusted. It is pure: it
-// takes metadata bytes, a trusted root and a reference time, and returns the
-// verified release or a typed refusal (*Error) naming the attack class. It
-// never reads files or the network, and it hands on no byte it has not
-// verified.
+// Package verify is Rampart's trust decision: whether a release may be
+// trusted, by the operator's offline verifier (rampart verify), by a
+// device installing an offline bundle, and by a device installing what
+// its director assigns. It is pure: it takes metadata bytes or metadata
+// go-tuf has verified, the trusted state (a root, the device's identity
+// and security counter, the log key, the checkpoint the device accepted)
+// and a reference time, and returns the verified release (*Result, built
+// in one place) or a typed refusal (*Error) whose Class names the attack.
+// It never reads files or the network, and it hands on no byte it has
+// not verified.
 //
-// Metadata checks are go-tuf's trustedmetadata state machine (root chain,
-// thresholds, expiry, version monotonicity, snapshot and timestamp
-// consistency); this package adds Rampart's release rules on top: hardware
-// id, security version, and the chunk index that authenticates the image.
+// What it decides, and where:
+//
+//   - the metadata chain of one target, offline (Target, Chain; bundles
+//     through internal/bundle) or of a whole repository (Repository,
+//     Signed): go-tuf's trustedmetadata state machine (root chain,
+//     thresholds, expiry, version monotonicity, snapshot and timestamp
+//     consistency), with Rampart's release rules on top: hardware id and
+//     security version;
+//   - the chunk index against the signed target, and the image against
+//     the index (Index, IndexOf, Image);
+//   - what a device's director assigns (device.go): the binding of the
+//     director's targets role to the device, the one target it names, the
+//     image repository listing it, the two repositories' agreement,
+//     hardware and security version;
+//   - the transparency log (log.go): the release's inclusion under a
+//     checkpoint of the log key (or the key the image root names), and
+//     the checkpoint's consistency with the one the device accepted.
+//
+// Formats and their primitive checks stay with their owners
+// (internal/chunkindex, internal/logproof, internal/directormeta, go-tuf);
+// which refusal class a failure is, is decided here, once: go-tuf's errors
+// by FromTUF and TargetLookup, for the offline checks and the device's
+// refresh (internal/uptane) alike.
 package verify
 
 import (
