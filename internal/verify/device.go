@@ -48,13 +48,15 @@ func DirectorTarget(t *metadata.Metadata[metadata.TargetsType]) (string, *metada
 	if len(targets) > 1 {
 		return "", nil, refuse(Malformed, "director", nil, "director lists %d targets; a Rampart device installs one", len(targets))
 	}
-	for p, tf := range targets {
-		if len(p) > maxTargetPath {
-			return "", nil, refuse(Malformed, "director", nil, "the director's target name is %d bytes, more than the %d a release name can be", len(p), maxTargetPath)
-		}
-		return p, tf, nil
+	var path string
+	var tf *metadata.TargetFiles
+	for p, f := range targets {
+		path, tf = p, f
 	}
-	panic("unreachable")
+	if len(path) > maxTargetPath {
+		return "", nil, refuse(Malformed, "director", nil, "the director's target name is %d bytes, more than the %d a release name can be", len(path), maxTargetPath)
+	}
+	return path, tf, nil
 }
 
 // Device is what a device checks an assignment against.
