@@ -41,6 +41,9 @@ func DirectorBinding(t *metadata.Metadata[metadata.TargetsType], deviceID string
 // naming more is malformed, and so is a name longer than a release name
 // can be (refused before it is quoted in any request or message).
 func DirectorTarget(t *metadata.Metadata[metadata.TargetsType]) (string, *metadata.TargetFiles, error) {
+	if t == nil {
+		return "", nil, refuse(MissingTarget, "director", nil, "director has no trusted targets role")
+	}
 	targets := t.Signed.Targets
 	if len(targets) == 0 {
 		return "", nil, nil
