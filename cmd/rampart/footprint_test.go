@@ -3,6 +3,9 @@ package main
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -60,4 +63,50 @@ func linked(t *testing.T, pkg string) []string {
 		}
 	}
 	return bad
+}
+
+// TestNopkcs11Scope pins where -tags nopkcs11 changes the build, because
+// make test runs the tests with the tag only there (internal/keys, and
+// the scripts named pkcs11* here, the ones that test the pkcs11
+// condition): a package whose files differ with the tag, or a script
+// that tests the condition under another name, fails here until the
+// Makefile covers it too.
+func TestNopkcs11Scope(t *testing.T) {
+	const f = "{{.ImportPath}} {{.GoFiles}} {{.CgoFiles}} {{.TestGoFiles}} {{.XTestGoFiles}}"
+	list := func(tags ...string) []string {
+		args := append(append([]string{"list"}, tags...), "-f", f, "../../...")
+		out, err := exec.Command("go", args...).Output()
+		if err != nil {
+			t.Fatalf("go %v: %v", args, err)
+		}
+		return strings.Split(strings.TrimSpace(string(out)), "\n")
+	}
+	with, without := list("-tags", "nopkcs11"), list()
+	if len(with) < 20 || len(with) != len(without) {
+		t.Fatalf("go list found %d and %d packages; the check would prove nothing", len(with), len(without))
+	}
+	var changed []string
+	for i := range with {
+		if with[i] != without[i] {
+			changed = append(changed, strings.Fields(with[i])[0])
+		}
+	}
+	want := []string{"github.com/rampartfw/rampart/cmd/rampart", "github.com/rampartfw/rampart/internal/keys"}
+	if !slices.Equal(changed, want) {
+		t.Errorf("-tags nopkcs11 changes the files of %v, make test covers %v: update the Makefile's test target and this list", changed, want)
+	}
+	scripts, err := filepath.Glob(filepath.Join("testdata", "script", "*.txtar"))
+	if err != nil || len(scripts) == 0 {
+		t.Fatalf("no scripts: %v", err)
+	}
+	cond := regexp.MustCompile(`(?m)^\s*\[!?pkcs11\]`)
+	for _, s := range scripts {
+		b, err := os.ReadFile(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cond.Match(b) && !strings.HasPrefix(filepath.Base(s), "pkcs11") {
+			t.Errorf("%s tests the pkcs11 condition but make test runs only pkcs11* scripts with -tags nopkcs11: rename it", s)
+		}
+	}
 }
