@@ -17,7 +17,6 @@ import (
 
 	"github.com/rampartfw/rampart/internal/bundle"
 	"github.com/rampartfw/rampart/internal/fsys"
-	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -150,7 +149,7 @@ func verifyBundle(e *env, path string, root []byte, opt verify.Options, logKey n
 		Image: func(r io.Reader, size int64) (io.Reader, func()) { return startProgress(e, "verifying", r, size) }}
 	if logKey != nil {
 		bopt.Log = func(proof []byte, res *verify.Result) error {
-			cp, index, err := uptane.VerifyLogProof(logKey, proof, res)
+			cp, index, err := verify.OfflineLogProof(logKey, proof, res)
 			if err != nil {
 				return err
 			}

@@ -1,8 +1,13 @@
 // Package agent is the device side of Rampart: the update state machine that
-// runs on every device (design brief sections 3 to 5).
+// runs on every device (docs/agent.md). The files are its jobs: check-in
+// (checkin.go), install (install.go) and its progress (progress.go), boot
+// (boot.go), commit (commit.go), rollback (rollback.go), reporting
+// (report.go), offline bundles (offline.go), enrollment (enroll.go) and
+// the persisted state (state.go).
 //
 // One check-in (Agent.Run) verifies what the director asks for against the
-// image repository and the transparency log (package uptane), streams the
+// image repository and the transparency log (package uptane fetches and
+// refreshes, package verify decides), streams the
 // image chunk by chunk into the inactive slot, verifying each chunk before
 // writing it (package install), reads the slot back, and asks the bootloader
 // for one trial boot (package bootloader). After the reboot, Agent.Boot runs
@@ -36,8 +41,12 @@
 // a verified release at or above the security counter, so the bootloader
 // can never fall back below it.
 //
-// All file I/O goes through an fsys.FS, so the crash test replaces the
-// operating system with a model that loses unsynced data at every point.
+// All of the agent's own file I/O (state, slots, progress, chunk indexes,
+// the log checkpoint that uptane stores) goes through an fsys.FS, so the
+// crash test replaces the operating system with a model that loses
+// unsynced data at every point. The one exception is the TUF metadata in
+// Agent.TUFDir, which go-tuf reads and writes with package os; uptane
+// keeps its own durable copy of each trusted root there.
 package agent
 
 import (
@@ -72,8 +81,10 @@ type Agent struct {
 	Config *Config
 	// FS holds the state directory and the slots.
 	FS fsys.FS
-	// TUFDir is the real directory holding the trusted TUF metadata and
-	// the log checkpoint (go-tuf writes it with the operating system).
+	// TUFDir holds the trusted TUF metadata of both repositories, on the
+	// real filesystem (go-tuf reads and writes it with package os), and
+	// the log checkpoint under log/, which uptane reads and writes
+	// through FS.
 	TUFDir     string
 	Bootloader bootloader.Bootloader
 	// HTTP is the mTLS client pinned to the server CA; nil when the agent

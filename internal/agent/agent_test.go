@@ -27,7 +27,6 @@ import (
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 )
@@ -652,7 +651,7 @@ func TestEndlessIndexIsCutOff(t *testing.T) {
 		return resp
 	})
 	_, err := d.run()
-	wantClass(t, err, uptane.EndlessData)
+	wantClass(t, err, verify.EndlessData)
 	if read.Load() > 1<<20 {
 		t.Fatalf("read %d bytes of an endless index", read.Load())
 	}
@@ -787,8 +786,8 @@ func TestEndlessDataOnEveryURL(t *testing.T) {
 			case err := <-done:
 				// Refused as endless data, whatever the bound it went
 				// past: a signed length, or a fixed one.
-				wantClass(t, err, uptane.EndlessData)
-				if st := d.status(); st.LastError == nil || st.LastError.Class != string(uptane.EndlessData) {
+				wantClass(t, err, verify.EndlessData)
+				if st := d.status(); st.LastError == nil || st.LastError.Class != string(verify.EndlessData) {
 					t.Fatalf("status: last error %+v", st.LastError)
 				}
 				if srv := d.server(); srv["last_status"] != "verification-refused" {

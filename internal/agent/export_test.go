@@ -37,3 +37,9 @@ func SetBundleMedium(wrap func(io.ReaderAt) io.ReaderAt) func() {
 	bundleReader = func(f *os.File) io.ReaderAt { return wrap(f) }
 	return func() { bundleReader = old }
 }
+
+// NewBundleImageSource is the Source InstallBundle reads the image with:
+// the size bytes at base in the bundle file r.
+func NewBundleImageSource(r io.ReaderAt, base, size int64) install.Source {
+	return &sectionSource{r: io.NewSectionReader(r, base, size), base: base}
+}

@@ -19,7 +19,6 @@ import (
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -182,13 +181,13 @@ func TestOfflineBundleLog(t *testing.T) {
 	} {
 		_, err := d.a.InstallBundle(context.Background(), b)
 		var ve *verify.Error
-		if !errors.As(err, &ve) || (ve.Class != uptane.NotLogged && ve.Class != verify.Malformed) {
+		if !errors.As(err, &ve) || (ve.Class != verify.NotLogged && ve.Class != verify.Malformed) {
 			t.Fatalf("%s: got %v, want a not-logged or malformed refusal", name, err)
 		}
-		if name == "no proof" && (ve.Class != uptane.NotLogged || !strings.Contains(err.Error(), "rampart bundle --server")) {
+		if name == "no proof" && (ve.Class != verify.NotLogged || !strings.Contains(err.Error(), "rampart bundle --server")) {
 			t.Errorf("no proof: %v", err)
 		}
-		if name == "another release's proof" && ve.Class != uptane.NotLogged {
+		if name == "another release's proof" && ve.Class != verify.NotLogged {
 			t.Errorf("another release's proof: %v", err)
 		}
 		if !bytes.Equal(d.slot(bootloader.B), running) {

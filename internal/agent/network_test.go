@@ -14,7 +14,6 @@ import (
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/server/servertest"
-	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -128,14 +127,14 @@ func TestPayloadLongerThanAskedIsEndlessData(t *testing.T) {
 	f := d.frontEnd()
 	f.Set(on("image", agenttest.Append))
 	_, err := d.run()
-	wantClass(t, err, uptane.EndlessData)
+	wantClass(t, err, verify.EndlessData)
 	if n := f.Hits(agenttest.Append); n != 1 {
 		t.Errorf("%d over-long answers read: endless data was retried", n)
 	}
 	if b := d.slot(bootloader.B); bytes.Count(b, []byte{0}) != len(b) {
 		t.Error("bytes of an over-long answer reached the slot")
 	}
-	if st := d.status(); st.LastError == nil || st.LastError.Class != string(uptane.EndlessData) {
+	if st := d.status(); st.LastError == nil || st.LastError.Class != string(verify.EndlessData) {
 		t.Fatalf("status: last error %+v", st.LastError)
 	}
 	if srv := d.server(); srv["last_status"] != "verification-refused" {

@@ -63,7 +63,7 @@ func (a *Agent) InstallBundle(ctx context.Context, path string) (*Outcome, error
 				if !a.Config.Offline.LogRequired() {
 					return nil
 				}
-				return &verify.Error{Class: uptane.NotLogged, Role: "log",
+				return &verify.Error{Class: verify.NotLogged, Role: "log",
 					Msg: fmt.Sprintf("%s carries no proof that %s is in the transparency log: make the bundle with rampart bundle --server URL --ca FILE (offline.require_log = false accepts it, for fleets without a log)", path, res.Target)}
 			}
 			return uptane.CheckOfflineLog(a.uptaneConfig(st), proof, res)

@@ -328,6 +328,11 @@ func (h *harness) countOps() int {
 		h.t.Fatalf("uninterrupted scenario: %v", err)
 	}
 	h.final(s, "uninterrupted")
+	// The log checkpoint the install committed to is written through the
+	// model too (uptane.Config.FS), so its writes are among the points cut.
+	if _, err := s.m.Get(s.tufDir + "/log/checkpoint"); err != nil {
+		h.t.Fatalf("the log checkpoint is not on the power-loss model: %v", err)
+	}
 	return s.m.Ops() - base
 }
 

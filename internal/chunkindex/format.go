@@ -93,7 +93,6 @@ func checkChunk(i, cs, n, off, length uint64) error {
 	return nil
 }
 
-// validate checks that ix is a well-formed fixed-size chunk index.
 // Validate checks that the index is well formed (what Parse checks), so a
 // caller that verifies many chunks can validate once and compare hashes
 // itself; VerifyChunk validates the whole index on every call.
@@ -104,6 +103,7 @@ func (ix *Index) Validate() error {
 	return ix.validate()
 }
 
+// validate checks that ix is a well-formed fixed-size chunk index.
 func (ix *Index) validate() error {
 	if ix == nil {
 		return malformed("index: nil")

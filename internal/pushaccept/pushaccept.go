@@ -357,5 +357,5 @@ func stamp(t time.Time) string { return t.UTC().Format(time.RFC3339) }
 // the offline verifier's rules (hash, length, and agreement with the
 // target's own length and hash), and returns it decoded.
 func Index(r NewRelease, tf *metadata.TargetFiles, data []byte) (*chunkindex.Index, error) {
-	return verify.Index(&verify.Result{Target: r.Target, File: tf, Release: r.Meta, Role: r.Meta.Product}, data)
+	return verify.IndexOf(tf, r.Meta, r.Meta.Product, data)
 }

@@ -1,36 +1,39 @@
-// Package uptane is the device side's full Uptane verification of what the
-// Rampart server asks a device to install.
+// Package uptane is the device's network side of Uptane: it fetches what
+// the Rampart server asks a device to install, refreshes both
+// repositories with go-tuf, and stores the log checkpoint the device
+// accepted. Every decision on what it fetched is package verify's, the
+// pure trust decision the offline verifier (rampart verify) shares.
 //
 // Check decides, before a single image byte is downloaded, whether the
 // device should install something now. It requires three independent
-// authorities to agree (design §3):
+// authorities to agree (docs/agent.md, "What happens during an update"):
 //
 //  1. The director: the device's own TUF repository, served at /director/
 //     over mTLS, refreshed with go-tuf from the trusted director root (the
 //     cached StateDir/director/root.json, else the root shipped in firmware;
 //     never trust on first use). Its targets role must be bound to this
-//     device (directormeta.CheckDevice) and lists at most one target.
+//     device (verify.DirectorBinding) and names at most one target
+//     (verify.DirectorTarget).
 //  2. The image repository, served at /repo/ with consistent snapshots,
 //     refreshed the same way (StateDir/image): the director's target must
-//     exist there (delegations followed) and agree with the director's
-//     entry in path, length, hashes, device id, hardware id and release
-//     metadata (directormeta.Check). Its security version must be at least
-//     Config.MinSecurityVersion.
+//     exist there (delegations followed; verify.TargetLookup) and agree
+//     with the director's entry in path, length, hashes, device id,
+//     hardware id and release metadata, and its security version must be
+//     at least Config.MinSecurityVersion (verify.Assigned).
 //  3. The transparency log: the release statement must be included under
-//     a checkpoint signed by the pinned log key, describe exactly this
-//     target (path, length, SHA-256, security version), and the checkpoint
-//     must be consistent with the last one this device accepted
-//     (StateDir/log/checkpoint), which is then replaced atomically.
+//     a checkpoint signed by the pinned log key and describe exactly this
+//     target (verify.LogProof), and the checkpoint must be consistent with
+//     the last one this device accepted (StateDir/log/checkpoint, through
+//     Config.FS; verify.LogConsistency), which is then replaced atomically.
 //
 // Every refusal is a *verify.Error whose Class names the attack class;
-// the classes verify does not know (the log's NotLogged and LogFork,
-// WrongDevice, EndlessData) are defined here. A refusal is only ever about
-// bytes that arrived whole: a failed transfer (server unreachable, an
-// HTTP error, a body cut short by a reset connection or a timeout) is not
-// evidence of an attack, matches ErrUnavailable, and the caller simply
-// retries. A response longer than its bound (the signed length, or a
-// fixed limit where nothing is signed) is refused as EndlessData without
-// reading past the bound.
+// go-tuf's errors are mapped onto classes by verify.FromTUF. A refusal is
+// only ever about bytes that arrived whole: a failed transfer (server
+// unreachable, an HTTP error, a body cut short by a reset connection or a
+// timeout) is not evidence of an attack, matches ErrUnavailable, and the
+// caller simply retries. A response longer than its bound (the signed
+// length, or a fixed limit where nothing is signed) is refused as
+// EndlessData without reading past the bound.
 //
 // The director's metadata is verified in a staging copy of its state and
 // replaces the trusted copy only once its targets role is proven bound to
@@ -56,10 +59,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 	"github.com/theupdateframework/go-tuf/v2/metadata/config"
@@ -68,20 +69,10 @@ import (
 	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
-	"github.com/rampartfw/rampart/internal/directormeta"
+	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
-	"github.com/rampartfw/rampart/internal/strictjson"
 	"github.com/rampartfw/rampart/internal/verify"
-)
-
-// Refusal classes of the device, in addition to verify's; defined in
-// verify so that the server can check reports against one list.
-const (
-	NotLogged   = verify.NotLogged
-	LogFork     = verify.LogFork
-	WrongDevice = verify.WrongDevice
-	EndlessData = verify.EndlessData
 )
 
 // ErrUnavailable is matched by every error of Check that is a failed
@@ -104,10 +95,6 @@ func (e *transferError) Error() string {
 }
 func (e *transferError) Unwrap() []error { return []error{ErrUnavailable, e.err} }
 
-// maxTargetPath bounds a target name from the director: a release name is
-// PRODUCT/VERSION/FILENAME, each part far shorter (release.ParseTargetPath).
-const maxTargetPath = 512
-
 // Limits on the log API responses read by Check.
 const (
 	maxProofResponse       = 2 * (logproof.MaxProofSize + logproof.MaxStatementSize)
@@ -124,6 +111,13 @@ type Config struct {
 	// StateDir holds director/, image/ (trusted TUF metadata) and
 	// log/checkpoint (the last accepted checkpoint).
 	StateDir string
+	// FS is where the log checkpoint is read and written; nil means
+	// fsys.OS. The agent passes its own, so that the power-loss model
+	// sees every write the agent makes. The TUF metadata directories are
+	// not on it: go-tuf reads and writes them with package os, and the
+	// copies kept beside them (the durable trusted root, the committed
+	// director files) must be where go-tuf reads.
+	FS fsys.FS
 	// ImageRoot and DirectorRoot are the roots shipped in firmware, used
 	// only when StateDir holds no cached trusted root.
 	ImageRoot, DirectorRoot []byte
@@ -147,14 +141,13 @@ type Config struct {
 // Decision is the outcome of a successful Check.
 type Decision struct {
 	// Nothing is true when the director lists nothing to install; every
-	// other field is then zero.
+	// other field is then zero (Result points to a zero Result, so that
+	// its fields read as empty).
 	Nothing bool
-	// Target is the image repository's target path.
-	Target string
-	// File is the image repository's verified entry (length, hashes).
-	File *metadata.TargetFiles
-	// Release is the parsed release metadata (security version, index).
-	Release *release.Meta
+	// Result is what verify decided the device may install: the image
+	// repository's target path (Target), its verified entry (File) and
+	// the parsed release metadata (Release), with role "image".
+	*verify.Result
 	// ImageURL and IndexURL are the consistent-snapshot URLs of the image
 	// and its chunk index under /repo/targets/.
 	ImageURL, IndexURL string
@@ -201,21 +194,12 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	if err != nil {
 		return nil, err
 	}
-	dirTargets := dir.GetTopLevelTargets()
-	if len(dirTargets) == 0 {
-		return &Decision{Nothing: true}, nil
+	tpath, dirTarget, err := verify.DirectorTarget(dir.GetTrustedMetadataSet().Targets[metadata.TARGETS])
+	if err != nil {
+		return nil, err
 	}
-	if len(dirTargets) > 1 {
-		return nil, refuse(verify.Malformed, "director", nil, "director lists %d targets; a Rampart device installs one", len(dirTargets))
-	}
-	var tpath string
-	var dirTarget *metadata.TargetFiles
-	for p, tf := range dirTargets {
-		tpath, dirTarget = p, tf
-	}
-	if len(tpath) > maxTargetPath {
-		// Refused before it is quoted in any request or message.
-		return nil, refuse(verify.Malformed, "director", nil, "the director's target name is %d bytes, more than the %d a release name can be", len(tpath), maxTargetPath)
+	if dirTarget == nil {
+		return &Decision{Nothing: true, Result: &verify.Result{}}, nil
 	}
 
 	// 2. Image repository.
@@ -233,20 +217,14 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	}
 	imgTarget, err := img.GetTargetInfo(tpath)
 	if err != nil {
-		if strings.Contains(err.Error(), "not found") && !isDownload(err) {
-			return nil, refuse(verify.MissingTarget, "image", err, "image repository does not list %s", boundName(tpath))
+		if nr := notRefusal("image", err); nr != nil {
+			return nil, nr
 		}
-		return nil, classify("image", err)
+		return nil, verify.TargetLookup("image", tpath, err)
 	}
-	if err := directormeta.Check(dirTarget, imgTarget, tpath, cfg.DeviceID, cfg.HardwareID); err != nil {
-		return nil, directorRefusal(err)
-	}
-	rel, err := release.FromTarget(tpath, imgTarget)
+	res, err := verify.Assigned(tpath, dirTarget, imgTarget, verify.Device{ID: cfg.DeviceID, HardwareID: cfg.HardwareID, MinSecurityVersion: cfg.MinSecurityVersion})
 	if err != nil {
-		return nil, refuse(verify.Malformed, "image", err, "release metadata of %s", boundName(tpath))
-	}
-	if rel.SecurityVersion < cfg.MinSecurityVersion {
-		return nil, refuse(verify.Downgrade, "image", nil, "%s has security version %d, below the device's %d", boundName(tpath), rel.SecurityVersion, cfg.MinSecurityVersion)
+		return nil, err
 	}
 
 	// 3. Transparency log, under the key the trusted image root names
@@ -254,17 +232,16 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	if cfg, err = withRootLogKey(cfg, img.GetTrustedMetadataSet().Root); err != nil {
 		return nil, err
 	}
-	cp, keep, err := checkLog(ctx, cfg, base, tpath, imgTarget, rel)
+	cp, keep, err := checkLog(ctx, cfg, base, res)
 	if err != nil {
 		return nil, err
 	}
 
 	dirPart, file := path.Split(tpath)
 	sum := imgTarget.Hashes["sha256"].String()
+	rel := res.Release
 	return &Decision{
-		Target:     tpath,
-		File:       imgTarget,
-		Release:    rel,
+		Result:     res,
 		ImageURL:   base + "/repo/targets/" + escapePath(dirPart+sum+"."+file),
 		IndexURL:   base + "/repo/targets/" + escapePath(dirPart+rel.Index.SHA256+"."+file+release.IndexSuffix),
 		Checkpoint: cp,
@@ -288,6 +265,13 @@ func (cfg *Config) validate() error {
 		return errors.New("uptane: DeviceID and HardwareID are required")
 	}
 	return nil
+}
+
+func (cfg *Config) fs() fsys.FS {
+	if cfg.FS != nil {
+		return cfg.FS
+	}
+	return fsys.OS
 }
 
 func (cfg *Config) now() time.Time {
@@ -505,12 +489,8 @@ func refreshDirector(ctx context.Context, cfg Config, metaURL string) (*updater.
 		}
 		return nil, err
 	}
-	t := up.GetTrustedMetadataSet().Targets[metadata.TARGETS]
-	if t == nil {
-		return nil, refuse(verify.MissingTarget, "director", nil, "director has no trusted targets role")
-	}
-	if err := directormeta.CheckDevice(t, cfg.DeviceID); err != nil {
-		return nil, directorRefusal(err)
+	if err := verify.DirectorBinding(up.GetTrustedMetadataSet().Targets[metadata.TARGETS], cfg.DeviceID); err != nil {
+		return nil, err
 	}
 	if err := commitStaged(stage, mdDir); err != nil {
 		return nil, fmt.Errorf("uptane: director: %w", err)
@@ -539,8 +519,9 @@ func otherDevice(ctx context.Context, cfg Config, metaURL, stage string, root []
 	if t == nil {
 		return nil
 	}
-	if err := directormeta.CheckDevice(t, cfg.DeviceID); errors.Is(err, directormeta.ErrWrongDevice) {
-		return directorRefusal(err)
+	var ve *verify.Error
+	if err := verify.DirectorBinding(t, cfg.DeviceID); errors.As(err, &ve) && ve.Class == verify.WrongDevice {
+		return err
 	}
 	return nil
 }
@@ -651,62 +632,50 @@ func isDownload(err error) bool {
 	return errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)
 }
 
-// classify maps go-tuf's errors onto refusal classes. Failed transfers
-// are not refusals.
+// classify maps the errors of go-tuf's refresh: a failed transfer or
+// local I/O is not a refusal; everything else is mapped by
+// verify.FromTUF, the one mapping of go-tuf's errors onto classes.
 func classify(repo string, err error) error {
-	var ve *verify.Error
-	if errors.As(err, &ve) {
-		return ve
+	if nr := notRefusal(repo, err); nr != nil {
+		return nr
 	}
+	return verify.FromTUF(repo, err)
+}
+
+// notRefusal returns err wrapped with its context when it is no verdict
+// on the bytes (a refusal made while fetching passes through), nil
+// otherwise.
+func notRefusal(repo string, err error) error {
+	var ve *verify.Error
 	var pe *fs.PathError
 	switch {
+	case errors.As(err, &ve):
+		return ve
 	case isDownload(err):
 		return fmt.Errorf("uptane: %s repository unavailable: %w", repo, err)
 	case errors.As(err, &pe):
 		return fmt.Errorf("uptane: %s metadata state: %w", repo, err) // local I/O, not a refusal
-	case errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
-		return refuse(EndlessData, repo, err, "%s: response longer than allowed", repo)
-	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
-		return refuse(verify.BadSignature, repo, err, "%s: not signed by enough trusted keys", repo)
-	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
-		return refuse(verify.Expired, repo, err, "%s: metadata expired", repo)
-	case errors.Is(err, &metadata.ErrBadVersionNumber{}), errors.Is(err, &metadata.ErrEqualVersionNumber{}):
-		return refuse(verify.Rollback, repo, err, "%s: version number check failed", repo)
-	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}):
-		return refuse(verify.Mismatch, repo, err, "%s: length or hash differs from what the parent role signed", repo)
 	}
-	return refuse(verify.Malformed, repo, err, "%s: malformed or inconsistent metadata", repo)
-}
-
-// directorRefusal maps directormeta.Check and CheckDevice errors.
-func directorRefusal(err error) error {
-	switch {
-	case errors.Is(err, directormeta.ErrWrongHardware):
-		return refuse(verify.WrongHardware, "director", err, "director target is not for this hardware")
-	case errors.Is(err, directormeta.ErrWrongDevice):
-		return refuse(WrongDevice, "director", err, "director metadata is bound to another device")
-	case errors.Is(err, directormeta.ErrDisagree):
-		return refuse(verify.Mismatch, "director", err, "director and image repository disagree")
-	}
-	return refuse(verify.Malformed, "director", err, "director metadata")
+	return nil
 }
 
 // checkLog verifies the release's inclusion in the log and the log's
 // consistency with the stored checkpoint. It stores nothing: it returns
 // the checkpoint and, when it is newer than the stored one, the function
 // that stores it (Decision.KeepCheckpoint).
-func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.TargetFiles, rel *release.Meta) ([]byte, func() error, error) {
+func checkLog(ctx context.Context, cfg Config, base string, res *verify.Result) ([]byte, func() error, error) {
+	tpath := res.Target
 	body, code, err := get(ctx, cfg.HTTPClient, "log", base+"/api/v1/log/proof/"+escapePath(tpath), maxProofResponse)
 	if err != nil {
 		return nil, nil, err
 	}
 	if code == http.StatusNotFound {
-		return nil, nil, refuse(NotLogged, "log", nil, "the log has no entry for %s", boundName(tpath))
+		return nil, nil, refuse(verify.NotLogged, "log", nil, "the log has no entry for %s", verify.Quote(tpath))
 	}
 	if code != http.StatusOK {
 		return nil, nil, &transferError{url: "the log proof for " + tpath, err: fmt.Errorf("HTTP %d", code)}
 	}
-	newer, proof, err := verifyLogProof(cfg, body, tpath, tf, rel)
+	newer, proof, err := verify.LogProof(cfg.LogOrigin, cfg.LogKey, body, res)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -724,16 +693,17 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 				return nil, nil, err
 			}
 		}
-		if err := logproof.CheckConsistency(older, newer, hashes); err != nil {
-			return nil, nil, logRefusal(err)
+		if err := verify.LogConsistency(older, newer, hashes); err != nil {
+			return nil, nil, err
 		}
 		if older.Size == newer.Size {
 			return oldRaw, nil, nil // same tree: nothing new to store
 		}
 	}
 	keyText := verifierText(cfg)
+	fsy := cfg.fs()
 	keep := func() error {
-		if err := os.MkdirAll(filepath.Dir(cpFile), 0o700); err != nil {
+		if err := fsy.MkdirAll(filepath.Dir(cpFile), 0o700); err != nil {
 			return fmt.Errorf("uptane: %w", err)
 		}
 		// The checkpoint first, then the key it verified under: a cut in
@@ -741,61 +711,15 @@ func checkLog(ctx context.Context, cfg Config, base, tpath string, tf *metadata.
 		// is then discarded as a retired key's (harmless: the next one
 		// is accepted afresh), never a key file that matches a
 		// checkpoint it did not sign.
-		if err := atomicfile.WriteFile(cpFile, cp, 0o600); err != nil {
+		if err := fsys.WriteFile(fsy, cpFile, cp, 0o600); err != nil {
 			return fmt.Errorf("uptane: storing checkpoint: %w", err)
 		}
-		if err := atomicfile.WriteFile(cpFile+keySuffix, []byte(keyText+"\n"), 0o600); err != nil {
+		if err := fsys.WriteFile(fsy, cpFile+keySuffix, []byte(keyText+"\n"), 0o600); err != nil {
 			return fmt.Errorf("uptane: storing checkpoint key: %w", err)
 		}
 		return nil
 	}
 	return cp, keep, nil
-}
-
-// verifyLogProof checks a log proof response (the server's
-// /api/v1/log/proof answer, which offline bundles carry too) for the
-// release tpath: its statement must be this release, and its inclusion
-// must verify under a checkpoint signed by the pinned log key. It returns
-// that checkpoint, parsed and raw.
-func verifyLogProof(cfg Config, body []byte, tpath string, tf *metadata.TargetFiles, rel *release.Meta) (*log.Checkpoint, *logproof.Proof, error) {
-	env, err := logproof.ParseEnvelope(body)
-	if err != nil {
-		return nil, nil, refuse(verify.Malformed, "log", err, "log proof response")
-	}
-	proof, leaf := env.Proof, env.Statement
-	st, err := logproof.ParseStatement(leaf)
-	if err != nil {
-		return nil, nil, refuse(verify.Malformed, "log", err, "log statement")
-	}
-	sum := tf.Hashes["sha256"].String()
-	if st.Target != tpath || st.Length != tf.Length || st.SHA256 != sum || st.SecurityVersion != rel.SecurityVersion {
-		return nil, nil, refuse(NotLogged, "log", nil, "the logged statement (%s, %d bytes, sha256 %s, security version %d) is not this release (%s, %d bytes, sha256 %s, security version %d)",
-			boundName(st.Target), st.Length, st.SHA256, st.SecurityVersion, boundName(tpath), tf.Length, sum, rel.SecurityVersion)
-	}
-	newer, err := logproof.VerifyInclusion(cfg.LogOrigin, cfg.LogKey, leaf, proof)
-	if err != nil {
-		return nil, nil, logRefusal(err)
-	}
-	return newer, proof, nil
-}
-
-// VerifyLogProof checks a log proof as an offline bundle carries it (the
-// server's /api/v1/log/proof answer) for the release res that verify.Target
-// accepted: the statement is this release, and it is included under a
-// checkpoint signed by logKey. It returns the checkpoint and the release's
-// index in the log. It is pure: no network, no stored state.
-func VerifyLogProof(logKey note.Verifier, proofJSON []byte, res *verify.Result) (*log.Checkpoint, uint64, error) {
-	if len(proofJSON) == 0 {
-		return nil, 0, refuse(NotLogged, "log", nil, "the bundle carries no log proof for %s (rampart bundle --server URL --ca FILE adds it)", res.Target)
-	}
-	if logKey == nil {
-		return nil, 0, errors.New("uptane: no log key")
-	}
-	cp, proof, err := verifyLogProof(Config{LogOrigin: logKey.Name(), LogKey: logKey}, proofJSON, res.Target, res.File, res.Release)
-	if err != nil {
-		return nil, 0, err
-	}
-	return cp, proof.Index, nil
 }
 
 // CheckOfflineLog checks the log proof an offline bundle carries for a
@@ -811,7 +735,7 @@ func CheckOfflineLog(cfg Config, proofJSON []byte, res *verify.Result) error {
 	if err != nil {
 		return err
 	}
-	newer, _, err := VerifyLogProof(cfg.LogKey, proofJSON, res)
+	newer, _, err := verify.OfflineLogProof(cfg.LogKey, proofJSON, res)
 	if err != nil {
 		return err
 	}
@@ -819,10 +743,7 @@ func CheckOfflineLog(cfg Config, proofJSON []byte, res *verify.Result) error {
 	if err != nil || older == nil || older.Size != newer.Size {
 		return err
 	}
-	if err := logproof.CheckConsistency(older, newer, nil); err != nil {
-		return logRefusal(err)
-	}
-	return nil
+	return verify.LogConsistency(older, newer, nil)
 }
 
 // keySuffix names the file beside the stored checkpoint that holds the
@@ -838,7 +759,9 @@ const keySuffix = ".key"
 // That is what ends a fork bound by a stolen log key.
 func storedCheckpoint(cfg Config) (path string, older *log.Checkpoint, raw []byte, err error) {
 	path = filepath.Join(cfg.StateDir, "log", "checkpoint")
-	raw, err = os.ReadFile(path)
+	// One byte more than a checkpoint may be: a longer file is refused
+	// by its size, as any stored checkpoint that does not verify.
+	raw, err = readUpTo(cfg.fs(), path, logproof.MaxCheckpointSize+1)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		return path, nil, nil, nil
@@ -846,20 +769,27 @@ func storedCheckpoint(cfg Config) (path string, older *log.Checkpoint, raw []byt
 		return path, nil, nil, fmt.Errorf("uptane: reading stored checkpoint: %w", err)
 	}
 	under := cfg.pinnedText()
-	if k, kerr := os.ReadFile(path + keySuffix); kerr == nil && len(k) <= 2*maxVerifierText {
+	if k, kerr := readUpTo(cfg.fs(), path+keySuffix, 2*maxVerifierText+1); kerr == nil && len(k) <= 2*maxVerifierText {
 		under = strings.TrimSpace(string(k))
 	}
 	if under != verifierText(cfg) {
 		return path, nil, nil, nil // a retired key's: discarded
 	}
-	older, err = logproof.OpenCheckpoint(cfg.LogOrigin, cfg.LogKey, raw)
+	older, err = verify.StoredCheckpoint(cfg.LogOrigin, cfg.LogKey, raw, path)
 	if err != nil {
-		// Storage is writable; a stored checkpoint that does not verify
-		// under the key it was stored under was not written by us.
-		// Refuse rather than forget it.
-		return path, nil, nil, refuse(verify.BadSignature, "log", err, "stored checkpoint %s does not verify", path)
+		return path, nil, nil, err
 	}
 	return path, older, raw, nil
+}
+
+// readUpTo reads at most n bytes of name from fsy.
+func readUpTo(fsy fsys.FS, name string, n int64) ([]byte, error) {
+	f, err := fsy.OpenFile(name, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(io.LimitReader(f, n))
 }
 
 // maxVerifierText bounds a verifier key's text form.
@@ -892,9 +822,9 @@ func withRootLogKey(cfg Config, root *metadata.Metadata[metadata.RootType]) (Con
 	if root == nil {
 		return cfg, nil
 	}
-	vk, err := logproof.KeyFromRoot(root.Signed.UnrecognizedFields)
+	vk, err := verify.RootLogKey(root)
 	if err != nil {
-		return cfg, refuse(verify.Malformed, "image", err, "image root version %d names an unusable log key", root.Signed.Version)
+		return cfg, err
 	}
 	if vk == nil {
 		return cfg, nil
@@ -930,25 +860,7 @@ func fetchConsistency(ctx context.Context, cfg Config, base string, from, to uin
 	if code != http.StatusOK {
 		return nil, &transferError{url: fmt.Sprintf("the log consistency proof %d→%d", from, to), err: fmt.Errorf("HTTP %d", code)}
 	}
-	var resp struct {
-		Hashes [][]byte `json:"hashes"`
-	}
-	if err := strictjson.Unmarshal(body, &resp); err != nil {
-		return nil, refuse(verify.Malformed, "log", err, "log consistency response")
-	}
-	return resp.Hashes, nil
-}
-
-func logRefusal(err error) error {
-	switch {
-	case errors.Is(err, logproof.ErrBadCheckpoint):
-		return refuse(verify.BadSignature, "log", err, "log checkpoint not signed by the pinned log key")
-	case errors.Is(err, logproof.ErrNotIncluded):
-		return refuse(NotLogged, "log", err, "release not proven to be in the log")
-	case errors.Is(err, logproof.ErrInconsistent):
-		return refuse(LogFork, "log", err, "log is not consistent with the last accepted checkpoint")
-	}
-	return refuse(verify.Malformed, "log", err, "log proof")
+	return verify.ConsistencyProof(body)
 }
 
 // get fetches u for role, reading at most limit bytes. The body of an
@@ -986,14 +898,14 @@ func fetch(ctx context.Context, c *http.Client, role, u string, limit int64) ([]
 		return nil, resp.StatusCode, nil
 	}
 	if resp.ContentLength > limit {
-		return nil, 0, refuse(EndlessData, role, nil, "%s declares %d bytes, more than the %d allowed", boundURL(u), resp.ContentLength, limit)
+		return nil, 0, refuse(verify.EndlessData, role, nil, "%s declares %d bytes, more than the %d allowed", boundURL(u), resp.ContentLength, limit)
 	}
 	b, err := io.ReadAll(io.LimitReader(resp.Body, limit+1))
 	if err != nil {
 		return nil, 0, &transferError{url: u, err: fmt.Errorf("cut after %d bytes: %w", len(b), boundedTransportError(err))}
 	}
 	if int64(len(b)) > limit {
-		return nil, 0, refuse(EndlessData, role, nil, "%s goes on past the %d bytes allowed", boundURL(u), limit)
+		return nil, 0, refuse(verify.EndlessData, role, nil, "%s goes on past the %d bytes allowed", boundURL(u), limit)
 	}
 	return b, resp.StatusCode, nil
 }
@@ -1013,7 +925,7 @@ type fetcher struct {
 func (f *fetcher) DownloadFile(u string, maxLength int64, _ time.Duration) ([]byte, error) {
 	limit, role := f.limits.forFile(u)
 	if maxLength > limit {
-		return nil, refuse(EndlessData, f.role, nil, "%s: the %s metadata is signed as %d bytes, more than the %d this device accepts", f.role, boundName(role), maxLength, limit)
+		return nil, refuse(verify.EndlessData, f.role, nil, "%s: the %s metadata is signed as %d bytes, more than the %d this device accepts", f.role, verify.Quote(role), maxLength, limit)
 	}
 	if maxLength <= 0 {
 		maxLength = limit
@@ -1030,26 +942,10 @@ func (f *fetcher) DownloadFile(u string, maxLength int64, _ time.Duration) ([]by
 	return b, nil
 }
 
-// maxQuoted bounds a URL or name quoted in an error: an error is kept in
-// the device's state and shown to people, and a hostile server chooses
-// what the names in its metadata say.
-const maxQuoted = 256
-
-// boundURL is u cut to maxQuoted bytes, for error text.
-func boundURL(u string) string { return boundName(u) }
-
-// boundName is s cut to maxQuoted bytes (at a rune boundary) and quoted,
-// with its length when cut.
-func boundName(s string) string {
-	if len(s) <= maxQuoted {
-		return strconv.Quote(s)
-	}
-	cut := maxQuoted
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:cut]), len(s))
-}
+// boundURL is u cut and quoted for error text (verify.Quote): an error is
+// kept in the device's state and shown to people, and a hostile server
+// chooses what the names in its metadata say.
+func boundURL(u string) string { return verify.Quote(u) }
 
 // noRedirects returns c, made never to follow a redirect: the redirect
 // itself is returned as the answer, which is not 200 OK and so fails as a
@@ -1080,10 +976,10 @@ func escapePath(p string) string {
 func boundedTransportError(err error) error {
 	var ue *url.Error
 	if errors.As(err, &ue) {
-		return &boundedError{msg: ue.Op + ": " + boundName(ue.Err.Error()), err: err}
+		return &boundedError{msg: ue.Op + ": " + verify.Quote(ue.Err.Error()), err: err}
 	}
-	if len(err.Error()) > 4*maxQuoted {
-		return &boundedError{msg: boundName(err.Error()), err: err}
+	if len(err.Error()) > 4*256 { // four times what verify.Quote keeps
+		return &boundedError{msg: verify.Quote(err.Error()), err: err}
 	}
 	return err
 }

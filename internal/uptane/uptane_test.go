@@ -162,7 +162,7 @@ func TestCheckHappyPathAndLogConsistency(t *testing.T) {
 		return nil
 	})
 	d5, err := uptane.Check(context.Background(), cfg5)
-	wantClass(t, d5, err, uptane.NotLogged)
+	wantClass(t, d5, err, verify.NotLogged)
 }
 
 // deployed is an env with one release (security version 2) deployed to
@@ -288,7 +288,7 @@ func TestCheckRefusals(t *testing.T) {
 			return nil
 		})
 		d, err := uptane.Check(ctx, cfg)
-		wantClass(t, d, err, uptane.NotLogged)
+		wantClass(t, d, err, verify.NotLogged)
 	})
 
 	t.Run("tampered inclusion proof", func(t *testing.T) {
@@ -317,7 +317,7 @@ func TestCheckRefusals(t *testing.T) {
 			os.MkdirAll(filepath.Join(cfg.StateDir, "log"), 0o700)
 			os.WriteFile(filepath.Join(cfg.StateDir, "log", "checkpoint"), fork, 0o600)
 			d, err := uptane.Check(ctx, cfg)
-			wantClass(t, d, err, uptane.LogFork)
+			wantClass(t, d, err, verify.LogFork)
 			if b, _ := os.ReadFile(filepath.Join(cfg.StateDir, "log", "checkpoint")); !bytes.Equal(b, fork) {
 				t.Fatal("the stored checkpoint changed after a refusal")
 			}
@@ -339,7 +339,7 @@ func TestCheckRefusals(t *testing.T) {
 			return nil
 		})
 		d, err := uptane.Check(ctx, cfg)
-		wantClass(t, d, err, uptane.LogFork)
+		wantClass(t, d, err, verify.LogFork)
 	})
 
 	t.Run("director rollback", func(t *testing.T) {
@@ -421,7 +421,7 @@ func TestAnotherDevicesDirector(t *testing.T) {
 		c := cfg
 		asDevice(t, e, &c, gw2Client)
 		d, err := uptane.Check(ctx, c)
-		if ve := wantClass(t, d, err, uptane.WrongDevice); !errors.Is(ve, directormeta.ErrWrongDevice) {
+		if ve := wantClass(t, d, err, verify.WrongDevice); !errors.Is(ve, directormeta.ErrWrongDevice) {
 			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
 		}
 		if got := directorFiles(t, cfg); !reflect.DeepEqual(got, trusted) {
@@ -441,7 +441,7 @@ func TestAnotherDevicesDirector(t *testing.T) {
 		c := cfg
 		asDevice(t, e, &c, e.Client(gw3))
 		d, err := uptane.Check(ctx, c)
-		if ve := wantClass(t, d, err, uptane.WrongDevice); !errors.Is(ve, directormeta.ErrWrongDevice) {
+		if ve := wantClass(t, d, err, verify.WrongDevice); !errors.Is(ve, directormeta.ErrWrongDevice) {
 			t.Fatalf("%v does not wrap ErrWrongDevice", ve)
 		}
 		if got := directorFiles(t, cfg); !reflect.DeepEqual(got, trusted) {

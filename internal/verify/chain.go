@@ -100,21 +100,27 @@ func (c *Chain) Target(target string, delegated map[string][]byte) (*Result, err
 	if top == nil {
 		return nil, refuse(MissingTarget, "targets", nil, "the targets role was not verified")
 	}
-	res := &Result{Target: target, Versions: map[string]int64{}, Expires: map[string]time.Time{}}
-	res.Versions["root"], res.Expires["root"] = trusted.Root.Signed.Version, trusted.Root.Signed.Expires
-	res.Versions["timestamp"], res.Expires["timestamp"] = trusted.Timestamp.Signed.Version, trusted.Timestamp.Signed.Expires
-	res.Versions["snapshot"], res.Expires["snapshot"] = trusted.Snapshot.Signed.Version, trusted.Snapshot.Signed.Expires
-	res.Versions["targets"], res.Expires["targets"] = top.Signed.Version, top.Signed.Expires
+	versions, expires := map[string]int64{}, map[string]time.Time{}
+	versions["root"], expires["root"] = trusted.Root.Signed.Version, trusted.Root.Signed.Expires
+	versions["timestamp"], expires["timestamp"] = trusted.Timestamp.Signed.Version, trusted.Timestamp.Signed.Expires
+	versions["snapshot"], expires["snapshot"] = trusted.Snapshot.Signed.Version, trusted.Snapshot.Signed.Expires
+	versions["targets"], expires["targets"] = top.Signed.Version, top.Signed.Expires
 
 	if _, _, _, err := release.ParseTargetPath(target); err != nil {
 		return nil, refuse(Malformed, "", err, "target %q", target)
 	}
+	var (
+		file      *metadata.TargetFiles
+		role      string
+		threshold int
+		signers   []string
+	)
 	// Rampart repositories delegate every product path to one terminating
 	// role; the top-level targets role lists no releases itself.
 	if tf, ok := top.Signed.Targets[target]; ok {
-		res.File, res.Role = tf, metadata.TARGETS
-		res.Threshold = trusted.Root.Signed.Roles[metadata.TARGETS].Threshold
-		res.Signers = ValidSigners(trusted.Root.Signed.Keys, trusted.Root.Signed.Roles[metadata.TARGETS].KeyIDs, top)
+		file, role = tf, metadata.TARGETS
+		threshold = trusted.Root.Signed.Roles[metadata.TARGETS].Threshold
+		signers = ValidSigners(trusted.Root.Signed.Keys, trusted.Root.Signed.Roles[metadata.TARGETS].KeyIDs, top)
 	} else {
 		if top.Signed.Delegations == nil {
 			return nil, refuse(MissingTarget, "targets", nil, "no role is delegated target %s", target)
@@ -124,17 +130,17 @@ func (c *Chain) Target(target string, delegated map[string][]byte) (*Result, err
 			if !ok {
 				return nil, refuse(MissingTarget, rr.Name, nil, "metadata of role %s, delegated target %s, is missing", rr.Name, target)
 			}
-			role, err := trusted.UpdateDelegatedTargets(raw, rr.Name, metadata.TARGETS)
+			dr, err := trusted.UpdateDelegatedTargets(raw, rr.Name, metadata.TARGETS)
 			if err != nil {
 				return nil, expiryOr(trusted, rr.Name, raw, err)
 			}
-			res.Versions[rr.Name], res.Expires[rr.Name] = role.Signed.Version, role.Signed.Expires
-			if tf, ok := role.Signed.Targets[target]; ok {
-				res.File, res.Role = tf, rr.Name
+			versions[rr.Name], expires[rr.Name] = dr.Signed.Version, dr.Signed.Expires
+			if tf, ok := dr.Signed.Targets[target]; ok {
+				file, role = tf, rr.Name
 				for _, d := range top.Signed.Delegations.Roles {
 					if d.Name == rr.Name {
-						res.Threshold = d.Threshold
-						res.Signers = ValidSigners(top.Signed.Delegations.Keys, d.KeyIDs, role)
+						threshold = d.Threshold
+						signers = ValidSigners(top.Signed.Delegations.Keys, d.KeyIDs, dr)
 					}
 				}
 				break
@@ -143,24 +149,16 @@ func (c *Chain) Target(target string, delegated map[string][]byte) (*Result, err
 				break
 			}
 		}
-		if res.File == nil {
+		if file == nil {
 			return nil, refuse(MissingTarget, "", nil, "target %s is not in the signed metadata", target)
 		}
 	}
 
-	rel, err := release.FromTarget(target, res.File)
+	res, err := newResult(target, file, role, opt)
 	if err != nil {
-		return nil, refuse(Malformed, res.Role, err, "release metadata")
+		return nil, err
 	}
-	res.Release = rel
-	if _, ok := res.File.Hashes["sha256"]; !ok {
-		return nil, refuse(Malformed, res.Role, nil, "target %s has no sha256 hash", target)
-	}
-	if opt.Hardware != "" && !rel.Supports(opt.Hardware) {
-		return nil, refuse(WrongHardware, res.Role, nil, "release %s is for hardware %v, not %s", target, rel.HardwareIDs, opt.Hardware)
-	}
-	if rel.SecurityVersion < opt.MinSecurityVersion {
-		return nil, refuse(Downgrade, res.Role, nil, "release %s has security version %d, below the required minimum %d", target, rel.SecurityVersion, opt.MinSecurityVersion)
-	}
+	res.Signers, res.Threshold = signers, threshold
+	res.Versions, res.Expires = versions, expires
 	return res, nil
 }

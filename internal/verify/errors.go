@@ -3,6 +3,9 @@ package verify
 import (
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
@@ -34,7 +37,7 @@ const (
 	// Malformed: input that does not parse or breaks the format's rules.
 	Malformed Class = "malformed"
 
-	// The device's classes beyond a single verification (internal/uptane).
+	// The device's classes beyond a single offline verification.
 
 	// NotLogged: the release is not (provably) recorded in the log.
 	NotLogged Class = "not-logged"
@@ -99,28 +102,85 @@ func refuse(c Class, role string, err error, format string, args ...any) *Error 
 	return &Error{Class: c, Role: role, Msg: fmt.Sprintf(format, args...), Err: err}
 }
 
-// classify maps go-tuf's error hierarchy onto refusal classes.
-func classify(role string, err error) *Error {
+// FromTUF maps an error of go-tuf (its trusted metadata state machine,
+// which this package runs, and its updater, which the device's refresh
+// runs in internal/uptane) onto a refusal class about role. It is the one
+// place that does: both paths refuse the same attack with the same class.
+// A refusal passes through unchanged. The caller sorts out what is not a
+// verdict on the bytes (a failed transfer, local I/O) before calling it.
+func FromTUF(role string, err error) *Error {
 	var ve *Error
 	if errors.As(err, &ve) {
 		return ve
 	}
 	switch {
+	case errors.Is(err, &metadata.ErrDownloadLengthMismatch{}):
+		return refuse(EndlessData, role, err, "%s: response longer than allowed", role)
 	case errors.Is(err, &metadata.ErrUnsignedMetadata{}):
-		return refuse(BadSignature, role, nil, "%s: not signed by enough authorised keys (%s)", role, tufMsg(err))
+		return refuse(BadSignature, role, err, "%s: not signed by enough authorised keys", role)
 	case errors.Is(err, &metadata.ErrExpiredMetadata{}):
-		return refuse(Expired, role, nil, "%s: expired (%s)", role, tufMsg(err))
+		return refuse(Expired, role, err, "%s: expired", role)
 	case errors.Is(err, &metadata.ErrBadVersionNumber{}), errors.Is(err, &metadata.ErrEqualVersionNumber{}):
-		return refuse(Rollback, role, nil, "%s: version number check failed (%s)", role, tufMsg(err))
+		return refuse(Rollback, role, err, "%s: version number check failed", role)
 	case errors.Is(err, &metadata.ErrLengthOrHashMismatch{}):
-		return refuse(Mismatch, role, nil, "%s: length or hash mismatch with what the parent role signed (%s)", role, tufMsg(err))
+		return refuse(Mismatch, role, err, "%s: length or hash mismatch with what the parent role signed", role)
 	}
-	return refuse(Malformed, role, nil, "%s: malformed or inconsistent metadata (%s)", role, tufMsg(err))
+	return refuse(Malformed, role, err, "%s: malformed or inconsistent metadata", role)
 }
 
-func tufMsg(err error) string {
-	if err == nil {
-		return ""
+// classify is FromTUF for this package's own go-tuf calls.
+func classify(role string, err error) *Error { return FromTUF(role, err) }
+
+// TargetLookup maps the error of go-tuf's Updater.GetTargetInfo for
+// target, looked up in the repository role names: a target the verified
+// metadata does not list (or whose delegated role the snapshot does not
+// name) is MissingTarget; anything else is mapped as FromTUF maps it.
+func TargetLookup(role, target string, err error) *Error {
+	var ve *Error
+	if errors.As(err, &ve) {
+		return ve
 	}
-	return err.Error()
+	if tufNotFound(target, err) {
+		return refuse(MissingTarget, role, err, "%s repository does not list %s", role, Quote(target))
+	}
+	return FromTUF(role, err)
+}
+
+// tufNotFound reports whether err is go-tuf's answer that the verified
+// metadata lists no target (or no delegated role) for target. This is
+// the one place Rampart reads go-tuf's error text: the updater returns
+// these two answers as plain fmt.Errorf values, of no type errors.As
+// could match (go-tuf v2.4.2, updater.go: "target %s not found" and
+// "role %s not found in snapshot"). Only those exact, unwrapped texts
+// match, so no other error can be read as a missing target because a
+// name in it says "not found". TestTargetLookupPinsGoTUFText fails when a
+// go-tuf upgrade changes them.
+func tufNotFound(target string, err error) bool {
+	msg := err.Error()
+	if errors.Unwrap(err) != nil {
+		return false
+	}
+	if msg == fmt.Sprintf("target %s not found", target) {
+		return true
+	}
+	rest, ok := strings.CutPrefix(msg, "role ")
+	return ok && strings.HasSuffix(rest, " not found in snapshot")
+}
+
+// maxQuoted bounds a name quoted in a refusal: a refusal is kept in the
+// device's state and shown to people, and whoever signs the metadata
+// (for the director, the server's online keys) chooses what its names say.
+const maxQuoted = 256
+
+// Quote is s quoted for a message, cut to maxQuoted bytes at a rune
+// boundary, with its length when cut.
+func Quote(s string) string {
+	if len(s) <= maxQuoted {
+		return strconv.Quote(s)
+	}
+	cut := maxQuoted
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strconv.Quote(s[:cut]), len(s))
 }

@@ -1,13 +1,37 @@
-// Package verify decides whether a release may be trusted. It is pure: it
-// takes metadata bytes, a trusted root and a reference time, and returns the
-// verified release or a typed refusal (*Error) naming the attack class. It
-// never reads files or the network, and it hands on no byte it has not
-// verified.
+// Package verify is Rampart's trust decision: whether a release may be
+// trusted, by the operator's offline verifier (rampart verify), by a
+// device installing an offline bundle, and by a device installing what
+// its director assigns. It is pure: it takes metadata bytes or metadata
+// go-tuf has verified, the trusted state (a root, the device's identity
+// and security counter, the log key, the checkpoint the device accepted)
+// and a reference time, and returns the verified release (*Result, built
+// in one place) or a typed refusal (*Error) whose Class names the attack.
+// It never reads files or the network, and it hands on no byte it has
+// not verified.
 //
-// Metadata checks are go-tuf's trustedmetadata state machine (root chain,
-// thresholds, expiry, version monotonicity, snapshot and timestamp
-// consistency); this package adds Rampart's release rules on top: hardware
-// id, security version, and the chunk index that authenticates the image.
+// What it decides, and where:
+//
+//   - the metadata chain of one target, offline (Target, Chain; bundles
+//     through internal/bundle) or of a whole repository (Repository,
+//     Signed): go-tuf's trustedmetadata state machine (root chain,
+//     thresholds, expiry, version monotonicity, snapshot and timestamp
+//     consistency), with Rampart's release rules on top: hardware id and
+//     security version;
+//   - the chunk index against the signed target, and the image against
+//     the index (Index, IndexOf, Image);
+//   - what a device's director assigns (device.go): the binding of the
+//     director's targets role to the device, the one target it names, the
+//     image repository listing it, the two repositories' agreement,
+//     hardware and security version;
+//   - the transparency log (log.go): the release's inclusion under a
+//     checkpoint of the log key (or the key the image root names), and
+//     the checkpoint's consistency with the one the device accepted.
+//
+// Formats and their primitive checks stay with their owners
+// (internal/chunkindex, internal/logproof, internal/directormeta, go-tuf);
+// which refusal class a failure is, is decided here, once: go-tuf's errors
+// by FromTUF and TargetLookup, for the offline checks and the device's
+// refresh (internal/uptane) alike.
 package verify
 
 import (
@@ -48,7 +72,10 @@ type Options struct {
 	Time time.Time
 }
 
-// Result is a verified release.
+// Result is a verified release. It is built in one place (newResult), for
+// an offline repository or bundle (Target, Chain.Target) and for what a
+// device's director assigns (Assigned) alike, so every caller gets the
+// same release rules applied in the same order.
 type Result struct {
 	Target  string
 	File    *metadata.TargetFiles
@@ -95,6 +122,27 @@ func Target(trustedRoot []byte, md Metadata, target string, opt Options) (*Resul
 		return nil, err
 	}
 	return c.Target(target, md.Delegated)
+}
+
+// newResult applies Rampart's release rules to the verified entry file of
+// target, which role signed: its custom metadata parses, it carries a
+// SHA-256 hash, it lists opt.Hardware (when set), and its security
+// version is at least opt.MinSecurityVersion.
+func newResult(target string, file *metadata.TargetFiles, role string, opt Options) (*Result, error) {
+	rel, err := release.FromTarget(target, file)
+	if err != nil {
+		return nil, refuse(Malformed, role, err, "release metadata of %s", Quote(target))
+	}
+	if _, ok := file.Hashes["sha256"]; !ok {
+		return nil, refuse(Malformed, role, nil, "target %s has no sha256 hash", target)
+	}
+	if opt.Hardware != "" && !rel.Supports(opt.Hardware) {
+		return nil, refuse(WrongHardware, role, nil, "release %s is for hardware %v, not %s", target, rel.HardwareIDs, opt.Hardware)
+	}
+	if rel.SecurityVersion < opt.MinSecurityVersion {
+		return nil, refuse(Downgrade, role, nil, "release %s has security version %d, below the required minimum %d", target, rel.SecurityVersion, opt.MinSecurityVersion)
+	}
+	return &Result{Target: target, File: file, Release: rel, Role: role}, nil
 }
 
 // expiryOr turns go-tuf's expiry errors into a message that names the role
@@ -159,26 +207,33 @@ func ValidSigners(keys map[string]*metadata.Key, keyIDs []string, md any) []stri
 // parses it. The index must also agree with the target's own length and
 // SHA-256, so the index, the target entry and the image cannot drift apart.
 func Index(res *Result, data []byte) (*chunkindex.Index, error) {
-	ref := res.Release.Index
+	return IndexOf(res.File, res.Release, res.Role, data)
+}
+
+// IndexOf is Index for a release not verified through this package: a
+// push the server accepts (internal/pushaccept), whose target entry file
+// and release metadata rel role signed.
+func IndexOf(file *metadata.TargetFiles, rel *release.Meta, role string, data []byte) (*chunkindex.Index, error) {
+	ref := rel.Index
 	if int64(len(data)) != ref.Length {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index is %d bytes, signed metadata says %d", len(data), ref.Length)
+		return nil, refuse(Mismatch, role, nil, "chunk index is %d bytes, signed metadata says %d", len(data), ref.Length)
 	}
 	sum := sha256Hex(data)
 	if sum != ref.SHA256 {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index sha256 %s differs from the signed %s", sum, ref.SHA256)
+		return nil, refuse(Mismatch, role, nil, "chunk index sha256 %s differs from the signed %s", sum, ref.SHA256)
 	}
 	ix, err := chunkindex.Parse(data)
 	if err != nil {
-		return nil, refuse(Malformed, res.Role, err, "chunk index")
+		return nil, refuse(Malformed, role, err, "chunk index")
 	}
-	if ix.ImageLength != res.File.Length {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index covers %d bytes, the signed target is %d bytes", ix.ImageLength, res.File.Length)
+	if ix.ImageLength != file.Length {
+		return nil, refuse(Mismatch, role, nil, "chunk index covers %d bytes, the signed target is %d bytes", ix.ImageLength, file.Length)
 	}
-	if hex.EncodeToString(ix.ImageHash[:]) != hex.EncodeToString(res.File.Hashes["sha256"]) {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index image sha256 differs from the signed target hash")
+	if hex.EncodeToString(ix.ImageHash[:]) != hex.EncodeToString(file.Hashes["sha256"]) {
+		return nil, refuse(Mismatch, role, nil, "chunk index image sha256 differs from the signed target hash")
 	}
 	if ix.ChunkSize != ref.ChunkSize {
-		return nil, refuse(Mismatch, res.Role, nil, "chunk index uses chunk size %d, signed metadata says %d", ix.ChunkSize, ref.ChunkSize)
+		return nil, refuse(Mismatch, role, nil, "chunk index uses chunk size %d, signed metadata says %d", ix.ChunkSize, ref.ChunkSize)
 	}
 	return ix, nil
 }

@@ -326,8 +326,9 @@ func invalidArguments(t *testing.T, h *harness) {
 	h.state(t, "A", h.max)
 }
 
-// MarkGood accepts a slot with no attempts left (the trial slot after its
-// trial boot: that is the commit) and refuses one outside the order.
+// markGoodZeroAttempts: MarkGood accepts a slot with no attempts left (the
+// trial slot after its trial boot: that is the commit) and refuses one
+// outside the order.
 func markGoodZeroAttempts(t *testing.T, h *harness) {
 	h.upOn(t, bootloader.A)
 	h.setTrial(t, bootloader.B, 1, nil)

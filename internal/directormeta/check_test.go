@@ -1,10 +1,11 @@
-package director_test
+package directormeta_test
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
-	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -14,14 +15,14 @@ import (
 	"github.com/rampartfw/rampart/internal/release"
 )
 
-func readFile(t *testing.T, p string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b
-}
+var t0 = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
+
+const (
+	dev  = "dev-0001"
+	hw   = "acme-gw-rev-b"
+	tgt1 = "acme-gw/1.0.0/fw.img"
+	tgt2 = "acme-gw/1.1.0/fw.img"
+)
 
 // clone deep-copies a target entry through JSON, keeping its path.
 func clone(t *testing.T, tf *metadata.TargetFiles) *metadata.TargetFiles {
@@ -49,15 +50,50 @@ func withCustom(t *testing.T, tf *metadata.TargetFiles, v any) *metadata.TargetF
 	return tf
 }
 
-func TestCheck(t *testing.T) {
-	f := newFx(t)
-	r := f.build(f.assign(tgt1, f.img1), nil, t0)
-	tg, err := clientRefresh(t, f.root, nil, r, t0)
+// imageTarget is an image repository entry as internal/offlinerepo writes
+// it, with an extra sha512 hash, round-tripped through JSON as a device
+// sees it.
+func imageTarget(t *testing.T, path string, hwids []string) *metadata.TargetFiles {
+	t.Helper()
+	img := make([]byte, 4096)
+	rand.Read(img)
+	tf, err := metadata.TargetFile().FromBytes(path, img, "sha256", "sha512")
 	if err != nil {
 		t.Fatal(err)
 	}
-	dt := tg.Signed.Targets[tgt1]
-	if err := directormeta.Check(dt, f.img1, tgt1, dev, hw); err != nil {
+	product, version, _, err := release.ParseTargetPath(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &release.Meta{Product: product, Version: version, SecurityVersion: 3, HardwareIDs: hwids, Created: t0.Add(-time.Hour),
+		Index: release.IndexRef{Length: 100, SHA256: strings.Repeat("ab", 32), ChunkSize: 65536}}
+	if tf.Custom, err = m.Custom(); err != nil {
+		t.Fatal(err)
+	}
+	return clone(t, tf)
+}
+
+// directorTarget is the director's entry for img as internal/director
+// builds it for dev (TestBuildAgreesWithDevice in internal/director holds
+// Build to the same shape): the image's length and hashes, and a custom
+// naming the device, its hardware and a verbatim copy of the release
+// metadata.
+func directorTarget(t *testing.T, img *metadata.TargetFiles) *metadata.TargetFiles {
+	t.Helper()
+	rel, err := directormeta.ReleaseCustom(img.Custom)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := clone(t, img)
+	return clone(t, withCustom(t, d, map[string]directormeta.Custom{"rampart": {DeviceID: dev, HardwareID: hw, Release: rel}}))
+}
+
+// TestCheck is the device's agreement check, one way to break it at a
+// time, each refused with its own error and no other.
+func TestCheck(t *testing.T) {
+	img1 := imageTarget(t, tgt1, []string{hw, "acme-gw-rev-c"})
+	dt := directorTarget(t, img1)
+	if err := directormeta.Check(dt, img1, tgt1, dev, hw); err != nil {
 		t.Fatalf("agreement: %v", err)
 	}
 	dirCustom, err := directormeta.CustomOf(dt)
@@ -73,13 +109,13 @@ func TestCheck(t *testing.T) {
 	// custom changes and the director copies it, as a compromised or buggy
 	// server could.
 	imgWith := func(mut func(m *release.Meta)) (*metadata.TargetFiles, *metadata.TargetFiles) {
-		m, err := release.FromTarget(tgt1, f.img1)
+		m, err := release.FromTarget(tgt1, img1)
 		if err != nil {
 			t.Fatal(err)
 		}
 		mut(m)
 		custom, _ := m.Custom()
-		img := clone(t, f.img1)
+		img := clone(t, img1)
 		img.Custom = custom
 		var wrap map[string]json.RawMessage
 		json.Unmarshal(*custom, &wrap)
@@ -101,14 +137,14 @@ func TestCheck(t *testing.T) {
 		want     error
 	}{
 		{name: "length", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Length++; return d }(), want: directormeta.ErrDisagree},
-		{name: "image length", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Length--; return i }(), want: directormeta.ErrDisagree},
+		{name: "image length", img: func() *metadata.TargetFiles { i := clone(t, img1); i.Length--; return i }(), want: directormeta.ErrDisagree},
 		{name: "sha256", dir: func() *metadata.TargetFiles {
 			d := clone(t, dt)
 			d.Hashes["sha256"] = flip(d.Hashes["sha256"])
 			return d
 		}(), want: directormeta.ErrDisagree},
 		{name: "sha512", img: func() *metadata.TargetFiles {
-			i := clone(t, f.img1)
+			i := clone(t, img1)
 			i.Hashes["sha512"] = flip(i.Hashes["sha512"])
 			return i
 		}(), want: directormeta.ErrDisagree},
@@ -128,7 +164,7 @@ func TestCheck(t *testing.T) {
 		{name: "no director custom", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Custom = nil; return d }(), want: directormeta.ErrMalformed},
 		{name: "director custom without release", dir: func() *metadata.TargetFiles { c := *dirCustom; c.Release = nil; return dirWith(c) }(), want: directormeta.ErrMalformed},
 		{name: "no hashes", dir: func() *metadata.TargetFiles { d := clone(t, dt); d.Hashes = nil; return d }(), want: directormeta.ErrMalformed},
-		{name: "no image custom", img: func() *metadata.TargetFiles { i := clone(t, f.img1); i.Custom = nil; return i }(), want: directormeta.ErrMalformed},
+		{name: "no image custom", img: func() *metadata.TargetFiles { i := clone(t, img1); i.Custom = nil; return i }(), want: directormeta.ErrMalformed},
 		{name: "nil", dir: nil, want: directormeta.ErrMalformed},
 	}
 	// Cases that need both sides rebuilt.
@@ -148,7 +184,7 @@ func TestCheck(t *testing.T) {
 				d = dt
 			}
 			if i == nil {
-				i = f.img1
+				i = img1
 			}
 			if p == "" {
 				p = tgt1
@@ -172,10 +208,10 @@ func TestCheck(t *testing.T) {
 	}
 	// Sanity: the rebuilt pair with an unchanged release still agrees.
 	d, i := func() (*metadata.TargetFiles, *metadata.TargetFiles) {
-		m, _ := release.FromTarget(tgt1, f.img1)
+		m, _ := release.FromTarget(tgt1, img1)
 		m.Created = m.Created.In(time.UTC)
 		custom, _ := m.Custom()
-		img := clone(t, f.img1)
+		img := clone(t, img1)
 		img.Custom = custom
 		var wrap map[string]json.RawMessage
 		json.Unmarshal(*custom, &wrap)
