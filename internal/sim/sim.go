@@ -268,6 +268,13 @@ func New(cfg Config) (*Sim, error) {
 	return s, nil
 }
 
+// SetServer sets the server, its CA file and the operator token after New
+// (the command line checks the rest of the configuration first). Call it
+// before Run.
+func (s *Sim) SetServer(url, caFile, token string) {
+	s.cfg.Server, s.cfg.CA, s.cfg.Token = url, caFile, token
+}
+
 // Stop ends the run: no check-in starts after it, the ones under way
 // finish, and Run returns the report.
 func (s *Sim) Stop() { s.stopOnce.Do(func() { close(s.stop) }) }
