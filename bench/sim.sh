@@ -27,7 +27,7 @@ set -euo pipefail
 DEVICES=${DEVICES:-10000}
 POLL=${POLL:-2s}
 DURATION=${DURATION:-5m}
-WORKERS=${WORKERS:-32}
+WORKERS=${WORKERS:-8}
 IMAGE_BYTES=${IMAGE_BYTES:-8192}
 repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -89,6 +89,10 @@ rc=0
 wait "$sim_pid" || rc=$?
 sim_pid=
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
+# Requests by route: what one full agent check-in costs the server.
+curl -s --cacert srv/ca.pem -H "Authorization: Bearer $ADMIN" "https://$addr/metrics" |
+  awk -F'[{}]' '/^rampart_http_requests_total/ {split($2, l, ","); r = ""; for (i in l) if (l[i] ~ /^route=/) r = l[i]; split($3, v, " "); n[r] += v[2]} END {for (r in n) printf "%10d %s\n", n[r], r}' |
+  sort -rn > routes.txt
 srv_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$srv_pid/status")
 srv_rss=$(awk '/VmRSS/ {print $2}' "/proc/$srv_pid/status")
 srv_cpu=$(awk '{printf "%.1f", ($14 + $15) / 100}' "/proc/$srv_pid/stat")
@@ -100,6 +104,8 @@ cat sim.json
 cat sim.err >&2
 echo "server: peak RSS $((srv_hwm / 1024)) MiB (now $((srv_rss / 1024)) MiB), CPU ${srv_cpu} s"
 echo "simulator: peak RSS $((sim_rss / 1024)) MiB, CPU ${sim_cpu} s"
+echo "server requests by route:"
+cat routes.txt
 echo "load average before: $load_before, after: $load_after (nproc $(nproc))"
 python3 - "$DEVICES" sim.json << 'PY'
 import json, sys
