@@ -66,10 +66,12 @@ func TestFleetConvergesUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 50
+	live := &lockedBuffer{}
 	s, err := sim.New(sim.Config{
 		Server: e.TS.URL, CA: ca, Token: e.Admin, Devices: n, Hardware: hw,
 		FailHealth: 0.1, PowerCut: 0.1, Tamper: 0.1, Drop: 0.1, Skew: time.Minute,
 		Poll: 300 * time.Millisecond, Workers: 8, SlotSize: 64 << 10, Dir: t.TempDir(), Seed: 7,
+		Live: live, LiveEvery: 200 * time.Millisecond,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -207,6 +209,11 @@ func TestFleetConvergesUnderFaults(t *testing.T) {
 	if j["devices"] != float64(n) || j["tamper_refusals"] != float64(5) || j["power_cuts_survived"] != float64(5) || j["errors"] != float64(0) ||
 		j["by_release"].(map[string]any)["1.0.0"] != float64(r.ByRelease["1.0.0"]) || j["by_state"].(map[string]any)[sim.StateUpToDate] != float64(r.ByState[sim.StateUpToDate]) {
 		t.Fatalf("--json: %s", b.String())
+	}
+	// The live view: one line redrawn in place, cleared at the end.
+	view := live.String()
+	if !strings.Contains(view, "up-to-date ") || !strings.Contains(view, " check-ins/s | p50 ") || !strings.HasSuffix(view, "errors 0\r\033[K") {
+		t.Errorf("live view: %q", view[max(0, len(view)-300):])
 	}
 	var text bytes.Buffer
 	r.WriteText(&text)
