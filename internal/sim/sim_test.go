@@ -188,6 +188,34 @@ func TestFleetConvergesUnderFaults(t *testing.T) {
 		t.Errorf("check-ins %d, p50 %s, p99 %s", r.Checkins, r.CheckinP50, r.CheckinP99)
 	}
 
+	// The server heard it from the devices: refusals with their class,
+	// rollbacks with their reason, installs.
+	reported := func(id, status, reason string) bool {
+		var dev struct {
+			Version string
+			Reports []struct{ Status, Reason string }
+		}
+		if err := json.Unmarshal(e.Call(e.Pool, "GET", "/api/v1/devices/"+id, e.Admin, nil, 200), &dev); err != nil {
+			t.Fatal(err)
+		}
+		for _, rp := range dev.Reports {
+			if rp.Status == status && rp.Reason == reason {
+				return true
+			}
+		}
+		return false
+	}
+	for _, d := range tampered {
+		if !reported(d.ID, "verification-refused", "mismatch") || !reported(d.ID, "installed", "") {
+			t.Errorf("the server has no mismatch refusal and install from tampered %s", d.ID)
+		}
+	}
+	for _, d := range faulty(r, sim.FailHealth) {
+		if !reported(d.ID, "rolled-back", "health-check-failed") {
+			t.Errorf("the server has no health-check-failed rollback from %s", d.ID)
+		}
+	}
+
 	// --json: exactly the documented members.
 	var b bytes.Buffer
 	if err := r.WriteJSON(&b); err != nil {
