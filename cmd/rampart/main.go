@@ -34,6 +34,7 @@ var commands = []*cmdSpec{
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
 	deviceTokenCmd, deviceRevokeCmd, deviceRemoveCmd, deployCmd, directorPushRootCmd, logVerifyCmd,
+	simCmd,
 }
 
 func main() {
