@@ -28,7 +28,7 @@ test:
 # (test/e2e, docs/agent.md "Proved on real boots"). Not part of make test.
 e2e:
 	./scripts/e2e-deps.sh
-	cd test/e2e && $(GO) test -tags e2e -count=1 -v -timeout 85m .
+	cd test/e2e && $(GO) test -tags e2e -count=1 -v -timeout 45m .
 
 fuzz:
 	./scripts/fuzz.sh
