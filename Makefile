@@ -31,12 +31,13 @@ test:
 	# Under -race the power-cut test samples its crash points; here it cuts every one.
 	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/
 
-# Boots the agent on Debian's kernel under real GRUB in QEMU (TCG) through
-# update, commit, rollback, failed boots, power cuts and a tampered bundle
-# (test/e2e, docs/agent.md "Proved on real boots"). Not part of make test.
+# Boots the agent on Debian's kernels under real GRUB (x86_64) and U-Boot
+# (arm64) in QEMU (TCG) through update, commit, rollback, failed boots, power
+# cuts and a tampered bundle (test/e2e, docs/agent.md "Proved on real
+# boots"). Not part of make test: CI (.ci/run) runs it after make test.
 e2e:
 	./scripts/e2e-deps.sh
-	cd test/e2e && $(GO) test -tags e2e -count=1 -v -timeout 85m .
+	cd test/e2e && $(GO) test -tags e2e -count=1 -v -timeout 45m .
 
 fuzz:
 	./scripts/fuzz.sh

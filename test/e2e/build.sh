@@ -14,7 +14,9 @@
 # cached under ${RAMPART_E2E_CACHE:-~/.cache/rampart-e2e}, keyed by a hash of
 # every input (this script, the grub.cfg in docs/agent.md, the agent and
 # rampart binaries, the Debian package versions, the month: the bundles'
-# metadata expires after 62 days), and rebuilt when one changes.
+# metadata expires after 62 days), and rebuilt when one changes; the kernel
+# and the initramfs are cached apart, keyed by the kernel package, so that a
+# change to the agent does not unpack the kernel again.
 set -eu
 
 arch=${1:-x86_64}
@@ -138,41 +140,51 @@ mkdir -p "$work"
 
 # --- kernel, modules, initramfs --------------------------------------------
 
-dpkg-deb -x "$kdeb" "$work/kernel"
-vmlinuz=$(find "$work/kernel/boot" -name 'vmlinuz-*' | head -n 1)
-moddir=$(find "$work/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)
+# Cached apart from the machine (keyed by this section, the kernel package
+# and busybox), so that a change to the agent does not unpack the kernel
+# again: boot/vmlinuz (gzipped for U-Boot) and boot/initrd.img.
+kkey=$({
+	sed -n '/^# --- kernel, modules, initramfs/,/^# --- root file systems/p' "$0"
+	basename "$kdeb"
+	echo "busybox $bbver $loader"
+} | sha256sum | cut -c1-16)
+kcache=$cache/kernel-$arch-$kkey
+if [ ! -f "$kcache/initrd.img" ]; then
+	dpkg-deb -x "$kdeb" "$work/kernel"
+	vmlinuz=$(find "$work/kernel/boot" -name 'vmlinuz-*' | head -n 1)
+	moddir=$(find "$work/kernel/lib/modules" -mindepth 1 -maxdepth 1 -type d | head -n 1)
 
-# The modules the initramfs needs to mount an ext4 slot from a virtio disk,
-# each after the modules it depends on (read from its .modinfo section).
-mods=""
-addmod() {
-	local path dep
-	path=$(find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" | head -n 1)
-	[ -n "$path" ] || return 0 # built in
-	case " $mods " in *" $path "*) return 0 ;; esac
-	for dep in $(tr '\0' '\n' <"$path" | sed -n 's/^depends=//p' | tr ',' ' '); do
-		addmod "$dep"
+	# The modules the initramfs needs to mount an ext4 slot from a virtio disk,
+	# each after the modules it depends on (read from its .modinfo section).
+	mods=""
+	addmod() {
+		local path dep
+		path=$(find "$moddir/kernel" -name "$1.ko" -o -name "$1.ko.xz" | head -n 1)
+		[ -n "$path" ] || return 0 # built in
+		case " $mods " in *" $path "*) return 0 ;; esac
+		for dep in $(tr '\0' '\n' <"$path" | sed -n 's/^depends=//p' | tr ',' ' '); do
+			addmod "$dep"
+		done
+		mods="$mods $path"
+	}
+	for m in virtio_pci virtio_blk crc32c_generic ext4; do addmod "$m"; done
+
+	initrd=$work/initrd
+	mkdir -p "$initrd/bin" "$initrd/lib/modules" "$initrd/proc" "$initrd/sys" "$initrd/dev" "$initrd/newroot"
+	cp "$busybox" "$initrd/bin/busybox"
+	: >"$initrd/modules"
+	for path in $mods; do
+		name=$(basename "$path")
+		case $name in
+		*.xz)
+			xz -dc "$path" >"$initrd/lib/modules/${name%.xz}"
+			name=${name%.xz}
+			;;
+		*) cp "$path" "$initrd/lib/modules/$name" ;;
+		esac
+		echo "$name" >>"$initrd/modules"
 	done
-	mods="$mods $path"
-}
-for m in virtio_pci virtio_blk crc32c_generic ext4; do addmod "$m"; done
-
-initrd=$work/initrd
-mkdir -p "$initrd/bin" "$initrd/lib/modules" "$initrd/proc" "$initrd/sys" "$initrd/dev" "$initrd/newroot"
-cp "$busybox" "$initrd/bin/busybox"
-: >"$initrd/modules"
-for path in $mods; do
-	name=$(basename "$path")
-	case $name in
-	*.xz)
-		xz -dc "$path" >"$initrd/lib/modules/${name%.xz}"
-		name=${name%.xz}
-		;;
-	*) cp "$path" "$initrd/lib/modules/$name" ;;
-	esac
-	echo "$name" >>"$initrd/modules"
-done
-cat >"$initrd/init" <<'EOF'
+	cat >"$initrd/init" <<'EOF'
 #!/bin/busybox sh
 # Mounts the slot named by root= read-only and starts its /sbin/init.
 /bin/busybox --install -s /bin
@@ -192,8 +204,19 @@ mount --move /proc /newroot/proc
 mount --move /sys /newroot/sys
 exec switch_root /newroot /sbin/init
 EOF
-chmod 755 "$initrd/init"
-(cd "$initrd" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$work/initrd.img"
+	chmod 755 "$initrd/init"
+	(cd "$initrd" && find . | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet | gzip -1) >"$work/initrd.img"
+	mkdir -p "$kcache.new"
+	if [ "$loader" = uboot ]; then
+		# booti unpacks a gzipped Image (kernel_comp_addr_r in boot.cmd).
+		gzip -9 -n -c "$vmlinuz" >"$kcache.new/vmlinuz"
+	else
+		cp "$vmlinuz" "$kcache.new/vmlinuz"
+	fi
+	mv "$work/initrd.img" "$kcache.new/initrd.img"
+	rm -rf "$kcache" "$work/kernel" "$initrd"
+	mv "$kcache.new" "$kcache"
+fi
 
 # --- root file systems: one per release -------------------------------------
 
@@ -223,15 +246,12 @@ rootfs() {
 		[ "$app" = busybox ] || ln -sf busybox "$dir/bin/$app"
 	done
 	cp "$tmp/rampart-agent" "$dir/usr/bin/rampart-agent"
+	cp "$kcache/vmlinuz" "$dir/boot/vmlinuz"
+	cp "$kcache/initrd.img" "$dir/boot/initrd.img"
 	if [ "$loader" = uboot ]; then
-		# booti unpacks a gzipped Image (kernel_comp_addr_r in boot.cmd).
-		gzip -9 -n -c "$vmlinuz" >"$dir/boot/vmlinuz"
 		mkdir -p "$dir/var"
 		ln -sf /run "$dir/var/lock" # fw_printenv's lock file
-	else
-		cp "$vmlinuz" "$dir/boot/vmlinuz"
 	fi
-	cp "$work/initrd.img" "$dir/boot/initrd.img"
 	echo "$version" >"$dir/etc/rampart-release"
 	cp "$work/repo/public/1.root.json" "$dir/etc/rampart/image-root.json"
 	echo "$logkey" >"$dir/etc/rampart/log.pub"
@@ -373,9 +393,12 @@ else
 	# The boot partition: boot.scr, found by U-Boot's distro boot.
 	mkimage -A arm64 -O linux -T script -C none -n "rampart A/B" -d "$tmp/boot.cmd" "$work/bootfs/boot.scr" >/dev/null
 	# The factory boot variables, for the gap before the first partition
-	# (the agent built for the guest cannot run here: the host's writes them).
-	(cd "$repo" && go run ./cmd/rampart-agent provision --backend uboot --env-out "$work/uboot-env.bin" \
-		--env-size "$uboot_env_size" --max-attempts 3) >&2
+	# (the agent built for the guest cannot run here: the host's writes
+	# them, built as the x86_64 machine builds its guest's, so that the Go
+	# build cache serves both).
+	(cd "$repo" && CGO_ENABLED=0 GOOS=linux go build -trimpath -buildvcs=false -ldflags='-s -w' -o "$tmp/rampart-agent-host" ./cmd/rampart-agent)
+	"$tmp/rampart-agent-host" provision --backend uboot --env-out "$work/uboot-env.bin" \
+		--env-size "$uboot_env_size" --max-attempts 3 >&2
 fi
 mkfs.ext4 -q -F -L boot -E root_owner=0:0 -d "$work/bootfs" "$work/boot.img" "${boot_mib}M"
 mkdir -p "$work/statefs"

@@ -13,12 +13,15 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -58,6 +61,27 @@ type machine struct {
 	// The U-Boot environment with the boot variables: offset and size on
 	// the disk.
 	ubootEnv [2]int64
+	// weight is the cost of a boot here relative to arm64's (x86_64's
+	// kernel is XZ-compressed, and its decompression under TCG takes most
+	// of a boot): the scheduler starts the most expensive work first.
+	weight float64
+
+	// installTook is how long the guest took to write and verify release
+	// 2 (measured by the commit scenario); the power cuts while writing
+	// cut at fractions of it. installKnown is closed once it is set.
+	installOnce  sync.Once
+	installKnown chan struct{}
+	installTook  time.Duration
+}
+
+// setInstallTook records the install time, once; d <= 0 keeps the default.
+func (m *machine) setInstallTook(d time.Duration) {
+	m.installOnce.Do(func() {
+		if d > 0 {
+			m.installTook = d
+		}
+		close(m.installKnown)
+	})
 }
 
 type release struct {
@@ -71,9 +95,22 @@ var (
 	figuresMu sync.Mutex
 	figures   []string
 	bootTimes = map[string][]time.Duration{} // by architecture
+	// Power-ons and the time QEMU ran, by architecture.
+	powerOns  = map[string]int{}
+	qemuTimes = map[string]time.Duration{}
 )
 
 func TestMain(m *testing.M) {
+	// Every scenario is a parallel test that waits for a lane (lanes
+	// bounds the guests), and the power cuts while writing wait for the
+	// lifecycle's install: go test's own bound on parallel tests
+	// (-parallel, GOMAXPROCS by default) must not hold them back.
+	flag.Parse()
+	if f := flag.Lookup("test.parallel"); f != nil {
+		if n, _ := strconv.Atoi(f.Value.String()); n < 64 {
+			f.Value.Set("64")
+		}
+	}
 	artifacts = os.Getenv("RAMPART_E2E_ARTIFACTS")
 	if artifacts == "" {
 		artifacts, _ = filepath.Abs("artifacts")
@@ -83,10 +120,17 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	start := time.Now()
+	load0 := loadavg()
 	code := m.Run()
 	figuresMu.Lock()
 	defer figuresMu.Unlock()
-	for arch, times := range bootTimes {
+	var archs []string
+	for arch := range bootTimes {
+		archs = append(archs, arch)
+	}
+	sort.Strings(archs)
+	for _, arch := range archs {
+		times := bootTimes[arch]
 		var max, sum time.Duration
 		for _, d := range times {
 			sum += d
@@ -94,12 +138,94 @@ func TestMain(m *testing.M) {
 		}
 		figures = append(figures, fmt.Sprintf("%s: %d boots, mean %.1fs, max %.1fs (power-on or reset to the guest's init)",
 			arch, len(times), (sum/time.Duration(len(times))).Seconds(), max.Seconds()))
+		figures = append(figures, fmt.Sprintf("%s: %d power-ons, QEMU ran %.0fs in all", arch, powerOns[arch], qemuTimes[arch].Seconds()))
 	}
-	figures = append(figures, fmt.Sprintf("suite: %.0fs", time.Since(start).Seconds()))
+	figures = append(figures, fmt.Sprintf("suite: %.0fs, at most %d guests at once; load average at the start %s, at the end %s",
+		time.Since(start).Seconds(), cap(lanes.slots), load0, loadavg()))
 	text := strings.Join(figures, "\n") + "\n"
 	fmt.Print("e2e figures:\n" + text)
 	os.WriteFile(filepath.Join(artifacts, "figures.txt"), []byte(text), 0o644)
 	os.Exit(code)
+}
+
+// loadavg is the host's 1-, 5- and 15-minute load average.
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "?"
+	}
+	return strings.Join(strings.Fields(string(b))[:3], " ")
+}
+
+// lanes bounds the guests that run at once: TCG runs a guest with one
+// vCPU on about one host core, so by default as many as there are cores
+// (RAMPART_E2E_LANES). Each scenario holds a lane while it runs; a freed
+// lane goes to the waiting scenario with the most work, so that the long
+// ones start first and the short ones fill in at the end.
+var lanes = newScheduler(envInt("RAMPART_E2E_LANES", runtime.NumCPU()))
+
+func envInt(name string, def int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 {
+		return v
+	}
+	return def
+}
+
+type scheduler struct {
+	slots   chan struct{} // capacity: the lanes
+	mu      sync.Mutex
+	waiting []*waiter
+}
+
+type waiter struct {
+	cost  float64
+	ready chan struct{}
+}
+
+func newScheduler(n int) *scheduler {
+	return &scheduler{slots: make(chan struct{}, n)}
+}
+
+// lane waits for a lane for a scenario of this cost (its boots, weighted
+// by the machine) and holds it until the test ends.
+func (s *scheduler) lane(t *testing.T, cost float64) {
+	t.Helper()
+	w := &waiter{cost: cost, ready: make(chan struct{})}
+	s.mu.Lock()
+	s.waiting = append(s.waiting, w)
+	s.mu.Unlock()
+	// Scenarios released together arrive within moments of each other:
+	// let them all queue before the first lane is handed out.
+	time.AfterFunc(100*time.Millisecond, s.dispatch)
+	start := time.Now()
+	<-w.ready
+	if d := time.Since(start); d > time.Second {
+		t.Logf("waited %.0fs for a lane", d.Seconds())
+	}
+	t.Cleanup(func() {
+		<-s.slots
+		s.dispatch()
+	})
+}
+
+func (s *scheduler) dispatch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for len(s.waiting) > 0 {
+		best := 0
+		for i, w := range s.waiting {
+			if w.cost > s.waiting[best].cost {
+				best = i
+			}
+		}
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			return
+		}
+		close(s.waiting[best].ready)
+		s.waiting = append(s.waiting[:best], s.waiting[best+1:]...)
+	}
 }
 
 func maxDur(a, b time.Duration) time.Duration {
@@ -118,15 +244,19 @@ func figure(format string, args ...any) {
 var (
 	machinesMu sync.Mutex
 	machines   = map[string]*machine{}
+	buildMu    = map[string]*sync.Mutex{"x86_64": {}, "arm64": {}}
 )
 
 // buildMachine runs build.sh once per architecture (it answers from its
-// cache when nothing changed).
+// cache when nothing changed). The two machines build at the same time.
 func buildMachine(t *testing.T, arch string) *machine {
 	t.Helper()
+	buildMu[arch].Lock()
+	defer buildMu[arch].Unlock()
 	machinesMu.Lock()
-	defer machinesMu.Unlock()
-	if m, ok := machines[arch]; ok {
+	m, ok := machines[arch]
+	machinesMu.Unlock()
+	if ok {
 		return m
 	}
 	qemu := map[string]string{"x86_64": "qemu-system-x86_64", "arm64": "qemu-system-aarch64"}[arch]
@@ -146,7 +276,11 @@ func buildMachine(t *testing.T, arch string) *machine {
 	lines := strings.Split(strings.TrimSpace(out.String()), "\n")
 	dir := lines[len(lines)-1]
 	figure("%s machine: build.sh %.0fs (%s)", arch, time.Since(start).Seconds(), dir)
-	m := &machine{arch: arch, dir: dir, releases: map[string]release{}}
+	m = &machine{arch: arch, dir: dir, releases: map[string]release{}, weight: 1,
+		installKnown: make(chan struct{}), installTook: 8 * time.Second}
+	if arch == "x86_64" {
+		m.weight = 2
+	}
 	b, err := os.ReadFile(filepath.Join(dir, "manifest"))
 	if err != nil {
 		t.Fatal(err)
@@ -181,7 +315,9 @@ func buildMachine(t *testing.T, arch string) *machine {
 		}
 	}
 	m.manifest = lines
+	machinesMu.Lock()
 	machines[arch] = m
+	machinesMu.Unlock()
 	return m
 }
 
@@ -195,14 +331,32 @@ type disk struct {
 
 func (m *machine) newDisk(t *testing.T) *disk {
 	t.Helper()
-	dir := filepath.Join(artifacts, m.arch, strings.ReplaceAll(t.Name(), "/", "_"))
-	os.RemoveAll(dir)
+	return m.diskFrom(t, filepath.Join(m.dir, "disk.img"), "")
+}
+
+// diskFrom is a test device whose disk is a copy of img (the factory disk,
+// or one saved after a common prefix of power-ons); its serial logs go to
+// the test's artifact directory, or a subdirectory name of it.
+func (m *machine) diskFrom(t *testing.T, img, name string) *disk {
+	t.Helper()
+	dir := filepath.Join(artifacts, m.arch, strings.ReplaceAll(t.Name(), "/", "_"), name)
+	if name == "" {
+		os.RemoveAll(dir)
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(t.TempDir(), "disk.img")
-	run(t, "cp", "--sparse=always", filepath.Join(m.dir, "disk.img"), path)
+	run(t, "cp", "--sparse=always", img, path)
 	return &disk{m: m, path: path, dir: dir}
+}
+
+// save copies the disk as it is between power-ons, for diskFrom.
+func (d *disk) save(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), fmt.Sprintf("saved-%02d.img", d.n))
+	run(t, "cp", "--sparse=always", d.path, path)
+	return path
 }
 
 // bundleDisk makes the second virtual disk: an ext4 file system with the
@@ -260,6 +414,19 @@ type cut struct {
 // power cut, nothing flushed that the guest had not written.
 func (d *disk) powerOn(t *testing.T, bundle string, c *cut) *power {
 	t.Helper()
+	return d.run(t, bundle, c, false)
+}
+
+// powerOnUntilReset is powerOn with QEMU stopped at the guest's first
+// reboot (-no-reboot): the disk is left as the next boot would find it,
+// as after a reset, which writes nothing either.
+func (d *disk) powerOnUntilReset(t *testing.T, bundle string) *power {
+	t.Helper()
+	return d.run(t, bundle, nil, true)
+}
+
+func (d *disk) run(t *testing.T, bundle string, c *cut, noReboot bool) *power {
+	t.Helper()
 	d.n++
 	var bdisk string
 	if bundle != "" {
@@ -272,6 +439,9 @@ func (d *disk) powerOn(t *testing.T, bundle string, c *cut) *power {
 	if c != nil {
 		name += "-cut"
 	}
+	if noReboot {
+		name += "-until-reset"
+	}
 	logPath := filepath.Join(d.dir, name+".serial.log")
 	logf, err := os.Create(logPath)
 	if err != nil {
@@ -280,6 +450,9 @@ func (d *disk) powerOn(t *testing.T, bundle string, c *cut) *power {
 	defer logf.Close()
 
 	args := qemuArgs(d.m.arch, d.path, bdisk)
+	if noReboot {
+		args = append(args, "-no-reboot")
+	}
 	cmd := exec.Command(args[0], args[1:]...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
@@ -330,6 +503,10 @@ func (d *disk) powerOn(t *testing.T, bundle string, c *cut) *power {
 		t.Fatalf("power-on %d: the guest did not power off within %v (serial log %s)", d.n, powerTimeout, logPath)
 	}
 	p.took = time.Since(start)
+	figuresMu.Lock()
+	powerOns[d.m.arch]++
+	qemuTimes[d.m.arch] += p.took
+	figuresMu.Unlock()
 	if c != nil && !p.killed && !c.mayFinish {
 		t.Fatalf("power-on %d: the guest powered off before the cut at %q + %v (serial log %s)", d.n, c.at, c.delay, logPath)
 	}
@@ -399,6 +576,21 @@ func (p *power) checkBootTimes(t *testing.T, arch string, n int) {
 			}
 		}
 	}
+}
+
+// until is the part of the power-on before the first line matching re
+// (all of it when none does): what a power-on showed before, say, the
+// install it went on to.
+func (p *power) until(re string) *power {
+	r := regexp.MustCompile(re)
+	q := *p
+	for i, l := range p.lines {
+		if r.MatchString(l.text) {
+			q.lines = p.lines[:i]
+			break
+		}
+	}
+	return &q
 }
 
 func (p *power) has(re string) bool {

@@ -10,29 +10,43 @@ import (
 	"time"
 )
 
-// installTook is how long the guest took to write and verify release 2
-// (measured by the commit scenario); the power-cut scenario cuts at
-// fractions of it.
-var installTook = 8 * time.Second
-
 // TestGRUB runs the scenarios on the x86_64 machine: SeaBIOS, BIOS GRUB
 // with the grub.cfg of docs/agent.md, Debian's kernel, the static agent.
-func TestGRUB(t *testing.T) { scenarios(t, buildMachine(t, "x86_64")) }
+// It runs beside TestUBoot, and the scenarios of both share the lanes.
+func TestGRUB(t *testing.T) {
+	t.Parallel()
+	scenarios(t, buildMachine(t, "x86_64"))
+}
 
 // TestUBoot runs them on the arm64 machine: QEMU's virt board, U-Boot
 // (u-boot-qemu's qemu_arm64) with the boot.cmd of docs/agent.md, the boot
 // variables in a U-Boot environment on the disk, Debian's kernel.
-func TestUBoot(t *testing.T) { scenarios(t, buildMachine(t, "arm64")) }
+func TestUBoot(t *testing.T) {
+	t.Parallel()
+	scenarios(t, buildMachine(t, "arm64"))
+}
 
+// The scenarios are independent devices, each on its own copy of the
+// factory disk, and run in parallel: each takes a lane (see lanes) for as
+// long as it runs. Their costs, in boots of the arm64 machine, order them.
 func scenarios(t *testing.T, m *machine) {
 	bundle := func(v string) string { return filepath.Join(m.dir, "bundle-"+v+".rbundle") }
 	for _, p := range m.packages {
 		figure("%s: %s", m.arch, p)
 	}
+	installStart := `RAMPART-E2E: install start`
 
 	// Scenarios 1-3 follow one device through its life: commit, a
-	// release whose health check fails, a release that cannot boot.
+	// release whose health check fails, a release that cannot boot. Each
+	// power-on's first boot, before its install, is the "next boot" of
+	// the scenario before.
+	lifecycle := false
 	t.Run("Lifecycle", func(t *testing.T) {
+		lifecycle = true
+		t.Parallel()
+		// The power cuts while writing wait for the install time.
+		defer m.setInstallTook(0)
+		lanes.lane(t, 11*m.weight)
 		d := m.newDisk(t)
 		t.Run("1-Commit", func(t *testing.T) {
 			p := d.powerOn(t, bundle("2.0.0"), nil)
@@ -41,10 +55,10 @@ func scenarios(t *testing.T, m *machine) {
 			p.wantBoots(t, "A:1.0.0", "B:2.0.0")
 			p.must(t, `^booted slot A`, `installed, rebooting into the trial" target=e2e/2\.0\.0/\S+ slot=B`,
 				`health 2\.0\.0 exit 0`, `^committed e2e/2\.0\.0/\S+ slot B`)
-			if a, ok := p.when(`install start`); ok {
+			if a, ok := p.when(installStart); ok {
 				if b, ok := p.when(`installed, rebooting into the trial`); ok {
-					installTook = b - a
-					figure("%s: install of a 40 MiB release from a bundle in the guest: %.1fs", m.arch, installTook.Seconds())
+					m.setInstallTook(b - a)
+					figure("%s: install of a 40 MiB release from a bundle in the guest: %.1fs", m.arch, (b - a).Seconds())
 				}
 			}
 			d.wantSlots(t, "1.0.0", "2.0.0")
@@ -55,18 +69,17 @@ func scenarios(t *testing.T, m *machine) {
 				!st.reported("installed", "", "2.0.0") {
 				t.Fatalf("state after the commit: %+v", st)
 			}
-			// The next boot is B, not on trial.
-			p = d.powerOn(t, "", nil)
-			p.wantBoots(t, "B:2.0.0")
-			p.must(t, `^booted slot B`)
-			p.mustNot(t, `^committed`, `^rolled-back`, `rolled back`)
-			d.wantBoot(t, "B", full)
 		})
 		if t.Failed() {
 			return
 		}
 		t.Run("2-HealthCheckFails", func(t *testing.T) {
 			p := d.powerOn(t, bundle("3.0.0"), nil)
+			// The next boot after the commit is B, not on trial.
+			next := p.until(installStart)
+			next.wantBoots(t, "B:2.0.0")
+			next.must(t, `^booted slot B`)
+			next.mustNot(t, `^committed`, `^rolled-back`, `rolled back`)
 			// 3.0.0 goes into A; its trial boot fails the health check,
 			// the agent rolls back and reboots into B.
 			p.wantBoots(t, "B:2.0.0", "A:3.0.0", "B:2.0.0")
@@ -79,14 +92,14 @@ func scenarios(t *testing.T, m *machine) {
 				!st.reported("rolled-back", "health-check-failed", "3.0.0") || len(st.Failed) != 1 {
 				t.Fatalf("state after the rollback: %+v", st)
 			}
-			p = d.powerOn(t, "", nil)
-			p.wantBoots(t, "B:2.0.0")
 		})
 		if t.Failed() {
 			return
 		}
 		t.Run("3-CannotBoot", func(t *testing.T) {
 			p := d.powerOn(t, bundle("4.0.0"), nil)
+			// The next boot after the rollback is B.
+			p.until(installStart).wantBoots(t, "B:2.0.0")
 			// 4.0.0's init exits: the kernel panics, panic=1 resets, GRUB
 			// finds A tried and boots B; the agent records the rollback
 			// and confirms B.
@@ -104,16 +117,23 @@ func scenarios(t *testing.T, m *machine) {
 				!st.reported("rolled-back", "trial-boot-failed", "4.0.0") {
 				t.Fatalf("state after the fallback: %+v", st)
 			}
-			for i := 0; i < 2; i++ {
-				p = d.powerOn(t, "", nil)
-				p.wantBoots(t, "B:2.0.0")
-				p.mustNot(t, `no slot left to try`, `Kernel panic`)
-			}
+			p = d.powerOn(t, "", nil)
+			p.wantBoots(t, "B:2.0.0")
+			p.mustNot(t, `no slot left to try`, `Kernel panic`)
+			// The power-on left the boot variables as it found them, so
+			// every later one boots B the same way.
+			d.wantBoot(t, "B", full)
 		})
 	})
+	if !lifecycle {
+		m.setInstallTook(0)
+	}
 
 	t.Run("4-PowerCut", func(t *testing.T) {
+		t.Parallel()
 		t.Run("FirstBoot", func(t *testing.T) {
+			t.Parallel()
+			lanes.lane(t, float64(m.max+1)*m.weight)
 			// Cut during each of the first boots, before the agent ran,
 			// until slot A is out of attempts: the empty slot B must never
 			// boot; the bootloader restores A's attempts and boots A.
@@ -128,23 +148,21 @@ func scenarios(t *testing.T, m *machine) {
 			d.wantBoot(t, "A", full)
 		})
 		t.Run("Writing", func(t *testing.T) {
+			t.Parallel()
+			<-m.installKnown
+			lanes.lane(t, 9*m.weight)
 			d := m.newDisk(t)
 			// While the agent writes the inactive slot. The guest writes
 			// dirty pages back within half a second (its init sets
 			// vm.dirty_expire_centisecs) and unsynced ones die with the
 			// power, so a cut leaves B empty, partly written or whole;
-			// none of it may boot.
-			for i, frac := range []float64{0.2, 0.5, 0.8} {
-				delay := time.Duration(frac * float64(installTook))
-				p := d.powerOn(t, bundle("2.0.0"), &cut{at: regexp.MustCompile(`RAMPART-E2E: install start`), delay: delay, mayFinish: true})
-				armed := p.has(`installed, rebooting into the trial`)
-				t.Logf("cut %d (+%v) left slot B holding %s (trial armed: %v)", i, delay, d.slot(t, "B"), armed)
-				if !armed {
-					d.wantBoot(t, "A", full) // B not bootable
-				}
-				p = d.powerOn(t, "", nil)
-				// Whatever the cut left, every boot is a good slot.
-				bs := p.boots()
+			// none of it may boot. Each power-on after a cut first boots
+			// (what the cut left must boot a good slot), then resumes or
+			// restarts the install.
+			armed := false // the last cut came after the trial was armed
+			after := func(i int, p *power) {
+				t.Helper()
+				bs := p.until(installStart).boots()
 				if len(bs) == 0 {
 					t.Fatalf("no boot after cut %d (log %s)", i, p.log)
 				}
@@ -152,6 +170,18 @@ func scenarios(t *testing.T, m *machine) {
 					if !(b == boot{"A", "1.0.0"} || armed && b == boot{"B", "2.0.0"}) {
 						t.Fatalf("after cut %d the device booted %v (log %s)", i, b, p.log)
 					}
+				}
+			}
+			for i, frac := range []float64{0.2, 0.5, 0.8} {
+				delay := time.Duration(frac * float64(m.installTook))
+				p := d.powerOn(t, bundle("2.0.0"), &cut{at: regexp.MustCompile(installStart), delay: delay, mayFinish: true})
+				if i > 0 {
+					after(i-1, p)
+				}
+				armed = p.has(`installed, rebooting into the trial`)
+				t.Logf("cut %d (+%v) left slot B holding %s (trial armed: %v)", i, delay, d.slot(t, "B"), armed)
+				if !armed {
+					d.wantBoot(t, "A", full) // B not bootable
 				}
 				if got := d.slot(t, "A"); got != "1.0.0" {
 					t.Fatalf("slot A holds %s after a cut while writing B", got)
@@ -161,6 +191,7 @@ func scenarios(t *testing.T, m *machine) {
 			// and commits (or finds it committed by a trial the last cut
 			// had already armed).
 			p := d.powerOn(t, bundle("2.0.0"), nil)
+			after(2, p)
 			if !p.has(`^committed e2e/2\.0\.0/\S+ slot B`) {
 				p.must(t, `^up-to-date e2e/2\.0\.0/`)
 			}
@@ -172,17 +203,29 @@ func scenarios(t *testing.T, m *machine) {
 			d.powerOn(t, "", nil).wantBoots(t, "B:2.0.0")
 		})
 		t.Run("Committing", func(t *testing.T) {
+			t.Parallel()
+			lanes.lane(t, 14*m.weight)
+			// Every cut starts from the same disk: release 2.0.0 installed
+			// into B and its trial armed, saved at the guest's reboot into
+			// the trial (QEMU stopped at the reset).
 			d := m.newDisk(t)
+			p := d.powerOnUntilReset(t, bundle("2.0.0"))
+			p.wantBoots(t, "A:1.0.0")
+			p.must(t, `installed, rebooting into the trial" target=e2e/2\.0\.0/\S+ slot=B`)
+			d.wantSlots(t, "1.0.0", "2.0.0")
+			armedDisk := d.save(t)
 			// The trial boot of 2.0.0 is cut after its health check
 			// started (it takes 0.5 s), before, during and after the
-			// commit's writes. A cut before the commit is a trial that
-			// never confirmed: the bootloader falls back to A and the
-			// agent records the rollback; the next power-on with the
-			// bundle installs and tries again. A cut after it leaves 2.0.0
-			// committed.
+			// commit's writes, until a cut leaves it committed. A cut
+			// before the commit is a trial that never confirmed: the
+			// bootloader falls back to A and the agent records the
+			// rollback; a power-on with the bundle then installs and tries
+			// again. A cut after it leaves 2.0.0 committed.
 			committed := false
+			var rolledBack *disk
 			for i, delay := range []time.Duration{0, 450 * time.Millisecond, 550 * time.Millisecond, 650 * time.Millisecond, 800 * time.Millisecond, 1500 * time.Millisecond} {
-				d.powerOn(t, bundle("2.0.0"), &cut{at: regexp.MustCompile(`RAMPART-E2E: health 2\.0\.0`), delay: delay, mayFinish: true})
+				d := m.diskFrom(t, armedDisk, fmt.Sprintf("cut%d", i+1))
+				d.powerOn(t, "", &cut{at: regexp.MustCompile(`RAMPART-E2E: health 2\.0\.0`), delay: delay, mayFinish: true})
 				p := d.powerOn(t, "", nil)
 				bs := p.boots()
 				if len(bs) == 0 {
@@ -203,6 +246,7 @@ func scenarios(t *testing.T, m *machine) {
 					st.reported("rolled-back", "trial-boot-failed", "2.0.0"):
 					t.Logf("commit cut %d (+%v): rolled back", i, delay)
 					d.wantBoot(t, "A", full)
+					rolledBack = d
 				default:
 					t.Fatalf("after commit cut %d (+%v) the device booted %v with state %+v (log %s)", i, delay, bs, st, p.log)
 				}
@@ -210,16 +254,23 @@ func scenarios(t *testing.T, m *machine) {
 					break
 				}
 			}
-			if !committed {
+			if rolledBack != nil {
+				// After a rolled-back trial, the install starts over.
+				d := rolledBack
 				p := d.powerOn(t, bundle("2.0.0"), nil)
 				p.must(t, `^committed e2e/2\.0\.0/\S+ slot B`)
+				d.wantSlots(t, "1.0.0", "2.0.0")
+				d.wantBoot(t, "B", full)
+				if !committed {
+					d.powerOn(t, "", nil).wantBoots(t, "B:2.0.0")
+				}
 			}
-			d.wantSlots(t, "1.0.0", "2.0.0")
-			d.powerOn(t, "", nil).wantBoots(t, "B:2.0.0")
 		})
 	})
 
 	t.Run("5-TamperedBundle", func(t *testing.T) {
+		t.Parallel()
+		lanes.lane(t, 1.5*m.weight)
 		d := m.newDisk(t)
 		bad := filepath.Join(t.TempDir(), "tampered-2.0.0.rbundle")
 		run(t, "cp", bundle("2.0.0"), bad)
