@@ -10,6 +10,8 @@
 // logproof.Envelope.
 package api
 
+import "time"
+
 // Route is one route of the server: a method and a net/http ServeMux
 // pattern.
 type Route struct {
@@ -271,4 +273,182 @@ type PushRequest struct {
 type PushResponse struct {
 	Versions map[string]int64 `json:"versions"`
 	Releases []string         `json:"releases"`
+}
+
+// ErrorBody is every refusal's JSON body: {"error": {...}}.
+type ErrorBody struct {
+	Error Error `json:"error"`
+}
+
+// Error is a refusal: a stable code, a message that says what to fix,
+// and, for push refusals, the role concerned.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+	Role    string `json:"role,omitempty"`
+}
+
+// RefusalClass is why a device refused what the server offered: the
+// reason of a verification-refused report. Each class is an attack (or a
+// fault) the device's verification recognised; the server counts them
+// (tamper detections), never as failed installs.
+type RefusalClass string
+
+// The refusal classes. They are the device's verify.Classes, named here
+// so that the server and the operator CLI need not link the device's
+// verification; a test keeps the two lists equal.
+const (
+	RefusedBadSignature  RefusalClass = "bad-signature"
+	RefusedExpired       RefusalClass = "expired"
+	RefusedRollback      RefusalClass = "rollback"
+	RefusedMismatch      RefusalClass = "mismatch"
+	RefusedWrongHardware RefusalClass = "wrong-hardware"
+	RefusedDowngrade     RefusalClass = "security-version"
+	RefusedMissingTarget RefusalClass = "missing-target"
+	RefusedMalformed     RefusalClass = "malformed"
+	RefusedNotLogged     RefusalClass = "not-logged"
+	RefusedLogFork       RefusalClass = "log-inconsistent"
+	RefusedWrongDevice   RefusalClass = "wrong-device"
+	RefusedEndlessData   RefusalClass = "endless-data"
+)
+
+// RefusalClasses are every refusal class.
+var RefusalClasses = []RefusalClass{RefusedBadSignature, RefusedExpired, RefusedRollback, RefusedMismatch, RefusedWrongHardware,
+	RefusedDowngrade, RefusedMissingTarget, RefusedMalformed, RefusedNotLogged, RefusedLogFork, RefusedWrongDevice, RefusedEndlessData}
+
+// TokenRequest is POST /api/v1/tokens: a new operator token.
+type TokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// TokenCreated is the answer of POST /api/v1/tokens: the secret, shown
+// this once.
+type TokenCreated struct {
+	Name  string `json:"name"`
+	Role  string `json:"role"`
+	Token string `json:"token"`
+}
+
+// RoleRequest is POST /api/v1/tokens/{name}/role.
+type RoleRequest struct {
+	Role string `json:"role"`
+}
+
+// Token is an operator token as the server shows it: never its secret
+// or hash.
+type Token struct {
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	CreatedAt time.Time  `json:"created_at"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// TokenList is the answer of GET /api/v1/tokens.
+type TokenList struct {
+	Tokens []Token `json:"tokens"`
+}
+
+// EnrollTokenRequest is POST /api/v1/devices/tokens. TTLSeconds is nil
+// when not given (then the default applies); a given 0 is refused, not
+// read as "default".
+type EnrollTokenRequest struct {
+	Hardware   string `json:"hardware"`
+	TTLSeconds *int64 `json:"ttl_seconds"`
+}
+
+// EnrollToken is the answer of POST /api/v1/devices/tokens: the one-time
+// secret, shown this once.
+type EnrollToken struct {
+	Expires  time.Time `json:"expires"`
+	Hardware string    `json:"hardware"`
+	Token    string    `json:"token"`
+}
+
+// EnrollRequest is POST /api/v1/enroll: either a one-time token, or a
+// manufacturer certificate chain (DER, leaf first), and a CSR made on the
+// device. Hardware is the device's own hardware id: with a token the
+// server refuses a token made for other hardware before spending it
+// (optional for older agents); with a manufacturer certificate that
+// names no hardware id, it is the hardware id.
+type EnrollRequest struct {
+	Token                    string   `json:"token,omitempty"`
+	DeviceID                 string   `json:"device_id"`
+	CSR                      []byte   `json:"csr"`
+	ManufacturerCertificates [][]byte `json:"manufacturer_certificates,omitempty"`
+	Hardware                 string   `json:"hardware,omitempty"`
+}
+
+// Enrolled is the answer of POST /api/v1/enroll: the device's client
+// certificate (PEM).
+type Enrolled struct {
+	Certificate string `json:"certificate"`
+	DeviceID    string `json:"device_id"`
+	Hardware    string `json:"hardware"`
+}
+
+// DeployRequest is POST /api/v1/deploy.
+type DeployRequest struct {
+	Target   string `json:"target"`
+	Hardware string `json:"hardware"`
+}
+
+// Deployed is the answer of POST /api/v1/deploy: the target resolved,
+// how many devices it names and how many assignments changed.
+type Deployed struct {
+	Changed int    `json:"changed"`
+	Devices int    `json:"devices"`
+	Target  string `json:"target"`
+}
+
+// Report is one of a device's kept reports.
+type Report struct {
+	Counter         uint64    `json:"counter"`
+	Status          string    `json:"status"`
+	Reason          string    `json:"reason,omitempty"`
+	Version         string    `json:"version,omitempty"`
+	SecurityVersion uint64    `json:"security_version,omitempty"`
+	At              time.Time `json:"at"`
+}
+
+// Device is the answer of GET /api/v1/devices/{id}. Its members are in
+// the order encoding/json gives a map's (as were those of the map it
+// replaced), and so are those of the other answers that were maps.
+type Device struct {
+	Anomalies       uint64            `json:"anomalies"`
+	Assigned        string            `json:"assigned"`
+	EnrolledAt      time.Time         `json:"enrolled_at"`
+	Hardware        string            `json:"hardware"`
+	ID              string            `json:"id"`
+	LastAnomaly     string            `json:"last_anomaly"`
+	LastSeen        time.Time         `json:"last_seen"`
+	LastStatus      string            `json:"last_status"`
+	ReportCounts    map[string]uint64 `json:"report_counts"`
+	Reports         []Report          `json:"reports"`
+	Revoked         bool              `json:"revoked"`
+	SecurityVersion uint64            `json:"security_version"`
+	Version         string            `json:"version"`
+}
+
+// AuditAnchor is the answer of GET /api/v1/audit/anchor: where the
+// retained audit log starts (see store.AuditAnchor).
+type AuditAnchor struct {
+	Hash      string     `json:"hash"`
+	PrunedAt  *time.Time `json:"pruned_at,omitempty"`
+	Retention string     `json:"retention"`
+	Seq       uint64     `json:"seq"`
+}
+
+// Consistency is the answer of GET /api/v1/log/consistency.
+type Consistency struct {
+	Hashes [][]byte `json:"hashes"`
+}
+
+// Ready is the answer of GET /readyz: Ready, or the reason it is not
+// with the usual error object.
+type Ready struct {
+	Error  *Error `json:"error,omitempty"`
+	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"`
 }

@@ -333,7 +333,7 @@ func readAnswer(resp *http.Response, path string, limit int64) ([]byte, error) {
 // apiError decodes a refusal, read up to MaxErrorBody; every text field
 // the server chose is made safe to print.
 func apiError(resp *http.Response) error {
-	var e struct{ Error APIError }
+	var e api.ErrorBody
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxErrorBody))
 	if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
 		// HEAD responses carry no body: name the status instead.
@@ -347,11 +347,8 @@ func apiError(resp *http.Response) error {
 		}
 		return &APIError{Status: resp.StatusCode, Code: code, Message: termsafe.String(msg)}
 	}
-	e.Error.Status = resp.StatusCode
-	e.Error.Code = termsafe.Bounded(e.Error.Code, 64)
-	e.Error.Message = termsafe.String(e.Error.Message)
-	e.Error.Role = termsafe.Bounded(e.Error.Role, 64)
-	return &e.Error
+	return &APIError{Status: resp.StatusCode, Code: termsafe.Bounded(string(e.Error.Code), 64),
+		Message: termsafe.String(e.Error.Message), Role: termsafe.Bounded(e.Error.Role, 64)}
 }
 
 // getJSON fetches path under the default timeout and decodes its JSON answer
@@ -533,23 +530,17 @@ func (c *Client) Metadata(ctx context.Context, file string) ([]byte, error) {
 
 // CreateToken creates an operator token and returns its secret.
 func (c *Client) CreateToken(ctx context.Context, name, role string) (string, error) {
-	var out struct{ Token string }
-	err := c.postJSON(ctx, "/api/v1/tokens", map[string]string{"name": name, "role": role}, &out)
+	var out api.TokenCreated
+	err := c.postJSON(ctx, "/api/v1/tokens", api.TokenRequest{Name: name, Role: role}, &out)
 	return out.Token, err
 }
 
 // Token is an operator token as the server lists it: never its secret.
-type Token struct {
-	Name      string     `json:"name"`
-	Role      string     `json:"role"`
-	CreatedAt time.Time  `json:"created_at"`
-	Revoked   bool       `json:"revoked"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-}
+type Token = api.Token
 
 // Tokens lists every operator token, revoked ones included (admin).
 func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
-	var out struct{ Tokens []Token }
+	var out api.TokenList
 	err := c.getJSON(ctx, "/api/v1/tokens", MaxTokenList, &out)
 	return out.Tokens, err
 }
@@ -558,7 +549,7 @@ func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
 // token's next request.
 func (c *Client) SetTokenRole(ctx context.Context, name, role string) (Token, error) {
 	var out Token
-	err := c.postJSON(ctx, "/api/v1/tokens/"+url.PathEscape(name)+"/role", map[string]string{"role": role}, &out)
+	err := c.postJSON(ctx, "/api/v1/tokens/"+url.PathEscape(name)+"/role", api.RoleRequest{Role: role}, &out)
 	return out, err
 }
 
@@ -640,10 +631,7 @@ func (c *Client) AuditPagesAfter(ctx context.Context, after uint64, fn func(page
 // none was). The first retained entry names this hash as its previous
 // one, so audit.Verify checks the rest from an entry with this Seq and
 // Hash.
-type AuditAnchor struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+type AuditAnchor = api.AuditAnchor
 
 // AuditAnchor returns the server's audit anchor.
 func (c *Client) AuditAnchor(ctx context.Context) (AuditAnchor, error) {
@@ -700,18 +688,16 @@ func (e *APIError) FailureHint() string {
 
 // EnrollToken creates a one-time enrollment token for a hardware id.
 func (c *Client) EnrollToken(ctx context.Context, hardware string, ttl time.Duration) (string, time.Time, error) {
-	var out struct {
-		Token   string
-		Expires time.Time
-	}
-	err := c.postJSON(ctx, "/api/v1/devices/tokens", map[string]any{"hardware": hardware, "ttl_seconds": int64(ttl / time.Second)}, &out)
+	var out api.EnrollToken
+	secs := int64(ttl / time.Second)
+	err := c.postJSON(ctx, "/api/v1/devices/tokens", api.EnrollTokenRequest{Hardware: hardware, TTLSeconds: &secs}, &out)
 	return out.Token, out.Expires, err
 }
 
 // Deploy assigns a release to every device of a hardware id.
 func (c *Client) Deploy(ctx context.Context, target, hardware string) (devices, changed int, err error) {
-	var out struct{ Devices, Changed int }
-	err = c.postJSON(ctx, "/api/v1/deploy", map[string]string{"target": target, "hardware": hardware}, &out)
+	var out api.Deployed
+	err = c.postJSON(ctx, "/api/v1/deploy", api.DeployRequest{Target: target, Hardware: hardware}, &out)
 	return out.Devices, out.Changed, err
 }
 
@@ -729,7 +715,7 @@ func (c *Client) RemoveDevice(ctx context.Context, id string) error {
 // DirectorRootVersion returns the newest director root version the server
 // holds, 0 if none.
 func (c *Client) DirectorRootVersion(ctx context.Context) (int64, error) {
-	var out struct{ Director int64 }
+	var out api.DirectorVersionResponse
 	err := c.getJSON(ctx, "/api/v1/director/root", MaxSmallAnswer, &out)
 	return out.Director, err
 }
@@ -770,7 +756,7 @@ func (c *Client) LogProofJSON(ctx context.Context, target string) ([]byte, error
 
 // Consistency fetches a consistency proof between two tree sizes.
 func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
-	var out struct{ Hashes [][]byte }
+	var out api.Consistency
 	err := c.getJSON(ctx, fmt.Sprintf("/api/v1/log/consistency?from=%d&to=%d", from, to), MaxSmallAnswer, &out)
 	return out.Hashes, err
 }

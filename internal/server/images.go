@@ -351,7 +351,7 @@ func (s *Server) handleLogConsistency(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "bad-range", "%v", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hashes": proof})
+	writeJSON(w, http.StatusOK, api.Consistency{Hashes: proof})
 }
 
 func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
@@ -388,4 +388,18 @@ func (s *Server) productRole(ctx context.Context, product string) (*metadata.Met
 		return nil, err
 	}
 	return metadata.Targets().FromBytes(doc.Data)
+}
+
+// catalog gives the fleet service the published product roles.
+type catalog struct{ images *hostedrepo.Service }
+
+func (c catalog) Roles(ctx context.Context) (map[string][]byte, error) {
+	st, err := c.images.State(ctx)
+	if errors.Is(err, hostedrepo.ErrNoRepository) {
+		return nil, nil // nothing is published yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	return st.Roles, nil
 }

@@ -44,6 +44,7 @@ import (
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
@@ -129,6 +130,9 @@ type Server struct {
 	// directors is the director service: the current director root and
 	// each device's director repository.
 	directors *hosteddirector.Service
+	// fleet is the fleet service: enrollment, devices, reports,
+	// deployments.
+	fleet *fleet.Service
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
 	servedTargets seenSet
@@ -173,6 +177,7 @@ func New(c Config) (*Server, error) {
 		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
 	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
 		ProductRole: s.productRole, Now: c.Now})
+	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.reportBudget = newKeyedLimiter(s.limits.ReportBurst, s.limits.ReportEvery, maxTrackedIdentities)
 	s.auditBudget = newKeyedLimiter(auditedRefusalBurst, auditedRefusalEvery, maxTrackedIdentities)
@@ -395,7 +400,14 @@ func (s *Server) auditRefusal(r *http.Request, actor, action, subject, outcome s
 // transaction. A refusal is audited on its own (nothing else was
 // committed) and answered with its code; any other failure is a 500.
 func (s *Server) operatorAction(w http.ResponseWriter, r *http.Request, action, subject string, act func(tx store.Tx) (event, error)) bool {
-	err := s.atomically(r, act)
+	return s.operatorDone(w, r, action, subject, s.atomically(r, act))
+}
+
+// operatorDone answers the outcome of an operator's action that a
+// service committed with its audit entry: true when it succeeded; a
+// refusal is audited on its own and answered with its code; any other
+// failure is a 500.
+func (s *Server) operatorDone(w http.ResponseWriter, r *http.Request, action, subject string, err error) bool {
 	if err == nil {
 		return true
 	}
@@ -582,9 +594,9 @@ func (s *Server) handleAuditAnchor(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := map[string]any{"seq": a.Seq, "hash": a.Hash, "retention": s.retention.auditText()}
+	out := api.AuditAnchor{Seq: a.Seq, Hash: a.Hash, Retention: s.retention.auditText()}
 	if !a.At.IsZero() {
-		out["pruned_at"] = a.At
+		out.PrunedAt = &a.At
 	}
 	writeJSON(w, http.StatusOK, out)
 }
