@@ -39,7 +39,10 @@ var Routes = []Route{
 	{"GET", "/api/v1/log/proof/{target...}"},
 	{"GET", "/api/v1/log/consistency"},
 	{"POST", "/api/v1/devices/tokens"},
+	{"GET", "/api/v1/devices"},
 	{"GET", "/api/v1/devices/{id}"},
+	{"POST", "/api/v1/devices/{id}/tags"},
+	{"GET", "/api/v1/releases"},
 	{"POST", "/api/v1/devices/{id}/revoke"},
 	{"DELETE", "/api/v1/devices/{id}"},
 	{"POST", "/api/v1/deploy"},
@@ -89,6 +92,9 @@ const (
 	BadAfter            Code = "bad-after"
 	BadLimit            Code = "bad-limit"
 	BadRange            Code = "bad-range"
+	BadSelector         Code = "bad-selector"
+	BadTag              Code = "bad-tag"
+	BadProduct          Code = "bad-product"
 	// 401
 	Unauthenticated         Code = "unauthenticated"
 	TokenRevoked            Code = "token-revoked" // also 409: changing a revoked token
@@ -154,7 +160,7 @@ const (
 var Codes = []Code{
 	BadJSON, BadPath, BadDigest, BadLength, BadRole, BadName, BadHardware, BadTTL, BadDeviceID, BadCSR,
 	UnsupportedKey, BadEnrollment, BadManufacturerCert, BadStatus, BadVersion, BadReason, NoReason, BadTarget,
-	AmbiguousTarget, BadAfter, BadLimit, BadRange,
+	AmbiguousTarget, BadAfter, BadLimit, BadRange, BadSelector, BadTag, BadProduct,
 	Unauthenticated, TokenRevoked, NoDeviceCertificate, BadToken, TokenUsed, TokenExpired,
 	ManufacturerUnknownCA, ManufacturerCertExpired, ManufacturerKeyMismatch,
 	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch,
@@ -422,12 +428,15 @@ type Device struct {
 	Hardware        string            `json:"hardware"`
 	ID              string            `json:"id"`
 	LastAnomaly     string            `json:"last_anomaly"`
+	LastRefusal     string            `json:"last_refusal,omitempty"`
 	LastSeen        time.Time         `json:"last_seen"`
 	LastStatus      string            `json:"last_status"`
 	ReportCounts    map[string]uint64 `json:"report_counts"`
 	Reports         []Report          `json:"reports"`
 	Revoked         bool              `json:"revoked"`
 	SecurityVersion uint64            `json:"security_version"`
+	State           string            `json:"state"`
+	Tags            map[string]string `json:"tags,omitempty"`
 	Version         string            `json:"version"`
 }
 
@@ -451,4 +460,63 @@ type Ready struct {
 	Error  *Error `json:"error,omitempty"`
 	Ready  bool   `json:"ready"`
 	Reason string `json:"reason,omitempty"`
+}
+
+// DeviceSummary is a device as GET /api/v1/devices lists it. State is
+// "revoked", else the status of its latest report, else "enrolled".
+type DeviceSummary struct {
+	ID              string            `json:"id"`
+	Hardware        string            `json:"hardware"`
+	Tags            map[string]string `json:"tags"`
+	Version         string            `json:"version"`
+	SecurityVersion uint64            `json:"security_version"`
+	State           string            `json:"state"`
+	LastSeen        *time.Time        `json:"last_seen"`
+	LastRefusal     string            `json:"last_refusal,omitempty"`
+}
+
+// DeviceList is a page of GET /api/v1/devices?select=EXPR&after=ID&limit=N:
+// the devices the selector matched among those scanned, in id order, and
+// Next, the id to ask after for the next page ("" at the end). A page may
+// hold fewer than limit devices, or none, and still not be the last: each
+// request scans a bounded number of devices.
+type DeviceList struct {
+	Devices []DeviceSummary `json:"devices"`
+	Next    string          `json:"next,omitempty"`
+}
+
+// TagsRequest is POST /api/v1/devices/{id}/tags: keys to remove, then
+// tags to set.
+type TagsRequest struct {
+	Set   map[string]string `json:"set,omitempty"`
+	Unset []string          `json:"unset,omitempty"`
+}
+
+// Tags is the answer of POST /api/v1/devices/{id}/tags: the tags the
+// device now has.
+type Tags struct {
+	Tags map[string]string `json:"tags"`
+}
+
+// Release is a published release as GET /api/v1/releases lists it: from
+// the image repository's signed metadata (its product role's signers
+// among the delegation's keys, and whether they meet its threshold) and
+// the transparency log (its leaf index).
+type Release struct {
+	Target          string    `json:"target"`
+	Product         string    `json:"product"`
+	Version         string    `json:"version"`
+	SecurityVersion uint64    `json:"security_version"`
+	Hardware        []string  `json:"hardware"`
+	Signers         []string  `json:"signers"`
+	Threshold       int       `json:"threshold"`
+	ThresholdMet    bool      `json:"threshold_met"`
+	LogIndex        *uint64   `json:"log_index"`
+	Created         time.Time `json:"created"`
+}
+
+// ReleaseList is the answer of GET /api/v1/releases[?product=P]: newest
+// first within each product, products in name order.
+type ReleaseList struct {
+	Releases []Release `json:"releases"`
 }

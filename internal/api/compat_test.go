@@ -12,7 +12,7 @@ import (
 )
 
 // The answers that were map literals before they had types encode to the
-// same bytes.
+// same bytes (the device's gained state, tags and last_refusal since).
 func TestAnswersKeepTheirBytes(t *testing.T) {
 	at := time.Date(2026, 12, 5, 9, 0, 0, 0, time.UTC)
 	for name, c := range map[string]struct{ typed, was any }{
@@ -32,9 +32,9 @@ func TestAnswersKeepTheirBytes(t *testing.T) {
 		"enrolled":         {api.Enrolled{DeviceID: "d", Hardware: "hw", Certificate: "PEM"}, map[string]any{"device_id": "d", "hardware": "hw", "certificate": "PEM"}},
 		"deployed":         {api.Deployed{Target: "p/1", Devices: 2, Changed: 1}, map[string]any{"target": "p/1", "devices": 2, "changed": 1}},
 		"device": {
-			api.Device{ID: "d", Hardware: "hw", EnrolledAt: at, Version: "1.0.0", SecurityVersion: 3, LastStatus: "installed", LastSeen: at, Assigned: "p/1/f",
+			api.Device{ID: "d", Hardware: "hw", State: "installed", EnrolledAt: at, Version: "1.0.0", SecurityVersion: 3, LastStatus: "installed", LastSeen: at, Assigned: "p/1/f",
 				Anomalies: 1, LastAnomaly: "x", Reports: []api.Report{{Counter: 1, Status: "installed", At: at}}, ReportCounts: map[string]uint64{"installed": 1}},
-			map[string]any{"id": "d", "hardware": "hw", "enrolled_at": at, "revoked": false, "version": "1.0.0", "security_version": 3, "last_status": "installed",
+			map[string]any{"id": "d", "hardware": "hw", "enrolled_at": at, "revoked": false, "version": "1.0.0", "security_version": 3, "last_status": "installed", "state": "installed",
 				"last_seen": at, "assigned": "p/1/f", "anomalies": 1, "last_anomaly": "x", "reports": []api.Report{{Counter: 1, Status: "installed", At: at}},
 				"report_counts": map[string]uint64{"installed": 1}},
 		},

@@ -760,3 +760,76 @@ func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, er
 	err := c.getJSON(ctx, fmt.Sprintf("/api/v1/log/consistency?from=%d&to=%d", from, to), MaxSmallAnswer, &out)
 	return out.Hashes, err
 }
+
+// MaxDeviceList bounds one page of a device listing (10,000 devices).
+const MaxDeviceList = 16 << 20
+
+// DevicePage fetches one page of the devices selector selects, after the
+// id after (see api.DeviceList); limit 0 is the server's default.
+func (c *Client) DevicePage(ctx context.Context, selector, after string, limit int) (api.DeviceList, error) {
+	q := url.Values{}
+	if selector != "" {
+		q.Set("select", selector)
+	}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	path := "/api/v1/devices"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out api.DeviceList
+	err := c.getJSON(ctx, path, MaxDeviceList, &out)
+	return out, err
+}
+
+// Devices calls fn with each page of the devices selector selects, in id
+// order, until the last page; an error from fn stops it.
+func (c *Client) Devices(ctx context.Context, selector string, fn func([]api.DeviceSummary) error) error {
+	after := ""
+	for {
+		page, err := c.DevicePage(ctx, selector, after, 0)
+		if err != nil {
+			return err
+		}
+		if err := fn(page.Devices); err != nil {
+			return err
+		}
+		if page.Next == "" {
+			return nil
+		}
+		if page.Next <= after {
+			return fmt.Errorf("device listing: the server's next page starts at %q, not after %q", termsafe.Bounded(page.Next, 64), termsafe.Bounded(after, 64))
+		}
+		after = page.Next
+	}
+}
+
+// Device returns one device with its report history and assignment.
+func (c *Client) Device(ctx context.Context, id string) (api.Device, error) {
+	var out api.Device
+	err := c.getJSON(ctx, "/api/v1/devices/"+url.PathEscape(id), MaxSmallAnswer, &out)
+	return out, err
+}
+
+// SetTags removes the unset keys from a device's tags and sets set, and
+// returns the tags it now has.
+func (c *Client) SetTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error) {
+	var out api.Tags
+	err := c.postJSON(ctx, "/api/v1/devices/"+url.PathEscape(id)+"/tags", api.TagsRequest{Set: set, Unset: unset}, &out)
+	return out.Tags, err
+}
+
+// Releases lists the published releases of product ("" for all).
+func (c *Client) Releases(ctx context.Context, product string) ([]api.Release, error) {
+	path := "/api/v1/releases"
+	if product != "" {
+		path += "?product=" + url.QueryEscape(product)
+	}
+	var out api.ReleaseList
+	err := c.getJSON(ctx, path, MaxDeviceList, &out)
+	return out.Releases, err
+}

@@ -27,8 +27,8 @@ func (s *Service) Device(ctx context.Context, id string) (api.Device, error) {
 	}
 	return api.Device{
 		ID: d.ID, Hardware: d.HardwareID, EnrolledAt: d.EnrolledAt, Revoked: !d.RevokedAt.IsZero(),
-		Version: d.Version, SecurityVersion: d.SecurityVersion, LastStatus: d.LastStatus, LastSeen: d.LastSeen,
-		Assigned: a.Target, Anomalies: d.Anomalies, LastAnomaly: d.LastAnomaly,
+		Version: d.Version, SecurityVersion: d.SecurityVersion, LastStatus: d.LastStatus, LastSeen: d.LastSeen, State: deviceState(&d),
+		Assigned: a.Target, Anomalies: d.Anomalies, LastAnomaly: d.LastAnomaly, Tags: d.Tags, LastRefusal: d.LastRefusal,
 		Reports: latest, ReportCounts: counts,
 	}, nil
 }

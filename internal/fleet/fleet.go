@@ -37,13 +37,22 @@ type Store interface {
 	EnrollToken(ctx context.Context, hash string) (store.EnrollToken, error)
 	Assignment(ctx context.Context, deviceID string) (store.Assignment, error)
 	Reports(ctx context.Context, id string) ([]store.Report, map[string]uint64, error)
+	ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error)
+	LogEntry(ctx context.Context, target string) (store.LogEntry, error)
 	Atomic(ctx context.Context, f func(tx store.Tx) error) error
 }
 
-// Catalog is what the fleet needs of the hosted image repository: the
-// published product roles, by name (signed bytes).
+// Catalog is what the fleet needs of the hosted image repository: its
+// published metadata.
 type Catalog interface {
-	Roles(ctx context.Context) (map[string][]byte, error)
+	Published(ctx context.Context) (Published, error)
+}
+
+// Published is the image repository's current top-level targets role
+// and product roles by name, as signed (nil when nothing is published).
+type Published struct {
+	Targets []byte
+	Roles   map[string][]byte
 }
 
 // Config wires a Service.
@@ -151,12 +160,12 @@ func (s *Service) atomically(ctx context.Context, op Op, act func(tx store.Tx) (
 
 // productRoles parses the published product roles.
 func (s *Service) productRoles(ctx context.Context) (map[string]*metadata.Metadata[metadata.TargetsType], error) {
-	raw, err := s.catalog.Roles(ctx)
+	pub, err := s.catalog.Published(ctx)
 	if err != nil {
 		return nil, err
 	}
-	out := make(map[string]*metadata.Metadata[metadata.TargetsType], len(raw))
-	for name, b := range raw {
+	out := make(map[string]*metadata.Metadata[metadata.TargetsType], len(pub.Roles))
+	for name, b := range pub.Roles {
 		m, err := metadata.Targets().FromBytes(b)
 		if err != nil {
 			return nil, fmt.Errorf("published role %s: %w", name, err)

@@ -128,6 +128,7 @@ func (s *Service) Report(ctx context.Context, requestID, id string, req api.Repo
 		err = tx.RecordReport(ctx, id, store.Report{
 			Counter: uint64(req.Counter), Status: string(req.Status), Reason: reason, Installed: req.Status == api.Installed,
 			Version: req.Version, SecurityVersion: uint64(req.SecurityVersion), At: s.now(),
+			Refusal: refusalClass(req),
 		})
 		if err != nil {
 			return err
@@ -208,4 +209,13 @@ func (s *Service) recordAnomaly(ctx context.Context, op Op, id string, req api.R
 	}
 	r.Audited = true
 	return r
+}
+
+// refusalClass is the refusal class a report carries ("" unless it is a
+// verification refusal, whose reason CheckReport made a known class).
+func refusalClass(req api.ReportRequest) string {
+	if req.Status == api.VerificationRefused {
+		return req.Reason
+	}
+	return ""
 }

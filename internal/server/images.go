@@ -18,6 +18,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
@@ -390,16 +391,16 @@ func (s *Server) productRole(ctx context.Context, product string) (*metadata.Met
 	return metadata.Targets().FromBytes(doc.Data)
 }
 
-// catalog gives the fleet service the published product roles.
+// catalog gives the fleet service the published metadata.
 type catalog struct{ images *hostedrepo.Service }
 
-func (c catalog) Roles(ctx context.Context) (map[string][]byte, error) {
+func (c catalog) Published(ctx context.Context) (fleet.Published, error) {
 	st, err := c.images.State(ctx)
 	if errors.Is(err, hostedrepo.ErrNoRepository) {
-		return nil, nil // nothing is published yet
+		return fleet.Published{}, nil // nothing is published yet
 	}
 	if err != nil {
-		return nil, err
+		return fleet.Published{}, err
 	}
-	return st.Roles, nil
+	return fleet.Published{Targets: st.Targets, Roles: st.Roles}, nil
 }

@@ -77,6 +77,12 @@ type Device struct {
 	// (see Devices.RecordAnomaly); LastAnomaly is the latest one's reason.
 	Anomalies   uint64
 	LastAnomaly string
+	// Tags are operator-set KEY=VALUE labels (nil when none); the fleet
+	// service bounds their number and size.
+	Tags map[string]string
+	// LastRefusal is the refusal class of the device's latest
+	// verification-refused report ("" when none).
+	LastRefusal string
 }
 
 // ReportHistory is how many of a device's latest accepted reports the
@@ -98,6 +104,9 @@ type Report struct {
 	Version         string
 	SecurityVersion uint64
 	At              time.Time
+	// Refusal is the refusal class of a verification-refused report,
+	// kept as the device's LastRefusal; "" for other reports.
+	Refusal string
 }
 
 // Devices stores the device registry.
@@ -105,6 +114,13 @@ type Devices interface {
 	CreateDevice(ctx context.Context, d Device) error
 	Device(ctx context.Context, id string) (Device, error)
 	DevicesByHardware(ctx context.Context, hardwareID string) ([]Device, error)
+	// ListDevices returns up to limit devices whose id sorts after
+	// after, in id order: the fleet is read in bounded pages.
+	ListDevices(ctx context.Context, after string, limit int) ([]Device, error)
+	// SetDeviceTags removes the unset keys from a device's tags, then
+	// sets set, in one step, and returns the tags now held; ErrNotFound
+	// for an unknown device.
+	SetDeviceTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error)
 	// RevokeDevice marks a device revoked: ErrNotFound for an unknown
 	// device, ErrRevoked if it already is.
 	RevokeDevice(ctx context.Context, id string, at time.Time) error

@@ -99,6 +99,10 @@ var migrations = []string{
 		PRIMARY KEY (device_id, counter)
 	) WITHOUT ROWID;
 	CREATE TABLE report_counts (device_id TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (device_id, status)) WITHOUT ROWID;`,
+	// Inventory: operator-set tags (a JSON object) and the class of the
+	// device's last verification refusal.
+	`ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+	ALTER TABLE devices ADD COLUMN last_refusal TEXT NOT NULL DEFAULT '';`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -279,14 +283,74 @@ func (s *conn) CreateDevice(ctx context.Context, d store.Device) error {
 	return err
 }
 
-const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen, anomalies, last_anomaly`
+const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen, anomalies, last_anomaly, tags, last_refusal`
 
 func scanDevice(row interface{ Scan(...any) error }) (store.Device, error) {
 	var d store.Device
 	var enrolled, revoked, seen int64
-	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen, &d.Anomalies, &d.LastAnomaly)
+	var tags string
+	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen, &d.Anomalies, &d.LastAnomaly, &tags, &d.LastRefusal)
 	d.EnrolledAt, d.RevokedAt, d.LastSeen = tm(enrolled), tm(revoked), tm(seen)
+	if err == nil {
+		err = decodeTags(tags, &d)
+	}
 	return d, err
+}
+
+func decodeTags(raw string, d *store.Device) error {
+	if raw == "{}" || raw == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(raw), &d.Tags); err != nil {
+		return fmt.Errorf("device %s: stored tags: %w", d.ID, err)
+	}
+	return nil
+}
+
+// ListDevices implements store.Devices.
+func (s *conn) ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// SetDeviceTags implements store.Devices.
+func (s *conn) SetDeviceTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error) {
+	var out map[string]string
+	err := s.atomic(ctx, func(tx *conn) error {
+		d, err := tx.Device(ctx, id)
+		if err != nil {
+			return err
+		}
+		out = map[string]string{}
+		for k, v := range d.Tags {
+			out[k] = v
+		}
+		for _, k := range unset {
+			delete(out, k)
+		}
+		for k, v := range set {
+			out[k] = v
+		}
+		b, err := json.Marshal(out)
+		if err != nil {
+			return err
+		}
+		_, err = tx.q.ExecContext(ctx, `UPDATE devices SET tags = ? WHERE id = ?`, string(b), id)
+		return err
+	})
+	return out, err
 }
 
 // Device implements store.Devices.
@@ -401,6 +465,10 @@ func (s *conn) RecordReport(ctx context.Context, id string, r store.Report) erro
 		if r.Installed {
 			q += `, version = ?, security_version = ?`
 			args = append(args, r.Version, r.SecurityVersion)
+		}
+		if r.Refusal != "" {
+			q += `, last_refusal = ?`
+			args = append(args, r.Refusal)
 		}
 		q += ` WHERE id = ? AND report_counter < ? AND revoked_at = 0`
 		args = append(args, id, r.Counter)

@@ -93,6 +93,82 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		_, err = s.Device(ctx, "nope")
 		is(t, err, store.ErrNotFound)
 	})
+	t.Run("ListDevicesPages", func(t *testing.T) {
+		s := open(t)
+		for i := range 5 {
+			if err := s.CreateDevice(ctx, store.Device{ID: fmt.Sprintf("dev-%d", 4-i), HardwareID: "hw", CertSerial: fmt.Sprint(i), EnrolledAt: now}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ids []string
+		after := ""
+		for {
+			page, err := s.ListDevices(ctx, after, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) > 2 {
+				t.Fatalf("page of %d devices, limit 2", len(page))
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, d := range page {
+				ids = append(ids, d.ID)
+			}
+			after = page[len(page)-1].ID
+		}
+		if strings.Join(ids, ",") != "dev-0,dev-1,dev-2,dev-3,dev-4" {
+			t.Fatalf("pages gave %v", ids)
+		}
+	})
+	t.Run("DeviceTags", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "dev-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: now})
+		if d, err := s.Device(ctx, "dev-1"); err != nil || len(d.Tags) != 0 {
+			t.Fatalf("new device has tags %v (%v)", d.Tags, err)
+		}
+		got, err := s.SetDeviceTags(ctx, "dev-1", map[string]string{"site": "berlin", "ring": "canary"}, nil)
+		if err != nil || len(got) != 2 || got["site"] != "berlin" {
+			t.Fatalf("%v %v", got, err)
+		}
+		// unset applies before set: a key both removed and set is set.
+		got, err = s.SetDeviceTags(ctx, "dev-1", map[string]string{"site": "lab"}, []string{"ring", "site", "absent"})
+		if err != nil || len(got) != 1 || got["site"] != "lab" {
+			t.Fatalf("%v %v", got, err)
+		}
+		d, err := s.Device(ctx, "dev-1")
+		if err != nil || len(d.Tags) != 1 || d.Tags["site"] != "lab" {
+			t.Fatalf("stored tags %v (%v)", d.Tags, err)
+		}
+		page, err := s.ListDevices(ctx, "", 10)
+		if err != nil || len(page) != 1 || page[0].Tags["site"] != "lab" {
+			t.Fatalf("listed %+v (%v)", page, err)
+		}
+		_, err = s.SetDeviceTags(ctx, "nope", map[string]string{"a": "b"}, nil)
+		is(t, err, store.ErrNotFound)
+		// In a transaction that rolls back, tags do not change.
+		s.Atomic(ctx, func(tx store.Tx) error {
+			tx.SetDeviceTags(ctx, "dev-1", nil, []string{"site"})
+			return errors.New("roll back")
+		})
+		if d, _ := s.Device(ctx, "dev-1"); d.Tags["site"] != "lab" {
+			t.Fatalf("a rolled back change of tags stayed: %v", d.Tags)
+		}
+	})
+	t.Run("LastRefusal", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "dev-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: now})
+		if err := s.RecordReport(ctx, "dev-1", store.Report{Counter: 1, Status: "verification-refused", Reason: "rollback", Refusal: "rollback", At: now}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordReport(ctx, "dev-1", store.Report{Counter: 2, Status: "downloading", At: now}); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := s.Device(ctx, "dev-1"); d.LastRefusal != "rollback" {
+			t.Fatalf("last refusal %q, want rollback (kept across other reports)", d.LastRefusal)
+		}
+	})
 	t.Run("ReportsOnlyMoveForward", func(t *testing.T) {
 		s := open(t)
 		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
