@@ -43,6 +43,10 @@ var Routes = []Route{
 	{"GET", "/api/v1/devices/{id}"},
 	{"POST", "/api/v1/devices/{id}/tags"},
 	{"GET", "/api/v1/releases"},
+	{"POST", "/api/v1/rollouts"},
+	{"GET", "/api/v1/rollouts"},
+	{"GET", "/api/v1/rollouts/{id}"},
+	{"POST", "/api/v1/rollouts/{id}/{action}"},
 	{"POST", "/api/v1/devices/{id}/revoke"},
 	{"DELETE", "/api/v1/devices/{id}"},
 	{"POST", "/api/v1/deploy"},
@@ -95,6 +99,8 @@ const (
 	BadSelector         Code = "bad-selector"
 	BadTag              Code = "bad-tag"
 	BadProduct          Code = "bad-product"
+	BadPhases           Code = "bad-phases"
+	BadRollout          Code = "bad-rollout"
 	// 401
 	Unauthenticated         Code = "unauthenticated"
 	TokenRevoked            Code = "token-revoked" // also 409: changing a revoked token
@@ -113,6 +119,7 @@ const (
 	HardwareMismatch Code = "hardware-mismatch"
 	NotFound         Code = "not-found"
 	UnknownRelease   Code = "unknown-release"
+	SelfApproval     Code = "self-approval"
 	MethodNotAllowed Code = "method-not-allowed"
 	Timeout          Code = "timeout"
 	VersionNotNext   Code = "version-not-next" // 409; 422 for a director root out of order
@@ -127,6 +134,7 @@ const (
 	AuditPruned      Code = "audit-pruned"
 	TooLarge         Code = "too-large"
 	RateLimited      Code = "rate-limited"
+	RolloutState     Code = "rollout-state"
 	// 422: push refusals (pushaccept, hostedrepo, director roots)
 	BadSignature         Code = "bad-signature"
 	Expired              Code = "expired"
@@ -145,6 +153,7 @@ const (
 	WrongHardware        Code = "wrong-hardware"
 	UnknownInstalled     Code = "unknown-installed-release"
 	WrongSecurityVersion Code = "wrong-security-version"
+	BelowSecurityVersion Code = "below-security-version"
 	// 5xx
 	Internal            Code = "internal"
 	ChunkCorrupt        Code = "chunk-corrupt"
@@ -160,16 +169,16 @@ const (
 var Codes = []Code{
 	BadJSON, BadPath, BadDigest, BadLength, BadRole, BadName, BadHardware, BadTTL, BadDeviceID, BadCSR,
 	UnsupportedKey, BadEnrollment, BadManufacturerCert, BadStatus, BadVersion, BadReason, NoReason, BadTarget,
-	AmbiguousTarget, BadAfter, BadLimit, BadRange, BadSelector, BadTag, BadProduct,
+	AmbiguousTarget, BadAfter, BadLimit, BadRange, BadSelector, BadTag, BadProduct, BadPhases, BadRollout,
 	Unauthenticated, TokenRevoked, NoDeviceCertificate, BadToken, TokenUsed, TokenExpired,
 	ManufacturerUnknownCA, ManufacturerCertExpired, ManufacturerKeyMismatch,
-	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch,
+	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch, SelfApproval,
 	NotFound, UnknownRelease, MethodNotAllowed, Timeout,
 	VersionNotNext, ReleaseLogged, Exists, DeviceExists, ReplayedReport, CounterJump, Conflict, LastAdmin, AlreadyRevoked,
-	AuditPruned, TooLarge, RateLimited,
+	AuditPruned, TooLarge, RateLimited, RolloutState,
 	BadSignature, Expired, Malformed, UnknownRole, ReleaseImmutable, SecurityLowered, OutsideDelegation,
 	UnsafeTargetPath, NothingPushed, MissingBlob, BlobMismatch, BadIndex, OnlineKeys, LogKey, WrongHardware,
-	UnknownInstalled, WrongSecurityVersion,
+	UnknownInstalled, WrongSecurityVersion, BelowSecurityVersion,
 	Internal, ChunkCorrupt, PayloadCorrupt, Busy, NotReady, NoDirectorRoot, NoDeviceCA, InsufficientStorage,
 }
 
@@ -519,4 +528,94 @@ type Release struct {
 // first within each product, products in name order.
 type ReleaseList struct {
 	Releases []Release `json:"releases"`
+}
+
+// Rollout states.
+const (
+	RolloutWaitingApproval = "waiting-approval"
+	RolloutRunning         = "running"
+	RolloutPaused          = "paused"
+	RolloutCompleted       = "completed"
+	RolloutAborted         = "aborted"
+)
+
+// RolloutRequest is POST /api/v1/rollouts. Phases is a comma-separated
+// list of percentages ("1%,10%,50%,100%") or device counts ("10,100,100%"),
+// increasing and ending at 100%, or "exp" (1%, 2%, 4%, ... 64%, 100%).
+// Soak is a Go duration each phase is held for; MaxFailureRate a
+// percentage ("2%"); ApproveAfter one of the phases ("10%"), beyond which
+// promotion needs a second operator's approval.
+type RolloutRequest struct {
+	Release        string `json:"release"`
+	Select         string `json:"select"`
+	Phases         string `json:"phases"`
+	Soak           string `json:"soak,omitempty"`
+	MaxFailureRate string `json:"max_failure_rate,omitempty"`
+	MinSuccess     int    `json:"min_success,omitempty"`
+	MaxConcurrent  int    `json:"max_concurrent,omitempty"`
+	ApproveAfter   string `json:"approve_after,omitempty"`
+	Critical       bool   `json:"critical,omitempty"`
+}
+
+// RolloutCreated is the answer of POST /api/v1/rollouts: the rollout's
+// id, how many devices the selector picks now, and how many of those
+// run a higher security version than the release (they are never
+// offered it). Note says plainly what an operator should know (no
+// device matches, some are skipped).
+type RolloutCreated struct {
+	ID                   string `json:"id"`
+	Matched              int    `json:"matched"`
+	BelowSecurityVersion int    `json:"below_security_version"`
+	Note                 string `json:"note,omitempty"`
+}
+
+// RolloutCounts are a rollout's devices by status. Downloading counts a
+// device from when the server handed it the release until its next
+// report; installed only after its confirmed-boot report; refused are
+// refusals of tampered data (tamper detections, not failures).
+type RolloutCounts struct {
+	Pending     int `json:"pending"`
+	Downloading int `json:"downloading"`
+	Installing  int `json:"installing"`
+	Installed   int `json:"installed"`
+	RolledBack  int `json:"rolled-back"`
+	Failed      int `json:"failed"`
+	Refused     int `json:"refused"`
+}
+
+// Rollout is the answer of GET /api/v1/rollouts/{id} and of the state
+// changes. Phase is the current phase, from 1.
+type Rollout struct {
+	ID              string         `json:"id"`
+	Release         string         `json:"release"`
+	State           string         `json:"state"`
+	Phase           int            `json:"phase"`
+	Phases          []string       `json:"phases"`
+	Counts          RolloutCounts  `json:"counts"`
+	PausedReason    string         `json:"paused_reason"`
+	FailureReasons  map[string]int `json:"failure_reasons"`
+	CreatedBy       string         `json:"created_by"`
+	ApprovedBy      string         `json:"approved_by"`
+	Select          string         `json:"select"`
+	SecurityVersion uint64         `json:"security_version"`
+	Soak            string         `json:"soak"`
+	MaxFailureRate  string         `json:"max_failure_rate"`
+	MinSuccess      int            `json:"min_success"`
+	MaxConcurrent   int            `json:"max_concurrent"`
+	ApproveAfter    string         `json:"approve_after,omitempty"`
+	Critical        bool           `json:"critical"`
+	Eligible        int            `json:"eligible"`
+	CreatedAt       time.Time      `json:"created_at"`
+	PhaseStarted    time.Time      `json:"phase_started"`
+}
+
+// RolloutList is the answer of GET /api/v1/rollouts: the newest 1000.
+type RolloutList struct {
+	Rollouts []Rollout `json:"rollouts"`
+}
+
+// RolloutAction is the body of POST /api/v1/rollouts/{id}/pause (and
+// resume, abort, approve): an optional reason, audited.
+type RolloutAction struct {
+	Reason string `json:"reason,omitempty"`
 }

@@ -833,3 +833,31 @@ func (c *Client) Releases(ctx context.Context, product string) ([]api.Release, e
 	err := c.getJSON(ctx, path, MaxDeviceList, &out)
 	return out.Releases, err
 }
+
+// CreateRollout creates a rollout.
+func (c *Client) CreateRollout(ctx context.Context, req api.RolloutRequest) (api.RolloutCreated, error) {
+	var out api.RolloutCreated
+	err := c.postJSON(ctx, "/api/v1/rollouts", req, &out)
+	return out, err
+}
+
+// Rollouts lists the newest rollouts.
+func (c *Client) Rollouts(ctx context.Context) ([]api.Rollout, error) {
+	var out api.RolloutList
+	err := c.getJSON(ctx, "/api/v1/rollouts", MaxDeviceList, &out)
+	return out.Rollouts, err
+}
+
+// Rollout returns one rollout.
+func (c *Client) Rollout(ctx context.Context, id string) (api.Rollout, error) {
+	var out api.Rollout
+	err := c.getJSON(ctx, "/api/v1/rollouts/"+url.PathEscape(id), MaxSmallAnswer, &out)
+	return out, err
+}
+
+// RolloutAction pauses, resumes, aborts or approves a rollout.
+func (c *Client) RolloutAction(ctx context.Context, id, action, reason string) (api.Rollout, error) {
+	var out api.Rollout
+	err := c.postJSON(ctx, "/api/v1/rollouts/"+url.PathEscape(id)+"/"+url.PathEscape(action), api.RolloutAction{Reason: reason}, &out)
+	return out, err
+}

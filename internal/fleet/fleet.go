@@ -39,6 +39,7 @@ type Store interface {
 	Reports(ctx context.Context, id string) ([]store.Report, map[string]uint64, error)
 	ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error)
 	LogEntry(ctx context.Context, target string) (store.LogEntry, error)
+	RolloutStore
 	Atomic(ctx context.Context, f func(tx store.Tx) error) error
 }
 
@@ -75,6 +76,7 @@ type Service struct {
 	deviceCA      *pki.CA
 	manufacturers *x509.CertPool
 	now           func() time.Time
+	ro            rollouts
 }
 
 // New returns a Service.

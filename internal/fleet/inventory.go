@@ -141,6 +141,7 @@ func (s *Service) SetTags(ctx context.Context, op Op, id string, req api.TagsReq
 		return nil, err
 	}
 	var tags map[string]string
+	defer s.forget(id) // its selectors may pick it now, or no longer
 	err := s.atomically(ctx, op, func(tx store.Tx) (event, error) {
 		var err error
 		tags, err = tx.SetDeviceTags(ctx, id, req.Set, req.Unset)

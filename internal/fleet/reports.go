@@ -115,6 +115,7 @@ func (s *Service) Report(ctx context.Context, requestID, id string, req api.Repo
 	if req.Version != "" {
 		detail["version"] = req.Version
 	}
+	final := false
 	err = s.store.Atomic(ctx, func(tx store.Tx) error {
 		// The counter is checked again in the report's transaction: no
 		// other writer moves it meanwhile.
@@ -133,6 +134,9 @@ func (s *Service) Report(ctx context.Context, requestID, id string, req api.Repo
 		if err != nil {
 			return err
 		}
+		if final, err = s.rolloutReport(ctx, tx, id, req, s.now()); err != nil {
+			return err
+		}
 		changed := d.LastStatus != string(req.Status) ||
 			req.Status == api.Installed && (d.Version != req.Version || d.SecurityVersion != uint64(req.SecurityVersion))
 		if !changed {
@@ -143,6 +147,14 @@ func (s *Service) Report(ctx context.Context, requestID, id string, req api.Repo
 		}
 		return nil
 	})
+	if err == nil {
+		// Its next check-in decides again; a final report frees a
+		// concurrency slot, which any device may take.
+		s.forget(id)
+		if final {
+			s.bump()
+		}
+	}
 	switch {
 	case errors.Is(err, store.ErrReplay):
 		return refuse(Conflict, api.ReplayedReport, "%v", err)

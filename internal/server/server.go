@@ -175,9 +175,9 @@ func New(c Config) (*Server, error) {
 		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
 	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
 		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
-	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
-		ProductRole: s.productRole, Now: c.Now})
 	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now})
+	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
+		ProductRole: s.productRole, Decide: s.fleet.Decide, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.reportBudget = newKeyedLimiter(s.limits.ReportBurst, s.limits.ReportEvery, maxTrackedIdentities)
 	s.auditBudget = newKeyedLimiter(auditedRefusalBurst, auditedRefusalEvery, maxTrackedIdentities)
@@ -248,6 +248,10 @@ func (s *Server) Handler() http.Handler {
 	handle("GET /api/v1/devices/{id}", noBody, s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
 	handle("POST /api/v1/devices/{id}/tags", routePolicy{maxBody: tagsBody}, s.requireRole(s.handleSetTags, RoleOperator))
 	handle("GET /api/v1/releases", noBody, s.requireRole(s.handleReleases, RoleReleaseManager, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/rollouts", routePolicy{maxBody: rolloutBody}, s.requireRole(s.handleCreateRollout, RoleOperator))
+	handle("GET /api/v1/rollouts", noBody, s.requireRole(s.handleListRollouts, RoleOperator, RoleAuditor))
+	handle("GET /api/v1/rollouts/{id}", noBody, s.requireRole(s.handleShowRollout, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/rollouts/{id}/{action}", small, s.requireRole(s.handleRolloutAction, RoleOperator))
 	handle("POST /api/v1/devices/{id}/revoke", small, s.requireRole(s.handleRevokeDevice, RoleOperator))
 	handle("DELETE /api/v1/devices/{id}", noBody, s.requireRole(s.handleRemoveDevice, RoleOperator))
 	handle("POST /api/v1/deploy", small, s.requireRole(s.handleDeploy, RoleOperator))
@@ -462,6 +466,9 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 		}
 		s.cleanUploads()
 		s.enforceRetention(ctx)
+		if err := s.StepRollouts(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("rollout engine", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -103,6 +103,22 @@ var migrations = []string{
 	// device's last verification refusal.
 	`ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
 	ALTER TABLE devices ADD COLUMN last_refusal TEXT NOT NULL DEFAULT '';`,
+	// Rollouts and each device's progress in them; counted by status per
+	// rollout (the index), never by walking the fleet.
+	`CREATE TABLE rollouts (
+		id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, target TEXT NOT NULL, security_version INTEGER NOT NULL,
+		selector TEXT NOT NULL, spec BLOB NOT NULL, state TEXT NOT NULL, phase INTEGER NOT NULL, phase_started INTEGER NOT NULL,
+		threshold INTEGER NOT NULL, eligible INTEGER NOT NULL, paused_reason TEXT NOT NULL, created_by TEXT NOT NULL, approved_by TEXT NOT NULL,
+		created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+	);
+	CREATE INDEX rollouts_state ON rollouts (state);
+	CREATE TABLE rollout_devices (
+		rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, offered_at INTEGER NOT NULL,
+		failures INTEGER NOT NULL, cooldown_until INTEGER NOT NULL, reason TEXT NOT NULL, updated_at INTEGER NOT NULL,
+		PRIMARY KEY (rollout_id, device_id)
+	) WITHOUT ROWID;
+	CREATE INDEX rollout_devices_status ON rollout_devices (rollout_id, status);
+	CREATE INDEX rollout_devices_device ON rollout_devices (device_id);`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -978,4 +994,174 @@ func isConstraint(err error) bool {
 	// modernc.org/sqlite reports constraint violations with this text;
 	// matching it avoids importing the driver's internal error codes.
 	return err != nil && (bytes.Contains([]byte(err.Error()), []byte("UNIQUE constraint failed")) || bytes.Contains([]byte(err.Error()), []byte("PRIMARY KEY")))
+}
+
+const rolloutCols = `id, seq, target, security_version, selector, spec, state, phase, phase_started, threshold, eligible, paused_reason, created_by, approved_by, created_at, updated_at`
+
+func scanRollout(row interface{ Scan(...any) error }) (store.Rollout, error) {
+	var r store.Rollout
+	var started, created, updated int64
+	err := row.Scan(&r.ID, &r.Seq, &r.Target, &r.SecurityVersion, &r.Selector, &r.Spec, &r.State, &r.Phase, &started, &r.Threshold, &r.Eligible,
+		&r.PausedReason, &r.CreatedBy, &r.ApprovedBy, &created, &updated)
+	r.PhaseStarted, r.CreatedAt, r.UpdatedAt = tm(started), tm(created), tm(updated)
+	return r, err
+}
+
+// CreateRollout implements store.Rollouts.
+func (s *conn) CreateRollout(ctx context.Context, r store.Rollout) (store.Rollout, error) {
+	err := s.atomic(ctx, func(tx *conn) error {
+		if err := tx.q.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM rollouts`).Scan(&r.Seq); err != nil {
+			return err
+		}
+		_, err := tx.q.ExecContext(ctx, `INSERT INTO rollouts (`+rolloutCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.Seq, r.Target, r.SecurityVersion, r.Selector, r.Spec, r.State, r.Phase, ns(r.PhaseStarted), r.Threshold, r.Eligible,
+			r.PausedReason, r.CreatedBy, r.ApprovedBy, ns(r.CreatedAt), ns(r.UpdatedAt))
+		if err != nil && isConstraint(err) {
+			return fmt.Errorf("rollout %s: %w", r.ID, store.ErrExists)
+		}
+		return err
+	})
+	return r, err
+}
+
+// Rollout implements store.Rollouts.
+func (s *conn) Rollout(ctx context.Context, id string) (store.Rollout, error) {
+	r, err := scanRollout(s.q.QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("rollout %s: %w", id, store.ErrNotFound)
+	}
+	return r, err
+}
+
+func (s *conn) rollouts(ctx context.Context, q string, args ...any) ([]store.Rollout, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+rolloutCols+` FROM rollouts `+q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Rollout
+	for rows.Next() {
+		r, err := scanRollout(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ListRollouts implements store.Rollouts.
+func (s *conn) ListRollouts(ctx context.Context, limit int) ([]store.Rollout, error) {
+	return s.rollouts(ctx, `ORDER BY seq DESC LIMIT ?`, limit)
+}
+
+// RolloutsInState implements store.Rollouts.
+func (s *conn) RolloutsInState(ctx context.Context, states ...string) ([]store.Rollout, error) {
+	if len(states) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(states))
+	for i, st := range states {
+		args[i] = st
+	}
+	return s.rollouts(ctx, `WHERE state IN (?`+strings.Repeat(", ?", len(states)-1)+`) ORDER BY seq`, args...)
+}
+
+// UpdateRollout implements store.Rollouts.
+func (s *conn) UpdateRollout(ctx context.Context, r store.Rollout) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE rollouts SET state = ?, phase = ?, phase_started = ?, threshold = ?, eligible = ?, paused_reason = ?, approved_by = ?, updated_at = ? WHERE id = ?`,
+		r.State, r.Phase, ns(r.PhaseStarted), r.Threshold, r.Eligible, r.PausedReason, r.ApprovedBy, ns(r.UpdatedAt), r.ID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("rollout %s: %w", r.ID, store.ErrNotFound)
+	}
+	return nil
+}
+
+const rolloutDeviceCols = `rollout_id, device_id, status, offered_at, failures, cooldown_until, reason, updated_at`
+
+func scanRolloutDevice(row interface{ Scan(...any) error }) (store.RolloutDevice, error) {
+	var d store.RolloutDevice
+	var offered, cool, updated int64
+	err := row.Scan(&d.RolloutID, &d.DeviceID, &d.Status, &offered, &d.Failures, &cool, &d.Reason, &updated)
+	d.OfferedAt, d.CooldownUntil, d.UpdatedAt = tm(offered), tm(cool), tm(updated)
+	return d, err
+}
+
+// RolloutDevice implements store.Rollouts.
+func (s *conn) RolloutDevice(ctx context.Context, rolloutID, deviceID string) (store.RolloutDevice, error) {
+	d, err := scanRolloutDevice(s.q.QueryRowContext(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE rollout_id = ? AND device_id = ?`, rolloutID, deviceID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("device %s in rollout %s: %w", deviceID, rolloutID, store.ErrNotFound)
+	}
+	return d, err
+}
+
+// PutRolloutDevice implements store.Rollouts.
+func (s *conn) PutRolloutDevice(ctx context.Context, d store.RolloutDevice) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO rollout_devices (`+rolloutDeviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (rollout_id, device_id) DO UPDATE SET status = excluded.status, offered_at = excluded.offered_at, failures = excluded.failures,
+		cooldown_until = excluded.cooldown_until, reason = excluded.reason, updated_at = excluded.updated_at`,
+		d.RolloutID, d.DeviceID, d.Status, ns(d.OfferedAt), d.Failures, ns(d.CooldownUntil), d.Reason, ns(d.UpdatedAt))
+	return err
+}
+
+// DeviceRollouts implements store.Rollouts.
+func (s *conn) DeviceRollouts(ctx context.Context, deviceID string) ([]store.RolloutDevice, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE device_id = ? ORDER BY rollout_id`, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.RolloutDevice
+	for rows.Next() {
+		d, err := scanRolloutDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// RolloutCounts implements store.Rollouts.
+func (s *conn) RolloutCounts(ctx context.Context, rolloutID string) (store.RolloutCounts, error) {
+	out := store.RolloutCounts{ByStatus: map[string]int{}}
+	rows, err := s.q.QueryContext(ctx, `SELECT status, count(*), SUM(failures) FROM rollout_devices WHERE rollout_id = ? GROUP BY status`, rolloutID)
+	if err != nil {
+		return out, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var n, f int
+		if err := rows.Scan(&st, &n, &f); err != nil {
+			return out, err
+		}
+		out.ByStatus[st] = n
+		out.Failures += f
+	}
+	return out, rows.Err()
+}
+
+// RolloutReasons implements store.Rollouts.
+func (s *conn) RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT reason, count(*) AS n FROM rollout_devices WHERE rollout_id = ? AND failures > 0 AND reason != ''
+		GROUP BY reason ORDER BY n DESC, reason LIMIT ?`, rolloutID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var r string
+		var n int
+		if err := rows.Scan(&r, &n); err != nil {
+			return nil, err
+		}
+		out[r] = n
+	}
+	return out, rows.Err()
 }
