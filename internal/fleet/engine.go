@@ -84,7 +84,7 @@ func (s *Service) step(ctx context.Context, r store.Rollout) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		if err := s.startPhase(ctx, a, r.Phase+1, hw); err != nil {
+		if _, _, err := s.startPhase(ctx, a, r.Phase+1, hw); err != nil {
 			return false, err
 		}
 		r = a.r

@@ -38,7 +38,7 @@ import (
 const (
 	maxRollouts = 1000
 	maxReasons  = 16
-	scanBatch   = 1000
+	scanBatch   = 5000
 )
 
 // active is a rollout the service offers from, with what a check-in
@@ -176,45 +176,24 @@ func (s *Service) CreateRollout(ctx context.Context, op Op, req api.RolloutReque
 	if err != nil {
 		return api.RolloutCreated{}, err
 	}
-	matched, below := 0, 0
-	after := ""
-	for {
-		page, err := s.store.ListDevices(ctx, after, scanBatch)
-		if err != nil {
-			return api.RolloutCreated{}, err
-		}
-		for i := range page {
-			d := &page[i]
-			after = d.ID
-			if !d.RevokedAt.IsZero() || !meta.Supports(d.HardwareID) || !sel.Match(d) {
-				continue
-			}
-			matched++
-			if d.SecurityVersion > meta.SecurityVersion {
-				below++
-			}
-		}
-		if len(page) < scanBatch {
-			break
-		}
-	}
-	if matched > 0 && below == matched {
-		return api.RolloutCreated{}, refuse(Unprocessable, api.BelowSecurityVersion,
-			"release %s has security version %d; all %d devices the selector picks run a higher security version and would refuse it", target, meta.SecurityVersion, matched)
-	}
 	specJSON, _ := json.Marshal(spec)
 	id := newRolloutID()
 	now := s.now()
 	r := store.Rollout{ID: id, Target: target, SecurityVersion: meta.SecurityVersion, Selector: req.Select, Spec: specJSON,
 		State: api.RolloutRunning, Phase: 1, PhaseStarted: now, CreatedBy: op.Actor, CreatedAt: now, UpdatedAt: now}
+	a := &active{r: r, spec: spec, sel: sel, meta: meta, version: meta.Version}
+	matched, below, err := s.startPhase(ctx, a, 1, meta.HardwareIDs)
+	if err != nil {
+		return api.RolloutCreated{}, err
+	}
+	if matched > 0 && below == matched {
+		return api.RolloutCreated{}, refuse(Unprocessable, api.BelowSecurityVersion,
+			"release %s has security version %d; all %d devices the selector picks run a higher security version and would refuse it", target, meta.SecurityVersion, matched)
+	}
+	r = a.r
 	if spec.Critical {
 		r.State, r.PausedReason = api.RolloutWaitingApproval, "a critical rollout starts only when an operator other than its creator approves it"
 	}
-	a := &active{r: r, spec: spec, sel: sel, meta: meta, version: meta.Version}
-	if err := s.startPhase(ctx, a, 1, meta.HardwareIDs); err != nil {
-		return api.RolloutCreated{}, err
-	}
-	r = a.r
 	err = s.atomically(ctx, op, func(tx store.Tx) (event, error) {
 		if _, err := tx.CreateRollout(ctx, r); err != nil {
 			return event{}, err
@@ -278,23 +257,31 @@ func (s *Service) resolveRelease(ctx context.Context, name string) (string, rele
 }
 
 // startPhase sets a rollout's phase n (from 1): its bucket bound and how
-// many devices the phases so far hold. A phase of a device count scans
-// the selected devices (bounded batches) once, when it starts.
-func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []string) error {
+// many devices the phases so far hold. It scans the fleet once, in
+// batches, when the phase starts, and returns how many devices the
+// selector picks for the release's hardware and how many of those run a
+// higher security version than the release (never offered it).
+func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []string) (matched, below int, err error) {
 	ph := a.spec.Phases[n-1]
 	var buckets []int
 	after := ""
 	for {
 		page, err := s.store.ListDevices(ctx, after, scanBatch)
 		if err != nil {
-			return err
+			return 0, 0, err
 		}
 		for i := range page {
 			d := &page[i]
 			after = d.ID
-			if a.selects(d, hardware) {
-				buckets = append(buckets, Bucket(a.r.ID, d.ID))
+			if !d.RevokedAt.IsZero() || !slices.Contains(hardware, d.HardwareID) || !a.sel.Match(d) {
+				continue
 			}
+			matched++
+			if d.SecurityVersion > a.r.SecurityVersion {
+				below++
+				continue
+			}
+			buckets = append(buckets, Bucket(a.r.ID, d.ID))
 		}
 		if len(page) < scanBatch {
 			break
@@ -308,7 +295,7 @@ func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []s
 	a.r.Phase, a.r.Threshold = n, th
 	a.r.Eligible = sort.SearchInts(buckets, th)
 	a.r.PhaseStarted = s.now()
-	return nil
+	return matched, below, nil
 }
 
 // Decide is called when a device checks in, before its director
@@ -326,6 +313,20 @@ func (s *Service) Decide(ctx context.Context, id string) error {
 	if done {
 		return nil
 	}
+	// A device that no rollout's phases reach yet can be offered
+	// nothing, whichever rollout would win it: its buckets say so
+	// without reading its record.
+	reached := false
+	for _, a := range offer {
+		if Bucket(a.r.ID, id) < a.r.Threshold {
+			reached = true
+			break
+		}
+	}
+	if !reached {
+		s.memo(id, gen)
+		return nil
+	}
 	d, err := s.store.Device(ctx, id)
 	if err != nil {
 		return err
@@ -333,13 +334,18 @@ func (s *Service) Decide(ctx context.Context, id string) error {
 	if err := s.decide(ctx, offer, &d); err != nil {
 		return err
 	}
+	s.memo(id, gen)
+	return nil
+}
+
+// memo records that a device was decided for at generation gen.
+func (s *Service) memo(id string, gen uint64) {
 	s.ro.mu.Lock()
 	if s.ro.decided == nil || len(s.ro.decided) >= maxDecided {
 		s.ro.decided = map[string]uint64{}
 	}
 	s.ro.decided[id] = gen
 	s.ro.mu.Unlock()
-	return nil
 }
 
 func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device) error {

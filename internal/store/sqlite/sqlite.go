@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,61 @@ type conn struct {
 	db *sql.DB // nil inside a transaction
 	// savepoints numbers the savepoints of a transaction.
 	savepoints *atomic.Uint64
+	// stmts holds the prepared statements of hot reads (shared by the
+	// database and its transactions); tx is set inside a transaction.
+	stmts *stmtCache
+	tx    *sql.Tx
+}
+
+// stmtCache keeps prepared statements for the life of the database:
+// parsing a query's SQL was most of the cost of the reads a check-in
+// makes (a device, its assignment).
+type stmtCache struct {
+	db *sql.DB
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+func (c *stmtCache) get(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[query]; ok {
+		return st, nil
+	}
+	st, err := c.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if c.m == nil {
+		c.m = map[string]*sql.Stmt{}
+	}
+	c.m[query] = st
+	return st, nil
+}
+
+func (c *stmtCache) close() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
+}
+
+// queryRow runs a hot read through its prepared statement (see
+// stmtCache), in the transaction when there is one.
+func (c *conn) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if c.stmts == nil {
+		return c.q.QueryRowContext(ctx, query, args...)
+	}
+	st, err := c.stmts.get(ctx, query)
+	if err != nil {
+		return c.q.QueryRowContext(ctx, query, args...)
+	}
+	if c.tx != nil {
+		return c.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 // migrations are applied in order; PRAGMA user_version records how many
@@ -144,7 +200,7 @@ func Open(path string) (*DB, error) {
 	// re-reads the schema (a third of a check-in's cost when measured).
 	// The number open stays unlimited, so nothing can wait on the pool.
 	db.SetMaxIdleConns(maxIdleConns)
-	s := &DB{conn: conn{q: db, db: db}}
+	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}}}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -181,7 +237,10 @@ func (s *DB) migrate() error {
 }
 
 // Close closes the database.
-func (s *DB) Close() error { return s.db.Close() }
+func (s *DB) Close() error {
+	s.stmts.close()
+	return s.db.Close()
+}
 
 func ns(t time.Time) int64 {
 	if t.IsZero() {
@@ -204,7 +263,7 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	c := &conn{q: tx, savepoints: new(atomic.Uint64)}
+	c := &conn{q: tx, savepoints: new(atomic.Uint64), stmts: s.stmts, tx: tx}
 	if err := f(c); err != nil {
 		tx.Rollback()
 		return err
@@ -371,7 +430,7 @@ func (s *conn) SetDeviceTags(ctx context.Context, id string, set map[string]stri
 
 // Device implements store.Devices.
 func (s *conn) Device(ctx context.Context, id string) (store.Device, error) {
-	d, err := scanDevice(s.q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	d, err := scanDevice(s.queryRow(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("device %s: %w", id, store.ErrNotFound)
 	}
@@ -979,7 +1038,7 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 func (s *conn) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
 	a := store.Assignment{DeviceID: deviceID}
 	var at int64
-	err := s.q.QueryRowContext(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
+	err := s.queryRow(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		if _, err := s.Device(ctx, deviceID); err != nil {
 			return a, err
@@ -1092,7 +1151,7 @@ func scanRolloutDevice(row interface{ Scan(...any) error }) (store.RolloutDevice
 
 // RolloutDevice implements store.Rollouts.
 func (s *conn) RolloutDevice(ctx context.Context, rolloutID, deviceID string) (store.RolloutDevice, error) {
-	d, err := scanRolloutDevice(s.q.QueryRowContext(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE rollout_id = ? AND device_id = ?`, rolloutID, deviceID))
+	d, err := scanRolloutDevice(s.queryRow(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE rollout_id = ? AND device_id = ?`, rolloutID, deviceID))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("device %s in rollout %s: %w", deviceID, rolloutID, store.ErrNotFound)
 	}
