@@ -36,6 +36,7 @@ func (s *Service) Device(ctx context.Context, id string) (api.Device, error) {
 // RevokeDevice revokes a device, with its audit entry, and returns the
 // serial of the certificate that must be refused from now on.
 func (s *Service) RevokeDevice(ctx context.Context, op Op, id string) (serial string, err error) {
+	defer s.forget(id)
 	err = s.atomically(ctx, op, func(tx store.Tx) (event, error) {
 		d, err := tx.Device(ctx, id)
 		if err != nil {
@@ -57,6 +58,8 @@ func (s *Service) RevokeDevice(ctx context.Context, op Op, id string) (serial st
 // the record removed: its certificate must be refused from now on
 // (revocation is by certificate).
 func (s *Service) RemoveDevice(ctx context.Context, op Op, id string) (store.Device, error) {
+	// Its id may enroll again: that device is decided afresh.
+	defer s.forget(id)
 	var removed store.Device
 	err := s.atomically(ctx, op, func(tx store.Tx) (event, error) {
 		d, err := tx.RemoveDevice(ctx, id, s.now())
