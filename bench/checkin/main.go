@@ -4,9 +4,12 @@
 // root, deploys the release to every device, and then has W workers run
 // check-ins for D seconds over loopback mTLS: fetch the device's director
 // timestamp, and its director targets when the timestamp changed. It prints
-// check-ins per second and latency percentiles.
+// check-ins per second and latency percentiles. With -compare it then
+// starts a rollout of a second release over a CEL selector and measures
+// again, so the cost of deciding check-ins against an active rollout is
+// seen side by side with the same fleet without one.
 //
-//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64
+//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 [-compare]
 //
 // The server is the real rampart-server binary in its own process (run from
 // the module root); both share the machine's cores, as a loopback test
@@ -63,6 +66,7 @@ func main() {
 	duration := flag.Duration("duration", 10*time.Second, "measurement time")
 	workers := flag.Int("workers", 64, "concurrent check-ins")
 	newConn := flag.Bool("new-conn", false, "open a new TLS connection (with session resumption) for every check-in instead of keeping one per device")
+	compare := flag.Bool("compare", false, "then start a rollout of a second release (phases 1%,10%,50%,100% over a CEL selector on tags) and measure again, side by side")
 	flag.Parse()
 	// Every device keeps its own connection, and the server holds the other
 	// end: raise the open-files limit to what the system allows.
@@ -74,12 +78,12 @@ func main() {
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < uint64(*devices+1000) {
 		log.Fatalf("the open-files limit %d is too low for %d devices; raise it (ulimit -n)", lim.Cur, *devices)
 	}
-	if err := run(*devices, *workers, *duration, *newConn); err != nil {
+	if err := run(*devices, *workers, *duration, *newConn, *compare); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(nDevices, workers int, duration time.Duration, newConn bool) error {
+func run(nDevices, workers int, duration time.Duration, newConn, compare bool) error {
 	tmp, err := os.MkdirTemp("", "rampart-checkin-*")
 	if err != nil {
 		return err
@@ -121,6 +125,11 @@ func run(nDevices, workers int, duration time.Duration, newConn bool) error {
 		}
 		if err := db.CreateDevice(context.Background(), store.Device{ID: ids[i], HardwareID: "hw", CertSerial: serial.Text(16), EnrolledAt: time.Now()}); err != nil {
 			return err
+		}
+		if i%10 == 0 { // for the selector of -compare
+			if _, err := db.SetDeviceTags(context.Background(), ids[i], map[string]string{"site": "lab"}, nil); err != nil {
+				return err
+			}
 		}
 	}
 	db.Close()
@@ -186,6 +195,40 @@ func run(nDevices, workers int, duration time.Duration, newConn bool) error {
 		}
 		clients[i] = &http.Client{Transport: tr}
 	}
+	last := make([]int64, nDevices)
+	m := measurer{clients: clients, url: ts.URL, nDevices: nDevices, workers: workers, duration: duration, newConn: newConn, last: last}
+	fmt.Println("-- deployment to every device, no rollout --")
+	if err := m.measure(); err != nil {
+		return err
+	}
+	if !compare {
+		return nil
+	}
+	// The same fleet with an active rollout: each check-in is decided
+	// against it (the selector, the phase's bucket, the device's
+	// progress), and the first phase hands out the second release.
+	if err := call("POST", "/api/v1/rollouts", map[string]any{"release": "acme-gw/2.0.0", "select": `hardware == "hw" && tags.site != "lab"`,
+		"phases": "1%,10%,50%,100%", "soak": "1h", "max_concurrent": 500}); err != nil {
+		return err
+	}
+	fmt.Println("-- the same with an active rollout (1% phase, max 500 in flight) --")
+	return m.measure()
+}
+
+type measurer struct {
+	clients           []*http.Client
+	url               string
+	nDevices, workers int
+	duration          time.Duration
+	newConn           bool
+	last              []int64
+}
+
+// measure warms up (every device checks in once), then runs check-ins
+// for the duration and prints their rate and latencies.
+func (m measurer) measure() error {
+	clients, nDevices, workers, duration, newConn, last := m.clients, m.nDevices, m.workers, m.duration, m.newConn, m.last
+	ts := struct{ URL string }{m.url}
 	checkin := func(i int, last *int64) error {
 		resp, err := clients[i].Get(ts.URL + "/director/timestamp.json")
 		if err != nil {
@@ -221,10 +264,9 @@ func run(nDevices, workers int, duration time.Duration, newConn bool) error {
 		}
 		return nil
 	}
+	start := time.Now()
 	// Warm-up: every device's first check-in builds and stores its
 	// director repository and opens its connection.
-	last := make([]int64, nDevices)
-	start = time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, workers)
 	for w := range workers {
@@ -318,6 +360,12 @@ func publish(data string, call func(method, path string, body any) error) error 
 	rand.Read(b)
 	os.WriteFile(img, b, 0o644)
 	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "1.0.0", SecurityVersion: 1, Hardware: []string{"hw"}}); err != nil {
+		return err
+	}
+	// A second release, for the rollout of -compare.
+	rand.Read(b[:4096])
+	os.WriteFile(img, b, 0o644)
+	if _, err := r.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: "acme-gw", Version: "2.0.0", SecurityVersion: 2, Hardware: []string{"hw"}}); err != nil {
 		return err
 	}
 	r.Sign("acme-gw", root)

@@ -33,7 +33,9 @@ var commands = []*cmdSpec{
 	repoInitCmd, repoSignCmd, repoImportCmd, repoDelegateCmd, repoStatusCmd, repoDiffCmd, repoPublishCmd, repoRotateCmd, repoSetLogKeyCmd, repoStageCmd, repoUnstageCmd,
 	releaseAddCmd, bundleCmd, verifyCmd,
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
-	deviceTokenCmd, deviceRevokeCmd, deviceRemoveCmd, deployCmd, directorPushRootCmd, logVerifyCmd,
+	deviceTokenCmd, deviceListCmd, deviceShowCmd, deviceTagCmd, deviceUntagCmd, deviceRevokeCmd, deviceRemoveCmd, releaseListCmd, deployCmd,
+	rolloutCreateCmd, rolloutListCmd, rolloutShowCmd, rolloutPauseCmd, rolloutResumeCmd, rolloutAbortCmd, rolloutApproveCmd,
+	directorPushRootCmd, logVerifyCmd,
 	simCmd,
 }
 

@@ -10,6 +10,8 @@
 // logproof.Envelope.
 package api
 
+import "time"
+
 // Route is one route of the server: a method and a net/http ServeMux
 // pattern.
 type Route struct {
@@ -37,7 +39,14 @@ var Routes = []Route{
 	{"GET", "/api/v1/log/proof/{target...}"},
 	{"GET", "/api/v1/log/consistency"},
 	{"POST", "/api/v1/devices/tokens"},
+	{"GET", "/api/v1/devices"},
 	{"GET", "/api/v1/devices/{id}"},
+	{"POST", "/api/v1/devices/{id}/tags"},
+	{"GET", "/api/v1/releases"},
+	{"POST", "/api/v1/rollouts"},
+	{"GET", "/api/v1/rollouts"},
+	{"GET", "/api/v1/rollouts/{id}"},
+	{"POST", "/api/v1/rollouts/{id}/{action}"},
 	{"POST", "/api/v1/devices/{id}/revoke"},
 	{"DELETE", "/api/v1/devices/{id}"},
 	{"POST", "/api/v1/deploy"},
@@ -87,6 +96,11 @@ const (
 	BadAfter            Code = "bad-after"
 	BadLimit            Code = "bad-limit"
 	BadRange            Code = "bad-range"
+	BadSelector         Code = "bad-selector"
+	BadTag              Code = "bad-tag"
+	BadProduct          Code = "bad-product"
+	BadPhases           Code = "bad-phases"
+	BadRollout          Code = "bad-rollout"
 	// 401
 	Unauthenticated         Code = "unauthenticated"
 	TokenRevoked            Code = "token-revoked" // also 409: changing a revoked token
@@ -105,6 +119,7 @@ const (
 	HardwareMismatch Code = "hardware-mismatch"
 	NotFound         Code = "not-found"
 	UnknownRelease   Code = "unknown-release"
+	SelfApproval     Code = "self-approval"
 	MethodNotAllowed Code = "method-not-allowed"
 	Timeout          Code = "timeout"
 	VersionNotNext   Code = "version-not-next" // 409; 422 for a director root out of order
@@ -119,6 +134,7 @@ const (
 	AuditPruned      Code = "audit-pruned"
 	TooLarge         Code = "too-large"
 	RateLimited      Code = "rate-limited"
+	RolloutState     Code = "rollout-state"
 	// 422: push refusals (pushaccept, hostedrepo, director roots)
 	BadSignature         Code = "bad-signature"
 	Expired              Code = "expired"
@@ -137,6 +153,7 @@ const (
 	WrongHardware        Code = "wrong-hardware"
 	UnknownInstalled     Code = "unknown-installed-release"
 	WrongSecurityVersion Code = "wrong-security-version"
+	BelowSecurityVersion Code = "below-security-version"
 	// 5xx
 	Internal            Code = "internal"
 	ChunkCorrupt        Code = "chunk-corrupt"
@@ -152,16 +169,16 @@ const (
 var Codes = []Code{
 	BadJSON, BadPath, BadDigest, BadLength, BadRole, BadName, BadHardware, BadTTL, BadDeviceID, BadCSR,
 	UnsupportedKey, BadEnrollment, BadManufacturerCert, BadStatus, BadVersion, BadReason, NoReason, BadTarget,
-	AmbiguousTarget, BadAfter, BadLimit, BadRange,
+	AmbiguousTarget, BadAfter, BadLimit, BadRange, BadSelector, BadTag, BadProduct, BadPhases, BadRollout,
 	Unauthenticated, TokenRevoked, NoDeviceCertificate, BadToken, TokenUsed, TokenExpired,
 	ManufacturerUnknownCA, ManufacturerCertExpired, ManufacturerKeyMismatch,
-	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch,
+	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch, SelfApproval,
 	NotFound, UnknownRelease, MethodNotAllowed, Timeout,
 	VersionNotNext, ReleaseLogged, Exists, DeviceExists, ReplayedReport, CounterJump, Conflict, LastAdmin, AlreadyRevoked,
-	AuditPruned, TooLarge, RateLimited,
+	AuditPruned, TooLarge, RateLimited, RolloutState,
 	BadSignature, Expired, Malformed, UnknownRole, ReleaseImmutable, SecurityLowered, OutsideDelegation,
 	UnsafeTargetPath, NothingPushed, MissingBlob, BlobMismatch, BadIndex, OnlineKeys, LogKey, WrongHardware,
-	UnknownInstalled, WrongSecurityVersion,
+	UnknownInstalled, WrongSecurityVersion, BelowSecurityVersion,
 	Internal, ChunkCorrupt, PayloadCorrupt, Busy, NotReady, NoDirectorRoot, NoDeviceCA, InsufficientStorage,
 }
 
@@ -271,4 +288,334 @@ type PushRequest struct {
 type PushResponse struct {
 	Versions map[string]int64 `json:"versions"`
 	Releases []string         `json:"releases"`
+}
+
+// ErrorBody is every refusal's JSON body: {"error": {...}}.
+type ErrorBody struct {
+	Error Error `json:"error"`
+}
+
+// Error is a refusal: a stable code, a message that says what to fix,
+// and, for push refusals, the role concerned.
+type Error struct {
+	Code    Code   `json:"code"`
+	Message string `json:"message"`
+	Role    string `json:"role,omitempty"`
+}
+
+// RefusalClass is why a device refused what the server offered: the
+// reason of a verification-refused report. Each class is an attack (or a
+// fault) the device's verification recognised; the server counts them
+// (tamper detections), never as failed installs.
+type RefusalClass string
+
+// The refusal classes. They are the device's verify.Classes, named here
+// so that the server and the operator CLI need not link the device's
+// verification; a test keeps the two lists equal.
+const (
+	RefusedBadSignature  RefusalClass = "bad-signature"
+	RefusedExpired       RefusalClass = "expired"
+	RefusedRollback      RefusalClass = "rollback"
+	RefusedMismatch      RefusalClass = "mismatch"
+	RefusedWrongHardware RefusalClass = "wrong-hardware"
+	RefusedDowngrade     RefusalClass = "security-version"
+	RefusedMissingTarget RefusalClass = "missing-target"
+	RefusedMalformed     RefusalClass = "malformed"
+	RefusedNotLogged     RefusalClass = "not-logged"
+	RefusedLogFork       RefusalClass = "log-inconsistent"
+	RefusedWrongDevice   RefusalClass = "wrong-device"
+	RefusedEndlessData   RefusalClass = "endless-data"
+)
+
+// RefusalClasses are every refusal class.
+var RefusalClasses = []RefusalClass{RefusedBadSignature, RefusedExpired, RefusedRollback, RefusedMismatch, RefusedWrongHardware,
+	RefusedDowngrade, RefusedMissingTarget, RefusedMalformed, RefusedNotLogged, RefusedLogFork, RefusedWrongDevice, RefusedEndlessData}
+
+// TokenRequest is POST /api/v1/tokens: a new operator token.
+type TokenRequest struct {
+	Name string `json:"name"`
+	Role string `json:"role"`
+}
+
+// TokenCreated is the answer of POST /api/v1/tokens: the secret, shown
+// this once.
+type TokenCreated struct {
+	Name  string `json:"name"`
+	Role  string `json:"role"`
+	Token string `json:"token"`
+}
+
+// RoleRequest is POST /api/v1/tokens/{name}/role.
+type RoleRequest struct {
+	Role string `json:"role"`
+}
+
+// Token is an operator token as the server shows it: never its secret
+// or hash.
+type Token struct {
+	Name      string     `json:"name"`
+	Role      string     `json:"role"`
+	CreatedAt time.Time  `json:"created_at"`
+	Revoked   bool       `json:"revoked"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+}
+
+// TokenList is the answer of GET /api/v1/tokens.
+type TokenList struct {
+	Tokens []Token `json:"tokens"`
+}
+
+// EnrollTokenRequest is POST /api/v1/devices/tokens. TTLSeconds is nil
+// when not given (then the default applies); a given 0 is refused, not
+// read as "default".
+type EnrollTokenRequest struct {
+	Hardware   string `json:"hardware"`
+	TTLSeconds *int64 `json:"ttl_seconds"`
+}
+
+// EnrollToken is the answer of POST /api/v1/devices/tokens: the one-time
+// secret, shown this once.
+type EnrollToken struct {
+	Expires  time.Time `json:"expires"`
+	Hardware string    `json:"hardware"`
+	Token    string    `json:"token"`
+}
+
+// EnrollRequest is POST /api/v1/enroll: either a one-time token, or a
+// manufacturer certificate chain (DER, leaf first), and a CSR made on the
+// device. Hardware is the device's own hardware id: with a token the
+// server refuses a token made for other hardware before spending it
+// (optional for older agents); with a manufacturer certificate that
+// names no hardware id, it is the hardware id.
+type EnrollRequest struct {
+	Token                    string   `json:"token,omitempty"`
+	DeviceID                 string   `json:"device_id"`
+	CSR                      []byte   `json:"csr"`
+	ManufacturerCertificates [][]byte `json:"manufacturer_certificates,omitempty"`
+	Hardware                 string   `json:"hardware,omitempty"`
+}
+
+// Enrolled is the answer of POST /api/v1/enroll: the device's client
+// certificate (PEM).
+type Enrolled struct {
+	Certificate string `json:"certificate"`
+	DeviceID    string `json:"device_id"`
+	Hardware    string `json:"hardware"`
+}
+
+// DeployRequest is POST /api/v1/deploy.
+type DeployRequest struct {
+	Target   string `json:"target"`
+	Hardware string `json:"hardware"`
+}
+
+// Deployed is the answer of POST /api/v1/deploy: the target resolved,
+// how many devices it names and how many assignments changed.
+type Deployed struct {
+	Changed int    `json:"changed"`
+	Devices int    `json:"devices"`
+	Target  string `json:"target"`
+}
+
+// Report is one of a device's kept reports.
+type Report struct {
+	Counter         uint64    `json:"counter"`
+	Status          string    `json:"status"`
+	Reason          string    `json:"reason,omitempty"`
+	Version         string    `json:"version,omitempty"`
+	SecurityVersion uint64    `json:"security_version,omitempty"`
+	At              time.Time `json:"at"`
+}
+
+// Device is the answer of GET /api/v1/devices/{id}. Its members are in
+// the order encoding/json gives a map's (as were those of the map it
+// replaced), and so are those of the other answers that were maps.
+type Device struct {
+	Anomalies       uint64            `json:"anomalies"`
+	Assigned        string            `json:"assigned"`
+	EnrolledAt      time.Time         `json:"enrolled_at"`
+	Hardware        string            `json:"hardware"`
+	ID              string            `json:"id"`
+	LastAnomaly     string            `json:"last_anomaly"`
+	LastRefusal     string            `json:"last_refusal,omitempty"`
+	LastSeen        time.Time         `json:"last_seen"`
+	LastStatus      string            `json:"last_status"`
+	ReportCounts    map[string]uint64 `json:"report_counts"`
+	Reports         []Report          `json:"reports"`
+	Revoked         bool              `json:"revoked"`
+	SecurityVersion uint64            `json:"security_version"`
+	State           string            `json:"state"`
+	Tags            map[string]string `json:"tags,omitempty"`
+	Version         string            `json:"version"`
+}
+
+// AuditAnchor is the answer of GET /api/v1/audit/anchor: where the
+// retained audit log starts (see store.AuditAnchor).
+type AuditAnchor struct {
+	Hash      string     `json:"hash"`
+	PrunedAt  *time.Time `json:"pruned_at,omitempty"`
+	Retention string     `json:"retention"`
+	Seq       uint64     `json:"seq"`
+}
+
+// Consistency is the answer of GET /api/v1/log/consistency.
+type Consistency struct {
+	Hashes [][]byte `json:"hashes"`
+}
+
+// Ready is the answer of GET /readyz: Ready, or the reason it is not
+// with the usual error object.
+type Ready struct {
+	Error  *Error `json:"error,omitempty"`
+	Ready  bool   `json:"ready"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// DeviceSummary is a device as GET /api/v1/devices lists it. State is
+// "revoked", else the status of its latest report, else "enrolled".
+type DeviceSummary struct {
+	ID              string            `json:"id"`
+	Hardware        string            `json:"hardware"`
+	Tags            map[string]string `json:"tags"`
+	Version         string            `json:"version"`
+	SecurityVersion uint64            `json:"security_version"`
+	State           string            `json:"state"`
+	LastSeen        *time.Time        `json:"last_seen"`
+	LastRefusal     string            `json:"last_refusal,omitempty"`
+}
+
+// DeviceList is a page of GET /api/v1/devices?select=EXPR&after=ID&limit=N:
+// the devices the selector matched among those scanned, in id order, and
+// Next, the id to ask after for the next page ("" at the end). A page may
+// hold fewer than limit devices, or none, and still not be the last: each
+// request scans a bounded number of devices.
+type DeviceList struct {
+	Devices []DeviceSummary `json:"devices"`
+	Next    string          `json:"next,omitempty"`
+}
+
+// TagsRequest is POST /api/v1/devices/{id}/tags: keys to remove, then
+// tags to set.
+type TagsRequest struct {
+	Set   map[string]string `json:"set,omitempty"`
+	Unset []string          `json:"unset,omitempty"`
+}
+
+// Tags is the answer of POST /api/v1/devices/{id}/tags: the tags the
+// device now has.
+type Tags struct {
+	Tags map[string]string `json:"tags"`
+}
+
+// Release is a published release as GET /api/v1/releases lists it: from
+// the image repository's signed metadata (its product role's signers
+// among the delegation's keys, and whether they meet its threshold) and
+// the transparency log (its leaf index).
+type Release struct {
+	Target          string    `json:"target"`
+	Product         string    `json:"product"`
+	Version         string    `json:"version"`
+	SecurityVersion uint64    `json:"security_version"`
+	Hardware        []string  `json:"hardware"`
+	Signers         []string  `json:"signers"`
+	Threshold       int       `json:"threshold"`
+	ThresholdMet    bool      `json:"threshold_met"`
+	LogIndex        *uint64   `json:"log_index"`
+	Created         time.Time `json:"created"`
+}
+
+// ReleaseList is the answer of GET /api/v1/releases[?product=P]: newest
+// first within each product, products in name order.
+type ReleaseList struct {
+	Releases []Release `json:"releases"`
+}
+
+// Rollout states.
+const (
+	RolloutWaitingApproval = "waiting-approval"
+	RolloutRunning         = "running"
+	RolloutPaused          = "paused"
+	RolloutCompleted       = "completed"
+	RolloutAborted         = "aborted"
+)
+
+// RolloutRequest is POST /api/v1/rollouts. Phases is a comma-separated
+// list of percentages ("1%,10%,50%,100%") or device counts ("10,100,100%"),
+// increasing and ending at 100%, or "exp" (1%, 2%, 4%, ... 64%, 100%).
+// Soak is a Go duration each phase is held for; MaxFailureRate a
+// percentage ("2%"); ApproveAfter one of the phases ("10%"), beyond which
+// promotion needs a second operator's approval.
+type RolloutRequest struct {
+	Release        string `json:"release"`
+	Select         string `json:"select"`
+	Phases         string `json:"phases"`
+	Soak           string `json:"soak,omitempty"`
+	MaxFailureRate string `json:"max_failure_rate,omitempty"`
+	MinSuccess     int    `json:"min_success,omitempty"`
+	MaxConcurrent  int    `json:"max_concurrent,omitempty"`
+	ApproveAfter   string `json:"approve_after,omitempty"`
+	Critical       bool   `json:"critical,omitempty"`
+}
+
+// RolloutCreated is the answer of POST /api/v1/rollouts: the rollout's
+// id, how many devices the selector picks now, and how many of those
+// run a higher security version than the release (they are never
+// offered it). Note says plainly what an operator should know (no
+// device matches, some are skipped).
+type RolloutCreated struct {
+	ID                   string `json:"id"`
+	Matched              int    `json:"matched"`
+	BelowSecurityVersion int    `json:"below_security_version"`
+	Note                 string `json:"note,omitempty"`
+}
+
+// RolloutCounts are a rollout's devices by status. Downloading counts a
+// device from when the server handed it the release until its next
+// report; installed only after its confirmed-boot report; refused are
+// refusals of tampered data (tamper detections, not failures).
+type RolloutCounts struct {
+	Pending     int `json:"pending"`
+	Downloading int `json:"downloading"`
+	Installing  int `json:"installing"`
+	Installed   int `json:"installed"`
+	RolledBack  int `json:"rolled-back"`
+	Failed      int `json:"failed"`
+	Refused     int `json:"refused"`
+}
+
+// Rollout is the answer of GET /api/v1/rollouts/{id} and of the state
+// changes. Phase is the current phase, from 1.
+type Rollout struct {
+	ID              string         `json:"id"`
+	Release         string         `json:"release"`
+	State           string         `json:"state"`
+	Phase           int            `json:"phase"`
+	Phases          []string       `json:"phases"`
+	Counts          RolloutCounts  `json:"counts"`
+	PausedReason    string         `json:"paused_reason"`
+	FailureReasons  map[string]int `json:"failure_reasons"`
+	CreatedBy       string         `json:"created_by"`
+	ApprovedBy      string         `json:"approved_by"`
+	Select          string         `json:"select"`
+	SecurityVersion uint64         `json:"security_version"`
+	Soak            string         `json:"soak"`
+	MaxFailureRate  string         `json:"max_failure_rate"`
+	MinSuccess      int            `json:"min_success"`
+	MaxConcurrent   int            `json:"max_concurrent"`
+	ApproveAfter    string         `json:"approve_after,omitempty"`
+	Critical        bool           `json:"critical"`
+	Eligible        int            `json:"eligible"`
+	CreatedAt       time.Time      `json:"created_at"`
+	PhaseStarted    time.Time      `json:"phase_started"`
+}
+
+// RolloutList is the answer of GET /api/v1/rollouts: the newest 1000.
+type RolloutList struct {
+	Rollouts []Rollout `json:"rollouts"`
+}
+
+// RolloutAction is the body of POST /api/v1/rollouts/{id}/pause (and
+// resume, abort, approve): an optional reason, audited.
+type RolloutAction struct {
+	Reason string `json:"reason,omitempty"`
 }

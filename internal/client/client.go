@@ -333,7 +333,7 @@ func readAnswer(resp *http.Response, path string, limit int64) ([]byte, error) {
 // apiError decodes a refusal, read up to MaxErrorBody; every text field
 // the server chose is made safe to print.
 func apiError(resp *http.Response) error {
-	var e struct{ Error APIError }
+	var e api.ErrorBody
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, MaxErrorBody))
 	if json.Unmarshal(b, &e) != nil || e.Error.Code == "" {
 		// HEAD responses carry no body: name the status instead.
@@ -347,11 +347,8 @@ func apiError(resp *http.Response) error {
 		}
 		return &APIError{Status: resp.StatusCode, Code: code, Message: termsafe.String(msg)}
 	}
-	e.Error.Status = resp.StatusCode
-	e.Error.Code = termsafe.Bounded(e.Error.Code, 64)
-	e.Error.Message = termsafe.String(e.Error.Message)
-	e.Error.Role = termsafe.Bounded(e.Error.Role, 64)
-	return &e.Error
+	return &APIError{Status: resp.StatusCode, Code: termsafe.Bounded(string(e.Error.Code), 64),
+		Message: termsafe.String(e.Error.Message), Role: termsafe.Bounded(e.Error.Role, 64)}
 }
 
 // getJSON fetches path under the default timeout and decodes its JSON answer
@@ -533,23 +530,17 @@ func (c *Client) Metadata(ctx context.Context, file string) ([]byte, error) {
 
 // CreateToken creates an operator token and returns its secret.
 func (c *Client) CreateToken(ctx context.Context, name, role string) (string, error) {
-	var out struct{ Token string }
-	err := c.postJSON(ctx, "/api/v1/tokens", map[string]string{"name": name, "role": role}, &out)
+	var out api.TokenCreated
+	err := c.postJSON(ctx, "/api/v1/tokens", api.TokenRequest{Name: name, Role: role}, &out)
 	return out.Token, err
 }
 
 // Token is an operator token as the server lists it: never its secret.
-type Token struct {
-	Name      string     `json:"name"`
-	Role      string     `json:"role"`
-	CreatedAt time.Time  `json:"created_at"`
-	Revoked   bool       `json:"revoked"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-}
+type Token = api.Token
 
 // Tokens lists every operator token, revoked ones included (admin).
 func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
-	var out struct{ Tokens []Token }
+	var out api.TokenList
 	err := c.getJSON(ctx, "/api/v1/tokens", MaxTokenList, &out)
 	return out.Tokens, err
 }
@@ -558,7 +549,7 @@ func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
 // token's next request.
 func (c *Client) SetTokenRole(ctx context.Context, name, role string) (Token, error) {
 	var out Token
-	err := c.postJSON(ctx, "/api/v1/tokens/"+url.PathEscape(name)+"/role", map[string]string{"role": role}, &out)
+	err := c.postJSON(ctx, "/api/v1/tokens/"+url.PathEscape(name)+"/role", api.RoleRequest{Role: role}, &out)
 	return out, err
 }
 
@@ -640,10 +631,7 @@ func (c *Client) AuditPagesAfter(ctx context.Context, after uint64, fn func(page
 // none was). The first retained entry names this hash as its previous
 // one, so audit.Verify checks the rest from an entry with this Seq and
 // Hash.
-type AuditAnchor struct {
-	Seq  uint64 `json:"seq"`
-	Hash string `json:"hash"`
-}
+type AuditAnchor = api.AuditAnchor
 
 // AuditAnchor returns the server's audit anchor.
 func (c *Client) AuditAnchor(ctx context.Context) (AuditAnchor, error) {
@@ -700,18 +688,16 @@ func (e *APIError) FailureHint() string {
 
 // EnrollToken creates a one-time enrollment token for a hardware id.
 func (c *Client) EnrollToken(ctx context.Context, hardware string, ttl time.Duration) (string, time.Time, error) {
-	var out struct {
-		Token   string
-		Expires time.Time
-	}
-	err := c.postJSON(ctx, "/api/v1/devices/tokens", map[string]any{"hardware": hardware, "ttl_seconds": int64(ttl / time.Second)}, &out)
+	var out api.EnrollToken
+	secs := int64(ttl / time.Second)
+	err := c.postJSON(ctx, "/api/v1/devices/tokens", api.EnrollTokenRequest{Hardware: hardware, TTLSeconds: &secs}, &out)
 	return out.Token, out.Expires, err
 }
 
 // Deploy assigns a release to every device of a hardware id.
 func (c *Client) Deploy(ctx context.Context, target, hardware string) (devices, changed int, err error) {
-	var out struct{ Devices, Changed int }
-	err = c.postJSON(ctx, "/api/v1/deploy", map[string]string{"target": target, "hardware": hardware}, &out)
+	var out api.Deployed
+	err = c.postJSON(ctx, "/api/v1/deploy", api.DeployRequest{Target: target, Hardware: hardware}, &out)
 	return out.Devices, out.Changed, err
 }
 
@@ -729,7 +715,7 @@ func (c *Client) RemoveDevice(ctx context.Context, id string) error {
 // DirectorRootVersion returns the newest director root version the server
 // holds, 0 if none.
 func (c *Client) DirectorRootVersion(ctx context.Context) (int64, error) {
-	var out struct{ Director int64 }
+	var out api.DirectorVersionResponse
 	err := c.getJSON(ctx, "/api/v1/director/root", MaxSmallAnswer, &out)
 	return out.Director, err
 }
@@ -770,7 +756,108 @@ func (c *Client) LogProofJSON(ctx context.Context, target string) ([]byte, error
 
 // Consistency fetches a consistency proof between two tree sizes.
 func (c *Client) Consistency(ctx context.Context, from, to uint64) ([][]byte, error) {
-	var out struct{ Hashes [][]byte }
+	var out api.Consistency
 	err := c.getJSON(ctx, fmt.Sprintf("/api/v1/log/consistency?from=%d&to=%d", from, to), MaxSmallAnswer, &out)
 	return out.Hashes, err
+}
+
+// MaxDeviceList bounds one page of a device listing (10,000 devices).
+const MaxDeviceList = 16 << 20
+
+// DevicePage fetches one page of the devices selector selects, after the
+// id after (see api.DeviceList); limit 0 is the server's default.
+func (c *Client) DevicePage(ctx context.Context, selector, after string, limit int) (api.DeviceList, error) {
+	q := url.Values{}
+	if selector != "" {
+		q.Set("select", selector)
+	}
+	if after != "" {
+		q.Set("after", after)
+	}
+	if limit > 0 {
+		q.Set("limit", strconv.Itoa(limit))
+	}
+	path := "/api/v1/devices"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var out api.DeviceList
+	err := c.getJSON(ctx, path, MaxDeviceList, &out)
+	return out, err
+}
+
+// Devices calls fn with each page of the devices selector selects, in id
+// order, until the last page; an error from fn stops it.
+func (c *Client) Devices(ctx context.Context, selector string, fn func([]api.DeviceSummary) error) error {
+	after := ""
+	for {
+		page, err := c.DevicePage(ctx, selector, after, 0)
+		if err != nil {
+			return err
+		}
+		if err := fn(page.Devices); err != nil {
+			return err
+		}
+		if page.Next == "" {
+			return nil
+		}
+		if page.Next <= after {
+			return fmt.Errorf("device listing: the server's next page starts at %q, not after %q", termsafe.Bounded(page.Next, 64), termsafe.Bounded(after, 64))
+		}
+		after = page.Next
+	}
+}
+
+// Device returns one device with its report history and assignment.
+func (c *Client) Device(ctx context.Context, id string) (api.Device, error) {
+	var out api.Device
+	err := c.getJSON(ctx, "/api/v1/devices/"+url.PathEscape(id), MaxSmallAnswer, &out)
+	return out, err
+}
+
+// SetTags removes the unset keys from a device's tags and sets set, and
+// returns the tags it now has.
+func (c *Client) SetTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error) {
+	var out api.Tags
+	err := c.postJSON(ctx, "/api/v1/devices/"+url.PathEscape(id)+"/tags", api.TagsRequest{Set: set, Unset: unset}, &out)
+	return out.Tags, err
+}
+
+// Releases lists the published releases of product ("" for all).
+func (c *Client) Releases(ctx context.Context, product string) ([]api.Release, error) {
+	path := "/api/v1/releases"
+	if product != "" {
+		path += "?product=" + url.QueryEscape(product)
+	}
+	var out api.ReleaseList
+	err := c.getJSON(ctx, path, MaxDeviceList, &out)
+	return out.Releases, err
+}
+
+// CreateRollout creates a rollout.
+func (c *Client) CreateRollout(ctx context.Context, req api.RolloutRequest) (api.RolloutCreated, error) {
+	var out api.RolloutCreated
+	err := c.postJSON(ctx, "/api/v1/rollouts", req, &out)
+	return out, err
+}
+
+// Rollouts lists the newest rollouts.
+func (c *Client) Rollouts(ctx context.Context) ([]api.Rollout, error) {
+	var out api.RolloutList
+	err := c.getJSON(ctx, "/api/v1/rollouts", MaxDeviceList, &out)
+	return out.Rollouts, err
+}
+
+// Rollout returns one rollout.
+func (c *Client) Rollout(ctx context.Context, id string) (api.Rollout, error) {
+	var out api.Rollout
+	err := c.getJSON(ctx, "/api/v1/rollouts/"+url.PathEscape(id), MaxSmallAnswer, &out)
+	return out, err
+}
+
+// RolloutAction pauses, resumes, aborts or approves a rollout.
+func (c *Client) RolloutAction(ctx context.Context, id, action, reason string) (api.Rollout, error) {
+	var out api.Rollout
+	err := c.postJSON(ctx, "/api/v1/rollouts/"+url.PathEscape(id)+"/"+url.PathEscape(action), api.RolloutAction{Reason: reason}, &out)
+	return out, err
 }

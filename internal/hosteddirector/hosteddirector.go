@@ -50,7 +50,11 @@ type Config struct {
 	// ProductRole returns the image repository's published role of a
 	// product: what an assignment's target is copied from.
 	ProductRole func(ctx context.Context, product string) (*metadata.Metadata[metadata.TargetsType], error)
-	Now         func() time.Time
+	// Decide, when set, is called as a device checks in, before its
+	// assignment is read: the fleet's rollouts may assign it a release
+	// now (fleet.Service.Decide).
+	Decide func(ctx context.Context, id string) error
+	Now    func() time.Time
 }
 
 // Service is the director. It is safe for concurrent use.
@@ -59,6 +63,7 @@ type Service struct {
 	keys        director.Keys
 	previous    director.Keys
 	productRole func(ctx context.Context, product string) (*metadata.Metadata[metadata.TargetsType], error)
+	decide      func(ctx context.Context, id string) error
 	now         func() time.Time
 	root        atomic.Pointer[RootState]
 	cache       cache
@@ -66,7 +71,7 @@ type Service struct {
 
 // New returns a Service.
 func New(c Config) *Service {
-	return &Service{store: c.Store, keys: c.Keys, previous: c.Previous, productRole: c.ProductRole, now: c.Now}
+	return &Service{store: c.Store, keys: c.Keys, previous: c.Previous, productRole: c.ProductRole, decide: c.Decide, now: c.Now}
 }
 
 // SetRoot records a newly accepted director root as the current one.
@@ -179,6 +184,11 @@ func (s *Service) For(ctx context.Context, id string) (*director.Repo, *RootStat
 			return nil, nil, ErrNoRoot
 		}
 		return nil, nil, err
+	}
+	if s.decide != nil {
+		if err := s.decide(ctx, id); err != nil {
+			return nil, nil, err
+		}
 	}
 	a, err := s.store.Assignment(ctx, id)
 	if err != nil {

@@ -57,6 +57,9 @@ type Store interface {
 	PutLogEntry(ctx context.Context, e store.LogEntry) error
 	PendingPush(ctx context.Context) ([]byte, error)
 	PutPendingPush(ctx context.Context, data []byte) error
+	// ChunkBlobs names the payloads of every release ever published,
+	// which ExpireBlobs keeps.
+	ChunkBlobs(ctx context.Context) ([]string, error)
 	// Atomic commits a push's metadata, chunks and audit entry together.
 	Atomic(ctx context.Context, f func(tx store.Tx) error) error
 }

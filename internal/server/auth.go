@@ -2,10 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"net/http"
 	"slices"
@@ -13,6 +9,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/token"
 )
 
 // Operator roles. Admin may do everything; the others what their name says.
@@ -26,23 +23,12 @@ const (
 // Roles lists the valid operator roles.
 var Roles = []string{RoleAdmin, RoleReleaseManager, RoleOperator, RoleAuditor}
 
-const tokenPrefix = "rmp_"
-
 // NewToken returns a fresh operator or enrollment token secret and the
-// hash under which the store keeps it. The secret is shown once.
-func NewToken() (secret, hash string) {
-	b := make([]byte, 32)
-	rand.Read(b)
-	secret = tokenPrefix + base64.RawURLEncoding.EncodeToString(b)
-	return secret, HashToken(secret)
-}
+// hash under which the store keeps it (token.New).
+func NewToken() (secret, hash string) { return token.New() }
 
-// HashToken is how token secrets are stored: only their SHA-256. The
-// secrets are 256-bit random, so a plain hash is not brute-forceable.
-func HashToken(secret string) string {
-	s := sha256.Sum256([]byte(secret))
-	return hex.EncodeToString(s[:])
-}
+// HashToken is how token secrets are stored (token.Hash).
+func HashToken(secret string) string { return token.Hash(secret) }
 
 type ctxKey int
 
@@ -61,7 +47,7 @@ func (s *Server) requireRole(h http.HandlerFunc, roles ...string) http.HandlerFu
 	return func(w http.ResponseWriter, r *http.Request) {
 		auth := r.Header.Get("Authorization")
 		secret, ok := strings.CutPrefix(auth, "Bearer ")
-		if !ok || !strings.HasPrefix(secret, tokenPrefix) {
+		if !ok || !strings.HasPrefix(secret, token.Prefix) {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="rampart"`)
 			writeError(w, errorf(http.StatusUnauthorized, "unauthenticated", "an operator token is required: send Authorization: Bearer rmp_..."))
 			return

@@ -8,8 +8,10 @@ import (
 	"net/http"
 	"os"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/pushaccept"
@@ -30,6 +32,11 @@ type apiError struct {
 
 func (e *apiError) Error() string { return e.Message }
 
+// wire is the error as the body carries it.
+func (e *apiError) wire() api.Error {
+	return api.Error{Code: api.Code(e.Code), Message: e.Message, Role: e.Role}
+}
+
 func errorf(status int, code, format string, args ...any) *apiError {
 	return &apiError{Status: status, Code: code, Message: fmt.Sprintf(format, args...)}
 }
@@ -42,9 +49,12 @@ func toAPIError(err error) *apiError {
 	var hr *hostedrepo.Refusal
 	var dr *director.RootError
 	var mbe *http.MaxBytesError
+	var fr *fleet.Refusal
 	switch {
 	case errors.As(err, &ae):
 		return ae
+	case errors.As(err, &fr):
+		return &apiError{Status: fleetStatus[fr.Kind], Code: string(fr.Code), Message: fr.Msg}
 	case errors.As(err, &ie):
 		status := http.StatusUnprocessableEntity
 		if ie.Code == pushaccept.VersionNotNext {
@@ -93,6 +103,17 @@ func toAPIError(err error) *apiError {
 	return ae
 }
 
+// fleetStatus is the status of each kind of fleet refusal.
+var fleetStatus = map[fleet.Kind]int{
+	fleet.Invalid:         http.StatusBadRequest,
+	fleet.Unauthenticated: http.StatusUnauthorized,
+	fleet.Forbidden:       http.StatusForbidden,
+	fleet.NotFound:        http.StatusNotFound,
+	fleet.Conflict:        http.StatusConflict,
+	fleet.Unprocessable:   http.StatusUnprocessableEntity,
+	fleet.Unavailable:     http.StatusServiceUnavailable,
+}
+
 func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Cache-Control", "no-store")
@@ -108,7 +129,7 @@ func writeError(w http.ResponseWriter, e *apiError) {
 			x.recordFailure(e)
 		}
 	}
-	writeJSON(w, e.Status, map[string]*apiError{"error": e})
+	writeJSON(w, e.Status, api.ErrorBody{Error: e.wire()})
 }
 
 // decodeJSON reads a bounded JSON body with the code base's one strict

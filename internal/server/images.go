@@ -18,6 +18,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/logproof"
@@ -351,7 +352,7 @@ func (s *Server) handleLogConsistency(w http.ResponseWriter, r *http.Request) {
 		writeError(w, errorf(http.StatusBadRequest, "bad-range", "%v", err))
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"hashes": proof})
+	writeJSON(w, http.StatusOK, api.Consistency{Hashes: proof})
 }
 
 func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
@@ -388,4 +389,18 @@ func (s *Server) productRole(ctx context.Context, product string) (*metadata.Met
 		return nil, err
 	}
 	return metadata.Targets().FromBytes(doc.Data)
+}
+
+// catalog gives the fleet service the published metadata.
+type catalog struct{ images *hostedrepo.Service }
+
+func (c catalog) Published(ctx context.Context) (fleet.Published, error) {
+	st, err := c.images.State(ctx)
+	if errors.Is(err, hostedrepo.ErrNoRepository) {
+		return fleet.Published{}, nil // nothing is published yet
+	}
+	if err != nil {
+		return fleet.Published{}, err
+	}
+	return fleet.Published{Targets: st.Targets, Roles: st.Roles}, nil
 }

@@ -143,7 +143,9 @@ type routePolicy struct {
 // Body limits of the routes. Each equals the limit the route's handler
 // decodes with, so the early 413 and the handler agree.
 const (
-	smallBody  = 4 << 10
+	smallBody = 4 << 10
+	// tagsBody holds fleet.MaxTags tags of the longest key and value.
+	tagsBody   = 16 << 10
 	enrollBody = 64 << 10
 	reportBody = 16 << 10
 )

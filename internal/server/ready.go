@@ -8,6 +8,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/api"
 )
 
 // readiness decides /readyz: the store answers and the data directory can
@@ -97,11 +99,11 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 		reason = "the data directory cannot be written: " + withoutPath(err)
 	}
 	if reason == "" {
-		writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
+		writeJSON(w, http.StatusOK, api.Ready{Ready: true})
 		return
 	}
-	writeJSON(w, http.StatusServiceUnavailable, map[string]any{"ready": false, "reason": reason,
-		"error": errorf(http.StatusServiceUnavailable, "not-ready", "%s", reason)})
+	e := errorf(http.StatusServiceUnavailable, "not-ready", "%s", reason).wire()
+	writeJSON(w, http.StatusServiceUnavailable, api.Ready{Reason: reason, Error: &e})
 }
 
 // withoutPath is err's text without the file name of a *PathError.

@@ -44,6 +44,7 @@ import (
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/director"
+	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
@@ -129,6 +130,9 @@ type Server struct {
 	// directors is the director service: the current director root and
 	// each device's director repository.
 	directors *hosteddirector.Service
+	// fleet is the fleet service: enrollment, devices, reports,
+	// deployments.
+	fleet *fleet.Service
 	// servedTargets holds the target file names (DIR/HASH.NAME) found
 	// published, see handleTarget.
 	servedTargets seenSet
@@ -171,8 +175,9 @@ func New(c Config) (*Server, error) {
 		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
 	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
 		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
+	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now})
 	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
-		ProductRole: s.productRole, Now: c.Now})
+		ProductRole: s.productRole, Decide: s.fleet.Decide, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
 	s.reportBudget = newKeyedLimiter(s.limits.ReportBurst, s.limits.ReportEvery, maxTrackedIdentities)
 	s.auditBudget = newKeyedLimiter(auditedRefusalBurst, auditedRefusalEvery, maxTrackedIdentities)
@@ -239,7 +244,14 @@ func (s *Server) Handler() http.Handler {
 	handle("GET /api/v1/log/proof/{target...}", public, s.handleLogProof)
 	handle("GET /api/v1/log/consistency", public, s.handleLogConsistency)
 	handle("POST /api/v1/devices/tokens", small, s.requireRole(s.handleEnrollToken, RoleOperator))
+	handle("GET /api/v1/devices", noBody, s.requireRole(s.handleListDevices, RoleOperator, RoleAuditor))
 	handle("GET /api/v1/devices/{id}", noBody, s.requireRole(s.handleGetDevice, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/devices/{id}/tags", routePolicy{maxBody: tagsBody}, s.requireRole(s.handleSetTags, RoleOperator))
+	handle("GET /api/v1/releases", noBody, s.requireRole(s.handleReleases, RoleReleaseManager, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/rollouts", routePolicy{maxBody: rolloutBody}, s.requireRole(s.handleCreateRollout, RoleOperator))
+	handle("GET /api/v1/rollouts", noBody, s.requireRole(s.handleListRollouts, RoleOperator, RoleAuditor))
+	handle("GET /api/v1/rollouts/{id}", noBody, s.requireRole(s.handleShowRollout, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/rollouts/{id}/{action}", small, s.requireRole(s.handleRolloutAction, RoleOperator))
 	handle("POST /api/v1/devices/{id}/revoke", small, s.requireRole(s.handleRevokeDevice, RoleOperator))
 	handle("DELETE /api/v1/devices/{id}", noBody, s.requireRole(s.handleRemoveDevice, RoleOperator))
 	handle("POST /api/v1/deploy", small, s.requireRole(s.handleDeploy, RoleOperator))
@@ -395,7 +407,14 @@ func (s *Server) auditRefusal(r *http.Request, actor, action, subject, outcome s
 // transaction. A refusal is audited on its own (nothing else was
 // committed) and answered with its code; any other failure is a 500.
 func (s *Server) operatorAction(w http.ResponseWriter, r *http.Request, action, subject string, act func(tx store.Tx) (event, error)) bool {
-	err := s.atomically(r, act)
+	return s.operatorDone(w, r, action, subject, s.atomically(r, act))
+}
+
+// operatorDone answers the outcome of an operator's action that a
+// service committed with its audit entry: true when it succeeded; a
+// refusal is audited on its own and answered with its code; any other
+// failure is a 500.
+func (s *Server) operatorDone(w http.ResponseWriter, r *http.Request, action, subject string, err error) bool {
 	if err == nil {
 		return true
 	}
@@ -447,6 +466,9 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 		}
 		s.cleanUploads()
 		s.enforceRetention(ctx)
+		if err := s.StepRollouts(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("rollout engine", "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -582,9 +604,9 @@ func (s *Server) handleAuditAnchor(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, err)
 		return
 	}
-	out := map[string]any{"seq": a.Seq, "hash": a.Hash, "retention": s.retention.auditText()}
+	out := api.AuditAnchor{Seq: a.Seq, Hash: a.Hash, Retention: s.retention.auditText()}
 	if !a.At.IsZero() {
-		out["pruned_at"] = a.At
+		out.PrunedAt = &a.At
 	}
 	writeJSON(w, http.StatusOK, out)
 }

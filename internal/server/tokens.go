@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/store"
 )
 
@@ -22,22 +23,9 @@ import (
 // actors (token:NAME), so they need no escaping and are never "." or "..".
 var tokenNameRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
-type tokenRequest struct {
-	Name string `json:"name"`
-	Role string `json:"role"`
-}
-
-// tokenView is how a token is shown: never its secret or hash.
-type tokenView struct {
-	Name      string     `json:"name"`
-	Role      string     `json:"role"`
-	CreatedAt time.Time  `json:"created_at"`
-	Revoked   bool       `json:"revoked"`
-	RevokedAt *time.Time `json:"revoked_at,omitempty"`
-}
-
-func viewToken(t store.OperatorToken) tokenView {
-	v := tokenView{Name: t.Name, Role: t.Role, CreatedAt: t.CreatedAt, Revoked: !t.RevokedAt.IsZero()}
+// viewToken is how a token is shown: never its secret or hash.
+func viewToken(t store.OperatorToken) api.Token {
+	v := api.Token{Name: t.Name, Role: t.Role, CreatedAt: t.CreatedAt, Revoked: !t.RevokedAt.IsZero()}
 	if v.Revoked {
 		at := t.RevokedAt
 		v.RevokedAt = &at
@@ -54,7 +42,7 @@ func checkRole(role string) *apiError {
 
 // handleCreateToken creates an operator token; the secret is returned once.
 func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
-	var req tokenRequest
+	var req api.TokenRequest
 	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
 		writeError(w, toAPIError(err))
 		return
@@ -76,26 +64,26 @@ func (s *Server) handleCreateToken(w http.ResponseWriter, r *http.Request) {
 		return event{operatorActor(r), "create-token", req.Name, "ok", map[string]string{"role": req.Role}}, err
 	})
 	if ok {
-		writeJSON(w, http.StatusCreated, map[string]string{"name": req.Name, "role": req.Role, "token": secret})
+		writeJSON(w, http.StatusCreated, api.TokenCreated{Name: req.Name, Role: req.Role, Token: secret})
 	}
 }
 
 // handleListTokens lists every operator token, revoked ones included.
 func (s *Server) handleListTokens(w http.ResponseWriter, r *http.Request) {
-	var views []tokenView
+	var views []api.Token
 	ok := s.operatorAction(w, r, "list-tokens", "", func(tx store.Tx) (event, error) {
 		toks, err := tx.OperatorTokens(r.Context())
 		if err != nil {
 			return event{}, err
 		}
-		views = make([]tokenView, 0, len(toks))
+		views = make([]api.Token, 0, len(toks))
 		for _, t := range toks {
 			views = append(views, viewToken(t))
 		}
 		return event{operatorActor(r), "list-tokens", "", "ok", nil}, nil
 	})
 	if ok {
-		writeJSON(w, http.StatusOK, map[string]any{"tokens": views})
+		writeJSON(w, http.StatusOK, api.TokenList{Tokens: views})
 	}
 }
 
@@ -133,15 +121,11 @@ func lastAdmin(name string) *apiError {
 	return errorf(http.StatusConflict, "last-admin", "token %s is the last admin token; create another admin token first, or nobody could manage tokens any more", name)
 }
 
-type roleRequest struct {
-	Role string `json:"role"`
-}
-
 // handleSetTokenRole changes a token's role. It applies from the token's
 // next request: roles are read from the store on every request.
 func (s *Server) handleSetTokenRole(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	var req roleRequest
+	var req api.RoleRequest
 	if err := decodeJSON(w, r, 4<<10, &req); err != nil {
 		writeError(w, toAPIError(err))
 		return

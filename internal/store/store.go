@@ -77,6 +77,12 @@ type Device struct {
 	// (see Devices.RecordAnomaly); LastAnomaly is the latest one's reason.
 	Anomalies   uint64
 	LastAnomaly string
+	// Tags are operator-set KEY=VALUE labels (nil when none); the fleet
+	// service bounds their number and size.
+	Tags map[string]string
+	// LastRefusal is the refusal class of the device's latest
+	// verification-refused report ("" when none).
+	LastRefusal string
 }
 
 // ReportHistory is how many of a device's latest accepted reports the
@@ -98,6 +104,9 @@ type Report struct {
 	Version         string
 	SecurityVersion uint64
 	At              time.Time
+	// Refusal is the refusal class of a verification-refused report,
+	// kept as the device's LastRefusal; "" for other reports.
+	Refusal string
 }
 
 // Devices stores the device registry.
@@ -105,6 +114,13 @@ type Devices interface {
 	CreateDevice(ctx context.Context, d Device) error
 	Device(ctx context.Context, id string) (Device, error)
 	DevicesByHardware(ctx context.Context, hardwareID string) ([]Device, error)
+	// ListDevices returns up to limit devices whose id sorts after
+	// after, in id order: the fleet is read in bounded pages.
+	ListDevices(ctx context.Context, after string, limit int) ([]Device, error)
+	// SetDeviceTags removes the unset keys from a device's tags, then
+	// sets set, in one step, and returns the tags now held; ErrNotFound
+	// for an unknown device.
+	SetDeviceTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error)
 	// RevokeDevice marks a device revoked: ErrNotFound for an unknown
 	// device, ErrRevoked if it already is.
 	RevokeDevice(ctx context.Context, id string, at time.Time) error
@@ -282,6 +298,90 @@ type Assignments interface {
 	Assignment(ctx context.Context, deviceID string) (Assignment, error)
 }
 
+// Rollout is a phased deployment of one release to the devices a
+// selector picks. Spec is the fleet service's own description of its
+// phases and gates (opaque here); the store keeps its state.
+type Rollout struct {
+	ID string
+	// Seq orders rollouts by creation (set by CreateRollout): the newer
+	// of two has the higher Seq.
+	Seq             uint64
+	Target          string
+	SecurityVersion uint64
+	Selector        string
+	Spec            []byte
+	State           string
+	Phase           int
+	PhaseStarted    time.Time
+	// Threshold is the current phase's bucket bound: a device whose
+	// bucket is below it is in the phases so far.
+	Threshold int
+	// Eligible is how many devices the phases so far held when the
+	// phase started.
+	Eligible     int
+	PausedReason string
+	CreatedBy    string
+	ApprovedBy   string
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
+}
+
+// RolloutDevice is a device's progress in a rollout.
+type RolloutDevice struct {
+	RolloutID string
+	DeviceID  string
+	// Status is pending (offered nothing yet), downloading (the release
+	// was handed out; in flight until the final report), installed
+	// (after a confirmed boot), rolled-back, failed or refused.
+	Status string
+	// OfferedAt is when the release was last handed out.
+	OfferedAt time.Time
+	// Failures counts its rollbacks and failed installs in this rollout.
+	Failures      int
+	CooldownUntil time.Time
+	Reason        string
+	UpdatedAt     time.Time
+}
+
+// RolloutCounts are a rollout's devices by status, and the sum of their
+// failures.
+type RolloutCounts struct {
+	ByStatus map[string]int
+	Failures int
+}
+
+// Rollouts stores rollouts and the devices' progress in them.
+type Rollouts interface {
+	// CreateRollout stores a new rollout (ErrExists for a taken id) and
+	// returns it with its Seq.
+	CreateRollout(ctx context.Context, r Rollout) (Rollout, error)
+	// Rollout returns one rollout; ErrNotFound when none.
+	Rollout(ctx context.Context, id string) (Rollout, error)
+	// ListRollouts returns up to limit rollouts, newest first.
+	ListRollouts(ctx context.Context, limit int) ([]Rollout, error)
+	// RolloutsInState returns every rollout in one of the states, oldest
+	// first.
+	RolloutsInState(ctx context.Context, states ...string) ([]Rollout, error)
+	// UpdateRollout stores a rollout's state, phase, phase start,
+	// threshold, eligible count, paused reason, approver and update
+	// time; ErrNotFound when none.
+	UpdateRollout(ctx context.Context, r Rollout) error
+	// RolloutDevice returns a device's progress in a rollout;
+	// ErrNotFound when it has none.
+	RolloutDevice(ctx context.Context, rolloutID, deviceID string) (RolloutDevice, error)
+	// PutRolloutDevice stores a device's progress in a rollout.
+	PutRolloutDevice(ctx context.Context, d RolloutDevice) error
+	// DeviceRollouts returns a device's progress in every rollout.
+	DeviceRollouts(ctx context.Context, deviceID string) ([]RolloutDevice, error)
+	// RolloutCounts counts a rollout's devices by status, and its
+	// failures (every device's, including failures since retried).
+	RolloutCounts(ctx context.Context, rolloutID string) (RolloutCounts, error)
+	// RolloutReasons returns how many devices of a rollout that failed
+	// gave each reason (their latest), at most limit reasons (the most
+	// common).
+	RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error)
+}
+
 // Tx is the store inside one transaction (see Store.Atomic). Each method
 // keeps its own atomicity: one that fails has changed nothing, and the
 // transaction goes on; it is the callback's error that rolls back the
@@ -293,6 +393,7 @@ type Tx interface {
 	Audit
 	Releases
 	Assignments
+	Rollouts
 }
 
 // Store is everything the server keeps.

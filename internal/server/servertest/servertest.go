@@ -91,6 +91,11 @@ func WithRetention(r server.Retention) Option {
 	return func(c *server.Config) { c.Retention = r }
 }
 
+// WithNow sets the server's clock (rollout soak times, cool-downs).
+func WithNow(now func() time.Time) Option {
+	return func(c *server.Config) { c.Now = now }
+}
+
 // WithLimits sets the server's limits.
 func WithLimits(l server.Limits) Option {
 	return func(c *server.Config) { c.Limits = l }

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,64 @@ type conn struct {
 	db *sql.DB // nil inside a transaction
 	// savepoints numbers the savepoints of a transaction.
 	savepoints *atomic.Uint64
+	// stmts holds the prepared statements of hot reads (shared by the
+	// database and its transactions); tx is set inside a transaction.
+	stmts *stmtCache
+	tx    *sql.Tx
+}
+
+// stmtCache keeps prepared statements for the life of the database:
+// parsing a query's SQL was most of the cost of the reads a check-in
+// makes (a device, its assignment).
+type stmtCache struct {
+	db *sql.DB
+	mu sync.Mutex
+	m  map[string]*sql.Stmt
+}
+
+func (c *stmtCache) get(ctx context.Context, query string) (*sql.Stmt, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if st, ok := c.m[query]; ok {
+		return st, nil
+	}
+	st, err := c.db.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	if c.m == nil {
+		c.m = map[string]*sql.Stmt{}
+	}
+	c.m[query] = st
+	return st, nil
+}
+
+func (c *stmtCache) close() {
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, st := range c.m {
+		st.Close()
+	}
+	c.m = nil
+}
+
+// queryRow runs a hot read through its prepared statement (see
+// stmtCache), in the transaction when there is one.
+func (c *conn) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if c.stmts == nil {
+		return c.q.QueryRowContext(ctx, query, args...)
+	}
+	st, err := c.stmts.get(ctx, query)
+	if err != nil {
+		return c.q.QueryRowContext(ctx, query, args...)
+	}
+	if c.tx != nil {
+		return c.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return st.QueryRowContext(ctx, args...)
 }
 
 // migrations are applied in order; PRAGMA user_version records how many
@@ -99,6 +158,26 @@ var migrations = []string{
 		PRIMARY KEY (device_id, counter)
 	) WITHOUT ROWID;
 	CREATE TABLE report_counts (device_id TEXT NOT NULL, status TEXT NOT NULL, n INTEGER NOT NULL, PRIMARY KEY (device_id, status)) WITHOUT ROWID;`,
+	// Inventory: operator-set tags (a JSON object) and the class of the
+	// device's last verification refusal.
+	`ALTER TABLE devices ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
+	ALTER TABLE devices ADD COLUMN last_refusal TEXT NOT NULL DEFAULT '';`,
+	// Rollouts and each device's progress in them; counted by status per
+	// rollout (the index), never by walking the fleet.
+	`CREATE TABLE rollouts (
+		id TEXT PRIMARY KEY, seq INTEGER NOT NULL UNIQUE, target TEXT NOT NULL, security_version INTEGER NOT NULL,
+		selector TEXT NOT NULL, spec BLOB NOT NULL, state TEXT NOT NULL, phase INTEGER NOT NULL, phase_started INTEGER NOT NULL,
+		threshold INTEGER NOT NULL, eligible INTEGER NOT NULL, paused_reason TEXT NOT NULL, created_by TEXT NOT NULL, approved_by TEXT NOT NULL,
+		created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL
+	);
+	CREATE INDEX rollouts_state ON rollouts (state);
+	CREATE TABLE rollout_devices (
+		rollout_id TEXT NOT NULL, device_id TEXT NOT NULL, status TEXT NOT NULL, offered_at INTEGER NOT NULL,
+		failures INTEGER NOT NULL, cooldown_until INTEGER NOT NULL, reason TEXT NOT NULL, updated_at INTEGER NOT NULL,
+		PRIMARY KEY (rollout_id, device_id)
+	) WITHOUT ROWID;
+	CREATE INDEX rollout_devices_status ON rollout_devices (rollout_id, status);
+	CREATE INDEX rollout_devices_device ON rollout_devices (device_id);`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -124,7 +203,7 @@ func Open(path string) (*DB, error) {
 	// re-reads the schema (a third of a check-in's cost when measured).
 	// The number open stays unlimited, so nothing can wait on the pool.
 	db.SetMaxIdleConns(maxIdleConns)
-	s := &DB{conn: conn{q: db, db: db}}
+	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}}}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -161,7 +240,10 @@ func (s *DB) migrate() error {
 }
 
 // Close closes the database.
-func (s *DB) Close() error { return s.db.Close() }
+func (s *DB) Close() error {
+	s.stmts.close()
+	return s.db.Close()
+}
 
 func ns(t time.Time) int64 {
 	if t.IsZero() {
@@ -184,7 +266,7 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	c := &conn{q: tx, savepoints: new(atomic.Uint64)}
+	c := &conn{q: tx, savepoints: new(atomic.Uint64), stmts: s.stmts, tx: tx}
 	if err := f(c); err != nil {
 		tx.Rollback()
 		return err
@@ -279,19 +361,79 @@ func (s *conn) CreateDevice(ctx context.Context, d store.Device) error {
 	return err
 }
 
-const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen, anomalies, last_anomaly`
+const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen, anomalies, last_anomaly, tags, last_refusal`
 
 func scanDevice(row interface{ Scan(...any) error }) (store.Device, error) {
 	var d store.Device
 	var enrolled, revoked, seen int64
-	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen, &d.Anomalies, &d.LastAnomaly)
+	var tags string
+	err := row.Scan(&d.ID, &d.HardwareID, &d.CertSerial, &enrolled, &revoked, &d.Version, &d.SecurityVersion, &d.ReportCounter, &d.LastStatus, &seen, &d.Anomalies, &d.LastAnomaly, &tags, &d.LastRefusal)
 	d.EnrolledAt, d.RevokedAt, d.LastSeen = tm(enrolled), tm(revoked), tm(seen)
+	if err == nil {
+		err = decodeTags(tags, &d)
+	}
 	return d, err
+}
+
+func decodeTags(raw string, d *store.Device) error {
+	if raw == "{}" || raw == "" {
+		return nil
+	}
+	if err := json.Unmarshal([]byte(raw), &d.Tags); err != nil {
+		return fmt.Errorf("device %s: stored tags: %w", d.ID, err)
+	}
+	return nil
+}
+
+// ListDevices implements store.Devices.
+func (s *conn) ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Device
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// SetDeviceTags implements store.Devices.
+func (s *conn) SetDeviceTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error) {
+	var out map[string]string
+	err := s.atomic(ctx, func(tx *conn) error {
+		d, err := tx.Device(ctx, id)
+		if err != nil {
+			return err
+		}
+		out = map[string]string{}
+		for k, v := range d.Tags {
+			out[k] = v
+		}
+		for _, k := range unset {
+			delete(out, k)
+		}
+		for k, v := range set {
+			out[k] = v
+		}
+		b, err := json.Marshal(out)
+		if err != nil {
+			return err
+		}
+		_, err = tx.q.ExecContext(ctx, `UPDATE devices SET tags = ? WHERE id = ?`, string(b), id)
+		return err
+	})
+	return out, err
 }
 
 // Device implements store.Devices.
 func (s *conn) Device(ctx context.Context, id string) (store.Device, error) {
-	d, err := scanDevice(s.q.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
+	d, err := scanDevice(s.queryRow(ctx, `SELECT `+deviceCols+` FROM devices WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return d, fmt.Errorf("device %s: %w", id, store.ErrNotFound)
 	}
@@ -401,6 +543,10 @@ func (s *conn) RecordReport(ctx context.Context, id string, r store.Report) erro
 		if r.Installed {
 			q += `, version = ?, security_version = ?`
 			args = append(args, r.Version, r.SecurityVersion)
+		}
+		if r.Refusal != "" {
+			q += `, last_refusal = ?`
+			args = append(args, r.Refusal)
 		}
 		q += ` WHERE id = ? AND report_counter < ? AND revoked_at = 0`
 		args = append(args, id, r.Counter)
@@ -895,7 +1041,7 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 func (s *conn) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
 	a := store.Assignment{DeviceID: deviceID}
 	var at int64
-	err := s.q.QueryRowContext(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
+	err := s.queryRow(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
 	if errors.Is(err, sql.ErrNoRows) {
 		if _, err := s.Device(ctx, deviceID); err != nil {
 			return a, err
@@ -910,4 +1056,174 @@ func isConstraint(err error) bool {
 	// modernc.org/sqlite reports constraint violations with this text;
 	// matching it avoids importing the driver's internal error codes.
 	return err != nil && (bytes.Contains([]byte(err.Error()), []byte("UNIQUE constraint failed")) || bytes.Contains([]byte(err.Error()), []byte("PRIMARY KEY")))
+}
+
+const rolloutCols = `id, seq, target, security_version, selector, spec, state, phase, phase_started, threshold, eligible, paused_reason, created_by, approved_by, created_at, updated_at`
+
+func scanRollout(row interface{ Scan(...any) error }) (store.Rollout, error) {
+	var r store.Rollout
+	var started, created, updated int64
+	err := row.Scan(&r.ID, &r.Seq, &r.Target, &r.SecurityVersion, &r.Selector, &r.Spec, &r.State, &r.Phase, &started, &r.Threshold, &r.Eligible,
+		&r.PausedReason, &r.CreatedBy, &r.ApprovedBy, &created, &updated)
+	r.PhaseStarted, r.CreatedAt, r.UpdatedAt = tm(started), tm(created), tm(updated)
+	return r, err
+}
+
+// CreateRollout implements store.Rollouts.
+func (s *conn) CreateRollout(ctx context.Context, r store.Rollout) (store.Rollout, error) {
+	err := s.atomic(ctx, func(tx *conn) error {
+		if err := tx.q.QueryRowContext(ctx, `SELECT COALESCE(MAX(seq), 0) + 1 FROM rollouts`).Scan(&r.Seq); err != nil {
+			return err
+		}
+		_, err := tx.q.ExecContext(ctx, `INSERT INTO rollouts (`+rolloutCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
+			r.ID, r.Seq, r.Target, r.SecurityVersion, r.Selector, r.Spec, r.State, r.Phase, ns(r.PhaseStarted), r.Threshold, r.Eligible,
+			r.PausedReason, r.CreatedBy, r.ApprovedBy, ns(r.CreatedAt), ns(r.UpdatedAt))
+		if err != nil && isConstraint(err) {
+			return fmt.Errorf("rollout %s: %w", r.ID, store.ErrExists)
+		}
+		return err
+	})
+	return r, err
+}
+
+// Rollout implements store.Rollouts.
+func (s *conn) Rollout(ctx context.Context, id string) (store.Rollout, error) {
+	r, err := scanRollout(s.q.QueryRowContext(ctx, `SELECT `+rolloutCols+` FROM rollouts WHERE id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return r, fmt.Errorf("rollout %s: %w", id, store.ErrNotFound)
+	}
+	return r, err
+}
+
+func (s *conn) rollouts(ctx context.Context, q string, args ...any) ([]store.Rollout, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+rolloutCols+` FROM rollouts `+q, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.Rollout
+	for rows.Next() {
+		r, err := scanRollout(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ListRollouts implements store.Rollouts.
+func (s *conn) ListRollouts(ctx context.Context, limit int) ([]store.Rollout, error) {
+	return s.rollouts(ctx, `ORDER BY seq DESC LIMIT ?`, limit)
+}
+
+// RolloutsInState implements store.Rollouts.
+func (s *conn) RolloutsInState(ctx context.Context, states ...string) ([]store.Rollout, error) {
+	if len(states) == 0 {
+		return nil, nil
+	}
+	args := make([]any, len(states))
+	for i, st := range states {
+		args[i] = st
+	}
+	return s.rollouts(ctx, `WHERE state IN (?`+strings.Repeat(", ?", len(states)-1)+`) ORDER BY seq`, args...)
+}
+
+// UpdateRollout implements store.Rollouts.
+func (s *conn) UpdateRollout(ctx context.Context, r store.Rollout) error {
+	res, err := s.q.ExecContext(ctx, `UPDATE rollouts SET state = ?, phase = ?, phase_started = ?, threshold = ?, eligible = ?, paused_reason = ?, approved_by = ?, updated_at = ? WHERE id = ?`,
+		r.State, r.Phase, ns(r.PhaseStarted), r.Threshold, r.Eligible, r.PausedReason, r.ApprovedBy, ns(r.UpdatedAt), r.ID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n != 1 {
+		return fmt.Errorf("rollout %s: %w", r.ID, store.ErrNotFound)
+	}
+	return nil
+}
+
+const rolloutDeviceCols = `rollout_id, device_id, status, offered_at, failures, cooldown_until, reason, updated_at`
+
+func scanRolloutDevice(row interface{ Scan(...any) error }) (store.RolloutDevice, error) {
+	var d store.RolloutDevice
+	var offered, cool, updated int64
+	err := row.Scan(&d.RolloutID, &d.DeviceID, &d.Status, &offered, &d.Failures, &cool, &d.Reason, &updated)
+	d.OfferedAt, d.CooldownUntil, d.UpdatedAt = tm(offered), tm(cool), tm(updated)
+	return d, err
+}
+
+// RolloutDevice implements store.Rollouts.
+func (s *conn) RolloutDevice(ctx context.Context, rolloutID, deviceID string) (store.RolloutDevice, error) {
+	d, err := scanRolloutDevice(s.queryRow(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE rollout_id = ? AND device_id = ?`, rolloutID, deviceID))
+	if errors.Is(err, sql.ErrNoRows) {
+		return d, fmt.Errorf("device %s in rollout %s: %w", deviceID, rolloutID, store.ErrNotFound)
+	}
+	return d, err
+}
+
+// PutRolloutDevice implements store.Rollouts.
+func (s *conn) PutRolloutDevice(ctx context.Context, d store.RolloutDevice) error {
+	_, err := s.q.ExecContext(ctx, `INSERT INTO rollout_devices (`+rolloutDeviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (rollout_id, device_id) DO UPDATE SET status = excluded.status, offered_at = excluded.offered_at, failures = excluded.failures,
+		cooldown_until = excluded.cooldown_until, reason = excluded.reason, updated_at = excluded.updated_at`,
+		d.RolloutID, d.DeviceID, d.Status, ns(d.OfferedAt), d.Failures, ns(d.CooldownUntil), d.Reason, ns(d.UpdatedAt))
+	return err
+}
+
+// DeviceRollouts implements store.Rollouts.
+func (s *conn) DeviceRollouts(ctx context.Context, deviceID string) ([]store.RolloutDevice, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE device_id = ? ORDER BY rollout_id`, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []store.RolloutDevice
+	for rows.Next() {
+		d, err := scanRolloutDevice(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// RolloutCounts implements store.Rollouts.
+func (s *conn) RolloutCounts(ctx context.Context, rolloutID string) (store.RolloutCounts, error) {
+	out := store.RolloutCounts{ByStatus: map[string]int{}}
+	rows, err := s.q.QueryContext(ctx, `SELECT status, count(*), SUM(failures) FROM rollout_devices WHERE rollout_id = ? GROUP BY status`, rolloutID)
+	if err != nil {
+		return out, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var st string
+		var n, f int
+		if err := rows.Scan(&st, &n, &f); err != nil {
+			return out, err
+		}
+		out.ByStatus[st] = n
+		out.Failures += f
+	}
+	return out, rows.Err()
+}
+
+// RolloutReasons implements store.Rollouts.
+func (s *conn) RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error) {
+	rows, err := s.q.QueryContext(ctx, `SELECT reason, count(*) AS n FROM rollout_devices WHERE rollout_id = ? AND failures > 0 AND reason != ''
+		GROUP BY reason ORDER BY n DESC, reason LIMIT ?`, rolloutID, limit)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]int{}
+	for rows.Next() {
+		var r string
+		var n int
+		if err := rows.Scan(&r, &n); err != nil {
+			return nil, err
+		}
+		out[r] = n
+	}
+	return out, rows.Err()
 }

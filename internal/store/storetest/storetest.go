@@ -93,6 +93,163 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		_, err = s.Device(ctx, "nope")
 		is(t, err, store.ErrNotFound)
 	})
+	t.Run("ListDevicesPages", func(t *testing.T) {
+		s := open(t)
+		for i := range 5 {
+			if err := s.CreateDevice(ctx, store.Device{ID: fmt.Sprintf("dev-%d", 4-i), HardwareID: "hw", CertSerial: fmt.Sprint(i), EnrolledAt: now}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var ids []string
+		after := ""
+		for {
+			page, err := s.ListDevices(ctx, after, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) > 2 {
+				t.Fatalf("page of %d devices, limit 2", len(page))
+			}
+			if len(page) == 0 {
+				break
+			}
+			for _, d := range page {
+				ids = append(ids, d.ID)
+			}
+			after = page[len(page)-1].ID
+		}
+		if strings.Join(ids, ",") != "dev-0,dev-1,dev-2,dev-3,dev-4" {
+			t.Fatalf("pages gave %v", ids)
+		}
+	})
+	t.Run("DeviceTags", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "dev-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: now})
+		if d, err := s.Device(ctx, "dev-1"); err != nil || len(d.Tags) != 0 {
+			t.Fatalf("new device has tags %v (%v)", d.Tags, err)
+		}
+		got, err := s.SetDeviceTags(ctx, "dev-1", map[string]string{"site": "berlin", "ring": "canary"}, nil)
+		if err != nil || len(got) != 2 || got["site"] != "berlin" {
+			t.Fatalf("%v %v", got, err)
+		}
+		// unset applies before set: a key both removed and set is set.
+		got, err = s.SetDeviceTags(ctx, "dev-1", map[string]string{"site": "lab"}, []string{"ring", "site", "absent"})
+		if err != nil || len(got) != 1 || got["site"] != "lab" {
+			t.Fatalf("%v %v", got, err)
+		}
+		d, err := s.Device(ctx, "dev-1")
+		if err != nil || len(d.Tags) != 1 || d.Tags["site"] != "lab" {
+			t.Fatalf("stored tags %v (%v)", d.Tags, err)
+		}
+		page, err := s.ListDevices(ctx, "", 10)
+		if err != nil || len(page) != 1 || page[0].Tags["site"] != "lab" {
+			t.Fatalf("listed %+v (%v)", page, err)
+		}
+		_, err = s.SetDeviceTags(ctx, "nope", map[string]string{"a": "b"}, nil)
+		is(t, err, store.ErrNotFound)
+		// In a transaction that rolls back, tags do not change.
+		s.Atomic(ctx, func(tx store.Tx) error {
+			tx.SetDeviceTags(ctx, "dev-1", nil, []string{"site"})
+			return errors.New("roll back")
+		})
+		if d, _ := s.Device(ctx, "dev-1"); d.Tags["site"] != "lab" {
+			t.Fatalf("a rolled back change of tags stayed: %v", d.Tags)
+		}
+	})
+	t.Run("LastRefusal", func(t *testing.T) {
+		s := open(t)
+		s.CreateDevice(ctx, store.Device{ID: "dev-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: now})
+		if err := s.RecordReport(ctx, "dev-1", store.Report{Counter: 1, Status: "verification-refused", Reason: "rollback", Refusal: "rollback", At: now}); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.RecordReport(ctx, "dev-1", store.Report{Counter: 2, Status: "downloading", At: now}); err != nil {
+			t.Fatal(err)
+		}
+		if d, _ := s.Device(ctx, "dev-1"); d.LastRefusal != "rollback" {
+			t.Fatalf("last refusal %q, want rollback (kept across other reports)", d.LastRefusal)
+		}
+	})
+	t.Run("Rollouts", func(t *testing.T) {
+		s := open(t)
+		a, err := s.CreateRollout(ctx, store.Rollout{ID: "r-a", Target: "p/1.0.0/f", SecurityVersion: 3, Selector: "true", Spec: []byte(`{}`), State: "running", CreatedBy: "token:x", CreatedAt: now})
+		if err != nil || a.Seq == 0 {
+			t.Fatalf("%+v %v", a, err)
+		}
+		b, err := s.CreateRollout(ctx, store.Rollout{ID: "r-b", Target: "p/1.1.0/f", Spec: []byte(`{}`), State: "paused", CreatedAt: now})
+		if err != nil || b.Seq <= a.Seq {
+			t.Fatalf("the newer rollout has seq %d, the older %d (%v)", b.Seq, a.Seq, err)
+		}
+		_, err = s.CreateRollout(ctx, store.Rollout{ID: "r-a", Spec: []byte(`{}`), State: "running"})
+		is(t, err, store.ErrExists)
+		got, err := s.Rollout(ctx, "r-a")
+		if err != nil || got.Target != "p/1.0.0/f" || got.SecurityVersion != 3 || got.Selector != "true" || got.CreatedBy != "token:x" || !got.CreatedAt.Equal(now) {
+			t.Fatalf("%+v %v", got, err)
+		}
+		_, err = s.Rollout(ctx, "nope")
+		is(t, err, store.ErrNotFound)
+		got.State, got.Phase, got.Threshold, got.PausedReason, got.ApprovedBy, got.PhaseStarted = "paused", 2, 1000, "gate", "token:y", now.Add(time.Hour)
+		if err := s.UpdateRollout(ctx, got); err != nil {
+			t.Fatal(err)
+		}
+		again, _ := s.Rollout(ctx, "r-a")
+		if again.State != "paused" || again.Phase != 2 || again.Threshold != 1000 || again.PausedReason != "gate" || again.ApprovedBy != "token:y" || !again.PhaseStarted.Equal(now.Add(time.Hour)) {
+			t.Fatalf("%+v", again)
+		}
+		is(t, s.UpdateRollout(ctx, store.Rollout{ID: "nope"}), store.ErrNotFound)
+		list, err := s.ListRollouts(ctx, 10)
+		if err != nil || len(list) != 2 || list[0].ID != "r-b" {
+			t.Fatalf("newest first: %+v %v", list, err)
+		}
+		if list, _ := s.ListRollouts(ctx, 1); len(list) != 1 {
+			t.Fatalf("limit 1 gave %d", len(list))
+		}
+		paused, err := s.RolloutsInState(ctx, "paused", "running")
+		if err != nil || len(paused) != 2 || paused[0].ID != "r-a" {
+			t.Fatalf("oldest first: %+v %v", paused, err)
+		}
+		if none, _ := s.RolloutsInState(ctx, "completed"); len(none) != 0 {
+			t.Fatalf("%+v", none)
+		}
+
+		_, err = s.RolloutDevice(ctx, "r-a", "dev-1")
+		is(t, err, store.ErrNotFound)
+		for i, st := range []string{"downloading", "downloading", "installed", "failed", "rolled-back", "rolled-back"} {
+			reason := ""
+			if st == "rolled-back" {
+				reason = "health-check"
+			} else if st == "failed" {
+				reason = "write"
+			}
+			failures := 0
+			if reason != "" {
+				failures = 1
+			}
+			if err := s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-a", DeviceID: fmt.Sprintf("dev-%d", i), Status: st, OfferedAt: now, Failures: failures, Reason: reason, UpdatedAt: now}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A second put replaces the first.
+		if err := s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-a", DeviceID: "dev-0", Status: "installed", Failures: 1, CooldownUntil: now.Add(time.Hour), UpdatedAt: now}); err != nil {
+			t.Fatal(err)
+		}
+		d, err := s.RolloutDevice(ctx, "r-a", "dev-0")
+		if err != nil || d.Status != "installed" || d.Failures != 1 || !d.CooldownUntil.Equal(now.Add(time.Hour)) || !d.OfferedAt.IsZero() {
+			t.Fatalf("%+v %v", d, err)
+		}
+		counts, err := s.RolloutCounts(ctx, "r-a")
+		if err != nil || counts.ByStatus["installed"] != 2 || counts.ByStatus["downloading"] != 1 || counts.ByStatus["failed"] != 1 || counts.ByStatus["rolled-back"] != 2 || counts.Failures != 4 {
+			t.Fatalf("%v %v", counts, err)
+		}
+		reasons, err := s.RolloutReasons(ctx, "r-a", 1)
+		if err != nil || len(reasons) != 1 || reasons["health-check"] != 2 {
+			t.Fatalf("the most common reason: %v %v", reasons, err)
+		}
+		s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-b", DeviceID: "dev-0", Status: "downloading", UpdatedAt: now})
+		mine, err := s.DeviceRollouts(ctx, "dev-0")
+		if err != nil || len(mine) != 2 || mine[0].RolloutID != "r-a" || mine[1].Status != "downloading" {
+			t.Fatalf("%+v %v", mine, err)
+		}
+	})
 	t.Run("ReportsOnlyMoveForward", func(t *testing.T) {
 		s := open(t)
 		s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now})
