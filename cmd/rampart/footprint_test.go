@@ -28,29 +28,52 @@ var deviceOnly = []string{
 	"github.com/theupdateframework/go-tuf/v2/metadata/config",
 }
 
+// simulator is the one package through which rampart links the device's
+// code: `rampart sim` runs real agents, so it must. Every other command
+// (verify, bundle, repo, the operator API) is checked without it.
+const simulator = "github.com/rampartfw/rampart/internal/sim"
+
 // TestImportGraph fails when the device's fetch code enters rampart's
-// import graph. Like the agent's footprint test, it proves it can fail:
-// the agent links every package on the list.
+// import graph other than through the simulator. Like the agent's
+// footprint test, it proves it can fail: the agent links every package
+// on the list, and so does the simulator.
 func TestImportGraph(t *testing.T) {
-	for _, bad := range linked(t, ".") {
-		t.Errorf("rampart links %s; trace it with: go list -deps -f '{{.ImportPath}}: {{.Imports}}' ./cmd/rampart", bad)
+	var direct []string
+	for _, p := range list(t, "-f", "{{join .Imports \"\\n\"}}", ".") {
+		if p != simulator {
+			direct = append(direct, p)
+		}
+	}
+	if len(direct) < 10 {
+		t.Fatalf("rampart imports only %v; the check would prove nothing", direct)
+	}
+	for _, bad := range linked(t, direct...) {
+		t.Errorf("rampart links %s other than through %s; trace it with: go list -deps -f '{{.ImportPath}}: {{.Imports}}' ./cmd/rampart", bad, simulator)
 	}
 	if got := linked(t, "../rampart-agent"); len(got) != len(deviceOnly) {
 		t.Errorf("the list finds only %v in rampart-agent; the check is broken", got)
 	}
+	if got := linked(t, simulator); len(got) == 0 {
+		t.Errorf("the simulator links none of %v; the check is broken", deviceOnly)
+	}
 }
 
-// linked returns the packages of deviceOnly that pkg links, with cgo on
-// (as CI builds).
-func linked(t *testing.T, pkg string) []string {
+// list runs go list with cgo on (as CI builds) and returns its lines.
+func list(t *testing.T, args ...string) []string {
 	t.Helper()
-	cmd := exec.Command("go", "list", "-deps", pkg)
+	cmd := exec.Command("go", append([]string{"list"}, args...)...)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
 	out, err := cmd.Output()
 	if err != nil {
-		t.Fatalf("go list %s: %v", pkg, err)
+		t.Fatalf("go list %v: %v", args, err)
 	}
-	deps := strings.Fields(string(out))
+	return strings.Fields(string(out))
+}
+
+// linked returns the packages of deviceOnly that pkgs link.
+func linked(t *testing.T, pkgs ...string) []string {
+	t.Helper()
+	deps := list(t, append([]string{"-deps"}, pkgs...)...)
 	if len(deps) < 50 {
 		t.Fatalf("go list returned only %d packages; the check would prove nothing", len(deps))
 	}

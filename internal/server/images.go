@@ -336,8 +336,6 @@ func (s *Server) handleLogProof(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, logproof.Envelope{Statement: e.Leaf, Proof: p})
 }
 
-// handleKeys publishes the online public keys (for the offline root
-// ceremony) and the log's verifier key (for devices and monitors).
 // handleLogConsistency proves that the log at size ?to= extends the log at
 // size ?from=, for clients that hold an older checkpoint.
 func (s *Server) handleLogConsistency(w http.ResponseWriter, r *http.Request) {
@@ -355,6 +353,8 @@ func (s *Server) handleLogConsistency(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.Consistency{Hashes: proof})
 }
 
+// handleKeys publishes the online public keys (for the offline root
+// ceremony) and the log's verifier key (for devices and monitors).
 func (s *Server) handleKeys(w http.ResponseWriter, r *http.Request) {
 	out := api.Keys{LogOrigin: s.log.Origin(), LogKey: s.logVerifierKey}
 	for _, k := range []struct {
