@@ -152,6 +152,9 @@ func New(ctx context.Context, cfg Config) (*Store, error) {
 	if creds == nil {
 		creds = credentials.NewEnvAWS()
 	}
+	if v, err := creds.GetWithContext(nil); err != nil || v.SignerType.IsAnonymous() || v.AccessKeyID == "" {
+		return nil, fmt.Errorf("s3 blob store: no credentials (%v): set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or blob_store_credentials", err)
+	}
 	lookup := minio.BucketLookupAuto
 	if cfg.PathStyle {
 		lookup = minio.BucketLookupPath
