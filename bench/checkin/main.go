@@ -66,7 +66,17 @@ func serving(r io.Reader) (string, error) {
 	for sc.Scan() {
 		var m struct{ Msg, Addr string }
 		if json.Unmarshal(sc.Bytes(), &m) == nil && m.Msg == "serving" {
-			go io.Copy(io.Discard, r)
+			// Errors the server logs afterwards are shown: a failed
+			// check-in says only "internal error".
+			go func() {
+				for sc.Scan() {
+					var m struct{ Level string }
+					if json.Unmarshal(sc.Bytes(), &m) == nil && m.Level == "ERROR" {
+						fmt.Fprintf(os.Stderr, "server: %s\n", sc.Bytes())
+					}
+				}
+				io.Copy(io.Discard, r)
+			}()
 			return m.Addr, nil
 		}
 	}
