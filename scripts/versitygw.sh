@@ -14,9 +14,11 @@ gover=$(go env GOVERSION)
 dir="${XDG_CACHE_HOME:-$HOME/.cache}/rampart/versitygw-$version-$gover"
 bin="$dir/versitygw"
 
+mkdir -p "$dir"
+exec 9>"$dir/.lock"
+flock 9  # one build at a time: test binaries run in parallel
 if [[ ! -x "$bin" ]]; then
   echo "versitygw.sh: building versitygw $version into $dir (once; about 90 s)" >&2
-  mkdir -p "$dir"
   tmp=$(mktemp -d "$dir/build.XXXXXX")
   trap 'rm -rf "$tmp"' EXIT
   CGO_ENABLED=0 GOBIN="$tmp" go install -trimpath github.com/versity/versitygw/cmd/versitygw

@@ -272,6 +272,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, ceiling bool) e
 	// and stores the device's director repository; it opens the
 	// device's connection), then check-ins for duration.
 	measure := func(what string) (rate float64, p99 time.Duration, err error) {
+		var warmRetries atomic.Int64
 		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, workers)
@@ -280,7 +281,16 @@ func run(nDevices, workers int, duration time.Duration, newConn, ceiling bool) e
 			go func(w int) {
 				defer wg.Done()
 				for i := w; i < nDevices; i += workers {
-					if err := checkin(i, &last[i]); err != nil {
+					// A device whose first check-in fails tries again,
+					// as a real one would at its next poll; the
+					// retries are counted and printed.
+					err := checkin(i, &last[i])
+					for try := 1; err != nil && try < 5; try++ {
+						warmRetries.Add(1)
+						time.Sleep(time.Duration(try) * 100 * time.Millisecond)
+						err = checkin(i, &last[i])
+					}
+					if err != nil {
 						errs <- err
 						return
 					}
@@ -293,7 +303,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, ceiling bool) e
 			return 0, 0, err
 		default:
 		}
-		fmt.Printf("%s: first check-in of every device: %s\n", what, time.Since(start).Round(time.Millisecond))
+		fmt.Printf("%s: first check-in of every device: %s (%d failed and were tried again)\n", what, time.Since(start).Round(time.Millisecond), warmRetries.Load())
 
 		var count atomic.Int64
 		lat := make([][]time.Duration, workers)
