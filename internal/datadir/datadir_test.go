@@ -258,7 +258,7 @@ func TestOpenRefusesBadBlobStores(t *testing.T) {
 		cfg  server.Config
 		want string
 	}{
-		{"ftp://bucket/x", quietConfig(), "is not s3://"},
+		{"ftp://bucket/x", quietConfig(), "is not an s3://"},
 		{"s3://bucket/x?endpont=http://127.0.0.1:1", quietConfig(), `unknown parameter "endpont"`},
 		{"s3://bucket/x?endpoint=http://127.0.0.1:1", quietConfig(), "no credentials"},
 		{"s3://bucket/x?endpoint=http://127.0.0.1:1", limited, "blob_quota"},

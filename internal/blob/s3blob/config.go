@@ -25,7 +25,7 @@ func ParseURL(raw, credsFile string) (Config, error) {
 		return c, fmt.Errorf("blob store %q: %w", raw, err)
 	}
 	if u.Scheme != "s3" || u.Host == "" || u.User != nil || u.Fragment != "" {
-		return c, fmt.Errorf("blob store %q is not s3://BUCKET/PREFIX?endpoint=...", raw)
+		return c, fmt.Errorf("blob store %q is not an s3://BUCKET/PREFIX URL", raw)
 	}
 	c.Bucket = u.Host
 	c.Prefix = strings.TrimPrefix(u.Path, "/")
