@@ -34,3 +34,7 @@ for dir in $(find internal cmd -name package.json -not -path '*/node_modules/*' 
     (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
   fi
 done
+
+# versitygw, the S3 server the S3 blob store's tests run against: built once
+# from tools/versitygw (its own module) and cached under the user cache dir.
+./scripts/versitygw.sh >/dev/null

@@ -14,6 +14,19 @@
 // The server is the real rampart-server binary in its own process (run from
 // the module root); both share the machine's cores, as a loopback test
 // must.
+//
+// With -ceiling it then stops rampart-server and loads, in the same way
+// (the same devices and certificates, one kept-alive connection per
+// device, the same workers and duration), a bare net/http server in a
+// process of its own (this program re-executed) with TLS 1.3 and client
+// certificates required and verified against the device CA, which
+// answers every request with a fixed body the size of a director
+// timestamp. It prints both rates and their ratio: the ceiling is what
+// the machine allows for this traffic whatever the server does, so the
+// ratio compares machines that differ in absolute speed. -compare and
+// -ceiling can be given together; the rollout is measured first.
+//
+//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 -ceiling
 package main
 
 import (
@@ -30,11 +43,14 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -54,7 +70,17 @@ func serving(r io.Reader) (string, error) {
 	for sc.Scan() {
 		var m struct{ Msg, Addr string }
 		if json.Unmarshal(sc.Bytes(), &m) == nil && m.Msg == "serving" {
-			go io.Copy(io.Discard, r)
+			// Errors the server logs afterwards are shown: a failed
+			// check-in says only "internal error".
+			go func() {
+				for sc.Scan() {
+					var m struct{ Level string }
+					if json.Unmarshal(sc.Bytes(), &m) == nil && m.Level == "ERROR" {
+						fmt.Fprintf(os.Stderr, "server: %s\n", sc.Bytes())
+					}
+				}
+				io.Copy(io.Discard, r)
+			}()
 			return m.Addr, nil
 		}
 	}
@@ -67,7 +93,15 @@ func main() {
 	workers := flag.Int("workers", 64, "concurrent check-ins")
 	newConn := flag.Bool("new-conn", false, "open a new TLS connection (with session resumption) for every check-in instead of keeping one per device")
 	compare := flag.Bool("compare", false, "then start a rollout of a second release (phases 1%,10%,50%,100% over a CEL selector on tags) and measure again, side by side")
+	ceiling := flag.Bool("ceiling", false, "then load a bare net/http mTLS server answering a fixed body the same way, and print both rates and their ratio")
+	ceilingServer := flag.String("ceiling-server", "", "(internal) serve the ceiling: DATA-DIR,BODY-FILE")
 	flag.Parse()
+	if *ceilingServer != "" {
+		if err := serveCeiling(*ceilingServer); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	// Every device keeps its own connection, and the server holds the other
 	// end: raise the open-files limit to what the system allows.
 	var lim syscall.Rlimit
@@ -78,12 +112,12 @@ func main() {
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < uint64(*devices+1000) {
 		log.Fatalf("the open-files limit %d is too low for %d devices; raise it (ulimit -n)", lim.Cur, *devices)
 	}
-	if err := run(*devices, *workers, *duration, *newConn, *compare); err != nil {
+	if err := run(*devices, *workers, *duration, *newConn, *compare, *ceiling); err != nil {
 		log.Fatal(err)
 	}
 }
 
-func run(nDevices, workers int, duration time.Duration, newConn, compare bool) error {
+func run(nDevices, workers int, duration time.Duration, newConn, compare, ceiling bool) error {
 	tmp, err := os.MkdirTemp("", "rampart-checkin-*")
 	if err != nil {
 		return err
@@ -145,7 +179,15 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare bool) e
 	if err := srv.Start(); err != nil {
 		return err
 	}
-	defer func() { srv.Process.Signal(syscall.SIGTERM); srv.Wait() }()
+	stopped := false
+	stopServer := func() {
+		if !stopped {
+			stopped = true
+			srv.Process.Signal(syscall.SIGTERM)
+			srv.Wait()
+		}
+	}
+	defer stopServer()
 	addr, err := serving(stderr)
 	if err != nil {
 		return err
@@ -195,42 +237,10 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare bool) e
 		}
 		clients[i] = &http.Client{Transport: tr}
 	}
-	last := make([]int64, nDevices)
-	m := measurer{clients: clients, url: ts.URL, nDevices: nDevices, workers: workers, duration: duration, newConn: newConn, last: last}
-	fmt.Println("-- deployment to every device, no rollout --")
-	if err := m.measure(); err != nil {
-		return err
-	}
-	if !compare {
-		return nil
-	}
-	// The same fleet with an active rollout: each check-in is decided
-	// against it (the selector, the phase's bucket, the device's
-	// progress), and the first phase hands out the second release.
-	if err := call("POST", "/api/v1/rollouts", map[string]any{"release": "acme-gw/2.0.0", "select": `hardware == "hw" && tags.site != "lab"`,
-		"phases": "1%,10%,50%,100%", "soak": "1h", "max_concurrent": 500}); err != nil {
-		return err
-	}
-	fmt.Println("-- the same with an active rollout (1% phase, max 500 in flight) --")
-	return m.measure()
-}
-
-type measurer struct {
-	clients           []*http.Client
-	url               string
-	nDevices, workers int
-	duration          time.Duration
-	newConn           bool
-	last              []int64
-}
-
-// measure warms up (every device checks in once), then runs check-ins
-// for the duration and prints their rate and latencies.
-func (m measurer) measure() error {
-	clients, nDevices, workers, duration, newConn, last := m.clients, m.nDevices, m.workers, m.duration, m.newConn, m.last
-	ts := struct{ URL string }{m.url}
+	base := ts.URL
+	var tsBody []byte // one device's director timestamp, for -ceiling
 	checkin := func(i int, last *int64) error {
-		resp, err := clients[i].Get(ts.URL + "/director/timestamp.json")
+		resp, err := clients[i].Get(base + "/director/timestamp.json")
 		if err != nil {
 			return err
 		}
@@ -248,6 +258,9 @@ func (m measurer) measure() error {
 		if err := json.Unmarshal(b, &tsDoc); err != nil {
 			return err
 		}
+		if i == 0 && tsBody == nil {
+			tsBody = b
+		}
 		if tsDoc.Signed.Version == *last {
 			return nil
 		}
@@ -255,7 +268,7 @@ func (m measurer) measure() error {
 		// Changed: fetch the snapshot and the targets it names.
 		sv := tsDoc.Signed.Meta["snapshot.json"].Version
 		for _, f := range []string{fmt.Sprintf("%d.snapshot.json", sv), fmt.Sprintf("%d.targets.json", sv)} {
-			resp, err := clients[i].Get(ts.URL + "/director/" + f)
+			resp, err := clients[i].Get(base + "/director/" + f)
 			if err != nil {
 				return err
 			}
@@ -264,71 +277,139 @@ func (m measurer) measure() error {
 		}
 		return nil
 	}
-	start := time.Now()
-	// Warm-up: every device's first check-in builds and stores its
-	// director repository and opens its connection.
-	var wg sync.WaitGroup
-	errs := make(chan error, workers)
-	for w := range workers {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := w; i < nDevices; i += workers {
-				if err := checkin(i, &last[i]); err != nil {
-					errs <- err
-					return
+	last := make([]int64, nDevices)
+	// measure runs every device's first check-in (for Rampart it builds
+	// and stores the device's director repository; it opens the
+	// device's connection), then check-ins for duration.
+	measure := func(what string) (rate float64, p99 time.Duration, err error) {
+		var warmRetries atomic.Int64
+		start := time.Now()
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for w := range workers {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := w; i < nDevices; i += workers {
+					// A device whose first check-in fails tries again,
+					// as a real one would at its next poll; the
+					// retries are counted and printed.
+					err := checkin(i, &last[i])
+					for try := 1; err != nil && try < 5; try++ {
+						warmRetries.Add(1)
+						time.Sleep(time.Duration(try) * 100 * time.Millisecond)
+						err = checkin(i, &last[i])
+					}
+					if err != nil {
+						errs <- err
+						return
+					}
 				}
-			}
-		}(w)
-	}
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return err
-	default:
-	}
-	fmt.Printf("first check-in of every device (builds %d director repositories): %s\n", nDevices, time.Since(start).Round(time.Millisecond))
+			}(w)
+		}
+		wg.Wait()
+		select {
+		case err := <-errs:
+			return 0, 0, err
+		default:
+		}
+		fmt.Printf("%s: first check-in of every device: %s (%d failed and were tried again)\n", what, time.Since(start).Round(time.Millisecond), warmRetries.Load())
 
-	var count atomic.Int64
-	lat := make([][]time.Duration, workers)
-	deadline := time.Now().Add(duration)
-	start = time.Now()
-	for w := range workers {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			i := w
-			for time.Now().Before(deadline) {
-				t0 := time.Now()
-				if err := checkin(i, &last[i]); err != nil {
-					errs <- err
-					return
+		var count atomic.Int64
+		lat := make([][]time.Duration, workers)
+		deadline := time.Now().Add(duration)
+		start = time.Now()
+		for w := range workers {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				i := w
+				for time.Now().Before(deadline) {
+					t0 := time.Now()
+					if err := checkin(i, &last[i]); err != nil {
+						errs <- err
+						return
+					}
+					lat[w] = append(lat[w], time.Since(t0))
+					count.Add(1)
+					i = (i + workers) % nDevices
 				}
-				lat[w] = append(lat[w], time.Since(t0))
-				count.Add(1)
-				i = (i + workers) % nDevices
-			}
-		}(w)
+			}(w)
+		}
+		wg.Wait()
+		elapsed := time.Since(start)
+		select {
+		case err := <-errs:
+			return 0, 0, err
+		default:
+		}
+		var all []time.Duration
+		for _, l := range lat {
+			all = append(all, l...)
+		}
+		sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
+		pct := func(p float64) time.Duration { return all[int(p*float64(len(all)-1))] }
+		mode := "one kept-alive connection per device"
+		if newConn {
+			mode = "a new TLS connection per check-in, with session resumption"
+		}
+		rate = float64(count.Load()) / elapsed.Seconds()
+		fmt.Printf("%s: check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", what, count.Load(), elapsed.Round(time.Millisecond), rate, workers, nDevices, mode)
+		fmt.Printf("%s: latency: p50 %s  p90 %s  p99 %s  max %s\n", what, pct(.5), pct(.9), pct(.99), all[len(all)-1])
+		return rate, pct(.99), nil
 	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	select {
-	case err := <-errs:
+	rampart, rampartP99, err := measure("rampart")
+	if err != nil {
 		return err
-	default:
 	}
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
+	if compare {
+		// The same fleet with an active rollout: each check-in is decided
+		// against it (the selector, the phase's bucket, the device's
+		// progress), and the first phase hands out the second release.
+		if err := call("POST", "/api/v1/rollouts", map[string]any{"release": "acme-gw/2.0.0", "select": `hardware == "hw" && tags.site != "lab"`,
+			"phases": "1%,10%,50%,100%", "soak": "1h", "max_concurrent": 500}); err != nil {
+			return err
+		}
+		withRollout, p99, err := measure("rampart, active rollout (1% phase, max 500 in flight)")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("rollout: %.0f/s (p99 %s) against %.0f/s (p99 %s) without: ratio %.2f\n", withRollout, p99, rampart, rampartP99, withRollout/rampart)
 	}
-	sort.Slice(all, func(i, j int) bool { return all[i] < all[j] })
-	pct := func(p float64) time.Duration { return all[int(p*float64(len(all)-1))] }
-	mode := "one kept-alive connection per device"
-	if newConn {
-		mode = "a new TLS connection per check-in, with session resumption"
+	if !ceiling {
+		return nil
 	}
-	fmt.Printf("check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", count.Load(), elapsed.Round(time.Millisecond), float64(count.Load())/elapsed.Seconds(), workers, nDevices, mode)
-	fmt.Printf("latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(.5), pct(.9), pct(.99), all[len(all)-1])
+
+	// The ceiling: Rampart stopped, a bare server in its own process.
+	stopServer()
+	for _, c := range clients {
+		c.CloseIdleConnections()
+	}
+	bodyFile := filepath.Join(tmp, "timestamp.json")
+	if err := os.WriteFile(bodyFile, tsBody, 0o644); err != nil {
+		return err
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	cs := exec.Command(self, "-ceiling-server", data+","+bodyFile)
+	cerr, _ := cs.StderrPipe()
+	if err := cs.Start(); err != nil {
+		return err
+	}
+	defer func() { cs.Process.Signal(syscall.SIGTERM); cs.Wait() }()
+	caddr, err := serving(cerr)
+	if err != nil {
+		return err
+	}
+	base = "https://" + caddr
+	ceil, ceilP99, err := measure("ceiling")
+	if err != nil {
+		return err
+	}
+	fmt.Printf("ceiling: bare net/http, TLS 1.3, client certificates required, fixed %d-byte body (one director timestamp)\n", len(tsBody))
+	fmt.Printf("rampart %.0f/s (p99 %s), ceiling %.0f/s (p99 %s): ratio %.2f\n", rampart, rampartP99, ceil, ceilP99, rampart/ceil)
 	return nil
 }
 
@@ -391,4 +472,57 @@ func publish(data string, call func(method, path string, body any) error) error 
 	d.Close()
 	droot, _ := os.ReadFile(filepath.Join(tmp, "director", "staged", "root.json"))
 	return call("POST", "/api/v1/director/root", map[string]any{"roots": [][]byte{droot}})
+}
+
+// serveCeiling serves the ceiling: every request is answered with the
+// body file's content, over TLS 1.3 with the data directory's serving
+// certificate, client certificates required and verified against its
+// device CA. It logs where it listens as rampart-server does.
+func serveCeiling(arg string) error {
+	data, bodyFile, ok := strings.Cut(arg, ",")
+	if !ok {
+		return fmt.Errorf("-ceiling-server %q is not DATA-DIR,BODY-FILE", arg)
+	}
+	body, err := os.ReadFile(bodyFile)
+	if err != nil {
+		return err
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(data, "tls.crt"), filepath.Join(data, "keys", "tls.key"))
+	if err != nil {
+		return err
+	}
+	dcaPEM, err := os.ReadFile(filepath.Join(data, "device-ca.pem"))
+	if err != nil {
+		return err
+	}
+	pool, err := pki.CertPoolFromPEM(dcaPEM)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	hs := &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			w.Write(body)
+		}),
+		TLSConfig: &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{cert},
+			ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool},
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}
+	line, _ := json.Marshal(map[string]string{"msg": "serving", "addr": ln.Addr().String()})
+	fmt.Fprintf(os.Stderr, "%s\n", line)
+	go func() {
+		c := make(chan os.Signal, 1)
+		signal.Notify(c, syscall.SIGTERM, syscall.SIGINT)
+		<-c
+		hs.Close()
+	}()
+	if err := hs.ServeTLS(ln, "", ""); err != http.ErrServerClosed {
+		return err
+	}
+	return nil
 }

@@ -84,7 +84,12 @@ Flags:
                               expires), "audit_retention" ("8760h", or "forever");
                               and "metrics_listen" (HOST:PORT serving /metrics over
                               plain HTTP without a token; on the API listener
-                              /metrics needs an operator token); see docs/server.md
+                              /metrics needs an operator token); "blob_store"
+                              (or RAMPART_BLOB_STORE): DATA/blobs by default, or
+                              "s3://BUCKET/PREFIX?endpoint=https://HOST:PORT" with
+                              credentials from AWS_ACCESS_KEY_ID and
+                              AWS_SECRET_ACCESS_KEY or the AWS credentials file
+                              "blob_store_credentials"; see docs/server.md
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
@@ -155,6 +160,11 @@ type fileConfig struct {
 	AuditRetention string `json:"audit_retention"`
 	// MetricsListen serves /metrics without a token on its own address.
 	MetricsListen string `json:"metrics_listen"`
+	// BlobStore is where blobs live: empty for DATA/blobs, or
+	// s3://BUCKET/PREFIX?endpoint=...; BlobStoreCredentials an AWS
+	// shared-credentials file for it (the environment wins).
+	BlobStore            string `json:"blob_store"`
+	BlobStoreCredentials string `json:"blob_store_credentials"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -281,7 +291,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -365,7 +375,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			attrs = []any{"manufacturer_ca", path, "manufacturers", names}
 		}
-		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, stderr, attrs...)
+		backends := datadir.OpenOptions{
+			BlobStore:       pick("", "RAMPART_BLOB_STORE", fc.BlobStore, ""),
+			BlobCredentials: fc.BlobStoreCredentials,
+		}
+		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, backends, stderr, attrs...)
 	}
 	return fail(stderr, 2, fmt.Errorf("unknown command %q", args[0]), "rampart-server --help lists the commands")
 }
@@ -385,10 +399,10 @@ func fail(w io.Writer, code int, err error, hint string) int {
 	return code
 }
 
-func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, stderr io.Writer, attrs ...any) int {
+func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, backends datadir.OpenOptions, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	c.Logger = logger
-	in, err := datadir.Open(ctx, dir, c)
+	in, err := datadir.OpenWith(ctx, dir, c, backends)
 	if err != nil {
 		return fail(stderr, 3, err, "")
 	}
@@ -431,7 +445,11 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	logger.Info("limits", "body_timeout", l.BodyTimeout.String(), "response_timeout", l.ResponseTimeout.String(),
 		"min_transfer_rate", l.MinRate, "max_unauthenticated", l.MaxUnauthenticated)
 	rt := in.Server.Retention()
-	storage := []any{"report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	blobStore := filepath.Join(dir, "blobs")
+	if backends.BlobStore != "" {
+		blobStore = backends.BlobStore
+	}
+	storage := []any{"blob_store", blobStore, "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
 	if bl, ok := in.Server.BlobLimits(); ok {
 		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/blob/s3blob"
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
@@ -371,10 +372,27 @@ func (in *Instance) Close() error {
 	return errors.Join(in.Log.Close(), in.Store.Close())
 }
 
-// Open opens an initialised data directory: it loads the online keys
-// (and those a rotation replaced), the store, the log and the blob store
-// into c and builds the server and its TLS settings.
+// Open opens an initialised data directory with the default
+// implementations (OpenWith with no options).
 func Open(ctx context.Context, dir string, c server.Config) (*Instance, error) {
+	return OpenWith(ctx, dir, c, OpenOptions{})
+}
+
+// OpenOptions pick the implementations behind the server.
+type OpenOptions struct {
+	// BlobStore says where payloads and chunk indexes live: empty for
+	// the filesystem store in DIR/blobs (the default), or an S3 URL,
+	// s3://BUCKET/PREFIX?endpoint=...&region=... (s3blob.ParseURL).
+	BlobStore string
+	// BlobCredentials is an AWS shared-credentials file the S3 store
+	// reads when the environment has no AWS_ACCESS_KEY_ID.
+	BlobCredentials string
+}
+
+// OpenWith opens an initialised data directory: it loads the online keys
+// (and those a rotation replaced), the store, the log and the blob store
+// o names into c and builds the server and its TLS settings.
+func OpenWith(ctx context.Context, dir string, c server.Config, o OpenOptions) (*Instance, error) {
 	if _, err := os.Lstat(filepath.Join(dir, initMarker)); err == nil {
 		return nil, fmt.Errorf("%s: %w; run rampart-server init --data %s again: it starts the directory afresh", dir, ErrIncomplete, dir)
 	}
@@ -438,20 +456,9 @@ func Open(ctx context.Context, dir string, c server.Config) (*Instance, error) {
 	}
 	in := &Instance{Store: db, Log: lg}
 	fail := func(err error) (*Instance, error) { in.Close(); return nil, err }
-	lim := server.DefaultBlobLimits(filepath.Join(dir, "blobs"))
-	if c.BlobLimits != nil {
-		lim = *c.BlobLimits
-	}
-	blobs, err := blob.NewLimitedFS(filepath.Join(dir, "blobs"), lim)
+	blobs, err := openBlobs(ctx, dir, c, o)
 	if err != nil {
 		return fail(err)
-	}
-	// Uploads cut by a kill left their temporary files; no upload runs
-	// before the server does.
-	if n, err := blobs.CleanTemp(0); err != nil {
-		return fail(err)
-	} else if n > 0 && c.Logger != nil {
-		c.Logger.Info("removed temporary files of unfinished uploads", "files", n)
 	}
 	c.Store, c.Blobs, c.Log = db, blobs, lg
 	c.DataDir = dir
@@ -482,4 +489,37 @@ func Open(ctx context.Context, dir string, c server.Config) (*Instance, error) {
 		return fail(err)
 	}
 	return in, nil
+}
+
+// openBlobs opens the blob store o names.
+func openBlobs(ctx context.Context, dir string, c server.Config, o OpenOptions) (blob.Store, error) {
+	if o.BlobStore != "" {
+		if c.BlobLimits != nil {
+			return nil, errors.New("blob_quota and disk_reserve bound the filesystem blob store; an S3 bucket's size is bounded by the bucket's own quota")
+		}
+		cfg, err := s3blob.ParseURL(o.BlobStore, o.BlobCredentials)
+		if err != nil {
+			return nil, err
+		}
+		// No CleanTemp(0) here: other replicas may be uploading. The
+		// server aborts uploads abandoned for a day (and a bucket
+		// lifecycle rule may too).
+		return s3blob.New(ctx, cfg)
+	}
+	lim := server.DefaultBlobLimits(filepath.Join(dir, "blobs"))
+	if c.BlobLimits != nil {
+		lim = *c.BlobLimits
+	}
+	blobs, err := blob.NewLimitedFS(filepath.Join(dir, "blobs"), lim)
+	if err != nil {
+		return nil, err
+	}
+	// Uploads cut by a kill left their temporary files; no upload runs
+	// before the server does.
+	if n, err := blobs.CleanTemp(0); err != nil {
+		return nil, err
+	} else if n > 0 && c.Logger != nil {
+		c.Logger.Info("removed temporary files of unfinished uploads", "files", n)
+	}
+	return blobs, nil
 }

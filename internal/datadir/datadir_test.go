@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
@@ -237,4 +238,43 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 	t.Fatal("condition not met in 10 s")
+}
+
+// OpenWith refuses a blob store it cannot use before serving anything:
+// a URL it does not understand, S3 without credentials, and the
+// filesystem store's limits given to S3. (internal/blob/s3blob and
+// cmd/rampart-server's TestServeBlobsOnS3 open a real bucket.)
+func TestOpenRefusesBadBlobStores(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "srv")
+	if _, err := datadir.Init(dir, datadir.InitOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "")
+	limited := quietConfig()
+	limited.BlobLimits = &blob.Limits{Quota: 1000}
+	for _, c := range []struct {
+		url  string
+		cfg  server.Config
+		want string
+	}{
+		{"ftp://bucket/x", quietConfig(), "is not an s3://"},
+		{"s3://bucket/x?endpont=http://127.0.0.1:1", quietConfig(), `unknown parameter "endpont"`},
+		{"s3://bucket/x?endpoint=http://127.0.0.1:1", quietConfig(), "no credentials"},
+		{"s3://bucket/x?endpoint=http://127.0.0.1:1", limited, "blob_quota"},
+	} {
+		in, err := datadir.OpenWith(context.Background(), dir, c.cfg, datadir.OpenOptions{BlobStore: c.url})
+		if err == nil {
+			in.Close()
+			t.Errorf("%s: opened", c.url)
+		} else if !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: %v, want %q", c.url, err, c.want)
+		}
+	}
+	// And it left the directory usable.
+	in, err := datadir.Open(context.Background(), dir, quietConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	in.Close()
 }

@@ -140,6 +140,104 @@ func Run(t *testing.T, newStore func(t *testing.T) blob.Store) {
 			t.Fatal("a cancelled Put stored the blob")
 		}
 	})
+	// A blob larger than one part of a multipart upload (S3's parts are
+	// at least 5 MiB) goes through every path of a streaming store: parts
+	// sent while the next is read, the check at the end, the abort.
+	big := make([]byte, 11<<20+13)
+	rand.Read(big)
+	bigD := digest(big)
+	t.Run("LargePutAndRanges", func(t *testing.T) {
+		s := newStore(t)
+		if err := s.Put(ctx, bigD, int64(len(big)), bytes.NewReader(big)); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := s.Stat(ctx, bigD); err != nil || n != int64(len(big)) {
+			t.Fatalf("Stat = %d, %v", n, err)
+		}
+		r, err := s.Open(ctx, bigD)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		got, err := io.ReadAll(r)
+		if err != nil || !bytes.Equal(got, big) {
+			t.Fatalf("read back %d bytes, %v", len(got), err)
+		}
+		size := int64(len(big))
+		for _, c := range []struct {
+			off, n int64
+			want   int64 // bytes ReadAt returns; fewer than n means io.EOF
+		}{{0, 100, 100}, {5<<20 - 7, 20, 20}, {size - 10, 100, 10}, {size, 1, 0}, {size + 5, 1, 0}} {
+			p := make([]byte, c.n)
+			n, err := r.ReadAt(p, c.off)
+			if int64(n) != c.want || !bytes.Equal(p[:n], big[min(c.off, size):min(c.off, size)+int64(n)]) {
+				t.Errorf("ReadAt(%d bytes at %d) = %d, %v", c.n, c.off, n, err)
+			}
+			if c.want < c.n && err != io.EOF || c.want == c.n && err != nil {
+				t.Errorf("ReadAt(%d bytes at %d): err %v", c.n, c.off, err)
+			}
+		}
+		if _, err := r.Seek(6<<20+1, io.SeekStart); err != nil {
+			t.Fatal(err)
+		}
+		p := make([]byte, 3000)
+		if _, err := io.ReadFull(r, p); err != nil || !bytes.Equal(p, big[6<<20+1:6<<20+3001]) {
+			t.Fatalf("Read after Seek: %v", err)
+		}
+		if _, err := r.Seek(-10, io.SeekEnd); err != nil {
+			t.Fatal(err)
+		}
+		if tail, err := io.ReadAll(r); err != nil || !bytes.Equal(tail, big[len(big)-10:]) {
+			t.Fatalf("Read of the tail: %d bytes, %v", len(tail), err)
+		}
+	})
+	t.Run("LargeMismatch", func(t *testing.T) {
+		s := newStore(t)
+		bad := bytes.Clone(big)
+		bad[len(bad)-1] ^= 1
+		for name, c := range map[string]struct {
+			length int64
+			body   []byte
+		}{
+			"last byte wrong":            {int64(len(big)), bad},
+			"one byte short":             {int64(len(big)), big[:len(big)-1]},
+			"one byte long":              {int64(len(big)) - 1, big},
+			"a part boundary short":      {int64(len(big)), big[:10<<20]},
+			"endless after a large blob": {int64(len(big)), append(bytes.Clone(big), make([]byte, 6<<20)...)},
+		} {
+			if err := s.Put(ctx, bigD, c.length, bytes.NewReader(c.body)); !errors.Is(err, blob.ErrMismatch) {
+				t.Errorf("%s: got %v, want ErrMismatch", name, err)
+			}
+			if _, err := s.Stat(ctx, bigD); !errors.Is(err, blob.ErrNotFound) {
+				t.Errorf("%s: a mismatching blob was stored (%v)", name, err)
+			}
+		}
+	})
+	t.Run("CancelledMidway", func(t *testing.T) {
+		s := newStore(t)
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		r := &hookReader{r: bytes.NewReader(big), at: 6 << 20, hook: func() error { cancel(); return nil }}
+		if err := s.Put(cctx, bigD, int64(len(big)), r); err == nil {
+			t.Fatal("a Put cancelled midway succeeded")
+		}
+		if _, err := s.Stat(ctx, bigD); !errors.Is(err, blob.ErrNotFound) {
+			t.Fatalf("a Put cancelled midway stored the blob (%v)", err)
+		}
+	})
+	t.Run("ReaderFails", func(t *testing.T) {
+		s := newStore(t)
+		gone := errors.New("the client went away")
+		for _, at := range []int{100, 6 << 20} {
+			r := &hookReader{r: bytes.NewReader(big), at: at, hook: func() error { return gone }}
+			if err := s.Put(ctx, bigD, int64(len(big)), r); !errors.Is(err, gone) {
+				t.Errorf("failing after %d bytes: got %v, want the reader's error", at, err)
+			}
+			if _, err := s.Stat(ctx, bigD); !errors.Is(err, blob.ErrNotFound) {
+				t.Errorf("failing after %d bytes: the blob was stored (%v)", at, err)
+			}
+		}
+	})
 	t.Run("ConcurrentPuts", func(t *testing.T) {
 		s := newStore(t)
 		var wg sync.WaitGroup
@@ -177,4 +275,33 @@ func (endless) Read(p []byte) (int, error) {
 		p[i] = 'x'
 	}
 	return len(p), nil
+}
+
+// hookReader reads r and calls hook once at least at bytes have been
+// read; a hook error ends the reads with it.
+type hookReader struct {
+	r    io.Reader
+	at   int
+	n    int
+	hook func() error
+	err  error
+	done bool
+}
+
+func (h *hookReader) Read(p []byte) (int, error) {
+	if h.err != nil {
+		return 0, h.err
+	}
+	if !h.done && h.n >= h.at {
+		h.done = true
+		if h.err = h.hook(); h.err != nil {
+			return 0, h.err
+		}
+	}
+	if !h.done && h.n+len(p) > h.at {
+		p = p[:h.at-h.n]
+	}
+	n, err := h.r.Read(p)
+	h.n += n
+	return n, err
 }
