@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/atomicfile"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/strictjson"
@@ -82,21 +83,21 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 	// The hardware id goes with either credential: the server refuses a
 	// token made for other hardware (wrong-hardware) before it spends the
 	// token or creates the device, so neither is lost to a mix-up.
-	req := map[string]any{"device_id": cfg.Device.ID, "hardware": cfg.Device.HardwareID}
+	req := api.EnrollRequest{DeviceID: cfg.Device.ID, Hardware: cfg.Device.HardwareID}
 	if cred.Token != "" {
-		req["token"] = cred.Token
+		req.Token = cred.Token
 	} else {
 		chain, err := manufacturerChain(cred.ManufacturerChain, key)
 		if err != nil {
 			return nil, err
 		}
-		req["manufacturer_certificates"] = chain
+		req.ManufacturerCertificates = chain
 	}
 	csr, err := pki.NewDeviceCSR(key, cfg.Device.ID)
 	if err != nil {
 		return nil, err
 	}
-	req["csr"] = csr
+	req.CSR = csr
 	keyPEM, err := pki.MarshalKeyPEM(key)
 	if err != nil {
 		return nil, err
@@ -127,27 +128,17 @@ func Enroll(ctx context.Context, cfg *Config, cred Credential) (*Enrolled, error
 	// Both answers are parsed strictly (internal/strictjson): an error
 	// body that does not parse is shown as it is, without a code.
 	if resp.StatusCode != http.StatusCreated {
-		var e struct {
-			Error struct {
-				Code string `json:"code"`
-				Msg  string `json:"message"`
-				Role string `json:"role,omitempty"`
-			} `json:"error"`
-		}
+		var e api.ErrorBody
 		ee := &EnrollError{Status: resp.StatusCode}
 		if strictjson.Unmarshal(rb, &e) == nil {
-			ee.Code, ee.Msg = e.Error.Code, e.Error.Msg
+			ee.Code, ee.Msg = string(e.Error.Code), e.Error.Message
 		}
 		if ee.Msg == "" {
 			ee.Msg = string(bytes.TrimSpace(rb))
 		}
 		return nil, ee
 	}
-	var out struct {
-		DeviceID    string `json:"device_id"`
-		Hardware    string `json:"hardware"`
-		Certificate string `json:"certificate"`
-	}
+	var out api.Enrolled
 	if err := strictjson.Unmarshal(rb, &out); err != nil {
 		return nil, fmt.Errorf("enrollment answer: %w", err)
 	}
