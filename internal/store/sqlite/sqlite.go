@@ -363,6 +363,25 @@ func (s *conn) CreateDevice(ctx context.Context, d store.Device) error {
 
 const deviceCols = `id, hardware_id, cert_serial, enrolled_at, revoked_at, version, security_version, report_counter, last_status, last_seen, anomalies, last_anomaly, tags, last_refusal`
 
+// all runs a listing query and scans every row with scan: the loop every
+// listing shares, closing the rows and reporting the iteration's error.
+func all[T any](ctx context.Context, q querier, scan func(interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
 func scanDevice(row interface{ Scan(...any) error }) (store.Device, error) {
 	var d store.Device
 	var enrolled, revoked, seen int64
@@ -387,20 +406,7 @@ func decodeTags(raw string, d *store.Device) error {
 
 // ListDevices implements store.Devices.
 func (s *conn) ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error) {
-	rows, err := s.q.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []store.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return all(ctx, s.q, scanDevice, `SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
 }
 
 // SetDeviceTags implements store.Devices.
@@ -442,20 +448,7 @@ func (s *conn) Device(ctx context.Context, id string) (store.Device, error) {
 
 // DevicesByHardware implements store.Devices.
 func (s *conn) DevicesByHardware(ctx context.Context, hw string) ([]store.Device, error) {
-	rows, err := s.q.QueryContext(ctx, `SELECT `+deviceCols+` FROM devices WHERE hardware_id = ? ORDER BY id`, hw)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []store.Device
-	for rows.Next() {
-		d, err := scanDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return all(ctx, s.q, scanDevice, `SELECT `+deviceCols+` FROM devices WHERE hardware_id = ? ORDER BY id`, hw)
 }
 
 // CountDevices implements store.Devices.
@@ -703,20 +696,7 @@ func (s *conn) OperatorToken(ctx context.Context, hash string) (store.OperatorTo
 
 // OperatorTokens implements store.Tokens.
 func (s *conn) OperatorTokens(ctx context.Context) ([]store.OperatorToken, error) {
-	rows, err := s.q.QueryContext(ctx, `SELECT `+tokenCols+` FROM operator_tokens ORDER BY name`)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []store.OperatorToken
-	for rows.Next() {
-		t, err := scanToken(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, t)
-	}
-	return out, rows.Err()
+	return all(ctx, s.q, scanToken, `SELECT `+tokenCols+` FROM operator_tokens ORDER BY name`)
 }
 
 // tokenMissOrRevoked explains why an UPDATE of a live token by name
@@ -1096,20 +1076,7 @@ func (s *conn) Rollout(ctx context.Context, id string) (store.Rollout, error) {
 }
 
 func (s *conn) rollouts(ctx context.Context, q string, args ...any) ([]store.Rollout, error) {
-	rows, err := s.q.QueryContext(ctx, `SELECT `+rolloutCols+` FROM rollouts `+q, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []store.Rollout
-	for rows.Next() {
-		r, err := scanRollout(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return all(ctx, s.q, scanRollout, `SELECT `+rolloutCols+` FROM rollouts `+q, args...)
 }
 
 // ListRollouts implements store.Rollouts.
@@ -1172,20 +1139,7 @@ func (s *conn) PutRolloutDevice(ctx context.Context, d store.RolloutDevice) erro
 
 // DeviceRollouts implements store.Rollouts.
 func (s *conn) DeviceRollouts(ctx context.Context, deviceID string) ([]store.RolloutDevice, error) {
-	rows, err := s.q.QueryContext(ctx, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE device_id = ? ORDER BY rollout_id`, deviceID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []store.RolloutDevice
-	for rows.Next() {
-		d, err := scanRolloutDevice(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, d)
-	}
-	return out, rows.Err()
+	return all(ctx, s.q, scanRolloutDevice, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE device_id = ? ORDER BY rollout_id`, deviceID)
 }
 
 // RolloutCounts implements store.Rollouts.
