@@ -56,20 +56,24 @@ func TestSimJSON(t *testing.T) {
 		return code, out.String(), errOut.String()
 	}
 
-	// Deploy once the three devices exist (a deploy reaches the devices
-	// enrolled when it is made).
+	// Deploy once all three devices exist: a deploy reaches the devices
+	// enrolled when it is made, and the simulator enrolls them
+	// concurrently, in no set order (waiting for lab-3 alone once left
+	// lab-1 on its factory image).
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		for range 600 {
-			if resp, err := e.Pool.Do(authed(t, e, "/api/v1/devices/lab-3")); err == nil {
-				resp.Body.Close()
-				if resp.StatusCode == 200 {
-					break
+		for _, id := range []string{"lab-1", "lab-2", "lab-3"} {
+			for range 600 {
+				if resp, err := e.Pool.Do(authed(t, e, "/api/v1/devices/"+id)); err == nil {
+					resp.Body.Close()
+					if resp.StatusCode == 200 {
+						break
+					}
 				}
+				time.Sleep(50 * time.Millisecond)
 			}
-			time.Sleep(50 * time.Millisecond)
 		}
 		if code, out, errOut := rampart(append([]string{"deploy", servertest.Product + "/1.0.0", "--hardware", "acme-gw-rev2"}, flags...)...); code != 0 {
 			t.Errorf("deploy: exit %d\n%s%s", code, out, errOut)
