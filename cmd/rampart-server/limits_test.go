@@ -25,6 +25,7 @@ import (
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
+	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
 // buildServer builds this command into the test's temporary directory.
@@ -51,14 +52,14 @@ func initBinary(t *testing.T, bin, data string) string {
 type serverProcess struct {
 	cmd  *exec.Cmd
 	addr string
-	logs *syncBuffer
+	logs *syncbuf.Buffer
 }
 
 // startBinary starts the server (argv[0] may be a wrapper such as
 // prlimit) and waits until it serves; it is stopped when the test ends.
 func startBinary(t *testing.T, argv ...string) *serverProcess {
 	t.Helper()
-	p := &serverProcess{cmd: exec.Command(argv[0], argv[1:]...), logs: &syncBuffer{}}
+	p := &serverProcess{cmd: exec.Command(argv[0], argv[1:]...), logs: &syncbuf.Buffer{}}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -1,7 +1,6 @@
 package pki
 
 import (
-	"bytes"
 	"crypto"
 	"crypto/tls"
 	"crypto/x509"
@@ -24,6 +23,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
 // fixture is a running server with its two CAs, a handler that reports
@@ -42,22 +43,8 @@ type fixture struct {
 	revokeCalls int
 }
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is the server's error log, watched while it is written.
+type syncBuffer struct{ syncbuf.Buffer }
 
 // waitFor polls the server log for substr: the server logs a failed
 // handshake after sending its alert, so the client may see the error

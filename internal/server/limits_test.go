@@ -31,6 +31,7 @@ import (
 	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
+	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
 // liveEnv is a server opened from a fresh data directory and served the
@@ -42,25 +43,8 @@ type liveEnv struct {
 	dir   string
 	admin string
 	pool  *x509.CertPool
-	logs  *lockedBuffer
+	logs  *syncbuf.Buffer
 	srv   *server.Server
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 func newLive(t *testing.T, lim server.Limits, configure ...func(*server.Config)) *liveEnv {
@@ -75,7 +59,7 @@ func serveLive(t *testing.T, dir string, lim server.Limits, configure ...func(*s
 	if err != nil {
 		t.Fatal(err)
 	}
-	e := &liveEnv{t: t, dir: dir, admin: res.AdminToken, logs: &lockedBuffer{}}
+	e := &liveEnv{t: t, dir: dir, admin: res.AdminToken, logs: &syncbuf.Buffer{}}
 	c := server.Config{Limits: lim, Logger: slog.New(slog.NewJSONHandler(e.logs, nil))}
 	for _, f := range configure {
 		f(&c)

@@ -19,6 +19,7 @@ import (
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
+	"github.com/rampartfw/rampart/internal/syncbuf"
 	"github.com/rampartfw/rampart/internal/tlog"
 )
 
@@ -112,7 +113,7 @@ func TestPanicIsA500LoggedWithItsRequestID(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer lg.Close()
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	srv, err := server.New(server.Config{Store: panicStore{db}, Blobs: blobs, Log: lg, LogVerifierKey: vkey, Snapshot: key(t), Timestamp: key(t),
 		Logger: slog.New(slog.NewJSONHandler(logs, nil))})
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/sim"
+	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
 const hw = "acme-gw-rev2"
@@ -66,7 +68,7 @@ func TestFleetConvergesUnderFaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 50
-	live := &lockedBuffer{}
+	live := &syncbuf.Buffer{}
 	s, err := sim.New(sim.Config{
 		Server: e.TS.URL, CA: ca, Token: e.Admin, Devices: n, Hardware: hw,
 		FailHealth: 0.1, PowerCut: 0.1, Tamper: 0.1, Drop: 0.1, Skew: time.Minute,
@@ -296,7 +298,7 @@ func TestConfigRefusals(t *testing.T) {
 		c.edit(&cfg)
 		_, err := sim.New(cfg)
 		var ce *sim.ConfigError
-		if err == nil || !strings.Contains(err.Error(), c.msg) || !errorsAs(err, &ce) {
+		if err == nil || !strings.Contains(err.Error(), c.msg) || !errors.As(err, &ce) {
 			t.Errorf("%+v: %v, want a ConfigError saying %q", cfg, err, c.msg)
 		}
 	}

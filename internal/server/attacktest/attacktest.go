@@ -45,6 +45,7 @@ import (
 	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/pki/pkitest"
+	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
 // Build builds rampart-server from the module at root into dir.
@@ -64,25 +65,8 @@ type Server struct {
 	Pool                           *x509.CertPool
 	DeviceCA                       *x509.Certificate
 	cmd                            *exec.Cmd
-	logs                           *lockedBuffer
+	logs                           *syncbuf.Buffer
 	admin                          *http.Client
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }
 
 // Start initialises a data directory in dir, writes config (JSON members
@@ -94,7 +78,7 @@ func Start(bin, dir string, config map[string]any) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	s := &Server{Data: data, Admin: regexp.MustCompile(`rmp_[A-Za-z0-9_-]+`).FindString(string(out)), logs: &lockedBuffer{}}
+	s := &Server{Data: data, Admin: regexp.MustCompile(`rmp_[A-Za-z0-9_-]+`).FindString(string(out)), logs: &syncbuf.Buffer{}}
 	cfgPath := filepath.Join(dir, "config.json")
 	cfg, _ := json.Marshal(config)
 	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
