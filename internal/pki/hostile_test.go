@@ -6,6 +6,7 @@ import (
 	"errors"
 	"math/big"
 	"net"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -110,6 +111,10 @@ func TestHostileClientChainCostsOneSignatureCheck(t *testing.T) {
 		var lastErr error
 		low := time.Hour
 		for range 5 {
+			// Collect first: the process's CPU time counts the
+			// garbage collector's workers, and a cycle that the
+			// previous 225 KiB handshake owed would land in this one.
+			runtime.GC()
 			d, err := handshake(t, cfg, pool, cert)
 			lastErr, low = err, min(low, d)
 		}
