@@ -65,15 +65,7 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("device revoke", flag.ContinueOnError)
-		sf := addServerFlags(fs)
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usagef("", "device revoke takes the device id")
-		}
-		c, err := sf.client(e)
+		c, pos, err := connect(e, fs, args, 1, usagef("", "device revoke takes the device id"))
 		if err != nil {
 			return err
 		}
@@ -104,15 +96,7 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("device remove", flag.ContinueOnError)
-		sf := addServerFlags(fs)
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usagef("rampart device remove --help shows an example", "device remove takes the device id")
-		}
-		c, err := sf.client(e)
+		c, pos, err := connect(e, fs, args, 1, usagef("rampart device remove --help shows an example", "device remove takes the device id"))
 		if err != nil {
 			return err
 		}

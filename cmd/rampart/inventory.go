@@ -41,17 +41,9 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("device list", flag.ContinueOnError)
-		sf := addServerFlags(fs)
 		sel := fs.String("select", "", "")
 		asJSON := fs.Bool("json", false, "")
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 0 {
-			return usagef("rampart device list --help shows an example", "device list takes no arguments")
-		}
-		c, err := sf.client(e)
+		c, _, err := connect(e, fs, args, 0, usagef("rampart device list --help shows an example", "device list takes no arguments"))
 		if err != nil {
 			return err
 		}
@@ -128,16 +120,8 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("device show", flag.ContinueOnError)
-		sf := addServerFlags(fs)
 		asJSON := fs.Bool("json", false, "")
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usagef("", "device show takes the device id")
-		}
-		c, err := sf.client(e)
+		c, pos, err := connect(e, fs, args, 1, usagef("", "device show takes the device id"))
 		if err != nil {
 			return err
 		}
@@ -274,17 +258,9 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("release list", flag.ContinueOnError)
-		sf := addServerFlags(fs)
 		product := fs.String("product", "", "")
 		asJSON := fs.Bool("json", false, "")
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 0 {
-			return usagef("", "release list takes no arguments")
-		}
-		c, err := sf.client(e)
+		c, _, err := connect(e, fs, args, 0, usagef("", "release list takes no arguments"))
 		if err != nil {
 			return err
 		}

@@ -106,16 +106,8 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("rollout list", flag.ContinueOnError)
-		sf := addServerFlags(fs)
 		asJSON := fs.Bool("json", false, "")
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 0 {
-			return usagef("", "rollout list takes no arguments")
-		}
-		c, err := sf.client(e)
+		c, _, err := connect(e, fs, args, 0, usagef("", "rollout list takes no arguments"))
 		if err != nil {
 			return err
 		}
@@ -166,16 +158,8 @@ Example:
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("rollout show", flag.ContinueOnError)
-		sf := addServerFlags(fs)
 		asJSON := fs.Bool("json", false, "")
-		pos, err := parse(fs, args)
-		if err != nil {
-			return err
-		}
-		if len(pos) != 1 {
-			return usagef("", "rollout show takes the rollout id")
-		}
-		c, err := sf.client(e)
+		c, pos, err := connect(e, fs, args, 1, usagef("", "rollout show takes the rollout id"))
 		if err != nil {
 			return err
 		}
@@ -227,16 +211,8 @@ Example:
 `,
 		run: func(e *env, args []string) error {
 			fs := flag.NewFlagSet("rollout "+action, flag.ContinueOnError)
-			sf := addServerFlags(fs)
 			reason := fs.String("reason", "", "")
-			pos, err := parse(fs, args)
-			if err != nil {
-				return err
-			}
-			if len(pos) != 1 {
-				return usagef("", "rollout %s takes the rollout id", action)
-			}
-			c, err := sf.client(e)
+			c, pos, err := connect(e, fs, args, 1, usagef("", "rollout %s takes the rollout id", action))
 			if err != nil {
 				return err
 			}

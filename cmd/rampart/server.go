@@ -26,6 +26,22 @@ type serverFlags struct {
 	server, ca, token *string
 }
 
+// connect adds the server flags to fs, parses args, refuses with usage
+// unless exactly n positional arguments remain, and makes the client:
+// the start every one-shot server command shares.
+func connect(e *env, fs *flag.FlagSet, args []string, n int, usage error) (*client.Client, []string, error) {
+	sf := addServerFlags(fs)
+	pos, err := parse(fs, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(pos) != n {
+		return nil, nil, usage
+	}
+	c, err := sf.client(e)
+	return c, pos, err
+}
+
 func addServerFlags(fs *flag.FlagSet) serverFlags {
 	return serverFlags{fs.String("server", "", ""), fs.String("ca", "", ""), fs.String("token", "", "")}
 }
