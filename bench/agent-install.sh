@@ -119,17 +119,9 @@ HW=bench-hw
 echo "$addr" > addr
 echo "$ADMIN" > admin
 
-"$R" server keys -o online > /dev/null
-for k in root targets rel; do "$R" key generate "keys/$k" --no-passphrase > /dev/null; done
-"$R" repo init repo --root-key keys/root.pub --targets-key keys/targets.pub \
-  --snapshot-key online/snapshot.pub --timestamp-key online/timestamp.pub 2> /dev/null
-"$R" repo sign repo root --key keys/root.key --yes > /dev/null
-"$R" repo delegate repo acme-gw --key keys/rel.pub --threshold 1
-"$R" repo sign repo targets --key keys/targets.key --yes > /dev/null
-"$R" repo init director --root-key keys/root.pub --targets-key online/director-targets.pub \
-  --snapshot-key online/director-snapshot.pub --timestamp-key online/director-timestamp.pub 2> /dev/null
-"$R" repo sign director root --key keys/root.key --yes > /dev/null
-"$R" director push-root director > /dev/null
+# shellcheck source=bench/ceremony.sh disable=SC1091
+source "$repo_root/bench/ceremony.sh"
+ceremony
 
 head -c "${SIZE_MIB}M" /dev/urandom > fw.img
 # Release 2: 5% of the 1 MiB chunks rewritten, spread evenly over the image.

@@ -53,17 +53,9 @@ addr=$(grep -o '"addr":"[^"]*"' srv.log | head -1 | cut -d'"' -f4)
 export RAMPART_SERVER="https://$addr" RAMPART_CA="$work/srv/ca.pem" RAMPART_TOKEN="$ADMIN"
 HW=bench-hw
 
-"$R" server keys -o online > /dev/null
-for k in root targets rel; do "$R" key generate "keys/$k" --no-passphrase > /dev/null; done
-"$R" repo init repo --root-key keys/root.pub --targets-key keys/targets.pub \
-  --snapshot-key online/snapshot.pub --timestamp-key online/timestamp.pub 2> /dev/null
-"$R" repo sign repo root --key keys/root.key --yes > /dev/null
-"$R" repo delegate repo acme-gw --key keys/rel.pub --threshold 1
-"$R" repo sign repo targets --key keys/targets.key --yes > /dev/null
-"$R" repo init director --root-key keys/root.pub --targets-key online/director-targets.pub \
-  --snapshot-key online/director-snapshot.pub --timestamp-key online/director-timestamp.pub 2> /dev/null
-"$R" repo sign director root --key keys/root.key --yes > /dev/null
-"$R" director push-root director > /dev/null
+# shellcheck source=bench/ceremony.sh disable=SC1091
+source "$repo_root/bench/ceremony.sh"
+ceremony
 head -c "$IMAGE_BYTES" /dev/urandom > fw.img
 "$R" release add repo fw.img --product acme-gw --version 1.0.0 --security-version 1 --hardware "$HW" > /dev/null 2>&1
 "$R" repo sign repo acme-gw --key keys/rel.key --yes > /dev/null
@@ -90,7 +82,7 @@ wait "$sim_pid" || rc=$?
 sim_pid=
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # Requests by route: what one full agent check-in costs the server.
-{ curl -s --cacert srv/ca.pem -H "Authorization: Bearer $ADMIN" "https://$addr/metrics" |
+{ curl -sS --cacert srv/ca.pem -H "Authorization: Bearer $ADMIN" "https://$addr/metrics" |
   awk -F'[{}]' '/^rampart_http_requests_total/ {split($2, l, ","); r = ""; for (i in l) if (l[i] ~ /^route=/) r = l[i]; split($3, v, " "); n[r] += v[2]} END {for (r in n) printf "%10d %s\n", n[r], r}' |
   sort -rn > routes.txt; } || echo "(could not read /metrics)" > routes.txt
 srv_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$srv_pid/status")

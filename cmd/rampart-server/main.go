@@ -416,7 +416,7 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	errc := make(chan error, 2)
 	// A client may send only what a device's handshake needs before it
 	// is verified: crypto/tls parses up to 256 KiB of certificates first.
-	go func() { errc <- hs.Serve(pki.LimitHandshake(ln, in.TLS)) }()
+	go func() { errc <- server.ServeTLS(hs, ln) }()
 	if metricsAddr != "" {
 		mln, err := net.Listen("tcp", metricsAddr)
 		if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"net/http"
 	"os"
 	"runtime/debug"
@@ -114,7 +115,14 @@ func (l Limits) quantum() int64 {
 // (64 KiB) within 10 s of connecting (which also bounds the TLS
 // handshake), idle keep-alive connections closed after 2 minutes, and
 // HTTP/2 connections whose peer stops reading closed after BodyTimeout.
+// Serve it with ServeTLS.
 func (s *Server) HTTPServer(tlsConfig *tls.Config, errorLog *log.Logger) *http.Server {
+	// The server speaks what the listener offers: http.Server.Serve
+	// sets up HTTP/2 only when its TLSConfig lists h2, while a TLS
+	// listener made elsewhere negotiates it regardless (every HTTP/2
+	// client, curl among them, was cut off after the handshake).
+	tlsConfig = tlsConfig.Clone()
+	tlsConfig.NextProtos = []string{"h2", "http/1.1"}
 	return &http.Server{
 		Handler:           s.Handler(),
 		TLSConfig:         tlsConfig,
@@ -124,6 +132,14 @@ func (s *Server) HTTPServer(tlsConfig *tls.Config, errorLog *log.Logger) *http.S
 		HTTP2:             &http.HTTP2Config{WriteByteTimeout: s.limits.BodyTimeout},
 		ErrorLog:          errorLog,
 	}
+}
+
+// ServeTLS serves hs (from HTTPServer) on ln over TLS, with the
+// handshake budget of pki.LimitHandshake: a client may send only what a
+// device's handshake needs before it is verified. rampart-server serve
+// and the tests that stand for it serve the same way.
+func ServeTLS(hs *http.Server, ln net.Listener) error {
+	return hs.Serve(pki.LimitHandshake(ln, hs.TLSConfig))
 }
 
 // routePolicy is what a route allows a request.

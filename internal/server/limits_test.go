@@ -78,7 +78,7 @@ func serveLive(t *testing.T, dir string, lim server.Limits, configure ...func(*s
 	}
 	e.addr = ln.Addr().String()
 	done := make(chan struct{})
-	go func() { hs.ServeTLS(ln, "", ""); close(done) }()
+	go func() { server.ServeTLS(hs, ln); close(done) }()
 	t.Cleanup(func() { hs.Close(); <-done; cancel(); in.Close() })
 	caPEM, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
 	if err != nil {
