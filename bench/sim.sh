@@ -83,7 +83,7 @@ sim_pid=
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # Requests by route: what one full agent check-in costs the server.
 { curl -sS --cacert srv/ca.pem -H "Authorization: Bearer $ADMIN" "https://$addr/metrics" |
-  awk -F'[{}]' '/^rampart_http_requests_total/ {split($2, l, ","); r = ""; for (i in l) if (l[i] ~ /^route=/) r = l[i]; split($3, v, " "); n[r] += v[2]} END {for (r in n) printf "%10d %s\n", n[r], r}' |
+  awk '/^rampart_http_requests_total/ {r = ""; if (match($0, /route="[^"]*"/)) r = substr($0, RSTART, RLENGTH); n[r] += $NF} END {for (r in n) if (n[r] > 0) printf "%10d %s\n", n[r], r}' |
   sort -rn > routes.txt; } || echo "(could not read /metrics)" > routes.txt
 srv_hwm=$(awk '/VmHWM/ {print $2}' "/proc/$srv_pid/status")
 srv_rss=$(awk '/VmRSS/ {print $2}' "/proc/$srv_pid/status")
