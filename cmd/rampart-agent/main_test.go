@@ -94,6 +94,9 @@ func runScript(t *testing.T, file string) {
 		RequireExplicitExec: true,
 		Setup: func(env *testscript.Env) error {
 			env.Setenv("SERVER", e.TS.URL)
+			// Each command would otherwise idle a second at exit under
+			// -race (the race runtime's atexit_sleep_ms).
+			env.Setenv("GORACE", "atexit_sleep_ms=0")
 			return nil
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){

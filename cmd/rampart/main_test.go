@@ -66,6 +66,11 @@ func TestScripts(t *testing.T) {
 		},
 		Setup: func(e *testscript.Env) error {
 			e.Setenv("RAMPART_PASSPHRASE", "correct-horse")
+			// Under -race every exited process sleeps a second first
+			// (the race runtime's atexit_sleep_ms), and the scripts run
+			// about 400 commands: that idle second was most of this
+			// package's wall time.
+			e.Setenv("GORACE", "atexit_sleep_ms=0")
 			// A script that carries a file named .server gets one.
 			if _, err := os.Stat(filepath.Join(e.WorkDir, ".server")); err == nil {
 				return startServer(e)

@@ -491,12 +491,14 @@ func smallReceiveBuffer(network, address string, c syscall.RawConn) error {
 // Answers are held to the minimum rate too: a download that keeps moving
 // completes however long it takes; one whose client stops reading is cut.
 func TestDownloadMinimumRate(t *testing.T) {
-	// Steps of 96 KiB, each to be taken within 3 s: the client below
-	// reads up to 128 times faster, so only a stall of seconds (or a
-	// server that cuts a progressing download) fails it. With steps of
-	// 384 KiB a machine loaded by -race and other test binaries once
-	// starved the reader of one.
-	lim := server.Limits{BodyTimeout: 3 * time.Second, MinRate: 32 << 10}
+	// Mostly idle waiting: run it beside the package's other tests.
+	t.Parallel()
+	// Steps of 96 KiB, each to be taken within 8 s: the client below
+	// reads up to 170 times faster, so only a stall of seconds (or a
+	// server that cuts a progressing download) fails it. With 3 s to
+	// take each step, a machine at load 17 (-race, other test binaries,
+	// parallel builds) once starved the reader that long.
+	lim := server.Limits{BodyTimeout: 8 * time.Second, MinRate: 12 << 10}
 	e := newLive(t, lim)
 	path, data := e.publish(16 << 20)
 	dial := func() *http.Client {
@@ -505,8 +507,9 @@ func TestDownloadMinimumRate(t *testing.T) {
 		t.Cleanup(tr.CloseIdleConnections)
 		return &http.Client{Transport: tr}
 	}
-	// 64 KiB every 16 ms: up to 4 MiB/s, 128 times the minimum rate;
-	// 4 to 6 s for 16 MiB, 1.5 to 2 times BodyTimeout.
+	// 64 KiB every 32 ms: up to 2 MiB/s, 170 times the minimum rate;
+	// 8 to 12 s for 16 MiB, 1 to 1.5 times BodyTimeout, so the download
+	// outlives one deadline only because each step moves it.
 	resp, err := dial().Get(e.url(path))
 	if err != nil {
 		t.Fatal(err)
@@ -515,7 +518,7 @@ func TestDownloadMinimumRate(t *testing.T) {
 	var got bytes.Buffer
 	buf := make([]byte, 64<<10)
 	for {
-		time.Sleep(16 * time.Millisecond)
+		time.Sleep(32 * time.Millisecond)
 		n, err := io.ReadFull(resp.Body, buf)
 		got.Write(buf[:n])
 		if err != nil {
@@ -526,16 +529,16 @@ func TestDownloadMinimumRate(t *testing.T) {
 	if !bytes.Equal(got.Bytes(), data) {
 		t.Fatalf("slow download: got %d of %d bytes", got.Len(), len(data))
 	}
-	t.Logf("16 MiB read, paced at up to 4 MiB/s, in %s (BodyTimeout %s, MinRate 32 KiB/s)", time.Since(start).Round(time.Millisecond), lim.BodyTimeout)
+	t.Logf("16 MiB read, paced at up to 2 MiB/s, in %s (BodyTimeout %s, MinRate 12 KiB/s)", time.Since(start).Round(time.Millisecond), lim.BodyTimeout)
 
-	// Read 1 MiB, stop reading for 6 s, then read on: the server gave
+	// Read 1 MiB, stop reading for 12 s, then read on: the server gave
 	// up while the client was not reading, so the rest never comes.
 	resp, err = dial().Get(e.url(path))
 	if err != nil {
 		t.Fatal(err)
 	}
 	n, _ := io.CopyN(io.Discard, resp.Body, 1<<20)
-	time.Sleep(6 * time.Second)
+	time.Sleep(12 * time.Second)
 	m, err := io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
 	if err == nil || n+m >= int64(len(data)) {
