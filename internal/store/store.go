@@ -35,6 +35,9 @@ var (
 	// ErrReplay: a device report's counter is not above the last one.
 	ErrReplay  = errors.New("replayed or out-of-order report")
 	ErrRevoked = errors.New("revoked")
+	// ErrSchemaTooNew: Open found a schema migrated by a newer program;
+	// it changes nothing, and the program must be upgraded.
+	ErrSchemaTooNew = errors.New("database schema is newer than this program knows")
 )
 
 // Doc is one versioned metadata document of a repository. Repo is "image"

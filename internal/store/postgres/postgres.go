@@ -72,8 +72,9 @@ var (
 	ErrDSN = errors.New("invalid PostgreSQL DSN")
 	// ErrUnreachable: the database did not answer or refused us.
 	ErrUnreachable = errors.New("cannot connect to PostgreSQL")
-	// ErrSchema: the database's schema is newer than this program.
-	ErrSchema = errors.New("database schema is newer than this program knows")
+	// ErrSchema: the database's schema is newer than this program
+	// (store.ErrSchemaTooNew).
+	ErrSchema = store.ErrSchemaTooNew
 )
 
 //go:embed migrations/*.sql
@@ -234,7 +235,7 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, ms []migration) error {
 		return err
 	}
 	if v > len(ms) {
-		return fmt.Errorf("%w: the database is at schema version %d, this program knows up to %d; upgrade rampart-server (every replica) to the version that migrated it", ErrSchema, v, len(ms))
+		return fmt.Errorf("%w: the database is at version %d, this program knows up to %d; upgrade rampart-server (every replica) to the version that migrated it", ErrSchema, v, len(ms))
 	}
 	if v == len(ms) {
 		return nil
