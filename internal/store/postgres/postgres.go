@@ -148,6 +148,10 @@ type conn struct {
 // enough for several replicas within PostgreSQL's default 100.
 const defaultMaxConns = 20
 
+// defaultLockTimeout bounds every lock wait (PostgreSQL's lock_timeout):
+// longer than any writer holds the writer lock.
+const defaultLockTimeout = "30s"
+
 // Redact returns dsn with its password, if any, replaced by "xxxxx":
 // what may be logged or shown.
 func Redact(dsn string) string {
@@ -189,6 +193,14 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 	}
 	if !strings.Contains(dsn, "pool_max_conns") {
 		cfg.MaxConns = defaultMaxConns
+	}
+	// A writer waits for the writer lock at most this long: a callback
+	// of Atomic that writes through the Store instead of its Tx waits on
+	// its own transaction, and fails after it rather than hanging (as
+	// SQLite's busy timeout makes it fail). The DSN may set its own
+	// (lock_timeout=MILLISECONDS).
+	if _, ok := cfg.ConnConfig.RuntimeParams["lock_timeout"]; !ok {
+		cfg.ConnConfig.RuntimeParams["lock_timeout"] = defaultLockTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {

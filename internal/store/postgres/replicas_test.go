@@ -263,3 +263,26 @@ func TestReplicasAtomicIsSerialised(t *testing.T) {
 		t.Fatalf("n = %s after 50 increments", d.Tags["n"])
 	}
 }
+
+// A callback of Atomic that writes through the Store, not its Tx, waits
+// on its own transaction: it fails after the lock timeout (here set by
+// the DSN) instead of hanging, and the transaction rolls back.
+func TestAtomicSelfDeadlockTimesOut(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t) + "&lock_timeout=300"
+	s := open(t, dsn)
+	defer s.Close()
+	start := time.Now()
+	err := s.Atomic(ctx, func(tx store.Tx) error {
+		if err := tx.CreateDevice(ctx, store.Device{ID: "a", HardwareID: "hw", CertSerial: "1", EnrolledAt: now}); err != nil {
+			return err
+		}
+		return s.CreateDevice(ctx, store.Device{ID: "b", HardwareID: "hw", CertSerial: "2", EnrolledAt: now})
+	})
+	if err == nil || sqlState(err) != "55P03" || time.Since(start) > 10*time.Second {
+		t.Fatalf("%v after %s", err, time.Since(start))
+	}
+	if n, _ := s.CountDevices(ctx); n != 0 {
+		t.Fatalf("%d devices stored", n)
+	}
+}
