@@ -17,6 +17,10 @@ check openssl openssl
 check u-boot-tools mkenvimage
 check libubootenv-tool fw_setenv
 check grub-common grub-editenv
+# PostgreSQL 15 for the PostgreSQL store's tests (internal/store/postgres/pgtest
+# starts its own server from these binaries; the package's own cluster and
+# service are not used).
+check postgresql-15 /usr/lib/postgresql/15/bin/initdb
 
 if ((${#need[@]})); then
   echo "test-deps: installing ${need[*]}" >&2

@@ -27,6 +27,12 @@
 // -ceiling can be given together; the rollout is measured first.
 //
 //	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 -ceiling
+//
+// With -store DSN the server keeps its metadata in PostgreSQL (an empty
+// database: init gives it the admin token, and the devices are enrolled
+// there), so the same load measures the PostgreSQL store.
+//
+//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 -store postgres://USER@127.0.0.1:5432/DB?sslmode=disable
 package main
 
 import (
@@ -61,6 +67,7 @@ import (
 	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/postgres"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 )
 
@@ -95,6 +102,7 @@ func main() {
 	compare := flag.Bool("compare", false, "then start a rollout of a second release (phases 1%,10%,50%,100% over a CEL selector on tags) and measure again, side by side")
 	ceiling := flag.Bool("ceiling", false, "then load a bare net/http mTLS server answering a fixed body the same way, and print both rates and their ratio")
 	ceilingServer := flag.String("ceiling-server", "", "(internal) serve the ceiling: DATA-DIR,BODY-FILE")
+	flag.StringVar(&storeDSN, "store", "", "keep the server's metadata in this PostgreSQL database (an empty one) instead of SQLite")
 	flag.Parse()
 	if *ceilingServer != "" {
 		if err := serveCeiling(*ceilingServer); err != nil {
@@ -117,6 +125,9 @@ func main() {
 	}
 }
 
+// storeDSN is -store: the server's PostgreSQL database, or "" for SQLite.
+var storeDSN string
+
 func run(nDevices, workers int, duration time.Duration, newConn, compare, ceiling bool) error {
 	tmp, err := os.MkdirTemp("", "rampart-checkin-*")
 	if err != nil {
@@ -124,7 +135,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	}
 	defer os.RemoveAll(tmp)
 	data := filepath.Join(tmp, "srv")
-	res, err := datadir.Init(data, datadir.InitOptions{})
+	res, err := datadir.Init(data, datadir.InitOptions{Store: storeDSN})
 	if err != nil {
 		return err
 	}
@@ -135,7 +146,12 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	if err != nil {
 		return err
 	}
-	db, err := sqlite.Open(filepath.Join(data, "rampart.db"))
+	var db store.Store
+	if storeDSN != "" {
+		db, err = postgres.Open(context.Background(), storeDSN)
+	} else {
+		db, err = sqlite.Open(filepath.Join(data, "rampart.db"))
+	}
 	if err != nil {
 		return err
 	}
@@ -174,7 +190,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/rampart-server").CombinedOutput(); err != nil {
 		return fmt.Errorf("building rampart-server: %v\n%s", err, out)
 	}
-	srv := exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0")
+	srv := exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0", "--store", storeDSN)
 	stderr, _ := srv.StderrPipe()
 	if err := srv.Start(); err != nil {
 		return err

@@ -32,6 +32,8 @@ import (
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
+	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/postgres"
 )
 
 // program is the shared help, version and command lookup (internal/command).
@@ -41,7 +43,7 @@ var program = &command.Program{
 	More:  "docs/server.md describes the data directory, configuration and operation.",
 	Commands: []*command.Command{
 		{Name: "init", Summary: "create a data directory: store, logs, online keys, CAs, an admin token", Usage: `
-Usage: rampart-server init --data DIR [--host NAME...] [--log-origin NAME] [--config FILE]
+Usage: rampart-server init --data DIR [--host NAME...] [--log-origin NAME] [--store DSN] [--config FILE]
 
 Creates DIR with the metadata store, the blob and log directories, the
 online keys (snapshot, timestamp, log), the server CA (DIR/ca.pem, which
@@ -52,13 +54,16 @@ Flags:
     --data DIR          the data directory (or RAMPART_DATA)
     --host NAME         a DNS name or IP address of the serving certificate (repeat)
     --log-origin NAME   the transparency log's origin line
-    --config FILE       a JSON file with "data", "hosts", "log_origin" (or RAMPART_CONFIG)
+    --store DSN         keep the metadata in PostgreSQL, postgres://USER:PASSWORD@HOST:PORT/DATABASE
+                        (or RAMPART_STORE), an empty database that gets the admin token;
+                        SQLite in DIR/rampart.db when left out
+    --config FILE       a JSON file with "data", "hosts", "log_origin", "store" (or RAMPART_CONFIG)
 
 Example:
     rampart-server init --data srv --host updates.example.com
 `},
 		{Name: "serve", Summary: "serve HTTPS until SIGINT or SIGTERM", Usage: `
-Usage: rampart-server serve --data DIR [--listen ADDR] [--manufacturer-ca FILE] [--config FILE]
+Usage: rampart-server serve --data DIR [--listen ADDR] [--store DSN] [--manufacturer-ca FILE] [--config FILE]
 
 Serves HTTPS on ADDR (default 127.0.0.1:8443) until SIGINT or SIGTERM,
 then drains requests for up to 30 seconds. With --manufacturer-ca FILE
@@ -68,6 +73,10 @@ certificate from one of those manufacturer CAs instead of a one-time token.
 Flags:
     --data DIR                the data directory (or RAMPART_DATA)
     --listen ADDR             HOST:PORT to listen on (or RAMPART_LISTEN)
+    --store DSN               the metadata store: SQLite in DIR/rampart.db by default,
+                              or PostgreSQL, postgres://USER:PASSWORD@HOST:PORT/DATABASE
+                              (or RAMPART_STORE, or "store"), which init --store
+                              prepared; several replicas may share it (docs/scaling.md)
     --manufacturer-ca FILE    manufacturer CA certificates (or RAMPART_MANUFACTURER_CA)
     --config FILE             a JSON file with "data", "listen", "hosts",
                               "log_origin", "manufacturer_ca" (or RAMPART_CONFIG);
@@ -93,6 +102,7 @@ Flags:
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
+    rampart-server serve --data srv --store postgres://rampart:PASSWORD@db.example.com:5432/rampart
     rampart-server serve --data srv --manufacturer-ca acme-factory-ca.pem
 `},
 		{Name: "rotate-keys", Summary: "replace the online keys (after a compromise, or on schedule)", Usage: `
@@ -135,8 +145,9 @@ Example:
 `},
 	},
 	ExitStatus: `    0  success
-    2  usage or configuration error (flags, config file, an initialised directory)
-    3  environment error (data directory, keys, network)`,
+    2  usage or configuration error (flags, config file, an initialised directory
+       or database, a malformed --store DSN)
+    3  environment error (data directory, keys, network, PostgreSQL unreachable)`,
 }
 
 type fileConfig struct {
@@ -165,6 +176,9 @@ type fileConfig struct {
 	// shared-credentials file for it (the environment wins).
 	BlobStore            string `json:"blob_store"`
 	BlobStoreCredentials string `json:"blob_store_credentials"`
+	// Store is the metadata store: empty for DATA/rampart.db, or a
+	// PostgreSQL DSN.
+	Store string `json:"store"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -265,6 +279,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	listen := fs.String("listen", "", "")
 	cfgFile := fs.String("config", "", "")
 	origin := fs.String("log-origin", "", "")
+	storeDSN := fs.String("store", "", "")
 	manufacturerCA := fs.String("manufacturer-ca", "", "")
 	rotImage := fs.Bool("image", false, "")
 	rotDirector := fs.Bool("director", false, "")
@@ -291,7 +306,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -309,11 +324,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(hosts) == 0 {
 		hosts = fc.Hosts
 	}
+	storeDB := pick(*storeDSN, "RAMPART_STORE", fc.Store, "")
+	if storeDB == "sqlite" {
+		storeDB = ""
+	}
+	if storeDB != "" && !postgres.IsDSN(storeDB) {
+		return fail(stderr, 2, fmt.Errorf("--store %s is not a PostgreSQL DSN", postgres.Redact(storeDB)), storeHint)
+	}
 	switch args[0] {
 	case "init":
-		res, err := datadir.Init(dir, datadir.InitOptions{Hosts: hosts, LogOrigin: pick(*origin, "", fc.LogOrigin, "")})
+		res, err := datadir.Init(dir, datadir.InitOptions{Hosts: hosts, LogOrigin: pick(*origin, "", fc.LogOrigin, ""), Store: storeDB})
 		if err != nil {
-			return fail(stderr, exitFor(err), err, "")
+			return fail(stderr, exitFor(err), err, hintFor(err))
 		}
 		fmt.Fprintf(stdout, "initialised %s\n\nonline public keys (for the offline root ceremony; also in %s/online/):\n", dir, dir)
 		for _, role := range []string{"snapshot", "timestamp"} {
@@ -378,17 +400,33 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		backends := datadir.OpenOptions{
 			BlobStore:       pick("", "RAMPART_BLOB_STORE", fc.BlobStore, ""),
 			BlobCredentials: fc.BlobStoreCredentials,
+			Store:           storeDB,
 		}
 		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, backends, stderr, attrs...)
 	}
 	return fail(stderr, 2, fmt.Errorf("unknown command %q", args[0]), "rampart-server --help lists the commands")
 }
 
+const storeHint = `--store (or RAMPART_STORE, or "store") takes postgres://USER:PASSWORD@HOST:PORT/DATABASE; leave it out for SQLite in DATA/rampart.db`
+
 func exitFor(err error) int {
-	if errors.Is(err, datadir.ErrInitialized) {
+	if errors.Is(err, datadir.ErrInitialized) || errors.Is(err, datadir.ErrStoreInitialized) || errors.Is(err, postgres.ErrDSN) {
 		return 2
 	}
 	return 3
+}
+
+// hintFor says what to do about an error opening the store.
+func hintFor(err error) string {
+	switch {
+	case errors.Is(err, postgres.ErrDSN):
+		return storeHint
+	case errors.Is(err, postgres.ErrUnreachable):
+		return "check that PostgreSQL is running and reachable from here, and the user, password, database and sslmode in --store; rampart-server does not create the database (CREATE DATABASE first)"
+	case errors.Is(err, store.ErrSchemaTooNew):
+		return "a newer rampart-server migrated this store: run that version (on every replica)"
+	}
+	return ""
 }
 
 func fail(w io.Writer, code int, err error, hint string) int {
@@ -404,7 +442,7 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	c.Logger = logger
 	in, err := datadir.OpenWith(ctx, dir, c, backends)
 	if err != nil {
-		return fail(stderr, 3, err, "")
+		return fail(stderr, exitFor(err), err, hintFor(err))
 	}
 	defer in.Close()
 	ln, err := net.Listen("tcp", addr)
@@ -449,7 +487,11 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	if backends.BlobStore != "" {
 		blobStore = backends.BlobStore
 	}
-	storage := []any{"blob_store", blobStore, "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	metaStore := filepath.Join(dir, "rampart.db")
+	if backends.Store != "" {
+		metaStore = postgres.Redact(backends.Store)
+	}
+	storage := []any{"store", metaStore, "blob_store", blobStore, "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
 	if bl, ok := in.Server.BlobLimits(); ok {
 		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
 	}

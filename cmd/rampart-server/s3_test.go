@@ -16,9 +16,15 @@ import (
 
 	"github.com/rampartfw/rampart/internal/blob/s3blob/s3test"
 	"github.com/rampartfw/rampart/internal/server/attacktest"
+	"github.com/rampartfw/rampart/internal/store/postgres/pgtest"
 )
 
-func TestMain(m *testing.M) { s3test.Main(m) }
+func TestMain(m *testing.M) {
+	code := m.Run()
+	s3test.Stop()
+	pgtest.Stop()
+	os.Exit(code)
+}
 
 // TestServeBlobsOnS3 runs the real server with blob_store naming a bucket
 // on versitygw, credentials from an AWS credentials file: an upload

@@ -29,6 +29,7 @@ import (
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/postgres"
 	"github.com/rampartfw/rampart/internal/store/sqlite"
 	"github.com/rampartfw/rampart/internal/tlog"
 )
@@ -52,6 +53,10 @@ type InitOptions struct {
 	Hosts []string
 	// LogOrigin names the transparency log in its checkpoints.
 	LogOrigin string
+	// Store is where the metadata lives: empty for DIR/rampart.db
+	// (SQLite), or a PostgreSQL DSN (postgres://...), which gets the
+	// admin token (see InitStore).
+	Store string
 }
 
 // InitResult is what init prints once.
@@ -92,6 +97,13 @@ var initEntries = []string{"rampart.db", "rampart.db-wal", "rampart.db-shm", "ra
 // nothing in one was usable, as its admin token was never shown.
 func Init(dir string, o InitOptions) (*InitResult, error) {
 	dir = filepath.Clean(dir)
+	if o.Store != "" {
+		return initWithStore(dir, o)
+	}
+	return initDir(dir, o)
+}
+
+func initDir(dir string, o InitOptions) (*InitResult, error) {
 	state, err := inspectDataDir(dir)
 	if err != nil {
 		return nil, err
@@ -387,6 +399,10 @@ type OpenOptions struct {
 	// BlobCredentials is an AWS shared-credentials file the S3 store
 	// reads when the environment has no AWS_ACCESS_KEY_ID.
 	BlobCredentials string
+	// Store says where the metadata lives: empty for DIR/rampart.db
+	// (SQLite, the default), or a PostgreSQL DSN, postgres://USER:PASSWORD@HOST:PORT/DATABASE
+	// (postgres.Open), shared by every replica.
+	Store string
 }
 
 // OpenWith opens an initialised data directory: it loads the online keys
@@ -436,7 +452,7 @@ func OpenWith(ctx context.Context, dir string, c server.Config, o OpenOptions) (
 		return nil, fmt.Errorf("keys/log.key: %w", err)
 	}
 	c.LogVerifierKey = strings.TrimSpace(string(vkey))
-	db, err := sqlite.Open(filepath.Join(dir, "rampart.db"))
+	db, err := openStore(ctx, dir, o.Store)
 	if err != nil {
 		return nil, err
 	}
@@ -446,6 +462,9 @@ func OpenWith(ctx context.Context, dir string, c server.Config, o OpenOptions) (
 		db.Close()
 		if err != nil {
 			return nil, err
+		}
+		if o.Store != "" {
+			return nil, fmt.Errorf("%w: the PostgreSQL store %s has no operator token; run rampart-server init --data %s --store DSN: it creates the admin token there", ErrStoreEmpty, postgres.Redact(o.Store), dir)
 		}
 		return nil, fmt.Errorf("%s: %w (its store has no operator token); run rampart-server init --data %s again: it starts the directory afresh", dir, ErrIncomplete, dir)
 	}

@@ -1,8 +1,9 @@
 // Package store defines the server's metadata store: the small interfaces
 // the server's parts program against (repository metadata, devices,
 // enrollment and operator tokens, the audit log), and the errors every
-// implementation returns. Implementations live in sub-packages (sqlite
-// today; PostgreSQL later) and must pass storetest.Run.
+// implementation returns. Implementations live in sub-packages (sqlite,
+// the default; postgres, which several servers may share) and must pass
+// storetest.Run.
 //
 // The store holds only what must survive a restart and be shared between
 // replicas. Its security-relevant operations are atomic in the store
@@ -35,6 +36,9 @@ var (
 	// ErrReplay: a device report's counter is not above the last one.
 	ErrReplay  = errors.New("replayed or out-of-order report")
 	ErrRevoked = errors.New("revoked")
+	// ErrSchemaTooNew: Open found a schema migrated by a newer program;
+	// it changes nothing, and the program must be upgraded.
+	ErrSchemaTooNew = errors.New("database schema is newer than this program knows")
 )
 
 // Doc is one versioned metadata document of a repository. Repo is "image"

@@ -74,16 +74,21 @@ type Server struct {
 // until Stop. The director root is pushed, so devices can check in.
 func Start(bin, dir string, config map[string]any) (*Server, error) {
 	data := filepath.Join(dir, "srv")
-	out, err := exec.Command(bin, "init", "--data", data).Output()
-	if err != nil {
-		return nil, fmt.Errorf("init: %w", err)
-	}
-	s := &Server{Data: data, Admin: regexp.MustCompile(`rmp_[A-Za-z0-9_-]+`).FindString(string(out)), logs: &syncbuf.Buffer{}}
 	cfgPath := filepath.Join(dir, "config.json")
 	cfg, _ := json.Marshal(config)
 	if err := os.WriteFile(cfgPath, cfg, 0o644); err != nil {
 		return nil, err
 	}
+	// init reads the same file: a "store" there gets the admin token.
+	out, err := exec.Command(bin, "init", "--data", data, "--config", cfgPath).Output()
+	if err != nil {
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			err = fmt.Errorf("%w: %s", err, ee.Stderr)
+		}
+		return nil, fmt.Errorf("init: %w", err)
+	}
+	s := &Server{Data: data, Admin: regexp.MustCompile(`rmp_[A-Za-z0-9_-]+`).FindString(string(out)), logs: &syncbuf.Buffer{}}
 	s.cmd = exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0", "--config", cfgPath)
 	stderr, err := s.cmd.StderrPipe()
 	if err != nil {

@@ -217,7 +217,7 @@ func (s *DB) migrate() error {
 		return err
 	}
 	if v > len(migrations) {
-		return fmt.Errorf("database schema version %d is newer than this program knows (%d); upgrade rampart-server", v, len(migrations))
+		return fmt.Errorf("%w: version %d, this program knows up to %d; upgrade rampart-server", store.ErrSchemaTooNew, v, len(migrations))
 	}
 	for i := v; i < len(migrations); i++ {
 		tx, err := s.db.Begin()

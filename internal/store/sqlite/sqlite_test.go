@@ -1,6 +1,8 @@
 package sqlite
 
 import (
+	"database/sql"
+	"encoding/json"
 	"errors"
 	"path/filepath"
 	"strings"
@@ -50,8 +52,8 @@ func TestRefusesNewerSchema(t *testing.T) {
 	}
 	db.db.Exec(`PRAGMA user_version = 99`)
 	db.Close()
-	if _, err := Open(p); err == nil {
-		t.Fatal("opened a database with a newer schema")
+	if _, err := Open(p); !errors.Is(err, store.ErrSchemaTooNew) || !strings.Contains(err.Error(), "upgrade rampart-server") {
+		t.Fatalf("opened a database with a newer schema: %v", err)
 	}
 }
 
@@ -188,5 +190,68 @@ func TestAuditTimeBackfill(t *testing.T) {
 	}
 	if d := time.Since(time.Unix(bad, 0)); d < 0 || d > time.Minute {
 		t.Fatalf("an undatable entry got %s", time.Unix(bad, 0))
+	}
+}
+
+// A data directory written by the first release (schema version 1) opens
+// with this one: every later migration runs, and its data stays readable.
+func TestUpgradeFromVersion1(t *testing.T) {
+	ctx := t.Context()
+	p := filepath.Join(t.TempDir(), "rampart.db")
+	raw, err := sql.Open("sqlite", "file:"+p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, q := range []string{migrations[0], `PRAGMA user_version = 1`,
+		`INSERT INTO devices (id, hardware_id, cert_serial, enrolled_at, report_counter) VALUES ('gw-1', 'hw', '01', 1764072000000000000, 7)`,
+		`INSERT INTO operator_tokens (hash, name, role, created_at) VALUES ('h', 'admin', 'admin', 1764072000000000000)`,
+		`INSERT INTO metadata (repo, role, version, data) VALUES ('image', 'root', 1, x'72')`,
+	} {
+		if _, err := raw.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	e, err := audit.Append(nil, audit.Entry{Time: time.Date(2025, 11, 25, 12, 0, 0, 0, time.UTC), Actor: "token:admin", Action: "init", Outcome: "ok"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := json.Marshal(e)
+	if _, err := raw.Exec(`INSERT INTO audit (seq, hash, entry) VALUES (?, ?, ?)`, e.Seq, e.Hash, string(b)); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+
+	db, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var v int
+	db.db.QueryRow(`PRAGMA user_version`).Scan(&v)
+	if v != len(migrations) {
+		t.Fatalf("schema version %d, want %d", v, len(migrations))
+	}
+	if d, err := db.Device(ctx, "gw-1"); err != nil || d.ReportCounter != 7 || d.Tags != nil {
+		t.Fatalf("%+v %v", d, err)
+	}
+	if tok, err := db.OperatorToken(ctx, "h"); err != nil || tok.Name != "admin" {
+		t.Fatalf("%+v %v", tok, err)
+	}
+	if d, err := db.Doc(ctx, "image", "root", 0); err != nil || string(d.Data) != "r" {
+		t.Fatalf("%+v %v", d, err)
+	}
+	// The entry was dated by the retention migration and the chain goes on.
+	if n, _, err := db.PruneAudit(ctx, time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), 10); err != nil || n != 0 {
+		t.Fatalf("pruned %d: %v", n, err)
+	}
+	if _, err := db.AppendAudit(ctx, audit.Entry{Time: time.Now(), Actor: "token:admin", Action: "push", Outcome: "ok"}); err != nil {
+		t.Fatal(err)
+	}
+	es, err := db.AuditEntries(ctx, 0, 10)
+	if err != nil || len(es) != 2 || audit.Verify(nil, es) != nil {
+		t.Fatalf("%+v %v", es, err)
+	}
+	if _, err := db.RolloutsInState(ctx, "running"); err != nil {
+		t.Fatal(err)
 	}
 }

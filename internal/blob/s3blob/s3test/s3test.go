@@ -44,12 +44,19 @@ var gw struct {
 // it from TestMain.
 func Main(m *testing.M) {
 	code := m.Run()
+	Stop()
+	os.Exit(code)
+}
+
+// Stop stops the server, if one was started (for a TestMain that also
+// stops other servers).
+func Stop() {
 	if gw.cmd != nil {
 		gw.cmd.Process.Kill()
 		gw.cmd.Wait()
 		os.RemoveAll(gw.dir)
+		gw.cmd = nil
 	}
-	os.Exit(code)
 }
 
 // Endpoint returns the server's endpoint (http://127.0.0.1:PORT),

@@ -1,0 +1,119 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/rampartfw/rampart/internal/server/attacktest"
+	"github.com/rampartfw/rampart/internal/store/postgres"
+	"github.com/rampartfw/rampart/internal/store/postgres/pgtest"
+)
+
+// withPassword puts a password in a pgtest DSN (the test server trusts
+// loopback, so any password is accepted): the one thing no log or error
+// may show.
+func withPassword(dsn, pw string) string {
+	return strings.Replace(dsn, "postgres://"+pgtest.User+"@", "postgres://"+pgtest.User+":"+pw+"@", 1)
+}
+
+// TestServeMetadataOnPostgres runs the real server with its metadata in
+// PostgreSQL: init gives the database the admin token, a device enrolls
+// and checks in, and the records are in the database, not in
+// rampart.db. The password never appears in the logs.
+func TestServeMetadataOnPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the real server")
+	}
+	const pw = "pw-Sekrit-4711"
+	dsn := withPassword(pgtest.NewDatabase(t), pw)
+	wd, _ := os.Getwd()
+	bin, err := attacktest.Build(filepath.Join(wd, "..", ".."), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Stop)
+	cert, err := srv.Enroll("gw-1", "acme-gw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := srv.Checkin(srv.Client(cert, true)); err != nil {
+		t.Fatal(err)
+	}
+	db, err := postgres.Open(t.Context(), dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if d, err := db.Device(t.Context(), "gw-1"); err != nil || d.HardwareID != "acme-gw" {
+		t.Fatalf("the device is not in PostgreSQL: %+v %v", d, err)
+	}
+	if es, err := db.AuditEntries(t.Context(), 0, 100); err != nil || len(es) == 0 {
+		t.Fatalf("no audit entries in PostgreSQL: %v", err)
+	}
+	logs := srv.Logs()
+	if strings.Contains(logs, pw) {
+		t.Fatalf("the server logged the database password:\n%s", logs)
+	}
+	if !strings.Contains(logs, `"store":"postgres://rampart:xxxxx@127.0.0.1`) {
+		t.Errorf("the server does not log its store:\n%s", logs)
+	}
+
+	// init on a database that already holds a store is refused.
+	var stderr bytes.Buffer
+	if code := run(context.Background(), []string{"init", "--data", filepath.Join(t.TempDir(), "srv2"), "--store", dsn}, io.Discard, &stderr); code != 2 ||
+		!strings.Contains(stderr.String(), "already holds a server's store") || strings.Contains(stderr.String(), pw) {
+		t.Fatalf("init on a used database: exit %d\n%s", code, stderr.String())
+	}
+}
+
+// A bad --store is a configuration error (exit 2), an unreachable or
+// unprepared database an environment error (exit 3), each saying what to
+// do, and none shows the password.
+func TestStoreErrors(t *testing.T) {
+	const pw = "pw-Sekrit-4711"
+	dir := t.TempDir()
+	data := filepath.Join(dir, "srv")
+	if code := run(context.Background(), []string{"init", "--data", data}, io.Discard, io.Discard); code != 0 {
+		t.Fatalf("init: %d", code)
+	}
+	empty := withPassword(pgtest.NewDatabase(t), pw)
+	for _, c := range []struct {
+		name  string
+		args  []string
+		code  int
+		wants []string
+	}{
+		{"not postgres", []string{"serve", "--store", "mysql://u:" + pw + "@h/db"}, 2, []string{"not a PostgreSQL DSN", "postgres://USER:PASSWORD@HOST:PORT/DATABASE"}},
+		{"malformed", []string{"serve", "--store", "postgres://u:" + pw + "@127.0.0.1:1/db?sslmode=bogus"}, 2, []string{"invalid PostgreSQL DSN", "postgres://u:xxxxx@127.0.0.1:1/db"}},
+		{"unreachable", []string{"serve", "--store", "postgres://u:" + pw + "@127.0.0.1:1/db?sslmode=disable&connect_timeout=2"}, 3, []string{"cannot connect to PostgreSQL", "check that PostgreSQL is running"}},
+		{"not initialised", []string{"serve", "--store", empty}, 3, []string{"has no operator token", "init --data"}},
+		{"init unreachable", []string{"init", "--store", "postgres://u:" + pw + "@127.0.0.1:1/db?sslmode=disable&connect_timeout=2"}, 3, []string{"cannot connect to PostgreSQL"}},
+	} {
+		var stderr bytes.Buffer
+		code := run(context.Background(), append(c.args, "--data", data, "--listen", "127.0.0.1:0"), io.Discard, &stderr)
+		if code != c.code || strings.Contains(stderr.String(), pw) {
+			t.Errorf("%s: exit %d, want %d, without the password:\n%s", c.name, code, c.code, stderr.String())
+		}
+		for _, w := range c.wants {
+			if !strings.Contains(stderr.String(), w) {
+				t.Errorf("%s: no %q in\n%s", c.name, w, stderr.String())
+			}
+		}
+	}
+	// A new data directory's store moves to PostgreSQL before it is used:
+	// init --store on the complete directory gives the database an admin
+	// token.
+	var out bytes.Buffer
+	if code := run(context.Background(), []string{"init", "--data", data, "--store", empty}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "rmp_") {
+		t.Fatalf("init --store on an unused directory: %d\n%s", code, out.String())
+	}
+}

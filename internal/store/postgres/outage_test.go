@@ -1,0 +1,125 @@
+package postgres
+
+import (
+	"context"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/postgres/pgtest"
+)
+
+// cutProxy forwards TCP to the PostgreSQL server until cut, which closes
+// every connection and refuses new ones until restored: the database
+// unreachable, as far as the store can tell.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	down   bool
+	conns  []net.Conn
+}
+
+func newCutProxy(t *testing.T, target string) *cutProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	t.Cleanup(func() { ln.Close(); p.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			if p.down {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				p.mu.Unlock()
+				c.Close()
+				continue
+			}
+			p.conns = append(p.conns, c, up)
+			p.mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+func (p *cutProxy) restore() {
+	p.mu.Lock()
+	p.down = false
+	p.mu.Unlock()
+}
+
+// The database going away mid-operation gives errors, commits nothing
+// half-way, and the same Store works again once it is back, without
+// being reopened.
+func TestDatabaseOutageAndRecovery(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	p := newCutProxy(t, "127.0.0.1:"+itoa(pgtest.Port()))
+	dsn = strings.Replace(dsn, "127.0.0.1:"+itoa(pgtest.Port()), p.ln.Addr().String(), 1) + "&connect_timeout=2"
+	s := open(t, dsn)
+	defer s.Close()
+	if err := s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	// Cut while an Atomic transaction has written but not committed.
+	err := s.Atomic(ctx, func(tx store.Tx) error {
+		if err := tx.CreateDevice(ctx, store.Device{ID: "half", HardwareID: "hw", CertSerial: "2", EnrolledAt: now}); err != nil {
+			return err
+		}
+		p.cut()
+		return tx.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h", HardwareID: "hw", Expires: now.Add(time.Hour)})
+	})
+	if err == nil {
+		t.Fatal("a transaction committed through a cut connection")
+	}
+	if _, err := s.Device(ctx, "d"); err == nil {
+		t.Fatal("read through a cut database")
+	}
+	p.restore()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := s.Device(ctx, "d")
+		if err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the store did not recover: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n, _ := s.CountDevices(ctx); n != 1 {
+		t.Fatalf("%d devices: the cut transaction was half committed", n)
+	}
+	if err := s.CreateDevice(ctx, store.Device{ID: "after", HardwareID: "hw", CertSerial: "3", EnrolledAt: now}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func itoa(n int) string { return strconv.Itoa(n) }
