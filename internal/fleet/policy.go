@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"sort"
 	"strconv"
@@ -138,7 +139,9 @@ func ParsePolicy(src []byte) (p *Policy, err error) {
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(src))
 	var doc yaml.Node
-	if err := dec.Decode(&doc); err != nil {
+	if err := dec.Decode(&doc); errors.Is(err, io.EOF) {
+		return p, nil // comments only
+	} else if err != nil {
 		return nil, yamlError(err)
 	}
 	var extra yaml.Node
@@ -258,12 +261,12 @@ func exprPos(n *yaml.Node, lines []string, line, col int) (int, int) {
 			return n.Line, n.Column + col // after the quote
 		}
 	case yaml.LiteralStyle:
-		// The content starts on the line after the indicator, indented.
-		l := n.Line + line
-		if l-1 < len(lines) {
-			text := lines[l-1]
-			indent := len(text) - len(strings.TrimLeft(text, " "))
-			return l, indent + col
+		// The content starts on the line after the indicator, with
+		// the block's indentation (its first line's) taken off.
+		if n.Line < len(lines) {
+			first := lines[n.Line]
+			indent := len(first) - len(strings.TrimLeft(first, " "))
+			return n.Line + line, indent + col
 		}
 	}
 	return n.Line, n.Column
