@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/rampartfw/rampart/internal/api"
@@ -99,7 +100,13 @@ Example:
 		case *asJSON:
 			return json.NewEncoder(e.stdout).Encode(p)
 		case *source:
-			_, err := fmt.Fprint(e.stdout, termsafe.String(p.Source))
+			// Line by line: the file's newlines stay, anything a
+			// terminal would act on is escaped.
+			lines := strings.Split(p.Source, "\n")
+			for i, l := range lines {
+				lines[i] = termsafe.Bounded(l, len(l)+1)
+			}
+			_, err := fmt.Fprint(e.stdout, strings.Join(lines, "\n"))
 			return err
 		}
 		if p.Version == 0 {
