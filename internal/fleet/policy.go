@@ -512,16 +512,17 @@ func (s *Service) ShowPolicy(ctx context.Context) (api.Policy, error) {
 }
 
 // policy returns the compiled policy in force (nil when none, or when
-// it has no rules and allows by default) and its version.
-func (s *Service) policy(ctx context.Context) (*Policy, int64, error) {
+// it has no rules and allows by default) and, when the stored version
+// does not compile, why.
+func (s *Service) policy(ctx context.Context) (p *Policy, broken string, err error) {
 	s.pol.mu.Lock()
 	defer s.pol.mu.Unlock()
 	if !s.pol.loaded {
 		if err := s.loadPolicy(ctx); err != nil {
-			return nil, 0, err
+			return nil, "", err
 		}
 	}
-	return s.pol.p, s.pol.version, nil
+	return s.pol.p, s.pol.broken, nil
 }
 
 // loadPolicy reads and compiles the latest policy version; s.pol.mu is
@@ -631,7 +632,7 @@ func (s *Service) releaseFacts(ctx context.Context, target string) (ReleaseFacts
 // policyDecision decides whether the policy lets d take a rollout's
 // release now; nil Policy allows without evaluating anything.
 func (s *Service) policyDecision(ctx context.Context, a *active, d *store.Device) (Decision, error) {
-	p, _, err := s.policy(ctx)
+	p, broken, err := s.policy(ctx)
 	if err != nil || p == nil {
 		return Decision{Allowed: true}, err
 	}
@@ -640,8 +641,8 @@ func (s *Service) policyDecision(ctx context.Context, a *active, d *store.Device
 		return Decision{}, err
 	}
 	dec := p.Decide(Inputs(d, rel, a.spec.Critical, s.now()))
-	if s.pol.broken != "" {
-		dec.Reason = s.pol.broken
+	if broken != "" {
+		dec.Reason = broken
 	}
 	return dec, nil
 }

@@ -316,7 +316,10 @@ func (s *Service) Decide(ctx context.Context, id string) error {
 		gen = s.generation()
 	}
 	s.ro.mu.Lock()
-	done := s.ro.decided[id] == gen
+	// A device never decided is not done, whatever the generation (a
+	// fresh replica's, or a restarted server's, is 0).
+	g, ok := s.ro.decided[id]
+	done := ok && g == gen
 	s.ro.mu.Unlock()
 	if done {
 		return nil
