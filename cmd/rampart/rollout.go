@@ -18,7 +18,7 @@ var rolloutCreateCmd = &cmdSpec{
 	usage: `
 Usage: rampart rollout create PRODUCT/VERSION [--select EXPR] [--phases LIST] [--soak D]
     [--max-failure-rate P%] [--min-success N] [--max-concurrent N] [--approve-after PHASE]
-    [--critical] [--json] --server URL --ca FILE --token TOKEN
+    [--window WINDOW] [--critical] [--json] --server URL --ca FILE --token TOKEN
 
 Each phase hands the release to the selected devices its share reaches
 (a device's place is a hash of the rollout and device ids: stable),
@@ -27,7 +27,11 @@ confirmed installs came in and failures (rollbacks, failed installs; not
 refusals of tampered data) stay at or below --max-failure-rate; a
 breached gate pauses the rollout. At most --max-concurrent devices are
 in flight at once. Beyond --approve-after, and before a --critical
-rollout starts, an operator other than the creator must approve. Needs
+rollout starts, an operator other than the creator must approve.
+Outside --window ("DAYS HH:MM-HH:MM ZONE", docs/fleet.md) the phase
+holds: nothing more is handed out and it is not promoted; a device's own
+tag window=... holds it the same way; a --critical rollout ignores
+both. A window that never opens is refused. Needs
 an operator or admin token. It prints the rollout's id; --json prints
 {"id", "matched", "below_security_version", "note"}.
 
@@ -39,12 +43,14 @@ Flags:
     --min-success N        confirmed installs a phase needs (default 1)
     --max-concurrent N     devices in flight at once (default 0: no limit)
     --approve-after PHASE  promotion beyond this phase needs a second operator
-    --critical             start only after a second operator approves
+    --window WINDOW        a maintenance window: Mon-Fri 01:00-05:00 Europe/Berlin
+    --critical             start only after a second operator approves; ignore windows
     --json                 print JSON
 
 Example:
     rampart rollout create acme-gw/2.4.1 --select 'hardware == "acme-gw-rev2" && tags.site != "lab"' \
-        --phases 1%,10%,50%,100% --soak 30m --max-failure-rate 2% --min-success 20 --max-concurrent 500 --approve-after 10%
+        --phases 1%,10%,50%,100% --soak 30m --max-failure-rate 2% --min-success 20 --max-concurrent 500 \
+        --window 'Mon-Fri 01:00-05:00 Europe/Berlin' --approve-after 10%
 `,
 	run: func(e *env, args []string) error {
 		fs := flag.NewFlagSet("rollout create", flag.ContinueOnError)
@@ -58,6 +64,7 @@ Example:
 		fs.IntVar(&req.MaxConcurrent, "max-concurrent", 0, "")
 		fs.StringVar(&req.ApproveAfter, "approve-after", "", "")
 		fs.BoolVar(&req.Critical, "critical", false, "")
+		fs.StringVar(&req.Window, "window", "", "")
 		asJSON := fs.Bool("json", false, "")
 		pos, err := parse(fs, args)
 		if err != nil {
@@ -182,9 +189,21 @@ func printRollout(e *env, r api.Rollout) {
 	if r.PausedReason != "" {
 		fmt.Fprintf(w, "why       %s\n", termsafe.String(r.PausedReason))
 	}
+	if r.Window != "" {
+		state := "open"
+		switch {
+		case r.Critical:
+			state = "ignored: critical"
+		case !r.WindowOpen && r.WindowOpens != nil:
+			state = "closed, opens " + r.WindowOpens.Format("2006-01-02 15:04Z07:00")
+		case !r.WindowOpen:
+			state = "closed"
+		}
+		fmt.Fprintf(w, "window    %s (%s)\n", termsafe.String(r.Window), state)
+	}
 	c := r.Counts
-	fmt.Fprintf(w, "devices   %d pending, %d downloading, %d installing, %d installed, %d rolled back, %d failed, %d refused\n",
-		c.Pending, c.Downloading, c.Installing, c.Installed, c.RolledBack, c.Failed, c.Refused)
+	fmt.Fprintf(w, "devices   %d pending, %d downloading, %d installing, %d installed, %d rolled back, %d failed, %d refused, %d policy-denied\n",
+		c.Pending, c.Downloading, c.Installing, c.Installed, c.RolledBack, c.Failed, c.Refused, c.PolicyDenied)
 	for reason, n := range r.FailureReasons {
 		fmt.Fprintf(w, "failure   %d x %s\n", n, termsafe.String(reason))
 	}

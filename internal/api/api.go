@@ -47,6 +47,9 @@ var Routes = []Route{
 	{"GET", "/api/v1/rollouts"},
 	{"GET", "/api/v1/rollouts/{id}"},
 	{"POST", "/api/v1/rollouts/{id}/{action}"},
+	{"POST", "/api/v1/policy"},
+	{"GET", "/api/v1/policy"},
+	{"GET", "/api/v1/policy/explain"},
 	{"POST", "/api/v1/devices/{id}/revoke"},
 	{"DELETE", "/api/v1/devices/{id}"},
 	{"POST", "/api/v1/deploy"},
@@ -101,6 +104,8 @@ const (
 	BadProduct          Code = "bad-product"
 	BadPhases           Code = "bad-phases"
 	BadRollout          Code = "bad-rollout"
+	BadWindow           Code = "bad-window"
+	BadPolicy           Code = "bad-policy"
 	// 401
 	Unauthenticated         Code = "unauthenticated"
 	TokenRevoked            Code = "token-revoked" // also 409: changing a revoked token
@@ -170,6 +175,7 @@ var Codes = []Code{
 	BadJSON, BadPath, BadDigest, BadLength, BadRole, BadName, BadHardware, BadTTL, BadDeviceID, BadCSR,
 	UnsupportedKey, BadEnrollment, BadManufacturerCert, BadStatus, BadVersion, BadReason, NoReason, BadTarget,
 	AmbiguousTarget, BadAfter, BadLimit, BadRange, BadSelector, BadTag, BadProduct, BadPhases, BadRollout,
+	BadWindow, BadPolicy,
 	Unauthenticated, TokenRevoked, NoDeviceCertificate, BadToken, TokenUsed, TokenExpired,
 	ManufacturerUnknownCA, ManufacturerCertExpired, ManufacturerKeyMismatch,
 	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch, SelfApproval,
@@ -555,6 +561,9 @@ type RolloutRequest struct {
 	MaxConcurrent  int    `json:"max_concurrent,omitempty"`
 	ApproveAfter   string `json:"approve_after,omitempty"`
 	Critical       bool   `json:"critical,omitempty"`
+	// Window is a maintenance window ("Mon-Fri 01:00-05:00
+	// Europe/Berlin"): outside it the rollout's phase holds.
+	Window string `json:"window,omitempty"`
 }
 
 // RolloutCreated is the answer of POST /api/v1/rollouts: the rollout's
@@ -581,6 +590,9 @@ type RolloutCounts struct {
 	RolledBack  int `json:"rolled-back"`
 	Failed      int `json:"failed"`
 	Refused     int `json:"refused"`
+	// PolicyDenied counts the devices the phases reach that the fleet
+	// policy does not let take the release (docs/policy.md).
+	PolicyDenied int `json:"policy-denied"`
 }
 
 // Rollout is the answer of GET /api/v1/rollouts/{id} and of the state
@@ -607,6 +619,13 @@ type Rollout struct {
 	Eligible        int            `json:"eligible"`
 	CreatedAt       time.Time      `json:"created_at"`
 	PhaseStarted    time.Time      `json:"phase_started"`
+	// Window is the rollout's maintenance window ("" when none);
+	// WindowOpen whether it is open now (true without one, and for a
+	// critical rollout, which ignores windows); WindowOpens when it next
+	// opens, when it is closed.
+	Window      string     `json:"window,omitempty"`
+	WindowOpen  bool       `json:"window_open"`
+	WindowOpens *time.Time `json:"window_opens,omitempty"`
 }
 
 // RolloutList is the answer of GET /api/v1/rollouts: the newest 1000.

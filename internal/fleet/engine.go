@@ -18,6 +18,9 @@ import (
 // bounded by the number of running rollouts; only a phase start reads
 // the fleet, in batches. Every change is audited (actor "server").
 func (s *Service) Step(ctx context.Context) error {
+	if err := s.stepPolicy(ctx); err != nil {
+		return err
+	}
 	rs, err := s.store.RolloutsInState(ctx, api.RolloutRunning)
 	if err != nil {
 		return err
@@ -62,7 +65,9 @@ func (s *Service) step(ctx context.Context, r store.Rollout) (bool, error) {
 	}
 	now := s.now()
 	phase := r.Phase
-	need, breached, rate := Gates(a.spec, r.Eligible, c)
+	// Devices the policy denies never install: the gates count
+	// without them.
+	need, breached, rate := Gates(a.spec, max(0, r.Eligible-c.ByStatus[PolicyDenied]), c)
 	ev := audit.Entry{Actor: "server", Subject: r.ID, Outcome: "ok"}
 	switch {
 	case breached:
@@ -71,6 +76,10 @@ func (s *Service) step(ctx context.Context, r store.Rollout) (bool, error) {
 			rate*100, c.Failures, c.ByStatus["installed"], a.spec.MaxFailureRate*100, r.Phase, a.spec.Phases[r.Phase-1])
 		ev.Action, ev.Detail = "pause-rollout", map[string]string{"reason": r.PausedReason}
 	case now.Sub(r.PhaseStarted) < a.spec.Soak || c.ByStatus["installed"] < need:
+		return false, nil
+	case !s.rolloutOpen(a, now):
+		// Outside its window the phase holds: it is not promoted
+		// (nor completed) until the window opens.
 		return false, nil
 	case r.Phase == len(a.spec.Phases):
 		r.State, r.PausedReason = api.RolloutCompleted, ""

@@ -39,6 +39,8 @@ type Store interface {
 	Reports(ctx context.Context, id string) ([]store.Report, map[string]uint64, error)
 	ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error)
 	LogEntry(ctx context.Context, target string) (store.LogEntry, error)
+	// Doc reads the stored fleet policy (PolicyRepo, PolicyRole).
+	Doc(ctx context.Context, repo, role string, version int64) (store.Doc, error)
 	RolloutStore
 	Atomic(ctx context.Context, f func(tx store.Tx) error) error
 }
@@ -77,6 +79,8 @@ type Service struct {
 	manufacturers *x509.CertPool
 	now           func() time.Time
 	ro            rollouts
+	win           windows     // window.go
+	pol           policyState // policy.go
 }
 
 // New returns a Service.

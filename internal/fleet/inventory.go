@@ -121,6 +121,11 @@ func CheckTags(req api.TagsRequest) error {
 		if len(v) > MaxTagValue || !utf8.ValidString(v) || strings.ContainsFunc(v, func(r rune) bool { return r < ' ' || r == 0x7f }) {
 			return refuse(Invalid, api.BadTag, "the value of tag %s must be at most %d bytes of printable UTF-8", k, MaxTagValue)
 		}
+		if k == WindowTag { // the device's maintenance window (window.go)
+			if _, err := ParseWindow(v); err != nil {
+				return refuse(Invalid, api.BadTag, "tag %s: %v", k, err)
+			}
+		}
 	}
 	for _, k := range req.Unset {
 		if !TagKeyRE.MatchString(k) {

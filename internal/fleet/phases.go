@@ -114,6 +114,9 @@ type Spec struct {
 	// approval (0: never).
 	ApproveAfter int  `json:"approve_after"`
 	Critical     bool `json:"critical"`
+	// Window is the rollout's maintenance window (window.go); "" when
+	// none.
+	Window string `json:"window,omitempty"`
 }
 
 func (s Spec) phaseNames() []string {
@@ -165,6 +168,13 @@ func ParseSpec(req api.RolloutRequest) (Spec, error) {
 	}
 	if req.MaxConcurrent < 0 || req.MaxConcurrent > 10_000_000 {
 		return Spec{}, refuse(Invalid, api.BadRollout, "max_concurrent %d is not from 0 (no limit) to 10000000", req.MaxConcurrent)
+	}
+	if req.Window != "" {
+		w, err := ParseWindow(req.Window)
+		if err != nil {
+			return Spec{}, err
+		}
+		sp.Window = w.String()
 	}
 	if req.ApproveAfter != "" {
 		for i, p := range phases {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/release"
@@ -307,18 +308,28 @@ func (s *Service) Decide(ctx context.Context, id string) error {
 	if err != nil || len(offer) == 0 {
 		return err
 	}
+	now := s.now()
+	if s.windowsMoved(offer, now) {
+		// A rollout's window opened or closed: every device decides
+		// again.
+		s.bump()
+		gen = s.generation()
+	}
 	s.ro.mu.Lock()
-	done := s.ro.decided[id] == gen
+	// A device never decided is not done, whatever the generation (a
+	// fresh replica's, or a restarted server's, is 0).
+	g, ok := s.ro.decided[id]
+	done := ok && g == gen
 	s.ro.mu.Unlock()
 	if done {
 		return nil
 	}
 	// A device that no rollout's phases reach yet can be offered
-	// nothing, whichever rollout would win it: its buckets say so
-	// without reading its record.
+	// nothing, whichever rollout would win it: its buckets (and the
+	// rollouts' windows) say so without reading its record.
 	reached := false
 	for _, a := range offer {
-		if Bucket(a.r.ID, id) < a.r.Threshold {
+		if Bucket(a.r.ID, id) < a.r.Threshold && s.rolloutOpen(a, now) {
 			reached = true
 			break
 		}
@@ -331,7 +342,10 @@ func (s *Service) Decide(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.decide(ctx, offer, &d); err != nil {
+	held, err := s.decide(ctx, offer, &d, now)
+	if err != nil || held {
+		// A device its own window holds is not memoised: it decides
+		// again at its next check-in, when the window may be open.
 		return err
 	}
 	s.memo(id, gen)
@@ -348,23 +362,38 @@ func (s *Service) memo(id string, gen uint64) {
 	s.ro.mu.Unlock()
 }
 
-func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device) error {
+// decide offers d the winning rollout's release when its phase reaches
+// d, the rollout's window and d's own are open (a critical rollout
+// ignores both) and the fleet policy allows it. held reports that d's
+// own window held it.
+func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device, now time.Time) (held bool, err error) {
 	for _, a := range offer {
 		hw, err := s.hardwareOf(ctx, a)
 		if err != nil {
-			return err
+			return false, err
 		}
 		if !a.selects(d, hw) {
 			continue
 		}
-		// The winner. Its phase may not reach the device yet: then it
-		// waits, and is offered no other rollout's release.
-		if Bucket(a.r.ID, d.ID) >= a.r.Threshold || d.Version == a.version {
-			return nil
+		// The winner. Its phase may not reach the device yet, or its
+		// window may be closed: then it waits, and is offered no
+		// other rollout's release.
+		if Bucket(a.r.ID, d.ID) >= a.r.Threshold || d.Version == a.version || !s.rolloutOpen(a, now) {
+			return false, nil
 		}
-		return s.offer(ctx, a, d)
+		if !s.deviceOpen(a, d, now) {
+			return true, nil
+		}
+		dec, err := s.policyDecision(ctx, a, d)
+		if err != nil {
+			return false, err
+		}
+		if !dec.Allowed {
+			return false, s.denyByPolicy(ctx, a, d, dec)
+		}
+		return false, s.offer(ctx, a, d)
 	}
-	return nil
+	return false, nil
 }
 
 // hardwareOf returns the hardware ids a rollout's release supports

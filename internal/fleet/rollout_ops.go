@@ -161,11 +161,13 @@ func (s *Service) view(ctx context.Context, r store.Rollout, reasons bool) (api.
 	c := counts.ByStatus
 	v := api.Rollout{ID: r.ID, Release: r.Target, State: r.State, Phase: r.Phase, Phases: sp.phaseNames(),
 		Counts: api.RolloutCounts{Downloading: c["downloading"], Installing: c["installing"], Installed: c["installed"],
-			RolledBack: c["rolled-back"], Failed: c["failed"], Refused: c["refused"]},
+			RolledBack: c["rolled-back"], Failed: c["failed"], Refused: c["refused"], PolicyDenied: c[PolicyDenied]},
 		PausedReason: r.PausedReason, FailureReasons: map[string]int{}, CreatedBy: r.CreatedBy, ApprovedBy: r.ApprovedBy,
 		Select: r.Selector, SecurityVersion: r.SecurityVersion, Soak: sp.Soak.String(),
 		MaxFailureRate: strconv.FormatFloat(sp.MaxFailureRate*100, 'f', -1, 64) + "%", MinSuccess: sp.MinSuccess,
 		MaxConcurrent: sp.MaxConcurrent, Critical: sp.Critical, Eligible: r.Eligible, CreatedAt: r.CreatedAt, PhaseStarted: r.PhaseStarted}
+	v.Window = sp.Window
+	v.WindowOpen, v.WindowOpens = s.windowState(sp, s.now())
 	if sp.ApproveAfter > 0 {
 		v.ApproveAfter = sp.Phases[sp.ApproveAfter-1].String()
 	}
