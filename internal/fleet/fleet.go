@@ -40,6 +40,8 @@ type Store interface {
 	ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error)
 	LogEntry(ctx context.Context, target string) (store.LogEntry, error)
 	RolloutStore
+	StatsStore
+	IncidentStore
 	Atomic(ctx context.Context, f func(tx store.Tx) error) error
 }
 
@@ -52,6 +54,8 @@ type Catalog interface {
 // Published is the image repository's current top-level targets role
 // and product roles by name, as signed (nil when nothing is published).
 type Published struct {
+	// Root is the current root (nil when nothing is published).
+	Root    []byte
 	Targets []byte
 	Roles   map[string][]byte
 }
@@ -66,7 +70,10 @@ type Config struct {
 	// Manufacturers, when set, lets a device enroll with a certificate
 	// chain from one of these CAs whose subject names it.
 	Manufacturers *x509.CertPool
-	Now           func() time.Time
+	// OnlineKeys names the server's online keys by key id (snapshot,
+	// timestamp, director-targets, ...), for incident response.
+	OnlineKeys map[string]string
+	Now        func() time.Time
 }
 
 // Service is the fleet. It is safe for concurrent use.
@@ -77,6 +84,7 @@ type Service struct {
 	manufacturers *x509.CertPool
 	now           func() time.Time
 	ro            rollouts
+	onlineKeys    map[string]string
 }
 
 // New returns a Service.
@@ -84,7 +92,7 @@ func New(c Config) *Service {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return &Service{store: c.Store, catalog: c.Catalog, deviceCA: c.DeviceCA, manufacturers: c.Manufacturers, now: c.Now}
+	return &Service{store: c.Store, catalog: c.Catalog, deviceCA: c.DeviceCA, manufacturers: c.Manufacturers, now: c.Now, onlineKeys: c.OnlineKeys}
 }
 
 // Op says who asks for an action, for its audit entry: the actor
