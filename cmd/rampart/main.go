@@ -35,6 +35,7 @@ var commands = []*cmdSpec{
 	serverKeysCmd, repoPushCmd, tokenCreateCmd, tokenListCmd, tokenSetRoleCmd, tokenRevokeCmd, auditVerifyCmd,
 	deviceTokenCmd, deviceListCmd, deviceShowCmd, deviceTagCmd, deviceUntagCmd, deviceRevokeCmd, deviceRemoveCmd, releaseListCmd, deployCmd,
 	rolloutCreateCmd, rolloutListCmd, rolloutShowCmd, rolloutPauseCmd, rolloutResumeCmd, rolloutAbortCmd, rolloutApproveCmd,
+	fleetStatsCmd, incidentRevokeKeyCmd, incidentRedeployCmd,
 	directorPushRootCmd, logVerifyCmd,
 	simCmd,
 }
