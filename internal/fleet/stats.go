@@ -36,7 +36,7 @@ import (
 
 // maxInstallTimes bounds the install times the percentiles are computed
 // from: the latest installs.
-const maxInstallTimes = 100_000
+const maxInstallTimes = 10_000
 
 // StatsStore is what statistics read of the store.
 type StatsStore interface {

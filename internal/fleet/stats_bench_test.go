@@ -15,7 +15,7 @@ import (
 // BenchmarkFleetStats100k: the fleet statistics (GET /api/v1/fleet/stats,
 // and what /metrics exports every 15 s at most) over 100,000 devices on
 // five releases, each with a confirmed install in a rollout (so 100,000
-// install times, the most the percentiles read), 1,000 recoveries and
+// install times, of which the percentiles read the latest 10,000), 1,000 recoveries and
 // refusals. Everything else is a grouped query over an index.
 //
 //	go test -run XXX -bench FleetStats100k -benchtime 10x ./internal/fleet

@@ -59,7 +59,7 @@ func newFleetCollector(f *fleet.Service, logger *slog.Logger) *fleetCollector {
 		success: prometheus.NewDesc("rampart_fleet_update_success_ratio",
 			"Confirmed installs over confirmed installs plus rollbacks and failed installs, in every rollout (absent before any).", nil, nil),
 		install: prometheus.NewDesc("rampart_fleet_time_to_install_seconds",
-			"Time from a release's hand-out to the device's confirmed boot, of the latest 100,000 installs in rollouts.", []string{"quantile"}, nil),
+			"Time from a release's hand-out to the device's confirmed boot, of the latest 10,000 installs in rollouts.", []string{"quantile"}, nil),
 		mttr: prometheus.NewDesc("rampart_fleet_mttr_seconds",
 			"Mean time from a device found on a failed deployment (a release signed with a revoked key) to its confirmed boot of a good release.", nil, nil),
 		tamper: prometheus.NewDesc("rampart_fleet_tamper_detections_total",

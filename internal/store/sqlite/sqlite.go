@@ -185,7 +185,7 @@ var migrations = []string{
 		key_id TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, revoked_by TEXT NOT NULL, revoked_at INTEGER NOT NULL
 	);
 	CREATE INDEX assignments_target ON assignments (target, device_id);
-	CREATE INDEX devices_version ON devices (version, security_version);
+	CREATE INDEX devices_version ON devices (revoked_at, version, security_version);
 	CREATE INDEX rollout_devices_installed ON rollout_devices (status, updated_at);
 	CREATE TABLE refusal_counts (class TEXT PRIMARY KEY, n INTEGER NOT NULL);
 	CREATE TABLE recoveries (
