@@ -180,10 +180,14 @@ func (s *Service) goodInstall(ctx context.Context, hardware, version string) (bo
 // published release), a product role's delegated key, one of the
 // server's online keys, or a top-level role's key.
 func (s *Service) identify(ctx context.Context, id string, rels []rel, delegated map[string][]string) (kind, role string, err error) {
+	var products []string
 	for _, r := range rels {
-		if slices.Contains(r.signedBy, id) {
-			return KindReleaseSigner, r.meta.Product, nil
+		if slices.Contains(r.signedBy, id) && !slices.Contains(products, r.meta.Product) {
+			products = append(products, r.meta.Product)
 		}
+	}
+	if len(products) > 0 {
+		return KindReleaseSigner, strings.Join(products, ","), nil
 	}
 	if roles := delegated[id]; len(roles) > 0 {
 		return KindProductKey, strings.Join(roles, ","), nil
