@@ -26,7 +26,7 @@ var (
 
 // twoReleases publishes acme-gw 1.0.0 (signed with keyA by its log
 // statement) and 2.0.0 (keyB), both security version 1, for hw.
-func twoReleases(t *testing.T, db store.Store) catalog {
+func twoReleases(t testing.TB, db store.Store) catalog {
 	role := metadata.Targets(time.Now().Add(time.Hour))
 	for i, v := range []struct{ version, key string }{{"1.0.0", keyA}, {"2.0.0", keyB}} {
 		path := "acme-gw/" + v.version + "/fw.img"
