@@ -36,6 +36,7 @@ var commands = []*cmdSpec{
 	deviceTokenCmd, deviceListCmd, deviceShowCmd, deviceTagCmd, deviceUntagCmd, deviceRevokeCmd, deviceRemoveCmd, releaseListCmd, deployCmd,
 	rolloutCreateCmd, rolloutListCmd, rolloutShowCmd, rolloutPauseCmd, rolloutResumeCmd, rolloutAbortCmd, rolloutApproveCmd,
 	policySetCmd, policyShowCmd, policyExplainCmd,
+	fleetStatsCmd, incidentRevokeKeyCmd, incidentRedeployCmd,
 	directorPushRootCmd, logVerifyCmd,
 	simCmd,
 }

@@ -211,6 +211,7 @@ func printRollout(e *env, r api.Rollout) {
 	if r.ApprovedBy != "" {
 		fmt.Fprintf(w, "approved  by %s\n", termsafe.String(r.ApprovedBy))
 	}
+	printRolloutStats(e, r.Stats)
 }
 
 func rolloutActionCmd(action, summary, more string) *cmdSpec {

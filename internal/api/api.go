@@ -53,6 +53,9 @@ var Routes = []Route{
 	{"POST", "/api/v1/devices/{id}/revoke"},
 	{"DELETE", "/api/v1/devices/{id}"},
 	{"POST", "/api/v1/deploy"},
+	{"GET", "/api/v1/fleet/stats"},
+	{"POST", "/api/v1/incidents/revoke-key"},
+	{"POST", "/api/v1/incidents/redeploy"},
 	// Device API.
 	{"POST", "/api/v1/enroll"},
 	{"POST", "/api/v1/device/report"},
@@ -106,6 +109,7 @@ const (
 	BadRollout          Code = "bad-rollout"
 	BadWindow           Code = "bad-window"
 	BadPolicy           Code = "bad-policy"
+	BadKeyID            Code = "bad-key-id"
 	// 401
 	Unauthenticated         Code = "unauthenticated"
 	TokenRevoked            Code = "token-revoked" // also 409: changing a revoked token
@@ -117,29 +121,32 @@ const (
 	ManufacturerCertExpired Code = "manufacturer-cert-expired"
 	ManufacturerKeyMismatch Code = "manufacturer-key-mismatch"
 	// 403
-	Forbidden        Code = "forbidden"
-	DeviceRevoked    Code = "device-revoked"
-	NoManufacturerCA Code = "no-manufacturer-ca"
-	DeviceIDMismatch Code = "device-id-mismatch"
-	HardwareMismatch Code = "hardware-mismatch"
-	NotFound         Code = "not-found"
-	UnknownRelease   Code = "unknown-release"
-	SelfApproval     Code = "self-approval"
-	MethodNotAllowed Code = "method-not-allowed"
-	Timeout          Code = "timeout"
-	VersionNotNext   Code = "version-not-next" // 409; 422 for a director root out of order
-	ReleaseLogged    Code = "release-logged"
-	Exists           Code = "exists"
-	DeviceExists     Code = "device-exists"
-	ReplayedReport   Code = "replayed-report"
-	CounterJump      Code = "counter-jump"
-	Conflict         Code = "conflict"
-	LastAdmin        Code = "last-admin"
-	AlreadyRevoked   Code = "already-revoked"
-	AuditPruned      Code = "audit-pruned"
-	TooLarge         Code = "too-large"
-	RateLimited      Code = "rate-limited"
-	RolloutState     Code = "rollout-state"
+	Forbidden         Code = "forbidden"
+	DeviceRevoked     Code = "device-revoked"
+	NoManufacturerCA  Code = "no-manufacturer-ca"
+	DeviceIDMismatch  Code = "device-id-mismatch"
+	HardwareMismatch  Code = "hardware-mismatch"
+	NotFound          Code = "not-found"
+	UnknownRelease    Code = "unknown-release"
+	SelfApproval      Code = "self-approval"
+	MethodNotAllowed  Code = "method-not-allowed"
+	Timeout           Code = "timeout"
+	VersionNotNext    Code = "version-not-next" // 409; 422 for a director root out of order
+	ReleaseLogged     Code = "release-logged"
+	Exists            Code = "exists"
+	DeviceExists      Code = "device-exists"
+	ReplayedReport    Code = "replayed-report"
+	CounterJump       Code = "counter-jump"
+	Conflict          Code = "conflict"
+	LastAdmin         Code = "last-admin"
+	AlreadyRevoked    Code = "already-revoked"
+	AuditPruned       Code = "audit-pruned"
+	TooLarge          Code = "too-large"
+	RateLimited       Code = "rate-limited"
+	RolloutState      Code = "rollout-state"
+	UnknownKey        Code = "unknown-key"
+	KeyAlreadyRevoked Code = "key-revoked"
+	KeyNotRevoked     Code = "key-not-revoked"
 	// 422: push refusals (pushaccept, hostedrepo, director roots)
 	BadSignature         Code = "bad-signature"
 	Expired              Code = "expired"
@@ -159,6 +166,8 @@ const (
 	UnknownInstalled     Code = "unknown-installed-release"
 	WrongSecurityVersion Code = "wrong-security-version"
 	BelowSecurityVersion Code = "below-security-version"
+	RevokedRelease       Code = "revoked-release"
+	NotSignedByKey       Code = "not-signed-by-key"
 	// 5xx
 	Internal            Code = "internal"
 	ChunkCorrupt        Code = "chunk-corrupt"
@@ -175,16 +184,16 @@ var Codes = []Code{
 	BadJSON, BadPath, BadDigest, BadLength, BadRole, BadName, BadHardware, BadTTL, BadDeviceID, BadCSR,
 	UnsupportedKey, BadEnrollment, BadManufacturerCert, BadStatus, BadVersion, BadReason, NoReason, BadTarget,
 	AmbiguousTarget, BadAfter, BadLimit, BadRange, BadSelector, BadTag, BadProduct, BadPhases, BadRollout,
-	BadWindow, BadPolicy,
+	BadWindow, BadPolicy, BadKeyID,
 	Unauthenticated, TokenRevoked, NoDeviceCertificate, BadToken, TokenUsed, TokenExpired,
 	ManufacturerUnknownCA, ManufacturerCertExpired, ManufacturerKeyMismatch,
 	Forbidden, DeviceRevoked, NoManufacturerCA, DeviceIDMismatch, HardwareMismatch, SelfApproval,
 	NotFound, UnknownRelease, MethodNotAllowed, Timeout,
 	VersionNotNext, ReleaseLogged, Exists, DeviceExists, ReplayedReport, CounterJump, Conflict, LastAdmin, AlreadyRevoked,
-	AuditPruned, TooLarge, RateLimited, RolloutState,
+	AuditPruned, TooLarge, RateLimited, RolloutState, UnknownKey, KeyAlreadyRevoked, KeyNotRevoked,
 	BadSignature, Expired, Malformed, UnknownRole, ReleaseImmutable, SecurityLowered, OutsideDelegation,
 	UnsafeTargetPath, NothingPushed, MissingBlob, BlobMismatch, BadIndex, OnlineKeys, LogKey, WrongHardware,
-	UnknownInstalled, WrongSecurityVersion, BelowSecurityVersion,
+	UnknownInstalled, WrongSecurityVersion, BelowSecurityVersion, RevokedRelease, NotSignedByKey,
 	Internal, ChunkCorrupt, PayloadCorrupt, Busy, NotReady, NoDirectorRoot, NoDeviceCA, InsufficientStorage,
 }
 
@@ -528,6 +537,13 @@ type Release struct {
 	ThresholdMet    bool      `json:"threshold_met"`
 	LogIndex        *uint64   `json:"log_index"`
 	Created         time.Time `json:"created"`
+	// SignedBy are the key ids whose signatures on the product role
+	// met its threshold when the release was first published (its log
+	// statement's signers); RevokedKey is set when one of them, or of
+	// Signers, is revoked (rampart incident revoke-key): the release is
+	// never offered again.
+	SignedBy   []string `json:"signed_by,omitempty"`
+	RevokedKey bool     `json:"revoked_key,omitempty"`
 }
 
 // ReleaseList is the answer of GET /api/v1/releases[?product=P]: newest
@@ -626,6 +642,18 @@ type Rollout struct {
 	Window      string     `json:"window,omitempty"`
 	WindowOpen  bool       `json:"window_open"`
 	WindowOpens *time.Time `json:"window_opens,omitempty"`
+	// Stats are the rollout's metrics (rollout show only).
+	Stats *RolloutStats `json:"stats,omitempty"`
+}
+
+// RolloutStats are a rollout's metrics: what FleetStats says of the
+// fleet, for the rollout's devices.
+type RolloutStats struct {
+	UpdateSuccessRate *float64       `json:"update_success_rate"`
+	TimeToInstallP50  *float64       `json:"time_to_install_p50_s"`
+	TimeToInstallP95  *float64       `json:"time_to_install_p95_s"`
+	MTTR              *float64       `json:"mttr_s"`
+	TamperDetections  map[string]int `json:"tamper_detections"`
 }
 
 // RolloutList is the answer of GET /api/v1/rollouts: the newest 1000.
@@ -637,4 +665,88 @@ type RolloutList struct {
 // resume, abort, approve): an optional reason, audited.
 type RolloutAction struct {
 	Reason string `json:"reason,omitempty"`
+}
+
+// FleetStats is the answer of GET /api/v1/fleet/stats (rampart fleet
+// stats --json). Devices counts unrevoked devices; ByVersion and
+// BySecurityVersion count them by the release they last confirmed
+// ("none" before any), the most common MaxStatsVersions and the rest as
+// "other". UpdateSuccessRate is confirmed installs over confirmed
+// installs plus failures (rollbacks, failed installs) in every rollout;
+// the install times run from the release's hand-out to the confirmed
+// boot; MTTR from a device found on a failed deployment to its confirmed
+// boot of a good release. Each is null while nothing was measured.
+// TamperDetections counts the devices' verification refusals by class.
+type FleetStats struct {
+	Devices           int            `json:"devices"`
+	ByVersion         map[string]int `json:"by_version"`
+	BySecurityVersion map[string]int `json:"by_security_version"`
+	UpdateSuccessRate *float64       `json:"update_success_rate"`
+	TimeToInstallP50  *float64       `json:"time_to_install_p50_s"`
+	TimeToInstallP95  *float64       `json:"time_to_install_p95_s"`
+	MTTR              *float64       `json:"mttr_s"`
+	TamperDetections  map[string]int `json:"tamper_detections"`
+}
+
+// MaxStatsVersions is how many versions (and security versions) fleet
+// statistics name; the others are counted as "other".
+const MaxStatsVersions = 50
+
+// RevokeKeyRequest is POST /api/v1/incidents/revoke-key.
+type RevokeKeyRequest struct {
+	KeyID  string `json:"key_id"`
+	Reason string `json:"reason"`
+}
+
+// AffectedDevice is a device running or assigned a release signed with
+// a revoked key.
+type AffectedDevice struct {
+	ID       string `json:"id"`
+	Running  string `json:"running,omitempty"`
+	Assigned string `json:"assigned,omitempty"`
+}
+
+// KeyRevoked is the answer of POST /api/v1/incidents/revoke-key: what
+// the key was (Kind: release-signer, product-key, online, targets,
+// root; Role: the role it signs for), the rollouts halted (aborted),
+// the releases it signed (marked revoked), the devices running or
+// assigned them (at most MaxAffectedDevices; DevicesMore counts the
+// rest), and the offline steps still to do.
+type KeyRevoked struct {
+	KeyID          string           `json:"key_id"`
+	Kind           string           `json:"kind"`
+	Role           string           `json:"role"`
+	Reason         string           `json:"reason"`
+	HaltedRollouts []string         `json:"halted_rollouts"`
+	Releases       []string         `json:"releases"`
+	Devices        []AffectedDevice `json:"devices"`
+	DevicesMore    int              `json:"devices_more,omitempty"`
+	RotationSteps  []string         `json:"rotation_steps"`
+}
+
+// MaxAffectedDevices is how many affected devices one answer lists.
+const MaxAffectedDevices = 10000
+
+// RedeployRequest is POST /api/v1/incidents/redeploy: Release
+// (PRODUCT/VERSION) is a release signed with the revoked key AffectedBy.
+type RedeployRequest struct {
+	Release    string `json:"release"`
+	AffectedBy string `json:"affected_by"`
+}
+
+// RedeployedDevice is what redeploy did for one device: the release
+// assigned to it, or why none was.
+type RedeployedDevice struct {
+	ID       string `json:"id"`
+	Assigned string `json:"assigned,omitempty"`
+	Note     string `json:"note,omitempty"`
+}
+
+// Redeployed is the answer of POST /api/v1/incidents/redeploy.
+type Redeployed struct {
+	Release     string             `json:"release"`
+	Assigned    int                `json:"assigned"`
+	Unchanged   int                `json:"unchanged"`
+	Devices     []RedeployedDevice `json:"devices"`
+	DevicesMore int                `json:"devices_more,omitempty"`
 }

@@ -861,3 +861,35 @@ func (c *Client) RolloutAction(ctx context.Context, id, action, reason string) (
 	err := c.postJSON(ctx, "/api/v1/rollouts/"+url.PathEscape(id)+"/"+url.PathEscape(action), api.RolloutAction{Reason: reason}, &out)
 	return out, err
 }
+
+// FleetStats returns the fleet's statistics.
+func (c *Client) FleetStats(ctx context.Context) (api.FleetStats, error) {
+	var out api.FleetStats
+	err := c.getJSON(ctx, "/api/v1/fleet/stats", MaxSmallAnswer, &out)
+	return out, err
+}
+
+// RevokeKey revokes a key (incident response).
+func (c *Client) RevokeKey(ctx context.Context, keyID, reason string) (api.KeyRevoked, error) {
+	var out api.KeyRevoked
+	err := c.postLarge(ctx, "/api/v1/incidents/revoke-key", api.RevokeKeyRequest{KeyID: keyID, Reason: reason}, &out)
+	return out, err
+}
+
+// Redeploy puts the last known-good release back on the devices a
+// revoked key's release reached.
+func (c *Client) Redeploy(ctx context.Context, release, keyID string) (api.Redeployed, error) {
+	var out api.Redeployed
+	err := c.postLarge(ctx, "/api/v1/incidents/redeploy", api.RedeployRequest{Release: release, AffectedBy: keyID}, &out)
+	return out, err
+}
+
+// postLarge is postJSON for answers that list up to
+// api.MaxAffectedDevices devices.
+func (c *Client) postLarge(ctx context.Context, path string, in, out any) error {
+	b, err := json.Marshal(in)
+	if err != nil {
+		return err
+	}
+	return c.doJSON(ctx, call{method: "POST", path: path, body: bytes.NewReader(b), length: int64(len(b)), limit: MaxDeviceList, timeout: c.Timeout}, out)
+}

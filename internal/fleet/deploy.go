@@ -42,6 +42,9 @@ func (s *Service) Deploy(ctx context.Context, op Op, req api.DeployRequest) (api
 		return api.Deployed{}, refuse(Invalid, api.AmbiguousTarget, "%s names several files: %v; give one", req.Target, matches)
 	}
 	target := matches[0]
+	if err := s.refuseRevoked(ctx, target); err != nil {
+		return api.Deployed{}, err
+	}
 	meta, err := release.FromTarget(target, role.Signed.Targets[target])
 	if err != nil {
 		return api.Deployed{}, err

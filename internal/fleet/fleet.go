@@ -42,6 +42,8 @@ type Store interface {
 	// Doc reads the stored fleet policy (PolicyRepo, PolicyRole).
 	Doc(ctx context.Context, repo, role string, version int64) (store.Doc, error)
 	RolloutStore
+	StatsStore
+	IncidentStore
 	Atomic(ctx context.Context, f func(tx store.Tx) error) error
 }
 
@@ -54,6 +56,8 @@ type Catalog interface {
 // Published is the image repository's current top-level targets role
 // and product roles by name, as signed (nil when nothing is published).
 type Published struct {
+	// Root is the current root (nil when nothing is published).
+	Root    []byte
 	Targets []byte
 	Roles   map[string][]byte
 }
@@ -68,7 +72,10 @@ type Config struct {
 	// Manufacturers, when set, lets a device enroll with a certificate
 	// chain from one of these CAs whose subject names it.
 	Manufacturers *x509.CertPool
-	Now           func() time.Time
+	// OnlineKeys names the server's online keys by key id (snapshot,
+	// timestamp, director-targets, ...), for incident response.
+	OnlineKeys map[string]string
+	Now        func() time.Time
 }
 
 // Service is the fleet. It is safe for concurrent use.
@@ -81,6 +88,7 @@ type Service struct {
 	ro            rollouts
 	win           windows     // window.go
 	pol           policyState // policy.go
+	onlineKeys    map[string]string
 }
 
 // New returns a Service.
@@ -88,7 +96,7 @@ func New(c Config) *Service {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return &Service{store: c.Store, catalog: c.Catalog, deviceCA: c.DeviceCA, manufacturers: c.Manufacturers, now: c.Now}
+	return &Service{store: c.Store, catalog: c.Catalog, deviceCA: c.DeviceCA, manufacturers: c.Manufacturers, now: c.Now, onlineKeys: c.OnlineKeys}
 }
 
 // Op says who asks for an action, for its audit entry: the actor

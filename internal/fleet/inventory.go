@@ -13,6 +13,7 @@ import (
 	"github.com/theupdateframework/go-tuf/v2/metadata"
 
 	"github.com/rampartfw/rampart/internal/api"
+	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/store"
 )
@@ -185,6 +186,10 @@ func (s *Service) Releases(ctx context.Context, product string) (api.ReleaseList
 		return api.ReleaseList{}, err
 	}
 	out := api.ReleaseList{Releases: []api.Release{}}
+	revoked, err := s.revokedSet(ctx)
+	if err != nil {
+		return api.ReleaseList{}, err
+	}
 	for _, name := range slices.Sorted(maps.Keys(pub.Roles)) {
 		if product != "" && name != product {
 			continue
@@ -205,9 +210,16 @@ func (s *Service) Releases(ctx context.Context, product string) (api.ReleaseList
 			if e, err := s.store.LogEntry(ctx, path); err == nil {
 				idx := e.Index
 				r.LogIndex = &idx
+				if st, err := logproof.ParseStatement(e.Leaf); err == nil {
+					r.SignedBy = st.SignerKeyIDs
+				}
 			} else if !errors.Is(err, store.ErrNotFound) {
 				return api.ReleaseList{}, err
 			}
+			if r.SignedBy == nil {
+				r.SignedBy = signers
+			}
+			r.RevokedKey = signedByAny(rel{signedBy: r.SignedBy}, revoked) != ""
 			rels = append(rels, r)
 		}
 		sort.Slice(rels, func(i, j int) bool {

@@ -107,6 +107,14 @@ func (s *Service) Report(ctx context.Context, requestID, id string, req api.Repo
 			return s.recordAnomaly(ctx, op, id, req, anomaly)
 		}
 	}
+	// A confirmed boot of a release signed with no revoked key ends the
+	// device's recovery from a failed deployment (mttr), if it has one.
+	good := false
+	if req.Status == api.Installed {
+		if good, err = s.goodInstall(ctx, d.HardwareID, req.Version); err != nil {
+			return err
+		}
+	}
 	reason := truncateUTF8(req.Reason, maxStoredReason)
 	detail := map[string]string{"status": string(req.Status), "counter": counter}
 	if reason != "" {
@@ -136,6 +144,11 @@ func (s *Service) Report(ctx context.Context, requestID, id string, req api.Repo
 		}
 		if final, err = s.rolloutReport(ctx, tx, id, req, s.now()); err != nil {
 			return err
+		}
+		if good {
+			if _, err := tx.CloseRecovery(ctx, id, s.now()); err != nil {
+				return err
+			}
 		}
 		changed := d.LastStatus != string(req.Status) ||
 			req.Status == api.Installed && (d.Version != req.Version || d.SecurityVersion != uint64(req.SecurityVersion))

@@ -177,6 +177,9 @@ func (s *Service) CreateRollout(ctx context.Context, op Op, req api.RolloutReque
 	if err != nil {
 		return api.RolloutCreated{}, err
 	}
+	if err := s.refuseRevoked(ctx, target); err != nil {
+		return api.RolloutCreated{}, err
+	}
 	specJSON, _ := json.Marshal(spec)
 	id := newRolloutID()
 	now := s.now()

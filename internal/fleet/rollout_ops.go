@@ -128,7 +128,16 @@ func (s *Service) ShowRollout(ctx context.Context, id string) (api.Rollout, erro
 	} else if err != nil {
 		return api.Rollout{}, err
 	}
-	return s.view(ctx, r, true)
+	v, err := s.view(ctx, r, true)
+	if err != nil {
+		return api.Rollout{}, err
+	}
+	st, err := s.rolloutStats(ctx, r.ID)
+	if err != nil {
+		return api.Rollout{}, err
+	}
+	v.Stats = &st
+	return v, nil
 }
 
 // ListRollouts returns the newest rollouts (at most 1000) with their

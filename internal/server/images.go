@@ -402,5 +402,9 @@ func (c catalog) Published(ctx context.Context) (fleet.Published, error) {
 	if err != nil {
 		return fleet.Published{}, err
 	}
-	return fleet.Published{Targets: st.Targets, Roles: st.Roles}, nil
+	pub := fleet.Published{Targets: st.Targets, Roles: st.Roles}
+	if len(st.Roots) > 0 {
+		pub.Root = st.Roots[len(st.Roots)-1]
+	}
+	return pub, nil
 }

@@ -175,7 +175,8 @@ func New(c Config) (*Server, error) {
 		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
 	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
 		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
-	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now})
+	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now,
+		OnlineKeys: onlineKeyIDs(s.online, c.DirectorKeys, c.PreviousDirectorKeys)})
 	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
 		ProductRole: s.productRole, Decide: s.fleet.Decide, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}
@@ -197,6 +198,7 @@ func New(c Config) (*Server, error) {
 		}
 		return float64(n)
 	}))
+	s.metrics.reg.MustRegister(newFleetCollector(s.fleet, c.Logger))
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rampart_http_unauthenticated_in_flight", Help: "Requests without credentials being served (see Limits.MaxUnauthenticated).",
 	}, func() float64 { return float64(s.anonymous.n.Load()) }))
@@ -258,6 +260,9 @@ func (s *Server) Handler() http.Handler {
 	handle("POST /api/v1/devices/{id}/revoke", small, s.requireRole(s.handleRevokeDevice, RoleOperator))
 	handle("DELETE /api/v1/devices/{id}", noBody, s.requireRole(s.handleRemoveDevice, RoleOperator))
 	handle("POST /api/v1/deploy", small, s.requireRole(s.handleDeploy, RoleOperator))
+	handle("GET /api/v1/fleet/stats", noBody, s.requireRole(s.handleFleetStats, RoleOperator, RoleAuditor))
+	handle("POST /api/v1/incidents/revoke-key", small, s.requireRole(s.handleRevokeKey, RoleOperator))
+	handle("POST /api/v1/incidents/redeploy", small, s.requireRole(s.handleRedeploy, RoleOperator))
 	// Device API: enrollment by one-time token or manufacturer
 	// certificate, then mTLS.
 	handle("POST /api/v1/enroll", routePolicy{maxBody: enrollBody, open: true}, s.handleEnroll)

@@ -146,7 +146,8 @@ type Devices interface {
 	// RecordReport accepts a report only if its counter is above the
 	// stored one (ErrReplay otherwise) and the device is not revoked. It
 	// keeps the report among the device's latest ReportHistory and counts
-	// it under its status.
+	// it under its status, and a report with a Refusal class under its
+	// class (RefusalCounts).
 	RecordReport(ctx context.Context, id string, r Report) error
 	// Reports returns a device's kept reports, newest first, and how many
 	// reports of each status it has sent.
@@ -386,6 +387,82 @@ type Rollouts interface {
 	RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error)
 }
 
+// RevokedKey is a signing key an operator revoked (rampart incident
+// revoke-key): releases it signed are never offered again.
+type RevokedKey struct {
+	KeyID string
+	// Kind is the fleet service's name for what the key was
+	// (release-signer, product-key, online, targets, root).
+	Kind      string
+	Reason    string
+	RevokedBy string
+	RevokedAt time.Time
+}
+
+// DeviceCounts are the unrevoked devices counted by the release they
+// last confirmed ("" for none) and its security version.
+type DeviceCounts struct {
+	Devices           int
+	ByVersion         map[string]int
+	BySecurityVersion map[uint64]int
+}
+
+// RolloutStats are the outcomes of a rollout's devices, or of every
+// rollout's.
+type RolloutStats struct {
+	// Installed counts devices whose install was confirmed; Failures
+	// their rollbacks and failed installs (retried ones included).
+	Installed int
+	Failures  int
+	// Refusals counts devices whose latest report in the rollout was a
+	// refusal of tampered data, by class (the reason).
+	Refusals map[string]int
+	// InstallTimes are, for at most limit of the latest confirmed
+	// installs, the time from the release's hand-out to the confirmed
+	// boot.
+	InstallTimes []time.Duration
+}
+
+// RecoveryStats sum up the recoveries of devices from failed
+// deployments: how many closed and their total duration, and how many
+// are still open.
+type RecoveryStats struct {
+	Closed int
+	Total  time.Duration
+	Open   int
+}
+
+// Incidents stores revoked keys and what fleet statistics are computed
+// from (each by an indexed query, never a walk of the fleet in Go).
+type Incidents interface {
+	// RevokeKey records a revoked key; ErrExists when it already is.
+	RevokeKey(ctx context.Context, k RevokedKey) error
+	// RevokedKeys returns every revoked key, oldest first.
+	RevokedKeys(ctx context.Context) ([]RevokedKey, error)
+	// AssignedDevices returns up to limit ids of devices assigned
+	// target whose id sorts after after, in id order.
+	AssignedDevices(ctx context.Context, target, after string, limit int) ([]string, error)
+	// DeviceCounts counts the unrevoked devices by version and security
+	// version.
+	DeviceCounts(ctx context.Context) (DeviceCounts, error)
+	// RefusalCounts returns how many verification-refused reports
+	// RecordReport accepted, by their Refusal class.
+	RefusalCounts(ctx context.Context) (map[string]int, error)
+	// RolloutStats returns the outcomes of a rollout's devices ("" for
+	// every rollout's), with at most limit install times.
+	RolloutStats(ctx context.Context, rolloutID string, limit int) (RolloutStats, error)
+	// OpenRecoveries opens a recovery for each device that has none
+	// open: the device was found on a failed deployment (of rollout
+	// rolloutID, "" when none) at at.
+	OpenRecoveries(ctx context.Context, deviceIDs []string, rolloutID string, at time.Time) error
+	// CloseRecovery closes the device's open recovery at at (none open
+	// is not an error) and reports whether it had one.
+	CloseRecovery(ctx context.Context, deviceID string, at time.Time) (bool, error)
+	// RecoveryStats sums the recoveries of rollout rolloutID ("" for
+	// all).
+	RecoveryStats(ctx context.Context, rolloutID string) (RecoveryStats, error)
+}
+
 // Tx is the store inside one transaction (see Store.Atomic). Each method
 // keeps its own atomicity: one that fails has changed nothing, and the
 // transaction goes on; it is the callback's error that rolls back the
@@ -398,6 +475,7 @@ type Tx interface {
 	Releases
 	Assignments
 	Rollouts
+	Incidents
 }
 
 // Store is everything the server keeps.

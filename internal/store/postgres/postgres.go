@@ -646,8 +646,15 @@ func (s *conn) RecordReport(ctx context.Context, id string, r store.Report) erro
 			SELECT counter FROM reports WHERE device_id = $1 ORDER BY counter DESC LIMIT 1 OFFSET $2)`, id, store.ReportHistory); err != nil {
 			return err
 		}
-		_, err = tx.q.Exec(ctx, `INSERT INTO report_counts (device_id, status, n) VALUES ($1, $2, 1)
-			ON CONFLICT (device_id, status) DO UPDATE SET n = report_counts.n + 1`, id, r.Status)
+		if _, err := tx.q.Exec(ctx, `INSERT INTO report_counts (device_id, status, n) VALUES ($1, $2, 1)
+			ON CONFLICT (device_id, status) DO UPDATE SET n = report_counts.n + 1`, id, r.Status); err != nil {
+			return err
+		}
+		if r.Refusal == "" {
+			return nil
+		}
+		_, err = tx.q.Exec(ctx, `INSERT INTO refusal_counts (class, n) VALUES ($1, 1)
+			ON CONFLICT (class) DO UPDATE SET n = refusal_counts.n + 1`, r.Refusal)
 		return err
 	})
 }

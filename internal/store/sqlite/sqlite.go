@@ -178,6 +178,21 @@ var migrations = []string{
 	) WITHOUT ROWID;
 	CREATE INDEX rollout_devices_status ON rollout_devices (rollout_id, status);
 	CREATE INDEX rollout_devices_device ON rollout_devices (device_id);`,
+	// Incident response and fleet statistics: revoked keys, devices
+	// by assignment and by what they run, verification refusals by
+	// class, recoveries from failed deployments.
+	`CREATE TABLE revoked_keys (
+		key_id TEXT PRIMARY KEY, kind TEXT NOT NULL, reason TEXT NOT NULL, revoked_by TEXT NOT NULL, revoked_at INTEGER NOT NULL
+	);
+	CREATE INDEX assignments_target ON assignments (target, device_id);
+	CREATE INDEX devices_version ON devices (revoked_at, version, security_version);
+	CREATE INDEX rollout_devices_installed ON rollout_devices (status, updated_at);
+	CREATE TABLE refusal_counts (class TEXT PRIMARY KEY, n INTEGER NOT NULL);
+	CREATE TABLE recoveries (
+		device_id TEXT NOT NULL, rollout_id TEXT NOT NULL, opened_at INTEGER NOT NULL, closed_at INTEGER NOT NULL DEFAULT 0
+	);
+	CREATE UNIQUE INDEX recoveries_open ON recoveries (device_id) WHERE closed_at = 0;
+	CREATE INDEX recoveries_rollout ON recoveries (rollout_id, closed_at);`,
 }
 
 // maxIdleConns is how many connections stay open between bursts of
@@ -565,8 +580,15 @@ func (s *conn) RecordReport(ctx context.Context, id string, r store.Report) erro
 			SELECT counter FROM reports WHERE device_id = ? ORDER BY counter DESC LIMIT 1 OFFSET ?)`, id, id, store.ReportHistory); err != nil {
 			return err
 		}
-		_, err = tx.q.ExecContext(ctx, `INSERT INTO report_counts (device_id, status, n) VALUES (?, ?, 1)
-			ON CONFLICT (device_id, status) DO UPDATE SET n = n + 1`, id, r.Status)
+		if _, err := tx.q.ExecContext(ctx, `INSERT INTO report_counts (device_id, status, n) VALUES (?, ?, 1)
+			ON CONFLICT (device_id, status) DO UPDATE SET n = n + 1`, id, r.Status); err != nil {
+			return err
+		}
+		if r.Refusal == "" {
+			return nil
+		}
+		_, err = tx.q.ExecContext(ctx, `INSERT INTO refusal_counts (class, n) VALUES (?, 1)
+			ON CONFLICT (class) DO UPDATE SET n = n + 1`, r.Refusal)
 		return err
 	})
 }

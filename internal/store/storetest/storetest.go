@@ -866,4 +866,117 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("%v %v", bs, err)
 		}
 	})
+	t.Run("RevokedKeys", func(t *testing.T) {
+		s := open(t)
+		if ks, err := s.RevokedKeys(ctx); err != nil || len(ks) != 0 {
+			t.Fatalf("%v %v", ks, err)
+		}
+		k := store.RevokedKey{KeyID: "ab12", Kind: "release-signer", Reason: "laptop stolen", RevokedBy: "token:ops", RevokedAt: now}
+		if err := s.RevokeKey(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		is(t, s.RevokeKey(ctx, k), store.ErrExists)
+		s.RevokeKey(ctx, store.RevokedKey{KeyID: "00ff", Kind: "online", RevokedAt: now.Add(time.Second)})
+		ks, err := s.RevokedKeys(ctx)
+		if err != nil || len(ks) != 2 || ks[0] != k || ks[1].KeyID != "00ff" {
+			t.Fatalf("oldest first: %+v %v", ks, err)
+		}
+	})
+	t.Run("FleetStats", func(t *testing.T) {
+		s := open(t)
+		for i, v := range []string{"", "1.0.0", "1.0.0", "2.0.0", "2.0.0"} {
+			id := fmt.Sprintf("dev-%d", i)
+			s.CreateDevice(ctx, store.Device{ID: id, HardwareID: "hw", CertSerial: id, EnrolledAt: now})
+			if v != "" {
+				sv := uint64(1)
+				if v == "2.0.0" {
+					sv = 2
+				}
+				if err := s.RecordReport(ctx, id, store.Report{Counter: 1, Status: "installed", Installed: true, Version: v, SecurityVersion: sv, At: now}); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		s.RevokeDevice(ctx, "dev-4", now) // revoked devices are not counted
+		c, err := s.DeviceCounts(ctx)
+		if err != nil || c.Devices != 4 || c.ByVersion[""] != 1 || c.ByVersion["1.0.0"] != 2 || c.ByVersion["2.0.0"] != 1 ||
+			c.BySecurityVersion[0] != 1 || c.BySecurityVersion[1] != 2 || c.BySecurityVersion[2] != 1 {
+			t.Fatalf("%+v %v", c, err)
+		}
+
+		// Refusals are counted by class, whatever else the device reports.
+		s.RecordReport(ctx, "dev-0", store.Report{Counter: 2, Status: "verification-refused", Reason: "rollback", Refusal: "rollback", At: now})
+		s.RecordReport(ctx, "dev-0", store.Report{Counter: 3, Status: "verification-refused", Reason: "rollback", Refusal: "rollback", At: now})
+		s.RecordReport(ctx, "dev-1", store.Report{Counter: 2, Status: "verification-refused", Reason: "bad-signature", Refusal: "bad-signature", At: now})
+		s.RecordReport(ctx, "dev-1", store.Report{Counter: 3, Status: "failed", Reason: "network", At: now})
+		r, err := s.RefusalCounts(ctx)
+		if err != nil || len(r) != 2 || r["rollback"] != 2 || r["bad-signature"] != 1 {
+			t.Fatalf("%v %v", r, err)
+		}
+
+		// Rollout outcomes, per rollout and in all; install times of the
+		// latest installs first.
+		put := func(ro, dev, st string, offered, updated time.Duration, failures int, reason string) {
+			t.Helper()
+			if err := s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: ro, DeviceID: dev, Status: st, OfferedAt: now.Add(offered), Failures: failures,
+				Reason: reason, UpdatedAt: now.Add(updated)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		put("r-a", "dev-0", "installed", 0, 10*time.Second, 0, "")
+		put("r-a", "dev-1", "installed", 0, 30*time.Second, 1, "health")
+		put("r-a", "dev-2", "rolled-back", 0, time.Second, 1, "health")
+		put("r-a", "dev-3", "refused", 0, time.Second, 0, "rollback")
+		put("r-b", "dev-0", "installed", time.Minute, 2*time.Minute, 0, "")
+		put("r-b", "dev-1", "downloading", time.Minute, time.Minute, 0, "")
+		st, err := s.RolloutStats(ctx, "r-a", 10)
+		if err != nil || st.Installed != 2 || st.Failures != 2 || len(st.Refusals) != 1 || st.Refusals["rollback"] != 1 ||
+			fmt.Sprint(st.InstallTimes) != "[30s 10s]" {
+			t.Fatalf("%+v %v", st, err)
+		}
+		st, err = s.RolloutStats(ctx, "", 2)
+		if err != nil || st.Installed != 3 || st.Failures != 2 || fmt.Sprint(st.InstallTimes) != "[1m0s 30s]" {
+			t.Fatalf("every rollout, 2 install times: %+v %v", st, err)
+		}
+		if st, err := s.RolloutStats(ctx, "nope", 10); err != nil || st.Installed != 0 || len(st.InstallTimes) != 0 {
+			t.Fatalf("%+v %v", st, err)
+		}
+
+		// Assignments by target.
+		s.Assign(ctx, "p/2.0.0/f", []string{"dev-3", "dev-1", "dev-2"}, now)
+		s.Assign(ctx, "p/1.0.0/f", []string{"dev-0"}, now)
+		ids, err := s.AssignedDevices(ctx, "p/2.0.0/f", "", 2)
+		if err != nil || fmt.Sprint(ids) != "[dev-1 dev-2]" {
+			t.Fatalf("%v %v", ids, err)
+		}
+		if ids, _ := s.AssignedDevices(ctx, "p/2.0.0/f", "dev-2", 2); fmt.Sprint(ids) != "[dev-3]" {
+			t.Fatalf("after dev-2: %v", ids)
+		}
+
+		// Recoveries: one open per device; closing one that is not
+		// open is not an error.
+		if err := s.OpenRecoveries(ctx, []string{"dev-0", "dev-1"}, "r-a", now); err != nil {
+			t.Fatal(err)
+		}
+		s.OpenRecoveries(ctx, []string{"dev-0", "dev-2"}, "", now.Add(time.Minute)) // dev-0 has one open: kept
+		if ok, err := s.CloseRecovery(ctx, "dev-0", now.Add(10*time.Minute)); err != nil || !ok {
+			t.Fatalf("%v %v", ok, err)
+		}
+		if ok, err := s.CloseRecovery(ctx, "dev-0", now.Add(20*time.Minute)); err != nil || ok {
+			t.Fatalf("closed twice: %v %v", ok, err)
+		}
+		s.CloseRecovery(ctx, "dev-2", now.Add(3*time.Minute))
+		rs, err := s.RecoveryStats(ctx, "")
+		if err != nil || rs.Closed != 2 || rs.Total != 12*time.Minute || rs.Open != 1 {
+			t.Fatalf("%+v %v", rs, err)
+		}
+		if rs, _ := s.RecoveryStats(ctx, "r-a"); rs.Closed != 1 || rs.Total != 10*time.Minute || rs.Open != 1 {
+			t.Fatalf("of r-a: %+v", rs)
+		}
+		// A device may fail again after it recovered.
+		s.OpenRecoveries(ctx, []string{"dev-0"}, "r-b", now.Add(time.Hour))
+		if rs, _ := s.RecoveryStats(ctx, "r-b"); rs.Open != 1 {
+			t.Fatalf("of r-b: %+v", rs)
+		}
+	})
 }
