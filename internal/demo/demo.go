@@ -144,7 +144,7 @@ type Demo struct {
 
 	// The simulated fleet and the man-in-the-middle's device.
 	fleet, mitmSim *sim.Sim
-	simsDone       []chan struct{}
+	simsDone       map[*sim.Sim]chan struct{}
 
 	// Release 1.2.0's health check: the devices it fails on, decided
 	// once its rollout exists (failReady closed).
@@ -178,7 +178,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	d := &Demo{cfg: cfg, dir: dir, started: time.Now(), signers: map[string]keys.Signer{}, failReady: make(chan struct{})}
+	d := &Demo{cfg: cfg, dir: dir, started: time.Now(), signers: map[string]keys.Signer{}, simsDone: map[*sim.Sim]chan struct{}{}, failReady: make(chan struct{})}
 	defer func() {
 		d.stop()
 		if cfg.Keep {
@@ -236,15 +236,18 @@ func (d *Demo) stop() {
 }
 
 func (d *Demo) stopSims() {
-	for _, s := range []*sim.Sim{d.fleet, d.mitmSim} {
-		if s != nil {
-			s.Stop()
-		}
+	for s := range d.simsDone {
+		d.stopSim(s)
 	}
-	for _, c := range d.simsDone {
-		<-c
+}
+
+// stopSim stops one simulator and waits for its end.
+func (d *Demo) stopSim(s *sim.Sim) {
+	if done, ok := d.simsDone[s]; ok {
+		s.Stop()
+		<-done
+		delete(d.simsDone, s)
 	}
-	d.simsDone = nil
 }
 
 // say narrates one line.

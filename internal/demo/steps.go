@@ -295,7 +295,7 @@ func (d *Demo) startSim(cfg sim.Config) (*sim.Sim, error) {
 		return nil, err
 	}
 	done := make(chan struct{})
-	d.simsDone = append(d.simsDone, done)
+	d.simsDone[s] = done
 	go func() {
 		defer close(done)
 		s.Run(context.Background())
@@ -473,7 +473,8 @@ func mitm(ctx context.Context, d *Demo) error {
 		return err
 	}
 	d.say("The next transfer, untouched, installed 1.1.0: an attacker on the path can delay an update, never alter it.")
-	return nil
+	d.stopSim(d.mitmSim)
+	return simOK(d.mitmSim)
 }
 
 // device fetches one device; ok is false while the server does not know it.
@@ -603,7 +604,7 @@ func failing120(ctx context.Context, d *Demo) error {
 	if reason == "" {
 		return fmt.Errorf("%s runs 1.1.0 but kept no rolled-back report", failing[0])
 	}
-	d.say("The %d failed devices fell back to 1.1.0 on their own (bootloader trial boot) and reported rolled-back,", len(failing))
+	d.say("The failed devices (%d) fell back to 1.1.0 on their own (bootloader trial boot) and reported rolled-back,", len(failing))
 	d.say("reason %q (e.g. %s).", reason, failing[0])
 
 	// Later phases never start: wait a few soaks and look again.
@@ -665,7 +666,7 @@ func summary(ctx context.Context, d *Demo) error {
 		fmt.Fprintf(w, "  %-10s %d\n", v, byRelease[v])
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "  %-10s %-14s %-10s %-9s %-12s %-8s %s\n", "ROLLOUT", "ID", "STATE", "INSTALLED", "ROLLED BACK", "SUCCESS", "TOOK")
+	fmt.Fprintf(w, "  %-10s %-15s %-10s %-9s %-12s %-8s %s\n", "ROLLOUT", "ID", "STATE", "INSTALLED", "ROLLED BACK", "SUCCESS", "TOOK")
 	var installed, failed int
 	for _, ro := range d.rollouts {
 		r, err := d.api.Rollout(ctx, ro.id)
@@ -678,7 +679,7 @@ func summary(ctx context.Context, d *Demo) error {
 		}
 		installed += r.Counts.Installed
 		failed += fails
-		fmt.Fprintf(w, "  %-10s %-14s %-10s %-9d %-12d %-8s %s\n", ro.release, r.ID, r.State, r.Counts.Installed, fails,
+		fmt.Fprintf(w, "  %-10s %-15s %-10s %-9d %-12d %-8s %s\n", ro.release, r.ID, r.State, r.Counts.Installed, fails,
 			rate(r.Counts.Installed, fails), ro.took.Round(100*time.Millisecond))
 	}
 	fmt.Fprintln(w)
