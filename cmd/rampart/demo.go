@@ -27,7 +27,7 @@ with nothing to set up, narrating each step:
   3. N simulated devices (the real agent on a simulated bootloader)
      enrolled and running release 1.0.0;
   4. release 1.1.0 rolled out in phases (10%, 50%, 100%) to every device;
-  5. a man-in-the-middle that swaps a chunk in transit: refused, the slot
+  5. a man-in-the-middle that alters a chunk in transit: refused, the slot
      untouched, the detection reported to the server;
   6. release 1.2.0 failing its health check on some devices: they roll
      back, and the rollout's gate pauses it in its first phase;

@@ -31,7 +31,7 @@ func TestDemo(t *testing.T) {
 		`(?m)^\[4/7\] Release 1\.1\.0, rolled out in phases$`,
 		`Phase 1 of 3 \(2\) started`, `Phase 2 of 3 \(50%\) started`, `Phase 3 of 3 \(100%\) started`,
 		`Rollout completed: all 10 devices run 1\.1\.0`,
-		`(?m)^\[5/7\] A man-in-the-middle swaps a chunk in transit$`,
+		`(?m)^\[5/7\] A man-in-the-middle alters a chunk in transit$`,
 		`mitm-1 refused the chunk before writing a byte of it`,
 		`The server recorded the detection: mitm-1 reported verification-refused \(mismatch\)`,
 		`The next transfer, untouched, installed 1\.1\.0`,

@@ -118,7 +118,7 @@ func Steps() []Step {
 		{"rampart-server on loopback, with mTLS", startServer},
 		{"A fleet of simulated devices on release 1.0.0", fleetOn100},
 		{"Release 1.1.0, rolled out in phases", rollout110},
-		{"A man-in-the-middle swaps a chunk in transit", mitm},
+		{"A man-in-the-middle alters a chunk in transit", mitm},
 		{"Release 1.2.0 fails its health check on some devices", failing120},
 		// Step 7, the key revocation drill, waits for the incident API
 		// (rampart incident revoke-key / redeploy): see Steps.

@@ -439,7 +439,7 @@ func mitm(ctx context.Context, d *Demo) error {
 	}
 	const id = "mitm-1"
 	d.say("A new device, %s, joins behind a man-in-the-middle: the completed 1.1.0 rollout reaches it, and the", id)
-	d.say("attacker swaps the content of a chunk of 1.1.0 in transit (TLS is not what stops it: a CDN or mirror could do the same).")
+	d.say("attacker changes a byte of a chunk of 1.1.0 in transit (TLS is not what stops it: a CDN or mirror could do the same).")
 	var dev api.Device
 	err = d.waitFor(ctx, "the tampered chunk refused and reported", func(ctx context.Context) (string, bool, error) {
 		if err := simOK(d.mitmSim); err != nil {
