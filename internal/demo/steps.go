@@ -321,8 +321,13 @@ func (d *Demo) devices(ctx context.Context) ([]api.DeviceSummary, error) {
 	return all, err
 }
 
-// fleetSelector picks the simulated fleet.
-const fleetSelector = `hardware == "` + Hardware + `"`
+// fleetSelector picks every device of the fleet's hardware, simSelector
+// the simulated fleet without the man-in-the-middle's device (stopped
+// after its step).
+const (
+	fleetSelector = `hardware == "` + Hardware + `"`
+	simSelector   = `id.startsWith("` + sim.DefaultPrefix + `")`
+)
 
 // fleetOn100 is step 3: release 1.0.0, the fleet enrolled, and every
 // device running 1.0.0.
@@ -528,16 +533,22 @@ func failing120(ctx context.Context, d *Demo) error {
 	t0 := time.Now()
 	// min-success: the gate judges the first phase once every device of
 	// it has an outcome.
-	ro, err := d.api.CreateRollout(ctx, api.RolloutRequest{Release: Product + "/1.2.0", Select: fleetSelector, Phases: phases,
+	ro, err := d.api.CreateRollout(ctx, api.RolloutRequest{Release: Product + "/1.2.0", Select: simSelector, Phases: phases,
 		Soak: d.cfg.Soak.String(), MaxFailureRate: "10%", MinSuccess: first})
 	if err != nil {
 		return fmt.Errorf("rollout of 1.2.0: %w", err)
 	}
 	// The first phase holds the devices of the lowest buckets; 1.2.0
 	// fails on about a third of them.
-	ds, err := d.devices(ctx)
+	all, err := d.devices(ctx)
 	if err != nil {
 		return err
+	}
+	var ds []api.DeviceSummary
+	for _, dv := range all {
+		if strings.HasPrefix(dv.ID, sim.DefaultPrefix) {
+			ds = append(ds, dv)
+		}
 	}
 	sort.Slice(ds, func(i, j int) bool { return fleet.Bucket(ro.ID, ds[i].ID) < fleet.Bucket(ro.ID, ds[j].ID) })
 	inFirst := map[string]bool{}
@@ -555,7 +566,8 @@ func failing120(ctx context.Context, d *Demo) error {
 	}
 	d.failMu.Unlock()
 	close(d.failReady)
-	d.say("rampart rollout create %s/1.2.0 --phases %s --soak %s --max-failure-rate 10%% --min-success %d", Product, phases, d.cfg.Soak, first)
+	d.say("rampart rollout create %s/1.2.0 --select '%s' --phases %s --soak %s --max-failure-rate 10%% --min-success %d",
+		Product, simSelector, phases, d.cfg.Soak, first)
 	d.say("1.2.0 has a bug: on %d of the %d devices of the first phase its application does not come up after the trial boot.", len(failing), first)
 
 	var r api.Rollout
@@ -623,7 +635,7 @@ func failing120(ctx context.Context, d *Demo) error {
 			return fmt.Errorf("%s, outside the first phase, runs 1.2.0", s.ID)
 		}
 	}
-	outside := len(ds) - first
+	outside := d.cfg.Devices - first
 	d.say("Three soaks later it is still paused in phase 1: the other %d devices never saw 1.2.0 and run 1.1.0.", outside)
 	return nil
 }
