@@ -38,7 +38,7 @@ func TestDemo(t *testing.T) {
 		`(?m)^\[6/7\] Release 1\.2\.0 fails its health check on some devices$`,
 		`The gate paused the rollout automatically in phase 1: gate: failure rate`,
 		`reported rolled-back,\n  reason "health-check-failed"`,
-		`Three soaks later it is still paused in phase 1: the other 9 devices never saw 1\.2\.0 and run 1\.1\.0\.`,
+		`Three soaks later it is still paused in phase 1: the other 8 devices of the fleet never saw 1\.2\.0 and run 1\.1\.0\.`,
 		`(?m)^\[7/7\] Summary$`,
 		`(?m)^  1\.2\.0 +ro-[0-9a-f]+ +paused +1 +1 +50\.0%`,
 		`tamper detections +mismatch 1 `,

@@ -636,7 +636,7 @@ func failing120(ctx context.Context, d *Demo) error {
 		}
 	}
 	outside := d.cfg.Devices - first
-	d.say("Three soaks later it is still paused in phase 1: the other %d devices never saw 1.2.0 and run 1.1.0.", outside)
+	d.say("Three soaks later it is still paused in phase 1: the other %d devices of the fleet never saw 1.2.0 and run 1.1.0.", outside)
 	return nil
 }
 
