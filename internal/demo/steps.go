@@ -603,18 +603,22 @@ func failing120(ctx context.Context, d *Demo) error {
 		return fmt.Errorf("the rollout is paused, but not by its gate: %q", r.PausedReason)
 	}
 	d.say("The gate paused the rollout automatically in phase 1: %s.", r.PausedReason)
-	_, dv, err := d.device(ctx, failing[0])
-	if err != nil {
-		return err
-	}
 	reason := ""
-	for _, rep := range dv.Reports {
-		if rep.Status == string(api.RolledBack) {
-			reason = rep.Reason
+	for _, id := range failing {
+		_, dv, err := d.device(ctx, id)
+		if err != nil {
+			return err
 		}
-	}
-	if reason == "" {
-		return fmt.Errorf("%s runs 1.1.0 but kept no rolled-back report", failing[0])
+		r := ""
+		for _, rep := range dv.Reports {
+			if rep.Status == string(api.RolledBack) {
+				r = rep.Reason
+			}
+		}
+		if r == "" {
+			return fmt.Errorf("%s runs 1.1.0 but kept no rolled-back report with a reason", id)
+		}
+		reason = r
 	}
 	d.say("The failed devices (%d) fell back to 1.1.0 on their own (bootloader trial boot) and reported rolled-back,", len(failing))
 	d.say("reason %q (e.g. %s).", reason, failing[0])
