@@ -11,7 +11,8 @@ build:
 	$(GO) build ./...
 
 demo:
-	./scripts/demo.sh
+	$(GO) build -o bin/rampart ./cmd/rampart
+	./bin/rampart demo
 
 test:
 	./scripts/test-deps.sh

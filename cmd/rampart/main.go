@@ -8,7 +8,10 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"log/slog"
 	"os"
+
+	"k8s.io/klog/v2"
 
 	"github.com/rampartfw/rampart/internal/command"
 )
@@ -38,10 +41,14 @@ var commands = []*cmdSpec{
 	policySetCmd, policyShowCmd, policyExplainCmd,
 	fleetStatsCmd, incidentRevokeKeyCmd, incidentRedeployCmd,
 	directorPushRootCmd, logVerifyCmd,
-	simCmd,
+	simCmd, demoCmd,
 }
 
 func main() {
+	// rampart demo runs a server in this process, whose transparency log
+	// (tessera) logs through klog on stderr; the demo narrates instead.
+	// (Here, once: klog's logger is global and not safe to swap in use.)
+	klog.SetSlogLogger(slog.New(slog.DiscardHandler))
 	os.Exit(run(os.Args[1:], &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, getenv: os.Getenv}))
 }
 

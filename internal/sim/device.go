@@ -69,6 +69,9 @@ type device struct {
 	cutStage string
 	// recovering is set from a power cut until the device settles.
 	recovering bool
+	// hookFailed is set when Config.HealthCheck failed the trial boot
+	// under way, whose rollback is then expected.
+	hookFailed bool
 
 	sum DeviceReport
 }
@@ -217,6 +220,14 @@ func (d *device) exec(_ context.Context, argv []string, _ time.Duration) error {
 		if d.fault == FailHealth && d.booted == bootloader.B {
 			return errors.New("simulated health check failure")
 		}
+		if hc := d.s.cfg.HealthCheck; hc != nil {
+			if st, err := d.a.Status(); err == nil && st.Pending != nil && st.Pending.Slot == string(d.booted) {
+				if err := hc(d.id, st.Pending.Version); err != nil {
+					d.hookFailed = true
+					return err
+				}
+			}
+		}
 		return nil
 	case "reboot":
 		return nil // the simulator reboots when the agent's outcome asks
@@ -343,6 +354,7 @@ func (d *device) checkin(ctx context.Context) {
 func (d *device) rebootIntoTrial(ctx context.Context) {
 	s := d.s
 	ops0 := d.fs.Ops()
+	d.hookFailed = false
 	armed := d.fault == PowerCut && d.cutStage == "commit"
 	if armed {
 		d.fs.CutAt(ops0 + pick(d.rng, int(s.estCommit.Load())))
@@ -370,7 +382,7 @@ func (d *device) rebootIntoTrial(ctx context.Context) {
 			return
 		case "rolled-back":
 			s.rolledBack.Add(1)
-			if d.fault != FailHealth && !d.recovering {
+			if d.fault != FailHealth && !d.recovering && !d.hookFailed {
 				d.failed(ctx, "trial boot", fmt.Errorf("rolled back: %s", o.Reason))
 				return
 			}

@@ -95,6 +95,12 @@ type Config struct {
 	// Live, when set, gets a one-line view redrawn every LiveEvery.
 	Live      io.Writer
 	LiveEvery time.Duration
+	// HealthCheck, when set, is consulted by the health check of every
+	// trial boot with the device's id and the version on trial: an error
+	// fails it, so the trial boot rolls back and the device reports it
+	// (rampart demo's release that fails on some devices). The
+	// fail-health fault applies as well.
+	HealthCheck func(id, version string) error
 }
 
 // Defaults and limits.

@@ -303,3 +303,56 @@ func TestConfigRefusals(t *testing.T) {
 		}
 	}
 }
+
+// Config.HealthCheck fails the trial boots it names: those devices roll
+// back and report why, the others commit, and neither counts as an error.
+func TestHealthCheckHook(t *testing.T) {
+	e := servertest.New(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, e.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.PushStaged(nil); err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	s, err := sim.New(sim.Config{
+		Server: e.TS.URL, CA: ca, Token: e.Admin, Devices: n, Hardware: hw, IDPrefix: "hc-",
+		Poll: 200 * time.Millisecond, SlotSize: 64 << 10, Dir: t.TempDir(), Seed: 3,
+		HealthCheck: func(id, version string) error {
+			if id == "hc-2" && version == "1.0.0" {
+				return errors.New("no")
+			}
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failed := make(chan error, 1)
+	go func() {
+		if _, err := s.Run(context.Background()); err != nil {
+			failed <- err
+		}
+	}()
+	defer s.Stop()
+	waitFor(t, s, failed, "every device enrolled", 2*time.Minute, func(r *sim.Report) bool { return r.ByState[sim.StateIdle] == n })
+	img := make([]byte, 20<<10)
+	rand.Read(img)
+	e.ReleaseImage("1.0.0", 1, img, hw)
+	e.Deploy(servertest.Product+"/1.0.0", hw)
+	r := waitFor(t, s, failed, "three devices on 1.0.0, hc-2 rolled back", 2*time.Minute, func(r *sim.Report) bool {
+		return r.Errors > 0 || r.ByState[sim.StateUpToDate] == n-1 && r.ByState[sim.StateRolledBack] == 1
+	})
+	if r.Errors > 0 {
+		t.Fatalf("errors: %v", r.ErrorSamples)
+	}
+	for _, d := range r.PerDevice {
+		if (d.ID == "hc-2") != (d.State == sim.StateRolledBack) || d.ID == "hc-2" && d.Reason != "health-check-failed" {
+			t.Errorf("%s: %s %q", d.ID, d.State, d.Reason)
+		}
+	}
+}
