@@ -74,7 +74,7 @@ func TestChunkReuse(t *testing.T) {
 	if in.Reused != chunks-2 || in.Fetched != 2 {
 		t.Fatalf("reused %d, fetched %d chunks", in.Reused, in.Fetched)
 	}
-	if !bytes.Equal(d.slot(bootloader.A)[:len(img2)], img2) {
+	if !d.slotHas(bootloader.A, img2) {
 		t.Fatal("slot A does not hold the new image")
 	}
 	if st := d.status(); st.SecurityCounter != 3 || st.Running.Version != "1.1.0" || st.Other == nil || st.Other.Version != "1.0.0" {
@@ -143,10 +143,10 @@ func TestOfflineBundleBelowCounter(t *testing.T) {
 	e.Deploy(servertest.Product+"/2.0.0", hw)
 	d.commit("2.0.0")
 	old := bundleOf(t, e, "1.0.0")
-	before := d.slot(bootloader.A)
+	before := d.slotDigest(bootloader.A)
 	_, err := d.a.InstallBundle(context.Background(), old)
 	wantClass(t, err, verify.Downgrade)
-	if !bytes.Equal(d.slot(bootloader.A), before) {
+	if d.slotDigest(bootloader.A) != before {
 		t.Fatal("the inactive slot was written for a refused bundle")
 	}
 	if st, _ := d.sim.State(); st.InOrder(bootloader.A) {
@@ -171,7 +171,7 @@ func TestOfflineBundleLog(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.a.TUFDir, "log", "checkpoint")); err != nil {
 		t.Fatalf("no stored checkpoint: %v", err)
 	}
-	running := d.slot(bootloader.B)
+	running := d.slotDigest(bootloader.B)
 
 	for name, b := range map[string]string{
 		"no proof":                  bundleWithProof(t, e, "2.0.0", nil),
@@ -190,7 +190,7 @@ func TestOfflineBundleLog(t *testing.T) {
 		if name == "another release's proof" && ve.Class != verify.NotLogged {
 			t.Errorf("another release's proof: %v", err)
 		}
-		if !bytes.Equal(d.slot(bootloader.B), running) {
+		if d.slotDigest(bootloader.B) != running {
 			t.Fatalf("%s: the running slot changed", name)
 		}
 		if st, _ := d.sim.State(); st.InOrder(bootloader.A) {

@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"bytes"
 	"crypto/rand"
 	"errors"
 	"net/http"
@@ -131,7 +130,7 @@ func TestPayloadLongerThanAskedIsEndlessData(t *testing.T) {
 	if n := f.Hits(agenttest.Append); n != 1 {
 		t.Errorf("%d over-long answers read: endless data was retried", n)
 	}
-	if b := d.slot(bootloader.B); bytes.Count(b, []byte{0}) != len(b) {
+	if !d.slotZeroFrom(bootloader.B, 0) {
 		t.Error("bytes of an over-long answer reached the slot")
 	}
 	if st := d.status(); st.LastError == nil || st.LastError.Class != string(verify.EndlessData) {
@@ -163,7 +162,7 @@ func TestMirrorIgnoringRange(t *testing.T) {
 	if out.Action != "installed-pending-reboot" || out.Install.Fetched != out.Install.Chunks {
 		t.Fatalf("run: %+v %+v", out, out.Install)
 	}
-	if !bytes.Equal(d.slot(bootloader.B)[:len(img)], img) {
+	if !d.slotHas(bootloader.B, img) {
 		t.Fatal("slot B does not hold the image")
 	}
 	// One refused request per worker at most, then one pass.
