@@ -90,17 +90,19 @@ func TestDashboardBrowser(t *testing.T) {
 	defer acancel()
 	bctx, bcancel := chromedp.NewContext(actx)
 	defer bcancel()
-	run := func(what string, actions ...chromedp.Action) {
+	run := func(what string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
-		if err := chromedp.Run(bctx, actions...); err != nil {
+		if err := chromedp.Do(bctx, actions...); err != nil {
 			t.Fatalf("%s: %v", what, err)
 		}
 	}
 	shot := func(name string) {
 		t.Helper()
-		var png []byte
 		run("settling before "+name, chromedp.Sleep(400*time.Millisecond))
-		run("screenshot "+name, chromedp.FullScreenshot(&png, 100))
+		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
+		if err != nil {
+			t.Fatalf("screenshot %s: %v", name, err)
+		}
 		if err := os.WriteFile(filepath.Join(shots, name+".png"), png, 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -110,16 +112,15 @@ func TestDashboardBrowser(t *testing.T) {
 		t.Helper()
 		deadline := time.Now().Add(within)
 		for {
-			var ok bool
-			if err := chromedp.Run(bctx, chromedp.Evaluate(expr, &ok)); err != nil {
+			ok, err := chromedp.Run(bctx, chromedp.Evaluate[bool](expr))
+			if err != nil {
 				t.Fatalf("%s: %v", what, err)
 			}
 			if ok {
 				return
 			}
 			if time.Now().After(deadline) {
-				var body string
-				chromedp.Run(bctx, chromedp.Evaluate(`document.body.innerText`, &body))
+				body, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
 				t.Fatalf("%s: not within %s; the page reads:\n%s", what, within, body)
 			}
 			time.Sleep(300 * time.Millisecond)
@@ -127,9 +128,9 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	login := func(token string) {
 		t.Helper()
-		run("login", chromedp.Navigate(d.url+"/ui/"), chromedp.WaitVisible("#token", chromedp.ByID),
-			chromedp.SendKeys("#token", token, chromedp.ByID), chromedp.Click("#login-submit", chromedp.ByID),
-			chromedp.WaitVisible("#role", chromedp.ByID))
+		run("login", chromedp.Navigate(d.url+"/ui/"), chromedp.WaitVisible(chromedp.ID("token")),
+			chromedp.SendKeys(chromedp.ID("token"), token), chromedp.Click(chromedp.ID("login-submit")),
+			chromedp.WaitVisible(chromedp.ID("role")))
 	}
 
 	// The security headers of the dashboard's files.
@@ -153,39 +154,54 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 
 	// The login page, then a wrong token, then the admin's.
-	run("login page", chromedp.Navigate(d.url+"/ui/"), chromedp.WaitVisible("#token", chromedp.ByID))
+	run("login page", chromedp.Navigate(d.url+"/ui/"), chromedp.WaitVisible(chromedp.ID("token")))
 	shot("login")
-	run("wrong token", chromedp.SendKeys("#token", "rmp_not-a-token", chromedp.ByID), chromedp.Click("#login-submit", chromedp.ByID))
+	run("wrong token", chromedp.SendKeys(chromedp.ID("token"), "rmp_not-a-token"), chromedp.Click(chromedp.ID("login-submit")))
 	waitJS("the wrong token refused", `!document.getElementById("login-error").classList.contains("hidden")`, 10*time.Second)
 	login(d.admin)
-	var role string
-	run("role", chromedp.Text("#role", &role, chromedp.ByID))
+	text := func(what, id string) string {
+		t.Helper()
+		v, err := chromedp.Run(bctx, chromedp.Text(chromedp.ID(id)))
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return v
+	}
+	count := func(what, expr string) int {
+		t.Helper()
+		v, err := chromedp.Run(bctx, chromedp.Evaluate[int](expr))
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		return v
+	}
+	role := text("role", "role")
 	if role != "admin" {
 		t.Errorf("the dashboard shows role %q, want admin", role)
 	}
 
 	// Watch the rollout progress while the devices update.
-	run("rollout page", chromedp.Navigate(d.url+"/ui/#/rollouts/"+ro.ID), chromedp.WaitVisible(`[data-phase="1"]`, chromedp.ByQuery))
+	run("rollout page", chromedp.Navigate(d.url+"/ui/#/rollouts/"+ro.ID), chromedp.WaitVisible(chromedp.CSS(`[data-phase="1"]`)))
 	waitJS("the first phase's progress bar filling", `(() => { const e = document.querySelector('[data-phase="1"] .st');
 		return !!e && parseInt(e.textContent, 10) >= 1; })()`, 90*time.Second)
 	shot("rollout-progress")
 
 	// Pause it from the button; the server's state changed.
 	waitJS("the pause button", `!!document.getElementById("action-pause")`, 30*time.Second)
-	run("pause", chromedp.Click("#action-pause", chromedp.ByID))
+	run("pause", chromedp.Click(chromedp.ID("action-pause")))
 	waitJS("the pause answered", `(document.getElementById("action-result")||{}).textContent === "Done: the rollout is paused."`, 15*time.Second)
 	if r, err := d.api.Rollout(ctx, ro.ID); err != nil || r.State != api.RolloutPaused {
 		t.Fatalf("after the pause button the server says %q (%v), want paused", r.State, err)
 	}
 	shot("rollout-paused")
-	run("resume", chromedp.Click("#action-resume", chromedp.ByID))
+	run("resume", chromedp.Click(chromedp.ID("action-resume")))
 	waitJS("the resume answered", `(document.getElementById("action-result")||{}).textContent === "Done: the rollout is running."`, 15*time.Second)
 	waitJS("the rollout completing on the page", `!!document.querySelector(".gate.completed")`, 120*time.Second)
 	shot("rollout")
 
 	// A man-in-the-middle alters a chunk: the detection appears on the
 	// overview.
-	run("overview", chromedp.Navigate(d.url+"/ui/#/overview"), chromedp.WaitVisible("#kpi-tamper", chromedp.ByID))
+	run("overview", chromedp.Navigate(d.url+"/ui/#/overview"), chromedp.WaitVisible(chromedp.ID("kpi-tamper")))
 	if err := mitm(ctx, d); err != nil {
 		t.Fatal(err)
 	}
@@ -207,26 +223,26 @@ func TestDashboardBrowser(t *testing.T) {
 		{"keys", "#/keys", "table"},
 		{"audit", "#/audit", "table"},
 	} {
-		run(p.name, chromedp.Navigate(d.url+"/ui/"+p.hash), chromedp.WaitVisible(p.ready, chromedp.ByQuery))
+		run(p.name, chromedp.Navigate(d.url+"/ui/"+p.hash), chromedp.WaitVisible(chromedp.CSS(p.ready)))
 		shot(p.name)
 	}
 	// A selector filters the devices; a bad one is explained.
-	run("filter", chromedp.Navigate(d.url+"/ui/#/devices"), chromedp.WaitVisible("table", chromedp.ByQuery),
-		chromedp.SendKeys("#selector", `id.startsWith("mitm-")`, chromedp.ByID), chromedp.Click("#apply-selector", chromedp.ByID))
+	run("filter", chromedp.Navigate(d.url+"/ui/#/devices"), chromedp.WaitVisible(chromedp.CSS("table")),
+		chromedp.SendKeys(chromedp.ID("selector"), `id.startsWith("mitm-")`), chromedp.Click(chromedp.ID("apply-selector")))
 	waitJS("the filtered list", `document.querySelectorAll("tbody tr").length === 1`, 15*time.Second)
-	run("bad filter", chromedp.SetValue("#selector", `id ==`, chromedp.ByID), chromedp.Click("#apply-selector", chromedp.ByID))
+	run("bad filter", chromedp.SetValue(chromedp.ID("selector"), `id ==`), chromedp.Click(chromedp.ID("apply-selector")))
 	waitJS("the selector error", `!!document.getElementById("selector-error")`, 15*time.Second)
 	// Revoking a key asks for confirmation first.
-	run("keys", chromedp.Navigate(d.url+"/ui/#/keys"), chromedp.WaitVisible(".revoke-key", chromedp.ByQuery),
-		chromedp.Click(".revoke-key", chromedp.ByQuery), chromedp.WaitVisible("#confirm-box", chromedp.ByID))
+	run("keys", chromedp.Navigate(d.url+"/ui/#/keys"), chromedp.WaitVisible(chromedp.CSS(".revoke-key")),
+		chromedp.Click(chromedp.CSS(".revoke-key")), chromedp.WaitVisible(chromedp.ID("confirm-box")))
 	shot("keys-confirm")
 
 	// The phone layout of the overview.
 	run("phone", chromedp.EmulateViewport(390, 844, chromedp.EmulateScale(2), chromedp.EmulateMobile), chromedp.Navigate(d.url+"/ui/#/overview"),
-		chromedp.WaitVisible("#kpi-tamper", chromedp.ByID))
+		chromedp.WaitVisible(chromedp.ID("kpi-tamper")))
 	waitJS("the overview on a phone", `!!document.getElementById("tamper-classes")`, 15*time.Second)
 	shot("overview-phone")
-	run("phone rollout", chromedp.Navigate(d.url+"/ui/#/rollouts/"+ro.ID), chromedp.WaitVisible(`[data-phase="1"]`, chromedp.ByQuery))
+	run("phone rollout", chromedp.Navigate(d.url+"/ui/#/rollouts/"+ro.ID), chromedp.WaitVisible(chromedp.CSS(`[data-phase="1"]`)))
 	shot("rollout-phone")
 	run("laptop", chromedp.EmulateViewport(1280, 900))
 
@@ -235,24 +251,22 @@ func TestDashboardBrowser(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	run("logout", chromedp.Click("#logout", chromedp.ByID), chromedp.WaitVisible("#token", chromedp.ByID))
+	run("logout", chromedp.Click(chromedp.ID("logout")), chromedp.WaitVisible(chromedp.ID("token")))
 	login(auditorToken)
-	run("role", chromedp.Text("#role", &role, chromedp.ByID))
+	role = text("role", "role")
 	if role != "auditor" {
 		t.Errorf("the dashboard shows role %q, want auditor", role)
 	}
 	for _, id := range []string{ro.ID, ro2.ID} {
-		run("auditor's rollout page", chromedp.Navigate(d.url+"/ui/#/rollouts/"+id), chromedp.WaitVisible(`[data-phase="1"]`, chromedp.ByQuery))
-		var buttons int
-		run("buttons", chromedp.Evaluate(`document.querySelectorAll('[id^="action-"], #main button').length`, &buttons))
+		run("auditor's rollout page", chromedp.Navigate(d.url+"/ui/#/rollouts/"+id), chromedp.WaitVisible(chromedp.CSS(`[data-phase="1"]`)))
+		buttons := count("buttons", `document.querySelectorAll('[id^="action-"], #main button').length`)
 		if buttons != 0 {
 			t.Errorf("the auditor sees %d buttons on rollout %s", buttons, id)
 		}
 	}
 	shot("rollout-auditor")
-	run("auditor's keys page", chromedp.Navigate(d.url+"/ui/#/keys"), chromedp.WaitVisible("table", chromedp.ByQuery))
-	var revokes int
-	run("revoke buttons", chromedp.Evaluate(`document.querySelectorAll('#main button, #key-id').length`, &revokes))
+	run("auditor's keys page", chromedp.Navigate(d.url+"/ui/#/keys"), chromedp.WaitVisible(chromedp.CSS("table")))
+	revokes := count("revoke buttons", `document.querySelectorAll('#main button, #key-id').length`)
 	if revokes != 0 {
 		t.Errorf("the auditor sees %d buttons on the keys page", revokes)
 	}
@@ -266,9 +280,9 @@ func TestDashboardBrowser(t *testing.T) {
 	if r, err := d.api.Rollout(ctx, ro2.ID); err != nil || r.State != api.RolloutWaitingApproval {
 		t.Errorf("after the auditor's refused actions the rollout is %q (%v)", r.State, err)
 	}
-	run("audit as auditor", chromedp.Navigate(d.url+"/ui/#/audit"), chromedp.WaitVisible("table", chromedp.ByQuery),
-		chromedp.SetValue("#audit-outcome", "denied", chromedp.ByID))
-	run("filter change", chromedp.Evaluate(`document.getElementById("audit-outcome").dispatchEvent(new Event("change"))`, nil))
+	run("audit as auditor", chromedp.Navigate(d.url+"/ui/#/audit"), chromedp.WaitVisible(chromedp.CSS("table")),
+		chromedp.SetValue(chromedp.ID("audit-outcome"), "denied"))
+	count("filter change", `document.getElementById("audit-outcome").dispatchEvent(new Event("change")) ? 1 : 0`)
 	waitJS("the auditor's denials in the audit log", `document.querySelectorAll("tbody tr").length >= 3`, 15*time.Second)
 	shot("audit-denied")
 }
