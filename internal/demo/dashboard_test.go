@@ -75,7 +75,7 @@ func TestDashboardBrowser(t *testing.T) {
 		t.Fatal(err)
 	}
 	ro, err := d.api.CreateRollout(ctx, api.RolloutRequest{Release: Product + "/1.1.0", Select: fleetSelector, Phases: "2,50%,100%",
-		Soak: "3s", MaxFailureRate: "10%"})
+		Soak: "10s", MaxFailureRate: "10%"})
 	if err != nil {
 		t.Fatal(err)
 	}
