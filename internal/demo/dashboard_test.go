@@ -99,6 +99,9 @@ func TestDashboardBrowser(t *testing.T) {
 	shot := func(name string) {
 		t.Helper()
 		run("settling before "+name, chromedp.Sleep(400*time.Millisecond))
+		if _, err := chromedp.Run(bctx, chromedp.Evaluate[int](`window.scrollTo(0, 0), 0`)); err != nil {
+			t.Fatal(err)
+		}
 		png, err := chromedp.Run(bctx, chromedp.FullScreenshot(100))
 		if err != nil {
 			t.Fatalf("screenshot %s: %v", name, err)

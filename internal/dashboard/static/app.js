@@ -197,8 +197,8 @@ function overviewPage() {
 
       const classes = Object.entries(st.tamper_detections || {}).filter(([, n]) => n > 0).sort((a, b) => b[1] - a[1]);
       replace(tamper,
-        h("div", { class: "small muted" }, "Total since this page opened, sampled every few seconds"),
-        spark(tamperHistory, "tamper detections over time"),
+        h("div", { class: "small muted" }, "Devices that refused tampered data, since this page opened"),
+        h("div", { class: "spark" }, spark(tamperHistory, "tamper detections over time")), h("div", { class: "spacer-s" }),
         classes.length ? h("div", { class: "bars", id: "tamper-classes" }, bars(classes.map(([c, n]) => ({ label: c, value: n, cls: "s-refused" }))))
           : empty("No tampering detected", "Devices refusing altered or replayed updates are counted here by class."));
 
@@ -291,11 +291,12 @@ function releasesPage() {
     async refresh() {
       const rs = (await api.releases()).releases || [];
       replace(list, rs.length === 0 ? empty("No releases yet", "Push one with rampart repo push.")
-        : table(["Release", "#Security", "Hardware", "Signers", "Threshold", "#Log index", "Status", "Published"],
+        : table(["Release", "#Security", "Hardware", "Signed by", "Threshold", "#Log index", "Status", "Published"],
           rs.map((r) => [h("div", h("strong", r.product + " " + r.version), h("div", { class: "mono muted small" }, r.target)), fmtInt(r.security_version),
             (r.hardware || []).map((x) => h("span", { class: "tag" }, x)),
             h("div", (r.signed_by && r.signed_by.length ? r.signed_by : r.signers || []).map((k) => h("div", { class: "mono small", title: k }, k.slice(0, 16) + "…"))),
-            badge((r.signers || []).length + " of " + r.threshold + (r.threshold_met ? " · met" : " · not met"), r.threshold_met ? "ok" : "bad"),
+            h("div", badge(r.threshold_met ? "met" : "not met", r.threshold_met ? "ok" : "bad"),
+              h("div", { class: "small muted" }, (r.signers || []).length + " verify, " + r.threshold + " needed")),
             r.log_index === null || r.log_index === undefined ? badge("not logged", "warn") : fmtInt(r.log_index),
             r.revoked_key ? badge("signer revoked", "bad") : badge("valid", "ok"), fmtTime(r.created)])));
     },
@@ -510,15 +511,16 @@ function keysPage() {
       const keys = new Map();
       for (const r of rs.releases || []) {
         for (const k of new Set([...(r.signed_by || []), ...(r.signers || [])])) {
-          if (!keys.has(k)) keys.set(k, { releases: [], revoked: false });
+          if (!keys.has(k)) keys.set(k, { releases: [], products: new Set(), revoked: false });
           const e = keys.get(k);
-          e.releases.push(r.product + " " + r.version);
+          e.products.add(r.product);
+          if ((r.signed_by || []).includes(k)) e.releases.push(r.product + " " + r.version);
           if (r.revoked_key && (r.signed_by || []).includes(k)) e.revoked = true;
         }
       }
       replace(list, keys.size === 0 ? empty("No signing keys yet", "Keys appear once a signed release is published.")
-        : table(["Key id", "Signed", "Status", ""], [...keys].map(([k, e]) => [h("span", { class: "mono" }, k),
-          h("span", { class: "small" }, e.releases.join(", ")), e.revoked ? badge("revoked", "bad") : badge("trusted", "ok"),
+        : table(["Key id", "Signed", "Status", "Action"], [...keys].map(([k, e]) => [h("span", { class: "mono" }, k),
+          h("span", { class: "small" }, e.releases.length ? e.releases.join(", ") : "nothing yet (a delegated key of " + [...e.products].join(", ") + ")"), e.revoked ? badge("revoked", "bad") : badge("trusted", "ok"),
           may("revoke-keys") && !e.revoked ? revokeButton(k) : ""])));
       const halted = (ros.rollouts || []).filter((r) => r.state === "aborted" || (r.state === "paused" && r.paused_reason));
       replace(incidents, halted.length === 0 ? empty("No incidents", "Aborted and paused rollouts, with their reasons, appear here.")

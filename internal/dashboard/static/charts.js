@@ -52,7 +52,7 @@ function barSVG(segments, total, height) {
 
 // bar is a progress bar of stacked segments [{label, value, cls}] out of total.
 export function bar(segments, total, height = 10) {
-  return h("div", { class: "barbox" }, barSVG(segments, total, height));
+  return h("div", { class: ["barbox", height > 10 ? "h" + height : null] }, barSVG(segments, total, height));
 }
 
 // bars draws one horizontal bar per row [{label, value, cls}].
@@ -64,8 +64,9 @@ export function bars(rows) {
 
 // spark draws a time series [{t, v}] as an area chart with its last value.
 export function spark(points, label) {
-  const W = 300, H = 90, pad = 14;
+  const W = 560, H = 150, pad = 16;
   const svg = s("svg", { viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img", "aria-label": label });
+  for (const f of [0.5, 1]) svg.append(s("line", { x1: 0, y1: H - pad - f * (H - 2 * pad), x2: W, y2: H - pad - f * (H - 2 * pad), class: "axis grid-line" }));
   svg.append(s("line", { x1: 0, y1: H - pad, x2: W, y2: H - pad, class: "axis" }));
   if (points.length === 0) return svg;
   const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 1);
@@ -78,7 +79,7 @@ export function spark(points, label) {
   const lastX = points.length === 1 ? W - 2 : X(points[points.length - 1].t);
   svg.append(s("path", { d: `${line} L ${lastX.toFixed(1)} ${H - pad} L ${X(t0).toFixed(1)} ${H - pad} Z`, class: "spark-area" }));
   svg.append(s("path", { d: line, class: "spark-line" }));
-  svg.append(s("text", { x: 2, y: 10, class: "axis-label" }, "max " + vmax));
+  svg.append(s("text", { x: 2, y: pad - 4, class: "axis-label" }, String(vmax)));
   svg.append(s("text", { x: W - 2, y: H - 2, "text-anchor": "end", class: "axis-label" }, "now"));
   svg.append(s("text", { x: 2, y: H - 2, class: "axis-label" }, new Date(t0).toLocaleTimeString("en-GB")));
   return svg;
