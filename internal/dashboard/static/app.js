@@ -519,9 +519,9 @@ function keysPage() {
         }
       }
       replace(list, keys.size === 0 ? empty("No signing keys yet", "Keys appear once a signed release is published.")
-        : table(["Key id", "Signed", "Status", "Action"], [...keys].map(([k, e]) => [h("span", { class: "mono" }, k),
+        : table(["Key id", "Signed", "Status", may("revoke-keys") ? "Action" : null].filter(Boolean), [...keys].map(([k, e]) => [h("span", { class: "mono" }, k),
           h("span", { class: "small" }, e.releases.length ? e.releases.join(", ") : "nothing yet (a delegated key of " + [...e.products].join(", ") + ")"), e.revoked ? badge("revoked", "bad") : badge("trusted", "ok"),
-          may("revoke-keys") && !e.revoked ? revokeButton(k) : ""])));
+          may("revoke-keys") ? (e.revoked ? "—" : revokeButton(k)) : null].filter((c) => c !== null))));
       const halted = (ros.rollouts || []).filter((r) => r.state === "aborted" || (r.state === "paused" && r.paused_reason));
       replace(incidents, halted.length === 0 ? empty("No incidents", "Aborted and paused rollouts, with their reasons, appear here.")
         : table(["Rollout", "State", "Reason"], halted.map((r) => [h("a", { href: "#/rollouts/" + encodeURIComponent(r.id) }, r.release), badge(r.state), r.paused_reason || "—"])));
