@@ -1,6 +1,7 @@
 // DOM helpers. Text is only ever inserted as text nodes (textContent):
 // strings from the API, device-supplied ones included, are never parsed
-// as HTML. There is no innerHTML anywhere in the dashboard.
+// as HTML (no HTML-parsing property or call is used anywhere here; a
+// test checks).
 
 const SVGNS = "http://www.w3.org/2000/svg";
 
