@@ -314,7 +314,7 @@ function rolloutRow(r) {
   const total = Math.max(r.eligible || 0, COUNT_KEYS.reduce((a, k) => a + (c[k] || 0), 0));
   return h("div", { class: "rollout-row" },
     h("div", h("a", { href: "#/rollouts/" + encodeURIComponent(r.id), class: "title" }, r.release), h("div", { class: "small muted mono" }, r.id)),
-    h("div", bar(segs(c), total), h("div", { class: "small muted" }, fmtInt(c.installed || 0) + " of " + fmtInt(r.eligible) + " installed · phase " + r.phase + " of " + (r.phases || []).length)),
+    h("div", bar(segs(c), total), h("div", { class: "small muted" }, fmtInt(c.installed || 0) + " installed of " + fmtInt(r.eligible) + " in its phases so far · phase " + r.phase + " of " + (r.phases || []).length)),
     badge(r.state));
 }
 
@@ -327,15 +327,6 @@ function rolloutsPage() {
       replace(list, rs.length ? rs.map(rolloutRow) : empty("No rollouts yet", "Create one with rampart rollout create."));
     },
   };
-}
-
-// phaseTargets is how many devices each phase holds: counts as given,
-// percentages of the eligible devices rounded up.
-function phaseTargets(r) {
-  return (r.phases || []).map((p) => {
-    const n = p.endsWith("%") ? Math.ceil((parseFloat(p) / 100) * (r.eligible || 0)) : parseInt(p, 10);
-    return Math.min(r.eligible || 0, isNaN(n) ? 0 : n);
-  });
 }
 
 function rolloutPage(id) {
@@ -406,16 +397,19 @@ function rolloutPage(id) {
       h("div", h("div", h("strong", gateText(r))), r.paused_reason ? h("div", { class: "small", id: "paused-reason" }, r.paused_reason) : null,
         h("div", { class: "small muted" }, "Failure rate " + (attempts ? fmtPct(failures / attempts) : "—") + " (gate " + r.max_failure_rate + ") · soak " + r.soak + " · at least " + r.min_success + " successes",
           r.window ? " · window " + r.window + (r.window_open ? " (open)" : " (closed, opens " + fmtTime(r.window_opens) + ")") : ""))));
-    const targets = phaseTargets(r);
-    const installed = c.installed || 0;
+    // eligible counts the devices the phases so far hold, so the current
+    // phase's bar is its installed devices over them; earlier phases
+    // passed their gate; later ones hold nobody yet.
+    const installed = c.installed || 0, eligible = r.eligible || 0;
     replace(phases, (r.phases || []).map((p, i) => {
-      const lo = i ? targets[i - 1] : 0, hi = targets[i];
-      const done = Math.max(0, Math.min(installed, hi) - lo), size = Math.max(0, hi - lo);
       const stt = i + 1 < r.phase || r.state === "completed" ? "done" : i + 1 === r.phase ? (r.state === "running" ? "current" : r.state) : "upcoming";
+      const segsOf = stt === "done" ? [{ label: "passed", value: 1, cls: "s-installed" }] : stt === "upcoming" ? [] : [{ label: "installed", value: installed, cls: "s-installed" }];
+      const total = stt === "done" ? 1 : Math.max(eligible, 1);
+      const label = stt === "done" ? "passed" : stt === "upcoming" ? "—" : fmtInt(installed) + "/" + fmtInt(eligible);
       return h("div", { class: "phase", "data-phase": i + 1 },
         h("div", h("strong", "Phase " + (i + 1)), h("span", { class: "muted" }, " · " + p)),
-        bar([{ label: "installed", value: done, cls: "s-installed" }], Math.max(size, 1), 12),
-        h("div", { class: "st small" }, fmtInt(done) + "/" + fmtInt(size) + " ", badge(stt, stt === "done" ? "ok" : stt === "current" ? "info" : stt === "upcoming" ? "" : undefined)));
+        bar(segsOf, total, 12),
+        h("div", { class: "st small" }, h("span", { class: "phase-count" }, label), " ", badge(stt, stt === "done" ? "ok" : stt === "current" ? "info" : stt === "upcoming" ? "" : undefined)));
     }));
     replace(counts, bar(segs(c), Math.max(r.eligible || 0, 1), 14), h("div", { class: "spacer-s" }),
       bars(COUNT_KEYS.map((k) => ({ label: k, value: c[k] || 0, cls: "s-" + k }))));
@@ -559,9 +553,9 @@ function auditPage() {
     const m = (v, x) => !x || String(v || "").toLowerCase().includes(x.toLowerCase());
     const shown = A.entries.filter((e) => m(e.actor, f.actor) && m(e.action, f.action) && (!f.outcome || e.outcome === f.outcome) &&
       m(e.subject + " " + JSON.stringify(e.detail || {}), f.text)).reverse();
-    replace(count, fmtInt(shown.length) + " of " + fmtInt(A.entries.length));
+    replace(count, (shown.length > 100 ? "newest 100 of " : "") + fmtInt(shown.length) + " matching · " + fmtInt(A.entries.length) + " loaded");
     replace(list, shown.length === 0 ? empty(A.entries.length ? "No entry matches" : "The audit log is empty", A.entries.length ? "Loosen the filters." : "")
-      : table(["#Seq", "Time", "Actor", "Action", "Subject", "Outcome", "Details"], shown.slice(0, 300).map((e) => [fmtInt(e.seq), fmtTime(e.time),
+      : table(["#Seq", "Time", "Actor", "Action", "Subject", "Outcome", "Details"], shown.slice(0, 100).map((e) => [fmtInt(e.seq), fmtTime(e.time),
         h("span", { class: "mono" }, e.actor), h("strong", e.action), h("span", { class: "mono" }, e.subject || "—"), badge(e.outcome, e.outcome === "ok" ? "ok" : e.outcome === "denied" ? "warn" : "bad"),
         h("span", { class: "small muted" }, Object.entries(e.detail || {}).map(([k, v]) => k + "=" + v).join(" · ") || "—")])));
   }
