@@ -553,9 +553,9 @@ function auditPage() {
     const m = (v, x) => !x || String(v || "").toLowerCase().includes(x.toLowerCase());
     const shown = A.entries.filter((e) => m(e.actor, f.actor) && m(e.action, f.action) && (!f.outcome || e.outcome === f.outcome) &&
       m(e.subject + " " + JSON.stringify(e.detail || {}), f.text)).reverse();
-    replace(count, (shown.length > 100 ? "newest 100 of " : "") + fmtInt(shown.length) + " matching · " + fmtInt(A.entries.length) + " loaded");
+    replace(count, (shown.length > 50 ? "newest 50 of " : "") + fmtInt(shown.length) + " matching · " + fmtInt(A.entries.length) + " loaded");
     replace(list, shown.length === 0 ? empty(A.entries.length ? "No entry matches" : "The audit log is empty", A.entries.length ? "Loosen the filters." : "")
-      : table(["#Seq", "Time", "Actor", "Action", "Subject", "Outcome", "Details"], shown.slice(0, 100).map((e) => [fmtInt(e.seq), fmtTime(e.time),
+      : table(["#Seq", "Time", "Actor", "Action", "Subject", "Outcome", "Details"], shown.slice(0, 50).map((e) => [fmtInt(e.seq), fmtTime(e.time),
         h("span", { class: "mono" }, e.actor), h("strong", e.action), h("span", { class: "mono" }, e.subject || "—"), badge(e.outcome, e.outcome === "ok" ? "ok" : e.outcome === "denied" ? "warn" : "bad"),
         h("span", { class: "small muted" }, Object.entries(e.detail || {}).map(([k, v]) => k + "=" + v).join(" · ") || "—")])));
   }
