@@ -21,6 +21,9 @@ check grub-common grub-editenv
 # starts its own server from these binaries; the package's own cluster and
 # service are not used).
 check postgresql-15 /usr/lib/postgresql/15/bin/initdb
+# Headless chromium for the dashboard's browser tests (internal/demo,
+# dashboard_test.go, through chromedp).
+check chromium /usr/bin/chromium
 
 if ((${#need[@]})); then
   echo "test-deps: installing ${need[*]}" >&2

@@ -56,6 +56,7 @@ var Routes = []Route{
 	{"GET", "/api/v1/fleet/stats"},
 	{"POST", "/api/v1/incidents/revoke-key"},
 	{"POST", "/api/v1/incidents/redeploy"},
+	{"GET", "/api/v1/whoami"},
 	// Device API.
 	{"POST", "/api/v1/enroll"},
 	{"POST", "/api/v1/device/report"},
@@ -67,6 +68,8 @@ var Routes = []Route{
 	{"GET", "/repo/targets/{path...}"},
 	{"GET", "/repo/chunks/{hash}"},
 	{"GET", "/log/"},
+	// The dashboard's static files.
+	{"GET", "/ui/"},
 	// Operations.
 	{"GET", "/healthz"},
 	{"GET", "/readyz"},
@@ -750,3 +753,20 @@ type Redeployed struct {
 	Devices     []RedeployedDevice `json:"devices"`
 	DevicesMore int                `json:"devices_more,omitempty"`
 }
+
+// Whoami is the answer of GET /api/v1/whoami: the token's name and role,
+// and what the role may do, named as the dashboard asks (WhoamiMay).
+type Whoami struct {
+	Name string   `json:"name"`
+	Role string   `json:"role"`
+	May  []string `json:"may"`
+}
+
+// What GET /api/v1/whoami's "may" names: the actions the dashboard
+// shows or hides (the server enforces the same roles on the routes).
+const (
+	MaySteerRollouts = "steer-rollouts" // POST /api/v1/rollouts/{id}/{action}
+	MayRevokeKeys    = "revoke-keys"    // POST /api/v1/incidents/revoke-key
+	MayReadFleet     = "read-fleet"     // devices, releases, rollouts, stats
+	MayReadAudit     = "read-audit"     // GET /api/v1/audit
+)

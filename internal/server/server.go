@@ -43,6 +43,7 @@ import (
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/blob"
+	"github.com/rampartfw/rampart/internal/dashboard"
 	"github.com/rampartfw/rampart/internal/director"
 	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/hosteddirector"
@@ -263,6 +264,7 @@ func (s *Server) Handler() http.Handler {
 	handle("GET /api/v1/fleet/stats", noBody, s.requireRole(s.handleFleetStats, RoleOperator, RoleAuditor))
 	handle("POST /api/v1/incidents/revoke-key", small, s.requireRole(s.handleRevokeKey, RoleOperator))
 	handle("POST /api/v1/incidents/redeploy", small, s.requireRole(s.handleRedeploy, RoleOperator))
+	handle("GET /api/v1/whoami", noBody, s.requireRole(s.handleWhoami, RoleReleaseManager, RoleOperator, RoleAuditor))
 	// Device API: enrollment by one-time token or manufacturer
 	// certificate, then mTLS.
 	handle("POST /api/v1/enroll", routePolicy{maxBody: enrollBody, open: true}, s.handleEnroll)
@@ -275,6 +277,9 @@ func (s *Server) Handler() http.Handler {
 	handle("GET /repo/targets/{path...}", public, s.handleTarget)
 	handle("GET /repo/chunks/{hash}", public, s.handleChunk)
 	handle("GET /log/", public, http.StripPrefix("/log", tlog.Handler(s.log.Dir())).ServeHTTP)
+	// The operator dashboard: static files only; it calls the operator
+	// API above with the token the operator logs in with.
+	handle("GET /ui/", public, http.StripPrefix("/ui", dashboard.Handler()).ServeHTTP)
 	// Operations: answered even when the budget of requests without
 	// credentials is spent, which is when they matter.
 	handle("GET /healthz", noBody, func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
