@@ -687,7 +687,13 @@ func summary(ctx context.Context, d *Demo) error {
 		if r.Stats != nil {
 			success = percent(r.Stats.UpdateSuccessRate)
 		}
-		fmt.Fprintf(w, "  %-10s %-15s %-10s %-9d %-12d %-8s %s\n", ro.release, r.ID, r.State, r.Counts.Installed, r.Counts.RolledBack,
+		// Failures by reason: a device's current status in the
+		// rollout may have moved on since its rollback.
+		fails := 0
+		for _, n := range r.FailureReasons {
+			fails += n
+		}
+		fmt.Fprintf(w, "  %-10s %-15s %-10s %-9d %-12d %-8s %s\n", ro.release, r.ID, r.State, r.Counts.Installed, fails,
 			success, ro.took.Round(100*time.Millisecond))
 	}
 	fmt.Fprintln(w)
