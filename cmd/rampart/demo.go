@@ -84,5 +84,5 @@ type demoFailed struct{ *demo.StepError }
 
 func (e *demoFailed) FailureKind() failure.Kind { return failure.Refused }
 func (e *demoFailed) FailureHint() string {
-	return "run it again with --keep to look at the server's data and the devices' files"
+	return "run it again with --keep to look at the server's log (server.log), its data and the devices' files"
 }

@@ -155,17 +155,25 @@ func ceremony(_ context.Context, d *Demo) error {
 // startServer is step 2: the server on a loopback port with its own CA,
 // the image repository and the director root pushed to it.
 func startServer(ctx context.Context, d *Demo) error {
-	quiet := slog.New(slog.DiscardHandler)
+	// The server's warnings and errors go to server.log in the work
+	// directory (kept with --keep), not to the narration.
+	logf, err := os.OpenFile(d.path("server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	sctx, cancel := context.WithCancel(context.Background())
 	in, err := datadir.Open(sctx, d.srvDir, server.Config{Logger: quiet})
 	if err != nil {
 		cancel()
+		logf.Close()
 		return fmt.Errorf("opening the data directory: %w", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()
 		in.Close()
+		logf.Close()
 		return err
 	}
 	hs := in.Server.HTTPServer(in.TLS, log.New(io.Discard, "", 0))
@@ -181,6 +189,7 @@ func startServer(ctx context.Context, d *Demo) error {
 		<-served
 		<-ran
 		in.Close()
+		logf.Close()
 	}
 	d.url = "https://" + ln.Addr().String()
 	d.caFile = d.path("server", "ca.pem")
