@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/agent"
+	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/failure"
 	"github.com/rampartfw/rampart/internal/termsafe"
@@ -141,6 +142,24 @@ Example:
     rampart-agent provision --backend grub --env-out rootfs/boot/grub/grubenv
     rampart-agent provision --backend uboot --env-out uboot-env.bin --env-size 0x4000 --redundant
 `},
+		{Name: "power-cycle", Summary: "simulated devices: what a power-on does (bootloader backend sim)", Usage: `
+Usage: rampart-agent power-cycle --config FILE
+
+For a simulated device (bootloader.backend = "sim") only: does what
+powering the device off and on does to its boot state. The simulated
+bootloader picks the slot to boot from its boot order and attempts (a
+trial boot spends one attempt; a slot with none left is skipped, which
+is how a failed trial falls back), then writes bootloader.cmdline naming
+that slot (rauc.slot=A or B), as the kernel would see it. Run
+rampart-agent boot after it, as a device's init does. A real device is
+power-cycled, not told to: other backends are refused.
+
+Flags:
+    --config FILE   the agent configuration (default /etc/rampart/agent.toml)
+
+Example:
+    rampart-agent power-cycle --config dev/agent.toml && rampart-agent boot --config dev/agent.toml
+`},
 		{Name: "version", Summary: "print the version", Usage: `
 Usage: rampart-agent version
 
@@ -228,7 +247,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	log := slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level, ReplaceAttr: termsafe.LogAttr}))
 
-	want := map[string]int{"enroll": 0, "run": 0, "boot": 0, "status": 0, "install": 1, "provision": 0}
+	want := map[string]int{"enroll": 0, "run": 0, "boot": 0, "status": 0, "install": 1, "provision": 0, "power-cycle": 0}
 	n, ok := want[cmd]
 	if !ok {
 		return fail(stderr, exitUsage, fmt.Errorf("unknown command %q", cmd), "run rampart-agent help")
@@ -261,6 +280,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg, err := agent.LoadConfig(*configPath)
 	if err != nil {
 		return report(stderr, err)
+	}
+
+	if cmd == "power-cycle" {
+		slot, err := powerCycle(cfg)
+		if err != nil {
+			return report(stderr, err)
+		}
+		fmt.Fprintf(stdout, "power-cycled: the simulated bootloader booted slot %s\n", slot)
+		return exitOK
 	}
 
 	if cmd == "enroll" {
@@ -529,4 +557,21 @@ func fail(stderr io.Writer, code int, err error, hint string) int {
 		fmt.Fprintf(stderr, "rampart-agent: hint: %s\n", termsafe.Bounded(hint, 1024))
 	}
 	return code
+}
+
+// powerCycle is a simulated power-on: the sim bootloader boots a slot,
+// and the kernel command line names it.
+func powerCycle(cfg *agent.Config) (bootloader.Slot, error) {
+	if cfg.Bootloader.Backend != "sim" {
+		return "", &agent.ConfigError{Msg: fmt.Sprintf("power-cycle is for simulated devices (bootloader.backend = \"sim\"), not %q: power-cycle the device itself", cfg.Bootloader.Backend)}
+	}
+	sim, err := bootloader.OpenSim(cfg.Bootloader.Env, cfg.Bootloader.MaxAttempts)
+	if err != nil {
+		return "", err
+	}
+	slot, err := sim.Boot()
+	if err != nil {
+		return "", err
+	}
+	return slot, os.WriteFile(cfg.Bootloader.Cmdline, []byte("rauc.slot="+string(slot)+"\n"), 0o644)
 }

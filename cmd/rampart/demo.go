@@ -14,7 +14,7 @@ import (
 
 var demoCmd = &cmdSpec{
 	name:    "demo",
-	summary: "tell the whole story: ceremony, server, fleet, rollouts, an attack, a rollback",
+	summary: "tell the whole story: ceremony, server, fleet, rollouts, an attack, a rollback, a key revocation",
 	usage: `
 Usage: rampart demo [--devices N] [--keep] [--serve]
 
@@ -31,8 +31,14 @@ with nothing to set up, narrating each step:
      untouched, the detection reported to the server;
   6. release 1.2.0 failing its health check on some devices: they roll
      back, and the rollout's gate pauses it in its first phase;
-  7. a summary: devices per release, success rate, time to recover,
-     tamper detections by class.
+  7. a key revocation drill: hotfix 1.1.1, signed with rel-b, reaches the
+     first phase of its rollout; rel-b is revoked (incident revoke-key:
+     the rollout aborted, the affected devices and the offline rotation
+     steps listed), then incident redeploy puts 1.1.0 back on them, and
+     the time to recover is measured;
+  8. a summary from the server's fleet stats: devices per release,
+     success rate, time to install, time to recover (MTTR), tamper
+     detections by class.
 Each step checks that what it narrates happened; the exit status is 0
 only when every step did, 1 otherwise (naming what did not happen).
 
@@ -84,5 +90,5 @@ type demoFailed struct{ *demo.StepError }
 
 func (e *demoFailed) FailureKind() failure.Kind { return failure.Refused }
 func (e *demoFailed) FailureHint() string {
-	return "run it again with --keep to look at the server's data and the devices' files"
+	return "run it again with --keep to look at the server's log (server.log), its data and the devices' files"
 }

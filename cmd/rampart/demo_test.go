@@ -12,7 +12,7 @@ import (
 // narrates every step, each of which checks its own outcome.
 func TestDemo(t *testing.T) {
 	if testing.Short() {
-		t.Skip("runs a server and a simulated fleet for about 15 s")
+		t.Skip("runs a server and a simulated fleet for about 20 s")
 	}
 	var out, errOut bytes.Buffer
 	code := run([]string{"demo", "--devices", "10"}, &env{stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }})
@@ -20,27 +20,44 @@ func TestDemo(t *testing.T) {
 		t.Fatalf("demo: exit %d\nstderr:\n%s\nstdout:\n%s", code, errOut.String(), out.String())
 	}
 	for _, want := range []string{
-		`(?m)^\[1/7\] Offline key ceremony$`,
+		`(?m)^\[1/8\] Offline key ceremony$`,
 		`Image repository \(repo/\): root signed by root-a and root-b \(2 of 2\); acme-gw delegated to rel-a, rel-b, rel-c \(2 of 3\)\.`,
 		`Director root \(director/\): names the server's director keys; one signature was not enough, two are\.`,
-		`(?m)^\[2/7\] rampart-server on loopback, with mTLS$`,
+		`(?m)^\[2/8\] rampart-server on loopback, with mTLS$`,
 		`rampart-server listens on https://127\.0\.0\.1:\d+: TLS with its own CA`,
 		`A request to a device route without a device certificate: 401 Unauthorized\.`,
-		`(?m)^\[3/7\] A fleet of simulated devices on release 1\.0\.0$`,
+		`(?m)^\[3/8\] A fleet of simulated devices on release 1\.0\.0$`,
 		`All 10 devices enrolled and run 1\.0\.0`,
-		`(?m)^\[4/7\] Release 1\.1\.0, rolled out in phases$`,
+		`(?m)^\[4/8\] Release 1\.1\.0, rolled out in phases$`,
 		`Phase 1 of 3 \(2\) started`, `Phase 2 of 3 \(50%\) started`, `Phase 3 of 3 \(100%\) started`,
 		`Rollout completed: all 10 devices run 1\.1\.0`,
-		`(?m)^\[5/7\] A man-in-the-middle alters a chunk in transit$`,
+		`(?m)^\[5/8\] A man-in-the-middle alters a chunk in transit$`,
 		`mitm-1 refused the chunk before writing a byte of it`,
 		`The server recorded the detection: mitm-1 reported verification-refused \(mismatch\)`,
 		`The next transfer, untouched, installed 1\.1\.0`,
-		`(?m)^\[6/7\] Release 1\.2\.0 fails its health check on some devices$`,
+		`(?m)^\[6/8\] Release 1\.2\.0 fails its health check on some devices$`,
 		`The gate paused the rollout automatically in phase 1: gate: failure rate`,
 		`reported rolled-back,\n  reason "health-check-failed"`,
 		`Three soaks later it is still paused in phase 1: the other 8 devices of the fleet never saw 1\.2\.0 and run 1\.1\.0\.`,
-		`(?m)^\[7/7\] Summary$`,
+		`(?m)^\[7/8\] Key revocation drill: a release signer leaks$`,
+		`Release 1\.1\.1: \d+ bytes in \d+ chunks, signed by rel-a and rel-b`,
+		`Phase 1 done: 2 devices run 1\.1\.1`,
+		`rampart incident revoke-key [0-9a-f]{64} --reason "demo drill: rel-b's laptop was reported stolen"`,
+		`revoked: acme-gw/1\.1\.1/fw\.img is marked and refused from now on\.`,
+		`Rollout ro-[0-9a-f]+ halted for good: aborted`,
+		`Affected devices \(2, running 1\.1\.1\): sim-\d+, sim-\d+\.`,
+		`1\. rampart repo rotate repo acme-gw --remove-key [0-9a-f]{64} --add-key`,
+		`A new rollout of 1\.1\.1 is refused: 422 revoked-release\.`,
+		`Redeploy assigned the last known-good release, 1\.1\.0 .*, to 2 devices\.`,
+		`Every affected device confirmed its boot of 1\.1\.0 again: recovered `,
+		`(?m)^\[8/8\] Summary, from the server's fleet statistics$`,
+		`(?m)^  1\.1\.0 +10$`, `(?m)^  1\.2\.0 +1$`,
 		`(?m)^  1\.2\.0 +ro-[0-9a-f]+ +paused +1 +1 +50\.0%`,
+		`(?m)^  1\.1\.1 +ro-[0-9a-f]+ +aborted +2 +0 +100\.0%`,
+		`(?m)^  devices +11$`,
+		`update success rate +9\d\.\d% `,
+		`time to install +p50 \S+, p95 \S+ `,
+		`time to recover \(MTTR\) +\S+ mean per device; the drill's 2 affected devices all back in `,
 		`tamper detections +mismatch 1 `,
 		`(?m)^Every step behaved as narrated, in `,
 	} {

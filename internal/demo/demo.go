@@ -3,8 +3,9 @@
 // an offline key ceremony, a real rampart-server on loopback with mTLS,
 // a fleet of simulated devices (package sim: the real agent on the
 // simulated bootloader), a phased rollout, a man-in-the-middle, a release
-// that fails its health check and is paused at its first gate, and a
-// closing summary.
+// that fails its health check and is paused at its first gate, a key
+// revocation drill (revoke-key, redeploy, recovery), and a closing
+// summary read from the server's fleet statistics.
 //
 // The demo is a list of steps (Steps). Each step narrates what it does in
 // plain words, checks that what it narrates happened, and returns an
@@ -105,13 +106,6 @@ type Step struct {
 }
 
 // Steps are the acts of the demo, in order.
-//
-// The key revocation drill (rampart incident revoke-key, then redeploy)
-// belongs between the failed release and the summary, and the summary
-// should read the fleet statistics (rampart fleet stats) once they exist:
-// both wait for the incident and stats API, built on another branch.
-// Until then the summary computes its table from what the API offers
-// (the device list, rollout show and device reports).
 func Steps() []Step {
 	return []Step{
 		{"Offline key ceremony", ceremony},
@@ -120,9 +114,8 @@ func Steps() []Step {
 		{"Release 1.1.0, rolled out in phases", rollout110},
 		{"A man-in-the-middle alters a chunk in transit", mitm},
 		{"Release 1.2.0 fails its health check on some devices", failing120},
-		// Step 7, the key revocation drill, waits for the incident API
-		// (rampart incident revoke-key / redeploy): see Steps.
-		{"Summary", summary},
+		{"Key revocation drill: a release signer leaks", revocationDrill},
+		{"Summary, from the server's fleet statistics", summary},
 	}
 }
 
@@ -152,10 +145,12 @@ type Demo struct {
 	failing   map[string]bool
 	failReady chan struct{}
 
-	// What the summary reports.
-	rollouts     []rolloutRun
-	recoverTime  time.Duration
-	rolledBackTo string
+	// What the summary reports: the rollouts, and the key revocation
+	// drill's time to recover (revocation to the last affected device's
+	// confirmed boot of the known-good release) and affected devices.
+	rollouts      []rolloutRun
+	drillRecover  time.Duration
+	drillAffected int
 
 	lastProgress     string
 	lastProgressTime time.Time

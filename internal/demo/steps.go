@@ -155,17 +155,25 @@ func ceremony(_ context.Context, d *Demo) error {
 // startServer is step 2: the server on a loopback port with its own CA,
 // the image repository and the director root pushed to it.
 func startServer(ctx context.Context, d *Demo) error {
-	quiet := slog.New(slog.DiscardHandler)
+	// The server's warnings and errors go to server.log in the work
+	// directory (kept with --keep), not to the narration.
+	logf, err := os.OpenFile(d.path("server.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	quiet := slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	sctx, cancel := context.WithCancel(context.Background())
 	in, err := datadir.Open(sctx, d.srvDir, server.Config{Logger: quiet})
 	if err != nil {
 		cancel()
+		logf.Close()
 		return fmt.Errorf("opening the data directory: %w", err)
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		cancel()
 		in.Close()
+		logf.Close()
 		return err
 	}
 	hs := in.Server.HTTPServer(in.TLS, log.New(io.Discard, "", 0))
@@ -181,6 +189,7 @@ func startServer(ctx context.Context, d *Demo) error {
 		<-served
 		<-ran
 		in.Close()
+		logf.Close()
 	}
 	d.url = "https://" + ln.Addr().String()
 	d.caFile = d.path("server", "ca.pem")
@@ -246,6 +255,11 @@ func startServer(ctx context.Context, d *Demo) error {
 // release adds a random image as version, has rel-a and rel-c sign it
 // (2 of 3), and pushes it; the server logs it.
 func (d *Demo) release(ctx context.Context, version string, size int) error {
+	return d.releaseSignedBy(ctx, version, size, "rel-a", "rel-c")
+}
+
+// releaseSignedBy is release with the two release signers named.
+func (d *Demo) releaseSignedBy(ctx context.Context, version string, size int, signer1, signer2 string) error {
 	img := d.path("images", "fw-"+version+".img")
 	if err := os.MkdirAll(d.path("images"), 0o755); err != nil {
 		return err
@@ -262,10 +276,10 @@ func (d *Demo) release(ctx context.Context, version string, size int) error {
 	added, err := repo.AddRelease(offlinerepo.ReleaseOptions{Image: img, Product: Product, Version: version, SecurityVersion: 1,
 		Hardware: []string{Hardware}, Filename: "fw.img", ChunkSize: 16 << 10})
 	if err == nil {
-		_, err = repo.Sign(Product, d.signers["rel-a"])
+		_, err = repo.Sign(Product, d.signers[signer1])
 	}
 	if err == nil {
-		_, err = repo.Sign(Product, d.signers["rel-c"])
+		_, err = repo.Sign(Product, d.signers[signer2])
 	}
 	repo.Close()
 	if err != nil {
@@ -279,8 +293,8 @@ func (d *Demo) release(ctx context.Context, version string, size int) error {
 	if out.Result == nil || !slices.Contains(out.Result.Releases, target) {
 		return fmt.Errorf("pushing release %s: the server did not log %s", version, target)
 	}
-	d.say("Release %s: %d bytes in %d chunks, signed by rel-a and rel-c (2 of 3), pushed and logged in the transparency log.",
-		version, added.Length, added.Chunks)
+	d.say("Release %s: %d bytes in %d chunks, signed by %s and %s (2 of 3), pushed and logged in the transparency log.",
+		version, added.Length, added.Chunks, signer1, signer2)
 	return nil
 }
 
@@ -597,8 +611,7 @@ func failing120(ctx context.Context, d *Demo) error {
 	if err != nil {
 		return err
 	}
-	d.recoverTime, d.rolledBackTo = time.Since(t0), "1.1.0"
-	d.rollouts = append(d.rollouts, rolloutRun{release: "1.2.0", id: ro.ID, took: d.recoverTime})
+	d.rollouts = append(d.rollouts, rolloutRun{release: "1.2.0", id: ro.ID, took: time.Since(t0)})
 	if !strings.Contains(r.PausedReason, "gate") {
 		return fmt.Errorf("the rollout is paused, but not by its gate: %q", r.PausedReason)
 	}
@@ -644,12 +657,12 @@ func failing120(ctx context.Context, d *Demo) error {
 	return nil
 }
 
-// summary is the closing table: devices per release, each rollout's
-// success rate, the time to recover from the failed release, and the
-// tamper detections by class, all read back from the server.
-//
-// Once rampart fleet stats exists (the incident and stats API, another
-// branch), this table should come from it.
+// summary is the closing table, read from the server's fleet
+// statistics (GET /api/v1/fleet/stats, rampart fleet stats): devices per
+// release, the update success rate, the time to install (p50, p95), the
+// mean time to recover from the revoked key, and the tamper detections
+// by class; and each rollout's outcome with its own statistics (rampart
+// rollout show).
 func summary(ctx context.Context, d *Demo) error {
 	d.stopSims()
 	for _, s := range []*sim.Sim{d.fleet, d.mitmSim} {
@@ -657,75 +670,86 @@ func summary(ctx context.Context, d *Demo) error {
 			return err
 		}
 	}
-	ds, err := d.devices(ctx)
+	// The last recovery closes when the server takes the device's
+	// confirmed-boot report: the drill waited for that already, so the
+	// statistics hold it.
+	st, err := d.api.FleetStats(ctx)
 	if err != nil {
-		return err
-	}
-	byRelease := map[string]int{}
-	tamper := map[string]int{}
-	for _, s := range ds {
-		byRelease[s.Version]++
-		if s.LastRefusal == "" {
-			continue
-		}
-		_, dv, err := d.device(ctx, s.ID)
-		if err != nil {
-			return err
-		}
-		for class, n := range refusals(dv) {
-			tamper[class] += n
-		}
+		return fmt.Errorf("rampart fleet stats: %w", err)
 	}
 	w := d.cfg.Out
+	d.say("rampart fleet stats:")
 	fmt.Fprintf(w, "  %-10s %s\n", "RELEASE", "DEVICES")
-	for _, v := range slices.Sorted(maps.Keys(byRelease)) {
-		fmt.Fprintf(w, "  %-10s %d\n", v, byRelease[v])
+	for _, v := range slices.Sorted(maps.Keys(st.ByVersion)) {
+		fmt.Fprintf(w, "  %-10s %d\n", v, st.ByVersion[v])
 	}
 	fmt.Fprintln(w)
+	// TOOK: to the end of the rollout, to 1.2.0's pause, to 1.1.1's
+	// first phase installed.
 	fmt.Fprintf(w, "  %-10s %-15s %-10s %-9s %-12s %-8s %s\n", "ROLLOUT", "ID", "STATE", "INSTALLED", "ROLLED BACK", "SUCCESS", "TOOK")
-	var installed, failed int
 	for _, ro := range d.rollouts {
 		r, err := d.api.Rollout(ctx, ro.id)
 		if err != nil {
 			return err
 		}
+		success := "-"
+		if r.Stats != nil {
+			success = percent(r.Stats.UpdateSuccessRate)
+		}
+		// Failures by reason: a device's current status in the
+		// rollout may have moved on since its rollback.
 		fails := 0
 		for _, n := range r.FailureReasons {
 			fails += n
 		}
-		installed += r.Counts.Installed
-		failed += fails
 		fmt.Fprintf(w, "  %-10s %-15s %-10s %-9d %-12d %-8s %s\n", ro.release, r.ID, r.State, r.Counts.Installed, fails,
-			rate(r.Counts.Installed, fails), ro.took.Round(100*time.Millisecond))
+			success, ro.took.Round(100*time.Millisecond))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "  update success rate     %s (%d confirmed installs, %d rolled back)\n", rate(installed, failed), installed, failed)
-	fmt.Fprintf(w, "  time to recover         %s (1.2.0: from its rollout's start to the automatic pause, every failed device back on %s)\n",
-		d.recoverTime.Round(100*time.Millisecond), d.rolledBackTo)
+	fmt.Fprintf(w, "  devices                 %d\n", st.Devices)
+	fmt.Fprintf(w, "  update success rate     %s (confirmed installs over installs and rollbacks, every rollout)\n", percent(st.UpdateSuccessRate))
+	fmt.Fprintf(w, "  time to install         p50 %s, p95 %s (hand-out to confirmed boot)\n", seconds(st.TimeToInstallP50), seconds(st.TimeToInstallP95))
+	fmt.Fprintf(w, "  time to recover (MTTR)  %s mean per device; the drill's %d affected devices all back in %s\n",
+		seconds(st.MTTR), d.drillAffected, d.drillRecover.Round(100*time.Millisecond))
 	var classes []string
-	for _, c := range slices.Sorted(maps.Keys(tamper)) {
-		classes = append(classes, c+" "+strconv.Itoa(tamper[c]))
+	for _, c := range slices.Sorted(maps.Keys(st.TamperDetections)) {
+		if st.TamperDetections[c] > 0 {
+			classes = append(classes, c+" "+strconv.Itoa(st.TamperDetections[c]))
+		}
 	}
-	fmt.Fprintf(w, "  tamper detections       %s (by refusal class, from the devices' reports)\n", orNone(strings.Join(classes, ", ")))
+	fmt.Fprintf(w, "  tamper detections       %s (verification refusals by class)\n", orNone(strings.Join(classes, ", ")))
 
 	switch {
-	case len(ds) != d.cfg.Devices+1:
-		return fmt.Errorf("the server knows %d devices, not %d", len(ds), d.cfg.Devices+1)
-	case byRelease["1.0.0"] != 0 || byRelease["1.2.0"] == 0 || byRelease["1.1.0"] == 0:
-		return fmt.Errorf("devices per release are not what the story left: %v", byRelease)
-	case tamper[string(api.RefusedMismatch)] < 1:
-		return errors.New("no tamper detection of class mismatch in the devices' reports")
-	case failed == 0:
-		return errors.New("no rollback counted in the rollouts")
+	case st.Devices != d.cfg.Devices+1:
+		return fmt.Errorf("fleet stats count %d devices, not %d", st.Devices, d.cfg.Devices+1)
+	case st.ByVersion["1.0.0"] != 0 || st.ByVersion["1.2.0"] == 0 || st.ByVersion[goodVersion] == 0 || st.ByVersion[drillVersion] != 0:
+		return fmt.Errorf("fleet stats' devices per release are not what the story left: %v", st.ByVersion)
+	case st.TamperDetections[string(api.RefusedMismatch)] < 1:
+		return fmt.Errorf("fleet stats count no tamper detection of class %s: %v", api.RefusedMismatch, st.TamperDetections)
+	case st.UpdateSuccessRate == nil || *st.UpdateSuccessRate >= 1:
+		return fmt.Errorf("fleet stats' update success rate (%s) does not count 1.2.0's rollbacks", percent(st.UpdateSuccessRate))
+	case st.TimeToInstallP50 == nil || st.TimeToInstallP95 == nil:
+		return errors.New("fleet stats have no time to install")
+	case st.MTTR == nil:
+		return errors.New("fleet stats have no time to recover after the key revocation drill")
 	}
 	return nil
 }
 
-func rate(ok, failed int) string {
-	if ok+failed == 0 {
+// percent shows a rate of fleet stats ("-" while nothing was measured).
+func percent(f *float64) string {
+	if f == nil {
 		return "-"
 	}
-	return fmt.Sprintf("%.1f%%", 100*float64(ok)/float64(ok+failed))
+	return fmt.Sprintf("%.1f%%", 100**f)
+}
+
+// seconds shows a duration of fleet stats, in seconds.
+func seconds(f *float64) string {
+	if f == nil {
+		return "-"
+	}
+	return (time.Duration(*f * float64(time.Second))).Round(time.Millisecond).String()
 }
 
 func orNone(s string) string {
