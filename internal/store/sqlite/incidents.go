@@ -10,7 +10,7 @@ import (
 
 // RevokeKey implements store.Incidents.
 func (s *conn) RevokeKey(ctx context.Context, k store.RevokedKey) error {
-	_, err := s.q.ExecContext(ctx, `INSERT INTO revoked_keys (key_id, kind, reason, revoked_by, revoked_at) VALUES (?, ?, ?, ?, ?)`,
+	_, err := s.exec(ctx, `INSERT INTO revoked_keys (key_id, kind, reason, revoked_by, revoked_at) VALUES (?, ?, ?, ?, ?)`,
 		k.KeyID, k.Kind, k.Reason, k.RevokedBy, ns(k.RevokedAt))
 	if err != nil && isConstraint(err) {
 		return fmt.Errorf("key %s: %w", k.KeyID, store.ErrExists)
@@ -130,7 +130,7 @@ func (s *conn) OpenRecoveries(ctx context.Context, deviceIDs []string, rolloutID
 
 // CloseRecovery implements store.Incidents.
 func (s *conn) CloseRecovery(ctx context.Context, deviceID string, at time.Time) (bool, error) {
-	res, err := s.q.ExecContext(ctx, `UPDATE recoveries SET closed_at = max(?, opened_at + 1) WHERE device_id = ? AND closed_at = 0`, ns(at), deviceID)
+	res, err := s.exec(ctx, `UPDATE recoveries SET closed_at = max(?, opened_at + 1) WHERE device_id = ? AND closed_at = 0`, ns(at), deviceID)
 	if err != nil {
 		return false, err
 	}
