@@ -444,6 +444,25 @@ func needsRenewal(expires, now time.Time, period time.Duration) bool {
 	return expires.Sub(now) < period/2
 }
 
+// RenewAt is when Build (or RefreshTimestamp) with expiry would first
+// re-sign r although nothing else changed: the first role to have less
+// than half of its period left. Until then, for the same assignment and
+// root, Build gives r back unchanged, so a caller may serve r without
+// building it again.
+func (r *Repo) RenewAt(expiry Expiry) (time.Time, error) {
+	exp, err := expiry.resolve()
+	if err != nil {
+		return time.Time{}, err
+	}
+	at := r.Expires.Targets.Add(-exp.Targets / 2)
+	for _, t := range []time.Time{r.Expires.Snapshot.Add(-exp.Snapshot / 2), r.Expires.Timestamp.Add(-exp.Timestamp / 2)} {
+		if t.Before(at) {
+			at = t
+		}
+	}
+	return at, nil
+}
+
 // sign produces the next repository. want == nil keeps prev's targets
 // content.
 func sign(rootRaw []byte, rt *metadata.Metadata[metadata.RootType], p *parsed, want map[string]*metadata.TargetFiles, deviceID string, k Keys, now time.Time, exp Expiry) (*Repo, bool, error) {

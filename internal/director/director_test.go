@@ -290,6 +290,18 @@ func TestUnchangedChangedAndRefresh(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// RenewAt says when Build first re-signs an unchanged repository.
+	renew, err := r3.RenewAt(director.Expiry{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := f.build(f.assign(tgt2, f.img2), r3, renew.Add(-time.Second)); r.Versions != r3.Versions {
+		t.Fatalf("rebuilt a second before RenewAt (%s): %+v -> %+v", renew, r3.Versions, r.Versions)
+	}
+	if r := f.build(f.assign(tgt2, f.img2), r3, renew.Add(time.Second)); r.Versions == r3.Versions {
+		t.Fatalf("not rebuilt a second after RenewAt (%s)", renew)
+	}
+
 	// Timestamp close to expiry (less than half of its day left): only the
 	// timestamp is re-signed, by Build and by RefreshTimestamp alike.
 	late := t0.Add(2*time.Hour + 13*time.Hour)

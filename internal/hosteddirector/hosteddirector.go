@@ -241,7 +241,19 @@ func (s *Service) For(ctx context.Context, id string) (*director.Repo, *RootStat
 			return nil, nil, err
 		}
 	}
-	e.key, e.repo, e.refreshAt = key, repo, now.Add(time.Minute)
+	// Until a role needs renewing, a build for this key gives the same
+	// repository back: serve it from memory till then (an hour at most).
+	// A fixed minute made every check-in of a large fleet, past its
+	// device's first minute, read the device, parse its product role and
+	// run director.Build again.
+	renew, err := repo.RenewAt(director.Expiry{})
+	if err != nil {
+		return nil, nil, err
+	}
+	if limit := now.Add(time.Hour); renew.After(limit) {
+		renew = limit
+	}
+	e.key, e.repo, e.refreshAt = key, repo, renew
 	return repo, root, nil
 }
 
