@@ -323,6 +323,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return report(stderr, err)
 	}
+	draw, clearProgress := progressLine(stderr, time.Now)
+	a.OnProgress = draw
 	switch cmd {
 	case "status":
 		s, err := a.Status()
@@ -345,6 +347,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return report(stderr, err)
 	case "install":
 		out, err := a.InstallBundle(ctx, pos[0])
+		clearProgress()
 		if out != nil {
 			print(stdout, out, *asJSON)
 		}
@@ -356,6 +359,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	// run
 	for {
 		out, err := a.Run(ctx)
+		clearProgress()
 		if out != nil {
 			print(stdout, out, *asJSON)
 		}
@@ -412,8 +416,12 @@ func print(w io.Writer, out *agent.Outcome, asJSON bool) {
 	}
 	fmt.Fprintln(w, line)
 	if in := out.Install; in != nil {
-		fmt.Fprintf(w, "downloaded %d of %d bytes (%.1f%%), reused %d bytes from the running slot\n",
-			in.BytesDownloaded, in.ImageSize, 100*float64(in.BytesDownloaded)/float64(max(in.ImageSize, 1)), in.BytesReused)
+		verb := "downloaded"
+		if in.Source == "bundle" {
+			verb = "installed from bundle"
+		}
+		fmt.Fprintf(w, "%s %d of %d bytes (%.1f%%), reused %d bytes from the running slot\n",
+			verb, in.BytesDownloaded, in.ImageSize, 100*float64(in.BytesDownloaded)/float64(max(in.ImageSize, 1)), in.BytesReused)
 	}
 }
 

@@ -100,6 +100,24 @@ type Agent struct {
 	ImageRoot, DirectorRoot []byte
 	LogOrigin               string
 	LogKey                  note.Verifier
+
+	// OnProgress, when set, is called as an install verifies and writes
+	// chunks (from the install's workers, one call at a time; it must be
+	// quick). The command line draws a progress line with it on a
+	// terminal.
+	OnProgress func(InstallProgress)
+}
+
+// InstallProgress is how far an install has got.
+type InstallProgress struct {
+	// Source is "server" or "bundle".
+	Source string
+	Target string
+	// Chunks and Size describe the image; Done and Bytes the chunks
+	// verified and written so far, earlier attempts' included (Resumed
+	// of them).
+	Chunks, Done, Resumed int
+	Size, Bytes           int64
 }
 
 // New wires an agent from its configuration for production: the real
@@ -309,13 +327,16 @@ type Outcome struct {
 
 // Install counts what an install transferred.
 type Install struct {
-	ImageSize       int64 `json:"image_size"`
-	BytesDownloaded int64 `json:"bytes_downloaded"`
-	BytesReused     int64 `json:"bytes_reused"`
-	Chunks          int   `json:"chunks"`
-	Fetched         int   `json:"fetched"`
-	Reused          int   `json:"reused"`
-	Skipped         int   `json:"skipped"`
+	// Source is "server" or "bundle": where the bytes not reused from
+	// the running slot came from (BytesDownloaded counts them either way).
+	Source          string `json:"source"`
+	ImageSize       int64  `json:"image_size"`
+	BytesDownloaded int64  `json:"bytes_downloaded"`
+	BytesReused     int64  `json:"bytes_reused"`
+	Chunks          int    `json:"chunks"`
+	Fetched         int    `json:"fetched"`
+	Reused          int    `json:"reused"`
+	Skipped         int    `json:"skipped"`
 }
 
 func (a *Agent) now() time.Time {

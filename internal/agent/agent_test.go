@@ -319,12 +319,27 @@ func TestUpdateCommit(t *testing.T) {
 	img := e.Release("1.0.0", 2, hw)
 	e.Deploy(servertest.Product+"/1.0.0", hw)
 
+	var seen []agent.InstallProgress
+	d.a.OnProgress = func(p agent.InstallProgress) { seen = append(seen, p) }
 	out, err := d.run()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out.Action != "installed-pending-reboot" || out.Slot != "B" || !out.Reboot || d.rebooting.Load() != 1 {
 		t.Fatalf("run: %+v (reboots %d)", out, d.rebooting.Load())
+	}
+	// Progress: from nothing to every chunk, one more each call.
+	if n := len(seen); n < 2 || seen[0].Done != 0 || seen[n-1].Done != seen[n-1].Chunks || seen[n-1].Bytes != int64(len(img)) ||
+		seen[n-1].Source != "server" || seen[n-1].Target != servertest.Product+"/1.0.0/fw.img" {
+		t.Fatalf("progress: %+v ... %+v", seen[0], seen[len(seen)-1])
+	}
+	for i := 1; i < len(seen); i++ {
+		if seen[i].Done != seen[i-1].Done+1 || seen[i].Bytes <= seen[i-1].Bytes {
+			t.Fatalf("progress step %d: %+v after %+v", i, seen[i], seen[i-1])
+		}
+	}
+	if out.Install == nil || out.Install.Source != "server" {
+		t.Fatalf("install outcome: %+v", out.Install)
 	}
 	if !d.slotHas(bootloader.B, img) {
 		t.Fatal("slot B does not hold the image")
@@ -793,12 +808,22 @@ func TestResumeAfterDroppedConnection(t *testing.T) {
 	}
 	d.assertUntouched()
 	d.a.HTTP = d.client // the connection is back
+	var first *agent.InstallProgress
+	d.a.OnProgress = func(p agent.InstallProgress) {
+		if first == nil {
+			first = &p
+		}
+	}
 	out, err := d.run()
 	if err != nil {
 		t.Fatal(err)
 	}
 	if out.Install.Skipped == 0 || out.Install.Skipped+out.Install.Fetched != out.Install.Chunks {
 		t.Fatalf("the second attempt did not resume: %+v", out.Install)
+	}
+	// Its progress starts from what the first attempt wrote.
+	if first == nil || first.Resumed != out.Install.Skipped || first.Done != first.Resumed || first.Bytes == 0 {
+		t.Fatalf("first progress of the resumed attempt: %+v (skipped %d)", first, out.Install.Skipped)
 	}
 	if !d.slotHas(bootloader.B, img) {
 		t.Fatal("slot B does not hold the image")

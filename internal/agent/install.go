@@ -97,6 +97,20 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		Done:     func(i int) bool { return st.Pending.Phase == PhaseWritten || earlier.has(i) },
 		Progress: ps.written,
 	}
+	if a.OnProgress != nil {
+		p := InstallProgress{Source: source, Target: rel.Target, Chunks: len(ix.Chunks), Size: rel.Length}
+		for i, c := range ix.Chunks {
+			if opts.Done(i) {
+				p.Done, p.Resumed, p.Bytes = p.Done+1, p.Resumed+1, p.Bytes+c.Length
+			}
+		}
+		a.OnProgress(p)
+		opts.Progress = func(i int) {
+			ps.written(i)
+			p.Done, p.Bytes = p.Done+1, p.Bytes+ix.Chunks[i].Length
+			a.OnProgress(p)
+		}
+	}
 	r, err := install.Install(ictx, ix, src, slot, local, opts)
 	// On failure keep what was written for the next attempt; on success
 	// the slot is synced and read back, and the progress file goes.
@@ -124,7 +138,7 @@ func (a *Agent) install(ctx context.Context, st *State, rel Release, source stri
 		return nil, a.installFailed(ctx, st, "download", fmt.Errorf("%w: %w", ErrInstall, err))
 	}
 	out := &Outcome{Action: "installed-pending-reboot", Target: rel.Target, Slot: string(target), Reboot: true,
-		Install: &Install{ImageSize: rel.Length, BytesDownloaded: r.BytesDownloaded, BytesReused: r.BytesReused,
+		Install: &Install{Source: source, ImageSize: rel.Length, BytesDownloaded: r.BytesDownloaded, BytesReused: r.BytesReused,
 			Chunks: r.Chunks, Fetched: r.Fetched, Reused: r.Reused, Skipped: r.Skipped}}
 
 	// The slot holds the signed image (read back in full by Install).
