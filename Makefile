@@ -20,17 +20,24 @@ test:
 	$(GO) vet -tags nopkcs11 ./...
 	$(GO) run $(STATICCHECK) ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
-	$(GO) test -race -timeout 30m ./...
-	# The build without cgo PKCS#11 (-tags nopkcs11), where the tag changes
-	# what is built: internal/keys (the stub that refuses token keys) and
-	# the scripts of cmd/rampart that depend on the pkcs11 condition
-	# (cmd/rampart's TestNopkcs11Scope fails if the tag reaches another
-	# package or script). Not under -race: sequential code, and the race
-	# run covers the rest. Measured: 11 s of CPU (docs/performance.md).
-	$(GO) test -tags nopkcs11 ./internal/keys/
-	$(GO) test -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/
-	# Under -race the power-cut test samples its crash points; here it cuts every one.
-	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/
+	# The race run and the runs without -race below go side by side: the
+	# race run leaves a core idle while its last packages finish, and the
+	# others are a minute of one core.
+	#  - The build without cgo PKCS#11 (-tags nopkcs11), where the tag
+	#    changes what is built: internal/keys (the stub that refuses token
+	#    keys) and the scripts of cmd/rampart that depend on the pkcs11
+	#    condition (cmd/rampart's TestNopkcs11Scope fails if the tag
+	#    reaches another package or script). Not under -race: sequential
+	#    code, and the race run covers the rest. Measured: 11 s of CPU
+	#    (docs/performance.md).
+	#  - Under -race the power-cut test samples its crash points; here it
+	#    cuts every one.
+	$(GO) test -race -timeout 30m ./... & race=$$!; \
+	$(GO) test -tags nopkcs11 ./internal/keys/ && \
+	$(GO) test -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/ && \
+	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/; other=$$?; \
+	wait $$race; raced=$$?; \
+	if [ $$raced -ne 0 ] || [ $$other -ne 0 ]; then echo "make test: FAILED (race run exit $$raced, other runs exit $$other)"; exit 1; fi
 
 # Boots the agent on Debian's kernels under real GRUB (x86_64) and U-Boot
 # (arm64) in QEMU (TCG) through update, commit, rollback, failed boots, power
