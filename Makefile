@@ -31,6 +31,10 @@ test:
 	$(GO) test -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/
 	# Under -race the power-cut test samples its crash points; here it cuts every one.
 	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/
+	# The fleet operations end to end with 200 real agents (internal/sim
+	# TestFleetE2E): skipped under -race, too slow there for the budget,
+	# so run here without it (its time: docs/performance.md).
+	$(GO) test -timeout 15m -run '^TestFleetE2E$$' ./internal/sim/
 
 # Boots the agent on Debian's kernels under real GRUB (x86_64) and U-Boot
 # (arm64) in QEMU (TCG) through update, commit, rollback, failed boots, power

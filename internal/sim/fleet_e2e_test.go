@@ -80,6 +80,9 @@ type e2e struct {
 	clk    *fakeClock
 	fleet  *sim.Sim
 	late   *sim.Sim
+	// lateDir holds the late devices' files: the test's, as the late
+	// simulation outlives the scenario that starts it.
+	lateDir string
 	failed chan error
 	group  map[string]string // device id -> group
 
@@ -159,6 +162,7 @@ func TestFleetE2E(t *testing.T) {
 		}()
 		t.Cleanup(func() { s.Stop(); cancel(); <-done })
 	}
+	e.lateDir = t.TempDir()
 	e.fleet = newSim("e2e-", e2eDevices, t.TempDir())
 	run(e.fleet)
 	e.waitSim(e.fleet, "every device enrolled", func(r *sim.Report) bool { return r.ByState[sim.StateIdle] == e2eDevices })
@@ -392,7 +396,7 @@ func (e *e2e) phases(newSim func(string, int, string) *sim.Sim, run func(*sim.Si
 				if ro.State != "running" {
 					t.Fatalf("%+v", ro)
 				}
-				late = newSim("late-", e2eLate, e.t.TempDir()) // it outlives the subtest
+				late = newSim("late-", e2eLate, e.lateDir)
 				run(late)
 				waitFor(t, late, e.failed, "the late devices enrolled", e2eWait, func(r *sim.Report) bool {
 					return r.Errors > 0 || r.ByState[sim.StateIdle] == e2eLate
