@@ -75,16 +75,16 @@ func (c *fakeClock) Add(d time.Duration) {
 }
 
 type e2e struct {
-	t      *testing.T // the scenario's test while one runs
-	env    *servertest.Env
-	clk    *fakeClock
-	fleet  *sim.Sim
-	late   *sim.Sim
+	t     *testing.T // the scenario's test while one runs
+	env   *servertest.Env
+	clk   *fakeClock
+	fleet *sim.Sim
+	late  *sim.Sim
 	// lateDir holds the late devices' files: the test's, as the late
 	// simulation outlives the scenario that starts it.
 	lateDir string
-	failed chan error
-	group  map[string]string // device id -> group
+	failed  chan error
+	group   map[string]string // device id -> group
 
 	// what the engine ticker saw of the watched rollout
 	mu          sync.Mutex
