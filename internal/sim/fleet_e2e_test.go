@@ -208,11 +208,13 @@ func TestFleetE2E(t *testing.T) {
 		}
 	}
 	scenario("Phases", e.phases(newSim, run))
+	// Right after: 2.0.0 is then the newest release before the one the
+	// drill revokes, which is what redeploy puts back (see Redeploy).
+	scenario("KeyRevocation", e.revocation)
 	scenario("HealthGate", e.healthGate)
 	scenario("Approval", e.approval)
 	scenario("WindowAndCritical", e.windowAndCritical)
 	scenario("ConcurrencyAndCooldown", e.concurrency)
-	scenario("KeyRevocation", e.revocation)
 	r := e.fleet.Snapshot()
 	t.Logf("total: %s; the fleet made %d check-ins (%.0f/s, p50 %s, p99 %s)", time.Since(t0).Round(time.Millisecond),
 		r.Checkins, float64(r.Checkins)/r.Elapsed.Seconds(), r.CheckinP50, r.CheckinP99)
@@ -628,7 +630,9 @@ func (e *e2e) concurrency(t *testing.T) {
 // alone signs 9.0.0; a two-phase rollout installs 9.0.0 on its first
 // phase; the new key leaks. revoke-key halts the rollout mid-phase (the
 // second phase never starts), and redeploy puts 2.0.0 back on the
-// devices that ran 9.0.0, verified by the real agent.
+// devices that ran 9.0.0, verified by the real agent. Then the operator
+// does the offline rotation the playbook asks for: a third key replaces
+// the leaked one and signs the releases of the scenarios after this one.
 func (e *e2e) revocation(t *testing.T) {
 	env := e.env
 	k, err := keys.Generate(keys.Ed25519)
@@ -677,4 +681,19 @@ func (e *e2e) revocation(t *testing.T) {
 	if r := e.late.Snapshot(); r.Errors > 0 || r.ByRelease["2.0.0"] != e2eLate {
 		t.Fatalf("late devices: %v %v", r.ByRelease, r.ErrorSamples)
 	}
+	if r := e.fleet.Snapshot(); r.ByRelease["1.0.0"] != e2eDevices-60 {
+		t.Fatalf("outside the drill: %v", r.ByRelease)
+	}
+	k3, err := keys.Generate(keys.Ed25519)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rel3 := keys.InMemory(k3)
+	if err := env.Repo.Rotate(servertest.Product, offlinerepo.RotateOptions{Add: []crypto.PublicKey{rel3.Public()}, Remove: []string{leaked}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := env.Repo.Sign("targets", env.TargetsKey); err != nil {
+		t.Fatal(err)
+	}
+	env.Rel = rel3
 }
