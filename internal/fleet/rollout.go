@@ -400,10 +400,15 @@ func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device, 
 }
 
 // hardwareOf returns the hardware ids a rollout's release supports
-// (read from the published metadata once per rollout).
+// (read from the published metadata once per rollout). Check-ins share
+// the active rollouts, so what is kept is read and written under the
+// rollouts' lock.
 func (s *Service) hardwareOf(ctx context.Context, a *active) ([]string, error) {
-	if a.meta.HardwareIDs != nil {
-		return a.meta.HardwareIDs, nil
+	s.ro.mu.Lock()
+	hw := a.meta.HardwareIDs
+	s.ro.mu.Unlock()
+	if hw != nil {
+		return hw, nil
 	}
 	_, m, err := s.resolveRelease(ctx, a.r.Target)
 	if err != nil {

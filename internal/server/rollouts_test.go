@@ -360,6 +360,34 @@ func TestRolloutRolledBackNotReoffered(t *testing.T) {
 	}
 }
 
+// Devices checking in at once are decided at once (the director
+// handler runs per connection): the rollout's release hardware, read
+// once and kept, is shared between them (a data race under -race before
+// it was guarded).
+func TestRolloutConcurrentDecisions(t *testing.T) {
+	e := newFleetEnv(t)
+	devs := ids("gw", 8)
+	e.enroll(devs...)
+	e.create(e.Admin, api.RolloutRequest{Release: "acme-gw/2.0.0", Phases: "100%"})
+	var wg sync.WaitGroup
+	for _, id := range devs {
+		wg.Add(1)
+		go func(c *http.Client) {
+			defer wg.Done()
+			resp, err := c.Get(e.TS.URL + "/director/timestamp.json")
+			if err == nil {
+				resp.Body.Close()
+			}
+		}(e.devs[id])
+	}
+	wg.Wait()
+	for _, id := range devs {
+		if got := e.checkIn(id); got == "" {
+			t.Errorf("%s not offered", id)
+		}
+	}
+}
+
 // Bad input: each a precise 4xx.
 func TestRolloutBadInput(t *testing.T) {
 	e := newFleetEnv(t)
