@@ -7,9 +7,11 @@
 // check-ins per second and latency percentiles. With -compare it then
 // starts a rollout of a second release over a CEL selector and measures
 // again, so the cost of deciding check-ins against an active rollout is
-// seen side by side with the same fleet without one.
+// seen side by side with the same fleet without one. With -policy as well,
+// the fleet policy of docs/policy.md's examples is set before the rollout
+// starts, so every decision also evaluates its rules.
 //
-//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 [-compare]
+//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 [-compare [-policy]]
 //
 // The server is the real rampart-server binary in its own process (run from
 // the module root); both share the machine's cores, as a loopback test
@@ -100,6 +102,7 @@ func main() {
 	workers := flag.Int("workers", 64, "concurrent check-ins")
 	newConn := flag.Bool("new-conn", false, "open a new TLS connection (with session resumption) for every check-in instead of keeping one per device")
 	compare := flag.Bool("compare", false, "then start a rollout of a second release (phases 1%,10%,50%,100% over a CEL selector on tags) and measure again, side by side")
+	withPolicy := flag.Bool("policy", false, "with -compare: set the example fleet policy (docs/policy.md: three rules over tags, risk, signers and age) before starting the rollout")
 	ceiling := flag.Bool("ceiling", false, "then load a bare net/http mTLS server answering a fixed body the same way, and print both rates and their ratio")
 	ceilingServer := flag.String("ceiling-server", "", "(internal) serve the ceiling: DATA-DIR,BODY-FILE")
 	flag.StringVar(&storeDSN, "store", "", "keep the server's metadata in this PostgreSQL database (an empty one) instead of SQLite")
@@ -120,6 +123,10 @@ func main() {
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < uint64(*devices+1000) {
 		log.Fatalf("the open-files limit %d is too low for %d devices; raise it (ulimit -n)", lim.Cur, *devices)
 	}
+	if *withPolicy && !*compare {
+		log.Fatal("-policy measures the rollout of -compare: give -compare too")
+	}
+	policy = *withPolicy
 	if err := run(*devices, *workers, *duration, *newConn, *compare, *ceiling); err != nil {
 		log.Fatal(err)
 	}
@@ -127,6 +134,21 @@ func main() {
 
 // storeDSN is -store: the server's PostgreSQL database, or "" for SQLite.
 var storeDSN string
+
+// policy is -policy.
+var policy bool
+
+// examplePolicy is docs/policy.md's example fleet policy
+// (internal/fleet/testdata/policy/examples.yaml).
+const examplePolicy = `default: allow
+rules:
+  - name: lab-takes-anything
+    allow: device.tags.site == "lab"
+  - name: high-risk-needs-three-signers
+    deny: device.risk == "high" && release.signer_count < 3
+  - name: no-stale-releases
+    deny: release.age > duration("720h") && !release.critical
+`
 
 func run(nDevices, workers int, duration time.Duration, newConn, compare, ceiling bool) error {
 	tmp, err := os.MkdirTemp("", "rampart-checkin-*")
@@ -382,15 +404,22 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		// The same fleet with an active rollout: each check-in is decided
 		// against it (the selector, the phase's bucket, the device's
 		// progress), and the first phase hands out the second release.
+		what := "rampart, active rollout (1% phase, max 500 in flight)"
+		if policy {
+			if err := call("POST", "/api/v1/policy", map[string]string{"source": examplePolicy}); err != nil {
+				return err
+			}
+			what = "rampart, active rollout (1% phase, max 500 in flight) and policy (3 rules)"
+		}
 		if err := call("POST", "/api/v1/rollouts", map[string]any{"release": "acme-gw/2.0.0", "select": `hardware == "hw" && tags.site != "lab"`,
 			"phases": "1%,10%,50%,100%", "soak": "1h", "max_concurrent": 500}); err != nil {
 			return err
 		}
-		withRollout, p99, err := measure("rampart, active rollout (1% phase, max 500 in flight)")
+		withRollout, p99, err := measure(what)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("rollout: %.0f/s (p99 %s) against %.0f/s (p99 %s) without: ratio %.2f\n", withRollout, p99, rampart, rampartP99, withRollout/rampart)
+		fmt.Printf("%s: %.0f/s (p99 %s) against %.0f/s (p99 %s) without: ratio %.2f\n", what, withRollout, p99, rampart, rampartP99, withRollout/rampart)
 	}
 	if !ceiling {
 		return nil

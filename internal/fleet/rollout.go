@@ -400,10 +400,15 @@ func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device, 
 }
 
 // hardwareOf returns the hardware ids a rollout's release supports
-// (read from the published metadata once per rollout).
+// (read from the published metadata once per rollout). Check-ins share
+// the active rollouts, so what is kept is read and written under the
+// rollouts' lock.
 func (s *Service) hardwareOf(ctx context.Context, a *active) ([]string, error) {
-	if a.meta.HardwareIDs != nil {
-		return a.meta.HardwareIDs, nil
+	s.ro.mu.Lock()
+	hw := a.meta.HardwareIDs
+	s.ro.mu.Unlock()
+	if hw != nil {
+		return hw, nil
 	}
 	_, m, err := s.resolveRelease(ctx, a.r.Target)
 	if err != nil {
@@ -417,8 +422,10 @@ func (s *Service) hardwareOf(ctx context.Context, a *active) ([]string, error) {
 
 // offer hands a rollout's release to a device, in one transaction that
 // checks its progress and the concurrency limit: a device already in
-// flight or installed is left as it is, one cooling down after two
-// failures is not offered (and holds no slot), and at most
+// flight or installed is left as it is, one that rolled back the
+// release is not offered it again (its agent would not install it), one
+// cooling down after two failed installs is not offered (and holds no
+// slot), and at most
 // MaxConcurrent devices are downloading or installing.
 func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
 	now := s.now()
@@ -431,6 +438,14 @@ func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
 		}
 		switch rd.Status {
 		case "downloading", "installing", "installed":
+			return nil
+		case "rolled-back":
+			// The agent keeps an image that rolled back as failed and
+			// never installs it again: offered again, it would answer
+			// "not-retried" without a report, and the device would
+			// count as in flight for ever, holding a concurrency slot.
+			// It stays on what it runs (a failed install, which the
+			// agent does retry, is offered again).
 			return nil
 		}
 		if rd.Failures >= maxFailures && now.Before(rd.CooldownUntil) {

@@ -325,6 +325,69 @@ func TestRolloutConcurrencyAndCooldown(t *testing.T) {
 	}
 }
 
+// A device that rolled back the release is not offered it again: its
+// agent keeps the image as failed and would decline it without a
+// report, so the device would count as in flight for ever and hold a
+// concurrency slot.
+func TestRolloutRolledBackNotReoffered(t *testing.T) {
+	e := newFleetEnv(t)
+	devs := ids("gw", 3)
+	e.enroll(devs...)
+	c := e.create(e.Admin, api.RolloutRequest{Release: "acme-gw/2.0.0", Phases: "100%", MaxConcurrent: 1, MaxFailureRate: "100%"})
+	var first string
+	for _, id := range devs {
+		if e.checkIn(id) != "" {
+			first = id
+		}
+	}
+	e.report(first, api.Downloading, "", "", 0)
+	e.report(first, api.RolledBack, "health-check-failed", "", 0)
+	if got := e.checkIn(first); got != "" {
+		t.Fatalf("offered %q again after its rollback", got)
+	}
+	if r := e.show(c.ID); r.Counts.RolledBack != 1 || r.Counts.Downloading != 0 {
+		t.Fatalf("%+v", r.Counts)
+	}
+	// The slot went to another device.
+	n := 0
+	for _, id := range devs {
+		if id != first && e.checkIn(id) != "" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d devices took the freed slot", n)
+	}
+}
+
+// Devices checking in at once are decided at once (the director
+// handler runs per connection): the rollout's release hardware, read
+// once and kept, is shared between them (a data race under -race before
+// it was guarded).
+func TestRolloutConcurrentDecisions(t *testing.T) {
+	e := newFleetEnv(t)
+	devs := ids("gw", 8)
+	e.enroll(devs...)
+	e.create(e.Admin, api.RolloutRequest{Release: "acme-gw/2.0.0", Phases: "100%"})
+	var wg sync.WaitGroup
+	for _, id := range devs {
+		wg.Add(1)
+		go func(c *http.Client) {
+			defer wg.Done()
+			resp, err := c.Get(e.TS.URL + "/director/timestamp.json")
+			if err == nil {
+				resp.Body.Close()
+			}
+		}(e.devs[id])
+	}
+	wg.Wait()
+	for _, id := range devs {
+		if got := e.checkIn(id); got == "" {
+			t.Errorf("%s not offered", id)
+		}
+	}
+}
+
 // Bad input: each a precise 4xx.
 func TestRolloutBadInput(t *testing.T) {
 	e := newFleetEnv(t)

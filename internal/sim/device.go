@@ -24,14 +24,17 @@ import (
 // Device states, as Report.ByState counts them: what the device's last
 // check-in (or boot) came to.
 const (
-	StateEnrolling   = "enrolling"
-	StateIdle        = "idle"        // nothing assigned
-	StateUpToDate    = "up-to-date"  // running its assigned release
-	StateRolledBack  = "rolled-back" // the assigned release failed and is not retried
-	StateRefused     = "refused"     // the last check-in refused what it was sent
-	StateRetrying    = "retrying"    // a transfer was cut; the next check-in resumes
-	StateUnreachable = "unreachable" // the server could not be reached
-	StateError       = "error"       // something no fault knob explains
+	StateEnrolling  = "enrolling"
+	StateIdle       = "idle"        // nothing assigned
+	StateUpToDate   = "up-to-date"  // running its assigned release
+	StateRolledBack = "rolled-back" // the assigned release failed and is not retried
+	StateRefused    = "refused"     // the last check-in refused what it was sent
+	StateRetrying   = "retrying"    // a transfer was cut; the next check-in resumes
+	// StateInstallFailed: Config.SlotWrite failed the install's slot
+	// write; the agent reported it and tries again at its next check-in.
+	StateInstallFailed = "install-failed"
+	StateUnreachable   = "unreachable" // the server could not be reached
+	StateError         = "error"       // something no fault knob explains
 )
 
 // Where things are on a simulated device's disk (a powercut.Model).
@@ -189,6 +192,7 @@ func (d *device) provision(ctx context.Context) error {
 	}
 	d.fs = &cutFS{Model: m, slots: [2]string{slotA, slotB}, opsAt: -1}
 	d.newAgent()
+	d.fs.refuse = d.slotWrite()
 	_, err := d.reboot(ctx)
 	return err
 }
@@ -260,6 +264,14 @@ func (d *device) reboot(ctx context.Context) ([]*agent.Outcome, error) {
 	return outs, fmt.Errorf("the device did not settle in %d boots", maxBoots)
 }
 
+// slotWrite is the device's Config.SlotWrite, or nil.
+func (d *device) slotWrite() func() error {
+	if d.s.cfg.SlotWrite == nil {
+		return nil
+	}
+	return func() error { return d.s.cfg.SlotWrite(d.id) }
+}
+
 // step is one turn of the device on a worker: enroll and boot it the first
 // time, otherwise one check-in and whatever reboots it asks for.
 func (d *device) step(ctx context.Context) {
@@ -299,6 +311,7 @@ func (d *device) checkin(ctx context.Context) {
 	} else {
 		d.fs.arm(0)
 	}
+	refused0 := d.fs.refused.Load()
 	t0 := time.Now()
 	out, err := d.a.Run(ctx)
 	lat := time.Since(t0)
@@ -325,6 +338,8 @@ func (d *device) checkin(ctx context.Context) {
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
+		case d.fs.refused.Load() > refused0 && errors.Is(err, agent.ErrInstall):
+			d.settle(StateInstallFailed, "slot")
 		case dropped > 0 && (errors.Is(err, agent.ErrInstall) || errors.Is(err, agent.ErrUnavailable)):
 			d.settle(StateRetrying, "dropped connection")
 		case errors.Is(err, agent.ErrUnavailable):
@@ -404,7 +419,7 @@ func (d *device) powerLost(ctx context.Context) {
 	d.s.mu.Unlock()
 	modes := []powercut.Mode{powercut.DropUnsynced, powercut.KeepAll, powercut.Torn}
 	m := d.fs.Restart(modes[d.rng.IntN(len(modes))], d.rng.Int64())
-	d.fs = &cutFS{Model: m, slots: d.fs.slots, opsAt: -1}
+	d.fs = &cutFS{Model: m, slots: d.fs.slots, opsAt: -1, refuse: d.slotWrite()}
 	d.newAgent()
 	d.recovering = true
 	if _, err := d.reboot(ctx); err != nil {

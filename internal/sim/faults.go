@@ -10,6 +10,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/rampartfw/rampart/internal/fsys"
 	"github.com/rampartfw/rampart/internal/powercut"
@@ -136,6 +137,10 @@ func (b *cutBody) Close() error { return b.c.Close() }
 type cutFS struct {
 	*powercut.Model
 	slots [2]string
+	// refuse, when set, fails every opening of a slot for writing with
+	// its error (Config.SlotWrite); refused counts such failures.
+	refuse  func() error
+	refused atomic.Int64
 
 	mu       sync.Mutex
 	tracking bool // count the operations from the slot's opening
@@ -144,6 +149,12 @@ type cutFS struct {
 }
 
 func (c *cutFS) OpenFile(name string, flag int, perm fs.FileMode) (fsys.File, error) {
+	if c.refuse != nil && flag&(os.O_RDWR|os.O_WRONLY) != 0 && (name == c.slots[0] || name == c.slots[1]) {
+		if err := c.refuse(); err != nil {
+			c.refused.Add(1)
+			return nil, &fs.PathError{Op: "open", Path: name, Err: err}
+		}
+	}
 	c.mu.Lock()
 	if c.tracking && flag&(os.O_RDWR|os.O_WRONLY) != 0 && (name == c.slots[0] || name == c.slots[1]) && c.opsAt < 0 {
 		c.opsAt = c.Ops()

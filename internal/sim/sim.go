@@ -101,6 +101,12 @@ type Config struct {
 	// (rampart demo's release that fails on some devices). The
 	// fail-health fault applies as well.
 	HealthCheck func(id, version string) error
+	// SlotWrite, when set, is consulted each time the agent opens a
+	// slot to write an install, with the device's id: an error fails the
+	// opening, so the install fails (reason "slot"), the agent reports
+	// it, and the device's state is StateInstallFailed (a disk that
+	// refuses its writes). The agent tries again at its next check-in.
+	SlotWrite func(id string) error
 }
 
 // Defaults and limits.
