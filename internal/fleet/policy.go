@@ -703,16 +703,8 @@ func (s *Service) denyByPolicy(ctx context.Context, a *active, d *store.Device, 
 	if dec.Rule == "" {
 		reason = "policy: default deny"
 	}
-	return s.store.Atomic(ctx, func(tx store.Tx) error {
-		rd, err := tx.RolloutDevice(ctx, a.r.ID, d.ID)
-		if errors.Is(err, store.ErrNotFound) {
-			rd = store.RolloutDevice{RolloutID: a.r.ID, DeviceID: d.ID}
-		} else if err != nil {
-			return err
-		}
+	return s.changeRolloutDevice(ctx, a, d, func(tx store.Tx, rd store.RolloutDevice) error {
 		switch rd.Status {
-		case "downloading", "installing", "installed":
-			return nil
 		case PolicyDenied:
 			if rd.Reason == reason || rd.Failures > 0 {
 				return nil

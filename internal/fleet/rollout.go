@@ -420,15 +420,10 @@ func (s *Service) hardwareOf(ctx context.Context, a *active) ([]string, error) {
 	return m.HardwareIDs, nil
 }
 
-// offer hands a rollout's release to a device, in one transaction that
-// checks its progress and the concurrency limit: a device already in
-// flight or installed is left as it is, one that rolled back the
-// release is not offered it again (its agent would not install it), one
-// cooling down after two failed installs is not offered (and holds no
-// slot), and at most
-// MaxConcurrent devices are downloading or installing.
-func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
-	now := s.now()
+// changeRolloutDevice runs change, in one transaction, on the device's
+// record in the rollout (a new one when it has none), unless the device
+// is in flight or installed: those are left as they are.
+func (s *Service) changeRolloutDevice(ctx context.Context, a *active, d *store.Device, change func(tx store.Tx, rd store.RolloutDevice) error) error {
 	return s.store.Atomic(ctx, func(tx store.Tx) error {
 		rd, err := tx.RolloutDevice(ctx, a.r.ID, d.ID)
 		if errors.Is(err, store.ErrNotFound) {
@@ -439,6 +434,22 @@ func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
 		switch rd.Status {
 		case "downloading", "installing", "installed":
 			return nil
+		}
+		return change(tx, rd)
+	})
+}
+
+// offer hands a rollout's release to a device, in one transaction that
+// checks its progress and the concurrency limit: a device already in
+// flight or installed is left as it is, one that rolled back the
+// release is not offered it again (its agent would not install it), one
+// cooling down after two failed installs is not offered (and holds no
+// slot), and at most
+// MaxConcurrent devices are downloading or installing.
+func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
+	now := s.now()
+	return s.changeRolloutDevice(ctx, a, d, func(tx store.Tx, rd store.RolloutDevice) error {
+		switch rd.Status {
 		case "rolled-back":
 			// The agent keeps an image that rolled back as failed and
 			// never installs it again: offered again, it would answer
@@ -469,7 +480,7 @@ func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
 		if err := tx.PutRolloutDevice(ctx, rd); err != nil {
 			return err
 		}
-		_, err = tx.Assign(ctx, a.r.Target, []string{d.ID}, now)
+		_, err := tx.Assign(ctx, a.r.Target, []string{d.ID}, now)
 		return err
 	})
 }
