@@ -93,7 +93,7 @@ func policyVars() []cel.EnvOption {
 	}
 }
 
-var policyEnv = mustEnv(policyVars()...)
+var policyEnv = sync.OnceValue(func() *cel.Env { return mustEnv(policyVars()...) })
 
 // PolicyError is a policy file that is refused, with the 1-based line
 // and column in the file of what is wrong.
@@ -234,7 +234,7 @@ func parseRule(n *yaml.Node, lines []string) (Rule, error) {
 	if exprNode == nil {
 		return Rule{}, posErr(n, fmt.Sprintf("rule %s needs allow: EXPR or deny: EXPR", r.Name))
 	}
-	prg, err := compile(policyEnv, r.Expr)
+	prg, err := compile(policyEnv(), r.Expr)
 	if err != nil {
 		var ee *ExprError
 		if !errors.As(err, &ee) {

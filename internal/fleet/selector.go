@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 
 	"cel.dev/cel-go/cel"
 	"cel.dev/cel-go/common/types"
@@ -35,7 +36,10 @@ func deviceVars() []cel.EnvOption {
 	}
 }
 
-var selectorEnv = mustEnv(deviceVars()...)
+// The environments are built on first use, not at init: every program
+// linking this package (the CLI's many short runs in tests among them)
+// would pay for them otherwise.
+var selectorEnv = sync.OnceValue(func() *cel.Env { return mustEnv(deviceVars()...) })
 
 func mustEnv(opts ...cel.EnvOption) *cel.Env {
 	env, err := cel.NewEnv(opts...)
@@ -86,7 +90,7 @@ func CompileSelector(expr string) (*Selector, error) {
 	if strings.TrimSpace(expr) == "" {
 		return &Selector{}, nil
 	}
-	prg, err := compile(selectorEnv, expr)
+	prg, err := compile(selectorEnv(), expr)
 	if err != nil {
 		return nil, refuse(Invalid, api.BadSelector, "selector %v", err)
 	}

@@ -17,6 +17,14 @@ type inode struct {
 	data, durable []byte
 	dirty         map[int64]struct{}
 	device        bool // fixed capacity (PutDevice)
+	// shared: data and durable are one array, as a Put or a Restart
+	// leaves a file, until the first write copies data (unshare). Images
+	// of many megabytes are put and restarted thousands of times by the
+	// power-loss tests; a second copy of each was half their allocation.
+	shared bool
+	// borrowed: durable is the caller's array (PutShared), copied before
+	// a sync writes into it.
+	borrowed bool
 
 	// A directory's live and durable entries, and the operations on it
 	// since its last sync, oldest first: durable entries with every
@@ -100,6 +108,7 @@ func sortedNames(entries map[string]*inode) []string {
 // writeAt writes p at off in the live content, extending the file with
 // zeros if off is past its end. off+len(p) must be within maxSize.
 func (n *inode) writeAt(p []byte, off int64) {
+	n.unshare()
 	end := off + int64(len(p))
 	if end > int64(len(n.data)) {
 		// The hole between the old end and off is zeros in both views
@@ -112,10 +121,24 @@ func (n *inode) writeAt(p []byte, off int64) {
 
 // truncate sets the live length to size.
 func (n *inode) truncate(size int64) {
+	n.unshare()
 	if old := int64(len(n.data)); size < old {
 		n.markDirty(size, old)
 	}
 	n.data = resize(n.data, size)
+}
+
+// setContent makes data both the live and the durable content of n,
+// which owns it from now on.
+func (n *inode) setContent(data []byte) {
+	n.data, n.durable, n.shared, n.borrowed, n.dirty = data, data, true, false, nil
+}
+
+// unshare gives the live content its own array before it is changed.
+func (n *inode) unshare() {
+	if n.shared {
+		n.data, n.shared = slices.Clone(n.data), false
+	}
 }
 
 func (n *inode) markDirty(lo, hi int64) {
@@ -134,6 +157,12 @@ func (n *inode) markDirty(lo, hi int64) {
 // sectors are copied, so that syncing a large device after a few writes is
 // cheap.
 func (n *inode) syncData() {
+	if n.shared {
+		return // nothing was written since both were set
+	}
+	if n.borrowed {
+		n.durable, n.borrowed = slices.Clone(n.durable), false
+	}
 	n.durable = resize(n.durable, int64(len(n.data)))
 	for s := range n.dirty {
 		lo, hi := sector(s, int64(len(n.data)))

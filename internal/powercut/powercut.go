@@ -179,7 +179,14 @@ func (m *Model) mutate() bool {
 // directory operations pending makes Put's file win in every Restart mode.
 // Put panics on a relative path, a directory in the way, or a cut Model.
 func (m *Model) Put(name string, data []byte) {
-	m.put(name, slices.Clone(data), false)
+	m.put(name, slices.Clone(data), false, false)
+}
+
+// PutShared is Put without the copy: the Model never writes into data (the
+// file's first write copies it), so one image can be put into many Models.
+// The caller must not change data afterwards.
+func (m *Model) PutShared(name string, data []byte) {
+	m.put(name, data, false, true)
 }
 
 // PutDevice is Put of size zero bytes for a block device: its capacity is
@@ -189,10 +196,10 @@ func (m *Model) PutDevice(name string, size int64) {
 	if size < 0 || size > maxSize {
 		panic(fmt.Sprintf("powercut: PutDevice(%s, %d): bad size", name, size))
 	}
-	m.put(name, make([]byte, size), true)
+	m.put(name, make([]byte, size), true, false)
 }
 
-func (m *Model) put(name string, data []byte, device bool) {
+func (m *Model) put(name string, data []byte, device, borrowed bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.cut {
@@ -223,10 +230,8 @@ func (m *Model) put(name string, data []byte, device bool) {
 	case n.dir:
 		panic(fmt.Sprintf("powercut: Put(%s): is a directory", name))
 	}
-	n.data = data
-	n.durable = slices.Clone(data)
-	n.dirty = nil
-	n.device = device
+	n.setContent(data)
+	n.device, n.borrowed = device, borrowed
 }
 
 // Get returns a copy of the live content of the file name: what a read
@@ -244,6 +249,23 @@ func (m *Model) Get(name string) ([]byte, error) {
 		return nil, &fs.PathError{Op: "get", Path: name, Err: err}
 	}
 	return slices.Clone(n.data), nil
+}
+
+// Inspect calls fn with the live content of the file name, like Get but
+// without a copy, for a test that looks at a large file often. fn must not
+// change or keep the slice, nor call m.
+func (m *Model) Inspect(name string, fn func(data []byte)) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n, err := m.lookup(name)
+	if err == nil && n.dir {
+		err = syscall.EISDIR
+	}
+	if err != nil {
+		return &fs.PathError{Op: "inspect", Path: name, Err: err}
+	}
+	fn(n.data)
+	return nil
 }
 
 // split cleans an absolute path into its elements; the root has none.

@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/rampartfw/rampart/internal/fsys"
@@ -307,5 +308,57 @@ func TestHugeOffsetRefused(t *testing.T) {
 	}
 	if size, _ := f.Size(); size != 0 || m.Ops() != before {
 		t.Errorf("refused writes left size %d and counted %d operations", size, m.Ops()-before)
+	}
+}
+
+// A file fresh from Put or Restart keeps one array for its live and
+// durable content (see inode.shared): a write must change the live
+// content only, and Models restarted from one cut Model must not share
+// what they write.
+func TestSharedContentCopiedOnWrite(t *testing.T) {
+	m := powercut.New()
+	m.Put("/f", []byte("abcd"))
+	f := open(t, m, "/f", os.O_WRONLY)
+	write(t, f, "X")
+	if got := must1(m.Get("/f")); string(got) != "Xbcd" {
+		t.Fatalf("live content %q after a write, want Xbcd", got)
+	}
+	r1 := m.Restart(powercut.DropUnsynced, 0)
+	r2 := m.Restart(powercut.KeepAll, 0)
+	if got := must1(r1.Get("/f")); string(got) != "abcd" {
+		t.Fatalf("an unsynced write survived DropUnsynced: %q", got)
+	}
+	f1 := open(t, r1, "/f", os.O_WRONLY)
+	write(t, f1, "YY")
+	must(t, f1.Sync())
+	if got := must1(r2.Get("/f")); string(got) != "Xbcd" {
+		t.Fatalf("a write to one restarted Model reached another: %q", got)
+	}
+	if got := must1(r1.Restart(powercut.DropUnsynced, 0).Get("/f")); string(got) != "YYcd" {
+		t.Fatalf("a synced write after Restart did not last: %q", got)
+	}
+	var seen string
+	if err := r2.Inspect("/f", func(b []byte) { seen = string(b) }); err != nil || seen != "Xbcd" {
+		t.Fatalf("Inspect = %q, %v", seen, err)
+	}
+	if err := r2.Inspect("/", func([]byte) {}); !errors.Is(err, syscall.EISDIR) {
+		t.Fatalf("Inspect of a directory: %v", err)
+	}
+	if err := r2.Inspect("/nope", func([]byte) {}); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("Inspect of a missing file: %v", err)
+	}
+
+	// PutShared's image is the caller's: writes and syncs must leave it.
+	img := []byte("shared")
+	s := powercut.New()
+	s.PutShared("/g", img)
+	g := open(t, s, "/g", os.O_WRONLY)
+	write(t, g, "SH")
+	must(t, g.Sync())
+	if string(img) != "shared" {
+		t.Fatalf("a write to a PutShared file changed the caller's image to %q", img)
+	}
+	if got := must1(s.Restart(powercut.DropUnsynced, 0).Get("/g")); string(got) != "SHared" {
+		t.Fatalf("PutShared file after a synced write and a restart: %q", got)
 	}
 }

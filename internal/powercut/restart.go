@@ -114,8 +114,8 @@ func (b *builder) dir(old, nd *inode) {
 				b.made[o] = n
 				b.dir(o, n)
 			} else {
-				data := b.data(o)
-				n = &inode{data: data, durable: slices.Clone(data), device: o.device}
+				n = &inode{device: o.device}
+				n.setContent(b.data(o))
 				b.made[o] = n
 			}
 		}
