@@ -13,7 +13,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"regexp"
 	"strings"
 	"time"
 
@@ -31,11 +30,39 @@ const IndexSuffix = ".rpidx"
 // ErrInvalid is wrapped by every validation error of this package.
 var ErrInvalid = errors.New("invalid release")
 
+// The names' grammars: a first byte and further bytes from two sets, and
+// a maximum length. Checked by a loop, not a regular expression: a
+// repetition such as {0,127} compiles into a program of that many steps,
+// which every program linking this package (the CLI's short runs among
+// them) compiled at start-up. release_test.go checks them against the
+// equivalent regular expressions.
 var (
-	productRE  = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
-	fileRE     = regexp.MustCompile(`^[A-Za-z0-9_+-][A-Za-z0-9._+-]{0,127}$`)
-	hardwareRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$`)
+	productName  = nameRule{first: lowerDigit, rest: lowerDigit + "-", max: 63}
+	fileName     = nameRule{first: alnum + "_+-", rest: alnum + "._+-", max: 128}
+	hardwareName = nameRule{first: alnum, rest: alnum + "._:-", max: 128}
 )
+
+const (
+	lowerDigit = "abcdefghijklmnopqrstuvwxyz0123456789"
+	alnum      = "ABCDEFGHIJKLMNOPQRSTUVWXYZ" + lowerDigit
+)
+
+type nameRule struct {
+	first, rest string
+	max         int
+}
+
+func (r nameRule) match(s string) bool {
+	if len(s) == 0 || len(s) > r.max || strings.IndexByte(r.first, s[0]) < 0 {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if strings.IndexByte(r.rest, s[i]) < 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // reservedRoles cannot be product names: a delegated role must not shadow a
 // top-level TUF role's file name.
@@ -43,7 +70,7 @@ var reservedRoles = map[string]bool{"root": true, "targets": true, "snapshot": t
 
 // ValidateProduct checks a product (and delegated role) name.
 func ValidateProduct(p string) error {
-	if !productRE.MatchString(p) {
+	if !productName.match(p) {
 		return fmt.Errorf("%w: product %q must be 1-63 lower-case letters, digits or '-', starting with a letter or digit", ErrInvalid, p)
 	}
 	if reservedRoles[p] {
@@ -66,7 +93,7 @@ func CompareVersions(a, b string) int { return semver.Compare("v"+a, "v"+b) }
 
 // ValidateFilename checks the file name part of a target path.
 func ValidateFilename(f string) error {
-	if !fileRE.MatchString(f) || strings.HasSuffix(f, IndexSuffix) {
+	if !fileName.match(f) || strings.HasSuffix(f, IndexSuffix) {
 		return fmt.Errorf("%w: file name %q must be 1-128 of A-Z a-z 0-9 . _ + -, not start with '.', and not end in %s", ErrInvalid, f, IndexSuffix)
 	}
 	return nil
@@ -74,7 +101,7 @@ func ValidateFilename(f string) error {
 
 // ValidateHardware checks a hardware id.
 func ValidateHardware(h string) error {
-	if !hardwareRE.MatchString(h) {
+	if !hardwareName.match(h) {
 		return fmt.Errorf("%w: hardware id %q must be 1-128 of A-Z a-z 0-9 . _ : -, starting with a letter or digit", ErrInvalid, h)
 	}
 	return nil
