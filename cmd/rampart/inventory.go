@@ -279,7 +279,7 @@ Example:
 			return nil
 		}
 		tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "RELEASE\tSECURITY\tSIGNERS\tLOG INDEX\tCREATED")
+		fmt.Fprintln(tw, "RELEASE\tSECURITY\tSIGNERS\tLOG INDEX\tLOG PROOF\tCREATED")
 		for _, r := range rels {
 			met := "below threshold"
 			if r.ThresholdMet {
@@ -289,7 +289,11 @@ Example:
 			if r.LogIndex != nil {
 				idx = fmt.Sprint(*r.LogIndex)
 			}
-			fmt.Fprintf(tw, "%s\t%d\t%d of %d, %s\t%s\t%s\n", termsafe.String(r.Target), r.SecurityVersion, len(r.Signers), r.Threshold, met, idx, r.Created.UTC().Format(time.RFC3339))
+			proof := termsafe.String(r.LogProof)
+			if r.LogProofError != "" {
+				proof += ": " + termsafe.String(r.LogProofError)
+			}
+			fmt.Fprintf(tw, "%s\t%d\t%d of %d, %s\t%s\t%s\t%s\n", termsafe.String(r.Target), r.SecurityVersion, len(r.Signers), r.Threshold, met, idx, proof, r.Created.UTC().Format(time.RFC3339))
 		}
 		return tw.Flush()
 	},

@@ -547,7 +547,23 @@ type Release struct {
 	// never offered again.
 	SignedBy   []string `json:"signed_by,omitempty"`
 	RevokedKey bool     `json:"revoked_key,omitempty"`
+	// LogProof is whether the release's inclusion proof in the
+	// transparency log verifies, checked by the server as a device
+	// checks it (the statement is this release, the proof holds under
+	// the log's current signed checkpoint): LogProofVerified,
+	// LogProofFailed (with LogProofError saying why), LogProofNotLogged
+	// or LogProofUnchecked (the server has no log to check against).
+	LogProof      string `json:"log_proof"`
+	LogProofError string `json:"log_proof_error,omitempty"`
 }
+
+// Release.LogProof values.
+const (
+	LogProofVerified  = "verified"
+	LogProofFailed    = "failed"
+	LogProofNotLogged = "not-logged"
+	LogProofUnchecked = "unchecked"
+)
 
 // ReleaseList is the answer of GET /api/v1/releases[?product=P]: newest
 // first within each product, products in name order.

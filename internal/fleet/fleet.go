@@ -22,9 +22,11 @@ import (
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
+	"golang.org/x/mod/sumdb/note"
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/audit"
+	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/store"
 )
@@ -75,7 +77,19 @@ type Config struct {
 	// OnlineKeys names the server's online keys by key id (snapshot,
 	// timestamp, director-targets, ...), for incident response.
 	OnlineKeys map[string]string
-	Now        func() time.Time
+	// Log and LogKey (the log's note verifier key), when set, let
+	// Releases check each release's inclusion proof as a device would;
+	// without them releases are listed with log_proof "unchecked".
+	Log    Log
+	LogKey string
+	Now    func() time.Time
+}
+
+// Log is what Releases needs of the transparency log.
+type Log interface {
+	Origin() string
+	Checkpoint(ctx context.Context) ([]byte, error)
+	Prove(ctx context.Context, index uint64, checkpoint []byte) (*logproof.Proof, error)
 }
 
 // Service is the fleet. It is safe for concurrent use.
@@ -89,6 +103,8 @@ type Service struct {
 	win           windows     // window.go
 	pol           policyState // policy.go
 	onlineKeys    map[string]string
+	log           Log
+	logKey        note.Verifier // nil: proofs unchecked
 }
 
 // New returns a Service.
@@ -96,7 +112,15 @@ func New(c Config) *Service {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
-	return &Service{store: c.Store, catalog: c.Catalog, deviceCA: c.DeviceCA, manufacturers: c.Manufacturers, now: c.Now, onlineKeys: c.OnlineKeys}
+	s := &Service{store: c.Store, catalog: c.Catalog, deviceCA: c.DeviceCA, manufacturers: c.Manufacturers, now: c.Now, onlineKeys: c.OnlineKeys}
+	if c.Log != nil && c.LogKey != "" {
+		// A key that does not parse leaves proofs unchecked; the server
+		// refused it at start-up already (it publishes it to devices).
+		if v, err := note.NewVerifier(c.LogKey); err == nil {
+			s.log, s.logKey = c.Log, v
+		}
+	}
+	return s
 }
 
 // Op says who asks for an action, for its audit entry: the actor

@@ -3,6 +3,7 @@ package fleet
 import (
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"regexp"
 	"slices"
@@ -16,6 +17,7 @@ import (
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/release"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/verify"
 )
 
 // Bounds of the inventory: what a listing scans and returns per request,
@@ -190,6 +192,7 @@ func (s *Service) Releases(ctx context.Context, product string) (api.ReleaseList
 	if err != nil {
 		return api.ReleaseList{}, err
 	}
+	proofs := logChecker{s: s}
 	for _, name := range slices.Sorted(maps.Keys(pub.Roles)) {
 		if product != "" && name != product {
 			continue
@@ -207,13 +210,18 @@ func (s *Service) Releases(ctx context.Context, product string) (api.ReleaseList
 			}
 			r := api.Release{Target: path, Product: m.Product, Version: m.Version, SecurityVersion: m.SecurityVersion,
 				Hardware: m.HardwareIDs, Signers: signers, Threshold: threshold, ThresholdMet: met, Created: m.Created}
-			if e, err := s.store.LogEntry(ctx, path); err == nil {
+			e, err := s.store.LogEntry(ctx, path)
+			switch {
+			case err == nil:
 				idx := e.Index
 				r.LogIndex = &idx
 				if st, err := logproof.ParseStatement(e.Leaf); err == nil {
 					r.SignedBy = st.SignerKeyIDs
 				}
-			} else if !errors.Is(err, store.ErrNotFound) {
+				r.LogProof, r.LogProofError = proofs.check(ctx, e, &verify.Result{Target: path, File: tf, Release: m})
+			case errors.Is(err, store.ErrNotFound):
+				r.LogProof = api.LogProofNotLogged
+			default:
 				return api.ReleaseList{}, err
 			}
 			if r.SignedBy == nil {
@@ -270,4 +278,48 @@ func roleSigners(targets []byte, name string, role *metadata.Metadata[metadata.T
 		return signers, threshold, verify(r.KeyIDs, r.Threshold)
 	}
 	return signers, 0, false
+}
+
+// logChecker checks releases' inclusion proofs under one checkpoint,
+// fetched once per listing, with the device's own decision
+// (verify.LogProof): the statement is this release, and its inclusion
+// verifies under a checkpoint signed by the log's key.
+type logChecker struct {
+	s          *Service
+	checkpoint []byte
+	err        error
+}
+
+// maxLogProofError bounds the reason a listing carries per release.
+const maxLogProofError = 512
+
+func (c *logChecker) check(ctx context.Context, e store.LogEntry, res *verify.Result) (string, string) {
+	if c.s.logKey == nil {
+		return api.LogProofUnchecked, ""
+	}
+	if c.checkpoint == nil && c.err == nil {
+		c.checkpoint, c.err = c.s.log.Checkpoint(ctx)
+	}
+	failed := func(err error) (string, string) {
+		msg := err.Error()
+		if len(msg) > maxLogProofError {
+			msg = msg[:maxLogProofError] + "..."
+		}
+		return api.LogProofFailed, msg
+	}
+	if c.err != nil {
+		return failed(fmt.Errorf("reading the log's checkpoint: %w", c.err))
+	}
+	p, err := c.s.log.Prove(ctx, e.Index, c.checkpoint)
+	if err != nil {
+		return failed(fmt.Errorf("building the inclusion proof of entry %d: %w", e.Index, err))
+	}
+	env, err := (&logproof.Envelope{Statement: e.Leaf, Proof: p}).Marshal()
+	if err != nil {
+		return failed(err)
+	}
+	if _, _, err := verify.LogProof(c.s.log.Origin(), c.s.logKey, env, res); err != nil {
+		return failed(err)
+	}
+	return api.LogProofVerified, ""
 }

@@ -149,7 +149,8 @@ func TestInventory(t *testing.T) {
 	}
 	r := rels.Releases[0]
 	if r.Target != "acme-gw/1.0.0/fw.img" || r.Version != "1.0.0" || r.SecurityVersion != 1 || len(r.Signers) != 1 || r.Threshold != 1 ||
-		!r.ThresholdMet || r.LogIndex == nil || *r.LogIndex != 0 || r.Created.IsZero() || r.Hardware[0] != "acme-gw-rev2" {
+		!r.ThresholdMet || r.LogIndex == nil || *r.LogIndex != 0 || r.Created.IsZero() || r.Hardware[0] != "acme-gw-rev2" ||
+		r.LogProof != api.LogProofVerified {
 		t.Fatalf("%+v", r)
 	}
 	json.Unmarshal(e.mustCall(e.pool, "GET", "/api/v1/releases?product=other", aud, nil, 200), &rels)

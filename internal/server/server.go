@@ -177,7 +177,7 @@ func New(c Config) (*Server, error) {
 	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
 		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
 	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now,
-		OnlineKeys: onlineKeyIDs(s.online, c.DirectorKeys, c.PreviousDirectorKeys)})
+		OnlineKeys: onlineKeyIDs(s.online, c.DirectorKeys, c.PreviousDirectorKeys), Log: c.Log, LogKey: c.LogVerifierKey})
 	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
 		ProductRole: s.productRole, Decide: s.fleet.Decide, Now: c.Now})
 	s.anonymous = &budget{max: s.limits.MaxUnauthenticated}

@@ -291,16 +291,28 @@ function releasesPage() {
     async refresh() {
       const rs = (await api.releases()).releases || [];
       replace(list, rs.length === 0 ? empty("No releases yet", "Push one with rampart repo push.")
-        : table(["Release", "#Security", "Hardware", "Signed by", "Threshold", "#Log index", "Status", "Published"],
+        : table(["Release", "#Security", "Hardware", "Signed by", "Threshold", "#Log index", "Log proof", "Status", "Published"],
           rs.map((r) => [h("div", h("strong", r.product + " " + r.version), h("div", { class: "mono muted small" }, r.target)), fmtInt(r.security_version),
             (r.hardware || []).map((x) => h("span", { class: "tag" }, x)),
             h("div", (r.signed_by && r.signed_by.length ? r.signed_by : r.signers || []).map((k) => h("div", { class: "mono small", title: k }, k.slice(0, 16) + "…"))),
             h("div", badge(r.threshold_met ? "met" : "not met", r.threshold_met ? "ok" : "bad"),
               h("div", { class: "small muted" }, (r.signers || []).length + " verify, " + r.threshold + " needed")),
             r.log_index === null || r.log_index === undefined ? badge("not logged", "warn") : fmtInt(r.log_index),
+            logProof(r),
             r.revoked_key ? badge("signer revoked", "bad") : badge("valid", "ok"), fmtTime(r.created)])));
     },
   };
+}
+
+// The server checks each release's inclusion proof as a device would
+// (api.Release.LogProof); a failure's reason is the badge's title.
+function logProof(r) {
+  switch (r.log_proof) {
+    case "verified": return badge("verifies", "ok");
+    case "failed": return h("span", { title: r.log_proof_error || "" }, badge("fails", "bad"));
+    case "not-logged": return badge("not logged", "warn");
+  }
+  return badge("unchecked", "warn");
 }
 
 // ---- rollouts -----------------------------------------------------------
