@@ -229,6 +229,11 @@ func TestDashboardBrowser(t *testing.T) {
 		run(p.name, chromedp.Navigate(d.url+"/ui/"+p.hash), chromedp.WaitVisible(chromedp.CSS(p.ready)))
 		shot(p.name)
 	}
+	// Every release's log proof verifies (the server checks it as a
+	// device would), and the page says so on every row.
+	run("releases", chromedp.Navigate(d.url+"/ui/#/releases"), chromedp.WaitVisible(chromedp.CSS("table")))
+	waitJS("every release's log proof verifying", `(() => { const rows = document.querySelectorAll("tbody tr");
+		return rows.length >= 2 && [...rows].every((r) => r.textContent.includes("verifies")); })()`, 15*time.Second)
 	// A selector filters the devices; a bad one is explained.
 	run("filter", chromedp.Navigate(d.url+"/ui/#/devices"), chromedp.WaitVisible(chromedp.CSS("table")),
 		chromedp.SendKeys(chromedp.ID("selector"), `id.startsWith("mitm-")`), chromedp.Click(chromedp.ID("apply-selector")))
