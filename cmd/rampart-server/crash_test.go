@@ -30,10 +30,8 @@ func TestKill9LosesNothingAcknowledged(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the server")
 	}
-	bin := filepath.Join(t.TempDir(), "rampart-server")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
+	t.Parallel()
+	bin := buildServer(t)
 	data := filepath.Join(t.TempDir(), "srv")
 	out, err := exec.Command(bin, "init", "--data", data).Output()
 	if err != nil {

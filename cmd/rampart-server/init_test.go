@@ -52,6 +52,7 @@ func TestInitKilledAtAnyMoment(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the server")
 	}
+	t.Parallel()
 	bin := buildServer(t)
 	var full time.Duration // the longest of three runs
 	for range 3 {
@@ -120,6 +121,7 @@ func TestKilledUploadLeavesNoTemporaryFile(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the server")
 	}
+	t.Parallel()
 	bin := buildServer(t)
 	data := filepath.Join(t.TempDir(), "srv")
 	admin := initBinary(t, bin, data)

@@ -28,14 +28,33 @@ import (
 	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
-// buildServer builds this command into the test's temporary directory.
+// builtServer is this command built once for the tests that run it as a
+// process (each link of the binary took seconds of CPU); TestMain removes
+// its directory.
+var builtServer struct {
+	once      sync.Once
+	dir, path string
+	err       error
+}
+
+// buildServer returns the path of this command built without -race (the
+// tests time and kill it as a process).
 func buildServer(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "rampart-server")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
+	b := &builtServer
+	b.once.Do(func() {
+		if b.dir, b.err = os.MkdirTemp("", "rampart-server-test"); b.err != nil {
+			return
+		}
+		b.path = filepath.Join(b.dir, "rampart-server")
+		if out, err := exec.Command("go", "build", "-o", b.path, ".").CombinedOutput(); err != nil {
+			b.err = fmt.Errorf("%w\n%s", err, out)
+		}
+	})
+	if b.err != nil {
+		t.Fatalf("building rampart-server: %v", b.err)
 	}
-	return bin
+	return b.path
 }
 
 // initBinary runs "rampart-server init" and returns the admin token.

@@ -21,6 +21,9 @@ import (
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if builtServer.dir != "" {
+		os.RemoveAll(builtServer.dir)
+	}
 	s3test.Stop()
 	pgtest.Stop()
 	os.Exit(code)
