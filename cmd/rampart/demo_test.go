@@ -14,6 +14,9 @@ func TestDemo(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a server and a simulated fleet for about 20 s")
 	}
+	// Parallel: one of the package's longest tests, and it shares no
+	// process state (no chdir, no environment).
+	t.Parallel()
 	var out, errOut bytes.Buffer
 	code := run([]string{"demo", "--devices", "10"}, &env{stdout: &out, stderr: &errOut, getenv: func(string) string { return "" }})
 	if code != 0 || errOut.Len() != 0 {

@@ -118,6 +118,9 @@ func TestQuickstartByHand(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds rampart-server and rampart-agent and runs the quickstart walkthrough")
 	}
+	// Parallel: one of the package's longest tests, and it shares no
+	// process state (no chdir, no environment).
+	t.Parallel()
 	goCmd, err := exec.LookPath("go")
 	if err != nil {
 		t.Skip("no go command to build rampart-server and rampart-agent")

@@ -41,6 +41,9 @@ func TestSimUsageExitStatus(t *testing.T) {
 // rampart deploy assigns a release while they run, they install it, and
 // --json prints exactly the documented members.
 func TestSimJSON(t *testing.T) {
+	// Parallel: one of the package's longest tests, and it shares no
+	// process state (no chdir, no environment).
+	t.Parallel()
 	e := servertest.New(t)
 	img := make([]byte, 5000)
 	rand.Read(img)

@@ -348,6 +348,9 @@ func (p *pacedReader) Read(b []byte) (int, error) {
 // takes many times BodyTimeout but keeps moving completes; one that stops
 // is cut, stores nothing, and leaves no temporary file.
 func TestUploadMinimumRate(t *testing.T) {
+	// Mostly idle waiting: run it beside TestDownloadMinimumRate (parallel
+	// tests overlap only each other, after the sequential ones).
+	t.Parallel()
 	// Steps of 64 KiB, each to arrive within 2 s. (Windows of seconds,
 	// not less, so that a loaded machine does not starve the client for
 	// one.)
@@ -551,6 +554,9 @@ func TestDownloadMinimumRate(t *testing.T) {
 // flight they are refused at once with 503 and Retry-After, while
 // operators, devices and health checks are served.
 func TestUnauthenticatedBudget(t *testing.T) {
+	// Mostly idle waiting: run it beside TestDownloadMinimumRate (parallel
+	// tests overlap only each other, after the sequential ones).
+	t.Parallel()
 	e := newLive(t, server.Limits{MaxUnauthenticated: 3, BodyTimeout: 8 * time.Second})
 	device := e.enroll("gw-1")
 	var held []<-chan stallResult
