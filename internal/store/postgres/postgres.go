@@ -486,6 +486,45 @@ func (s *conn) ListDevices(ctx context.Context, after string, limit int) ([]stor
 	return all(ctx, s.q, scanDevice, `SELECT `+deviceCols+` FROM devices WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
 }
 
+// ListDeviceFacts implements store.Devices.
+func (s *conn) ListDeviceFacts(ctx context.Context, after string, limit int) ([]store.DeviceFacts, error) {
+	return deviceFacts(ctx, s.q, limit, `SELECT id, hardware_id, version, security_version, tags FROM devices
+		WHERE id > $1 AND revoked_at = 0 ORDER BY id LIMIT $2`, after, limit)
+}
+
+// deviceFacts reads a page of device facts; devices with equal tags
+// share one decoded map.
+func deviceFacts(ctx context.Context, q querier, limit int, query string, args ...any) ([]store.DeviceFacts, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]store.DeviceFacts, 0, min(limit, 1024))
+	tags := map[string]map[string]string{}
+	for rows.Next() {
+		var f store.DeviceFacts
+		if err := rows.Scan(&f.ID, &f.HardwareID, &f.Version, &f.SecurityVersion, &f.TagsKey); err != nil {
+			return nil, err
+		}
+		if f.TagsKey == "" {
+			f.TagsKey = "{}"
+		}
+		if f.TagsKey != "{}" {
+			m, ok := tags[f.TagsKey]
+			if !ok {
+				if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
+					return nil, fmt.Errorf("device %s: stored tags: %w", f.ID, err)
+				}
+				tags[f.TagsKey] = m
+			}
+			f.Tags = m
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
 // SetDeviceTags implements store.Devices: the row is locked between
 // reading the tags and writing them, so concurrent changes all apply.
 func (s *conn) SetDeviceTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error) {
