@@ -268,16 +268,17 @@ func (s *Service) resolveRelease(ctx context.Context, name string) (string, rele
 func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []string) (matched, below int, err error) {
 	ph := a.spec.Phases[n-1]
 	var buckets []int
+	sel := newScanMatcher(a.sel)
 	after := ""
 	for {
-		page, err := s.store.ListDevices(ctx, after, scanBatch)
+		page, err := s.store.ListDeviceFacts(ctx, after, scanBatch)
 		if err != nil {
 			return 0, 0, err
 		}
 		for i := range page {
 			d := &page[i]
 			after = d.ID
-			if !d.RevokedAt.IsZero() || !slices.Contains(hardware, d.HardwareID) || !a.sel.Match(d) {
+			if !slices.Contains(hardware, d.HardwareID) || !sel.match(d) {
 				continue
 			}
 			matched++
