@@ -464,11 +464,11 @@ func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
 			return nil
 		}
 		if a.spec.MaxConcurrent > 0 {
-			c, err := tx.RolloutCounts(ctx, a.r.ID)
+			n, err := tx.RolloutInFlight(ctx, a.r.ID)
 			if err != nil {
 				return err
 			}
-			if c.ByStatus["downloading"]+c.ByStatus["installing"] >= a.spec.MaxConcurrent {
+			if n >= a.spec.MaxConcurrent {
 				return nil
 			}
 		}

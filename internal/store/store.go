@@ -402,6 +402,10 @@ type Rollouts interface {
 	// RolloutCounts counts a rollout's devices by status, and its
 	// failures (every device's, including failures since retried).
 	RolloutCounts(ctx context.Context, rolloutID string) (RolloutCounts, error)
+	// RolloutInFlight counts a rollout's devices downloading or
+	// installing, from an index: its cost is that count, not the
+	// rollout's size (an offer checks the concurrency limit with it).
+	RolloutInFlight(ctx context.Context, rolloutID string) (int, error)
 	// RolloutReasons returns how many devices of a rollout that failed
 	// gave each reason (their latest), at most limit reasons (the most
 	// common).

@@ -1230,6 +1230,14 @@ func (s *conn) DeviceRollouts(ctx context.Context, deviceID string) ([]store.Rol
 	return all(ctx, s.q, scanRolloutDevice, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE device_id = $1 ORDER BY rollout_id`, deviceID)
 }
 
+// RolloutInFlight implements store.Rollouts (the index
+// rollout_devices_status).
+func (s *conn) RolloutInFlight(ctx context.Context, rolloutID string) (int, error) {
+	var n int
+	err := s.q.QueryRow(ctx, `SELECT count(*) FROM rollout_devices WHERE rollout_id = $1 AND status IN ('downloading', 'installing')`, rolloutID).Scan(&n)
+	return n, err
+}
+
 // RolloutCounts implements store.Rollouts.
 func (s *conn) RolloutCounts(ctx context.Context, rolloutID string) (store.RolloutCounts, error) {
 	out := store.RolloutCounts{ByStatus: map[string]int{}}

@@ -1352,6 +1352,14 @@ func (s *conn) RolloutCounts(ctx context.Context, rolloutID string) (store.Rollo
 	return out, rows.Err()
 }
 
+// RolloutInFlight implements store.Rollouts (a covering index:
+// rollout_devices_status).
+func (s *conn) RolloutInFlight(ctx context.Context, rolloutID string) (int, error) {
+	var n int
+	err := s.stmtRow(ctx, `SELECT count(*) FROM rollout_devices WHERE rollout_id = ? AND status IN ('downloading', 'installing')`, rolloutID).Scan(&n)
+	return n, err
+}
+
 // RolloutReasons implements store.Rollouts.
 func (s *conn) RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error) {
 	rows, err := s.q.QueryContext(ctx, `SELECT reason, count(*) AS n FROM rollout_devices WHERE rollout_id = ? AND failures > 0 AND reason != ''

@@ -288,6 +288,14 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		if err != nil || counts.ByStatus["installed"] != 2 || counts.ByStatus["downloading"] != 1 || counts.ByStatus["failed"] != 1 || counts.ByStatus["rolled-back"] != 2 || counts.Failures != 4 {
 			t.Fatalf("%v %v", counts, err)
 		}
+		s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-a", DeviceID: "dev-9", Status: "installing", UpdatedAt: now})
+		if n, err := s.RolloutInFlight(ctx, "r-a"); err != nil || n != 2 {
+			t.Fatalf("in flight: %d %v", n, err)
+		}
+		if n, err := s.RolloutInFlight(ctx, "nope"); err != nil || n != 0 {
+			t.Fatalf("in flight in no rollout: %d %v", n, err)
+		}
+		s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-a", DeviceID: "dev-9", Status: "installed", UpdatedAt: now})
 		reasons, err := s.RolloutReasons(ctx, "r-a", 1)
 		if err != nil || len(reasons) != 1 || reasons["health-check"] != 2 {
 			t.Fatalf("the most common reason: %v %v", reasons, err)
