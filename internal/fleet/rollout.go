@@ -145,6 +145,7 @@ type RolloutStore interface {
 	RolloutsInState(ctx context.Context, states ...string) ([]store.Rollout, error)
 	RolloutDevice(ctx context.Context, rolloutID, deviceID string) (store.RolloutDevice, error)
 	RolloutCounts(ctx context.Context, rolloutID string) (store.RolloutCounts, error)
+	RolloutInFlight(ctx context.Context, rolloutID string) (int, error)
 	RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error)
 }
 
@@ -388,16 +389,62 @@ func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device, 
 		if !s.deviceOpen(a, d, now) {
 			return true, nil
 		}
+		// What the device's progress says is read first, outside a
+		// transaction: when it settles the decision, nothing is
+		// written (the transaction would change nothing), so a device
+		// in flight or done that decides again (a slot was freed, the
+		// policy is rechecked) costs two reads, not a write.
+		rd, err := s.store.RolloutDevice(ctx, a.r.ID, d.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			rd = store.RolloutDevice{}
+		} else if err != nil {
+			return false, err
+		}
+		if settled(rd.Status) {
+			return false, nil
+		}
 		dec, err := s.policyDecision(ctx, a, d)
 		if err != nil {
 			return false, err
 		}
 		if !dec.Allowed {
+			if rd.Status == PolicyDenied && (rd.Reason == denialReason(dec) || rd.Failures > 0) {
+				return false, nil
+			}
 			return false, s.denyByPolicy(ctx, a, d, dec)
+		}
+		if skip, err := s.offerChangesNothing(ctx, a, rd, now); err != nil || skip {
+			return false, err
 		}
 		return false, s.offer(ctx, a, d)
 	}
 	return false, nil
+}
+
+// settled reports whether a device's progress in a rollout is left as it
+// is, whatever is decided: in flight or installed.
+func settled(status string) bool {
+	switch status {
+	case "downloading", "installing", "installed":
+		return true
+	}
+	return false
+}
+
+// offerChangesNothing reports, from reads outside a transaction, that
+// offering the release to a device with progress rd would change
+// nothing now: it rolled the release back, it cools down, or the
+// rollout's devices in flight are at its limit. The offer's transaction
+// checks all of it again; this only spares it when its answer is known.
+func (s *Service) offerChangesNothing(ctx context.Context, a *active, rd store.RolloutDevice, now time.Time) (bool, error) {
+	if rd.Status == "rolled-back" || rd.Failures >= maxFailures && now.Before(rd.CooldownUntil) {
+		return true, nil
+	}
+	if a.spec.MaxConcurrent == 0 {
+		return false, nil
+	}
+	n, err := s.store.RolloutInFlight(ctx, a.r.ID)
+	return err == nil && n >= a.spec.MaxConcurrent, err
 }
 
 // hardwareOf returns the hardware ids a rollout's release supports
@@ -432,8 +479,7 @@ func (s *Service) changeRolloutDevice(ctx context.Context, a *active, d *store.D
 		} else if err != nil {
 			return err
 		}
-		switch rd.Status {
-		case "downloading", "installing", "installed":
+		if settled(rd.Status) {
 			return nil
 		}
 		return change(tx, rd)
