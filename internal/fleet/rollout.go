@@ -62,6 +62,9 @@ type rollouts struct {
 	offer   []*active // by the competing rule: higher security version, then newer
 	gen     uint64
 	decided map[string]uint64
+	// windowed is set when a rollout of offer has a window, which
+	// may open or close at any check-in.
+	windowed bool
 }
 
 // maxDecided bounds the memo of decisions (then it starts afresh).
@@ -109,6 +112,10 @@ func (s *Service) offering(ctx context.Context) ([]*active, uint64, error) {
 		out = append(out, a)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return wins(out[i].r, out[j].r) })
+	s.ro.windowed = false
+	for _, a := range out {
+		s.ro.windowed = s.ro.windowed || a.spec.Window != "" && !a.spec.Critical
+	}
 	s.ro.offer, s.ro.loaded = out, true
 	return out, s.ro.gen, nil
 }
@@ -309,6 +316,18 @@ func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []s
 // assigns it. It reads the device and its progress in the winning
 // rollout only when something changed since its last decision.
 func (s *Service) Decide(ctx context.Context, id string) error {
+	// The common case, in one lock: nothing changed for the device
+	// since its last decision (no window can have moved), or nothing
+	// offers.
+	s.ro.mu.Lock()
+	if s.ro.loaded && !s.ro.windowed {
+		g, ok := s.ro.decided[id]
+		if len(s.ro.offer) == 0 || ok && g == s.ro.gen {
+			s.ro.mu.Unlock()
+			return nil
+		}
+	}
+	s.ro.mu.Unlock()
 	offer, gen, err := s.offering(ctx)
 	if err != nil || len(offer) == 0 {
 		return err
