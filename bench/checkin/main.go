@@ -6,8 +6,9 @@
 // timestamp, and its director targets when the timestamp changed. It prints
 // check-ins per second and latency percentiles. With -compare it then
 // starts a rollout of a second release over a CEL selector and measures
-// again, so the cost of deciding check-ins against an active rollout is
-// seen side by side with the same fleet without one. With -policy as well,
+// again, then aborts it and measures a third time, so the cost of
+// deciding check-ins against an active rollout is seen side by side with
+// the same fleet without one, before and after. With -policy as well,
 // the fleet policy of docs/policy.md's examples is set before the rollout
 // starts, so every decision also evaluates its rules.
 //
@@ -234,6 +235,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	caPEM, _ := os.ReadFile(filepath.Join(data, "ca.pem"))
 	pool, _ := pki.CertPoolFromPEM(caPEM)
 	admin := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, nil)}}
+	var lastBody []byte // the answer of the last call
 	call := func(method, path string, body any) error {
 		var r io.Reader
 		if b, ok := body.([]byte); ok {
@@ -249,11 +251,12 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 			return err
 		}
 		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
 		if resp.StatusCode >= 300 {
-			b, _ := io.ReadAll(resp.Body)
 			return fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, b)
 		}
-		return nil
+		lastBody = b
+		return err
 	}
 	if err := publish(data, call); err != nil {
 		return err
@@ -431,11 +434,27 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 			"phases": "1%,10%,50%,100%", "soak": "1h", "max_concurrent": 500}); err != nil {
 			return err
 		}
+		var created struct{ ID string }
+		if err := json.Unmarshal(lastBody, &created); err != nil || created.ID == "" {
+			return fmt.Errorf("rollout created: %q %v", lastBody, err)
+		}
 		withRollout, p99, err := measure(what)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%s: %.0f/s (p99 %s) against %.0f/s (p99 %s) without: ratio %.2f\n", what, withRollout, p99, rampart, rampartP99, withRollout/rampart)
+		// Then without again (the rollout aborted: nothing offers), so
+		// that a drift of the machine's load or of the server's state
+		// over the run shows, and the rollout is compared with the
+		// mean of the runs before and after it.
+		if err := call("POST", "/api/v1/rollouts/"+created.ID+"/abort", map[string]string{"reason": "bench"}); err != nil {
+			return err
+		}
+		after, afterP99, err := measure("rampart, rollout aborted (nothing offers)")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: %.0f/s (p99 %s) against %.0f/s (p99 %s) before it and %.0f/s (p99 %s) after it: ratio %.2f to their mean\n",
+			what, withRollout, p99, rampart, rampartP99, after, afterP99, withRollout/((rampart+after)/2))
 	}
 	if !ceiling {
 		return nil
