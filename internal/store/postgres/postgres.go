@@ -1089,7 +1089,12 @@ func (s *conn) next(ctx context.Context, name string) (uint64, error) {
 	return v, err
 }
 
-// Assign implements store.Assignments.
+// assignBatch bounds the device ids one statement of Assign changes.
+const assignBatch = 5000
+
+// Assign implements store.Assignments: one statement per batch of
+// devices (a round trip each, not one per device), which changes only
+// those whose target differs.
 func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error) {
 	changed := 0
 	err := s.atomic(ctx, func(tx *conn) error {
@@ -1098,12 +1103,26 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 		if err != nil {
 			return err
 		}
-		for _, id := range deviceIDs {
-			tag, err := tx.q.Exec(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) VALUES ($1, $2, $3, $4)
+		for ids := deviceIDs; len(ids) > 0; {
+			batch := ids[:min(len(ids), assignBatch)]
+			ids = ids[len(batch):]
+			// An unknown device is named before anything is written (a
+			// failed statement would abort the transaction).
+			var missing string
+			err := tx.q.QueryRow(ctx, `SELECT u.id FROM unnest($1::text[]) AS u(id) WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = u.id) LIMIT 1`,
+				batch).Scan(&missing)
+			if err == nil {
+				return fmt.Errorf("device %s: %w", missing, store.ErrNotFound)
+			} else if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			// DISTINCT: one statement may not change a row twice (a
+			// device listed twice is changed once).
+			tag, err := tx.q.Exec(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) SELECT DISTINCT u.id, $2, $3::bigint, $4::bigint FROM unnest($1::text[]) AS u(id)
 				ON CONFLICT (device_id) DO UPDATE SET target = excluded.target, assigned_at = excluded.assigned_at, seq = excluded.seq
-				WHERE assignments.target IS DISTINCT FROM excluded.target`, id, target, ns(at), seq)
+				WHERE assignments.target IS DISTINCT FROM excluded.target`, batch, target, ns(at), seq)
 			if isForeignKey(err) {
-				return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+				return fmt.Errorf("a device of the deployment (removed meanwhile): %w", store.ErrNotFound)
 			}
 			if err != nil {
 				return err
