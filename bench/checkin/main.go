@@ -48,6 +48,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -59,6 +60,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -319,6 +321,11 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		return nil
 	}
 	last := make([]int64, nDevices)
+	// The server's CPU time per check-in in the last timed phase: on a
+	// shared machine the rate follows the other load, its cost per
+	// check-in much less.
+	serverPid := srv.Process.Pid
+	var lastCPU time.Duration
 	// measure runs every device's first check-in (for Rampart it builds
 	// and stores the device's director repository; it opens the
 	// device's connection), then check-ins for duration.
@@ -374,6 +381,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 
 		var count atomic.Int64
 		lat := make([][]time.Duration, workers)
+		cpu0, cpuErr := processCPU(serverPid)
 		deadline := time.Now().Add(duration)
 		start = time.Now()
 		for w := range workers {
@@ -395,6 +403,11 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
+		cpu1, err := processCPU(serverPid)
+		lastCPU = 0
+		if cpuErr == nil && err == nil && count.Load() > 0 {
+			lastCPU = (cpu1 - cpu0) / time.Duration(count.Load())
+		}
 		select {
 		case err := <-errs:
 			return 0, 0, err
@@ -413,6 +426,9 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		rate = float64(count.Load()) / elapsed.Seconds()
 		fmt.Printf("%s: check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", what, count.Load(), elapsed.Round(time.Millisecond), rate, workers, nDevices, mode)
 		fmt.Printf("%s: latency: p50 %s  p90 %s  p99 %s  max %s\n", what, pct(.5), pct(.9), pct(.99), all[len(all)-1])
+		if lastCPU > 0 {
+			fmt.Printf("%s: server CPU (user+system) %s in the timed phase: %s per check-in\n", what, (cpu1 - cpu0).Round(10*time.Millisecond), lastCPU.Round(time.Microsecond))
+		}
 		return rate, pct(.99), nil
 	}
 	rampart, rampartP99, err := measure("rampart")
@@ -438,10 +454,12 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		if err := json.Unmarshal(lastBody, &created); err != nil || created.ID == "" {
 			return fmt.Errorf("rollout created: %q %v", lastBody, err)
 		}
+		beforeCPU := lastCPU
 		withRollout, p99, err := measure(what)
 		if err != nil {
 			return err
 		}
+		withCPU := lastCPU
 		// Then without again (the rollout aborted: nothing offers), so
 		// that a drift of the machine's load or of the server's state
 		// over the run shows, and the rollout is compared with the
@@ -455,6 +473,11 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		}
 		fmt.Printf("%s: %.0f/s (p99 %s) against %.0f/s (p99 %s) before it and %.0f/s (p99 %s) after it: ratio %.2f to their mean\n",
 			what, withRollout, p99, rampart, rampartP99, after, afterP99, withRollout/((rampart+after)/2))
+		if beforeCPU > 0 && withCPU > 0 && lastCPU > 0 {
+			fmt.Printf("%s: server CPU per check-in %s against %s before it and %s after it: ratio %.2f to their mean\n",
+				what, withCPU.Round(time.Microsecond), beforeCPU.Round(time.Microsecond), lastCPU.Round(time.Microsecond),
+				float64(withCPU)/(float64(beforeCPU+lastCPU)/2))
+		}
 	}
 	if !ceiling {
 		return nil
@@ -484,6 +507,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		return err
 	}
 	base = "https://" + caddr
+	serverPid = cs.Process.Pid
 	ceil, ceilP99, err := measure("ceiling")
 	if err != nil {
 		return err
@@ -605,4 +629,26 @@ func serveCeiling(arg string) error {
 		return err
 	}
 	return nil
+}
+
+// processCPU is a process's CPU time so far (user and system, from
+// /proc/PID/stat, in clock ticks of 1/100 s: Linux's USER_HZ).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command's name (which may hold spaces),
+	// from the state (field 3): utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }
