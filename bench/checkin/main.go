@@ -6,8 +6,9 @@
 // timestamp, and its director targets when the timestamp changed. It prints
 // check-ins per second and latency percentiles. With -compare it then
 // starts a rollout of a second release over a CEL selector and measures
-// again, so the cost of deciding check-ins against an active rollout is
-// seen side by side with the same fleet without one. With -policy as well,
+// again, then aborts it and measures a third time, so the cost of
+// deciding check-ins against an active rollout is seen side by side with
+// the same fleet without one, before and after. With -policy as well,
 // the fleet policy of docs/policy.md's examples is set before the rollout
 // starts, so every decision also evaluates its rules.
 //
@@ -47,6 +48,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -58,6 +60,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -234,6 +237,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	caPEM, _ := os.ReadFile(filepath.Join(data, "ca.pem"))
 	pool, _ := pki.CertPoolFromPEM(caPEM)
 	admin := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, nil)}}
+	var lastBody []byte // the answer of the last call
 	call := func(method, path string, body any) error {
 		var r io.Reader
 		if b, ok := body.([]byte); ok {
@@ -249,11 +253,12 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 			return err
 		}
 		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
 		if resp.StatusCode >= 300 {
-			b, _ := io.ReadAll(resp.Body)
 			return fmt.Errorf("%s %s: %d %s", method, path, resp.StatusCode, b)
 		}
-		return nil
+		lastBody = b
+		return err
 	}
 	if err := publish(data, call); err != nil {
 		return err
@@ -316,45 +321,67 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		return nil
 	}
 	last := make([]int64, nDevices)
+	// The server's CPU time per check-in in the last timed phase: on a
+	// shared machine the rate follows the other load, its cost per
+	// check-in much less.
+	serverPid := srv.Process.Pid
+	var lastCPU time.Duration
 	// measure runs every device's first check-in (for Rampart it builds
 	// and stores the device's director repository; it opens the
 	// device's connection), then check-ins for duration.
 	measure := func(what string) (rate float64, p99 time.Duration, err error) {
-		var warmRetries atomic.Int64
-		start := time.Now()
 		var wg sync.WaitGroup
 		errs := make(chan error, workers)
-		for w := range workers {
-			wg.Add(1)
-			go func(w int) {
-				defer wg.Done()
-				for i := w; i < nDevices; i += workers {
-					// A device whose first check-in fails tries again,
-					// as a real one would at its next poll; the
-					// retries are counted and printed.
-					err := checkin(i, &last[i])
-					for try := 1; err != nil && try < 5; try++ {
-						warmRetries.Add(1)
-						time.Sleep(time.Duration(try) * 100 * time.Millisecond)
-						err = checkin(i, &last[i])
+		// The server closes a connection idle for 2 minutes: after a
+		// first round that long, the connections it opened first are
+		// closed, and the timed phase would measure their new TLS
+		// handshakes. Another round, short now that every device's
+		// director repository is built, opens them again, so every
+		// configuration is measured with its connections open.
+		for round := 1; ; round++ {
+			var warmRetries atomic.Int64
+			start := time.Now()
+			for w := range workers {
+				wg.Add(1)
+				go func(w int) {
+					defer wg.Done()
+					for i := w; i < nDevices; i += workers {
+						// A device whose first check-in fails tries again,
+						// as a real one would at its next poll; the
+						// retries are counted and printed.
+						err := checkin(i, &last[i])
+						for try := 1; err != nil && try < 5; try++ {
+							warmRetries.Add(1)
+							time.Sleep(time.Duration(try) * 100 * time.Millisecond)
+							err = checkin(i, &last[i])
+						}
+						if err != nil {
+							errs <- err
+							return
+						}
 					}
-					if err != nil {
-						errs <- err
-						return
-					}
-				}
-			}(w)
+				}(w)
+			}
+			wg.Wait()
+			select {
+			case err := <-errs:
+				return 0, 0, err
+			default:
+			}
+			took := time.Since(start)
+			if round == 1 {
+				fmt.Printf("%s: first check-in of every device: %s (%d failed and were tried again)\n", what, took.Round(time.Millisecond), warmRetries.Load())
+			} else {
+				fmt.Printf("%s: check-in round %d of every device (connections closed while idle opened again): %s (%d failed and were tried again)\n", what, round, took.Round(time.Millisecond), warmRetries.Load())
+			}
+			if took < 100*time.Second || round == 3 { // the first connections are still open when the timed phase ends
+				break
+			}
 		}
-		wg.Wait()
-		select {
-		case err := <-errs:
-			return 0, 0, err
-		default:
-		}
-		fmt.Printf("%s: first check-in of every device: %s (%d failed and were tried again)\n", what, time.Since(start).Round(time.Millisecond), warmRetries.Load())
 
 		var count atomic.Int64
 		lat := make([][]time.Duration, workers)
+		cpu0, cpuErr := processCPU(serverPid)
 		deadline := time.Now().Add(duration)
 		start = time.Now()
 		for w := range workers {
@@ -376,6 +403,11 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
+		cpu1, err := processCPU(serverPid)
+		lastCPU = 0
+		if cpuErr == nil && err == nil && count.Load() > 0 {
+			lastCPU = (cpu1 - cpu0) / time.Duration(count.Load())
+		}
 		select {
 		case err := <-errs:
 			return 0, 0, err
@@ -394,6 +426,9 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		rate = float64(count.Load()) / elapsed.Seconds()
 		fmt.Printf("%s: check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", what, count.Load(), elapsed.Round(time.Millisecond), rate, workers, nDevices, mode)
 		fmt.Printf("%s: latency: p50 %s  p90 %s  p99 %s  max %s\n", what, pct(.5), pct(.9), pct(.99), all[len(all)-1])
+		if lastCPU > 0 {
+			fmt.Printf("%s: server CPU (user+system) %s in the timed phase: %s per check-in\n", what, (cpu1 - cpu0).Round(10*time.Millisecond), lastCPU.Round(time.Microsecond))
+		}
 		return rate, pct(.99), nil
 	}
 	rampart, rampartP99, err := measure("rampart")
@@ -415,11 +450,34 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 			"phases": "1%,10%,50%,100%", "soak": "1h", "max_concurrent": 500}); err != nil {
 			return err
 		}
+		var created struct{ ID string }
+		if err := json.Unmarshal(lastBody, &created); err != nil || created.ID == "" {
+			return fmt.Errorf("rollout created: %q %v", lastBody, err)
+		}
+		beforeCPU := lastCPU
 		withRollout, p99, err := measure(what)
 		if err != nil {
 			return err
 		}
-		fmt.Printf("%s: %.0f/s (p99 %s) against %.0f/s (p99 %s) without: ratio %.2f\n", what, withRollout, p99, rampart, rampartP99, withRollout/rampart)
+		withCPU := lastCPU
+		// Then without again (the rollout aborted: nothing offers), so
+		// that a drift of the machine's load or of the server's state
+		// over the run shows, and the rollout is compared with the
+		// mean of the runs before and after it.
+		if err := call("POST", "/api/v1/rollouts/"+created.ID+"/abort", map[string]string{"reason": "bench"}); err != nil {
+			return err
+		}
+		after, afterP99, err := measure("rampart, rollout aborted (nothing offers)")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("%s: %.0f/s (p99 %s) against %.0f/s (p99 %s) before it and %.0f/s (p99 %s) after it: ratio %.2f to their mean\n",
+			what, withRollout, p99, rampart, rampartP99, after, afterP99, withRollout/((rampart+after)/2))
+		if beforeCPU > 0 && withCPU > 0 && lastCPU > 0 {
+			fmt.Printf("%s: server CPU per check-in %s against %s before it and %s after it: ratio %.2f to their mean\n",
+				what, withCPU.Round(time.Microsecond), beforeCPU.Round(time.Microsecond), lastCPU.Round(time.Microsecond),
+				float64(withCPU)/(float64(beforeCPU+lastCPU)/2))
+		}
 	}
 	if !ceiling {
 		return nil
@@ -449,6 +507,7 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		return err
 	}
 	base = "https://" + caddr
+	serverPid = cs.Process.Pid
 	ceil, ceilP99, err := measure("ceiling")
 	if err != nil {
 		return err
@@ -570,4 +629,26 @@ func serveCeiling(arg string) error {
 		return err
 	}
 	return nil
+}
+
+// processCPU is a process's CPU time so far (user and system, from
+// /proc/PID/stat, in clock ticks of 1/100 s: Linux's USER_HZ).
+func processCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The fields after the command's name (which may hold spaces),
+	// from the state (field 3): utime and stime are fields 14 and 15.
+	i := bytes.LastIndexByte(b, ')')
+	f := strings.Fields(string(b[i+1:]))
+	if i < 0 || len(f) < 13 {
+		return 0, fmt.Errorf("/proc/%d/stat: %q", pid, b)
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(ut+st) * 10 * time.Millisecond, nil
 }

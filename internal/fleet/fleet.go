@@ -40,6 +40,7 @@ type Store interface {
 	Assignment(ctx context.Context, deviceID string) (store.Assignment, error)
 	Reports(ctx context.Context, id string) ([]store.Report, map[string]uint64, error)
 	ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error)
+	ListDeviceFacts(ctx context.Context, after string, limit int) ([]store.DeviceFacts, error)
 	LogEntry(ctx context.Context, target string) (store.LogEntry, error)
 	// Doc reads the stored fleet policy (PolicyRepo, PolicyRole).
 	Doc(ctx context.Context, repo, role string, version int64) (store.Doc, error)

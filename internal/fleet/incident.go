@@ -45,7 +45,7 @@ import (
 // IncidentStore is what incident response reads of the store.
 type IncidentStore interface {
 	RevokedKeys(ctx context.Context) ([]store.RevokedKey, error)
-	AssignedDevices(ctx context.Context, target, after string, limit int) ([]string, error)
+	AssignedDeviceFacts(ctx context.Context, target, after string, limit int) ([]store.DeviceFacts, error)
 }
 
 // Key kinds.
@@ -224,32 +224,33 @@ func checkKeyID(id string) error {
 }
 
 // affected returns the devices that run or are assigned one of rels,
-// in id order: running (a confirmed release of the version, for their
-// hardware) from a batched scan of the fleet, assigned from the
-// assignments' index. r reads through a transaction or the store.
+// in id order, with their facts: running (a confirmed release of the
+// version, for their hardware) from a batched scan of the fleet's
+// facts, assigned from the assignments' index (with the devices' facts
+// in the same read). Revoked devices are left out. r reads through a
+// transaction or the store.
 func affected(ctx context.Context, r interface {
-	ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error)
-	AssignedDevices(ctx context.Context, target, after string, limit int) ([]string, error)
-	Device(ctx context.Context, id string) (store.Device, error)
-}, rels []rel) (map[string]*api.AffectedDevice, map[string]store.Device, error) {
+	ListDeviceFacts(ctx context.Context, after string, limit int) ([]store.DeviceFacts, error)
+	AssignedDeviceFacts(ctx context.Context, target, after string, limit int) ([]store.DeviceFacts, error)
+}, rels []rel) (map[string]*api.AffectedDevice, map[string]store.DeviceFacts, error) {
 	out := map[string]*api.AffectedDevice{}
-	devs := map[string]store.Device{}
+	devs := map[string]store.DeviceFacts{}
 	after := ""
 	for {
-		page, err := r.ListDevices(ctx, after, scanBatch)
+		page, err := r.ListDeviceFacts(ctx, after, scanBatch)
 		if err != nil {
 			return nil, nil, err
 		}
 		for i := range page {
-			d := page[i]
+			d := &page[i]
 			after = d.ID
-			if !d.RevokedAt.IsZero() || d.Version == "" {
+			if d.Version == "" {
 				continue
 			}
 			for _, rl := range rels {
 				if rl.meta.Version == d.Version && rl.meta.Supports(d.HardwareID) {
 					out[d.ID] = &api.AffectedDevice{ID: d.ID, Running: rl.target}
-					devs[d.ID] = d
+					devs[d.ID] = *d
 					break
 				}
 			}
@@ -261,26 +262,20 @@ func affected(ctx context.Context, r interface {
 	for _, rl := range rels {
 		after := ""
 		for {
-			ids, err := r.AssignedDevices(ctx, rl.target, after, scanBatch)
+			page, err := r.AssignedDeviceFacts(ctx, rl.target, after, scanBatch)
 			if err != nil {
 				return nil, nil, err
 			}
-			for _, id := range ids {
-				after = id
-				if out[id] == nil {
-					d, err := r.Device(ctx, id)
-					if err != nil {
-						return nil, nil, err
-					}
-					if !d.RevokedAt.IsZero() {
-						continue
-					}
-					devs[id] = d
-					out[id] = &api.AffectedDevice{ID: id}
+			for i := range page {
+				d := &page[i]
+				after = d.ID
+				if out[d.ID] == nil {
+					devs[d.ID] = *d
+					out[d.ID] = &api.AffectedDevice{ID: d.ID}
 				}
-				out[id].Assigned = rl.target
+				out[d.ID].Assigned = rl.target
 			}
-			if len(ids) < scanBatch {
+			if len(page) < scanBatch {
 				break
 			}
 		}

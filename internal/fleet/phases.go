@@ -22,7 +22,8 @@ const Buckets = 10000
 
 // Bucket is a device's bucket in a rollout.
 func Bucket(rolloutID, deviceID string) int {
-	h := sha256.Sum256([]byte(rolloutID + "\x00" + deviceID))
+	var buf [128]byte
+	h := sha256.Sum256(append(append(append(buf[:0], rolloutID...), 0), deviceID...))
 	return int(binary.BigEndian.Uint64(h[:8]) % Buckets)
 }
 

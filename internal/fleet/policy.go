@@ -699,10 +699,7 @@ func (s *Service) ExplainPolicy(ctx context.Context, deviceID, rel string, criti
 // as it is.
 func (s *Service) denyByPolicy(ctx context.Context, a *active, d *store.Device, dec Decision) error {
 	now := s.now()
-	reason := "policy: " + dec.Rule
-	if dec.Rule == "" {
-		reason = "policy: default deny"
-	}
+	reason := denialReason(dec)
 	return s.changeRolloutDevice(ctx, a, d, func(tx store.Tx, rd store.RolloutDevice) error {
 		switch rd.Status {
 		case PolicyDenied:
@@ -718,6 +715,14 @@ func (s *Service) denyByPolicy(ctx context.Context, a *active, d *store.Device, 
 		}
 		return tx.PutRolloutDevice(ctx, rd)
 	})
+}
+
+// denialReason is what a rollout records of a policy's denial.
+func denialReason(dec Decision) string {
+	if dec.Rule == "" {
+		return "policy: default deny"
+	}
+	return "policy: " + dec.Rule
 }
 
 // PolicyDenied is the status in a rollout of a device the policy does

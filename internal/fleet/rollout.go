@@ -62,6 +62,9 @@ type rollouts struct {
 	offer   []*active // by the competing rule: higher security version, then newer
 	gen     uint64
 	decided map[string]uint64
+	// windowed is set when a rollout of offer has a window, which
+	// may open or close at any check-in.
+	windowed bool
 }
 
 // maxDecided bounds the memo of decisions (then it starts afresh).
@@ -109,6 +112,10 @@ func (s *Service) offering(ctx context.Context) ([]*active, uint64, error) {
 		out = append(out, a)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return wins(out[i].r, out[j].r) })
+	s.ro.windowed = false
+	for _, a := range out {
+		s.ro.windowed = s.ro.windowed || a.spec.Window != "" && !a.spec.Critical
+	}
 	s.ro.offer, s.ro.loaded = out, true
 	return out, s.ro.gen, nil
 }
@@ -145,6 +152,7 @@ type RolloutStore interface {
 	RolloutsInState(ctx context.Context, states ...string) ([]store.Rollout, error)
 	RolloutDevice(ctx context.Context, rolloutID, deviceID string) (store.RolloutDevice, error)
 	RolloutCounts(ctx context.Context, rolloutID string) (store.RolloutCounts, error)
+	RolloutInFlight(ctx context.Context, rolloutID string) (int, error)
 	RolloutReasons(ctx context.Context, rolloutID string, limit int) (map[string]int, error)
 }
 
@@ -268,16 +276,17 @@ func (s *Service) resolveRelease(ctx context.Context, name string) (string, rele
 func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []string) (matched, below int, err error) {
 	ph := a.spec.Phases[n-1]
 	var buckets []int
+	sel := newScanMatcher(a.sel)
 	after := ""
 	for {
-		page, err := s.store.ListDevices(ctx, after, scanBatch)
+		page, err := s.store.ListDeviceFacts(ctx, after, scanBatch)
 		if err != nil {
 			return 0, 0, err
 		}
 		for i := range page {
 			d := &page[i]
 			after = d.ID
-			if !d.RevokedAt.IsZero() || !slices.Contains(hardware, d.HardwareID) || !a.sel.Match(d) {
+			if !slices.Contains(hardware, d.HardwareID) || !sel.match(d) {
 				continue
 			}
 			matched++
@@ -307,6 +316,18 @@ func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []s
 // assigns it. It reads the device and its progress in the winning
 // rollout only when something changed since its last decision.
 func (s *Service) Decide(ctx context.Context, id string) error {
+	// The common case, in one lock: nothing changed for the device
+	// since its last decision (no window can have moved), or nothing
+	// offers.
+	s.ro.mu.Lock()
+	if s.ro.loaded && !s.ro.windowed {
+		g, ok := s.ro.decided[id]
+		if len(s.ro.offer) == 0 || ok && g == s.ro.gen {
+			s.ro.mu.Unlock()
+			return nil
+		}
+	}
+	s.ro.mu.Unlock()
 	offer, gen, err := s.offering(ctx)
 	if err != nil || len(offer) == 0 {
 		return err
@@ -387,16 +408,62 @@ func (s *Service) decide(ctx context.Context, offer []*active, d *store.Device, 
 		if !s.deviceOpen(a, d, now) {
 			return true, nil
 		}
+		// What the device's progress says is read first, outside a
+		// transaction: when it settles the decision, nothing is
+		// written (the transaction would change nothing), so a device
+		// in flight or done that decides again (a slot was freed, the
+		// policy is rechecked) costs two reads, not a write.
+		rd, err := s.store.RolloutDevice(ctx, a.r.ID, d.ID)
+		if errors.Is(err, store.ErrNotFound) {
+			rd = store.RolloutDevice{}
+		} else if err != nil {
+			return false, err
+		}
+		if settled(rd.Status) {
+			return false, nil
+		}
 		dec, err := s.policyDecision(ctx, a, d)
 		if err != nil {
 			return false, err
 		}
 		if !dec.Allowed {
+			if rd.Status == PolicyDenied && (rd.Reason == denialReason(dec) || rd.Failures > 0) {
+				return false, nil
+			}
 			return false, s.denyByPolicy(ctx, a, d, dec)
+		}
+		if skip, err := s.offerChangesNothing(ctx, a, rd, now); err != nil || skip {
+			return false, err
 		}
 		return false, s.offer(ctx, a, d)
 	}
 	return false, nil
+}
+
+// settled reports whether a device's progress in a rollout is left as it
+// is, whatever is decided: in flight or installed.
+func settled(status string) bool {
+	switch status {
+	case "downloading", "installing", "installed":
+		return true
+	}
+	return false
+}
+
+// offerChangesNothing reports, from reads outside a transaction, that
+// offering the release to a device with progress rd would change
+// nothing now: it rolled the release back, it cools down, or the
+// rollout's devices in flight are at its limit. The offer's transaction
+// checks all of it again; this only spares it when its answer is known.
+func (s *Service) offerChangesNothing(ctx context.Context, a *active, rd store.RolloutDevice, now time.Time) (bool, error) {
+	if rd.Status == "rolled-back" || rd.Failures >= maxFailures && now.Before(rd.CooldownUntil) {
+		return true, nil
+	}
+	if a.spec.MaxConcurrent == 0 {
+		return false, nil
+	}
+	n, err := s.store.RolloutInFlight(ctx, a.r.ID)
+	return err == nil && n >= a.spec.MaxConcurrent, err
 }
 
 // hardwareOf returns the hardware ids a rollout's release supports
@@ -431,8 +498,7 @@ func (s *Service) changeRolloutDevice(ctx context.Context, a *active, d *store.D
 		} else if err != nil {
 			return err
 		}
-		switch rd.Status {
-		case "downloading", "installing", "installed":
+		if settled(rd.Status) {
 			return nil
 		}
 		return change(tx, rd)
@@ -463,11 +529,11 @@ func (s *Service) offer(ctx context.Context, a *active, d *store.Device) error {
 			return nil
 		}
 		if a.spec.MaxConcurrent > 0 {
-			c, err := tx.RolloutCounts(ctx, a.r.ID)
+			n, err := tx.RolloutInFlight(ctx, a.r.ID)
 			if err != nil {
 				return err
 			}
-			if c.ByStatus["downloading"]+c.ByStatus["installing"] >= a.spec.MaxConcurrent {
+			if n >= a.spec.MaxConcurrent {
 				return nil
 			}
 		}

@@ -60,18 +60,26 @@ func (e *ExprError) Error() string { return fmt.Sprintf("%d:%d: %s", e.Line, e.C
 
 // compile compiles a boolean CEL expression in env.
 func compile(env *cel.Env, expr string) (cel.Program, error) {
+	prg, _, err := compileAST(env, expr)
+	return prg, err
+}
+
+// compileAST compiles a boolean CEL expression in env, and returns its
+// checked form as well.
+func compileAST(env *cel.Env, expr string) (cel.Program, *cel.Ast, error) {
 	if len(expr) > MaxExprBytes {
-		return nil, &ExprError{Line: 1, Column: 1, Msg: fmt.Sprintf("the expression is %d bytes, more than %d", len(expr), MaxExprBytes)}
+		return nil, nil, &ExprError{Line: 1, Column: 1, Msg: fmt.Sprintf("the expression is %d bytes, more than %d", len(expr), MaxExprBytes)}
 	}
 	ast, iss := env.Compile(expr)
 	if iss != nil && iss.Err() != nil {
 		e := iss.Errors()[0]
-		return nil, &ExprError{Line: e.Location.Line(), Column: e.Location.Column() + 1, Msg: e.Message}
+		return nil, nil, &ExprError{Line: e.Location.Line(), Column: e.Location.Column() + 1, Msg: e.Message}
 	}
 	if ast.OutputType() != cel.BoolType {
-		return nil, &ExprError{Line: 1, Column: 1, Msg: fmt.Sprintf("the expression gives %s, not a bool", ast.OutputType())}
+		return nil, nil, &ExprError{Line: 1, Column: 1, Msg: fmt.Sprintf("the expression gives %s, not a bool", ast.OutputType())}
 	}
-	return env.Program(ast, cel.CostLimit(maxExprCost))
+	prg, err := env.Program(ast, cel.CostLimit(maxExprCost))
+	return prg, ast, err
 }
 
 // Selector picks devices: a CEL expression over the device (id,
@@ -82,6 +90,9 @@ func compile(env *cel.Env, expr string) (cel.Program, error) {
 type Selector struct {
 	expr string
 	prg  cel.Program
+	// readsID is set when the expression reads the device's id: then
+	// it may select devices with equal facts differently.
+	readsID bool
 }
 
 // CompileSelector compiles a selector; an error is a *Refusal
@@ -90,11 +101,23 @@ func CompileSelector(expr string) (*Selector, error) {
 	if strings.TrimSpace(expr) == "" {
 		return &Selector{}, nil
 	}
-	prg, err := compile(selectorEnv(), expr)
+	prg, ast, err := compileAST(selectorEnv(), expr)
 	if err != nil {
 		return nil, refuse(Invalid, api.BadSelector, "selector %v", err)
 	}
-	return &Selector{expr: expr, prg: prg}, nil
+	return &Selector{expr: expr, prg: prg, readsID: readsVar(ast, "id")}, nil
+}
+
+// readsVar reports whether a checked expression refers to the variable
+// name (a comprehension's own variable of that name counts too, which
+// errs on the safe side).
+func readsVar(ast *cel.Ast, name string) bool {
+	for _, ref := range ast.NativeRep().ReferenceMap() {
+		if ref.Name == name && len(ref.OverloadIDs) == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // String is the selector's source.
@@ -108,6 +131,55 @@ func (s *Selector) Match(d *store.Device) bool {
 	}
 	out, _, err := s.prg.Eval(deviceActivation(d))
 	return err == nil && out == types.True
+}
+
+// maxScanMemo bounds what a fleet scan remembers of a selector's
+// answers (distinct hardware, version, security version and tags); past
+// it the selector is evaluated for every device.
+const maxScanMemo = 1 << 16
+
+// scanMatcher decides a selector for every device of a fleet scan. The
+// selector's inputs are the device's facts, so when it does not read the
+// id its answer is the same for devices with equal hardware, version,
+// security version and tags: it is evaluated once per distinct set (a
+// fleet has few), not once per device.
+type scanMatcher struct {
+	sel  *Selector
+	memo map[factsKey]bool
+}
+
+type factsKey struct {
+	hardware, version, tags string
+	securityVersion         uint64
+}
+
+func newScanMatcher(sel *Selector) *scanMatcher {
+	return &scanMatcher{sel: sel, memo: map[factsKey]bool{}}
+}
+
+// match reports whether the selector picks the device with facts f.
+func (m *scanMatcher) match(f *store.DeviceFacts) bool {
+	if m.sel.prg == nil {
+		return true
+	}
+	if m.sel.readsID {
+		return m.sel.Match(factsDevice(f))
+	}
+	k := factsKey{f.HardwareID, f.Version, f.TagsKey, f.SecurityVersion}
+	if v, ok := m.memo[k]; ok {
+		return v
+	}
+	v := m.sel.Match(factsDevice(f))
+	if len(m.memo) < maxScanMemo {
+		m.memo[k] = v
+	}
+	return v
+}
+
+// factsDevice is a device record with what selectors read (its tags map
+// is shared: read only).
+func factsDevice(f *store.DeviceFacts) *store.Device {
+	return &store.Device{ID: f.ID, HardwareID: f.HardwareID, Version: f.Version, SecurityVersion: f.SecurityVersion, Tags: f.Tags}
 }
 
 // Risk is a device's risk level: its operator-set tag "risk" ("" when

@@ -86,3 +86,48 @@ func FuzzSelector(f *testing.F) {
 		sel.Match(&store.Device{ID: k, HardwareID: v, Tags: map[string]string{k: v}})
 	})
 }
+
+// A fleet scan evaluates a selector once per distinct set of facts,
+// unless it reads the id: then devices with equal facts may differ.
+func TestScanMatcher(t *testing.T) {
+	lab := map[string]string{"site": "lab"}
+	facts := []store.DeviceFacts{
+		{ID: "a", HardwareID: "hw", Version: "1.0.0", SecurityVersion: 1, Tags: lab, TagsKey: `{"site":"lab"}`},
+		{ID: "b", HardwareID: "hw", Version: "1.0.0", SecurityVersion: 1, Tags: lab, TagsKey: `{"site":"lab"}`},
+		{ID: "c", HardwareID: "hw", Version: "1.0.0", SecurityVersion: 1, TagsKey: `{}`},
+		{ID: "d", HardwareID: "hw", Version: "1.0.0", SecurityVersion: 2, TagsKey: `{}`},
+	}
+	for _, c := range []struct {
+		expr    string
+		readsID bool
+		want    string
+	}{
+		{`tags.site != "lab"`, false, "cd"},
+		{`security_version > 1 || risk == "high"`, false, "d"},
+		{`id == "b" || id == "c"`, true, "bc"},
+		{`tags.site == "lab" && id != "a"`, true, "b"},
+		{`["x"].exists(id, id == "x") && security_version == 1`, true, "abc"}, // a variable of its own named id: still not memoised
+		{``, false, "abcd"},
+	} {
+		sel, err := CompileSelector(c.expr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sel.readsID != c.readsID {
+			t.Errorf("%s: reads the id %v, want %v", c.expr, sel.readsID, c.readsID)
+		}
+		m := newScanMatcher(sel)
+		got := ""
+		for i := range facts {
+			if m.match(&facts[i]) {
+				got += facts[i].ID
+			}
+		}
+		if got != c.want {
+			t.Errorf("%s: selected %q, want %q", c.expr, got, c.want)
+		}
+		if !c.readsID && c.expr != "" && len(m.memo) != 3 {
+			t.Errorf("%s: %d sets of facts remembered, want 3", c.expr, len(m.memo))
+		}
+	}
+}

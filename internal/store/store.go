@@ -113,6 +113,22 @@ type Report struct {
 	Refusal string
 }
 
+// DeviceFacts are what a fleet scan decides on about a device: what
+// selectors read, a rollout's phases count and incident response
+// matches (Devices.ListDeviceFacts).
+type DeviceFacts struct {
+	ID              string
+	HardwareID      string
+	Version         string
+	SecurityVersion uint64
+	// Tags are the device's operator-set tags (nil when none). Devices
+	// of one page with equal tags may share one map: never change it.
+	Tags map[string]string
+	// TagsKey is the tags' stored form, equal for equal tags (JSON with
+	// sorted keys), so a scan can remember what it decided for one set.
+	TagsKey string
+}
+
 // Devices stores the device registry.
 type Devices interface {
 	CreateDevice(ctx context.Context, d Device) error
@@ -121,6 +137,11 @@ type Devices interface {
 	// ListDevices returns up to limit devices whose id sorts after
 	// after, in id order: the fleet is read in bounded pages.
 	ListDevices(ctx context.Context, after string, limit int) ([]Device, error)
+	// ListDeviceFacts returns the facts of up to limit unrevoked
+	// devices whose id sorts after after, in id order: the fleet scan
+	// of a rollout's phase start or an incident, in bounded pages, that
+	// reads only what it decides on.
+	ListDeviceFacts(ctx context.Context, after string, limit int) ([]DeviceFacts, error)
 	// SetDeviceTags removes the unset keys from a device's tags, then
 	// sets set, in one step, and returns the tags now held; ErrNotFound
 	// for an unknown device.
@@ -381,6 +402,10 @@ type Rollouts interface {
 	// RolloutCounts counts a rollout's devices by status, and its
 	// failures (every device's, including failures since retried).
 	RolloutCounts(ctx context.Context, rolloutID string) (RolloutCounts, error)
+	// RolloutInFlight counts a rollout's devices downloading or
+	// installing, from an index: its cost is that count, not the
+	// rollout's size (an offer checks the concurrency limit with it).
+	RolloutInFlight(ctx context.Context, rolloutID string) (int, error)
 	// RolloutReasons returns how many devices of a rollout that failed
 	// gave each reason (their latest), at most limit reasons (the most
 	// common).
@@ -442,6 +467,9 @@ type Incidents interface {
 	// AssignedDevices returns up to limit ids of devices assigned
 	// target whose id sorts after after, in id order.
 	AssignedDevices(ctx context.Context, target, after string, limit int) ([]string, error)
+	// AssignedDeviceFacts returns the facts of up to limit unrevoked
+	// devices assigned target whose id sorts after after, in id order.
+	AssignedDeviceFacts(ctx context.Context, target, after string, limit int) ([]DeviceFacts, error)
 	// DeviceCounts counts the unrevoked devices by version and security
 	// version.
 	DeviceCounts(ctx context.Context) (DeviceCounts, error)

@@ -37,6 +37,12 @@ func (s *conn) AssignedDevices(ctx context.Context, target, after string, limit 
 		`SELECT device_id FROM assignments WHERE target = $1 AND device_id > $2 ORDER BY device_id LIMIT $3`, target, after, limit)
 }
 
+// AssignedDeviceFacts implements store.Incidents.
+func (s *conn) AssignedDeviceFacts(ctx context.Context, target, after string, limit int) ([]store.DeviceFacts, error) {
+	return deviceFacts(ctx, s.q, limit, `SELECT d.id, d.hardware_id, d.version, d.security_version, d.tags FROM assignments a JOIN devices d ON d.id = a.device_id
+		WHERE a.target = $1 AND a.device_id > $2 AND d.revoked_at = 0 ORDER BY a.device_id LIMIT $3`, target, after, limit)
+}
+
 // DeviceCounts implements store.Incidents.
 func (s *conn) DeviceCounts(ctx context.Context) (store.DeviceCounts, error) {
 	out := store.DeviceCounts{ByVersion: map[string]int{}, BySecurityVersion: map[uint64]int{}}

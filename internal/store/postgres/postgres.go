@@ -486,6 +486,45 @@ func (s *conn) ListDevices(ctx context.Context, after string, limit int) ([]stor
 	return all(ctx, s.q, scanDevice, `SELECT `+deviceCols+` FROM devices WHERE id > $1 ORDER BY id LIMIT $2`, after, limit)
 }
 
+// ListDeviceFacts implements store.Devices.
+func (s *conn) ListDeviceFacts(ctx context.Context, after string, limit int) ([]store.DeviceFacts, error) {
+	return deviceFacts(ctx, s.q, limit, `SELECT id, hardware_id, version, security_version, tags FROM devices
+		WHERE id > $1 AND revoked_at = 0 ORDER BY id LIMIT $2`, after, limit)
+}
+
+// deviceFacts reads a page of device facts; devices with equal tags
+// share one decoded map.
+func deviceFacts(ctx context.Context, q querier, limit int, query string, args ...any) ([]store.DeviceFacts, error) {
+	rows, err := q.Query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]store.DeviceFacts, 0, min(limit, 1024))
+	tags := map[string]map[string]string{}
+	for rows.Next() {
+		var f store.DeviceFacts
+		if err := rows.Scan(&f.ID, &f.HardwareID, &f.Version, &f.SecurityVersion, &f.TagsKey); err != nil {
+			return nil, err
+		}
+		if f.TagsKey == "" {
+			f.TagsKey = "{}"
+		}
+		if f.TagsKey != "{}" {
+			m, ok := tags[f.TagsKey]
+			if !ok {
+				if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
+					return nil, fmt.Errorf("device %s: stored tags: %w", f.ID, err)
+				}
+				tags[f.TagsKey] = m
+			}
+			f.Tags = m
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
+}
+
 // SetDeviceTags implements store.Devices: the row is locked between
 // reading the tags and writing them, so concurrent changes all apply.
 func (s *conn) SetDeviceTags(ctx context.Context, id string, set map[string]string, unset []string) (map[string]string, error) {
@@ -1050,7 +1089,12 @@ func (s *conn) next(ctx context.Context, name string) (uint64, error) {
 	return v, err
 }
 
-// Assign implements store.Assignments.
+// assignBatch bounds the device ids one statement of Assign changes.
+const assignBatch = 5000
+
+// Assign implements store.Assignments: one statement per batch of
+// devices (a round trip each, not one per device), which changes only
+// those whose target differs.
 func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error) {
 	changed := 0
 	err := s.atomic(ctx, func(tx *conn) error {
@@ -1059,12 +1103,26 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 		if err != nil {
 			return err
 		}
-		for _, id := range deviceIDs {
-			tag, err := tx.q.Exec(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) VALUES ($1, $2, $3, $4)
+		for ids := deviceIDs; len(ids) > 0; {
+			batch := ids[:min(len(ids), assignBatch)]
+			ids = ids[len(batch):]
+			// An unknown device is named before anything is written (a
+			// failed statement would abort the transaction).
+			var missing string
+			err := tx.q.QueryRow(ctx, `SELECT u.id FROM unnest($1::text[]) AS u(id) WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = u.id) LIMIT 1`,
+				batch).Scan(&missing)
+			if err == nil {
+				return fmt.Errorf("device %s: %w", missing, store.ErrNotFound)
+			} else if !errors.Is(err, pgx.ErrNoRows) {
+				return err
+			}
+			// DISTINCT: one statement may not change a row twice (a
+			// device listed twice is changed once).
+			tag, err := tx.q.Exec(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) SELECT DISTINCT u.id, $2, $3::bigint, $4::bigint FROM unnest($1::text[]) AS u(id)
 				ON CONFLICT (device_id) DO UPDATE SET target = excluded.target, assigned_at = excluded.assigned_at, seq = excluded.seq
-				WHERE assignments.target IS DISTINCT FROM excluded.target`, id, target, ns(at), seq)
+				WHERE assignments.target IS DISTINCT FROM excluded.target`, batch, target, ns(at), seq)
 			if isForeignKey(err) {
-				return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+				return fmt.Errorf("a device of the deployment (removed meanwhile): %w", store.ErrNotFound)
 			}
 			if err != nil {
 				return err
@@ -1189,6 +1247,14 @@ func (s *conn) PutRolloutDevice(ctx context.Context, d store.RolloutDevice) erro
 // DeviceRollouts implements store.Rollouts.
 func (s *conn) DeviceRollouts(ctx context.Context, deviceID string) ([]store.RolloutDevice, error) {
 	return all(ctx, s.q, scanRolloutDevice, `SELECT `+rolloutDeviceCols+` FROM rollout_devices WHERE device_id = $1 ORDER BY rollout_id`, deviceID)
+}
+
+// RolloutInFlight implements store.Rollouts (the index
+// rollout_devices_status).
+func (s *conn) RolloutInFlight(ctx context.Context, rolloutID string) (int, error) {
+	var n int
+	err := s.q.QueryRow(ctx, `SELECT count(*) FROM rollout_devices WHERE rollout_id = $1 AND status IN ('downloading', 'installing')`, rolloutID).Scan(&n)
+	return n, err
 }
 
 // RolloutCounts implements store.Rollouts.

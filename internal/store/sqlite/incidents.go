@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"time"
 
@@ -35,6 +36,12 @@ func (s *conn) AssignedDevices(ctx context.Context, target, after string, limit 
 		var id string
 		return id, row.Scan(&id)
 	}, `SELECT device_id FROM assignments WHERE target = ? AND device_id > ? ORDER BY device_id LIMIT ?`, target, after, limit)
+}
+
+// AssignedDeviceFacts implements store.Incidents.
+func (s *conn) AssignedDeviceFacts(ctx context.Context, target, after string, limit int) ([]store.DeviceFacts, error) {
+	return s.deviceFacts(ctx, limit, `SELECT d.id, d.hardware_id, d.version, d.security_version, d.tags FROM assignments a JOIN devices d ON d.id = a.device_id
+		WHERE a.target = ? AND a.device_id > ? AND +d.revoked_at = 0 ORDER BY a.device_id LIMIT ?`, target, after, limit)
 }
 
 // DeviceCounts implements store.Incidents.
@@ -115,12 +122,19 @@ func (s *conn) RolloutStats(ctx context.Context, rolloutID string, limit int) (s
 	return out, err
 }
 
-// OpenRecoveries implements store.Incidents.
+// OpenRecoveries implements store.Incidents: one prepared statement
+// per batch of devices.
 func (s *conn) OpenRecoveries(ctx context.Context, deviceIDs []string, rolloutID string, at time.Time) error {
 	return s.atomic(ctx, func(tx *conn) error {
-		for _, id := range deviceIDs {
-			if _, err := tx.q.ExecContext(ctx, `INSERT INTO recoveries (device_id, rollout_id, opened_at) VALUES (?, ?, ?)
-				ON CONFLICT (device_id) WHERE closed_at = 0 DO NOTHING`, id, rolloutID, ns(at)); err != nil {
+		for ids := deviceIDs; len(ids) > 0; {
+			batch := ids[:min(len(ids), assignBatch)]
+			ids = ids[len(batch):]
+			list, err := json.Marshal(batch)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.execHot(ctx, `INSERT INTO recoveries (device_id, rollout_id, opened_at) SELECT value, ?, ? FROM json_each(?) WHERE true
+				ON CONFLICT (device_id) WHERE closed_at = 0 DO NOTHING`, rolloutID, ns(at), string(list)); err != nil {
 				return err
 			}
 		}

@@ -139,6 +139,16 @@ func (c *stmtCache) close() {
 	c.m = nil
 }
 
+// stmtRow runs a hot one-row statement through its prepared statement
+// (see stmtCache), in the transaction when there is one; unlike queryRow
+// it may write, so outside a transaction it must run inside atomic.
+func (c *conn) stmtRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return c.q.QueryRowContext(ctx, query, args...)
+}
+
 // queryRow runs a hot read through its prepared statement (see
 // stmtCache), in the transaction when there is one.
 func (c *conn) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
@@ -153,6 +163,46 @@ func (c *conn) queryRow(ctx context.Context, query string, args ...any) *sql.Row
 		return c.tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
 	}
 	return st.QueryRowContext(ctx, args...)
+}
+
+// stmt returns the prepared statement of a hot query (see stmtCache),
+// bound to the transaction when there is one; nil when there is none
+// (the caller then runs the query as is).
+func (c *conn) stmt(ctx context.Context, query string) *sql.Stmt {
+	if c.stmts == nil {
+		return nil
+	}
+	st, err := c.stmts.get(ctx, query)
+	if err != nil {
+		return nil
+	}
+	if c.tx != nil {
+		return c.tx.StmtContext(ctx, st)
+	}
+	return st
+}
+
+// query runs a hot listing through its prepared statement.
+func (c *conn) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := c.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return c.q.QueryContext(ctx, query, args...)
+}
+
+// execHot runs a hot writing statement through its prepared statement
+// (and the writer gate, outside a transaction).
+func (c *conn) execHot(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if c.db != nil {
+		if err := c.gate.enter(ctx); err != nil {
+			return nil, err
+		}
+		defer c.gate.leave()
+	}
+	if st := c.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return c.q.ExecContext(ctx, query, args...)
 }
 
 // migrations are applied in order; PRAGMA user_version records how many
@@ -358,7 +408,7 @@ func (c *conn) atomic(ctx context.Context, f func(c *conn) error) error {
 		if err != nil {
 			return fmt.Errorf("begin transaction: %w", err)
 		}
-		if err := f(&conn{q: tx, savepoints: new(atomic.Uint64)}); err != nil {
+		if err := f(&conn{q: tx, savepoints: new(atomic.Uint64), stmts: c.stmts, tx: tx}); err != nil {
 			tx.Rollback()
 			return err
 		}
@@ -478,6 +528,47 @@ func decodeTags(raw string, d *store.Device) error {
 // ListDevices implements store.Devices.
 func (s *conn) ListDevices(ctx context.Context, after string, limit int) ([]store.Device, error) {
 	return all(ctx, s.q, scanDevice, `SELECT `+deviceCols+` FROM devices WHERE id > ? ORDER BY id LIMIT ?`, after, limit)
+}
+
+// ListDeviceFacts implements store.Devices. (+revoked_at keeps SQLite
+// from reading the devices through the version index, which would sort
+// the whole fleet for every page.)
+func (s *conn) ListDeviceFacts(ctx context.Context, after string, limit int) ([]store.DeviceFacts, error) {
+	return s.deviceFacts(ctx, limit, `SELECT id, hardware_id, version, security_version, tags FROM devices
+		WHERE id > ? AND +revoked_at = 0 ORDER BY id LIMIT ?`, after, limit)
+}
+
+// deviceFacts reads a page of device facts; devices with equal tags
+// share one decoded map.
+func (s *conn) deviceFacts(ctx context.Context, limit int, query string, args ...any) ([]store.DeviceFacts, error) {
+	rows, err := s.query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := make([]store.DeviceFacts, 0, min(limit, 1024))
+	tags := map[string]map[string]string{}
+	for rows.Next() {
+		var f store.DeviceFacts
+		if err := rows.Scan(&f.ID, &f.HardwareID, &f.Version, &f.SecurityVersion, &f.TagsKey); err != nil {
+			return nil, err
+		}
+		if f.TagsKey == "" {
+			f.TagsKey = "{}"
+		}
+		if f.TagsKey != "{}" {
+			m, ok := tags[f.TagsKey]
+			if !ok {
+				if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
+					return nil, fmt.Errorf("device %s: stored tags: %w", f.ID, err)
+				}
+				tags[f.TagsKey] = m
+			}
+			f.Tags = m
+		}
+		out = append(out, f)
+	}
+	return out, rows.Err()
 }
 
 // SetDeviceTags implements store.Devices.
@@ -1058,12 +1149,17 @@ func (s *conn) DeletePendingPush(ctx context.Context) error {
 	return err
 }
 
-// Assign implements store.Assignments.
+// assignBatch bounds the device ids one statement of Assign changes.
+const assignBatch = 5000
+
+// Assign implements store.Assignments: one prepared statement per batch
+// of devices, which changes only those whose target differs.
 func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at time.Time) (int, error) {
 	changed := 0
 	err := s.atomic(ctx, func(tx *conn) error {
+		changed = 0
 		var seq uint64
-		err := tx.q.QueryRowContext(ctx, `UPDATE counters SET value = value + 1 WHERE name = 'assignment' RETURNING value`).Scan(&seq)
+		err := tx.stmtRow(ctx, `UPDATE counters SET value = value + 1 WHERE name = 'assignment' RETURNING value`).Scan(&seq)
 		if errors.Is(err, sql.ErrNoRows) {
 			seq = 1
 			if _, err := tx.q.ExecContext(ctx, `INSERT INTO counters (name, value) VALUES ('assignment', 1)`); err != nil {
@@ -1072,27 +1168,43 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 		} else if err != nil {
 			return err
 		}
-		for _, id := range deviceIDs {
-			var cur string
-			err := tx.q.QueryRowContext(ctx, `SELECT target FROM assignments WHERE device_id = ?`, id).Scan(&cur)
-			if err == nil && cur == target {
-				continue
-			}
-			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		for ids := deviceIDs; len(ids) > 0; {
+			batch := ids[:min(len(ids), assignBatch)]
+			ids = ids[len(batch):]
+			list, err := json.Marshal(batch)
+			if err != nil {
 				return err
 			}
-			if _, err := tx.q.ExecContext(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) VALUES (?, ?, ?, ?)
-				ON CONFLICT (device_id) DO UPDATE SET target = excluded.target, assigned_at = excluded.assigned_at, seq = excluded.seq`, id, target, ns(at), seq); err != nil {
+			// A device listed twice is inserted, then left as it is.
+			res, err := tx.execHot(ctx, `INSERT INTO assignments (device_id, target, assigned_at, seq) SELECT value, ?, ?, ? FROM json_each(?) WHERE true
+				ON CONFLICT (device_id) DO UPDATE SET target = excluded.target, assigned_at = excluded.assigned_at, seq = excluded.seq
+				WHERE assignments.target != excluded.target`, target, ns(at), seq, string(list))
+			if err != nil {
 				if strings.Contains(err.Error(), "FOREIGN KEY") {
-					return fmt.Errorf("device %s: %w", id, store.ErrNotFound)
+					return unknownDevice(ctx, tx, batch, err)
 				}
 				return err
 			}
-			changed++
+			n, err := res.RowsAffected()
+			if err != nil {
+				return err
+			}
+			changed += int(n)
 		}
 		return nil
 	})
 	return changed, err
+}
+
+// unknownDevice names the first of ids that is not a device (the
+// statement failed on a foreign key).
+func unknownDevice(ctx context.Context, tx *conn, ids []string, err error) error {
+	for _, id := range ids {
+		if _, derr := tx.Device(ctx, id); errors.Is(derr, store.ErrNotFound) {
+			return derr
+		}
+	}
+	return err
 }
 
 // Assignment implements store.Assignments.
@@ -1208,7 +1320,7 @@ func (s *conn) RolloutDevice(ctx context.Context, rolloutID, deviceID string) (s
 
 // PutRolloutDevice implements store.Rollouts.
 func (s *conn) PutRolloutDevice(ctx context.Context, d store.RolloutDevice) error {
-	_, err := s.exec(ctx, `INSERT INTO rollout_devices (`+rolloutDeviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+	_, err := s.execHot(ctx, `INSERT INTO rollout_devices (`+rolloutDeviceCols+`) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (rollout_id, device_id) DO UPDATE SET status = excluded.status, offered_at = excluded.offered_at, failures = excluded.failures,
 		cooldown_until = excluded.cooldown_until, reason = excluded.reason, updated_at = excluded.updated_at`,
 		d.RolloutID, d.DeviceID, d.Status, ns(d.OfferedAt), d.Failures, ns(d.CooldownUntil), d.Reason, ns(d.UpdatedAt))
@@ -1238,6 +1350,14 @@ func (s *conn) RolloutCounts(ctx context.Context, rolloutID string) (store.Rollo
 		out.Failures += f
 	}
 	return out, rows.Err()
+}
+
+// RolloutInFlight implements store.Rollouts (a covering index:
+// rollout_devices_status).
+func (s *conn) RolloutInFlight(ctx context.Context, rolloutID string) (int, error) {
+	var n int
+	err := s.stmtRow(ctx, `SELECT count(*) FROM rollout_devices WHERE rollout_id = ? AND status IN ('downloading', 'installing')`, rolloutID).Scan(&n)
+	return n, err
 }
 
 // RolloutReasons implements store.Rollouts.

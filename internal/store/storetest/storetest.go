@@ -122,6 +122,54 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("pages gave %v", ids)
 		}
 	})
+	t.Run("ListDeviceFacts", func(t *testing.T) {
+		s := open(t)
+		for i := range 5 {
+			id := fmt.Sprintf("dev-%d", 4-i)
+			if err := s.CreateDevice(ctx, store.Device{ID: id, HardwareID: fmt.Sprintf("hw-%d", i%2), CertSerial: id, EnrolledAt: now}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		s.RecordReport(ctx, "dev-1", store.Report{Counter: 1, Status: "installed", Installed: true, Version: "1.2.0", SecurityVersion: 3, At: now})
+		s.SetDeviceTags(ctx, "dev-0", map[string]string{"site": "lab", "ring": "a"}, nil)
+		s.SetDeviceTags(ctx, "dev-1", map[string]string{"ring": "a", "site": "lab"}, nil)
+		s.SetDeviceTags(ctx, "dev-2", map[string]string{"site": "x"}, nil)
+		s.SetDeviceTags(ctx, "dev-2", nil, []string{"site"}) // no tags again
+		s.RevokeDevice(ctx, "dev-3", now)                    // revoked devices are left out
+		var got []string
+		var facts []store.DeviceFacts
+		after := ""
+		for {
+			page, err := s.ListDeviceFacts(ctx, after, 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(page) > 2 {
+				t.Fatalf("page of %d devices, limit 2", len(page))
+			}
+			for _, f := range page {
+				got = append(got, f.ID)
+				facts = append(facts, f)
+			}
+			if len(page) < 2 {
+				break
+			}
+			after = page[len(page)-1].ID
+		}
+		if strings.Join(got, ",") != "dev-0,dev-1,dev-2,dev-4" {
+			t.Fatalf("pages gave %v", got)
+		}
+		f0, f1, f2 := facts[0], facts[1], facts[2]
+		if f0.HardwareID != "hw-0" || f1.HardwareID != "hw-1" || f1.Version != "1.2.0" || f1.SecurityVersion != 3 || f0.Version != "" {
+			t.Fatalf("%+v %+v", f0, f1)
+		}
+		if len(f0.Tags) != 2 || f0.Tags["site"] != "lab" || f0.TagsKey != f1.TagsKey || f1.Tags["ring"] != "a" {
+			t.Fatalf("equal tags: %+v %+v", f0, f1)
+		}
+		if len(f2.Tags) != 0 || f2.TagsKey != facts[3].TagsKey || f2.TagsKey == f0.TagsKey {
+			t.Fatalf("no tags: %+v %+v", f2, facts[3])
+		}
+	})
 	t.Run("DeviceTags", func(t *testing.T) {
 		s := open(t)
 		s.CreateDevice(ctx, store.Device{ID: "dev-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: now})
@@ -240,6 +288,14 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		if err != nil || counts.ByStatus["installed"] != 2 || counts.ByStatus["downloading"] != 1 || counts.ByStatus["failed"] != 1 || counts.ByStatus["rolled-back"] != 2 || counts.Failures != 4 {
 			t.Fatalf("%v %v", counts, err)
 		}
+		s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-a", DeviceID: "dev-9", Status: "installing", UpdatedAt: now})
+		if n, err := s.RolloutInFlight(ctx, "r-a"); err != nil || n != 2 {
+			t.Fatalf("in flight: %d %v", n, err)
+		}
+		if n, err := s.RolloutInFlight(ctx, "nope"); err != nil || n != 0 {
+			t.Fatalf("in flight in no rollout: %d %v", n, err)
+		}
+		s.PutRolloutDevice(ctx, store.RolloutDevice{RolloutID: "r-a", DeviceID: "dev-9", Status: "installed", UpdatedAt: now})
 		reasons, err := s.RolloutReasons(ctx, "r-a", 1)
 		if err != nil || len(reasons) != 1 || reasons["health-check"] != 2 {
 			t.Fatalf("the most common reason: %v %v", reasons, err)
@@ -619,14 +675,43 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		if err != nil || n != 1 || a2.Seq <= a1.Seq || a2.Target != "acme-gw/1.1.0/fw.img" {
 			t.Fatalf("%+v %v", a2, err)
 		}
-		// An unknown device fails the whole deployment.
+		// An unknown device fails the whole deployment, and is named.
 		_, err = s.Assign(ctx, "acme-gw/2.0.0/fw.img", []string{"d2", "nope"}, now)
 		is(t, err, store.ErrNotFound)
+		if !strings.Contains(fmt.Sprint(err), "nope") {
+			t.Fatalf("the error does not name the unknown device: %v", err)
+		}
 		if a, _ := s.Assignment(ctx, "d2"); a.Target != "acme-gw/1.0.0/fw.img" {
 			t.Fatalf("a failed deployment changed d2: %+v", a)
 		}
 		_, err = s.Assignment(ctx, "nope")
 		is(t, err, store.ErrNotFound)
+		// A device listed twice counts once; only devices whose target
+		// changes count, and only they get the new sequence number.
+		n, err = s.Assign(ctx, "acme-gw/1.1.0/fw.img", []string{"d2", "d1", "d2"}, now.Add(time.Minute))
+		a3, _ := s.Assignment(ctx, "d1")
+		b3, _ := s.Assignment(ctx, "d2")
+		if err != nil || n != 1 || a3.Seq != a2.Seq || !a3.AssignedAt.Equal(now) || b3.Seq <= a2.Seq || b3.Target != "acme-gw/1.1.0/fw.img" {
+			t.Fatalf("%d %v: %+v %+v", n, err, a3, b3)
+		}
+		// A long list (more than one batch of a store): devices listed
+		// again in a later batch count once; an unknown device in a
+		// later batch undoes the earlier ones.
+		var ids []string
+		for i := range 12000 {
+			ids = append(ids, fmt.Sprintf("m%d", i%3))
+		}
+		for _, id := range ids[:3] {
+			s.CreateDevice(ctx, store.Device{ID: id, HardwareID: "hw", CertSerial: id, EnrolledAt: now})
+		}
+		if n, err := s.Assign(ctx, "acme-gw/1.0.0/fw.img", ids, now); err != nil || n != 3 {
+			t.Fatalf("%d of 3: %v", n, err)
+		}
+		_, err = s.Assign(ctx, "acme-gw/2.0.0/fw.img", append(ids, "nope"), now)
+		is(t, err, store.ErrNotFound)
+		if a, _ := s.Assignment(ctx, "m0"); a.Target != "acme-gw/1.0.0/fw.img" {
+			t.Fatalf("a failed deployment changed m0: %+v", a)
+		}
 	})
 	t.Run("LogEntries", func(t *testing.T) {
 		s := open(t)
@@ -951,6 +1036,17 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		}
 		if ids, _ := s.AssignedDevices(ctx, "p/2.0.0/f", "dev-2", 2); fmt.Sprint(ids) != "[dev-3]" {
 			t.Fatalf("after dev-2: %v", ids)
+		}
+		// With their facts, revoked devices (dev-4) left out.
+		s.Assign(ctx, "p/2.0.0/f", []string{"dev-4"}, now)
+		s.SetDeviceTags(ctx, "dev-2", map[string]string{"site": "lab"}, nil)
+		fs, err := s.AssignedDeviceFacts(ctx, "p/2.0.0/f", "", 2)
+		if err != nil || len(fs) != 2 || fs[0].ID != "dev-1" || fs[0].Version != "1.0.0" || fs[0].SecurityVersion != 1 || fs[0].HardwareID != "hw" ||
+			fs[1].ID != "dev-2" || fs[1].Tags["site"] != "lab" {
+			t.Fatalf("%+v %v", fs, err)
+		}
+		if fs, err := s.AssignedDeviceFacts(ctx, "p/2.0.0/f", "dev-2", 2); err != nil || len(fs) != 1 || fs[0].ID != "dev-3" {
+			t.Fatalf("after dev-2: %+v %v", fs, err)
 		}
 
 		// Recoveries: one open per device; closing one that is not
