@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -223,6 +224,31 @@ func TestRolloutFailureRatePausesAtFirstGate(t *testing.T) {
 				t.Fatalf("%s offered %q by a paused rollout", id, got)
 			}
 		}
+	}
+	// Prometheus shows the open rollout, labelled by its id only (no
+	// device), and forgets it once it is aborted.
+	m := string(e.Call(e.Pool, "GET", "/metrics", e.Admin, nil, 200))
+	for _, want := range []string{
+		`rampart_rollout_info{release="acme-gw/2.0.0/fw.img",rollout="` + c.ID + `",state="paused"} 1`,
+		`rampart_rollout_phase{rollout="` + c.ID + `"} 1`,
+		fmt.Sprintf(`rampart_rollout_devices{rollout=%q,status="rolled-back"} %d`, c.ID, failed),
+		fmt.Sprintf(`rampart_rollout_devices{rollout=%q,status="installed"} %d`, c.ID, len(in)-failed),
+		`rampart_rollout_tamper_detections{class="mismatch",rollout="` + c.ID + `"} 0`,
+	} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics lacks %s in\n%s", want, regexp.MustCompile(`(?m)^rampart_rollout_info.*$`).FindString(m))
+		}
+	}
+	if !regexp.MustCompile(`rampart_rollout_update_success_ratio\{rollout="` + c.ID + `"\} 0\.`).MatchString(m) {
+		t.Errorf("/metrics lacks the rollout's success ratio")
+	}
+	if regexp.MustCompile(`rampart_rollout_[a-z_]+\{[^}]*gw-`).MatchString(m) {
+		t.Errorf("a device id in a rollout metric's labels")
+	}
+	e.Call(e.Pool, "POST", "/api/v1/rollouts/"+c.ID+"/abort", e.Admin, api.RolloutAction{Reason: "test"}, 200)
+	e.clk.Add(time.Minute) // past the statistics' cache
+	if m := string(e.Call(e.Pool, "GET", "/metrics", e.Admin, nil, 200)); strings.Contains(m, c.ID) {
+		t.Errorf("the aborted rollout is still in /metrics")
 	}
 }
 

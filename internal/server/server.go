@@ -199,7 +199,7 @@ func New(c Config) (*Server, error) {
 		}
 		return float64(n)
 	}))
-	s.metrics.reg.MustRegister(newFleetCollector(s.fleet, c.Logger))
+	s.metrics.reg.MustRegister(newFleetCollector(s.fleet, c.Logger, c.Now))
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rampart_http_unauthenticated_in_flight", Help: "Requests without credentials being served (see Limits.MaxUnauthenticated).",
 	}, func() float64 { return float64(s.anonymous.n.Load()) }))
