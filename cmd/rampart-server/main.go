@@ -101,7 +101,11 @@ Flags:
                               "s3://BUCKET/PREFIX?endpoint=https://HOST:PORT" with
                               credentials from AWS_ACCESS_KEY_ID and
                               AWS_SECRET_ACCESS_KEY or the AWS credentials file
-                              "blob_store_credentials"; see docs/server.md
+                              "blob_store_credentials"; see docs/server.md;
+                              "log_dir" (or RAMPART_LOG_DIR): the transparency
+                              log, DATA/log by default; replicas over one
+                              PostgreSQL mount one directory on shared storage
+                              here (docs/scaling.md)
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
@@ -182,6 +186,9 @@ type fileConfig struct {
 	// Store is the metadata store: empty for DATA/rampart.db, or a
 	// PostgreSQL DSN.
 	Store string `json:"store"`
+	// LogDir is the transparency log's directory: empty for DATA/log;
+	// with replicas, one directory on shared storage that all mount.
+	LogDir string `json:"log_dir"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -309,7 +316,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store", "log_dir"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -404,6 +411,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			BlobStore:       pick("", "RAMPART_BLOB_STORE", fc.BlobStore, ""),
 			BlobCredentials: fc.BlobStoreCredentials,
 			Store:           storeDB,
+			LogDir:          pick("", "RAMPART_LOG_DIR", fc.LogDir, ""),
 		}
 		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, backends, stderr, attrs...)
 	}
@@ -494,7 +502,11 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	if backends.Store != "" {
 		metaStore = postgres.Redact(backends.Store)
 	}
-	storage := []any{"store", metaStore, "blob_store", blobStore, "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	logDir := filepath.Join(dir, "log")
+	if backends.LogDir != "" {
+		logDir = backends.LogDir
+	}
+	storage := []any{"store", metaStore, "blob_store", blobStore, "log_dir", logDir, "log_shared", backends.Store != "", "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
 	if bl, ok := in.Server.BlobLimits(); ok {
 		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
 	}
