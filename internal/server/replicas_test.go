@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -287,14 +288,20 @@ func TestReplicasPushOnceAndShareTheLog(t *testing.T) {
 	a.upload(push) // the blob store is the shared data directory's
 
 	reached, proceed := make(chan struct{}), make(chan struct{})
-	var once sync.Once
+	var first atomic.Bool
 	server.SetPushStep(func(step string) error {
-		if step == "pending" {
-			once.Do(func() { close(reached); <-proceed })
+		// Only the first push to become pending waits: were the other
+		// replica's let through (the bug this test is for), it must
+		// not hang the test.
+		if step == "pending" && first.CompareAndSwap(false, true) {
+			close(reached)
+			<-proceed
 		}
 		return nil
 	})
-	t.Cleanup(func() { server.SetPushStep(nil) })
+	var release sync.Once
+	let := func() { release.Do(func() { close(proceed) }) }
+	t.Cleanup(func() { server.SetPushStep(nil); let() }) // before the replicas close: they wait for the push
 	type answer struct {
 		code int
 		body []byte
@@ -314,7 +321,7 @@ func TestReplicasPushOnceAndShareTheLog(t *testing.T) {
 	if !strings.Contains(string(body), "replica-a holds the repository's lease") {
 		t.Fatalf("the refusal does not name the pushing replica: %s", body)
 	}
-	close(proceed)
+	let()
 	if got := <-ans; got.code != 200 {
 		t.Fatalf("replica-a's push: %d %s", got.code, got.body)
 	}
