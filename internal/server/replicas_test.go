@@ -544,7 +544,9 @@ func TestStoreOutageAnswers503(t *testing.T) {
 		if hdr != "5" {
 			t.Fatalf("Retry-After %q, want 5", hdr)
 		}
-		var e struct{ Error struct{ Code, Message string } }
+		var e struct {
+			Error struct{ Code, Message string }
+		}
 		if err := json.Unmarshal(body, &e); err != nil || !strings.Contains(e.Error.Message, "nothing was changed") {
 			t.Fatalf("the 503's body: %s %v", body, err)
 		}
