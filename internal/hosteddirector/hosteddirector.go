@@ -2,8 +2,12 @@
 // owns the per-device director repositories, built on demand from the
 // current director root, the device's assignment and the image
 // repository's signed entry (director.Build, which is pure), stored as
-// they are handed out, and cached in memory per (device, assignment,
-// root version). It also keeps the current director root and picks the
+// they are handed out, and cached in memory per (device, assignment and
+// its sequence number, root version). Replicas over one store each keep
+// their own cache: the check-in reads the assignment anyway, so one
+// changed on another replica is seen at the next check-in, and a rebuild
+// builds on the newest stored repository, whichever replica stored it,
+// so a device's director versions never go backwards. It also keeps the current director root and picks the
 // online keys it names (current or, after a rotation, previous). What a
 // pushed director root may be is decided by director.AcceptRoots; HTTP
 // is package server's. A Service is safe for concurrent use.
@@ -83,8 +87,9 @@ func (s *Service) SetRoot(st *RootState) { s.root.Store(st) }
 func (s *Service) Forget(id string) { s.cache.forget(id) }
 
 // cache keeps each device's current director repository in memory,
-// keyed by (device, assignment, root version), so a check-in that finds
-// nothing new costs a map lookup, not a signature.
+// keyed by (device, assignment and its sequence number, root version),
+// so a check-in that finds nothing new costs a map lookup, not a
+// signature.
 type cache struct {
 	mu      sync.Mutex
 	entries map[string]*entry
