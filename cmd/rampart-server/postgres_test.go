@@ -36,7 +36,8 @@ func TestServeMetadataOnPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn})
+	logDir := filepath.Join(t.TempDir(), "shared", "log")
+	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": logDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +66,14 @@ func TestServeMetadataOnPostgres(t *testing.T) {
 	}
 	if !strings.Contains(logs, `"store":"postgres://rampart:xxxxx@127.0.0.1`) {
 		t.Errorf("the server does not log its store:\n%s", logs)
+	}
+	// With PostgreSQL the log is opened shared, in log_dir: its first
+	// writer made the empty checkpoint there.
+	if !strings.Contains(logs, `"log_dir":"`+logDir+`","log_shared":true`) {
+		t.Errorf("the server does not log its shared log_dir:\n%s", logs)
+	}
+	if _, err := os.Stat(filepath.Join(logDir, "checkpoint")); err != nil {
+		t.Errorf("no log in log_dir: %v", err)
 	}
 
 	// init on a database that already holds a store is refused.
