@@ -47,6 +47,10 @@ func isUnavailable(err error) bool {
 	if errors.As(err, &ce) {
 		return true
 	}
+	// A net.Error includes a deadline that passed while the database did
+	// not answer (context.DeadlineExceeded is one): a database that hangs
+	// is unavailable too. A caller that went away (context.Canceled) is
+	// not the database's failure.
 	var ne net.Error
 	switch {
 	case errors.As(err, &ne), errors.Is(err, net.ErrClosed), errors.Is(err, pgconn.ErrConnClosed),
