@@ -461,7 +461,13 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 		return fail(stderr, 3, err, "is another server listening there?")
 	}
 	hs := in.Server.HTTPServer(in.TLS, slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
-	go in.Server.Run(ctx, time.Minute)
+	// Run ends before the store closes (deferred calls run last first):
+	// it releases the background lease, so that on a graceful stop
+	// another replica takes the background work over at once.
+	runCtx, stopRun := context.WithCancel(ctx)
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); in.Server.Run(runCtx, time.Minute) }()
+	defer func() { stopRun(); <-runDone }()
 	errc := make(chan error, 2)
 	// A client may send only what a device's handshake needs before it
 	// is verified: crypto/tls parses up to 256 KiB of certificates first.
