@@ -33,6 +33,7 @@ import (
 	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/lease"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
@@ -105,7 +106,9 @@ Flags:
                               "log_dir" (or RAMPART_LOG_DIR): the transparency
                               log, DATA/log by default; replicas over one
                               PostgreSQL mount one directory on shared storage
-                              here (docs/scaling.md)
+                              here (docs/scaling.md); "lease_ttl" ("30s"): a
+                              replica that dies holding the background work or a
+                              push is replaced within it and a third of it
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
@@ -189,6 +192,10 @@ type fileConfig struct {
 	// LogDir is the transparency log's directory: empty for DATA/log;
 	// with replicas, one directory on shared storage that all mount.
 	LogDir string `json:"log_dir"`
+	// LeaseTTL is the lifetime of the leases replicas take (the
+	// background work's, a push's): a replica that dies holding one is
+	// replaced within it and a third of it. Empty for 30s.
+	LeaseTTL string `json:"lease_ttl"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -316,7 +323,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store", "log_dir"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store", "log_dir", "lease_ttl"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -394,6 +401,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			blobLim.Reserve = server.DefaultBlobLimits(filepath.Join(dir, "blobs")).Reserve
 		}
 		c := server.Config{Limits: lim, Retention: ret, BlobLimits: blobLim}
+		if fc.LeaseTTL != "" {
+			// At least a second: a renewal (every third of it) must fit
+			// a few database round trips on a busy server.
+			d, err := time.ParseDuration(fc.LeaseTTL)
+			if err != nil || d < time.Second {
+				return fail(stderr, 2, fmt.Errorf("%s: lease_ttl %q is not a duration of at least 1s such as \"30s\"", *cfgFile, fc.LeaseTTL), "docs/scaling.md#replicas")
+			}
+			c.LeaseTTL = d
+		}
 		var attrs []any
 		if path := pick(*manufacturerCA, "RAMPART_MANUFACTURER_CA", fc.ManufacturerCA, ""); path != "" {
 			pool, certs, err := pki.LoadCABundle(path)
@@ -438,6 +454,14 @@ func hintFor(err error) string {
 		return "a newer rampart-server migrated this store: run that version (on every replica)"
 	}
 	return ""
+}
+
+// leaseTTL is the lease lifetime the server uses for ttl (0: the default).
+func leaseTTL(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return lease.DefaultTTL
+	}
+	return ttl
 }
 
 func fail(w io.Writer, code int, err error, hint string) int {
@@ -512,7 +536,7 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	if backends.LogDir != "" {
 		logDir = backends.LogDir
 	}
-	storage := []any{"store", metaStore, "blob_store", blobStore, "log_dir", logDir, "log_shared", backends.Store != "", "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	storage := []any{"store", metaStore, "blob_store", blobStore, "log_dir", logDir, "log_shared", backends.Store != "", "lease_ttl", leaseTTL(c.LeaseTTL).String(), "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
 	if bl, ok := in.Server.BlobLimits(); ok {
 		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
 	}
