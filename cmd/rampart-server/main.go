@@ -33,6 +33,7 @@ import (
 	"github.com/rampartfw/rampart/internal/command"
 	"github.com/rampartfw/rampart/internal/datadir"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/lease"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
 	"github.com/rampartfw/rampart/internal/store"
@@ -101,7 +102,13 @@ Flags:
                               "s3://BUCKET/PREFIX?endpoint=https://HOST:PORT" with
                               credentials from AWS_ACCESS_KEY_ID and
                               AWS_SECRET_ACCESS_KEY or the AWS credentials file
-                              "blob_store_credentials"; see docs/server.md
+                              "blob_store_credentials"; see docs/server.md;
+                              "log_dir" (or RAMPART_LOG_DIR): the transparency
+                              log, DATA/log by default; replicas over one
+                              PostgreSQL mount one directory on shared storage
+                              here (docs/scaling.md); "lease_ttl" ("30s"): a
+                              replica that dies holding the background work or a
+                              push is replaced within it and a third of it
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
@@ -182,6 +189,13 @@ type fileConfig struct {
 	// Store is the metadata store: empty for DATA/rampart.db, or a
 	// PostgreSQL DSN.
 	Store string `json:"store"`
+	// LogDir is the transparency log's directory: empty for DATA/log;
+	// with replicas, one directory on shared storage that all mount.
+	LogDir string `json:"log_dir"`
+	// LeaseTTL is the lifetime of the leases replicas take (the
+	// background work's, a push's): a replica that dies holding one is
+	// replaced within it and a third of it. Empty for 30s.
+	LeaseTTL string `json:"lease_ttl"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -309,7 +323,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store", "log_dir", "lease_ttl"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -387,6 +401,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			blobLim.Reserve = server.DefaultBlobLimits(filepath.Join(dir, "blobs")).Reserve
 		}
 		c := server.Config{Limits: lim, Retention: ret, BlobLimits: blobLim}
+		if fc.LeaseTTL != "" {
+			// At least a second: a renewal (every third of it) must fit
+			// a few database round trips on a busy server.
+			d, err := time.ParseDuration(fc.LeaseTTL)
+			if err != nil || d < time.Second {
+				return fail(stderr, 2, fmt.Errorf("%s: lease_ttl %q is not a duration of at least 1s such as \"30s\"", *cfgFile, fc.LeaseTTL), "docs/scaling.md#replicas")
+			}
+			c.LeaseTTL = d
+		}
 		var attrs []any
 		if path := pick(*manufacturerCA, "RAMPART_MANUFACTURER_CA", fc.ManufacturerCA, ""); path != "" {
 			pool, certs, err := pki.LoadCABundle(path)
@@ -404,6 +427,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			BlobStore:       pick("", "RAMPART_BLOB_STORE", fc.BlobStore, ""),
 			BlobCredentials: fc.BlobStoreCredentials,
 			Store:           storeDB,
+			LogDir:          pick("", "RAMPART_LOG_DIR", fc.LogDir, ""),
 		}
 		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, backends, stderr, attrs...)
 	}
@@ -432,6 +456,14 @@ func hintFor(err error) string {
 	return ""
 }
 
+// leaseTTL is the lease lifetime the server uses for ttl (0: the default).
+func leaseTTL(ttl time.Duration) time.Duration {
+	if ttl <= 0 {
+		return lease.DefaultTTL
+	}
+	return ttl
+}
+
 func fail(w io.Writer, code int, err error, hint string) int {
 	fmt.Fprintf(w, "rampart-server: error: %v\n", err)
 	if hint != "" {
@@ -453,7 +485,13 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 		return fail(stderr, 3, err, "is another server listening there?")
 	}
 	hs := in.Server.HTTPServer(in.TLS, slog.NewLogLogger(logger.Handler(), slog.LevelWarn))
-	go in.Server.Run(ctx, time.Minute)
+	// Run ends before the store closes (deferred calls run last first):
+	// it releases the background lease, so that on a graceful stop
+	// another replica takes the background work over at once.
+	runCtx, stopRun := context.WithCancel(ctx)
+	runDone := make(chan struct{})
+	go func() { defer close(runDone); in.Server.Run(runCtx, time.Minute) }()
+	defer func() { stopRun(); <-runDone }()
 	errc := make(chan error, 2)
 	// A client may send only what a device's handshake needs before it
 	// is verified: crypto/tls parses up to 256 KiB of certificates first.
@@ -494,7 +532,11 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	if backends.Store != "" {
 		metaStore = postgres.Redact(backends.Store)
 	}
-	storage := []any{"store", metaStore, "blob_store", blobStore, "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	logDir := filepath.Join(dir, "log")
+	if backends.LogDir != "" {
+		logDir = backends.LogDir
+	}
+	storage := []any{"store", metaStore, "blob_store", blobStore, "log_dir", logDir, "log_shared", backends.Store != "", "lease_ttl", leaseTTL(c.LeaseTTL).String(), "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
 	if bl, ok := in.Server.BlobLimits(); ok {
 		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
 	}

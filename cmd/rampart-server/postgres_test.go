@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/server/attacktest"
 	"github.com/rampartfw/rampart/internal/store/postgres"
@@ -36,7 +37,8 @@ func TestServeMetadataOnPostgres(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn})
+	logDir := filepath.Join(t.TempDir(), "shared", "log")
+	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": logDir})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -65,6 +67,14 @@ func TestServeMetadataOnPostgres(t *testing.T) {
 	}
 	if !strings.Contains(logs, `"store":"postgres://rampart:xxxxx@127.0.0.1`) {
 		t.Errorf("the server does not log its store:\n%s", logs)
+	}
+	// With PostgreSQL the log is opened shared, in log_dir: its first
+	// writer made the empty checkpoint there.
+	if !strings.Contains(logs, `"log_dir":"`+logDir+`","log_shared":true`) {
+		t.Errorf("the server does not log its shared log_dir:\n%s", logs)
+	}
+	if _, err := os.Stat(filepath.Join(logDir, "checkpoint")); err != nil {
+		t.Errorf("no log in log_dir: %v", err)
 	}
 
 	// init on a database that already holds a store is refused.
@@ -115,5 +125,62 @@ func TestStoreErrors(t *testing.T) {
 	var out bytes.Buffer
 	if code := run(context.Background(), []string{"init", "--data", data, "--store", empty}, &out, io.Discard); code != 0 || !strings.Contains(out.String(), "rmp_") {
 		t.Fatalf("init --store on an unused directory: %d\n%s", code, out.String())
+	}
+}
+
+// Two real rampart-server processes over one PostgreSQL database and one
+// shared log directory: one of them takes the background lease; killed
+// with SIGKILL (nothing released), the other takes it over within the
+// lease's TTL and a third of it.
+func TestReplicaTakesOverAfterKill9(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the real server")
+	}
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	wd, _ := os.Getwd()
+	bin, err := attacktest.Build(filepath.Join(wd, "..", ".."), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const ttl = time.Second
+	a, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": filepath.Join(t.TempDir(), "log"), "lease_ttl": ttl.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	b, err := a.Replica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Stop)
+	const took = "took the background lease"
+	var holder, standby *attacktest.Server
+	for deadline := time.Now().Add(10 * time.Second); holder == nil; time.Sleep(20 * time.Millisecond) {
+		switch {
+		case strings.Contains(a.Logs(), took):
+			holder, standby = a, b
+		case strings.Contains(b.Logs(), took):
+			holder, standby = b, a
+		case time.Now().After(deadline):
+			t.Fatalf("no replica took the background lease:\n%s\n%s", a.Logs(), b.Logs())
+		}
+	}
+	time.Sleep(2 * ttl) // the standby's renewal attempts while the holder lives
+	if strings.Contains(standby.Logs(), took) {
+		t.Fatalf("both replicas took the background lease:\n%s\n%s", holder.Logs(), standby.Logs())
+	}
+	killed := time.Now()
+	holder.Kill()
+	bound := ttl + ttl/3 + 2*time.Second // slack: a loaded two-core machine
+	for !strings.Contains(standby.Logs(), took) {
+		if time.Since(killed) > bound {
+			t.Fatalf("the standby did not take over within %v of the holder's SIGKILL:\n%s", bound, standby.Logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("took over %v after SIGKILL (TTL %v)", time.Since(killed), ttl)
+	if !strings.Contains(standby.Logs(), `"lease_ttl":"1s"`) {
+		t.Errorf("the server does not log its lease_ttl:\n%s", standby.Logs())
 	}
 }

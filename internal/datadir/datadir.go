@@ -403,6 +403,11 @@ type OpenOptions struct {
 	// (SQLite, the default), or a PostgreSQL DSN, postgres://USER:PASSWORD@HOST:PORT/DATABASE
 	// (postgres.Open), shared by every replica.
 	Store string
+	// LogDir is the transparency log's directory: empty for DIR/log. With
+	// a PostgreSQL store the log is opened shared (tlog.Shared): replicas
+	// over one database mount one log directory on shared storage, write
+	// it one at a time under the repository's lease, and read it all.
+	LogDir string
 }
 
 // OpenWith opens an initialised data directory: it loads the online keys
@@ -468,7 +473,15 @@ func OpenWith(ctx context.Context, dir string, c server.Config, o OpenOptions) (
 		}
 		return nil, fmt.Errorf("%s: %w (its store has no operator token); run rampart-server init --data %s again: it starts the directory afresh", dir, ErrIncomplete, dir)
 	}
-	lg, err := tlog.Open(ctx, filepath.Join(dir, "log"), signer, signer.Name())
+	logDir := o.LogDir
+	if logDir == "" {
+		logDir = filepath.Join(dir, "log")
+	}
+	var logOpts []tlog.Option
+	if o.Store != "" {
+		logOpts = append(logOpts, tlog.Shared())
+	}
+	lg, err := tlog.Open(ctx, logDir, signer, signer.Name(), logOpts...)
 	if err != nil {
 		db.Close()
 		return nil, err

@@ -2,8 +2,12 @@
 // owns the per-device director repositories, built on demand from the
 // current director root, the device's assignment and the image
 // repository's signed entry (director.Build, which is pure), stored as
-// they are handed out, and cached in memory per (device, assignment,
-// root version). It also keeps the current director root and picks the
+// they are handed out, and cached in memory per (device, assignment and
+// its sequence number, root version). Replicas over one store each keep
+// their own cache: the check-in reads the assignment anyway, so one
+// changed on another replica is seen at the next check-in, and a rebuild
+// builds on the newest stored repository, whichever replica stored it,
+// so a device's director versions never go backwards. It also keeps the current director root and picks the
 // online keys it names (current or, after a rotation, previous). What a
 // pushed director root may be is decided by director.AcceptRoots; HTTP
 // is package server's. A Service is safe for concurrent use.
@@ -14,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -82,8 +87,9 @@ func (s *Service) SetRoot(st *RootState) { s.root.Store(st) }
 func (s *Service) Forget(id string) { s.cache.forget(id) }
 
 // cache keeps each device's current director repository in memory,
-// keyed by (device, assignment, root version), so a check-in that finds
-// nothing new costs a map lookup, not a signature.
+// keyed by (device, assignment and its sequence number, root version),
+// so a check-in that finds nothing new costs a map lookup, not a
+// signature.
 type cache struct {
 	mu      sync.Mutex
 	entries map[string]*entry
@@ -124,6 +130,29 @@ type RootState struct {
 	Version    int64
 	Data       []byte
 	Consistent bool
+}
+
+// ReloadRoot reads the newest director root from the store and makes it
+// the current one if it is newer: a root another replica accepted
+// becomes this replica's within one reload (Server.Run's interval).
+func (s *Service) ReloadRoot(ctx context.Context) error {
+	cur := s.root.Load()
+	if cur == nil {
+		return nil // loaded at the first use
+	}
+	d, err := s.store.Doc(ctx, Repo, metadata.ROOT, 0)
+	if err != nil {
+		return err
+	}
+	if d.Version <= cur.Version {
+		return nil
+	}
+	rt, err := metadata.Root().FromBytes(d.Data)
+	if err != nil {
+		return err
+	}
+	s.root.CompareAndSwap(cur, &RootState{Version: d.Version, Data: d.Data, Consistent: rt.Signed.ConsistentSnapshot})
+	return nil
 }
 
 // Root returns the newest director root, loading it once.
@@ -198,7 +227,10 @@ func (s *Service) For(ctx context.Context, id string) (*director.Repo, *RootStat
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	now := s.now()
-	key := director.CacheKey(id, a.Target, root.Version)
+	// The assignment's sequence number is in the key: another replica may
+	// have changed the assignment and changed it back (X, Y, X), and the
+	// repository it built for each is newer than this replica's.
+	key := director.CacheKey(id, a.Target, root.Version) + "#" + strconv.FormatUint(a.Seq, 10)
 	if e.repo != nil && e.key == key && now.Before(e.refreshAt) {
 		return e.repo, root, nil
 	}
@@ -206,11 +238,13 @@ func (s *Service) For(ctx context.Context, id string) (*director.Repo, *RootStat
 	if err != nil {
 		return nil, nil, err
 	}
-	prev := e.repo
-	if prev == nil {
-		if prev, err = s.load(ctx, id); err != nil {
-			return nil, nil, err
-		}
+	// Build on the newest stored repository, not only this replica's
+	// cached one: another replica may have stored newer versions (for a
+	// newer assignment, or a renewal), and a version built on an older
+	// one would collide with them and go backwards for the device.
+	prev, err := s.latest(ctx, id, e.repo)
+	if err != nil {
+		return nil, nil, err
 	}
 	as := director.Assignment{DeviceID: id, HardwareID: dev.HardwareID, Target: a.Target}
 	if a.Target != "" {
@@ -233,6 +267,9 @@ func (s *Service) For(ctx context.Context, id string) (*director.Repo, *RootStat
 		return nil, nil, err
 	}
 	if prev == nil || repo.Versions != prev.Versions {
+		// Another replica storing the same versions at the same moment
+		// makes this a conflict (store.ErrConflict): the device gets the
+		// stored ones at its next check-in.
 		err := s.store.PutDocs(ctx,
 			store.Doc{Repo: Repo + "/" + id, Role: metadata.TARGETS, Version: repo.Versions.Targets, Data: repo.Targets},
 			store.Doc{Repo: Repo + "/" + id, Role: metadata.SNAPSHOT, Version: repo.Versions.Snapshot, Data: repo.Snapshot},
@@ -255,6 +292,22 @@ func (s *Service) For(ctx context.Context, id string) (*director.Repo, *RootStat
 	}
 	e.key, e.repo, e.refreshAt = key, repo, renew
 	return repo, root, nil
+}
+
+// latest returns the device's newest stored repository: cached when the
+// stored timestamp's version is the cached one's (one read), loaded
+// otherwise.
+func (s *Service) latest(ctx context.Context, id string, cached *director.Repo) (*director.Repo, error) {
+	if cached != nil {
+		d, err := s.store.Doc(ctx, Repo+"/"+id, metadata.TIMESTAMP, 0)
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return nil, err
+		}
+		if err == nil && d.Version == cached.Versions.Timestamp {
+			return cached, nil
+		}
+	}
+	return s.load(ctx, id)
 }
 
 func (s *Service) load(ctx context.Context, id string) (*director.Repo, error) {

@@ -33,6 +33,16 @@ func (s *Service) ExpireBlobs(ctx context.Context, grace time.Duration) (int, er
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// A push on another replica may be about to name blobs this would
+	// take for unreferenced: expire them when no push runs anywhere.
+	unhold, err := s.hold(ctx)
+	if errors.Is(err, errBusy) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer unhold()
 	if _, err := s.store.PendingPush(ctx); err == nil {
 		return 0, nil
 	} else if !errors.Is(err, store.ErrNotFound) {

@@ -36,6 +36,7 @@ import (
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/lease"
 	"github.com/rampartfw/rampart/internal/logproof"
 	"github.com/rampartfw/rampart/internal/onlineroles"
 	"github.com/rampartfw/rampart/internal/pushaccept"
@@ -98,7 +99,17 @@ type Config struct {
 	Expiry Expiry
 	Logger *slog.Logger
 	Now    func() time.Time
+	// Lease, when set, is the repository's lease in the shared store
+	// (package lease): the cluster-wide writer lock of the image
+	// repository and of the transparency log, held for each push,
+	// refresh, recovery and blob expiry, so that replicas over one
+	// database never write them at once. Nil for one server process
+	// (its mutex is enough).
+	Lease *lease.Lease
 }
+
+// LeaseName is the name of the repository's lease in the store.
+const LeaseName = "repository"
 
 // Service is the hosted image repository. It is safe for concurrent use.
 type Service struct {
@@ -110,15 +121,49 @@ type Service struct {
 	expiry         Expiry
 	logger         *slog.Logger
 	now            func() time.Time
-	// mu serialises writers of the repository within a process; the
-	// store's version conflicts protect across replicas.
-	mu sync.Mutex
+	// mu serialises writers of the repository within a process; lease
+	// (when set) across replicas.
+	mu    sync.Mutex
+	lease *lease.Lease
 }
 
 // New returns a Service. It does not finish a pending push: call Recover.
 func New(c Config) *Service {
 	return &Service{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: c.Online,
-		expiry: c.Expiry, logger: c.Logger, now: c.Now}
+		expiry: c.Expiry, logger: c.Logger, now: c.Now, lease: c.Lease}
+}
+
+// errBusy: another replica holds the repository's lease.
+var errBusy = errors.New("another replica holds the repository's lease")
+
+// hold takes the repository's lease across replicas for one piece of
+// work; the caller holds mu. It fails with errBusy (wrapped, naming the
+// holder) when another replica has it. Every taker of the lease finishes
+// a pending push first, so a push whose replica died mid-way is finished
+// by whichever replica writes the repository next.
+func (s *Service) hold(ctx context.Context) (release func(), err error) {
+	if s.lease == nil {
+		return func() {}, nil
+	}
+	held, release, err := s.lease.Hold(ctx)
+	if err != nil {
+		return nil, wrapf(err, "taking the repository's lease")
+	}
+	if !held {
+		return nil, fmt.Errorf("%w (%s)", errBusy, s.lease.Owner())
+	}
+	return release, nil
+}
+
+// fenced fails once this replica may no longer hold the repository's
+// lease (it could not renew it in time, e.g. it lost the database), so
+// that it stops writing the log and the repository before another
+// replica may take over.
+func (s *Service) fenced() error {
+	if s.lease == nil || s.lease.Held() {
+		return nil
+	}
+	return fmt.Errorf("the repository's lease (%s) was lost: this replica could not renew it in time; stopping before another replica takes over", s.lease.Name())
 }
 
 // Lock and Unlock hold the repository's writer lock, for the server's
@@ -142,7 +187,8 @@ const (
 	BadIndex Code = "bad-index"
 	// OnlineKeys: the root does not name this server's online keys.
 	OnlineKeys Code = "online-keys"
-	// Conflict: another server process is pushing.
+	// Conflict: another server process is pushing (or writing the
+	// repository: a refresh, a recovery).
 	Conflict Code = "conflict"
 	// ReleaseLogged: a release name is logged with other content.
 	ReleaseLogged Code = "release-logged"
@@ -231,6 +277,14 @@ type Origin struct {
 func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	release, err := s.hold(ctx)
+	if errors.Is(err, errBusy) {
+		return nil, refuse(Conflict, "another push is in progress on another server replica (%s holds the repository's lease); fetch the current state and retry when it is done", s.lease.Owner())
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	if err := s.finishPendingPush(ctx); err != nil {
 		return nil, err
 	}
@@ -423,6 +477,16 @@ func (s *Service) readBlob(ctx context.Context, digest string, length int64) ([]
 func (s *Service) RefreshOnline(ctx context.Context) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// Another replica writing the repository (a push) signs the online
+	// roles itself; the next refresh comes an interval later.
+	release, err := s.hold(ctx)
+	if errors.Is(err, errBusy) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer release()
 	// A pending push holds the next snapshot and timestamp versions.
 	if err := s.finishPendingPush(ctx); err != nil {
 		return false, err
@@ -486,6 +550,9 @@ func (s *Service) RefreshOnline(ctx context.Context) (bool, error) {
 			return false, err
 		}
 		docs = append(docs, store.Doc{Repo: Repo, Role: metadata.TIMESTAMP, Version: tsDoc.Version + 1, Data: tsBytes})
+	}
+	if err := s.fenced(); err != nil {
+		return false, err
 	}
 	if err := s.store.PutDocs(ctx, docs...); err != nil {
 		return false, err

@@ -150,6 +150,9 @@ func (s *Service) finishPush(ctx context.Context, p *pendingPush, resumed bool) 
 		}
 		idx, found := inLog[string(st.Leaf)]
 		if !found {
+			if err := s.fenced(); err != nil {
+				return err
+			}
 			if idx, _, err = s.log.Append(ctx, st.Leaf); err != nil {
 				return wrapf(err, "logging %s", st.Target)
 			}
@@ -170,6 +173,9 @@ func (s *Service) finishPush(ctx context.Context, p *pendingPush, resumed bool) 
 		for k, v := range p.Detail {
 			detail[k] = v
 		}
+	}
+	if err := s.fenced(); err != nil {
+		return err
 	}
 	err := s.store.Atomic(ctx, func(tx store.Tx) error {
 		if err := tx.PutChunks(ctx, p.Chunks); err != nil {
@@ -274,8 +280,21 @@ func (s *Service) checkLogged(ctx context.Context, req Push) error {
 // Recover finishes, as the server starts, a push that a crash
 // interrupted after it was accepted, so that the log and the repository
 // agree before anything is served.
+//
+// With replicas it finishes the push only when it gets the repository's
+// lease: a pending push while another replica holds it is that replica's
+// push in progress, which it finishes, or, if it dies, the next replica
+// to take the lease does (a push, or the background work's refresh).
 func (s *Service) Recover(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	release, err := s.hold(ctx)
+	if errors.Is(err, errBusy) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer release()
 	return s.finishPendingPush(ctx)
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"strconv"
 
 	"github.com/rampartfw/rampart/internal/api"
 	"github.com/rampartfw/rampart/internal/blob"
@@ -28,7 +29,14 @@ type apiError struct {
 	Role    string `json:"role,omitempty"`
 	// cause is the failure behind a 5xx, for the server log only.
 	cause error
+	// retryAfter, when positive, is sent as Retry-After (seconds).
+	retryAfter int
 }
+
+// storeRetryAfter is the Retry-After of a request refused because the
+// metadata store is unavailable: long enough not to hammer a database
+// coming back, short enough that a device retries soon after.
+const storeRetryAfter = 5
 
 func (e *apiError) Error() string { return e.Message }
 
@@ -52,6 +60,14 @@ func toAPIError(err error) *apiError {
 	var fr *fleet.Refusal
 	switch {
 	case errors.As(err, &ae):
+		return ae
+	case errors.Is(err, store.ErrUnavailable):
+		// The database is down or the connection to it broke: nothing
+		// the request did is committed (a transaction whose connection
+		// breaks is rolled back), and the server answers again as soon
+		// as the database is back, without a restart.
+		ae := errorf(http.StatusServiceUnavailable, "store-unavailable", "the metadata store is unavailable; nothing was changed; retry in a few seconds")
+		ae.cause, ae.retryAfter = err, storeRetryAfter
 		return ae
 	case errors.As(err, &fr):
 		return &apiError{Status: fleetStatus[fr.Kind], Code: string(fr.Code), Message: fr.Msg}
@@ -128,6 +144,9 @@ func writeError(w http.ResponseWriter, e *apiError) {
 		if x := exchangeOf(w); x != nil {
 			x.recordFailure(e)
 		}
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.Itoa(e.retryAfter))
 	}
 	writeJSON(w, e.Status, api.ErrorBody{Error: e.wire()})
 }

@@ -455,6 +455,13 @@ func (s *Server) finish(x *exchange, r *http.Request) {
 	if timedOut {
 		s.metrics.bodyTimeouts.Inc()
 	}
+	// An unavailable store is an outage the operator must see, but one
+	// every request meets while it lasts: one line per rateLogInterval.
+	if failure != nil && failure.Code == "store-unavailable" {
+		storeUnavailableLog.log(s.logger, "the metadata store is unavailable: requests are answered 503 store-unavailable with Retry-After",
+			"route", r.Pattern, "request_id", r.Header.Get("X-Request-Id"), "err", fmt.Sprint(failure.cause))
+		return
+	}
 	// 503s (busy, not ready) are answers, not failures.
 	if status != http.StatusInternalServerError {
 		return
@@ -470,6 +477,10 @@ func (s *Server) finish(x *exchange, r *http.Request) {
 	}
 	s.logger.Error("request failed", attrs...)
 }
+
+// storeUnavailableLog limits the log lines of requests refused because
+// the store is unavailable.
+var storeUnavailableLog rateLog
 
 // guardedBody reports each read of a request body to its exchange.
 type guardedBody struct {

@@ -36,6 +36,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +50,7 @@ import (
 	"github.com/rampartfw/rampart/internal/hosteddirector"
 	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
+	"github.com/rampartfw/rampart/internal/lease"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/store"
 	"github.com/rampartfw/rampart/internal/tlog"
@@ -107,9 +109,21 @@ type Config struct {
 	BlobLimits *blob.Limits
 	// DataDir, when set, is probed for writability by /readyz.
 	DataDir string
-	Logger  *slog.Logger
-	Now     func() time.Time
+	// ReplicaID names this server among replicas over one store, as the
+	// holder of leases (package lease); empty takes lease.NewHolderID().
+	ReplicaID string
+	// LeaseTTL is the lifetime of the leases this server takes (the
+	// background work's, the repository's): a replica that dies holding
+	// one is replaced within LeaseTTL and a third of it. Zero takes
+	// lease.DefaultTTL.
+	LeaseTTL time.Duration
+	Logger   *slog.Logger
+	Now      func() time.Time
 }
+
+// BackgroundLease is the name of the lease whose holder does the
+// background work that must happen once across replicas (Run).
+const BackgroundLease = "background"
 
 // Server serves the API. It is safe for concurrent use.
 type Server struct {
@@ -155,6 +169,14 @@ type Server struct {
 	auditBudget  *keyedLimiter
 	// lastBlobSweep is when ExpireBlobs last ran from Run.
 	lastBlobSweep time.Time
+	// background is the lease of the work done once across replicas
+	// (Run); repository the image repository's (hostedrepo).
+	background *lease.Lease
+	// backgroundRuns counts the rounds of leased work this server did;
+	// onBackground, when set (tests), is called with each round's start
+	// and end.
+	backgroundRuns atomic.Int64
+	onBackground   func(start, end time.Time)
 }
 
 // New returns a Server.
@@ -171,11 +193,15 @@ func New(c Config) (*Server, error) {
 	if c.Now == nil {
 		c.Now = time.Now
 	}
+	if c.ReplicaID == "" {
+		c.ReplicaID = lease.NewHolderID()
+	}
 	s := &Server{store: c.Store, blobs: c.Blobs, log: c.Log, logVerifierKey: c.LogVerifierKey, online: append([]keys.Signer{c.Snapshot, c.Timestamp}, c.PreviousOnline...), previousDirectorKeys: c.PreviousDirectorKeys,
 		expiry: c.Expiry, logger: c.Logger, now: c.Now, metrics: newMetrics(), deviceCA: c.DeviceCA, manufacturers: c.ManufacturerCAs, directorKeys: c.DirectorKeys,
-		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults()}
+		limits: c.Limits.withDefaults(), ready: &readiness{dir: c.DataDir, logger: c.Logger}, retention: c.Retention.withDefaults(),
+		background: lease.New(c.Store, BackgroundLease, c.ReplicaID, c.LeaseTTL)}
 	s.images = hostedrepo.New(hostedrepo.Config{Store: c.Store, Blobs: c.Blobs, Log: c.Log, LogVerifierKey: c.LogVerifierKey, Online: s.online,
-		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now})
+		Expiry: hostedrepo.Expiry(c.Expiry), Logger: c.Logger, Now: c.Now, Lease: lease.New(c.Store, hostedrepo.LeaseName, c.ReplicaID, c.LeaseTTL)})
 	s.fleet = fleet.New(fleet.Config{Store: c.Store, Catalog: catalog{s.images}, DeviceCA: c.DeviceCA, Manufacturers: c.ManufacturerCAs, Now: c.Now,
 		OnlineKeys: onlineKeyIDs(s.online, c.DirectorKeys, c.PreviousDirectorKeys), Log: c.Log, LogKey: c.LogVerifierKey})
 	s.directors = hosteddirector.New(hosteddirector.Config{Store: c.Store, Keys: c.DirectorKeys, Previous: c.PreviousDirectorKeys,
@@ -200,6 +226,17 @@ func New(c Config) (*Server, error) {
 		return float64(n)
 	}))
 	s.metrics.reg.MustRegister(newFleetCollector(s.fleet, c.Logger, c.Now))
+	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "rampart_background_lease_held", Help: "1 while this replica holds the lease of the background work done once across replicas (timestamp refresh, retention, rollout advancement), else 0.",
+	}, func() float64 {
+		if s.background.Held() {
+			return 1
+		}
+		return 0
+	}))
+	s.metrics.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "rampart_background_runs_total", Help: "Rounds of the background work done once across replicas that this replica ran.",
+	}, func() float64 { return float64(s.backgroundRuns.Load()) }))
 	s.metrics.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "rampart_http_unauthenticated_in_flight", Help: "Requests without credentials being served (see Limits.MaxUnauthenticated).",
 	}, func() float64 { return float64(s.anonymous.n.Load()) }))
@@ -461,32 +498,80 @@ func refusal(err error) *apiError {
 
 func operatorActor(r *http.Request) string { return "token:" + operator(r.Context()).Name }
 
-// Run refreshes the online roles until ctx ends: every interval it renews
-// the timestamp (and the snapshot) when less than half its lifetime is
-// left, so clients never see the repository expire while the server runs,
-// and reloads the revoked devices, so revocations made by other replicas
-// reach this one's TLS handshakes within an interval, and removes upload
-// files abandoned for a day.
+// Run does the server's background work until ctx ends, every interval.
+// Each replica, whether or not it holds the background lease:
+//
+//   - reloads the revoked devices, so revocations made by other replicas
+//     reach this one's TLS handshakes within an interval;
+//   - reloads the director root, so a root another replica accepted is
+//     the one this replica signs under within an interval;
+//   - removes its own upload files abandoned for a day.
+//
+// Only the replica holding the background lease (BackgroundLease, kept
+// by a goroutine that renews it every third of its TTL) does the work
+// that must happen once across replicas (leasedWork): renewing the
+// timestamp (and the snapshot) when less than half its lifetime is left,
+// retention (audit pruning, blob expiry) and advancing rollouts. A
+// replica that takes the lease over starts that work at once. When ctx
+// ends the lease is released, so another replica takes over at once; a
+// replica that dies leaves it to expire, and another takes over within
+// LeaseTTL and a third of it.
 func (s *Server) Run(ctx context.Context, interval time.Duration) {
+	acquired := make(chan struct{}, 1)
+	kept := make(chan struct{})
+	go func() {
+		defer close(kept)
+		s.background.Keep(ctx, func() {
+			s.logger.Info("took the background lease: this replica now does the background work", "replica", s.background.Holder())
+			select {
+			case acquired <- struct{}{}:
+			default:
+			}
+		}, func(err error) { s.logger.Error("renewing the background lease", "err", err) })
+	}()
+	defer func() { <-kept }()
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if _, err := s.RefreshOnline(ctx); err != nil && !errors.Is(err, hostedrepo.ErrNoRepository) {
-			s.logger.Error("refreshing timestamp", "err", err)
-		}
 		if err := s.ReloadRevocations(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("reloading revoked devices", "err", err)
 		}
+		if err := s.directors.ReloadRoot(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("reloading the director root", "err", err)
+		}
 		s.cleanUploads()
-		s.enforceRetention(ctx)
-		if err := s.StepRollouts(ctx); err != nil && ctx.Err() == nil {
-			s.logger.Error("rollout engine", "err", err)
+		if s.background.Held() {
+			s.leasedWork(ctx)
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-acquired:
 		}
+	}
+}
+
+// leasedWork is one round of the work done once across replicas, by the
+// holder of the background lease. The lease is checked before each step:
+// a replica that could not renew it in time (it lost the database)
+// stops before another may take over.
+func (s *Server) leasedWork(ctx context.Context) {
+	start := time.Now()
+	s.backgroundRuns.Add(1)
+	if _, err := s.RefreshOnline(ctx); err != nil && !errors.Is(err, hostedrepo.ErrNoRepository) && ctx.Err() == nil {
+		s.logger.Error("refreshing timestamp", "err", err)
+	}
+	if s.background.Held() {
+		s.enforceRetention(ctx)
+	}
+	if s.background.Held() {
+		if err := s.StepRollouts(ctx); err != nil && ctx.Err() == nil {
+			s.logger.Error("rollout engine", "err", err)
+		}
+	}
+	if s.onBackground != nil {
+		s.onBackground(start, time.Now())
 	}
 }
 

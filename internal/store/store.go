@@ -39,6 +39,11 @@ var (
 	// ErrSchemaTooNew: Open found a schema migrated by a newer program;
 	// it changes nothing, and the program must be upgraded.
 	ErrSchemaTooNew = errors.New("database schema is newer than this program knows")
+	// ErrUnavailable: the store could not be reached (the database is
+	// down, or the connection to it was cut). Nothing the failed call
+	// did is committed, and the same store works again once the
+	// database is back: the caller may retry later.
+	ErrUnavailable = errors.New("the metadata store is unavailable")
 )
 
 // Doc is one versioned metadata document of a repository. Repo is "image"
@@ -506,9 +511,31 @@ type Tx interface {
 	Incidents
 }
 
+// Leases grant named, expiring leases, so that work meant to happen
+// once across replicas (the background work, a push) has one holder at a
+// time. A lease is held by one holder until it releases it or until ttl
+// after its latest acquisition or renewal, measured by the store's own
+// clock (the database's, for a shared store), so replicas whose clocks
+// disagree still agree on who holds it. A holder must stop acting on a
+// lease before the store lets another take it: it counts ttl from the
+// moment it sent the request (package lease does), which is never later
+// than the moment the store counts it from.
+type Leases interface {
+	// Lease acquires the lease name for holder, or renews it when holder
+	// holds it already, for ttl from now. When another holder holds it
+	// unexpired, held is false and owner names that holder; otherwise
+	// held is true and owner is holder.
+	Lease(ctx context.Context, name, holder string, ttl time.Duration) (held bool, owner string, err error)
+	// ReleaseLease gives the lease up if holder holds it (if it does not,
+	// it changes nothing and is not an error), so another may take it at
+	// once.
+	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
 // Store is everything the server keeps.
 type Store interface {
 	Tx
+	Leases
 	// Atomic runs f in one transaction and commits every change f made
 	// through tx, audit entries included, if f returns nil; if f returns
 	// an error (or the commit fails) nothing f did is stored, and that

@@ -12,11 +12,20 @@
 // One process writes a log directory at a time: Open refuses a directory
 // this process already has open (tessera's advisory file locks do not
 // exclude a second writer inside the same process).
+//
+// Replicas share one log (Shared): the directory sits on storage every
+// replica mounts (a POSIX file system with working fcntl locks and atomic
+// rename: CephFS, NFSv4, EFS), each replica reads checkpoints, tiles and
+// entry bundles from the files, and a writer exists only for the length
+// of one Append or Settle, run by the replica holding the repository's
+// lease (package hostedrepo), so there is one writer at a time across
+// replicas, which is what tessera's POSIX driver assumes.
 package tlog
 
 import (
 	"context"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -62,6 +71,18 @@ type options struct {
 	batchAge   time.Duration
 	cpInterval time.Duration
 	poll       time.Duration
+	shared     bool
+}
+
+// Shared opens the log as one of several replicas' (see the package
+// comment): Open starts no writer and does not claim the directory for
+// this process; Append and Settle each run tessera's appender for their
+// own duration, one at a time per directory in this process (fcntl locks
+// do not exclude within a process), and the caller serialises them
+// across replicas (the repository's lease). Every read goes to the
+// files, so what one replica appended is served by all of them.
+func Shared() Option {
+	return func(o *options) { o.shared = true }
 }
 
 // WithBatching sets how many entries, or how long, tessera collects before
@@ -80,11 +101,15 @@ func WithCheckpointInterval(d time.Duration) Option {
 type Log struct {
 	dir      string
 	origin   string
-	appender *tessera.Appender
-	reader   tessera.LogReader
-	awaiter  *tessera.PublicationAwaiter
-	shutdown func(context.Context) error
+	appender *tessera.Appender // nil when shared
+	reader   logReader
+	awaiter  *tessera.PublicationAwaiter // nil when shared
+	shutdown func(context.Context) error // nil when shared
 	cancel   context.CancelFunc
+	// shared: see Shared; appendOpts and poll make its writers.
+	shared     bool
+	appendOpts func() *tessera.AppendOptions
+	poll       time.Duration
 
 	mu     sync.RWMutex // guards closed against Close racing with calls
 	closed bool
@@ -93,7 +118,47 @@ type Log struct {
 var (
 	openMu   sync.Mutex
 	openDirs = map[string]bool{}
+	// sharedWriters serialises the writers of shared logs by directory
+	// within this process.
+	sharedWriters sync.Map // absolute dir -> *sync.Mutex
 )
+
+// logReader is what the log reads of its directory: tessera's reader of
+// its own appender, or, for a shared log, the files directly.
+type logReader interface {
+	ReadCheckpoint(ctx context.Context) ([]byte, error)
+	ReadTile(ctx context.Context, level, index uint64, p uint8) ([]byte, error)
+	ReadEntryBundle(ctx context.Context, index uint64, p uint8) ([]byte, error)
+	NextIndex(ctx context.Context) (uint64, error)
+}
+
+// fileReader reads a log directory in tessera's POSIX layout, as another
+// replica's writer left it: every file there is replaced by an atomic
+// rename, so a read sees a whole old or a whole new file.
+type fileReader struct {
+	client.FileFetcher
+	dir string
+}
+
+// NextIndex is the size of the tree the writers have integrated (it may
+// be ahead of the published checkpoint), from tessera's private state
+// file.
+func (f fileReader) NextIndex(context.Context) (uint64, error) {
+	raw, err := os.ReadFile(filepath.Join(f.dir, ".state", "treeState"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var st struct {
+		Size uint64 `json:"size"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return 0, fmt.Errorf("tlog: %s: %w", filepath.Join(f.dir, ".state", "treeState"), err)
+	}
+	return st.Size, nil
+}
 
 // Open opens the log in dir, creating it (with a signed empty checkpoint)
 // if dir holds no log yet. signer signs checkpoints; its name must equal
@@ -149,16 +214,30 @@ func Open(ctx context.Context, dir string, signer note.Signer, origin string, op
 		return nil, fmt.Errorf("tlog: %w", err)
 	}
 
+	appendOpts := func() *tessera.AppendOptions {
+		return tessera.NewAppendOptions().
+			WithCheckpointSigner(signer).
+			WithBatching(o.batchSize, o.batchAge).
+			WithCheckpointInterval(o.cpInterval)
+	}
+	if o.shared {
+		l := &Log{dir: abs, origin: origin, reader: fileReader{client.FileFetcher{Root: abs}, abs}, cancel: func() {},
+			shared: true, appendOpts: appendOpts, poll: o.poll}
+		// A new log gets its empty checkpoint from its first writer.
+		if _, err := os.Stat(filepath.Join(abs, layout.CheckpointPath)); errors.Is(err, fs.ErrNotExist) {
+			if _, err := l.Settle(ctx); err != nil {
+				return nil, err
+			}
+		}
+		return l, nil
+	}
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	drv, err := posix.New(bg, posix.Config{Path: abs})
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("tlog: posix driver: %w", err)
 	}
-	app, shutdown, reader, err := tessera.NewAppender(bg, drv, tessera.NewAppendOptions().
-		WithCheckpointSigner(signer).
-		WithBatching(o.batchSize, o.batchAge).
-		WithCheckpointInterval(o.cpInterval))
+	app, shutdown, reader, err := tessera.NewAppender(bg, drv, appendOpts())
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("tlog: appender: %w", err)
@@ -212,11 +291,51 @@ func (l *Log) Append(ctx context.Context, leaf []byte) (index uint64, checkpoint
 		return 0, nil, err
 	}
 	defer l.leave()
+	if l.shared {
+		var idx tessera.Index
+		var cp []byte
+		err := l.withWriter(ctx, func(app *tessera.Appender, aw *tessera.PublicationAwaiter) error {
+			var err error
+			idx, cp, err = aw.Await(ctx, app.Add(ctx, tessera.NewEntry(leaf)))
+			return err
+		})
+		if err != nil {
+			return 0, nil, fmt.Errorf("tlog: append: %w", err)
+		}
+		return idx.Index, cp, nil
+	}
 	idx, cp, err := l.awaiter.Await(ctx, l.appender.Add(ctx, tessera.NewEntry(leaf)))
 	if err != nil {
 		return 0, nil, fmt.Errorf("tlog: append: %w", err)
 	}
 	return idx.Index, cp, nil
+}
+
+// withWriter runs f with a tessera appender over a shared log's
+// directory, then shuts it down (waiting until what f added is
+// published) and stops its background work, so that no writer outlives
+// the caller's hold on the repository's lease.
+func (l *Log) withWriter(ctx context.Context, f func(app *tessera.Appender, aw *tessera.PublicationAwaiter) error) error {
+	mu, _ := sharedWriters.LoadOrStore(l.dir, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	defer mu.(*sync.Mutex).Unlock()
+	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	drv, err := posix.New(bg, posix.Config{Path: l.dir})
+	if err != nil {
+		return fmt.Errorf("posix driver: %w", err)
+	}
+	app, shutdown, reader, err := tessera.NewAppender(bg, drv, l.appendOpts())
+	if err != nil {
+		return fmt.Errorf("appender: %w", err)
+	}
+	ferr := f(app, tessera.NewPublicationAwaiter(bg, reader.ReadCheckpoint, l.poll))
+	sctx, scancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer scancel()
+	if err := shutdown(sctx); err != nil && ferr == nil {
+		ferr = fmt.Errorf("shutting the writer down: %w", err)
+	}
+	return ferr
 }
 
 // AppendStatement logs the canonical encoding of s and returns a Proof of
@@ -378,14 +497,35 @@ func (l *Log) Settle(ctx context.Context) (uint64, error) {
 	if err != nil {
 		return 0, fmt.Errorf("tlog: next index: %w", err)
 	}
+	if l.shared {
+		// Nothing publishes a shared log between writers: if a writer
+		// died between integrating entries and publishing them (or
+		// before the first checkpoint), run one until they are.
+		if size, err := l.Size(ctx); err == nil && size >= next {
+			return size, nil
+		}
+		var size uint64
+		err := l.withWriter(ctx, func(*tessera.Appender, *tessera.PublicationAwaiter) error {
+			var err error
+			size, err = l.awaitPublished(ctx, next)
+			return err
+		})
+		return size, err
+	}
+	return l.awaitPublished(ctx, next)
+}
+
+// awaitPublished polls the published checkpoint until it covers next
+// entries, and returns its size.
+func (l *Log) awaitPublished(ctx context.Context, next uint64) (uint64, error) {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		size, err := l.Size(ctx)
-		if err != nil {
+		if err != nil && !(l.shared && errors.Is(err, fs.ErrNotExist)) {
 			return 0, err
 		}
-		if size >= next {
+		if err == nil && size >= next {
 			return size, nil
 		}
 		select {
@@ -440,6 +580,9 @@ func (l *Log) Close() error {
 	}
 	l.closed = true
 	l.mu.Unlock()
+	if l.shared {
+		return nil // its writers lived for one call each
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	err := l.shutdown(ctx)

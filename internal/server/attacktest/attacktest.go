@@ -67,6 +67,7 @@ type Server struct {
 	cmd                            *exec.Cmd
 	logs                           *syncbuf.Buffer
 	admin                          *http.Client
+	bin, cfgPath                   string
 }
 
 // Start initialises a data directory in dir, writes config (JSON members
@@ -88,14 +89,45 @@ func Start(bin, dir string, config map[string]any) (*Server, error) {
 		}
 		return nil, fmt.Errorf("init: %w", err)
 	}
-	s := &Server{Data: data, Admin: regexp.MustCompile(`rmp_[A-Za-z0-9_-]+`).FindString(string(out)), logs: &syncbuf.Buffer{}}
-	s.cmd = exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0", "--config", cfgPath)
-	stderr, err := s.cmd.StderrPipe()
-	if err != nil {
+	s := &Server{Data: data, Admin: regexp.MustCompile(`rmp_[A-Za-z0-9_-]+`).FindString(string(out)), logs: &syncbuf.Buffer{}, bin: bin, cfgPath: cfgPath}
+	if err := s.serve(); err != nil {
 		return nil, err
 	}
-	if err := s.cmd.Start(); err != nil {
+	if err := s.pushDirectorRoot(); err != nil {
+		s.Stop()
 		return nil, err
+	}
+	return s, nil
+}
+
+// Replica starts another rampart-server serving s's data directory with
+// s's configuration (with a "store" and a shared "log_dir", a replica of
+// s), until its Stop or Kill.
+func (s *Server) Replica() (*Server, error) {
+	r := &Server{Data: s.Data, Admin: s.Admin, logs: &syncbuf.Buffer{}, bin: s.bin, cfgPath: s.cfgPath}
+	if err := r.serve(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// Kill kills the server with SIGKILL: no graceful stop, nothing released.
+func (s *Server) Kill() {
+	s.cmd.Process.Kill()
+	s.cmd.Wait()
+}
+
+// serve starts rampart-server serve on s's data directory and waits
+// until it serves.
+func (s *Server) serve() error {
+	data := s.Data
+	s.cmd = exec.Command(s.bin, "serve", "--data", data, "--listen", "127.0.0.1:0", "--config", s.cfgPath)
+	stderr, err := s.cmd.StderrPipe()
+	if err != nil {
+		return err
+	}
+	if err := s.cmd.Start(); err != nil {
+		return err
 	}
 	found := make(chan struct{}, 1)
 	go func() {
@@ -119,28 +151,24 @@ func Start(bin, dir string, config map[string]any) (*Server, error) {
 	case <-found:
 	case <-time.After(60 * time.Second):
 		s.Stop()
-		return nil, fmt.Errorf("the server did not start:\n%s", s.logs.String())
+		return fmt.Errorf("the server did not start:\n%s", s.logs.String())
 	}
 	caPEM, err := os.ReadFile(filepath.Join(data, "ca.pem"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if s.Pool, err = pki.CertPoolFromPEM(caPEM); err != nil {
-		return nil, err
+		return err
 	}
 	dcaPEM, err := os.ReadFile(filepath.Join(data, "device-ca.pem"))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if s.DeviceCA, err = pki.ParseCertPEM(dcaPEM); err != nil {
-		return nil, err
+		return err
 	}
 	s.admin = s.Client(nil, true)
-	if err := s.pushDirectorRoot(); err != nil {
-		s.Stop()
-		return nil, err
-	}
-	return s, nil
+	return nil
 }
 
 // Stop stops the server.

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"strconv"
@@ -99,8 +100,17 @@ func TestDatabaseOutageAndRecovery(t *testing.T) {
 	if err == nil {
 		t.Fatal("a transaction committed through a cut connection")
 	}
-	if _, err := s.Device(ctx, "d"); err == nil {
-		t.Fatal("read through a cut database")
+	if !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("a transaction cut mid-way: %v, want store.ErrUnavailable", err)
+	}
+	if _, err := s.Device(ctx, "d"); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("read through a cut database: %v, want store.ErrUnavailable", err)
+	}
+	if err := s.CreateDevice(ctx, store.Device{ID: "x", HardwareID: "hw", CertSerial: "9", EnrolledAt: now}); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("write through a cut database: %v, want store.ErrUnavailable", err)
+	}
+	if _, _, err := s.Lease(ctx, "work", "a", time.Second); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("lease through a cut database: %v, want store.ErrUnavailable", err)
 	}
 	p.restore()
 	deadline := time.Now().Add(10 * time.Second)

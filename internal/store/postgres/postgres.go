@@ -216,7 +216,7 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("%s: %w", Redact(dsn), err)
 	}
-	return &DB{conn: conn{q: pool, pool: pool}, pool: pool}, nil
+	return &DB{conn: conn{q: classified{pool}, pool: pool}, pool: pool}, nil
 }
 
 // redactErr hides pw in err's message, in case a driver ever quotes it.
@@ -313,18 +313,18 @@ func retryable(err error) bool {
 func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 	tx, err := s.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return fmt.Errorf("begin transaction: %w", unavailable(err))
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
 		tx.Rollback(ctx)
-		return fmt.Errorf("writer lock: %w", err)
+		return fmt.Errorf("writer lock: %w", unavailable(err))
 	}
-	if err := f(&conn{q: tx, savepoints: new(atomic.Uint64)}); err != nil {
+	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64)}); err != nil {
 		tx.Rollback(ctx)
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return fmt.Errorf("commit: %w", unavailable(err))
 	}
 	return nil
 }
@@ -372,18 +372,18 @@ func (c *conn) atomic(ctx context.Context, f func(c *conn) error) error {
 func (c *conn) txOnce(ctx context.Context, f func(c *conn) error) error {
 	tx, err := c.pool.Begin(ctx)
 	if err != nil {
-		return fmt.Errorf("begin transaction: %w", err)
+		return fmt.Errorf("begin transaction: %w", unavailable(err))
 	}
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, writerLock); err != nil {
 		tx.Rollback(ctx)
-		return fmt.Errorf("writer lock: %w", err)
+		return fmt.Errorf("writer lock: %w", unavailable(err))
 	}
-	if err := f(&conn{q: tx, savepoints: new(atomic.Uint64)}); err != nil {
+	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64)}); err != nil {
 		tx.Rollback(ctx)
 		return err
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return fmt.Errorf("commit: %w", unavailable(err))
 	}
 	return nil
 }

@@ -26,6 +26,7 @@ import (
 // DB is a SQLite-backed store. It is safe for concurrent use.
 type DB struct {
 	conn
+	leases leases
 }
 
 var (

@@ -1075,4 +1075,84 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			t.Fatalf("of r-b: %+v", rs)
 		}
 	})
+
+	t.Run("Leases", func(t *testing.T) {
+		s := open(t)
+		lease := func(name, holder string, ttl time.Duration) (bool, string) {
+			t.Helper()
+			held, owner, err := s.Lease(ctx, name, holder, ttl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return held, owner
+		}
+		if held, owner := lease("work", "a", time.Hour); !held || owner != "a" {
+			t.Fatalf("a free lease: held %v by %q", held, owner)
+		}
+		if held, owner := lease("work", "b", time.Hour); held || owner != "a" {
+			t.Fatalf("b took a's unexpired lease: held %v, owner %q", held, owner)
+		}
+		// Renewal by the holder; leases are independent by name.
+		if held, _ := lease("work", "a", time.Hour); !held {
+			t.Fatal("the holder cannot renew")
+		}
+		if held, _ := lease("push", "b", time.Hour); !held {
+			t.Fatal("another lease's name is not free")
+		}
+		// Releasing by a non-holder changes nothing; by the holder frees it.
+		if err := s.ReleaseLease(ctx, "work", "b"); err != nil {
+			t.Fatal(err)
+		}
+		if held, _ := lease("work", "b", time.Hour); held {
+			t.Fatal("a non-holder released the lease")
+		}
+		if err := s.ReleaseLease(ctx, "work", "a"); err != nil {
+			t.Fatal(err)
+		}
+		if held, owner := lease("work", "b", 150*time.Millisecond); !held || owner != "b" {
+			t.Fatalf("a released lease: held %v by %q", held, owner)
+		}
+		// Expiry: a holder that stops renewing loses the lease after ttl
+		// and not before.
+		if held, _ := lease("work", "a", time.Hour); held {
+			t.Fatal("taken before expiry")
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			if held, _ := lease("work", "a", time.Hour); held {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("an expired lease is never free")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if held, owner := lease("work", "b", time.Hour); held || owner != "a" {
+			t.Fatalf("after the takeover: held %v by %q", held, owner)
+		}
+	})
+
+	t.Run("LeaseHasOneHolderUnderConcurrency", func(t *testing.T) {
+		s := open(t)
+		const n = 16
+		var won atomic.Int32
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				held, _, err := s.Lease(ctx, "work", fmt.Sprintf("r%d", i), time.Hour)
+				if err != nil {
+					t.Error(err)
+				}
+				if held {
+					won.Add(1)
+				}
+			}()
+		}
+		wg.Wait()
+		if won.Load() != 1 {
+			t.Fatalf("%d of %d concurrent callers hold the lease, want 1", won.Load(), n)
+		}
+	})
 }
