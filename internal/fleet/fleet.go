@@ -19,6 +19,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/theupdateframework/go-tuf/v2/metadata"
@@ -101,6 +102,7 @@ type Service struct {
 	manufacturers *x509.CertPool
 	now           func() time.Time
 	ro            rollouts
+	refreshing    sync.Mutex  // one Refresh from Decide at a time
 	win           windows     // window.go
 	pol           policyState // policy.go
 	onlineKeys    map[string]string

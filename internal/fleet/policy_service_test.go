@@ -2,6 +2,7 @@ package fleet_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -81,5 +82,92 @@ func TestPolicyAcrossReplicas(t *testing.T) {
 	}
 	if _, err := b.ExplainPolicy(ctx, "d3", "acme-gw/9.0.0", false); err == nil || !strings.Contains(err.Error(), "no published release") {
 		t.Errorf("%v", err)
+	}
+}
+
+// Two replicas over one store, only one of which runs the rollout engine
+// (the holder of the background lease): a rollout created on the other,
+// promoted by the engine, reaches the other's check-ins within
+// viewRefresh (5 s), not before: the other replica decides from its view
+// meanwhile. (A pause or an abort is a change of the same view.)
+func TestRolloutsAcrossReplicas(t *testing.T) {
+	ctx := context.Background()
+	db, err := sqlite.Open(filepath.Join(t.TempDir(), "rampart.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	now := time.Now().UTC()
+	var clk = now
+	clock := func() time.Time { return clk }
+	var ids []string
+	for i := range 20 {
+		id := fmt.Sprintf("d%02d", i)
+		ids = append(ids, id)
+		if err := db.CreateDevice(ctx, store.Device{ID: id, HardwareID: "hw", CertSerial: id, EnrolledAt: now, Version: "1.0.0", SecurityVersion: 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cat := newCatalog(t)
+	engine := fleet.New(fleet.Config{Store: db, Catalog: cat, Now: clock})
+	other := fleet.New(fleet.Config{Store: db, Catalog: cat, Now: clock})
+	op := fleet.Op{Actor: "token:alice"}
+	// The other replica has decided for every device already: nothing
+	// offers yet.
+	for _, id := range ids {
+		if err := other.Decide(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ro, err := other.CreateRollout(ctx, op, api.RolloutRequest{Release: "acme-gw/2.0.0", Phases: "50%,100%", Soak: "0s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	assigned := func() int {
+		n := 0
+		for _, id := range ids {
+			if a, err := db.Assignment(ctx, id); err == nil && a.Target != "" {
+				n++
+			}
+		}
+		return n
+	}
+	decideAll := func(f *fleet.Service) {
+		for _, id := range ids {
+			if err := f.Decide(ctx, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	decideAll(other)
+	first := assigned()
+	if first == 0 || first == len(ids) {
+		t.Fatalf("phase 1 of 50%% assigned %d of %d devices on the creating replica", first, len(ids))
+	}
+	// The engine promotes the rollout to its last phase; the other
+	// replica, deciding from its view, offers nothing more until the
+	// view is viewRefresh old.
+	for _, id := range ids {
+		if a, err := db.Assignment(ctx, id); err == nil && a.Target != "" {
+			if err := other.Report(ctx, "", id, api.ReportRequest{Counter: 1, Status: api.Installed, Version: "2.0.0", SecurityVersion: 2}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	clk = clk.Add(time.Second)
+	if err := engine.Step(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := engine.ShowRollout(ctx, ro.ID); r.Phase != 2 {
+		t.Fatalf("the engine did not promote the rollout: %+v", r)
+	}
+	decideAll(other)
+	if n := assigned(); n != first {
+		t.Fatalf("the other replica offered %d devices within a second of the promotion: its view should be the old one", n-first)
+	}
+	clk = clk.Add(5 * time.Second)
+	decideAll(other)
+	if n := assigned(); n != len(ids) {
+		t.Fatalf("%d of %d devices assigned after the other replica's view aged: the promotion did not reach it", n, len(ids))
 	}
 }

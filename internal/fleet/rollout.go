@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -57,11 +58,12 @@ type active struct {
 // change bumps, and each device's generation at its last decision, so a
 // check-in that nothing changed for costs a map lookup.
 type rollouts struct {
-	mu      sync.Mutex
-	loaded  bool
-	offer   []*active // by the competing rule: higher security version, then newer
-	gen     uint64
-	decided map[string]uint64
+	mu       sync.Mutex
+	loaded   bool
+	loadedAt time.Time // by the service's clock
+	offer    []*active // by the competing rule: higher security version, then newer
+	gen      uint64
+	decided  map[string]uint64
 	// windowed is set when a rollout of offer has a window, which
 	// may open or close at any check-in.
 	windowed bool
@@ -99,25 +101,69 @@ func (s *Service) offering(ctx context.Context) ([]*active, uint64, error) {
 	if s.ro.loaded {
 		return s.ro.offer, s.ro.gen, nil
 	}
+	if err := s.loadView(ctx); err != nil {
+		return nil, 0, err
+	}
+	return s.ro.offer, s.ro.gen, nil
+}
+
+// viewRefresh bounds how long a replica decides from a view of the
+// rollouts and the policy that another replica may have changed: a
+// rollout created, promoted, paused, resumed, approved or aborted there,
+// or a policy set there, reaches this replica's decisions within it
+// (Decide reloads a view this old; Server.Run calls Refresh as well).
+// A replica's own changes reach its decisions at once.
+const viewRefresh = 5 * time.Second
+
+// Refresh re-reads what other replicas may have changed: the policy and
+// the rollouts that offer releases. When they changed, every device
+// decides again at its next check-in.
+func (s *Service) Refresh(ctx context.Context) error {
+	if err := s.stepPolicy(ctx); err != nil {
+		return err
+	}
+	s.ro.mu.Lock()
+	defer s.ro.mu.Unlock()
+	return s.loadView(ctx)
+}
+
+// loadView reads the rollouts that offer releases into s.ro (s.ro.mu is
+// held), and bumps the generation when they differ from the view it
+// replaces.
+func (s *Service) loadView(ctx context.Context) error {
 	rs, err := s.store.RolloutsInState(ctx, api.RolloutRunning, api.RolloutCompleted)
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	var out []*active
 	for _, r := range rs {
 		a, err := parseActive(r)
 		if err != nil {
-			return nil, 0, err
+			return err
 		}
 		out = append(out, a)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return wins(out[i].r, out[j].r) })
+	if s.ro.loaded && !sameView(s.ro.offer, out) {
+		s.ro.gen++
+	}
 	s.ro.windowed = false
 	for _, a := range out {
 		s.ro.windowed = s.ro.windowed || a.spec.Window != "" && !a.spec.Critical
 	}
-	s.ro.offer, s.ro.loaded = out, true
-	return out, s.ro.gen, nil
+	s.ro.offer, s.ro.loaded, s.ro.loadedAt = out, true, s.now()
+	return nil
+}
+
+// sameView reports whether two views offer the same rollouts in the same
+// state.
+func sameView(a, b []*active) bool {
+	return slices.EqualFunc(a, b, func(x, y *active) bool {
+		r, q := x.r, y.r
+		return r.ID == q.ID && r.Seq == q.Seq && r.State == q.State && r.Phase == q.Phase && r.Threshold == q.Threshold &&
+			r.Eligible == q.Eligible && r.PausedReason == q.PausedReason && r.ApprovedBy == q.ApprovedBy &&
+			r.UpdatedAt.Equal(q.UpdatedAt) && bytes.Equal(r.Spec, q.Spec) && r.Selector == q.Selector
+	})
 }
 
 // wins is the competing-rollouts rule: a beats b when its release's
@@ -316,6 +362,9 @@ func (s *Service) startPhase(ctx context.Context, a *active, n int, hardware []s
 // assigns it. It reads the device and its progress in the winning
 // rollout only when something changed since its last decision.
 func (s *Service) Decide(ctx context.Context, id string) error {
+	if err := s.refreshIfStale(ctx); err != nil {
+		return err
+	}
 	// The common case, in one lock: nothing changed for the device
 	// since its last decision (no window can have moved), or nothing
 	// offers.
@@ -374,6 +423,19 @@ func (s *Service) Decide(ctx context.Context, id string) error {
 	}
 	s.memo(id, gen)
 	return nil
+}
+
+// refreshIfStale refreshes a view older than viewRefresh. One check-in
+// refreshes; the others meanwhile decide from the view they have.
+func (s *Service) refreshIfStale(ctx context.Context) error {
+	s.ro.mu.Lock()
+	stale := s.ro.loaded && s.now().Sub(s.ro.loadedAt) >= viewRefresh
+	s.ro.mu.Unlock()
+	if !stale || !s.refreshing.TryLock() {
+		return nil
+	}
+	defer s.refreshing.Unlock()
+	return s.Refresh(ctx)
 }
 
 // memo records that a device was decided for at generation gen.
