@@ -7,12 +7,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -68,7 +66,7 @@ func newCluster(t *testing.T) *cluster {
 type replica struct {
 	*tlsEnv
 	name  string
-	proxy *cutProxy
+	proxy *pgtest.CutProxy
 	stop  context.CancelFunc // stops Run (a graceful stop: the lease is released)
 	runs  *runLog
 }
@@ -95,8 +93,8 @@ func (l *runLog) get() [][2]time.Time {
 func (c *cluster) replica(name string, run bool, configure ...func(*server.Config)) *replica {
 	t := c.t
 	t.Helper()
-	p := newCutProxy(t, "127.0.0.1:"+strconv.Itoa(pgtest.Port()))
-	dsn := strings.Replace(c.dsn, "127.0.0.1:"+strconv.Itoa(pgtest.Port()), p.ln.Addr().String(), 1) + "&connect_timeout=2"
+	p := pgtest.NewCutProxy(t)
+	dsn := p.Through(c.dsn) + "&connect_timeout=2"
 	e := &tlsEnv{t: t, admin: c.admin, now: time.Now(), dataDirPath: c.dir}
 	ctx, cancel := context.WithCancel(context.Background())
 	cfg := server.Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), ReplicaID: name, LeaseTTL: testLeaseTTL}
@@ -127,67 +125,6 @@ func (c *cluster) replica(name string, run bool, configure ...func(*server.Confi
 	e.close = func() { stop(); <-done; e.ts.Close(); cancel(); in.Close() }
 	t.Cleanup(e.close)
 	return r
-}
-
-// cutProxy forwards TCP to the PostgreSQL server until cut, which closes
-// every connection and refuses new ones until restored: the database
-// unreachable, as far as one replica can tell (the copy in
-// internal/store/postgres's tests).
-type cutProxy struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	down  bool
-	conns []net.Conn
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *cutProxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
 }
 
 // pollFor polls cond every 10 ms until it holds or d passes, and returns
@@ -231,7 +168,7 @@ func TestReplicasDoBackgroundWorkOnce(t *testing.T) {
 
 	// The holder loses the database; it keeps running.
 	cutAt := time.Now()
-	first.proxy.cut()
+	first.proxy.Cut()
 	took, ok := pollFor(5*time.Second, func() bool { return len(second.runs.get()) > 0 })
 	if !ok {
 		t.Fatalf("%s did not take over from %s, cut off from the database", second.name, first.name)
@@ -249,7 +186,7 @@ func TestReplicasDoBackgroundWorkOnce(t *testing.T) {
 	}
 
 	// Back on the database, the first replica is a standby.
-	first.proxy.restore()
+	first.proxy.Restore()
 	before := len(first.runs.get())
 	time.Sleep(2 * testLeaseTTL) // the absence of rounds over two TTLs is the assertion
 	if n := len(first.runs.get()); n != before {
@@ -368,7 +305,7 @@ func TestReplicaKilledMidPushIsFinishedByAnother(t *testing.T) {
 			once.Do(func() {
 				// replica-a dies: it cannot reach the database any more,
 				// so its lease is neither renewed nor released.
-				a.proxy.cut()
+				a.proxy.Cut()
 				err = errors.New("killed")
 			})
 			return err
@@ -556,7 +493,7 @@ func TestStoreOutageAnswers503(t *testing.T) {
 	var once sync.Once
 	server.SetPushStep(func(step string) error {
 		if strings.HasPrefix(step, "recorded ") {
-			once.Do(r.proxy.cut)
+			once.Do(r.proxy.Cut)
 		}
 		return nil
 	})
@@ -568,7 +505,7 @@ func TestStoreOutageAnswers503(t *testing.T) {
 	resp, body = r.do("POST", "/api/v1/tokens", map[string]string{"name": "during-outage", "role": "auditor"})
 	want503(resp.code, body, resp.retryAfter)
 
-	r.proxy.restore()
+	r.proxy.Restore()
 	if _, ok := pollFor(10*time.Second, func() bool {
 		code, _, _ := r.call(r.pool, "GET", "/api/v1/tokens", c.admin, nil)
 		return code == 200

@@ -3,11 +3,6 @@ package postgres
 import (
 	"context"
 	"errors"
-	"io"
-	"net"
-	"strconv"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,75 +10,14 @@ import (
 	"github.com/rampartfw/rampart/internal/store/postgres/pgtest"
 )
 
-// cutProxy forwards TCP to the PostgreSQL server until cut, which closes
-// every connection and refuses new ones until restored: the database
-// unreachable, as far as the store can tell.
-type cutProxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	down   bool
-	conns  []net.Conn
-}
-
-func newCutProxy(t *testing.T, target string) *cutProxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &cutProxy{ln: ln, target: target}
-	t.Cleanup(func() { ln.Close(); p.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			if p.down {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			up, err := net.Dial("tcp", target)
-			if err != nil {
-				p.mu.Unlock()
-				c.Close()
-				continue
-			}
-			p.conns = append(p.conns, c, up)
-			p.mu.Unlock()
-			go func() { io.Copy(up, c); up.Close() }()
-			go func() { io.Copy(c, up); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *cutProxy) cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.down = true
-	for _, c := range p.conns {
-		c.Close()
-	}
-	p.conns = nil
-}
-
-func (p *cutProxy) restore() {
-	p.mu.Lock()
-	p.down = false
-	p.mu.Unlock()
-}
-
 // The database going away mid-operation gives errors, commits nothing
 // half-way, and the same Store works again once it is back, without
 // being reopened.
 func TestDatabaseOutageAndRecovery(t *testing.T) {
 	ctx := context.Background()
 	dsn := pgtest.NewDatabase(t)
-	p := newCutProxy(t, "127.0.0.1:"+itoa(pgtest.Port()))
-	dsn = strings.Replace(dsn, "127.0.0.1:"+itoa(pgtest.Port()), p.ln.Addr().String(), 1) + "&connect_timeout=2"
+	p := pgtest.NewCutProxy(t)
+	dsn = p.Through(dsn) + "&connect_timeout=2"
 	s := open(t, dsn)
 	defer s.Close()
 	if err := s.CreateDevice(ctx, store.Device{ID: "d", HardwareID: "hw", CertSerial: "1", EnrolledAt: now}); err != nil {
@@ -94,7 +28,7 @@ func TestDatabaseOutageAndRecovery(t *testing.T) {
 		if err := tx.CreateDevice(ctx, store.Device{ID: "half", HardwareID: "hw", CertSerial: "2", EnrolledAt: now}); err != nil {
 			return err
 		}
-		p.cut()
+		p.Cut()
 		return tx.CreateEnrollToken(ctx, store.EnrollToken{Hash: "h", HardwareID: "hw", Expires: now.Add(time.Hour)})
 	})
 	if err == nil {
@@ -112,7 +46,7 @@ func TestDatabaseOutageAndRecovery(t *testing.T) {
 	if _, _, err := s.Lease(ctx, "work", "a", time.Second); !errors.Is(err, store.ErrUnavailable) {
 		t.Fatalf("lease through a cut database: %v, want store.ErrUnavailable", err)
 	}
-	p.restore()
+	p.Restore()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		_, err := s.Device(ctx, "d")
@@ -131,5 +65,3 @@ func TestDatabaseOutageAndRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 }
-
-func itoa(n int) string { return strconv.Itoa(n) }
