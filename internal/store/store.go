@@ -19,7 +19,9 @@ package store
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/rampartfw/rampart/internal/audit"
@@ -132,6 +134,30 @@ type DeviceFacts struct {
 	// TagsKey is the tags' stored form, equal for equal tags (JSON with
 	// sorted keys), so a scan can remember what it decided for one set.
 	TagsKey string
+}
+
+// FactsTags decodes the tags of a page of DeviceFacts, each distinct
+// stored form once: a store's scan fills its rows with it.
+type FactsTags map[string]map[string]string
+
+// Fill sets f.Tags from f.TagsKey as scanned (the stored JSON, "" for
+// none), normalising an empty key to "{}".
+func (c FactsTags) Fill(f *DeviceFacts) error {
+	if f.TagsKey == "" {
+		f.TagsKey = "{}"
+	}
+	if f.TagsKey == "{}" {
+		return nil
+	}
+	m, ok := c[f.TagsKey]
+	if !ok {
+		if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
+			return fmt.Errorf("device %s: stored tags: %w", f.ID, err)
+		}
+		c[f.TagsKey] = m
+	}
+	f.Tags = m
+	return nil
 }
 
 // Devices stores the device registry.

@@ -501,24 +501,14 @@ func deviceFacts(ctx context.Context, q querier, limit int, query string, args .
 	}
 	defer rows.Close()
 	out := make([]store.DeviceFacts, 0, min(limit, 1024))
-	tags := map[string]map[string]string{}
+	tags := store.FactsTags{}
 	for rows.Next() {
 		var f store.DeviceFacts
 		if err := rows.Scan(&f.ID, &f.HardwareID, &f.Version, &f.SecurityVersion, &f.TagsKey); err != nil {
 			return nil, err
 		}
-		if f.TagsKey == "" {
-			f.TagsKey = "{}"
-		}
-		if f.TagsKey != "{}" {
-			m, ok := tags[f.TagsKey]
-			if !ok {
-				if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
-					return nil, fmt.Errorf("device %s: stored tags: %w", f.ID, err)
-				}
-				tags[f.TagsKey] = m
-			}
-			f.Tags = m
+		if err := tags.Fill(&f); err != nil {
+			return nil, err
 		}
 		out = append(out, f)
 	}
