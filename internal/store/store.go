@@ -136,28 +136,40 @@ type DeviceFacts struct {
 	TagsKey string
 }
 
-// FactsTags decodes the tags of a page of DeviceFacts, each distinct
-// stored form once: a store's scan fills its rows with it.
-type FactsTags map[string]map[string]string
+// Rows is what ScanDeviceFacts reads: *sql.Rows and pgx.Rows both are.
+type Rows interface {
+	Next() bool
+	Scan(dest ...any) error
+	Err() error
+}
 
-// Fill sets f.Tags from f.TagsKey as scanned (the stored JSON, "" for
-// none), normalising an empty key to "{}".
-func (c FactsTags) Fill(f *DeviceFacts) error {
-	if f.TagsKey == "" {
-		f.TagsKey = "{}"
-	}
-	if f.TagsKey == "{}" {
-		return nil
-	}
-	m, ok := c[f.TagsKey]
-	if !ok {
-		if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
-			return fmt.Errorf("device %s: stored tags: %w", f.ID, err)
+// ScanDeviceFacts reads a page of device facts from rows of (id,
+// hardware_id, version, security_version, tags): devices with equal
+// tags share one decoded map. The caller closes rows.
+func ScanDeviceFacts(rows Rows, limit int) ([]DeviceFacts, error) {
+	out := make([]DeviceFacts, 0, min(limit, 1024))
+	tags := map[string]map[string]string{}
+	for rows.Next() {
+		var f DeviceFacts
+		if err := rows.Scan(&f.ID, &f.HardwareID, &f.Version, &f.SecurityVersion, &f.TagsKey); err != nil {
+			return nil, err
 		}
-		c[f.TagsKey] = m
+		if f.TagsKey == "" {
+			f.TagsKey = "{}"
+		}
+		if f.TagsKey != "{}" {
+			m, ok := tags[f.TagsKey]
+			if !ok {
+				if err := json.Unmarshal([]byte(f.TagsKey), &m); err != nil {
+					return nil, fmt.Errorf("device %s: stored tags: %w", f.ID, err)
+				}
+				tags[f.TagsKey] = m
+			}
+			f.Tags = m
+		}
+		out = append(out, f)
 	}
-	f.Tags = m
-	return nil
+	return out, rows.Err()
 }
 
 // Devices stores the device registry.

@@ -500,19 +500,7 @@ func deviceFacts(ctx context.Context, q querier, limit int, query string, args .
 		return nil, err
 	}
 	defer rows.Close()
-	out := make([]store.DeviceFacts, 0, min(limit, 1024))
-	tags := store.FactsTags{}
-	for rows.Next() {
-		var f store.DeviceFacts
-		if err := rows.Scan(&f.ID, &f.HardwareID, &f.Version, &f.SecurityVersion, &f.TagsKey); err != nil {
-			return nil, err
-		}
-		if err := tags.Fill(&f); err != nil {
-			return nil, err
-		}
-		out = append(out, f)
-	}
-	return out, rows.Err()
+	return store.ScanDeviceFacts(rows, limit)
 }
 
 // SetDeviceTags implements store.Devices: the row is locked between
