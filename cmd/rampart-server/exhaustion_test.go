@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -35,11 +34,7 @@ func TestResourceExhaustion(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and loads the real server")
 	}
-	wd, _ := os.Getwd()
-	bin, err := attacktest.Build(filepath.Join(wd, "..", ".."), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildServer(t)
 	const quota = 8 << 20
 	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{
 		"report_burst": 300, "report_interval": "1h", "blob_quota": quota, "metrics_listen": "127.0.0.1:0",

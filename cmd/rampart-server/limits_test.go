@@ -25,6 +25,7 @@ import (
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
+	"github.com/rampartfw/rampart/internal/server/attacktest"
 	"github.com/rampartfw/rampart/internal/syncbuf"
 )
 
@@ -46,10 +47,7 @@ func buildServer(t *testing.T) string {
 		if b.dir, b.err = os.MkdirTemp("", "rampart-server-test"); b.err != nil {
 			return
 		}
-		b.path = filepath.Join(b.dir, "rampart-server")
-		if out, err := exec.Command("go", "build", "-o", b.path, ".").CombinedOutput(); err != nil {
-			b.err = fmt.Errorf("%w\n%s", err, out)
-		}
+		b.path, b.err = attacktest.Build(filepath.Join("..", ".."), b.dir)
 	})
 	if b.err != nil {
 		t.Fatalf("building rampart-server: %v", b.err)

@@ -32,11 +32,7 @@ func TestServeMetadataOnPostgres(t *testing.T) {
 	}
 	const pw = "pw-Sekrit-4711"
 	dsn := withPassword(pgtest.NewDatabase(t), pw)
-	wd, _ := os.Getwd()
-	bin, err := attacktest.Build(filepath.Join(wd, "..", ".."), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildServer(t)
 	logDir := filepath.Join(t.TempDir(), "shared", "log")
 	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": logDir})
 	if err != nil {
@@ -138,11 +134,7 @@ func TestReplicaTakesOverAfterKill9(t *testing.T) {
 	}
 	t.Parallel()
 	dsn := pgtest.NewDatabase(t)
-	wd, _ := os.Getwd()
-	bin, err := attacktest.Build(filepath.Join(wd, "..", ".."), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildServer(t)
 	const ttl = time.Second
 	a, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": filepath.Join(t.TempDir(), "log"), "lease_ttl": ttl.String()})
 	if err != nil {

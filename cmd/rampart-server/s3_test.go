@@ -46,11 +46,7 @@ func TestServeBlobsOnS3(t *testing.T) {
 	os.WriteFile(creds, fmt.Appendf(nil, "[default]\naws_access_key_id = %s\naws_secret_access_key = %s\n", s3test.AccessKey, s3test.SecretKey), 0o600)
 	store := fmt.Sprintf("s3://%s/rampart?endpoint=%s&region=us-east-1", bucket, endpoint)
 
-	wd, _ := os.Getwd()
-	bin, err := attacktest.Build(filepath.Join(wd, "..", ".."), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := buildServer(t)
 	srv, err := attacktest.Start(bin, t.TempDir(), map[string]any{"blob_store": store, "blob_store_credentials": creds})
 	if err != nil {
 		t.Fatal(err)
