@@ -111,14 +111,14 @@ func (s *Service) offering(ctx context.Context) ([]*active, uint64, error) {
 // rollouts and the policy that another replica may have changed: a
 // rollout created, promoted, paused, resumed, approved or aborted there,
 // or a policy set there, reaches this replica's decisions within it
-// (Decide reloads a view this old; Server.Run calls Refresh as well).
-// A replica's own changes reach its decisions at once.
+// (Decide, their only reader, reloads a view this old). A replica's own
+// changes reach its decisions at once.
 const viewRefresh = 5 * time.Second
 
-// Refresh re-reads what other replicas may have changed: the policy and
+// refresh re-reads what other replicas may have changed: the policy and
 // the rollouts that offer releases. When they changed, every device
 // decides again at its next check-in.
-func (s *Service) Refresh(ctx context.Context) error {
+func (s *Service) refresh(ctx context.Context) error {
 	if err := s.stepPolicy(ctx); err != nil {
 		return err
 	}
@@ -435,7 +435,7 @@ func (s *Service) refreshIfStale(ctx context.Context) error {
 		return nil
 	}
 	defer s.refreshing.Unlock()
-	return s.Refresh(ctx)
+	return s.refresh(ctx)
 }
 
 // memo records that a device was decided for at generation gen.

@@ -539,11 +539,6 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 		if err := s.directors.ReloadRoot(ctx); err != nil && ctx.Err() == nil {
 			s.logger.Error("reloading the director root", "err", err)
 		}
-		// Rollouts and the policy another replica changed (check-ins
-		// also reload them when older than a few seconds).
-		if err := s.fleet.Refresh(ctx); err != nil && ctx.Err() == nil {
-			s.logger.Error("reloading the rollouts and the policy", "err", err)
-		}
 		s.cleanUploads()
 		if s.background.Held() {
 			s.leasedWork(ctx)
