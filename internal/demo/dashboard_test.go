@@ -74,8 +74,12 @@ func TestDashboardBrowser(t *testing.T) {
 	if err := d.release(ctx, "1.1.0", 48<<10); err != nil {
 		t.Fatal(err)
 	}
+	// Soaks of 30 s: the test pauses the rollout from its page while it
+	// runs, so all three phases must not pass before the browser gets
+	// there. With 10 s, a run at load 8 under -race (-count=3) found
+	// the rollout completed and no pause button.
 	ro, err := d.api.CreateRollout(ctx, api.RolloutRequest{Release: Product + "/1.1.0", Select: fleetSelector, Phases: "2,50%,100%",
-		Soak: "10s", MaxFailureRate: "10%"})
+		Soak: "30s", MaxFailureRate: "10%"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +203,7 @@ func TestDashboardBrowser(t *testing.T) {
 	shot("rollout-paused")
 	run("resume", chromedp.Click(chromedp.ID("action-resume")))
 	waitJS("the resume answered", `(document.getElementById("action-result")||{}).textContent === "Done: the rollout is running."`, 15*time.Second)
-	waitJS("the rollout completing on the page", `!!document.querySelector(".gate.completed")`, 120*time.Second)
+	waitJS("the rollout completing on the page", `!!document.querySelector(".gate.completed")`, 240*time.Second)
 	shot("rollout")
 
 	// A man-in-the-middle alters a chunk: the detection appears on the
