@@ -11,12 +11,14 @@ import (
 	"encoding/json"
 	"errors"
 	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -725,4 +727,37 @@ func TestLogAnswersAreStrict(t *testing.T) {
 		d, err := uptane.Check(ctx, cfg)
 		wantClass(t, d, err, verify.Malformed)
 	})
+}
+
+// A check-in of an up-to-date device reuses its connection: each
+// repository's refresh asks for the next root version and gets a 404,
+// whose body, left unread, would close the connection and cost the next
+// request a new TLS handshake.
+func TestCheckReusesConnection(t *testing.T) {
+	e, certs := deployed(t)
+	cfg := e.device("gw-1", hwRev2, certs.gw1)
+	var dials atomic.Int32
+	tr := cfg.HTTPClient.Transport.(*http.Transport)
+	tr.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, network, addr)
+	}
+	check(t, cfg)
+	first := dials.Load()
+	h := servertest.Intercept(&cfg.HTTPClient, nil)
+	for range 3 {
+		check(t, cfg)
+	}
+	roots := 0
+	for _, p := range h.Paths() {
+		if strings.HasSuffix(p, ".root.json") {
+			roots++
+		}
+	}
+	if roots != 6 {
+		t.Fatalf("three check-ins asked for %d next roots, want 6 (one per repository each): %v", roots, h.Paths())
+	}
+	if n := dials.Load() - first; n != 0 {
+		t.Fatalf("three check-ins opened %d new connections (the first opened %d); want none", n, first)
+	}
 }
