@@ -33,12 +33,14 @@ test:
 	#  - Under -race the power-cut test samples its crash points; here it
 	#    cuts every one.
 	#  - The fleet operations end to end with 200 real agents
-	#    (internal/sim TestFleetE2E): skipped under -race, too slow there,
-	#    so run here without it (its time: docs/performance.md).
+	#    (internal/sim TestFleetE2E) and chunkindex's bound of a million
+	#    chunks: skipped under -race, too slow there (59 s for the bound),
+	#    so run here without it (their time: docs/performance.md).
 	$(GO) test -race -timeout 30m ./... & race=$$!; \
 	$(GO) test -tags nopkcs11 ./internal/keys/ && \
 	$(GO) test -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/ && \
 	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/ && \
+	$(GO) test -run '^TestBuildTooManyChunks$$' ./internal/chunkindex/ && \
 	$(GO) test -timeout 15m -run '^TestFleetE2E$$' ./internal/sim/; other=$$?; \
 	wait $$race; raced=$$?; \
 	if [ $$raced -ne 0 ] || [ $$other -ne 0 ]; then echo "make test: FAILED (race run exit $$raced, other runs exit $$other)"; exit 1; fi

@@ -74,12 +74,22 @@ func TestDashboardBrowser(t *testing.T) {
 	if err := d.release(ctx, "1.1.0", 48<<10); err != nil {
 		t.Fatal(err)
 	}
-	// Soaks of 30 s: the test pauses the rollout from its page while it
-	// runs, so all three phases must not pass before the browser gets
-	// there. With 10 s, a run at load 8 under -race (-count=3) found
-	// the rollout completed and no pause button.
+	// The test pauses the rollout from its page while it is open, so it
+	// must not complete before the browser gets there, however slow the
+	// machine: it holds after its first phase until a second operator
+	// approves it (below), not for a soak long enough (30 s soaks made
+	// this the longest test of make test's race run; 10 s ones once
+	// completed first under -race at load 8).
 	ro, err := d.api.CreateRollout(ctx, api.RolloutRequest{Release: Product + "/1.1.0", Select: fleetSelector, Phases: "2,50%,100%",
-		Soak: "30s", MaxFailureRate: "10%"})
+		Soak: "3s", MaxFailureRate: "10%", ApproveAfter: "2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	secondToken, err := d.api.CreateToken(ctx, "second-operator", "operator")
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := client.New(d.url, d.caFile, secondToken)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +203,8 @@ func TestDashboardBrowser(t *testing.T) {
 		return !!e && (parseInt(e.textContent, 10) >= 1 || e.textContent === "passed"); })()`, 90*time.Second)
 	shot("rollout-progress")
 
-	// Pause it from the button; the server's state changed.
+	// Pause it from the button (running, or waiting for the approval);
+	// the server's state changed.
 	waitJS("the pause button", `!!document.getElementById("action-pause")`, 30*time.Second)
 	run("pause", chromedp.Click(chromedp.ID("action-pause")))
 	waitJS("the pause answered", `(document.getElementById("action-result")||{}).textContent === "Done: the rollout is paused."`, 15*time.Second)
@@ -202,8 +213,13 @@ func TestDashboardBrowser(t *testing.T) {
 	}
 	shot("rollout-paused")
 	run("resume", chromedp.Click(chromedp.ID("action-resume")))
-	waitJS("the resume answered", `(document.getElementById("action-result")||{}).textContent === "Done: the rollout is running."`, 15*time.Second)
-	waitJS("the rollout completing on the page", `!!document.querySelector(".gate.completed")`, 240*time.Second)
+	waitJS("the resume answered", `["Done: the rollout is running.", "Done: the rollout is waiting-approval."].includes((document.getElementById("action-result")||{}).textContent)`, 15*time.Second)
+	// The page offers the approval; the second operator gives it.
+	waitJS("the approve button", `!!document.getElementById("action-approve")`, 90*time.Second)
+	if _, err := second.RolloutAction(ctx, ro.ID, "approve", "dashboard test"); err != nil {
+		t.Fatalf("the second operator's approval: %v", err)
+	}
+	waitJS("the rollout completing on the page", `!!document.querySelector(".gate.completed")`, 120*time.Second)
 	shot("rollout")
 
 	// A man-in-the-middle alters a chunk: the detection appears on the

@@ -378,7 +378,7 @@ function rolloutPage(id) {
     if (!may("steer-rollouts") || !last) return;
     const st = last.state;
     const btns = [];
-    if (st === "running") btns.push(button("pause", "Pause", "primary"));
+    if (st === "running" || st === "waiting-approval") btns.push(button("pause", "Pause", "primary"));
     if (st === "paused") btns.push(button("resume", "Resume", "primary"));
     if (st === "waiting-approval") btns.push(button("approve", "Approve", "primary"));
     if (["running", "paused", "waiting-approval"].includes(st)) btns.push(button("abort", "Abort…", "ghost-danger", true));
