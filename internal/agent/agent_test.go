@@ -459,6 +459,7 @@ func TestRollbackWhenHealthCheckHangs(t *testing.T) {
 // following power-ons boot it too: with GRUB's one try (max 1), a slot left
 // unconfirmed after the fallback has no attempt left for the next power-on.
 func TestTrialThatNeverComesUpFallsBack(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name string
 		max  int
@@ -615,6 +616,7 @@ func wantClass(t *testing.T, err error, c verify.Class) {
 }
 
 func TestSwappedChunkIsNeverWritten(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	d := newDevice(t, e, "gw-1")
 	d.firstBoot()
@@ -780,6 +782,7 @@ func TestServerNotFromPinnedCA(t *testing.T) {
 }
 
 func TestResumeAfterDroppedConnection(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	d := newDevice(t, e, "gw-1")
 	d.firstBoot()
@@ -841,6 +844,7 @@ func TestResumeAfterDroppedConnection(t *testing.T) {
 // seen in an untampered run, so the test cannot pass by tampering with a
 // path the agent never asks for.
 func TestEndlessDataOnEveryURL(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	seen := map[string]bool{}
 	probe := newDevice(t, e, "gw-probe")

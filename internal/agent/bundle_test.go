@@ -116,6 +116,7 @@ func fallbackDevice(t *testing.T) (*device, *servertest.Env, []byte) {
 // is marked or written, and the device is exactly as it was. The genuine
 // bundle then installs, so the refusals are the bundles' doing.
 func TestHostileBundleChangesNothing(t *testing.T) {
+	t.Parallel()
 	d, e, good := fallbackDevice(t)
 	ms, err := bundletest.Split(good)
 	if err != nil {

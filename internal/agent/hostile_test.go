@@ -303,6 +303,7 @@ func (d *device) serveDirector(ev *evilDirector) {
 // bounded message; status and boot keep working; the next honest
 // check-in installs.
 func TestHostileDirectorFieldsCannotLockOut(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	e.Release("1.0.0", 2, hw)
 	huge := strings.Repeat("%1b[2J", 200<<10) // 1.2 MiB

@@ -43,6 +43,7 @@ func (d *device) commit(version string) *agent.Outcome {
 // downloads at most 10% of the image: the rest is copied from the running
 // slot after verification.
 func TestChunkReuse(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	d := newDevice(t, e, "gw-1")
 	for _, s := range []string{d.cfg.Slots.A, d.cfg.Slots.B} {

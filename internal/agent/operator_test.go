@@ -21,6 +21,7 @@ import (
 // it: not while an install is overwriting it, and not after that install
 // was rolled back (the slot then holds the failed release).
 func TestStatusOtherSlot(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	d := newDevice(t, e, "gw-1")
 	d.firstBoot()

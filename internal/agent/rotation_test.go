@@ -182,6 +182,7 @@ func (d *device) serveImage(snapFile string, snap, ts []byte) {
 // honest check-in for good. After the image repository's online keys are
 // rotated, it accepts the honest server at its next check-in.
 func TestImageOnlineKeyCompromiseRecovery(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct {
 		name        string
 		snapV, tsV  func(honest int64) int64
@@ -366,6 +367,7 @@ func (f *forkedLog) answer(t *testing.T, e *servertest.Env, req *http.Request, r
 // honest log accepted, at the next check-in, with nothing done on the
 // device.
 func TestStolenLogKeyForkRecovery(t *testing.T) {
+	t.Parallel()
 	e := servertest.New(t)
 	d := newDevice(t, e, "gw-fork")
 	d.firstBoot()
