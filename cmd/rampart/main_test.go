@@ -28,7 +28,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	testscript.Main(m, map[string]func(){
+	testscript.Main(withCleanup{m}, map[string]func(){
 		"rampart": func() {
 			// Scripts generate dozens of keys; age's default scrypt cost
 			// would make each take a second.
@@ -71,6 +71,9 @@ func TestScripts(t *testing.T) {
 			// about 400 commands: that idle second was most of this
 			// package's wall time.
 			e.Setenv("GORACE", "atexit_sleep_ms=0")
+			if err := scriptPath(e); err != nil {
+				return err
+			}
 			// A script that carries a file named .server gets one.
 			if _, err := os.Stat(filepath.Join(e.WorkDir, ".server")); err == nil {
 				return startServer(e)

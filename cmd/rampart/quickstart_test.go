@@ -146,7 +146,7 @@ func TestQuickstartByHand(t *testing.T) {
 			e.Setenv("RAMPART_PASSPHRASE", "correct-horse")
 			e.Setenv("GORACE", "atexit_sleep_ms=0")
 			e.Setenv("LISTEN", listen)
-			return nil
+			return scriptPath(e)
 		},
 		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 			"mkimage":  cmdMkimage,
