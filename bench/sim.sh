@@ -102,9 +102,13 @@ echo "load average before: $load_before, after: $load_after (nproc $(nproc))"
 python3 - "$DEVICES" sim.json << 'PY'
 import json, sys
 n, r = int(sys.argv[1]), json.load(open(sys.argv[2]))
+# Correctness decides the exit status; the p99 target (issue 17: under
+# 100 ms) is judged on its own line, as it depends on the machine.
 ok = r["errors"] == 0 and r["by_release"].get("1.0.0") == n
-print("checkins/s over the run: see checkins; converged %d of %d; errors %d; p99 %.1f ms -> %s" % (
-    r["by_release"].get("1.0.0", 0), n, r["errors"], r["checkin_p99_ms"], "PASS" if ok else "FAIL"))
+fast = r["checkin_p99_ms"] < 100
+print("converged %d of %d; errors %d -> %s; check-in p99 %.1f ms -> %s the 100 ms target" % (
+    r["by_release"].get("1.0.0", 0), n, r["errors"], "PASS" if ok else "FAIL",
+    r["checkin_p99_ms"], "meets" if fast else "MISSES"))
 sys.exit(0 if ok else 1)
 PY
 exit "$rc"
