@@ -78,10 +78,6 @@ func refusedWith(t *testing.T, b []byte, code api.Code, msg string) {
 // cannot. Devices that confirm the good release end their recovery
 // (mttr), and the fleet statistics say so.
 func TestIncidentRevokeKeyDrill(t *testing.T) {
-	// Parallel: among the package's longest, and it shares no process
-	// state (the push hook stays nil; parallel tests run after the
-	// sequential ones that set it).
-	t.Parallel()
 	e, rel2 := incidentEnv(t)
 	leaked := keyID(t, rel2)
 	fleetIDs := ids("gw", 40)

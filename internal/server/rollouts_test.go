@@ -116,10 +116,6 @@ func ids(prefix string, n int) []string {
 // and promoted when its installs are confirmed; devices enrolled
 // mid-rollout are picked up; installed counts only confirmed boots.
 func TestRolloutThroughAllPhases(t *testing.T) {
-	// Parallel: among the package's longest, and it shares no process
-	// state (the push hook stays nil; parallel tests run after the
-	// sequential ones that set it).
-	t.Parallel()
 	e := newFleetEnv(t)
 	first := ids("gw", 60)
 	e.enroll(first...)
@@ -186,10 +182,6 @@ func TestRolloutThroughAllPhases(t *testing.T) {
 // devices are left on what they run (assignment cleared) and reported
 // with their reason, and the next phase never starts.
 func TestRolloutFailureRatePausesAtFirstGate(t *testing.T) {
-	// Parallel: among the package's longest, and it shares no process
-	// state (the push hook stays nil; parallel tests run after the
-	// sequential ones that set it).
-	t.Parallel()
 	e := newFleetEnv(t)
 	e.enroll(ids("gw", 60)...)
 	c := e.create(e.Admin, api.RolloutRequest{Release: "acme-gw/2.0.0", Select: "", Phases: "50%,100%", Soak: "10m", MinSuccess: 10, MaxFailureRate: "2%"})
