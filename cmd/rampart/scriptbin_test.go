@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
+
+	"github.com/rampartfw/rampart/internal/race"
 )
 
 // Under -race, the scripts' rampart is this package's test binary built
@@ -29,7 +31,7 @@ var scriptBin struct {
 // scriptPath puts the directory of the scripts' rampart first in e's
 // PATH, building it on first use under -race.
 func scriptPath(e *testscript.Env) error {
-	if !raceEnabled {
+	if !race.Enabled {
 		return nil
 	}
 	scriptBin.once.Do(func() {

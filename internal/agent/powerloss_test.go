@@ -21,6 +21,7 @@ import (
 	"github.com/rampartfw/rampart/internal/agent"
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/powercut"
+	"github.com/rampartfw/rampart/internal/race"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 )
 
@@ -73,11 +74,11 @@ func TestPowerLoss(t *testing.T) {
 			}
 			restarts := 0
 			for k := 1; k <= total; k++ {
-				if raceEnabled && !racePoint(k, total) {
+				if race.Enabled && !racePoint(k, total) {
 					continue
 				}
 				for i, mode := range []powercut.Mode{powercut.DropUnsynced, powercut.KeepAll, powercut.Torn} {
-					if raceEnabled && i != k%3 {
+					if race.Enabled && i != k%3 {
 						continue // under -race, one survival model per point, in turn
 					}
 					h.trial(k, mode)
@@ -85,7 +86,7 @@ func TestPowerLoss(t *testing.T) {
 				}
 			}
 			t.Logf("%s: %d crash points (every write, fsync, rename, removal and mkdir), %d restarts (race sampling: %v), every one recovered; %d ended in a fallback because the cut hit the trial boot",
-				sc.name, total, restarts, raceEnabled, h.fellBack)
+				sc.name, total, restarts, race.Enabled, h.fellBack)
 		})
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"testing/iotest"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/race"
 )
 
 func randBytes(n int, seed uint64) []byte {
@@ -172,7 +174,7 @@ func TestBuildTooManyChunks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("reads MaxChunks+1 bytes")
 	}
-	if raceEnabled {
+	if race.Enabled {
 		// Two million one-byte chunks through Build's pipeline took 59 s
 		// under -race, for a bound checked in sequential code; the
 		// pipeline's concurrency is raced by TestRoundTrip. make test
@@ -583,7 +585,7 @@ func TestVerifyStreamMemoryBounded(t *testing.T) {
 		return
 	}
 	size := int64(512 << 20)
-	if raceEnabled || testing.Short() {
+	if race.Enabled || testing.Short() {
 		size = 128 << 20
 	}
 	src := randBytes(1<<20+4099, 9) // period not a multiple of the chunk size
@@ -633,7 +635,7 @@ func TestVerifyStreamMemoryBounded(t *testing.T) {
 	if peakInuse.Load() > 32<<20 {
 		t.Errorf("peak HeapInuse %d bytes, want well under 64 MiB", peakInuse.Load())
 	}
-	if !raceEnabled && peakSys.Load() > 64<<20 {
+	if !race.Enabled && peakSys.Load() > 64<<20 {
 		t.Errorf("peak Sys %d bytes, want under 64 MiB", peakSys.Load())
 	}
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/pki/pkitest"
+	"github.com/rampartfw/rampart/internal/race"
 )
 
 // cpuTime is the CPU time (user and system) this process has used.
@@ -141,7 +142,7 @@ func TestHostileClientChainCostsOneSignatureCheck(t *testing.T) {
 	oldCost, oldErr := handshake(t, old, pool, hostile)
 	t.Logf("%d intermediates (%d KiB): %s CPU per handshake; 3: %s; anonymous handshake %s; crypto/tls's chain builder: %s (%v)",
 		n, size>>10, many, three, anonymous, oldCost, oldErr)
-	if raceEnabled {
+	if race.Enabled {
 		return
 	}
 	// Both ends of the handshake are in this process, and most of the
@@ -198,7 +199,7 @@ func TestHugeRSACSRRefusedBeforeItsSignature(t *testing.T) {
 	serr := csr.CheckSignature()
 	verify := cpuTime(t) - start
 	t.Logf("%d-byte CSR refused in %s of CPU (%v); checking its signature would cost %s (%v)", len(csrDER), per, err, verify, serr)
-	if !raceEnabled && per > 2*time.Millisecond {
+	if !race.Enabled && per > 2*time.Millisecond {
 		t.Errorf("refusing the CSR cost %s of CPU, want under 2 ms", per)
 	}
 	ca, err := pki.NewCA("device ca", time.Hour)

@@ -24,6 +24,7 @@ import (
 	"github.com/rampartfw/rampart/internal/fleet"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/offlinerepo"
+	"github.com/rampartfw/rampart/internal/race"
 	"github.com/rampartfw/rampart/internal/server/servertest"
 	"github.com/rampartfw/rampart/internal/sim"
 )
@@ -114,7 +115,7 @@ func init() {
 }
 
 func TestFleetE2E(t *testing.T) {
-	if raceEnabled && os.Getenv("RAMPART_E2E_RACE") == "" {
+	if race.Enabled && os.Getenv("RAMPART_E2E_RACE") == "" {
 		t.Skip("200 devices are too slow under -race for make test's budget: make test runs this test without -race (RAMPART_E2E_RACE=1 runs it here)")
 	}
 	t0 := time.Now()

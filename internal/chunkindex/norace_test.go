@@ -1,5 +1,0 @@
-//go:build !race
-
-package chunkindex
-
-const raceEnabled = false

@@ -1,5 +1,0 @@
-//go:build !race
-
-package pki_test
-
-const raceEnabled = false
