@@ -744,8 +744,26 @@ func (d *disk) wantBoot(t *testing.T, pairs ...any) {
 		}
 		want = append(want, fmt.Sprintf("%s:%d", pairs[i], n))
 	}
-	var got []string
-	var vars map[string]string
+	got, vars := d.bootable(t)
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Fatalf("boot variables %v read as %v, want %v", vars, got, want)
+	}
+	t.Logf("boot variables: %v", vars)
+}
+
+// trialArmed reports whether the boot variables hold B's trial before A:
+// what an install leaves once it armed the trial, whether or not its log
+// line reached the serial console before a cut.
+func (d *disk) trialArmed(t *testing.T) bool {
+	t.Helper()
+	got, _ := d.bootable(t)
+	return strings.Join(got, " ") == fmt.Sprintf("B:1 A:%d", d.m.max)
+}
+
+// bootable reads the boot variables with the bootloader's own tools and
+// returns the slots the next power-on may boot, in order, as SLOT:LEFT.
+func (d *disk) bootable(t *testing.T) (got []string, vars map[string]string) {
+	t.Helper()
 	if d.m.loader == "grub" {
 		vars = d.grubenv(t)
 		for _, s := range strings.Fields(vars["ORDER"]) {
@@ -763,10 +781,7 @@ func (d *disk) wantBoot(t *testing.T, pairs ...any) {
 			got = append(got, s+":"+vars["BOOT_"+s+"_LEFT"])
 		}
 	}
-	if strings.Join(got, " ") != strings.Join(want, " ") {
-		t.Fatalf("boot variables %v read as %v, want %v", vars, got, want)
-	}
-	t.Logf("boot variables: %v", vars)
+	return got, vars
 }
 
 // agentState is the part of the agent's state.json the scenarios judge.

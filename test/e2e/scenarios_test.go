@@ -178,7 +178,9 @@ func scenarios(t *testing.T, m *machine) {
 				if i > 0 {
 					after(i-1, p)
 				}
-				armed = p.has(`installed, rebooting into the trial`)
+				// The cut may land after the trial was armed and before
+				// the agent's line saying so reached the console.
+				armed = p.has(`installed, rebooting into the trial`) || d.trialArmed(t)
 				t.Logf("cut %d (+%v) left slot B holding %s (trial armed: %v)", i, delay, d.slot(t, "B"), armed)
 				if !armed {
 					d.wantBoot(t, "A", full) // B not bootable
