@@ -72,6 +72,7 @@ import (
 	"github.com/rampartfw/rampart/internal/install"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/termsafe"
+	"github.com/rampartfw/rampart/internal/uptane"
 	"github.com/rampartfw/rampart/internal/verify"
 )
 
@@ -106,6 +107,9 @@ type Agent struct {
 	// quick). The command line draws a progress line with it on a
 	// terminal.
 	OnProgress func(InstallProgress)
+
+	// memo carries what a check-in verified to the next (uptane.Memo).
+	memo uptane.Memo
 }
 
 // InstallProgress is how far an install has got.

@@ -72,7 +72,7 @@ func (a *Agent) uptaneConfig(st *State) uptane.Config {
 		ImageRoot: a.ImageRoot, DirectorRoot: a.DirectorRoot,
 		LogOrigin: a.LogOrigin, LogKey: a.LogKey,
 		DeviceID: c.Device.ID, HardwareID: c.Device.HardwareID,
-		MinSecurityVersion: st.SecurityCounter, Now: a.Now,
+		MinSecurityVersion: st.SecurityCounter, Now: a.Now, Memo: &a.memo,
 	}
 }
 

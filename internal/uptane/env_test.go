@@ -18,7 +18,9 @@ type env struct{ *servertest.Env }
 
 func newEnv(t *testing.T) *env { return &env{servertest.New(t)} }
 
-// device is one device's configuration with a fresh state directory.
+// device is one device's configuration with a fresh state directory and,
+// as the agent has, a Memo: every test that checks twice with one
+// configuration also checks that the Memo changes no outcome.
 func (e *env) device(id, hw string, cert *tls.Certificate) uptane.Config {
 	return uptane.Config{
 		ServerURL:    e.TS.URL,
@@ -30,5 +32,6 @@ func (e *env) device(id, hw string, cert *tls.Certificate) uptane.Config {
 		LogKey:       e.LogKey,
 		DeviceID:     id,
 		HardwareID:   hw,
+		Memo:         new(uptane.Memo),
 	}
 }

@@ -132,6 +132,10 @@ type Config struct {
 	MinSecurityVersion uint64
 	// Now is the reference time for metadata expiry; nil means time.Now.
 	Now func() time.Time
+	// Memo, when set, carries what a check-in verified to the next one of
+	// this device (see Memo); nil verifies everything from the state
+	// directory at every check-in. The agent keeps one for its lifetime.
+	Memo *Memo
 
 	// logKeyText identifies the log key the image root names, when it
 	// replaced LogKey; pinned identifies the pinned one then.
@@ -203,25 +207,19 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 	}
 
 	// 2. Image repository.
-	imgDir := filepath.Join(cfg.StateDir, "image")
-	imgRoot, err := trustedRoot(imgDir, cfg.ImageRoot)
-	if err != nil {
-		return nil, fmt.Errorf("uptane: image: %w", err)
-	}
-	img, err := refresh(ctx, cfg, "image", base+"/repo/", imgDir, imgRoot, false)
+	img, err := refreshImage(ctx, cfg, base+"/repo/")
 	if err != nil {
 		return nil, err
 	}
-	if err := keepTrustedRoot(imgDir); err != nil {
-		return nil, fmt.Errorf("uptane: image: %w", err)
-	}
-	imgTarget, err := img.GetTargetInfo(tpath)
+	imgTarget, err := img.up.GetTargetInfo(tpath)
 	if err != nil {
 		if nr := notRefusal("image", err); nr != nil {
 			return nil, nr
 		}
 		return nil, verify.TargetLookup("image", tpath, err)
 	}
+	// Remembered only now: the lookup loads the delegated roles it needs.
+	cfg.Memo.keep(base+"/repo/", img)
 	res, err := verify.Assigned(tpath, dirTarget, imgTarget, verify.Device{ID: cfg.DeviceID, HardwareID: cfg.HardwareID, MinSecurityVersion: cfg.MinSecurityVersion})
 	if err != nil {
 		return nil, err
@@ -229,7 +227,7 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 
 	// 3. Transparency log, under the key the trusted image root names
 	// (else the pinned one).
-	if cfg, err = withRootLogKey(cfg, img.GetTrustedMetadataSet().Root); err != nil {
+	if cfg, err = withRootLogKey(cfg, img.up.GetTrustedMetadataSet().Root); err != nil {
 		return nil, err
 	}
 	cp, keep, err := checkLog(ctx, cfg, base, res)
@@ -297,8 +295,9 @@ func (cfg *Config) now() time.Time {
 // would still be trusted, and every honest one refused as a rollback.
 // Rotating the online keys through the offline root is how devices that
 // accepted an attacker's metadata recover (docs/incident-response.md).
-func refresh(ctx context.Context, cfg Config, name, metaURL, mdDir string, root []byte, noCache bool) (*updater.Updater, error) {
-	up, err := refreshOnce(ctx, cfg, name, metaURL, mdDir, root, noCache)
+func refresh(f *fetcher, metaURL, mdDir string, root []byte, noCache bool, now time.Time) (*updater.Updater, error) {
+	name := f.role
+	up, err := refreshOnce(f, metaURL, mdDir, root, noCache, now)
 	if err == nil || noCache || isDownload(err) {
 		return up, err
 	}
@@ -315,7 +314,7 @@ func refresh(ctx context.Context, cfg Config, name, metaURL, mdDir string, root 
 			return nil, fmt.Errorf("uptane: %s: discarding metadata of rotated keys: %w", name, rmErr)
 		}
 	}
-	return refreshOnce(ctx, cfg, name, metaURL, mdDir, newRoot, false)
+	return refreshOnce(f, metaURL, mdDir, newRoot, false, now)
 }
 
 // onlineRoles are the roles of a repository whose keys the server holds:
@@ -364,7 +363,8 @@ func sameSet(a, b []string) bool {
 	return true
 }
 
-func refreshOnce(ctx context.Context, cfg Config, name, metaURL, mdDir string, root []byte, noCache bool) (*updater.Updater, error) {
+func refreshOnce(f *fetcher, metaURL, mdDir string, root []byte, noCache bool, now time.Time) (*updater.Updater, error) {
+	name := f.role
 	uc, err := config.New(metaURL, root)
 	if err != nil {
 		return nil, fmt.Errorf("uptane: %s: %w", name, err)
@@ -376,19 +376,19 @@ func refreshOnce(ctx context.Context, cfg Config, name, metaURL, mdDir string, r
 	uc.RemoteTargetsURL = metaURL + "targets/"
 	uc.PrefixTargetsWithHash = true
 	uc.DisableLocalCache = noCache
-	lim := limitsFor(name)
+	lim := f.limits
 	uc.RootMaxLength, uc.TimestampMaxLength, uc.SnapshotMaxLength, uc.TargetsMaxLength = lim.Root, lim.Timestamp, lim.Snapshot, lim.Targets
 	// Our fetcher, not go-tuf's: it honours ctx, it tells a cut transfer
 	// (ErrUnavailable) from a response longer than allowed (EndlessData),
 	// which go-tuf's would both leave to be guessed, and it holds every
 	// role to the agent's own bound whatever length a parent signed.
-	uc.Fetcher = &fetcher{ctx: ctx, client: cfg.HTTPClient, role: name, limits: lim}
+	uc.Fetcher = f
 	up, err := updater.New(uc)
 	if err != nil {
 		// The trusted root itself does not load (not self-signed, garbage).
 		return nil, classify(name, err)
 	}
-	up.UnsafeSetRefTime(cfg.now())
+	up.UnsafeSetRefTime(now)
 	if err := up.Refresh(); err != nil {
 		return nil, classify(name, err)
 	}
@@ -470,6 +470,17 @@ var directorFiles = []string{"root.json", "timestamp.json", "snapshot.json", "ta
 // rollback.
 func refreshDirector(ctx context.Context, cfg Config, metaURL string) (*updater.Updater, error) {
 	mdDir := filepath.Join(cfg.StateDir, "director")
+	now := cfg.now()
+	got, replay := cfg.Memo.take(mdDir).reuse(ctx, cfg.HTTPClient, "director", metaURL, mdDir, now)
+	if got != nil {
+		// Bound to this device when it was remembered; the check is cheap.
+		if err := verify.DirectorBinding(got.up.GetTrustedMetadataSet().Targets[metadata.TARGETS], cfg.DeviceID); err != nil {
+			return nil, err
+		}
+		cfg.Memo.hit()
+		cfg.Memo.keep(metaURL, got)
+		return got.up, nil
+	}
 	root, err := trustedRoot(mdDir, cfg.DirectorRoot)
 	if err != nil {
 		return nil, fmt.Errorf("uptane: director: %w", err)
@@ -479,11 +490,12 @@ func refreshDirector(ctx context.Context, cfg Config, metaURL string) (*updater.
 		return nil, fmt.Errorf("uptane: director: %w", err)
 	}
 	defer os.RemoveAll(stage)
-	up, err := refresh(ctx, cfg, "director", metaURL, stage, root, false)
+	f := newFetcher(ctx, cfg.HTTPClient, "director", replay)
+	up, err := refresh(f, metaURL, stage, root, false, now)
 	if err != nil {
 		var ve *verify.Error
 		if errors.As(err, &ve) && ve.Class == verify.Rollback {
-			if werr := otherDevice(ctx, cfg, metaURL, stage, root); werr != nil {
+			if werr := otherDevice(ctx, cfg, metaURL, stage, root, now); werr != nil {
 				return nil, errors.Join(werr, err)
 			}
 		}
@@ -495,14 +507,53 @@ func refreshDirector(ctx context.Context, cfg Config, metaURL string) (*updater.
 	if err := commitStaged(stage, mdDir); err != nil {
 		return nil, fmt.Errorf("uptane: director: %w", err)
 	}
+	// The updater reads from the staging copy, now gone; the director has
+	// no delegated roles for it to load later, and the files remembered
+	// are the committed ones.
+	cfg.Memo.remember(metaURL, &refreshed{up: up, mdDir: mdDir, fetch: f})
 	return up, nil
+}
+
+// refreshed is a repository go-tuf refreshed: the updater holding its
+// trusted set, the directory that set is kept in, and the fetcher the
+// updater loads delegated roles with.
+type refreshed struct {
+	up    *updater.Updater
+	mdDir string
+	fetch *fetcher
+	// from is the memo reused, when nothing was refreshed.
+	from *memoRepo
+}
+
+// refreshImage refreshes the image repository, kept in StateDir/image.
+func refreshImage(ctx context.Context, cfg Config, metaURL string) (*refreshed, error) {
+	mdDir := filepath.Join(cfg.StateDir, "image")
+	now := cfg.now()
+	got, replay := cfg.Memo.take(mdDir).reuse(ctx, cfg.HTTPClient, "image", metaURL, mdDir, now)
+	if got != nil {
+		cfg.Memo.hit()
+		return got, nil
+	}
+	root, err := trustedRoot(mdDir, cfg.ImageRoot)
+	if err != nil {
+		return nil, fmt.Errorf("uptane: image: %w", err)
+	}
+	f := newFetcher(ctx, cfg.HTTPClient, "image", replay)
+	up, err := refresh(f, metaURL, mdDir, root, false, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := keepTrustedRoot(mdDir); err != nil {
+		return nil, fmt.Errorf("uptane: image: %w", err)
+	}
+	return &refreshed{up: up, mdDir: mdDir, fetch: f}, nil
 }
 
 // otherDevice verifies the director from the trusted root alone (in the
 // staging copy, the newest root the refresh reached), storing nothing, and
 // returns a WrongDevice refusal when that repository is bound to another
 // device; nil otherwise.
-func otherDevice(ctx context.Context, cfg Config, metaURL, stage string, root []byte) error {
+func otherDevice(ctx context.Context, cfg Config, metaURL, stage string, root []byte, now time.Time) error {
 	if r, err := os.ReadFile(filepath.Join(stage, "root.json")); err == nil && json.Valid(r) {
 		root = r
 	}
@@ -511,7 +562,7 @@ func otherDevice(ctx context.Context, cfg Config, metaURL, stage string, root []
 		return nil
 	}
 	defer os.RemoveAll(empty)
-	up, err := refresh(ctx, cfg, "director", metaURL, empty, root, true)
+	up, err := refresh(newFetcher(ctx, cfg.HTTPClient, "director", nil), metaURL, empty, root, true, now)
 	if err != nil {
 		return nil
 	}
@@ -933,6 +984,13 @@ type fetcher struct {
 	client *http.Client
 	role   string
 	limits Limits
+	// replay holds answers fetched already in this refresh (Memo.reuse),
+	// each given once in place of a request.
+	replay map[string]fetched
+}
+
+func newFetcher(ctx context.Context, client *http.Client, role string, replay map[string]fetched) *fetcher {
+	return &fetcher{ctx: ctx, client: client, role: role, limits: limitsFor(role), replay: replay}
 }
 
 // DownloadFile implements fetcher.Fetcher: maxLength is the length the
@@ -940,6 +998,10 @@ type fetcher struct {
 // (set to the agent's own). Neither may exceed the agent's bound: a
 // signed length beyond it is refused before anything is requested.
 func (f *fetcher) DownloadFile(u string, maxLength int64, _ time.Duration) ([]byte, error) {
+	if r, ok := f.replay[u]; ok {
+		delete(f.replay, u)
+		return r.data, r.err
+	}
 	limit, role := f.limits.forFile(u)
 	if maxLength > limit {
 		return nil, refuse(verify.EndlessData, f.role, nil, "%s: the %s metadata is signed as %d bytes, more than the %d this device accepts", f.role, verify.Quote(role), maxLength, limit)

@@ -1,0 +1,8 @@
+package uptane
+
+// Hits is how many repository refreshes reused m's trusted sets.
+func (m *Memo) Hits() int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.hits
+}
