@@ -52,3 +52,23 @@ func TestConfigPrecedence(t *testing.T) {
 		t.Fatalf("bad config: %d %s", code, errb.String())
 	}
 }
+
+// background_interval is a duration from a second to an hour; anything
+// else is refused before the server starts, naming the member.
+func TestBackgroundIntervalBounds(t *testing.T) {
+	dir := t.TempDir()
+	data := filepath.Join(dir, "srv")
+	var out, errb bytes.Buffer
+	if code := run(t.Context(), []string{"init", "--data", data}, &out, &errb); code != 0 {
+		t.Fatalf("init: %d %s", code, errb.String())
+	}
+	cfg := filepath.Join(dir, "config.json")
+	for _, v := range []string{"500ms", "2h", "soon", "-1m"} {
+		os.WriteFile(cfg, []byte(`{"background_interval": "`+v+`"}`), 0o644)
+		errb.Reset()
+		code := run(t.Context(), []string{"serve", "--data", data, "--listen", "127.0.0.1:0", "--config", cfg}, &out, &errb)
+		if code != 2 || !strings.Contains(errb.String(), "background_interval") || !strings.Contains(errb.String(), "from 1s to 1h") {
+			t.Errorf("background_interval %q: exit %d, %s", v, code, errb.String())
+		}
+	}
+}

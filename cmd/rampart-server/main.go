@@ -108,7 +108,11 @@ Flags:
                               PostgreSQL mount one directory on shared storage
                               here (docs/scaling.md); "lease_ttl" ("30s"): a
                               replica that dies holding the background work or a
-                              push is replaced within it and a third of it
+                              push is replaced within it and a third of it;
+                              "background_interval" ("1m", 1s to 1h): how often
+                              each replica reloads revocations and the director
+                              root, and the lease holder refreshes timestamps and
+                              steps rollouts
 
 Example:
     rampart-server serve --data srv --listen 127.0.0.1:8443
@@ -196,6 +200,10 @@ type fileConfig struct {
 	// background work's, a push's): a replica that dies holding one is
 	// replaced within it and a third of it. Empty for 30s.
 	LeaseTTL string `json:"lease_ttl"`
+	// BackgroundInterval is how often the background work runs: each
+	// replica's reloads (revocations, the director root) and the lease
+	// holder's rounds. Empty for a minute.
+	BackgroundInterval string `json:"background_interval"`
 }
 
 // limits returns the file's limits; what it leaves out takes the default.
@@ -323,7 +331,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		dec := json.NewDecoder(strings.NewReader(string(b)))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&fc); err != nil {
-			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store", "log_dir", "lease_ttl"`)
+			return fail(stderr, 2, fmt.Errorf("%s: %w", *cfgFile, err), `the config file is JSON with "data", "listen", "hosts", "log_origin", "manufacturer_ca", "body_timeout", "response_timeout", "min_transfer_rate", "max_unauthenticated", "report_burst", "report_interval", "blob_quota", "disk_reserve", "blob_grace", "audit_retention", "metrics_listen", "blob_store", "blob_store_credentials", "store", "log_dir", "lease_ttl", "background_interval"`)
 		}
 	}
 	pick := func(flagVal, env, file, def string) string {
@@ -410,6 +418,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			c.LeaseTTL = d
 		}
+		every := time.Minute
+		if fc.BackgroundInterval != "" {
+			// Under a second the reloads would load the store for little;
+			// over an hour, revocations would take that long to reach
+			// the other replicas, and timestamps (a day) would be
+			// refreshed late.
+			d, err := time.ParseDuration(fc.BackgroundInterval)
+			if err != nil || d < time.Second || d > time.Hour {
+				return fail(stderr, 2, fmt.Errorf("%s: background_interval %q is not a duration from 1s to 1h such as \"1m\"", *cfgFile, fc.BackgroundInterval), "docs/scaling.md#bounds-in-one-place")
+			}
+			every = d
+		}
 		var attrs []any
 		if path := pick(*manufacturerCA, "RAMPART_MANUFACTURER_CA", fc.ManufacturerCA, ""); path != "" {
 			pool, certs, err := pki.LoadCABundle(path)
@@ -429,7 +449,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			Store:           storeDB,
 			LogDir:          pick("", "RAMPART_LOG_DIR", fc.LogDir, ""),
 		}
-		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, c, backends, stderr, attrs...)
+		return serve(ctx, dir, pick(*listen, "RAMPART_LISTEN", fc.Listen, "127.0.0.1:8443"), fc.MetricsListen, every, c, backends, stderr, attrs...)
 	}
 	return fail(stderr, 2, fmt.Errorf("unknown command %q", args[0]), "rampart-server --help lists the commands")
 }
@@ -472,7 +492,7 @@ func fail(w io.Writer, code int, err error, hint string) int {
 	return code
 }
 
-func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, backends datadir.OpenOptions, stderr io.Writer, attrs ...any) int {
+func serve(ctx context.Context, dir, addr, metricsAddr string, every time.Duration, c server.Config, backends datadir.OpenOptions, stderr io.Writer, attrs ...any) int {
 	logger := slog.New(slog.NewJSONHandler(stderr, nil))
 	c.Logger = logger
 	in, err := datadir.OpenWith(ctx, dir, c, backends)
@@ -490,7 +510,7 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	// another replica takes the background work over at once.
 	runCtx, stopRun := context.WithCancel(ctx)
 	runDone := make(chan struct{})
-	go func() { defer close(runDone); in.Server.Run(runCtx, time.Minute) }()
+	go func() { defer close(runDone); in.Server.Run(runCtx, every) }()
 	defer func() { stopRun(); <-runDone }()
 	errc := make(chan error, 2)
 	// A client may send only what a device's handshake needs before it
@@ -536,7 +556,7 @@ func serve(ctx context.Context, dir, addr, metricsAddr string, c server.Config, 
 	if backends.LogDir != "" {
 		logDir = backends.LogDir
 	}
-	storage := []any{"store", metaStore, "blob_store", blobStore, "log_dir", logDir, "log_shared", backends.Store != "", "lease_ttl", leaseTTL(c.LeaseTTL).String(), "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
+	storage := []any{"store", metaStore, "blob_store", blobStore, "log_dir", logDir, "log_shared", backends.Store != "", "lease_ttl", leaseTTL(c.LeaseTTL).String(), "background_interval", every.String(), "report_burst", l.ReportBurst, "report_interval", l.ReportEvery.String(), "blob_grace", rt.BlobGrace.String(), "audit_retention", rt.Audit.String()}
 	if bl, ok := in.Server.BlobLimits(); ok {
 		storage = append(storage, "blob_quota", bl.Quota, "disk_reserve", bl.Reserve)
 	}

@@ -176,3 +176,56 @@ func TestReplicaTakesOverAfterKill9(t *testing.T) {
 		t.Errorf("the server does not log its lease_ttl:\n%s", standby.Logs())
 	}
 }
+
+// A revocation made on one replica reaches the others within the
+// configured background_interval (docs/scaling.md, "Bounds, in one
+// place"): with the default minute this test would time out.
+func TestRevocationReachesReplicasWithinInterval(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the real server")
+	}
+	t.Parallel()
+	dsn := pgtest.NewDatabase(t)
+	bin := buildServer(t)
+	const every = time.Second
+	a, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": filepath.Join(t.TempDir(), "log"), "background_interval": every.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	b, err := a.Replica()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Stop)
+	if !strings.Contains(b.Logs(), `"background_interval":"1s"`) {
+		t.Errorf("the server does not log its background_interval:\n%s", b.Logs())
+	}
+	cert, err := a.Enroll("gw-1", "acme-gw-rev2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := b.Client(cert, true)
+	if _, err := b.Checkin(kept); err != nil {
+		t.Fatalf("before the revocation: %v", err)
+	}
+	if code, body, err := a.Call(a.Client(nil, false), "POST", "/api/v1/devices/gw-1/revoke", a.Admin, nil); err != nil || code != 204 {
+		t.Fatalf("revoke on the first replica: %d %s %v", code, body, err)
+	}
+	revoked := time.Now()
+	bound := every + 2*time.Second // slack: a loaded two-core machine
+	for {
+		_, err := b.Checkin(kept)
+		if err != nil && strings.Contains(err.Error(), "403") && strings.Contains(err.Error(), "device-revoked") {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the other replica answered %v, want 403 device-revoked", err)
+		}
+		if time.Since(revoked) > bound {
+			t.Fatalf("the other replica still served the revoked device %v after the revocation (interval %v)", bound, every)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("the other replica refused the revoked device %v after the revocation (interval %v)", time.Since(revoked).Round(time.Millisecond), every)
+}
