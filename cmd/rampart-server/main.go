@@ -135,10 +135,12 @@ naming them (rampart repo rotate, repo sign, repo push; for the director,
 director push-root). Devices walk to the new root at their next check-in
 and drop whatever the old keys signed, whatever its version.
 
-The log key (--log) needs the server stopped: the log's checkpoint is
-re-signed with the new key; then the root key holders name it in the image
-repository's root (rampart repo set-log-key, repo sign, repo push), and
-devices discard the checkpoint of the retired key.
+The log key (--log) needs the server stopped (every replica): the log's
+checkpoint, in DATA/log or the configured log_dir, is re-signed with the
+new key; then the root key holders name it in the image repository's root
+(rampart repo set-log-key, repo sign, repo push), and devices discard the
+checkpoint of the retired key. With replicas, copy DATA/keys and
+DATA/online to every replica's data directory before restarting them.
 
 docs/incident-response.md has the whole ceremony for each key.
 
@@ -147,6 +149,8 @@ Flags:
     --image       rotate the image repository's online keys
     --director    rotate the director's online keys
     --log         rotate the transparency log's key (server stopped)
+    --config FILE the configuration file (or RAMPART_CONFIG): its log_dir
+                  (or RAMPART_LOG_DIR) is the log re-signed
 
 Example:
     rampart-server rotate-keys --data srv --image --director
@@ -389,7 +393,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 		}
 		if *rotLog {
-			vkey, err := datadir.RotateLogKey(dir)
+			// The shared log of replicas is where serve finds it.
+			vkey, err := datadir.RotateLogKey(dir, pick("", "RAMPART_LOG_DIR", fc.LogDir, ""))
 			if err != nil {
 				return fail(stderr, 3, err, "stop the server first; run rotate-keys --log again to finish a rotation that was cut short")
 			}

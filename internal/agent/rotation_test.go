@@ -101,7 +101,7 @@ func rotateLogKey(t *testing.T, e *servertest.Env) {
 	var vkey string
 	e.RestartWith(func() {
 		var err error
-		if vkey, err = datadir.RotateLogKey(e.DataDir); err != nil {
+		if vkey, err = datadir.RotateLogKey(e.DataDir, ""); err != nil {
 			t.Fatal(err)
 		}
 	})

@@ -125,13 +125,16 @@ func RotateKeys(dir string, roles []string) ([]Rotated, error) {
 // checkpoint with the new key, so the log (tlog.Open) and every client
 // that fetches it from now on see the new key. The tree is unchanged.
 // The server must be stopped: a running one would go on signing with the
-// old key. It returns the new verifier key.
+// old key. logDir is the log's directory (the server's log_dir), empty
+// for dir/log. It returns the new verifier key.
 //
 // Each step is atomic, and a rotation cut short is finished by running
 // it again: when the checkpoint verifies under the previous key and not
 // under the current one, only the re-signing is left to do.
-func RotateLogKey(dir string) (string, error) {
-	logDir := filepath.Join(dir, "log")
+func RotateLogKey(dir, logDir string) (string, error) {
+	if logDir == "" {
+		logDir = filepath.Join(dir, "log")
+	}
 	cur, curV, curText, err := readLogKey(filepath.Join(dir, "keys", "log.key"), filepath.Join(dir, "online", "log.pub"))
 	if err != nil {
 		return "", err
