@@ -119,6 +119,27 @@ Example:
     rampart-server serve --data srv --store postgres://rampart:PASSWORD@db.example.com:5432/rampart
     rampart-server serve --data srv --manufacturer-ca acme-factory-ca.pem
 `},
+		{Name: "copy-store", Summary: "copy the SQLite store into an empty PostgreSQL database", Usage: `
+Usage: rampart-server copy-store --data DIR --store DSN
+
+Copies everything in DIR/rampart.db (devices, tokens, releases, rollouts,
+the audit log) into the PostgreSQL database DSN, which must be empty, in
+one transaction: the copy is whole or absent. Operator tokens in use go on
+working and the audit chain goes on from its last entry. Stop the server
+first; afterwards serve DIR with --store DSN (or "store" in the config
+file). DIR/rampart.db is left as it was: do not serve it again, it would
+miss whatever the PostgreSQL store records from then on. The transparency
+log and the blobs stay where they are (log_dir, blob_store).
+
+Flags:
+    --data DIR    the data directory (or RAMPART_DATA)
+    --store DSN   postgres://USER:PASSWORD@HOST:PORT/DATABASE?sslmode=verify-full
+                  (or RAMPART_STORE, or "store" in the config file)
+
+Example:
+    systemctl stop rampart-server
+    rampart-server copy-store --data srv --store postgres://rampart@db.example.com:5432/rampart
+`},
 		{Name: "rotate-keys", Summary: "replace the online keys (after a compromise, or on schedule)", Usage: `
 Usage: rampart-server rotate-keys --data DIR [--image] [--director] [--log]
 
@@ -371,6 +392,22 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintf(stdout, "%s:\n%s", role, res.Public[role])
 		}
 		fmt.Fprintf(stdout, "transparency log key: %s\n\nadmin token (shown once, store it now):\n%s\n", res.Public["log"], res.AdminToken)
+		return 0
+	case "copy-store":
+		dsn := storeDB
+		if dsn == "" {
+			return fail(stderr, 2, errors.New("copy-store needs the PostgreSQL database to copy into"), "give --store postgres://USER:PASSWORD@HOST:PORT/DATABASE")
+		}
+		n, err := datadir.CopyStore(ctx, dir, dsn)
+		if err != nil {
+			return fail(stderr, exitFor(err), err, hintFor(err))
+		}
+		var total int64
+		for _, c := range n {
+			total += c
+		}
+		fmt.Fprintf(stdout, "copied %s into %s: %d devices, %d audit entries, %d rows in all\nserve it with: rampart-server serve --data %s --store DSN\n",
+			filepath.Join(dir, "rampart.db"), postgres.Redact(dsn), n["devices"], n["audit"], total, dir)
 		return 0
 	case "rotate-keys":
 		var roles []string

@@ -2,6 +2,7 @@ package datadir
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"os"
@@ -94,7 +95,7 @@ func checkUnused(ctx context.Context, dir string) error {
 	}
 	_, derr := db.Doc(ctx, "image", "root", 0)
 	if n > 0 || len(es) > 0 || !errors.Is(derr, store.ErrNotFound) {
-		return fmt.Errorf("%s: %w, and its SQLite store (rampart.db) is in use: rampart-server cannot copy a store to PostgreSQL yet; initialise a new data directory with --store", dir, ErrInitialized)
+		return fmt.Errorf("%s: %w, and its SQLite store (rampart.db) is in use: to move it to PostgreSQL, stop the server and run rampart-server copy-store --data %s --store DSN", dir, ErrInitialized, dir)
 	}
 	return nil
 }
@@ -111,4 +112,52 @@ func publicKeys(dir string) (*InitResult, error) {
 	}
 	res.Public["log"] = strings.TrimSpace(res.Public["log"])
 	return res, nil
+}
+
+// CopyStore copies the SQLite store of the data directory dir into the
+// PostgreSQL database dsn, which must be empty (ErrStoreInitialized
+// otherwise; init --store is for a new directory): every device, token,
+// release, rollout and audit entry, so that the operator tokens in use go
+// on working and the audit chain goes on from its last entry. The server
+// must be stopped; SQLite's write lock is held for the copy, so a server
+// still running waits rather than writing what the copy would miss.
+// dir/rampart.db is left as it was. It returns the rows copied per table.
+func CopyStore(ctx context.Context, dir, dsn string) (map[string]int64, error) {
+	state, err := inspectDataDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	if state != dirComplete {
+		return nil, fmt.Errorf("%s is not an initialised data directory with a SQLite store", dir)
+	}
+	path := filepath.Join(dir, "rampart.db")
+	// Opening migrates the store to its newest schema, the one the
+	// PostgreSQL store's migrations mirror.
+	lite, err := sqlite.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := lite.Close(); err != nil {
+		return nil, err
+	}
+	raw, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(10000)&_txlock=immediate")
+	if err != nil {
+		return nil, err
+	}
+	defer raw.Close()
+	src, err := raw.BeginTx(ctx, nil)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (is the server still running? stop it first)", path, err)
+	}
+	defer src.Rollback() //nolint:errcheck // read only
+	pg, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	defer pg.Close()
+	n, err := pg.Import(ctx, src)
+	if errors.Is(err, postgres.ErrImportNotEmpty) {
+		return nil, fmt.Errorf("%s: %w: %w", postgres.Redact(dsn), ErrStoreInitialized, err)
+	}
+	return n, err
 }
