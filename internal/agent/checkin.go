@@ -67,7 +67,12 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 
 func (a *Agent) uptaneConfig(st *State) uptane.Config {
 	c := a.Config
+	var running string
+	if st.Running != nil {
+		running = st.Running.SHA256
+	}
 	return uptane.Config{
+		Running:   running,
 		ServerURL: c.Server.URL, HTTPClient: a.HTTP, StateDir: a.TUFDir, FS: a.FS,
 		ImageRoot: a.ImageRoot, DirectorRoot: a.DirectorRoot,
 		LogOrigin: a.LogOrigin, LogKey: a.LogKey,

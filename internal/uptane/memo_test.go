@@ -199,3 +199,40 @@ func BenchmarkCheck(b *testing.B) {
 		})
 	}
 }
+
+// A device that runs the release the director names downloads nothing,
+// so it is not asked for the log's proof; the log gates the next
+// download as before.
+func TestRunningReleaseNeedsNoLogProof(t *testing.T) {
+	e, certs := deployed(t)
+	cfg := e.device("gw-1", hwRev2, certs.gw1)
+	first := check(t, cfg)
+	if first.Running || first.Checkpoint == nil {
+		t.Fatalf("first decision %+v", first)
+	}
+	cfg.Running = first.File.Hashes["sha256"].String()
+	notLogged := func(r *http.Request) *http.Response {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/log/") {
+			return servertest.Respond(r, 404, []byte(`{"code":"not-found"}`))
+		}
+		return nil
+	}
+	h := servertest.Intercept(&cfg.HTTPClient, notLogged)
+	d := check(t, cfg)
+	if !d.Running || d.Checkpoint != nil || d.Target != first.Target || h.Requested("/api/v1/log/") {
+		t.Fatalf("running the named release: %+v, requests %v", d, h.Paths())
+	}
+
+	// Another release named: the log is asked, and its refusal stands.
+	e.Release("1.0.1", 2, hwRev2)
+	e.Deploy(product+"/1.0.1", hwRev2)
+	d, err := uptane.Check(context.Background(), cfg)
+	wantClass(t, d, err, verify.NotLogged)
+
+	// A device running something else is asked too.
+	other := e.device("gw-1", hwRev2, certs.gw1)
+	other.Running = strings.Repeat("0", 64)
+	servertest.Intercept(&other.HTTPClient, notLogged)
+	d, err = uptane.Check(context.Background(), other)
+	wantClass(t, d, err, verify.NotLogged)
+}

@@ -132,6 +132,12 @@ type Config struct {
 	MinSecurityVersion uint64
 	// Now is the reference time for metadata expiry; nil means time.Now.
 	Now func() time.Time
+	// Running is the SHA-256 (hex) of the image the device runs, if it
+	// runs a verified one. When the director names that very image, Check
+	// decides without the transparency log (Decision.Running): nothing is
+	// to be downloaded, and the log is proven again, inclusion and
+	// consistency with the stored checkpoint, before the next download.
+	Running string
 	// Memo, when set, carries what a check-in verified to the next one of
 	// this device (see Memo); nil verifies everything from the state
 	// directory at every check-in. The agent keeps one for its lifetime.
@@ -159,6 +165,10 @@ type Decision struct {
 	// not stored by Check: KeepCheckpoint stores it, once the caller acts
 	// on the release (see KeepCheckpoint).
 	Checkpoint []byte
+	// Running is true when the director names the image Config.Running
+	// says the device runs: the log was not asked (Checkpoint is nil),
+	// and the caller has nothing to download.
+	Running bool
 
 	// keep stores Checkpoint as the last accepted one; nil when there is
 	// nothing new to store.
@@ -225,26 +235,31 @@ func Check(ctx context.Context, cfg Config) (*Decision, error) {
 		return nil, err
 	}
 
+	dirPart, file := path.Split(tpath)
+	sum := imgTarget.Hashes["sha256"].String()
+	rel := res.Release
+	d := &Decision{
+		Result:   res,
+		ImageURL: base + "/repo/targets/" + escapePath(dirPart+sum+"."+file),
+		IndexURL: base + "/repo/targets/" + escapePath(dirPart+rel.Index.SHA256+"."+file+release.IndexSuffix),
+	}
+	if cfg.Running != "" && sum == cfg.Running {
+		// The log gates a download (docs/agent.md): a fleet's usual
+		// check-in downloads nothing, and would otherwise fetch and
+		// verify a proof of what it already runs every time.
+		d.Running = true
+		return d, nil
+	}
+
 	// 3. Transparency log, under the key the trusted image root names
 	// (else the pinned one).
 	if cfg, err = withRootLogKey(cfg, img.up.GetTrustedMetadataSet().Root); err != nil {
 		return nil, err
 	}
-	cp, keep, err := checkLog(ctx, cfg, base, res)
-	if err != nil {
+	if d.Checkpoint, d.keep, err = checkLog(ctx, cfg, base, res); err != nil {
 		return nil, err
 	}
-
-	dirPart, file := path.Split(tpath)
-	sum := imgTarget.Hashes["sha256"].String()
-	rel := res.Release
-	return &Decision{
-		Result:     res,
-		ImageURL:   base + "/repo/targets/" + escapePath(dirPart+sum+"."+file),
-		IndexURL:   base + "/repo/targets/" + escapePath(dirPart+rel.Index.SHA256+"."+file+release.IndexSuffix),
-		Checkpoint: cp,
-		keep:       keep,
-	}, nil
+	return d, nil
 }
 
 func (cfg *Config) validate() error {
