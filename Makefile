@@ -7,6 +7,14 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 
 .PHONY: build demo test vet fuzz bench e2e
 
+# The race run's longest packages, longest first: go test starts packages
+# in the order given (./... after them adds the rest, each once), and one
+# of them started last ran alone while the other core idled, a minute
+# and more of make test's wall time. Their times are in
+# docs/performance.md ("The test suite's time").
+RACE_FIRST = ./internal/agent/ ./cmd/rampart/ ./internal/server/ ./cmd/rampart-server/ \
+	./cmd/rampart-agent/ ./internal/offlinerepo/ ./internal/demo/
+
 build:
 	$(GO) build ./...
 
@@ -17,7 +25,10 @@ demo:
 test:
 	./scripts/test-deps.sh
 	$(GO) vet ./...
-	$(GO) vet -tags nopkcs11 ./...
+	# The tag changes the files of internal/keys and of cmd/rampart's tests
+	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
+	# every package it imports with the tag too.
+	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/
 	$(GO) run $(STATICCHECK) ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
 	# GORACE=atexit_sleep_ms=0: a race-built binary otherwise idles a
@@ -39,7 +50,7 @@ test:
 	#    (internal/sim TestFleetE2E) and chunkindex's bound of a million
 	#    chunks: skipped under -race, too slow there (59 s for the bound),
 	#    so run here without it (their time: docs/performance.md).
-	GORACE=atexit_sleep_ms=0 $(GO) test -race -timeout 30m ./... & race=$$!; \
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
 	$(GO) test -tags nopkcs11 ./internal/keys/ && \
 	$(GO) test -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/ && \
 	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/ && \
