@@ -171,9 +171,11 @@ func TestMemoRefreshesInFullOnChange(t *testing.T) {
 	})
 }
 
-// BenchmarkCheck is a device's check-in when nothing changed, with the
-// agent's Memo and without it (go-tuf verifying every cached role again),
-// against the real server in this process (its share is in both).
+// BenchmarkCheck is a device's check-in when nothing changed: as the
+// agent makes it when it runs the release the director names (Memo, no
+// log proof), with the Memo alone, and with neither (go-tuf verifying
+// every cached role again); against the real server in this process (its
+// share is in each).
 //
 //	go test -run XXX -bench Check ./internal/uptane
 func BenchmarkCheck(b *testing.B) {
@@ -181,15 +183,18 @@ func BenchmarkCheck(b *testing.B) {
 	e.Release("1.0.0", 2, hwRev2)
 	cert := e.Enroll("gw-1", hwRev2)
 	e.Deploy(product+"/1.0.0", hwRev2)
-	for _, memo := range []bool{true, false} {
-		name := "memo"
-		if !memo {
-			name = "no-memo"
-		}
-		b.Run(name, func(b *testing.B) {
+	for _, c := range []struct {
+		name          string
+		memo, running bool
+	}{{"memo-running", true, true}, {"memo", true, false}, {"no-memo", false, false}} {
+		b.Run(c.name, func(b *testing.B) {
 			cfg := e.device("gw-1", hwRev2, cert)
-			if !memo {
+			if !c.memo {
 				cfg.Memo = nil
+			}
+			if c.running {
+				// The device runs what the director names: no log proof.
+				cfg.Running = check(b, cfg).File.Hashes["sha256"].String()
 			}
 			for b.Loop() {
 				if _, err := uptane.Check(context.Background(), cfg); err != nil {

@@ -53,7 +53,7 @@ func wantClass(t *testing.T, d *uptane.Decision, err error, c verify.Class) *ver
 
 // check runs Check and keeps its checkpoint, as the agent does when it
 // installs the release.
-func check(t *testing.T, cfg uptane.Config) *uptane.Decision {
+func check(t testing.TB, cfg uptane.Config) *uptane.Decision {
 	t.Helper()
 	d, err := uptane.Check(context.Background(), cfg)
 	if err != nil {
