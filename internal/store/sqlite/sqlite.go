@@ -55,6 +55,20 @@ type conn struct {
 	// gate is the database's writer queue (nil inside a transaction,
 	// which has passed it).
 	gate writerGate
+	// assign is the database's assignment cache: set on the database,
+	// read through only there (a transaction reads its own writes).
+	// Inside a transaction, wrote records that the transaction changed
+	// assignments, so that the cache moves on once it commits.
+	assign *assignCache
+	wrote  *bool
+}
+
+// assignmentsChanged marks the transaction c is in as one that wrote
+// the assignments table.
+func (c *conn) assignmentsChanged() {
+	if c.wrote != nil {
+		*c.wrote = true
+	}
 }
 
 // writerGate queues this process's writers in Go, one at a time.
@@ -317,7 +331,7 @@ func Open(path string) (*DB, error) {
 	// re-reads the schema (a third of a check-in's cost when measured).
 	// The number open stays unlimited, so nothing can wait on the pool.
 	db.SetMaxIdleConns(maxIdleConns)
-	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}, gate: make(writerGate, 1)}}
+	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}, gate: make(writerGate, 1), assign: &assignCache{}}}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -384,7 +398,8 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 	if err != nil {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
-	c := &conn{q: tx, savepoints: new(atomic.Uint64), stmts: s.stmts, tx: tx}
+	c := &conn{q: tx, savepoints: new(atomic.Uint64), stmts: s.stmts, tx: tx, wrote: new(bool)}
+	defer s.assign.after(c.wrote)
 	if err := f(c); err != nil {
 		tx.Rollback()
 		return err
@@ -409,7 +424,9 @@ func (c *conn) atomic(ctx context.Context, f func(c *conn) error) error {
 		if err != nil {
 			return fmt.Errorf("begin transaction: %w", err)
 		}
-		if err := f(&conn{q: tx, savepoints: new(atomic.Uint64), stmts: c.stmts, tx: tx}); err != nil {
+		wrote := new(bool)
+		defer c.assign.after(wrote)
+		if err := f(&conn{q: tx, savepoints: new(atomic.Uint64), stmts: c.stmts, tx: tx, wrote: wrote}); err != nil {
 			tx.Rollback()
 			return err
 		}
@@ -644,6 +661,7 @@ func (s *conn) RemoveDevice(ctx context.Context, id string, at time.Time) (store
 		if _, err := tx.q.ExecContext(ctx, `INSERT INTO revoked_certs (serial, device_id, revoked_at) VALUES (?, ?, ?) ON CONFLICT (serial) DO NOTHING`, d.CertSerial, id, ns(at)); err != nil {
 			return err
 		}
+		tx.assignmentsChanged()
 		for _, q := range []string{`DELETE FROM assignments WHERE device_id = ?`, `DELETE FROM reports WHERE device_id = ?`, `DELETE FROM report_counts WHERE device_id = ?`} {
 			if _, err := tx.q.ExecContext(ctx, q, id); err != nil {
 				return err
@@ -1147,6 +1165,7 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 		} else if err != nil {
 			return err
 		}
+		tx.assignmentsChanged()
 		for ids := deviceIDs; len(ids) > 0; {
 			batch := ids[:min(len(ids), assignBatch)]
 			ids = ids[len(batch):]
@@ -1186,8 +1205,16 @@ func unknownDevice(ctx context.Context, tx *conn, ids []string, err error) error
 	return err
 }
 
-// Assignment implements store.Assignments.
+// Assignment implements store.Assignments, from the cache outside a
+// transaction (assignCache).
 func (s *conn) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
+	if s.assign != nil {
+		return s.assign.assignment(deviceID, func() (store.Assignment, error) { return s.readAssignment(ctx, deviceID) })
+	}
+	return s.readAssignment(ctx, deviceID)
+}
+
+func (s *conn) readAssignment(ctx context.Context, deviceID string) (store.Assignment, error) {
 	a := store.Assignment{DeviceID: deviceID}
 	var at int64
 	err := s.queryRow(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = ?`, deviceID).Scan(&a.Target, &at, &a.Seq)
