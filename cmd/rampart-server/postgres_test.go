@@ -133,19 +133,8 @@ func TestReplicaTakesOverAfterKill9(t *testing.T) {
 		t.Skip("builds and runs the real server")
 	}
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
-	bin := buildServer(t)
 	const ttl = time.Second
-	a, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": filepath.Join(t.TempDir(), "log"), "lease_ttl": ttl.String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.Stop)
-	b, err := a.Replica()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Stop)
+	a, b := replicas(t, "lease_ttl", ttl.String())
 	const took = "took the background lease"
 	var holder, standby *attacktest.Server
 	for deadline := time.Now().Add(10 * time.Second); holder == nil; time.Sleep(20 * time.Millisecond) {
@@ -185,19 +174,8 @@ func TestRevocationReachesReplicasWithinInterval(t *testing.T) {
 		t.Skip("builds and runs the real server")
 	}
 	t.Parallel()
-	dsn := pgtest.NewDatabase(t)
-	bin := buildServer(t)
 	const every = time.Second
-	a, err := attacktest.Start(bin, t.TempDir(), map[string]any{"store": dsn, "log_dir": filepath.Join(t.TempDir(), "log"), "background_interval": every.String()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(a.Stop)
-	b, err := a.Replica()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(b.Stop)
+	a, b := replicas(t, "background_interval", every.String())
 	if !strings.Contains(b.Logs(), `"background_interval":"1s"`) {
 		t.Errorf("the server does not log its background_interval:\n%s", b.Logs())
 	}
@@ -228,4 +206,21 @@ func TestRevocationReachesReplicasWithinInterval(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Logf("the other replica refused the revoked device %v after the revocation (interval %v)", time.Since(revoked).Round(time.Millisecond), every)
+}
+
+// replicas starts two real server processes over a new PostgreSQL
+// database and one shared log directory, with one more configuration
+// member; both stop when t ends.
+func replicas(t *testing.T, member, value string) (a, b *attacktest.Server) {
+	t.Helper()
+	a, err := attacktest.Start(buildServer(t), t.TempDir(), map[string]any{"store": pgtest.NewDatabase(t), "log_dir": filepath.Join(t.TempDir(), "log"), member: value})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(a.Stop)
+	if b, err = a.Replica(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Stop)
+	return a, b
 }

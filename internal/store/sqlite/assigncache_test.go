@@ -18,12 +18,9 @@ import (
 // nothing changes.
 func TestAssignmentCacheFollowsWrites(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(filepath.Join(t.TempDir(), "rampart.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := tempDB(t)
 	now := time.Now()
+	var err error
 	want := func(id, target string) {
 		t.Helper()
 		a, err := db.Assignment(ctx, id)
@@ -86,11 +83,7 @@ func TestAssignmentCacheFollowsWrites(t *testing.T) {
 // returned (run with -race).
 func TestAssignmentCacheConcurrentReaders(t *testing.T) {
 	ctx := context.Background()
-	db, err := Open(filepath.Join(t.TempDir(), "rampart.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := tempDB(t)
 	if err := db.CreateDevice(ctx, store.Device{ID: "gw-1", HardwareID: "hw", CertSerial: "01", EnrolledAt: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
@@ -141,4 +134,15 @@ func TestAssignmentCacheConcurrentReaders(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
+}
+
+// tempDB is a new store in a temporary directory, closed when t ends.
+func tempDB(t *testing.T) *DB {
+	t.Helper()
+	db, err := Open(filepath.Join(t.TempDir(), "rampart.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
 }
