@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -63,7 +64,7 @@ func (db *DB) Import(ctx context.Context, src Source) (map[string]int64, error) 
 		if n > 0 {
 			return nil, fmt.Errorf("%w: table %s has %d rows; copy into a new, empty database", ErrImportNotEmpty, table, n)
 		}
-		rows, err := src.QueryContext(ctx, `SELECT "`+joinQuoted(cols)+`" FROM "`+table+`"`)
+		rows, err := src.QueryContext(ctx, `SELECT "`+strings.Join(cols, `", "`)+`" FROM "`+table+`"`)
 		if err != nil {
 			return nil, fmt.Errorf("reading %s: %w", table, err)
 		}
@@ -114,19 +115,6 @@ func columns(ctx context.Context, tx pgx.Tx, table string) ([]string, []string, 
 		return nil, nil, fmt.Errorf("table %s is not in the PostgreSQL store's schema", table)
 	}
 	return cols, types, nil
-}
-
-// joinQuoted joins column names (from PostgreSQL's own catalogue) for a
-// select list whose first and last quotes the caller writes.
-func joinQuoted(cols []string) string {
-	out := ""
-	for i, c := range cols {
-		if i > 0 {
-			out += `", "`
-		}
-		out += c
-	}
-	return out
 }
 
 // rowIter is pgx.CopyFromSource over database/sql rows.
