@@ -15,6 +15,9 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 RACE_FIRST = ./internal/agent/ ./cmd/rampart/ ./internal/server/ ./cmd/rampart-server/ \
 	./cmd/rampart-agent/ ./internal/offlinerepo/ ./internal/demo/
 
+# Test binaries are linked without DWARF (make test, below).
+TESTBUILD = -ldflags=-w
+
 build:
 	$(GO) build ./...
 
@@ -24,19 +27,21 @@ demo:
 
 test:
 	./scripts/test-deps.sh
-	$(GO) vet ./...
-	# The tag changes the files of internal/keys and of cmd/rampart's tests
-	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
-	# every package it imports with the tag too.
-	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/
-	$(GO) run $(STATICCHECK) ./...
 	test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { echo "gofmt needed:"; gofmt -l $$(git ls-files '*.go'); exit 1; }
+	# Two chains side by side, so that one fills the core the other leaves
+	# idle (a fresh machine is compile-bound: 115 s to build for vet, 186 s
+	# to build the race run's test binaries, 90 s for versitygw in the
+	# background, docs/performance.md "The test suite's time"):
+	#  - the race run, its longest packages first;
+	#  - vet, staticcheck, then the runs without -race, which reuse vet's
+	#    build.
 	# GORACE=atexit_sleep_ms=0: a race-built binary otherwise idles a
 	# second at exit (the race runtime's default), and the race run has
 	# about 50 test binaries: 17 s of the run's wall time.
-	# The race run and the runs without -race below go side by side: the
-	# race run leaves a core idle while its last packages finish, and the
-	# others are a minute of one core.
+	# $(TESTBUILD): test binaries without DWARF (-w, and -dwarf=false for
+	# the race run's own build). Stack traces and race reports come from
+	# the symbol table, which stays; the links take half the time.
+	# The runs without -race:
 	#  - The build without cgo PKCS#11 (-tags nopkcs11), where the tag
 	#    changes what is built: internal/keys (the stub that refuses token
 	#    keys) and the scripts of cmd/rampart that depend on the pkcs11
@@ -46,18 +51,27 @@ test:
 	#    (docs/performance.md).
 	#  - Under -race the power-cut test samples its crash points; here it
 	#    cuts every one.
+	#  - Under -race the offline repository's property test runs one seed
+	#    of six (sequential code, 40 s under the detector); here all six.
 	#  - The fleet operations end to end with 200 real agents
 	#    (internal/sim TestFleetE2E) and chunkindex's bound of a million
 	#    chunks: skipped under -race, too slow there (59 s for the bound),
 	#    so run here without it (their time: docs/performance.md).
-	GORACE=atexit_sleep_ms=0 $(GO) test -race -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
-	$(GO) test -tags nopkcs11 ./internal/keys/ && \
-	$(GO) test -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/ && \
-	$(GO) test -timeout 10m -run TestPowerLoss ./internal/agent/ && \
-	$(GO) test -run '^TestBuildTooManyChunks$$' ./internal/chunkindex/ && \
-	$(GO) test -timeout 15m -run '^TestFleetE2E$$' ./internal/sim/; other=$$?; \
+	# The tag changes the files of internal/keys and of cmd/rampart's tests
+	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
+	# every package it imports with the tag too.
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
+	$(GO) vet ./... && \
+	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/ && \
+	$(GO) run $(STATICCHECK) ./... && \
+	$(GO) test $(TESTBUILD) -tags nopkcs11 ./internal/keys/ && \
+	$(GO) test $(TESTBUILD) -tags nopkcs11 -run '^TestScripts$$/^pkcs11' ./cmd/rampart/ && \
+	$(GO) test $(TESTBUILD) -timeout 10m -run TestPowerLoss ./internal/agent/ && \
+	$(GO) test $(TESTBUILD) -run '^TestBuildTooManyChunks$$' ./internal/chunkindex/ && \
+	$(GO) test $(TESTBUILD) -run '^TestNoOfflineSignatureOnUnaddedContent$$' ./internal/offlinerepo/ && \
+	$(GO) test $(TESTBUILD) -timeout 15m -run '^TestFleetE2E$$' ./internal/sim/; other=$$?; \
 	wait $$race; raced=$$?; \
-	if [ $$raced -ne 0 ] || [ $$other -ne 0 ]; then echo "make test: FAILED (race run exit $$raced, other runs exit $$other)"; exit 1; fi
+	if [ $$raced -ne 0 ] || [ $$other -ne 0 ]; then echo "make test: FAILED (race run exit $$raced, vet, staticcheck and the other runs exit $$other)"; exit 1; fi
 
 # Boots the agent on Debian's kernels under real GRUB (x86_64) and U-Boot
 # (arm64) in QEMU (TCG) through update, commit, rollback, failed boots, power
