@@ -56,6 +56,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/assigncache"
 )
 
 // Advisory lock keys ("rampart" and a number); advisory locks are per
@@ -119,7 +120,8 @@ var SchemaVersion = len(migrations)
 // any number of DBs, in any processes, may share one database.
 type DB struct {
 	conn
-	pool *pgxpool.Pool
+	pool   *pgxpool.Pool
+	listen *listener
 }
 
 var (
@@ -141,6 +143,12 @@ type conn struct {
 	pool *pgxpool.Pool // nil inside a transaction
 	// savepoints numbers the savepoints of a transaction.
 	savepoints *atomic.Uint64
+	// assign is the database's assignment cache: set on the database,
+	// read through only there (a transaction reads its own writes).
+	// Inside a transaction, wrote records that the transaction changed
+	// assignments (assignments.go).
+	assign *assigncache.Cache
+	wrote  *bool
 }
 
 // defaultMaxConns is the pool size when the DSN does not set
@@ -216,7 +224,13 @@ func Open(ctx context.Context, dsn string) (*DB, error) {
 		pool.Close()
 		return nil, fmt.Errorf("%s: %w", Redact(dsn), err)
 	}
-	return &DB{conn: conn{q: classified{pool}, pool: pool}, pool: pool}, nil
+	// The cache serves nothing until the listener listens.
+	cache := &assigncache.Cache{}
+	cache.Suspend()
+	lctx, stop := context.WithCancel(context.Background())
+	l := &listener{stop: stop, done: make(chan struct{})}
+	go l.listen(lctx, cfg.ConnConfig.Copy(), cache)
+	return &DB{conn: conn{q: classified{pool}, pool: pool, assign: cache}, pool: pool, listen: l}, nil
 }
 
 // redactErr hides pw in err's message, in case a driver ever quotes it.
@@ -263,8 +277,9 @@ func migrate(ctx context.Context, pool *pgxpool.Pool, ms []migration) error {
 	return tx.Commit(ctx)
 }
 
-// Close closes the pool.
+// Close stops the listener and closes the pool.
 func (s *DB) Close() error {
+	s.listen.close()
 	s.pool.Close()
 	return nil
 }
@@ -319,7 +334,9 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 		tx.Rollback(ctx)
 		return fmt.Errorf("writer lock: %w", unavailable(err))
 	}
-	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64)}); err != nil {
+	wrote := new(bool)
+	defer s.assign.After(wrote)
+	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64), wrote: wrote}); err != nil {
 		tx.Rollback(ctx)
 		return err
 	}
@@ -378,7 +395,9 @@ func (c *conn) txOnce(ctx context.Context, f func(c *conn) error) error {
 		tx.Rollback(ctx)
 		return fmt.Errorf("writer lock: %w", unavailable(err))
 	}
-	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64)}); err != nil {
+	wrote := new(bool)
+	defer c.assign.After(wrote)
+	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64), wrote: wrote}); err != nil {
 		tx.Rollback(ctx)
 		return err
 	}
@@ -598,6 +617,9 @@ func (s *conn) RemoveDevice(ctx context.Context, id string, at time.Time) (store
 			return err
 		}
 		if _, err := tx.q.Exec(ctx, `INSERT INTO revoked_certs (serial, device_id, revoked_at) VALUES ($1, $2, $3) ON CONFLICT (serial) DO NOTHING`, d.CertSerial, id, ns(at)); err != nil {
+			return err
+		}
+		if err := tx.assignmentsChanged(ctx); err != nil {
 			return err
 		}
 		for _, q := range []string{`DELETE FROM assignments WHERE device_id = $1`, `DELETE FROM reports WHERE device_id = $1`, `DELETE FROM report_counts WHERE device_id = $1`, `DELETE FROM devices WHERE id = $1`} {
@@ -1081,6 +1103,9 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 		if err != nil {
 			return err
 		}
+		if err := tx.assignmentsChanged(ctx); err != nil {
+			return err
+		}
 		for ids := deviceIDs; len(ids) > 0; {
 			batch := ids[:min(len(ids), assignBatch)]
 			ids = ids[len(batch):]
@@ -1113,7 +1138,16 @@ func (s *conn) Assign(ctx context.Context, target string, deviceIDs []string, at
 }
 
 // Assignment implements store.Assignments.
+// The database's reads go through its cache (assignments.go); a
+// transaction's read the database.
 func (s *conn) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
+	if s.assign != nil {
+		return s.assign.Get(deviceID, func() (store.Assignment, error) { return s.readAssignment(ctx, deviceID) })
+	}
+	return s.readAssignment(ctx, deviceID)
+}
+
+func (s *conn) readAssignment(ctx context.Context, deviceID string) (store.Assignment, error) {
 	a := store.Assignment{DeviceID: deviceID}
 	var at int64
 	err := s.q.QueryRow(ctx, `SELECT target, assigned_at, seq FROM assignments WHERE device_id = $1`, deviceID).Scan(&a.Target, &at, &a.Seq)

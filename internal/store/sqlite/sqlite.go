@@ -21,6 +21,7 @@ import (
 
 	"github.com/rampartfw/rampart/internal/audit"
 	"github.com/rampartfw/rampart/internal/store"
+	"github.com/rampartfw/rampart/internal/store/assigncache"
 )
 
 // DB is a SQLite-backed store. It is safe for concurrent use.
@@ -59,7 +60,7 @@ type conn struct {
 	// read through only there (a transaction reads its own writes).
 	// Inside a transaction, wrote records that the transaction changed
 	// assignments, so that the cache moves on once it commits.
-	assign *assignCache
+	assign *assigncache.Cache
 	wrote  *bool
 }
 
@@ -331,7 +332,7 @@ func Open(path string) (*DB, error) {
 	// re-reads the schema (a third of a check-in's cost when measured).
 	// The number open stays unlimited, so nothing can wait on the pool.
 	db.SetMaxIdleConns(maxIdleConns)
-	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}, gate: make(writerGate, 1), assign: &assignCache{}}}
+	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}, gate: make(writerGate, 1), assign: &assigncache.Cache{}}}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -399,7 +400,7 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 		return fmt.Errorf("begin transaction: %w", err)
 	}
 	c := &conn{q: tx, savepoints: new(atomic.Uint64), stmts: s.stmts, tx: tx, wrote: new(bool)}
-	defer s.assign.after(c.wrote)
+	defer s.assign.After(c.wrote)
 	if err := f(c); err != nil {
 		tx.Rollback()
 		return err
@@ -425,7 +426,7 @@ func (c *conn) atomic(ctx context.Context, f func(c *conn) error) error {
 			return fmt.Errorf("begin transaction: %w", err)
 		}
 		wrote := new(bool)
-		defer c.assign.after(wrote)
+		defer c.assign.After(wrote)
 		if err := f(&conn{q: tx, savepoints: new(atomic.Uint64), stmts: c.stmts, tx: tx, wrote: wrote}); err != nil {
 			tx.Rollback()
 			return err
@@ -1206,10 +1207,10 @@ func unknownDevice(ctx context.Context, tx *conn, ids []string, err error) error
 }
 
 // Assignment implements store.Assignments, from the cache outside a
-// transaction (assignCache).
+// transaction (assigncache.Cache).
 func (s *conn) Assignment(ctx context.Context, deviceID string) (store.Assignment, error) {
 	if s.assign != nil {
-		return s.assign.assignment(deviceID, func() (store.Assignment, error) { return s.readAssignment(ctx, deviceID) })
+		return s.assign.Get(deviceID, func() (store.Assignment, error) { return s.readAssignment(ctx, deviceID) })
 	}
 	return s.readAssignment(ctx, deviceID)
 }
