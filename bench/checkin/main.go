@@ -36,6 +36,15 @@
 // there), so the same load measures the PostgreSQL store.
 //
 //	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 -store postgres://USER@127.0.0.1:5432/DB?sslmode=disable
+//
+// With -replicas 2 as well, it measures one replica, then starts a second
+// rampart-server process on the same data directory and database, sends
+// every other device to it (the load balancer a fleet would have) and
+// measures again: it prints both rates, their ratio, and the CPU per
+// check-in of the replicas and of PostgreSQL (every process named
+// postgres), so the bottleneck shows.
+//
+//	go run ./bench/checkin -devices 10000 -duration 10s -workers 64 -store DSN -replicas 2
 package main
 
 import (
@@ -109,6 +118,7 @@ func main() {
 	ceiling := flag.Bool("ceiling", false, "then load a bare net/http mTLS server answering a fixed body the same way, and print both rates and their ratio")
 	ceilingServer := flag.String("ceiling-server", "", "(internal) serve the ceiling: DATA-DIR,BODY-FILE")
 	flag.StringVar(&storeDSN, "store", "", "keep the server's metadata in this PostgreSQL database (an empty one) instead of SQLite")
+	replicas := flag.Int("replicas", 1, "with -store: then measure again with this many rampart-server replicas (1 or 2), devices split between them")
 	flag.Parse()
 	if *ceilingServer != "" {
 		if err := serveCeiling(*ceilingServer); err != nil {
@@ -130,6 +140,13 @@ func main() {
 		log.Fatal("-policy measures the rollout of -compare: give -compare too")
 	}
 	policy = *withPolicy
+	switch {
+	case *replicas != 1 && *replicas != 2:
+		log.Fatalf("-replicas %d: want 1 or 2", *replicas)
+	case *replicas == 2 && storeDSN == "":
+		log.Fatal("-replicas 2 shares one database between the replicas: give -store postgres://...")
+	}
+	twoReplicas = *replicas == 2
 	if err := run(*devices, *workers, *duration, *newConn, *compare, *ceiling); err != nil {
 		log.Fatal(err)
 	}
@@ -140,6 +157,9 @@ var storeDSN string
 
 // policy is -policy.
 var policy bool
+
+// twoReplicas is -replicas 2.
+var twoReplicas bool
 
 // examplePolicy is docs/policy.md's example fleet policy
 // (internal/fleet/testdata/policy/examples.yaml).
@@ -215,25 +235,30 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	if out, err := exec.Command("go", "build", "-o", bin, "./cmd/rampart-server").CombinedOutput(); err != nil {
 		return fmt.Errorf("building rampart-server: %v\n%s", err, out)
 	}
-	srv := exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0", "--store", storeDSN)
-	stderr, _ := srv.StderrPipe()
-	if err := srv.Start(); err != nil {
-		return err
+	var servers []*exec.Cmd
+	startServer := func() (string, error) {
+		srv := exec.Command(bin, "serve", "--data", data, "--listen", "127.0.0.1:0", "--store", storeDSN)
+		stderr, _ := srv.StderrPipe()
+		if err := srv.Start(); err != nil {
+			return "", err
+		}
+		servers = append(servers, srv)
+		addr, err := serving(stderr)
+		return "https://" + addr, err
 	}
-	stopped := false
 	stopServer := func() {
-		if !stopped {
-			stopped = true
+		for _, srv := range servers {
 			srv.Process.Signal(syscall.SIGTERM)
 			srv.Wait()
 		}
+		servers = nil
 	}
 	defer stopServer()
-	addr, err := serving(stderr)
+	url0, err := startServer()
 	if err != nil {
 		return err
 	}
-	ts := struct{ URL string }{"https://" + addr}
+	ts := struct{ URL string }{url0}
 	caPEM, _ := os.ReadFile(filepath.Join(data, "ca.pem"))
 	pool, _ := pki.CertPoolFromPEM(caPEM)
 	admin := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, nil)}}
@@ -280,9 +305,11 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		}
 		clients[i] = &http.Client{Transport: tr}
 	}
-	base := ts.URL
+	// Device i checks in with bases[i % len(bases)].
+	bases := []string{ts.URL}
 	var tsBody []byte // one device's director timestamp, for -ceiling
 	checkin := func(i int, last *int64) error {
+		base := bases[i%len(bases)]
 		resp, err := clients[i].Get(base + "/director/timestamp.json")
 		if err != nil {
 			return err
@@ -324,7 +351,13 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	// The server's CPU time per check-in in the last timed phase: on a
 	// shared machine the rate follows the other load, its cost per
 	// check-in much less.
-	serverPid := srv.Process.Pid
+	serverPids := func() []int {
+		var pids []int
+		for _, srv := range servers {
+			pids = append(pids, srv.Process.Pid)
+		}
+		return pids
+	}
 	var lastCPU time.Duration
 	// measure runs every device's first check-in (for Rampart it builds
 	// and stores the device's director repository; it opens the
@@ -381,7 +414,9 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 
 		var count atomic.Int64
 		lat := make([][]time.Duration, workers)
-		cpu0, cpuErr := processCPU(serverPid)
+		cpu0, cpuErr := processesCPU(serverPids())
+		db0 := databaseCPU()
+		gen0, _ := processCPU(os.Getpid())
 		deadline := time.Now().Add(duration)
 		start = time.Now()
 		for w := range workers {
@@ -403,7 +438,9 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		}
 		wg.Wait()
 		elapsed := time.Since(start)
-		cpu1, err := processCPU(serverPid)
+		cpu1, err := processesCPU(serverPids())
+		dbUsed := databaseCPU() - db0
+		gen1, _ := processCPU(os.Getpid())
 		lastCPU = 0
 		if cpuErr == nil && err == nil && count.Load() > 0 {
 			lastCPU = (cpu1 - cpu0) / time.Duration(count.Load())
@@ -427,13 +464,32 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		fmt.Printf("%s: check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", what, count.Load(), elapsed.Round(time.Millisecond), rate, workers, nDevices, mode)
 		fmt.Printf("%s: latency: p50 %s  p90 %s  p99 %s  max %s\n", what, pct(.5), pct(.9), pct(.99), all[len(all)-1])
 		if lastCPU > 0 {
-			fmt.Printf("%s: server CPU (user+system) %s in the timed phase: %s per check-in\n", what, (cpu1 - cpu0).Round(10*time.Millisecond), lastCPU.Round(time.Microsecond))
+			fmt.Printf("%s: server CPU (user+system, %d process(es)) %s in the timed phase: %s per check-in\n", what, len(servers), (cpu1 - cpu0).Round(10*time.Millisecond), lastCPU.Round(time.Microsecond))
+		}
+		if count.Load() > 0 {
+			fmt.Printf("%s: this load generator's CPU %s in the timed phase: %s per check-in\n", what, (gen1 - gen0).Round(10*time.Millisecond), ((gen1 - gen0) / time.Duration(count.Load())).Round(time.Microsecond))
+		}
+		if storeDSN != "" && count.Load() > 0 {
+			fmt.Printf("%s: PostgreSQL CPU (every postgres process) %s in the timed phase: %s per check-in\n", what, dbUsed.Round(10*time.Millisecond), (dbUsed / time.Duration(count.Load())).Round(time.Microsecond))
 		}
 		return rate, pct(.99), nil
 	}
 	rampart, rampartP99, err := measure("rampart")
 	if err != nil {
 		return err
+	}
+	if twoReplicas {
+		url1, err := startServer()
+		if err != nil {
+			return err
+		}
+		bases = []string{ts.URL, url1}
+		two, twoP99, err := measure("rampart, 2 replicas")
+		if err != nil {
+			return err
+		}
+		fmt.Printf("2 replicas %.0f/s (p99 %s), 1 replica %.0f/s (p99 %s): ratio %.2f\n", two, twoP99, rampart, rampartP99, two/rampart)
+		bases = bases[:1]
 	}
 	if compare {
 		// The same fleet with an active rollout: each check-in is decided
@@ -506,8 +562,8 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	if err != nil {
 		return err
 	}
-	base = "https://" + caddr
-	serverPid = cs.Process.Pid
+	bases = []string{"https://" + caddr}
+	servers = []*exec.Cmd{cs}
 	ceil, ceilP99, err := measure("ceiling")
 	if err != nil {
 		return err
@@ -629,6 +685,41 @@ func serveCeiling(arg string) error {
 		return err
 	}
 	return nil
+}
+
+// processesCPU is the CPU time so far of the processes pids.
+func processesCPU(pids []int) (time.Duration, error) {
+	var sum time.Duration
+	for _, pid := range pids {
+		d, err := processCPU(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += d
+	}
+	return sum, nil
+}
+
+// databaseCPU is the CPU time so far of every process named postgres
+// (the server and its backends; a backend that exited meanwhile is not
+// counted, and the benchmark's stay connected).
+func databaseCPU() time.Duration {
+	procs, _ := filepath.Glob("/proc/[0-9]*/comm")
+	var sum time.Duration
+	for _, comm := range procs {
+		b, err := os.ReadFile(comm)
+		if err != nil || strings.TrimSpace(string(b)) != "postgres" {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(comm)))
+		if err != nil {
+			continue
+		}
+		if d, err := processCPU(pid); err == nil {
+			sum += d
+		}
+	}
+	return sum
 }
 
 // processCPU is a process's CPU time so far (user and system, from
