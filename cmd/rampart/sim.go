@@ -42,7 +42,9 @@ Each fault picks its own devices, that percentage of the fleet:
 While stdout is a terminal a live line shows devices per state, check-ins
 per second, check-in p50 and p99 and errors; at the end a report, or with
 --json one object: devices, by_state, by_release, checkins, checkin_p50_ms,
-checkin_p99_ms, errors, tamper_refusals, power_cuts_survived. Exit status
+checkin_p99_ms, installs, install_p50_ms, install_p99_ms, errors,
+tamper_refusals, power_cuts_survived. A check-in's time runs to its
+verified decision; an install after it is timed apart. Exit status
 1 when errors is not 0 (something went wrong that no fault explains).
 
 Flags:

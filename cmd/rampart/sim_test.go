@@ -97,11 +97,12 @@ func TestSimJSON(t *testing.T) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	if want := []string{"by_release", "by_state", "checkin_p50_ms", "checkin_p99_ms", "checkins", "devices", "errors", "power_cuts_survived", "tamper_refusals"}; !slices.Equal(names, want) {
+	if want := []string{"by_release", "by_state", "checkin_p50_ms", "checkin_p99_ms", "checkins", "devices", "errors", "install_p50_ms", "install_p99_ms", "installs", "power_cuts_survived", "tamper_refusals"}; !slices.Equal(names, want) {
 		t.Fatalf("members %v, want %v", names, want)
 	}
 	if j["devices"] != 3.0 || j["errors"] != 0.0 || j["by_release"].(map[string]any)["1.0.0"] != 3.0 ||
-		j["by_state"].(map[string]any)["up-to-date"] != 3.0 || j["checkins"].(float64) < 3 || j["checkin_p99_ms"].(float64) <= 0 {
+		j["by_state"].(map[string]any)["up-to-date"] != 3.0 || j["checkins"].(float64) < 3 || j["checkin_p99_ms"].(float64) <= 0 ||
+		j["installs"] != 3.0 || j["install_p99_ms"].(float64) <= 0 {
 		t.Fatalf("report: %s", out)
 	}
 }

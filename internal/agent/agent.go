@@ -327,6 +327,11 @@ type Outcome struct {
 	Slot    string   `json:"slot,omitempty"`
 	Reboot  bool     `json:"reboot,omitempty"`
 	Install *Install `json:"install,omitempty"`
+	// InstallTime is the part of Run spent installing (the chunk index,
+	// the image, the slot, the boot request), after the check-in proper
+	// (settling, queued reports, the verified decision); zero when Run
+	// installed nothing. The simulator reports the two apart.
+	InstallTime time.Duration `json:"-"`
 }
 
 // Install counts what an install transferred.

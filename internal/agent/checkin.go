@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"time"
 
 	"github.com/rampartfw/rampart/internal/bootloader"
 	"github.com/rampartfw/rampart/internal/install"
@@ -62,7 +63,12 @@ func (a *Agent) Run(ctx context.Context) (*Outcome, error) {
 		return a.fetchIndex(ctx, d.IndexURL, d.Release.Index.Length)
 	}
 	src := &install.HTTPSource{Client: a.HTTP, URL: d.ImageURL, MaxRetries: a.Config.Download.Retries}
-	return a.install(ctx, st, rel, "server", res, index, src)
+	start := time.Now()
+	out, err := a.install(ctx, st, rel, "server", res, index, src)
+	if out != nil {
+		out.InstallTime = time.Since(start)
+	}
+	return out, err
 }
 
 func (a *Agent) uptaneConfig(st *State) uptane.Config {

@@ -317,7 +317,12 @@ func (d *device) checkin(ctx context.Context) {
 	lat := time.Since(t0)
 	ops := d.fs.disarm()
 	s.checkins.Add(1)
-	s.hist.add(lat)
+	if out != nil && out.InstallTime > 0 {
+		s.hist.add(lat - out.InstallTime)
+		s.installHist.add(out.InstallTime)
+	} else {
+		s.hist.add(lat)
+	}
 	tampered, dropped := d.front.take()
 	s.drops.Add(int64(dropped))
 	if d.fs.Cut() {

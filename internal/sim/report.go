@@ -24,9 +24,16 @@ type Report struct {
 	// image they were made with).
 	ByRelease map[string]int
 	Checkins  int64
-	// CheckinP50 and CheckinP99 are of the duration of Agent.Run (a
-	// check-in, including any download and install it does).
+	// CheckinP50 and CheckinP99 are of the check-in proper: Agent.Run
+	// up to its verified decision (settling, queued reports, both
+	// repositories and the log), all of it when it installed nothing.
+	// A check-in that failed counts whole.
 	CheckinP50, CheckinP99 time.Duration
+	// Installs counts the check-ins that went on to install; InstallP50
+	// and InstallP99 are of that part (the chunk index, the image, the
+	// slot, the boot request), which grows with the image.
+	Installs               int64
+	InstallP50, InstallP99 time.Duration
 	// Errors counts what went wrong that no fault knob explains.
 	Errors int64
 	// ErrorSamples are the first few distinct error messages.
@@ -65,6 +72,9 @@ type jsonReport struct {
 	Checkins          int64          `json:"checkins"`
 	CheckinP50ms      float64        `json:"checkin_p50_ms"`
 	CheckinP99ms      float64        `json:"checkin_p99_ms"`
+	Installs          int64          `json:"installs"`
+	InstallP50ms      float64        `json:"install_p50_ms"`
+	InstallP99ms      float64        `json:"install_p99_ms"`
 	Errors            int64          `json:"errors"`
 	TamperRefusals    int64          `json:"tamper_refusals"`
 	PowerCutsSurvived int64          `json:"power_cuts_survived"`
@@ -75,7 +85,8 @@ func ms(d time.Duration) float64 { return math.Round(float64(d)/float64(time.Mil
 // WriteJSON writes the report as the --json object.
 func (r *Report) WriteJSON(w io.Writer) error {
 	j := jsonReport{Devices: r.Devices, ByState: r.ByState, ByRelease: r.ByRelease, Checkins: r.Checkins,
-		CheckinP50ms: ms(r.CheckinP50), CheckinP99ms: ms(r.CheckinP99), Errors: r.Errors,
+		CheckinP50ms: ms(r.CheckinP50), CheckinP99ms: ms(r.CheckinP99),
+		Installs: r.Installs, InstallP50ms: ms(r.InstallP50), InstallP99ms: ms(r.InstallP99), Errors: r.Errors,
 		TamperRefusals: r.TamperRefusals, PowerCutsSurvived: r.PowerCutsSurvived}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
@@ -87,6 +98,7 @@ func (r *Report) WriteJSON(w io.Writer) error {
 func (r *Report) WriteText(w io.Writer) {
 	fmt.Fprintf(w, "%d devices, %s, %d check-ins (%.0f/s), check-in p50 %s, p99 %s\n",
 		r.Devices, r.Elapsed.Round(time.Second), r.Checkins, rate(r.Checkins, r.Elapsed), round(r.CheckinP50), round(r.CheckinP99))
+	fmt.Fprintf(w, "installs:   %d, install p50 %s, p99 %s (after the check-in's decision)\n", r.Installs, round(r.InstallP50), round(r.InstallP99))
 	fmt.Fprintf(w, "by state:   %s\n", counts(r.ByState))
 	fmt.Fprintf(w, "by release: %s\n", counts(r.ByRelease))
 	fmt.Fprintf(w, "faults:     %d tampered chunks refused, %d power cuts (%d survived), %d downloads dropped, %d health checks failed and rolled back\n",
@@ -160,6 +172,13 @@ func bucketValue(i int) time.Duration {
 		return histMin
 	}
 	return time.Duration(float64(histMin) * math.Pow(histGrowth, float64(i)))
+}
+
+// total is the number of recorded values.
+func (h *histogram) total() int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.n
 }
 
 func (h *histogram) add(d time.Duration) {

@@ -229,7 +229,9 @@ type Sim struct {
 
 	devices []*device
 	hist    histogram
-	start   time.Time // New's time: Elapsed counts from it
+	// installHist is the install part of check-ins that installed.
+	installHist histogram
+	start       time.Time // New's time: Elapsed counts from it
 
 	checkins, errs, tamperRefusals, powerCuts, survived, drops, rolledBack atomic.Int64
 	// estimates of the operations an install (from the slot's opening)
@@ -464,8 +466,10 @@ func (s *Sim) startLive(done <-chan struct{}) func() {
 // Snapshot reports the run so far.
 func (s *Sim) Snapshot() *Report {
 	q := s.hist.quantiles(0.5, 0.99)
+	iq := s.installHist.quantiles(0.5, 0.99)
 	r := &Report{Devices: len(s.devices), ByState: map[string]int{}, ByRelease: map[string]int{},
-		Checkins: s.checkins.Load(), CheckinP50: q[0], CheckinP99: q[1], Errors: s.errs.Load(),
+		Checkins: s.checkins.Load(), CheckinP50: q[0], CheckinP99: q[1],
+		Installs: s.installHist.total(), InstallP50: iq[0], InstallP99: iq[1], Errors: s.errs.Load(),
 		TamperRefusals: s.tamperRefusals.Load(), PowerCuts: s.powerCuts.Load(), PowerCutsSurvived: s.survived.Load(),
 		Drops: s.drops.Load(), RolledBack: s.rolledBack.Load(), Elapsed: time.Since(s.start)}
 	s.mu.Lock()

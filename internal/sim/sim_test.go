@@ -232,7 +232,7 @@ func TestFleetConvergesUnderFaults(t *testing.T) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	want := []string{"by_release", "by_state", "checkin_p50_ms", "checkin_p99_ms", "checkins", "devices", "errors", "power_cuts_survived", "tamper_refusals"}
+	want := []string{"by_release", "by_state", "checkin_p50_ms", "checkin_p99_ms", "checkins", "devices", "errors", "install_p50_ms", "install_p99_ms", "installs", "power_cuts_survived", "tamper_refusals"}
 	if !slices.Equal(names, want) {
 		t.Fatalf("--json members %v, want %v", names, want)
 	}
