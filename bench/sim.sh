@@ -106,9 +106,9 @@ n, r = int(sys.argv[1]), json.load(open(sys.argv[2]))
 # 100 ms) is judged on its own line, as it depends on the machine.
 ok = r["errors"] == 0 and r["by_release"].get("1.0.0") == n
 fast = r["checkin_p99_ms"] < 100
-print("converged %d of %d; errors %d -> %s; check-in p99 %.1f ms -> %s the 100 ms target" % (
+print("converged %d of %d; errors %d -> %s; check-in p99 %.1f ms -> %s the 100 ms target; %d installs, install p99 %.1f ms" % (
     r["by_release"].get("1.0.0", 0), n, r["errors"], "PASS" if ok else "FAIL",
-    r["checkin_p99_ms"], "meets" if fast else "MISSES"))
+    r["checkin_p99_ms"], "meets" if fast else "MISSES", r["installs"], r["install_p99_ms"]))
 sys.exit(0 if ok else 1)
 PY
 exit "$rc"
