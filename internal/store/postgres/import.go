@@ -89,7 +89,14 @@ func (db *DB) Import(ctx context.Context, src Source) (map[string]int64, error) 
 		}
 		copied[table] = n
 	}
-	return copied, tx.Commit(ctx)
+	// Replicas already serving this database (with nothing in it) drop
+	// whatever they kept of its assignments.
+	if _, err := tx.Exec(ctx, `SELECT pg_notify($1, '')`, assignChannel); err != nil {
+		return nil, err
+	}
+	err = tx.Commit(ctx)
+	db.assign.Changed()
+	return copied, err
 }
 
 // columns returns table's columns in PostgreSQL and their data types.
