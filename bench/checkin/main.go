@@ -557,13 +557,13 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 	if err := cs.Start(); err != nil {
 		return err
 	}
-	defer func() { cs.Process.Signal(syscall.SIGTERM); cs.Wait() }()
+	// The deferred stopServer stops it with the rest.
+	servers = []*exec.Cmd{cs}
 	caddr, err := serving(cerr)
 	if err != nil {
 		return err
 	}
 	bases = []string{"https://" + caddr}
-	servers = []*exec.Cmd{cs}
 	ceil, ceilP99, err := measure("ceiling")
 	if err != nil {
 		return err
