@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 # versitygw, the S3 server the S3 blob store's tests run against: built once
 # from tools/versitygw (its own module) and cached under the user cache dir.
-# On a fresh machine the build is 90 s of both cores; it runs in the
+# On a fresh machine the build is about 50 s of both cores; it runs in the
 # background, beside the package installs (network and disk bound) and the
 # vet that follows, and the first test that needs it waits for it
 # (versitygw.sh holds a lock while it builds, and a failed build is retried

@@ -1,8 +1,8 @@
 // Package s3test starts versitygw, a real S3 server, with its POSIX
 // backend in a temporary directory, for the tests of the S3 blob store
-// and of a server that uses it. scripts/versitygw.sh builds versitygw
-// once (about 90 s on two cores; from tools/versitygw, a module of its
-// own) and caches it under the user cache directory.
+// and of a server that uses it. scripts/versitygw.sh builds versitygw's
+// gateway once (about 50 s on two cores; tools/versitygw/s3gw, in a module
+// of its own) and caches it under the user cache directory.
 package s3test
 
 import (
