@@ -42,6 +42,48 @@ repo_root="$(cd "$(dirname "$0")/.." && pwd)"
 half=$((DEVICES / 2))
 ((half * 2 == DEVICES && half > 0)) || { echo "scale-out: DEVICES must be even and positive" >&2; exit 2; }
 
+# Each simulator holds a connection per device, and each replica one per
+# device it serves: half the devices' descriptors for each of these
+# processes, and as many ephemeral ports towards one replica's address,
+# with the enrolments' closed connections in TIME_WAIT on top. When that
+# does not fit in the open-file limit (and it cannot be raised), the
+# devices reconnect at each check-in (rampart sim --reconnect, as devices
+# behind NAT do), and a process holds connections only for the check-ins
+# under way. RECONNECT=1 or 0 forces either.
+need_fds=$((half + 4096))
+RECONNECT=${RECONNECT:-auto}
+if [[ "$RECONNECT" == auto ]]; then
+  RECONNECT=0
+  if (($(ulimit -n) < need_fds)) && ! ulimit -n "$need_fds" 2> /dev/null; then
+    RECONNECT=1
+    echo "scale-out: $half devices per replica need $need_fds open files to keep their connections, and the limit is $(ulimit -n): the devices reconnect at each check-in (--reconnect)" >&2
+  fi
+elif [[ "$RECONNECT" == 0 ]] && (($(ulimit -n) < need_fds)) && ! ulimit -n "$need_fds" 2> /dev/null; then
+  echo "scale-out: $half devices per replica need $need_fds open files, and the limit is $(ulimit -n): raise it (ulimit -Hn as root, or limits.conf), or let them reconnect (RECONNECT=1)" >&2
+  exit 2
+fi
+sim_flags=()
+[[ "$RECONNECT" != 1 ]] || sim_flags+=(--reconnect)
+read -r port_lo port_hi < /proc/sys/net/ipv4/ip_local_port_range
+old_port_range=""
+if [[ "$RECONNECT" != 1 ]] && ((port_hi - port_lo + 1 < half + 8192)); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "scale-out: $half connections to one replica need more ephemeral ports than $port_lo-$port_hi: widen net.ipv4.ip_local_port_range (as root)" >&2
+    exit 2
+  fi
+  old_port_range="$port_lo $port_hi"
+  sysctl -qw net.ipv4.ip_local_port_range="10240 65535"
+  echo "scale-out: ephemeral ports widened to 10240-65535 for the run (restored at exit)" >&2
+fi
+# Memory: the simulators hold every device's state (its slots, both
+# repositories' metadata, its TLS connection): about 0.3 MiB a device with
+# Go's default GC, less when GOMEMLIMIT makes the collector work harder.
+# Each simulator gets a third of the memory available, each replica a tenth
+# (soft limits: the collector's target, not a cap).
+avail_kib=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+SIM_MEMLIMIT=${SIM_MEMLIMIT:-$((avail_kib / 3 / 1024))MiB}
+SERVER_MEMLIMIT=${SERVER_MEMLIMIT:-$((avail_kib / 10 / 1024))MiB}
+
 pgbin=/usr/lib/postgresql/15/bin
 if [[ ! -x "$pgbin/initdb" ]]; then
   echo "scale-out: installing postgresql-15" >&2
@@ -59,6 +101,7 @@ cleanup() {
   for p in "${pids[@]}"; do wait "$p" 2> /dev/null || true; done
   if [[ -n "${pgdata:-}" && -f "$pgdata/postmaster.pid" ]]; then as_pg "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop > /dev/null 2>&1 || true; fi
   rm -rf "$shm"
+  [[ -z "$old_port_range" ]] || sysctl -qw net.ipv4.ip_local_port_range="$old_port_range" || true
   if [[ -n "${KEEP:-}" ]]; then echo "scale-out: kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -104,7 +147,7 @@ cat > server.json << EOF
 }
 EOF
 start_replica() { # NAME: starts a replica, sets ${NAME}_pid and ${NAME}_addr
-  "$S" serve --data srv --config server.json --listen 127.0.0.1:0 2> "$1.log" &
+  GOMEMLIMIT="$SERVER_MEMLIMIT" "$S" serve --data srv --config server.json --listen 127.0.0.1:0 2> "$1.log" &
   local pid=$!
   pids+=("$pid")
   local addr=""
@@ -149,8 +192,8 @@ load_before=$(cut -d' ' -f1-3 /proc/loadavg)
 t0=$(date +%s.%N)
 for side in a b; do
   addr_var="${side}_addr"
-  TMPDIR="$shm" "$R" sim --server "https://${!addr_var}" --devices "$half" --id-prefix "$side-" --hardware "$HW" --poll "$POLL" \
-    --duration "${MAX_WAIT}s" --workers "$WORKERS" --slot-size "$slot" --json > "sim-$side.json" 2> "sim-$side.err" &
+  TMPDIR="$shm" GOMEMLIMIT="$SIM_MEMLIMIT" "$R" sim --server "https://${!addr_var}" --devices "$half" --id-prefix "$side-" --hardware "$HW" --poll "$POLL" \
+    --duration "${MAX_WAIT}s" --workers "$WORKERS" --slot-size "$slot" "${sim_flags[@]}" --json > "sim-$side.json" 2> "sim-$side.err" &
   pids+=($!)
   printf -v "sim_$side" %s "$!"
 done
@@ -189,6 +232,9 @@ while [[ "$state" == completed ]] && ((on < DEVICES)) && (($(date +%s) - ${t0%.*
 done
 t_conv=$(date +%s.%N)
 cpu_a1=$(cpu_of "$a_pid") cpu_b1=$(cpu_of "$b_pid") cpu_pg1=$(pg_cpu) cpu_sim1=$(sim_cpu)
+# Peak resident memory (MiB) of the replicas and the simulators.
+hwm() { awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2> /dev/null || echo 0; }
+rss="$(hwm "$a_pid"),$(hwm "$b_pid"),$(hwm "$sim_a"),$(hwm "$sim_b")"
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 # The simulators print their reports when interrupted.
 kill -INT "$sim_a" "$sim_b"
@@ -197,9 +243,11 @@ wait "$sim_b" || true
 t_end=$(date +%s.%N)
 
 python3 - "$DEVICES" "$state" "$t0" "$t_enrolled" "$t_done" "$t_conv" "$t_end" "$(nproc)" \
-  "$cpu_a0" "$cpu_a1" "$cpu_b0" "$cpu_b1" "$cpu_pg0" "$cpu_pg1" "$cpu_sim0" "$cpu_sim1" "$load_before" "$load_after" "$POLL" << 'PY'
+  "$cpu_a0" "$cpu_a1" "$cpu_b0" "$cpu_b1" "$cpu_pg0" "$cpu_pg1" "$cpu_sim0" "$cpu_sim1" "$load_before" "$load_after" "$POLL" "$rss" "$RECONNECT" << 'PY'
 import json, sys
-(n, state, t0, te, td, tc, tend, cores, a0, a1, b0, b1, p0, p1, s0, s1, lb, la, poll) = sys.argv[1:]
+(n, state, t0, te, td, tc, tend, cores, a0, a1, b0, b1, p0, p1, s0, s1, lb, la, poll, rss, rc) = sys.argv[1:]
+reconnect = ", a connection per check-in" if rc == "1" else ", connections kept alive"
+ra, rb, rsa, rsb = map(int, rss.split(","))
 n, cores = int(n), int(cores)
 t0, te, td, tc, tend = map(float, (t0, te, td, tc, tend))
 sims = [json.load(open(f)) for f in ("sim-a.json", "sim-b.json")]
@@ -214,13 +262,15 @@ cpu = {"replica A": float(a1) - float(a0), "replica B": float(b1) - float(b0),
 roll, conv = td - te, tc - te
 busy = sum(cpu.values()) / (cores * conv) if conv > 0 else 0
 servers = cpu["replica A"] + cpu["replica B"]
-print(f"devices {n} over 2 replicas, poll {poll}; enrolled in {te - t0:.0f} s; rollout {state} in {roll:.0f} s, "
+print(f"devices {n} over 2 replicas, poll {poll}{reconnect}; enrolled in {te - t0:.0f} s; rollout {state} in {roll:.0f} s, "
       f"every device on the release {conv:.0f} s after the rollout's creation")
 print(f"check-ins {checkins} ({rate:.0f}/s over the run), p50 {p50:.1f} ms, p99 {p99:.1f} ms (worse simulator), errors {errors}, "
       f"devices on the release {on} of {n}")
 print("CPU seconds from the rollout's creation to the last install: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) +
       f" (the {cores} cores {100 * busy:.0f}% busy with these)")
 print(f"load average before {lb}, after {la}")
+print(f"peak resident memory: replica A {ra} MiB, replica B {rb} MiB, simulators {rsa} + {rsb} MiB "
+      f"({1024 * (rsa + rsb) / n:.0f} KiB per simulated device)")
 top = max(cpu, key=cpu.get)
 if busy > 0.8:
     who = "the rampart-server replicas" if servers >= max(cpu["PostgreSQL"], cpu["simulators"]) else top
@@ -233,8 +283,9 @@ else:
                   f"and the rollout engine's one-minute round, and by the devices' poll interval ({poll})")
 print("bottleneck: " + bottleneck)
 ok = errors == 0 and state == "completed" and on == n
-print(f"scale-out: devices={n} replicas=2 checkins_per_s={rate:.0f} p50_ms={p50:.1f} p99_ms={p99:.1f} errors={errors} "
+print(f"scale-out: devices={n} replicas=2 reconnect={rc} checkins_per_s={rate:.0f} p50_ms={p50:.1f} p99_ms={p99:.1f} errors={errors} "
       f"rollout_s={roll:.0f} converged_s={conv:.0f} server_cpu_s={servers:.1f} db_cpu_s={cpu['PostgreSQL']:.1f} sim_cpu_s={cpu['simulators']:.1f} "
+      f"server_rss_mib={max(ra, rb)} "
       f"bottleneck={top} {'PASS' if ok else 'FAIL'}")
 sys.exit(0 if ok else 1)
 PY

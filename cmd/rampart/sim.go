@@ -20,7 +20,8 @@ var simCmd = &cmdSpec{
 	usage: `
 Usage: rampart sim --server URL --ca FILE --token TOKEN --devices N --hardware ID
            [--fail-health P%] [--power-cut P%] [--tamper P%] [--drop P%] [--skew D]
-           [--poll D] [--duration D] [--id-prefix P] [--slot-size BYTES] [--json]
+           [--poll D] [--reconnect] [--duration D] [--id-prefix P]
+           [--slot-size BYTES] [--json]
 
 Runs N virtual devices in this process, each the real device agent on the
 simulated bootloader with in-memory slots that can lose power, enrolled
@@ -51,6 +52,11 @@ Flags:
 ` + serverFlagsHelp + `    --devices N        how many devices
     --hardware ID      their hardware id
     --poll D           time between a device's check-ins (default 5s, 10% jitter)
+    --reconnect        each device closes its connection after a check-in, as
+                       devices behind NAT or on cellular links find theirs
+                       closed: every check-in makes a TLS handshake, and the
+                       server holds connections only for check-ins under way
+                       (without it, one kept-alive connection per device)
     --duration D       how long to run (default 1m; Ctrl-C ends early with the report)
     --id-prefix P      device id prefix (default sim-)
     --slot-size BYTES  size of each slot, held in memory (default 262144)
@@ -77,6 +83,7 @@ func runSim(e *env, args []string) error {
 	}
 	fs.DurationVar(&cfg.Skew, "skew", 0, "")
 	fs.DurationVar(&cfg.Poll, "poll", 5*time.Second, "")
+	fs.BoolVar(&cfg.Reconnect, "reconnect", false, "")
 	fs.DurationVar(&cfg.Duration, "duration", time.Minute, "")
 	fs.StringVar(&cfg.IDPrefix, "id-prefix", sim.DefaultPrefix, "")
 	fs.Int64Var(&cfg.SlotSize, "slot-size", sim.DefaultSlotSize, "")

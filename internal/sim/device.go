@@ -293,6 +293,9 @@ func (d *device) step(ctx context.Context) {
 		return
 	}
 	d.checkin(ctx)
+	if d.s.cfg.Reconnect {
+		d.http.CloseIdleConnections()
+	}
 }
 
 func (d *device) failed(ctx context.Context, what string, err error) {

@@ -105,6 +105,14 @@ func (f *front) RoundTrip(req *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
+// CloseIdleConnections passes http.Client.CloseIdleConnections on to the
+// transport behind the front end.
+func (f *front) CloseIdleConnections() {
+	if c, ok := f.base.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
+}
+
 // take returns and resets what the front end did.
 func (f *front) take() (tampered, dropped int) {
 	f.mu.Lock()

@@ -82,6 +82,14 @@ type Config struct {
 	Skew time.Duration
 	// Poll is the time between a device's check-ins.
 	Poll time.Duration
+	// Reconnect closes each device's connection after its turn, as a
+	// device behind NAT or on a cellular link finds it closed by its next
+	// check-in: every check-in then opens a TLS connection (a full
+	// handshake with the device's certificate), and the server holds
+	// connections only for the check-ins under way. Without it each
+	// device keeps its connection alive between check-ins, one open file
+	// per device on the server and in the simulator.
+	Reconnect bool
 	// Duration ends the run (0: until Stop or the context ends).
 	Duration time.Duration
 	// Workers is the number of check-ins run at once (0: DefaultWorkers).

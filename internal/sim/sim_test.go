@@ -6,10 +6,14 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -354,5 +358,89 @@ func TestHealthCheckHook(t *testing.T) {
 		if (d.ID == "hc-2") != (d.State == sim.StateRolledBack) || d.ID == "hc-2" && d.Reason != "health-check-failed" {
 			t.Errorf("%s: %s %q", d.ID, d.State, d.Reason)
 		}
+	}
+}
+
+// countingProxy forwards TCP connections to addr and counts them: TLS
+// runs end to end through it, so it sees how often devices connect.
+func countingProxy(t *testing.T, addr string) (url string, accepted *atomic.Int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	accepted = new(atomic.Int64)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				s, err := net.Dial("tcp", addr)
+				if err != nil {
+					return
+				}
+				defer s.Close()
+				go func() { io.Copy(s, c); s.(*net.TCPConn).CloseWrite() }()
+				io.Copy(c, s)
+			}()
+		}
+	}()
+	return "https://" + ln.Addr().String(), accepted
+}
+
+// Config.Reconnect: each check-in opens a connection of its own; without
+// it a device's connection carries all its check-ins.
+func TestReconnect(t *testing.T) {
+	e := servertest.New(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, e.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.PushStaged(nil); err != nil {
+		t.Fatal(err)
+	}
+	const n = 4
+	for _, reconnect := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reconnect=%v", reconnect), func(t *testing.T) {
+			url, accepted := countingProxy(t, e.TS.Listener.Addr().String())
+			s, err := sim.New(sim.Config{
+				Server: url, CA: ca, Token: e.Admin, Devices: n, Hardware: hw, IDPrefix: fmt.Sprintf("rc%v-", reconnect),
+				Poll: 100 * time.Millisecond, Reconnect: reconnect, Workers: n, SlotSize: 64 << 10, Dir: t.TempDir(), Seed: 3,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			failed := make(chan error, 1)
+			go func() {
+				if _, err := s.Run(context.Background()); err != nil {
+					failed <- err
+				}
+			}()
+			defer s.Stop()
+			r0 := waitFor(t, s, failed, "every device enrolled", 2*time.Minute, func(r *sim.Report) bool { return r.ByState[sim.StateIdle] == n })
+			conns0 := accepted.Load()
+			r1 := waitFor(t, s, failed, "30 more check-ins", 2*time.Minute, func(r *sim.Report) bool { return r.Checkins >= r0.Checkins+30 })
+			conns := accepted.Load() - conns0
+			checkins := r1.Checkins - r0.Checkins
+			if r1.Errors > 0 {
+				t.Fatalf("errors: %v", r1.ErrorSamples)
+			}
+			// At the two snapshots up to n check-ins may be under way.
+			if reconnect && conns < checkins-n {
+				t.Errorf("%d connections for %d check-ins with Reconnect: connections were kept", conns, checkins)
+			}
+			if !reconnect && conns > n {
+				t.Errorf("%d connections for %d check-ins of %d devices without Reconnect: connections were not kept", conns, checkins, n)
+			}
+			t.Logf("%d check-ins, %d connections", checkins, conns)
+		})
 	}
 }
