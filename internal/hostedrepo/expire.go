@@ -35,7 +35,7 @@ func (s *Service) ExpireBlobs(ctx context.Context, grace time.Duration) (int, er
 	defer s.mu.Unlock()
 	// A push on another replica may be about to name blobs this would
 	// take for unreferenced: expire them when no push runs anywhere.
-	unhold, err := s.hold(ctx)
+	ctx, unhold, err := s.hold(ctx)
 	if errors.Is(err, errBusy) {
 		return 0, nil
 	}

@@ -140,19 +140,22 @@ var errBusy = errors.New("another replica holds the repository's lease")
 // work; the caller holds mu. It fails with errBusy (wrapped, naming the
 // holder) when another replica has it. Every taker of the lease finishes
 // a pending push first, so a push whose replica died mid-way is finished
-// by whichever replica writes the repository next.
-func (s *Service) hold(ctx context.Context) (release func(), err error) {
+// by whichever replica writes the repository next. The work runs with
+// the context it returns, fenced with the lease's term (lease.Fenced):
+// if this replica pauses past the term and another takes the lease, the
+// store refuses the rest of its writes (store.ErrFenced).
+func (s *Service) hold(ctx context.Context) (fenced context.Context, release func(), err error) {
 	if s.lease == nil {
-		return func() {}, nil
+		return ctx, func() {}, nil
 	}
 	held, release, err := s.lease.Hold(ctx)
 	if err != nil {
-		return nil, wrapf(err, "taking the repository's lease")
+		return ctx, nil, wrapf(err, "taking the repository's lease")
 	}
 	if !held {
-		return nil, fmt.Errorf("%w (%s)", errBusy, s.lease.Owner())
+		return ctx, nil, fmt.Errorf("%w (%s)", errBusy, s.lease.Owner())
 	}
-	return release, nil
+	return s.lease.Fenced(ctx), release, nil
 }
 
 // fenced fails once this replica may no longer hold the repository's
@@ -277,7 +280,7 @@ type Origin struct {
 func (s *Service) Push(ctx context.Context, req Push, o Origin) (*PushResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	release, err := s.hold(ctx)
+	ctx, release, err := s.hold(ctx)
 	if errors.Is(err, errBusy) {
 		return nil, refuse(Conflict, "another push is in progress on another server replica (%s holds the repository's lease); fetch the current state and retry when it is done", s.lease.Owner())
 	}
@@ -479,7 +482,7 @@ func (s *Service) RefreshOnline(ctx context.Context) (bool, error) {
 	defer s.mu.Unlock()
 	// Another replica writing the repository (a push) signs the online
 	// roles itself; the next refresh comes an interval later.
-	release, err := s.hold(ctx)
+	ctx, release, err := s.hold(ctx)
 	if errors.Is(err, errBusy) {
 		return false, nil
 	}

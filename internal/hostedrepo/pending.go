@@ -288,7 +288,7 @@ func (s *Service) checkLogged(ctx context.Context, req Push) error {
 func (s *Service) Recover(ctx context.Context) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	release, err := s.hold(ctx)
+	ctx, release, err := s.hold(ctx)
 	if errors.Is(err, errBusy) {
 		return nil
 	}

@@ -11,9 +11,11 @@
 // renewing request, which is never later than the moment the store
 // counts the expiry from. Held is false from that deadline on, and the
 // work checks Held before each step (fencing by time). A step already
-// running when the deadline passes is the one window left; steps are
-// short, and each is idempotent or guarded by the store's own
-// conditions.
+// running when the deadline passes (the holder paused by a long garbage
+// collection or a stopped virtual machine) is closed by the store: the
+// work's writes carry the term they were started under (Fenced), and the
+// store commits them only while that term lasts, and begins no new term
+// while one is being written (store.Leases).
 package lease
 
 import (
@@ -24,11 +26,13 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/store"
 )
 
 // Store is what a lease needs of the metadata store (store.Leases).
 type Store interface {
-	Lease(ctx context.Context, name, holder string, ttl time.Duration) (held bool, owner string, err error)
+	Lease(ctx context.Context, name, holder string, ttl time.Duration) (store.LeaseState, error)
 	ReleaseLease(ctx context.Context, name, holder string) error
 }
 
@@ -65,6 +69,7 @@ type Lease struct {
 	mu       sync.Mutex
 	deadline time.Time // monotonic; zero when not held
 	owner    string    // the holder the store last named
+	token    int64     // the term's, while held
 }
 
 // New returns the lease name for holder, not yet acquired.
@@ -90,19 +95,36 @@ func (l *Lease) TTL() time.Duration { return l.ttl }
 // term as it was: the lease is held until then and not after.
 func (l *Lease) Acquire(ctx context.Context) (bool, error) {
 	start := time.Now()
-	held, owner, err := l.store.Lease(ctx, l.name, l.holder, l.ttl)
+	st, err := l.store.Lease(ctx, l.name, l.holder, l.ttl)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if err != nil {
 		return l.heldLocked(), fmt.Errorf("lease %s: %w", l.name, err)
 	}
-	l.owner = owner
-	if !held {
+	l.owner = st.Owner
+	if !st.Held {
 		l.deadline = time.Time{}
 		return false, nil
 	}
 	l.deadline = start.Add(l.ttl - l.ttl/safety)
+	l.token = st.Token
 	return true, nil
+}
+
+// Fenced returns ctx carrying the lease's current term (store.WithFence):
+// the store commits the writes made with it only while that term lasts,
+// and refuses them with store.ErrFenced once it has ended, even when
+// this replica has not noticed yet. Work derives its context from
+// Fenced once, when it starts, so that all of it belongs to one term.
+// When the lease is not held, every write made with the context fails.
+func (l *Lease) Fenced(ctx context.Context) context.Context {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := store.Fence{Lease: l.name, Holder: l.holder}
+	if l.heldLocked() {
+		f.Token = l.token
+	}
+	return store.WithFence(ctx, f)
 }
 
 // Held reports whether the lease is held now: acquired or renewed less

@@ -6,6 +6,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rampartfw/rampart/internal/store"
 )
 
 // fakeStore grants leases like a store, and fails every call while down.
@@ -14,22 +16,27 @@ type fakeStore struct {
 	down    bool
 	holder  string
 	expires time.Time
+	token   int64
 }
 
 var errDown = errors.New("database unreachable")
 
-func (f *fakeStore) Lease(ctx context.Context, name, holder string, ttl time.Duration) (bool, string, error) {
+func (f *fakeStore) Lease(ctx context.Context, name, holder string, ttl time.Duration) (store.LeaseState, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if f.down {
-		return false, "", errDown
+		return store.LeaseState{}, errDown
 	}
 	now := time.Now()
-	if f.holder != "" && f.holder != holder && now.Before(f.expires) {
-		return false, f.holder, nil
+	unexpired := f.holder != "" && now.Before(f.expires)
+	if unexpired && f.holder != holder {
+		return store.LeaseState{Owner: f.holder}, nil
+	}
+	if !unexpired {
+		f.token++
 	}
 	f.holder, f.expires = holder, now.Add(ttl)
-	return true, holder, nil
+	return store.LeaseState{Held: true, Owner: holder, Token: f.token}, nil
 }
 
 func (f *fakeStore) ReleaseLease(ctx context.Context, name, holder string) error {
@@ -126,5 +133,44 @@ func TestHoldRenewsUntilReleased(t *testing.T) {
 	if held, rel, _ := a.Hold(ctx); held {
 		rel()
 		t.Fatal("a got b's lease")
+	}
+}
+
+// Fenced carries the term held when it is called: the same token for
+// every write of one piece of work, a new one once the lease was lost
+// and taken again, and token 0 (which fences every write) when not held.
+func TestFencedCarriesTheTerm(t *testing.T) {
+	ctx := context.Background()
+	f := &fakeStore{}
+	l := New(f, "work", "a", time.Hour)
+	fence := func() store.Fence {
+		t.Helper()
+		fc, ok := store.FenceFrom(l.Fenced(ctx))
+		if !ok || fc.Lease != "work" || fc.Holder != "a" {
+			t.Fatalf("fence %+v (%v)", fc, ok)
+		}
+		return fc
+	}
+	if fc := fence(); fc.Token != 0 {
+		t.Fatalf("before acquiring: token %d, want 0", fc.Token)
+	}
+	if held, err := l.Acquire(ctx); !held || err != nil {
+		t.Fatal(held, err)
+	}
+	t1 := fence().Token
+	l.Acquire(ctx) // a renewal
+	if t1 == 0 || fence().Token != t1 {
+		t.Fatalf("tokens %d then %d, want one nonzero token for the term", t1, fence().Token)
+	}
+	f.mu.Lock()
+	f.expires = time.Now() // the term ends in the store
+	f.mu.Unlock()
+	l.Acquire(ctx)
+	if t2 := fence().Token; t2 <= t1 {
+		t.Fatalf("a new term's token %d, after %d", t2, t1)
+	}
+	l.Release(ctx)
+	if fc := fence(); fc.Token != 0 {
+		t.Fatalf("after release: token %d, want 0", fc.Token)
 	}
 }

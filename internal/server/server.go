@@ -555,8 +555,11 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 // leasedWork is one round of the work done once across replicas, by the
 // holder of the background lease. The lease is checked before each step:
 // a replica that could not renew it in time (it lost the database)
-// stops before another may take over.
+// stops before another may take over. The round's writes are fenced with
+// the term it began in (lease.Fenced): a replica paused past it, while
+// another took over, has the rest of them refused by the store.
 func (s *Server) leasedWork(ctx context.Context) {
+	ctx = s.background.Fenced(ctx)
 	start := time.Now()
 	s.backgroundRuns.Add(1)
 	if _, err := s.RefreshOnline(ctx); err != nil && !errors.Is(err, hostedrepo.ErrNoRepository) && ctx.Err() == nil {

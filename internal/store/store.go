@@ -46,6 +46,11 @@ var (
 	// did is committed, and the same store works again once the
 	// database is back: the caller may retry later.
 	ErrUnavailable = errors.New("the metadata store is unavailable")
+	// ErrFenced: a write carried a lease's fence (WithFence) for a term
+	// that has ended: the lease expired, or passed to another holder.
+	// Nothing the write did is committed; the work it was part of must
+	// stop, since another holder may be doing it now.
+	ErrFenced = errors.New("the lease term this work was done under has ended")
 )
 
 // Doc is one versioned metadata document of a repository. Repo is "image"
@@ -558,16 +563,55 @@ type Tx interface {
 // lease before the store lets another take it: it counts ttl from the
 // moment it sent the request (package lease does), which is never later
 // than the moment the store counts it from.
+//
+// Each term of a lease, from an acquisition of a lease that was free,
+// expired or another's to its end, has a token larger than every earlier
+// term's of that name; renewals keep it. A write whose context carries a
+// term's fence (WithFence) commits only while that term lasts: the store
+// checks it inside the write's transaction and holds it there, so a new
+// term cannot begin until the write has committed or rolled back, and a
+// write for an ended term fails with ErrFenced, changing nothing. This
+// closes the window that counting the deadline leaves to a holder paused
+// mid-write (a long garbage collection, a stopped virtual machine).
 type Leases interface {
 	// Lease acquires the lease name for holder, or renews it when holder
 	// holds it already, for ttl from now. When another holder holds it
-	// unexpired, held is false and owner names that holder; otherwise
-	// held is true and owner is holder.
-	Lease(ctx context.Context, name, holder string, ttl time.Duration) (held bool, owner string, err error)
+	// unexpired, Held is false and Owner names that holder; otherwise
+	// Held is true, Owner is holder and Token is the term's.
+	Lease(ctx context.Context, name, holder string, ttl time.Duration) (LeaseState, error)
 	// ReleaseLease gives the lease up if holder holds it (if it does not,
 	// it changes nothing and is not an error), so another may take it at
 	// once.
 	ReleaseLease(ctx context.Context, name, holder string) error
+}
+
+// LeaseState is what Leases.Lease found: whether the caller holds the
+// lease, who does, and the term's token when the caller holds it.
+type LeaseState struct {
+	Held  bool
+	Owner string
+	Token int64
+}
+
+// Fence names one term of a lease, for WithFence.
+type Fence struct {
+	Lease, Holder string
+	Token         int64
+}
+
+type fenceKey struct{}
+
+// WithFence returns ctx carrying f: every write made with it commits only
+// while f's term lasts (Leases), else fails with ErrFenced. A Token of 0
+// is no term's, so it fences every write.
+func WithFence(ctx context.Context, f Fence) context.Context {
+	return context.WithValue(ctx, fenceKey{}, f)
+}
+
+// FenceFrom returns the fence ctx carries, for the stores' writes.
+func FenceFrom(ctx context.Context) (Fence, bool) {
+	f, ok := ctx.Value(fenceKey{}).(Fence)
+	return f, ok
 }
 
 // Store is everything the server keeps.

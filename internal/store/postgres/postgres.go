@@ -334,6 +334,10 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 		tx.Rollback(ctx)
 		return fmt.Errorf("writer lock: %w", unavailable(err))
 	}
+	if err := fence(ctx, tx); err != nil {
+		tx.Rollback(ctx)
+		return err
+	}
 	wrote := new(bool)
 	defer s.assign.After(wrote)
 	if err := f(&conn{q: classified{tx}, savepoints: new(atomic.Uint64), wrote: wrote}); err != nil {
@@ -394,6 +398,10 @@ func (c *conn) txOnce(ctx context.Context, f func(c *conn) error) error {
 	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock_shared($1)`, writerLock); err != nil {
 		tx.Rollback(ctx)
 		return fmt.Errorf("writer lock: %w", unavailable(err))
+	}
+	if err := fence(ctx, tx); err != nil {
+		tx.Rollback(ctx)
+		return err
 	}
 	wrote := new(bool)
 	defer c.assign.After(wrote)

@@ -27,7 +27,6 @@ import (
 // DB is a SQLite-backed store. It is safe for concurrent use.
 type DB struct {
 	conn
-	leases leases
 }
 
 var (
@@ -54,8 +53,10 @@ type conn struct {
 	stmts *stmtCache
 	tx    *sql.Tx
 	// gate is the database's writer queue (nil inside a transaction,
-	// which has passed it).
-	gate writerGate
+	// which has passed it); enterGate checks a fenced write's lease
+	// term there.
+	gate   writerGate
+	leases *leases
 	// assign is the database's assignment cache: set on the database,
 	// read through only there (a transaction reads its own writes).
 	// Inside a transaction, wrote records that the transaction changed
@@ -104,13 +105,27 @@ func (g writerGate) enter(ctx context.Context) error {
 
 func (g writerGate) leave() { <-g }
 
+// enterGate takes the writer gate for a write and checks the lease term
+// the write's context carries, if any (leases.fence): a write for an
+// ended term fails with store.ErrFenced and leaves the gate at once.
+func (c *conn) enterGate(ctx context.Context) error {
+	if err := c.gate.enter(ctx); err != nil {
+		return err
+	}
+	if err := c.leases.fence(ctx); err != nil {
+		c.gate.leave()
+		return err
+	}
+	return nil
+}
+
 // exec runs one writing statement: through the writer gate on the
 // database, as is inside a transaction.
 func (s *conn) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if s.db == nil {
 		return s.q.ExecContext(ctx, query, args...)
 	}
-	if err := s.gate.enter(ctx); err != nil {
+	if err := s.enterGate(ctx); err != nil {
 		return nil, err
 	}
 	defer s.gate.leave()
@@ -210,7 +225,7 @@ func (c *conn) query(ctx context.Context, query string, args ...any) (*sql.Rows,
 // (and the writer gate, outside a transaction).
 func (c *conn) execHot(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	if c.db != nil {
-		if err := c.gate.enter(ctx); err != nil {
+		if err := c.enterGate(ctx); err != nil {
 			return nil, err
 		}
 		defer c.gate.leave()
@@ -332,7 +347,7 @@ func Open(path string) (*DB, error) {
 	// re-reads the schema (a third of a check-in's cost when measured).
 	// The number open stays unlimited, so nothing can wait on the pool.
 	db.SetMaxIdleConns(maxIdleConns)
-	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}, gate: make(writerGate, 1), assign: &assigncache.Cache{}}}
+	s := &DB{conn: conn{q: db, db: db, stmts: &stmtCache{db: db}, gate: make(writerGate, 1), leases: &leases{}, assign: &assigncache.Cache{}}}
 	if err := s.migrate(); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -391,7 +406,7 @@ func tm(n int64) time.Time {
 // Atomic implements store.Store. The transaction begins IMMEDIATE (see
 // Open), so it holds the write lock from its start.
 func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
-	if err := s.gate.enter(ctx); err != nil {
+	if err := s.enterGate(ctx); err != nil {
 		return err
 	}
 	defer s.gate.leave()
@@ -417,7 +432,7 @@ func (s *DB) Atomic(ctx context.Context, f func(tx store.Tx) error) error {
 // transaction as it was.
 func (c *conn) atomic(ctx context.Context, f func(c *conn) error) error {
 	if c.db != nil {
-		if err := c.gate.enter(ctx); err != nil {
+		if err := c.enterGate(ctx); err != nil {
 			return err
 		}
 		defer c.gate.leave()

@@ -1195,11 +1195,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		s := open(t)
 		lease := func(name, holder string, ttl time.Duration) (bool, string) {
 			t.Helper()
-			held, owner, err := s.Lease(ctx, name, holder, ttl)
+			st, err := s.Lease(ctx, name, holder, ttl)
 			if err != nil {
 				t.Fatal(err)
 			}
-			return held, owner
+			return st.Held, st.Owner
 		}
 		if held, owner := lease("work", "a", time.Hour); !held || owner != "a" {
 			t.Fatalf("a free lease: held %v by %q", held, owner)
@@ -1256,11 +1256,11 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				held, _, err := s.Lease(ctx, "work", fmt.Sprintf("r%d", i), time.Hour)
+				st, err := s.Lease(ctx, "work", fmt.Sprintf("r%d", i), time.Hour)
 				if err != nil {
 					t.Error(err)
 				}
-				if held {
+				if st.Held {
 					won.Add(1)
 				}
 			}()
@@ -1268,6 +1268,147 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		wg.Wait()
 		if won.Load() != 1 {
 			t.Fatalf("%d of %d concurrent callers hold the lease, want 1", won.Load(), n)
+		}
+	})
+
+	// Each term of a lease has a larger token than the last; renewals
+	// keep it, whoever takes the lease next and however it came free.
+	t.Run("LeaseTermTokens", func(t *testing.T) {
+		s := open(t)
+		take := func(holder string, ttl time.Duration) int64 {
+			t.Helper()
+			st, err := s.Lease(ctx, "work", holder, ttl)
+			if err != nil || !st.Held || st.Owner != holder || st.Token <= 0 {
+				t.Fatalf("%s taking the lease: %+v, %v", holder, st, err)
+			}
+			return st.Token
+		}
+		t1 := take("a", time.Hour)
+		if got := take("a", time.Hour); got != t1 {
+			t.Fatalf("a renewal moved the token from %d to %d", t1, got)
+		}
+		if st, _ := s.Lease(ctx, "work", "b", time.Hour); st.Held || st.Token != 0 {
+			t.Fatalf("b refused: %+v", st)
+		}
+		s.ReleaseLease(ctx, "work", "a")
+		t2 := take("b", time.Hour)
+		s.ReleaseLease(ctx, "work", "b")
+		t3 := take("a", 100*time.Millisecond)
+		time.Sleep(200 * time.Millisecond)
+		t4 := take("a", time.Hour) // its own term expired: a new one
+		if !(t1 < t2 && t2 < t3 && t3 < t4) {
+			t.Fatalf("tokens %d, %d, %d, %d: want each term's larger than the last", t1, t2, t3, t4)
+		}
+	})
+
+	// A write fenced with a lease term commits only while that term
+	// lasts: with another term's token, another holder, token 0, after
+	// the term expired or passed to another, it fails with ErrFenced and
+	// writes nothing.
+	t.Run("FencedWrites", func(t *testing.T) {
+		s := open(t)
+		st, err := s.Lease(ctx, "work", "a", time.Hour)
+		if err != nil || !st.Held {
+			t.Fatal(st, err)
+		}
+		doc := func(v int64) store.Doc {
+			return store.Doc{Repo: "image", Role: "fenced", Version: v, Data: []byte(fmt.Sprint(v))}
+		}
+		written := func(v int64) bool {
+			_, err := s.Doc(ctx, "image", "fenced", v)
+			return err == nil
+		}
+		fenced := func(holder string, token int64) context.Context {
+			return store.WithFence(ctx, store.Fence{Lease: "work", Holder: holder, Token: token})
+		}
+		if err := s.PutDocs(fenced("a", st.Token), doc(1)); err != nil {
+			t.Fatalf("a write in the term: %v", err)
+		}
+		if err := s.Atomic(fenced("a", st.Token), func(tx store.Tx) error { return tx.PutDocs(ctx, doc(2)) }); err != nil {
+			t.Fatalf("an Atomic write in the term: %v", err)
+		}
+		v := int64(10)
+		for _, f := range []store.Fence{{Lease: "work", Holder: "a", Token: st.Token + 1}, {Lease: "work", Holder: "b", Token: st.Token}, {Lease: "work", Holder: "a"}, {Lease: "other", Holder: "a", Token: st.Token}} {
+			v++
+			is(t, s.PutDocs(store.WithFence(ctx, f), doc(v)), store.ErrFenced)
+			ran := false
+			is(t, s.Atomic(store.WithFence(ctx, f), func(tx store.Tx) error { ran = true; return tx.PutDocs(ctx, doc(v+100)) }), store.ErrFenced)
+			if ran || written(v) || written(v+100) {
+				t.Fatalf("fence %+v: wrote (Atomic's function ran: %v)", f, ran)
+			}
+		}
+		// The term passes to b: a's fence no longer writes, b's does.
+		s.ReleaseLease(ctx, "work", "a")
+		stb, err := s.Lease(ctx, "work", "b", time.Hour)
+		if err != nil || !stb.Held {
+			t.Fatal(stb, err)
+		}
+		is(t, s.PutDocs(fenced("a", st.Token), doc(20)), store.ErrFenced)
+		if err := s.PutDocs(fenced("b", stb.Token), doc(21)); err != nil {
+			t.Fatalf("b's write in its term: %v", err)
+		}
+		// A term that expired, though no one took the lease.
+		stc, err := s.Lease(ctx, "short", "c", 100*time.Millisecond)
+		if err != nil || !stc.Held {
+			t.Fatal(stc, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		is(t, s.PutDocs(store.WithFence(ctx, store.Fence{Lease: "short", Holder: "c", Token: stc.Token}), doc(22)), store.ErrFenced)
+		if !written(1) || !written(2) || written(20) || !written(21) || written(22) {
+			t.Fatal("the fenced writes that committed are not those that should have")
+		}
+	})
+
+	// A new term does not begin while a write fenced with the current
+	// term is open, even after the term's expiry: the old holder's
+	// writes commit before the new holder's term begins, never after.
+	t.Run("NewTermWaitsForFencedWrite", func(t *testing.T) {
+		s := open(t)
+		st, err := s.Lease(ctx, "work", "a", 200*time.Millisecond)
+		if err != nil || !st.Held {
+			t.Fatal(st, err)
+		}
+		fctx := store.WithFence(ctx, store.Fence{Lease: "work", Holder: "a", Token: st.Token})
+		started := make(chan struct{})
+		var bHeld atomic.Bool
+		bDone := make(chan store.LeaseState, 1)
+		go func() {
+			<-started
+			deadline := time.Now().Add(30 * time.Second)
+			for time.Now().Before(deadline) {
+				st, err := s.Lease(ctx, "work", "b", time.Hour)
+				if err == nil && st.Held {
+					bHeld.Store(true)
+					bDone <- st
+					return
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+			bDone <- store.LeaseState{}
+		}()
+		err = s.Atomic(fctx, func(tx store.Tx) error {
+			close(started)
+			if err := tx.PutDocs(ctx, store.Doc{Repo: "image", Role: "fenced", Version: 1, Data: []byte("1")}); err != nil {
+				return err
+			}
+			time.Sleep(500 * time.Millisecond) // the term expires meanwhile
+			if bHeld.Load() {
+				t.Error("b began a term while a's fenced write was open")
+			}
+			return tx.PutDocs(ctx, store.Doc{Repo: "image", Role: "fenced", Version: 2, Data: []byte("2")})
+		})
+		if err != nil {
+			t.Fatalf("the fenced write, begun in its term: %v", err)
+		}
+		stb := <-bDone
+		if !stb.Held || stb.Token <= st.Token {
+			t.Fatalf("b after a's write: %+v (a's token %d)", stb, st.Token)
+		}
+		is(t, s.PutDocs(fctx, store.Doc{Repo: "image", Role: "fenced", Version: 3, Data: []byte("3")}), store.ErrFenced)
+		for v, want := range map[int64]bool{1: true, 2: true, 3: false} {
+			if _, err := s.Doc(ctx, "image", "fenced", v); (err == nil) != want {
+				t.Errorf("version %d written: %v, want %v", v, err == nil, want)
+			}
 		}
 	})
 }
