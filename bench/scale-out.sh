@@ -185,6 +185,10 @@ pg_cpu() {
   echo "$t"
 }
 sim_cpu() { awk -v a="$(cpu_of "$sim_a")" -v b="$(cpu_of "$sim_b")" 'BEGIN {printf "%.2f", a + b}'; }
+# The whole machine's CPU time, busy and total (jiffies, /proc/stat): what
+# the processes above leave out (the kernel's network stack, versitygw,
+# this script's polling) counts too.
+machine_cpu() { awk '/^cpu / {b = $2 + $3 + $4 + $7 + $8 + $9; printf "%d,%d", b, b + $5 + $6}' /proc/stat; }
 
 # --- the fleet: one simulator per replica
 slot=$(((IMAGE_BYTES + 4095) / 4096 * 4096 * 2))
@@ -210,7 +214,7 @@ t_enrolled=$(date +%s.%N)
 echo "scale-out: $DEVICES devices enrolled in $(awk -v a="$t0" -v b="$t_enrolled" 'BEGIN {printf "%.0f", b - a}') s" >&2
 
 # --- the measured window: a phased rollout to every device, through replica B
-cpu_a0=$(cpu_of "$a_pid") cpu_b0=$(cpu_of "$b_pid") cpu_pg0=$(pg_cpu) cpu_sim0=$(sim_cpu)
+cpu_a0=$(cpu_of "$a_pid") cpu_b0=$(cpu_of "$b_pid") cpu_pg0=$(pg_cpu) cpu_sim0=$(sim_cpu) mc0=$(machine_cpu)
 export RAMPART_SERVER="https://$b_addr"
 ro=$("$R" rollout create acme-gw/1.0.0 --select "hardware == \"$HW\"" --phases "$PHASES" --soak "$SOAK" \
   --min-success 1 --max-failure-rate 2% --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
@@ -231,7 +235,7 @@ while [[ "$state" == completed ]] && ((on < DEVICES)) && (($(date +%s) - ${t0%.*
   ((on >= DEVICES)) || sleep 2
 done
 t_conv=$(date +%s.%N)
-cpu_a1=$(cpu_of "$a_pid") cpu_b1=$(cpu_of "$b_pid") cpu_pg1=$(pg_cpu) cpu_sim1=$(sim_cpu)
+cpu_a1=$(cpu_of "$a_pid") cpu_b1=$(cpu_of "$b_pid") cpu_pg1=$(pg_cpu) cpu_sim1=$(sim_cpu) mc1=$(machine_cpu)
 # Peak resident memory (MiB) of the replicas and the simulators.
 hwm() { awk '/^VmHWM:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2> /dev/null || echo 0; }
 rss="$(hwm "$a_pid"),$(hwm "$b_pid"),$(hwm "$sim_a"),$(hwm "$sim_b")"
@@ -243,9 +247,11 @@ wait "$sim_b" || true
 t_end=$(date +%s.%N)
 
 python3 - "$DEVICES" "$state" "$t0" "$t_enrolled" "$t_done" "$t_conv" "$t_end" "$(nproc)" \
-  "$cpu_a0" "$cpu_a1" "$cpu_b0" "$cpu_b1" "$cpu_pg0" "$cpu_pg1" "$cpu_sim0" "$cpu_sim1" "$load_before" "$load_after" "$POLL" "$rss" "$RECONNECT" << 'PY'
+  "$cpu_a0" "$cpu_a1" "$cpu_b0" "$cpu_b1" "$cpu_pg0" "$cpu_pg1" "$cpu_sim0" "$cpu_sim1" "$load_before" "$load_after" "$POLL" "$rss" "$RECONNECT" "$mc0" "$mc1" << 'PY'
 import json, sys
-(n, state, t0, te, td, tc, tend, cores, a0, a1, b0, b1, p0, p1, s0, s1, lb, la, poll, rss, rc) = sys.argv[1:]
+(n, state, t0, te, td, tc, tend, cores, a0, a1, b0, b1, p0, p1, s0, s1, lb, la, poll, rss, rc, mc0, mc1) = sys.argv[1:]
+(mb0, mt0), (mb1, mt1) = map(int, mc0.split(",")), map(int, mc1.split(","))
+machine = (mb1 - mb0) / (mt1 - mt0) if mt1 > mt0 else 0
 reconnect = ", a connection per check-in" if rc == "1" else ", connections kept alive"
 ra, rb, rsa, rsb = map(int, rss.split(","))
 n, cores = int(n), int(cores)
@@ -264,28 +270,29 @@ busy = sum(cpu.values()) / (cores * conv) if conv > 0 else 0
 servers = cpu["replica A"] + cpu["replica B"]
 print(f"devices {n} over 2 replicas, poll {poll}{reconnect}; enrolled in {te - t0:.0f} s; rollout {state} in {roll:.0f} s, "
       f"every device on the release {conv:.0f} s after the rollout's creation")
-print(f"check-ins {checkins} ({rate:.0f}/s over the run), p50 {p50:.1f} ms, p99 {p99:.1f} ms (worse simulator), errors {errors}, "
-      f"devices on the release {on} of {n}")
+print(f"check-ins {checkins} ({rate:.0f}/s over the run: a device every {n / rate if rate else 0:.0f} s on average, poll {poll}), "
+      f"p50 {p50:.1f} ms, p99 {p99:.1f} ms (worse simulator), errors {errors}, devices on the release {on} of {n}")
 print("CPU seconds from the rollout's creation to the last install: " + ", ".join(f"{k} {v:.1f}" for k, v in cpu.items()) +
-      f" (the {cores} cores {100 * busy:.0f}% busy with these)")
+      f" (the {cores} cores {100 * busy:.0f}% busy with these, {100 * machine:.0f}% busy in all)")
 print(f"load average before {lb}, after {la}")
 print(f"peak resident memory: replica A {ra} MiB, replica B {rb} MiB, simulators {rsa} + {rsb} MiB "
       f"({1024 * (rsa + rsb) / n:.0f} KiB per simulated device)")
-top = max(cpu, key=cpu.get)
-if busy > 0.8:
-    who = "the rampart-server replicas" if servers >= max(cpu["PostgreSQL"], cpu["simulators"]) else top
+groups = {"replicas": servers, "PostgreSQL": cpu["PostgreSQL"], "simulators": cpu["simulators"]}
+top = max(groups, key=groups.get)
+if machine > 0.85:
+    who = "the rampart-server replicas" if top == "replicas" else top
     bottleneck = f"CPU: the machine's cores were saturated; the largest consumer was {who}"
     if top == "simulators":
         bottleneck += " (the load generator shares the machine: the servers' own limit is higher than measured)"
 else:
     top = "pacing"
-    bottleneck = (f"not CPU ({100 * busy:.0f}% busy): the rollout is paced by its phases, each held for the longer of its soak "
+    bottleneck = (f"not CPU ({100 * machine:.0f}% busy): the rollout is paced by its phases, each held for the longer of its soak "
                   f"and the rollout engine's one-minute round, and by the devices' poll interval ({poll})")
 print("bottleneck: " + bottleneck)
 ok = errors == 0 and state == "completed" and on == n
 print(f"scale-out: devices={n} replicas=2 reconnect={rc} checkins_per_s={rate:.0f} p50_ms={p50:.1f} p99_ms={p99:.1f} errors={errors} "
       f"rollout_s={roll:.0f} converged_s={conv:.0f} server_cpu_s={servers:.1f} db_cpu_s={cpu['PostgreSQL']:.1f} sim_cpu_s={cpu['simulators']:.1f} "
-      f"server_rss_mib={max(ra, rb)} "
+      f"server_rss_mib={max(ra, rb)} machine_busy={100 * machine:.0f}% "
       f"bottleneck={top} {'PASS' if ok else 'FAIL'}")
 sys.exit(0 if ok else 1)
 PY
