@@ -5,8 +5,6 @@ import (
 	"crypto"
 	"crypto/rand"
 	"encoding/json"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -26,17 +24,7 @@ import (
 // redeploy puts 1.0.0 back: the devices that ran 2.0.0 install 1.0.0
 // again, verified by the real agent, and the rest never leave it.
 func TestIncidentDrillRealAgents(t *testing.T) {
-	e := servertest.New(t)
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, e.CAPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.PushStaged(nil); err != nil {
-		t.Fatal(err)
-	}
+	e, ca := publishedServer(t)
 	const n = 20
 	s, err := sim.New(sim.Config{Server: e.TS.URL, CA: ca, Token: e.Admin, Devices: n, Hardware: hw,
 		Poll: 200 * time.Millisecond, Workers: 8, SlotSize: 64 << 10, Dir: t.TempDir(), Seed: 3})

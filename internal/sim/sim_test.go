@@ -51,6 +51,25 @@ func waitFor(t *testing.T, s *sim.Sim, runErr <-chan error, what string, timeout
 	}
 }
 
+// publishedServer starts a server whose image repository is published
+// (root and the product's delegation, as an operator does before any
+// device exists), and writes its CA certificate for the simulator.
+func publishedServer(t *testing.T) (e *servertest.Env, caFile string) {
+	t.Helper()
+	e = servertest.New(t)
+	caFile = filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(caFile, e.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.PushStaged(nil); err != nil {
+		t.Fatal(err)
+	}
+	return e, caFile
+}
+
 // A fleet of 50 simulated devices, each the real agent enrolled with its
 // own certificate against a real server over TLS, converges to a deployed
 // release, and each fault knob has its effect: fail-health devices roll
@@ -58,19 +77,7 @@ func waitFor(t *testing.T, s *sim.Sim, runErr <-chan error, what string, timeout
 // and finish, tampered devices refuse the chunk as a mismatch with their
 // running slot untouched and then converge, dropped transfers are retried.
 func TestFleetConvergesUnderFaults(t *testing.T) {
-	e := servertest.New(t)
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, e.CAPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	// The image repository's root and delegation are published before
-	// any device exists, as an operator does.
-	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.PushStaged(nil); err != nil {
-		t.Fatal(err)
-	}
+	e, ca := publishedServer(t)
 	const n = 50
 	live := &syncbuf.Buffer{}
 	s, err := sim.New(sim.Config{
@@ -311,17 +318,7 @@ func TestConfigRefusals(t *testing.T) {
 // Config.HealthCheck fails the trial boots it names: those devices roll
 // back and report why, the others commit, and neither counts as an error.
 func TestHealthCheckHook(t *testing.T) {
-	e := servertest.New(t)
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, e.CAPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.PushStaged(nil); err != nil {
-		t.Fatal(err)
-	}
+	e, ca := publishedServer(t)
 	const n = 4
 	s, err := sim.New(sim.Config{
 		Server: e.TS.URL, CA: ca, Token: e.Admin, Devices: n, Hardware: hw, IDPrefix: "hc-",
@@ -396,17 +393,7 @@ func countingProxy(t *testing.T, addr string) (url string, accepted *atomic.Int6
 // Config.Reconnect: each check-in opens a connection of its own; without
 // it a device's connection carries all its check-ins.
 func TestReconnect(t *testing.T) {
-	e := servertest.New(t)
-	ca := filepath.Join(t.TempDir(), "ca.pem")
-	if err := os.WriteFile(ca, e.CAPEM, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := e.Repo.Sign(servertest.Product, e.Rel); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.PushStaged(nil); err != nil {
-		t.Fatal(err)
-	}
+	e, ca := publishedServer(t)
 	const n = 4
 	for _, reconnect := range []bool{false, true} {
 		t.Run(fmt.Sprintf("reconnect=%v", reconnect), func(t *testing.T) {
