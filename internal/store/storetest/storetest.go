@@ -1364,7 +1364,9 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 	// writes commit before the new holder's term begins, never after.
 	t.Run("NewTermWaitsForFencedWrite", func(t *testing.T) {
 		s := open(t)
-		st, err := s.Lease(ctx, "work", "a", 200*time.Millisecond)
+		// The TTL leaves a loaded machine time to begin the write in the
+		// term; the write then stays open well past it.
+		st, err := s.Lease(ctx, "work", "a", 600*time.Millisecond)
 		if err != nil || !st.Held {
 			t.Fatal(st, err)
 		}
@@ -1391,7 +1393,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 			if err := tx.PutDocs(ctx, store.Doc{Repo: "image", Role: "fenced", Version: 1, Data: []byte("1")}); err != nil {
 				return err
 			}
-			time.Sleep(500 * time.Millisecond) // the term expires meanwhile
+			time.Sleep(1200 * time.Millisecond) // the term expires meanwhile
 			if bHeld.Load() {
 				t.Error("b began a term while a's fenced write was open")
 			}
