@@ -70,6 +70,19 @@ func publishedServer(t *testing.T) (e *servertest.Env, caFile string) {
 	return e, caFile
 }
 
+// runSim runs s until the test ends; the channel gets Run's error if it
+// fails to start.
+func runSim(t *testing.T, s *sim.Sim) <-chan error {
+	failed := make(chan error, 1)
+	go func() {
+		if _, err := s.Run(context.Background()); err != nil {
+			failed <- err
+		}
+	}()
+	t.Cleanup(s.Stop)
+	return failed
+}
+
 // A fleet of 50 simulated devices, each the real agent enrolled with its
 // own certificate against a real server over TLS, converges to a deployed
 // release, and each fault knob has its effect: fail-health devices roll
@@ -333,13 +346,7 @@ func TestHealthCheckHook(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failed := make(chan error, 1)
-	go func() {
-		if _, err := s.Run(context.Background()); err != nil {
-			failed <- err
-		}
-	}()
-	defer s.Stop()
+	failed := runSim(t, s)
 	waitFor(t, s, failed, "every device enrolled", 2*time.Minute, func(r *sim.Report) bool { return r.ByState[sim.StateIdle] == n })
 	img := make([]byte, 20<<10)
 	rand.Read(img)
@@ -405,13 +412,7 @@ func TestReconnect(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			failed := make(chan error, 1)
-			go func() {
-				if _, err := s.Run(context.Background()); err != nil {
-					failed <- err
-				}
-			}()
-			defer s.Stop()
+			failed := runSim(t, s)
 			r0 := waitFor(t, s, failed, "every device enrolled", 2*time.Minute, func(r *sim.Report) bool { return r.ByState[sim.StateIdle] == n })
 			conns0 := accepted.Load()
 			r1 := waitFor(t, s, failed, "30 more check-ins", 2*time.Minute, func(r *sim.Report) bool { return r.Checkins >= r0.Checkins+30 })
