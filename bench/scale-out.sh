@@ -52,16 +52,19 @@ half=$((DEVICES / 2))
 # under way. RECONNECT=1 or 0 forces either.
 need_fds=$((half + 4096))
 RECONNECT=${RECONNECT:-auto}
-if [[ "$RECONNECT" == auto ]]; then
-  RECONNECT=0
-  if (($(ulimit -n) < need_fds)) && ! ulimit -n "$need_fds" 2> /dev/null; then
+fits=1
+if (($(ulimit -n) < need_fds)) && ! ulimit -n "$need_fds" 2> /dev/null; then fits=0; fi
+case "$RECONNECT/$fits" in
+  auto/1) RECONNECT=0 ;;
+  auto/0)
     RECONNECT=1
     echo "scale-out: $half devices per replica need $need_fds open files to keep their connections, and the limit is $(ulimit -n): the devices reconnect at each check-in (--reconnect)" >&2
-  fi
-elif [[ "$RECONNECT" == 0 ]] && (($(ulimit -n) < need_fds)) && ! ulimit -n "$need_fds" 2> /dev/null; then
-  echo "scale-out: $half devices per replica need $need_fds open files, and the limit is $(ulimit -n): raise it (ulimit -Hn as root, or limits.conf), or let them reconnect (RECONNECT=1)" >&2
-  exit 2
-fi
+    ;;
+  0/0)
+    echo "scale-out: $half devices per replica need $need_fds open files, and the limit is $(ulimit -n): raise it (ulimit -Hn as root, or limits.conf), or let them reconnect (RECONNECT=1)" >&2
+    exit 2
+    ;;
+esac
 sim_flags=()
 [[ "$RECONNECT" != 1 ]] || sim_flags+=(--reconnect)
 read -r port_lo port_hi < /proc/sys/net/ipv4/ip_local_port_range
