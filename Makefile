@@ -62,6 +62,7 @@ test:
 	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
 	# every package it imports with the tag too.
 	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
+	renice -n 10 -p $$$$ >/dev/null; \
 	$(GO) vet ./... && \
 	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/ && \
 	$(GO) run $(STATICCHECK) ./... && \
