@@ -61,6 +61,7 @@ test:
 	# The tag changes the files of internal/keys and of cmd/rampart's tests
 	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
 	# every package it imports with the tag too.
+	testbin=$$(mktemp -d) && export RAMPART_TESTBIN=$$testbin && trap 'rm -rf "$$testbin"' EXIT; \
 	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
 	renice -n 10 -p $$$$ >/dev/null; \
 	$(GO) vet ./... && \

@@ -25,34 +25,20 @@ import (
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/offlinerepo"
 	"github.com/rampartfw/rampart/internal/pki"
-	"github.com/rampartfw/rampart/internal/server/attacktest"
 	"github.com/rampartfw/rampart/internal/syncbuf"
+	"github.com/rampartfw/rampart/internal/testbin"
 )
 
-// builtServer is this command built once for the tests that run it as a
-// process (each link of the binary took seconds of CPU); TestMain removes
-// its directory.
-var builtServer struct {
-	once      sync.Once
-	dir, path string
-	err       error
-}
-
 // buildServer returns the path of this command built without -race (the
-// tests time and kill it as a process).
+// tests time and kill it as a process), built once for the run
+// (internal/testbin).
 func buildServer(t *testing.T) string {
 	t.Helper()
-	b := &builtServer
-	b.once.Do(func() {
-		if b.dir, b.err = os.MkdirTemp("", "rampart-server-test"); b.err != nil {
-			return
-		}
-		b.path, b.err = attacktest.Build(filepath.Join("..", ".."), b.dir)
-	})
-	if b.err != nil {
-		t.Fatalf("building rampart-server: %v", b.err)
+	bin, err := testbin.Program("rampart-server")
+	if err != nil {
+		t.Fatalf("building rampart-server: %v", err)
 	}
-	return b.path
+	return bin
 }
 
 // initBinary runs "rampart-server init" and returns the admin token.

@@ -17,13 +17,12 @@ import (
 	"github.com/rampartfw/rampart/internal/blob/s3blob/s3test"
 	"github.com/rampartfw/rampart/internal/server/attacktest"
 	"github.com/rampartfw/rampart/internal/store/postgres/pgtest"
+	"github.com/rampartfw/rampart/internal/testbin"
 )
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if builtServer.dir != "" {
-		os.RemoveAll(builtServer.dir)
-	}
+	testbin.Cleanup()
 	s3test.Stop()
 	pgtest.Stop()
 	os.Exit(code)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/rogpeppe/go-internal/testscript"
 	"github.com/rogpeppe/go-internal/txtar"
+
+	"github.com/rampartfw/rampart/internal/testbin"
 )
 
 // The by-hand walkthrough of docs/quickstart.md is run by
@@ -121,15 +123,19 @@ func TestQuickstartByHand(t *testing.T) {
 	// Parallel: one of the package's longest tests, and it shares no
 	// process state (no chdir, no environment).
 	t.Parallel()
-	goCmd, err := exec.LookPath("go")
-	if err != nil {
+	if _, err := exec.LookPath("go"); err != nil {
 		t.Skip("no go command to build rampart-server and rampart-agent")
 	}
+	// The two programs alone in bin: the scripts' rampart is this test
+	// binary (scriptPath), not the rampart program built beside them.
 	bin := t.TempDir()
 	for _, c := range []string{"rampart-server", "rampart-agent"} {
-		b := exec.Command(goCmd, "build", "-o", filepath.Join(bin, c), "../"+c)
-		if out, err := b.CombinedOutput(); err != nil {
-			t.Fatalf("go build %s: %v\n%s", c, err, out)
+		built, err := testbin.Program(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(built, filepath.Join(bin, c)); err != nil {
+			t.Fatal(err)
 		}
 	}
 	ln, err := net.Listen("tcp", "127.0.0.1:0")

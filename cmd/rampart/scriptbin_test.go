@@ -3,14 +3,13 @@ package main
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/rampartfw/rampart/internal/race"
+	"github.com/rampartfw/rampart/internal/testbin"
 )
 
 // Under -race, the scripts' rampart is this package's test binary built
@@ -22,47 +21,28 @@ import (
 // uploads run in process in their own tests. Without -race the scripts
 // run this binary, as testscript does by default.
 
-var scriptBin struct {
-	once sync.Once
-	dir  string
-	err  error
-}
-
 // scriptPath puts the directory of the scripts' rampart first in e's
-// PATH, building it on first use under -race.
+// PATH under -race: this package's test binary built without -race, once
+// for the run (internal/testbin). A test binary named rampart runs as the
+// rampart command of TestMain (testscript.Main), with the test-only key
+// cost.
 func scriptPath(e *testscript.Env) error {
 	if !race.Enabled {
 		return nil
 	}
-	scriptBin.once.Do(func() {
-		dir, err := os.MkdirTemp("", "rampart-scripts-")
-		if err != nil {
-			scriptBin.err = err
-			return
-		}
-		scriptBin.dir = dir
-		// A test binary named rampart runs as the rampart command of
-		// TestMain (testscript.Main), with the test-only key cost.
-		cmd := exec.Command("go", "test", "-c", "-o", filepath.Join(dir, "rampart"), ".")
-		cmd.Env = append(os.Environ(), "GOFLAGS=")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			scriptBin.err = fmt.Errorf("building the scripts' rampart without -race: %v\n%s", err, out)
-		}
-	})
-	if scriptBin.err != nil {
-		return scriptBin.err
+	bin, err := testbin.TestBinary(".", "rampart")
+	if err != nil {
+		return fmt.Errorf("building the scripts' rampart without -race: %w", err)
 	}
-	e.Setenv("PATH", scriptBin.dir+string(os.PathListSeparator)+e.Getenv("PATH"))
+	e.Setenv("PATH", filepath.Dir(bin)+string(os.PathListSeparator)+e.Getenv("PATH"))
 	return nil
 }
 
-// withCleanup removes the scripts' rampart after the tests.
+// withCleanup removes what the tests built after them.
 type withCleanup struct{ m *testing.M }
 
 func (w withCleanup) Run() int {
 	code := w.m.Run()
-	if scriptBin.dir != "" {
-		os.RemoveAll(scriptBin.dir)
-	}
+	testbin.Cleanup()
 	return code
 }
