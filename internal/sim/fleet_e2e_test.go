@@ -415,8 +415,13 @@ func (e *e2e) phases(newSim func(string, int, string) *sim.Sim, run func(*sim.Si
 				}
 				late = newSim("late-", e2eLate, e.lateDir)
 				run(late)
+				// Enrolled, whatever they came to since: a late device
+				// in the first phase's buckets installs 2.0.0 at once,
+				// so waiting for all of them to be idle at one time
+				// hung when the last enrolled after the first had
+				// installed (seen once, in a cold make test).
 				waitFor(t, late, e.failed, "the late devices enrolled", e2eWait, func(r *sim.Report) bool {
-					return r.Errors > 0 || r.ByState[sim.StateIdle] == e2eLate
+					return r.Errors > 0 || r.ByState[sim.StateEnrolling] == 0
 				})
 			}
 			// Held for its soak: the engine runs, the clock has not moved.
