@@ -63,7 +63,7 @@ test:
 	# every package it imports with the tag too.
 	testbin=$$(mktemp -d) && export RAMPART_TESTBIN=$$testbin && trap 'rm -rf "$$testbin"' EXIT; \
 	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
-	renice -n 10 -p $$$$ >/dev/null; \
+	renice -n 5 -p $$$$ >/dev/null; \
 	$(GO) vet ./... && \
 	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/ && \
 	$(GO) run $(STATICCHECK) ./... && \

@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 # there, with its error in that test's output).
 log="${XDG_CACHE_HOME:-$HOME/.cache}/rampart/versitygw-build.log"
 mkdir -p "$(dirname "$log")"
-nohup nice -n 10 ./scripts/versitygw.sh >"$log" 2>&1 </dev/null &
+nohup nice -n 5 ./scripts/versitygw.sh >"$log" 2>&1 </dev/null &
 
 # Debian packages, keyed by a file or command that proves each is installed.
 need=()
