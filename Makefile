@@ -34,17 +34,14 @@ test:
 	# to build the race run's test binaries, 90 s for versitygw in the
 	# background, docs/performance.md "The test suite's time"):
 	#  - the race run, its longest packages first;
-	#  - the programs the tests run as processes, then vet, staticcheck,
-	#    then the runs without -race, which reuse that build.
+	#  - vet, staticcheck, then the runs without -race, which reuse vet's
+	#    build.
+	# Tried and undone (docs/performance.md "The test suite's time"):
+	# this chain niced, -p 3 for the race run; both made a cold run slower.
 	# RAMPART_TESTBIN: the programs the tests run as processes
 	# (rampart-server, rampart-agent, the scripts' rampart) are built once
 	# for the run, into this directory, by the first test that needs them
-	# (internal/testbin); this chain starts by building them, and a race
-	# test that needs them waits for that build instead of compiling the
-	# same packages beside it.
-	# -p 3 for the race run: three test binaries at a time. Its last
-	# minutes are tests that wait (the dashboard's browser, servers'
-	# timeouts) more than they compute, two at a time beside an idle core.
+	# (internal/testbin).
 	# GORACE=atexit_sleep_ms=0: a race-built binary otherwise idles a
 	# second at exit (the race runtime's default), and the race run has
 	# about 50 test binaries: 17 s of the run's wall time.
@@ -71,8 +68,7 @@ test:
 	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
 	# every package it imports with the tag too.
 	testbin=$$(mktemp -d) && export RAMPART_TESTBIN=$$testbin && trap 'rm -rf "$$testbin"' EXIT; \
-	GORACE=atexit_sleep_ms=0 $(GO) test -race -p 3 -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
-	$(GO) test $(TESTBUILD) -run '^TestProgram$$' ./internal/testbin/ && \
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
 	$(GO) vet ./... && \
 	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/ && \
 	$(GO) run $(STATICCHECK) ./... && \

@@ -10,11 +10,10 @@ cd "$(dirname "$0")/.."
 # background, beside the package installs (network and disk bound) and the
 # vet that follows, and the first test that needs it waits for it
 # (versitygw.sh holds a lock while it builds, and a failed build is retried
-# there, with its error in that test's output). Niced: the S3 tests need
-# it minutes later, and the test binaries' builds need the cores now.
+# there, with its error in that test's output).
 log="${XDG_CACHE_HOME:-$HOME/.cache}/rampart/versitygw-build.log"
 mkdir -p "$(dirname "$log")"
-nohup nice -n 5 ./scripts/versitygw.sh >"$log" 2>&1 </dev/null &
+nohup ./scripts/versitygw.sh >"$log" 2>&1 </dev/null &
 
 # Debian packages, keyed by a file or command that proves each is installed.
 need=()
