@@ -8,10 +8,10 @@ STATICCHECK ?= honnef.co/go/tools/cmd/staticcheck@v0.8.2
 .PHONY: build demo test vet fuzz bench e2e
 
 # The race run's longest packages, longest first: go test starts packages
-# in the order given, and one of them started last ran alone while the
-# other core idled, a minute and more of make test's wall time. The other
-# packages' race run ends the chain beside it (make test, below). Their
-# times are in docs/performance.md ("The test suite's time").
+# in the order given (./... after them adds the rest, each once), and one
+# of them started last ran alone while the other core idled, a minute
+# and more of make test's wall time. Their times are in
+# docs/performance.md ("The test suite's time").
 RACE_FIRST = ./internal/agent/ ./cmd/rampart/ ./internal/server/ ./cmd/rampart-server/ \
 	./cmd/rampart-agent/ ./internal/offlinerepo/ ./internal/demo/
 
@@ -33,11 +33,9 @@ test:
 	# idle (a fresh machine is compile-bound: 115 s to build for vet, 186 s
 	# to build the race run's test binaries, 90 s for versitygw in the
 	# background, docs/performance.md "The test suite's time"):
-	#  - the race run of the longest packages (RACE_FIRST);
-	#  - vet, staticcheck, the runs without -race, which reuse vet's
-	#    build, then the race run of the other packages: a cold run's
-	#    race run ended minutes after this chain, in a tail of small
-	#    packages two at a time while this chain's core idled.
+	#  - the race run, its longest packages first;
+	#  - vet, staticcheck, then the runs without -race, which reuse vet's
+	#    build.
 	# Tried and undone (docs/performance.md "The test suite's time"):
 	# this chain niced, -p 3 for the race run; both made a cold run slower.
 	# RAMPART_TESTBIN: the programs the tests run as processes
@@ -70,7 +68,7 @@ test:
 	# alone (cmd/rampart's TestNopkcs11Scope); vetting cmd/rampart builds
 	# every package it imports with the tag too.
 	testbin=$$(mktemp -d) && export RAMPART_TESTBIN=$$testbin && trap 'rm -rf "$$testbin"' EXIT; \
-	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) & race=$$!; \
+	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m $(RACE_FIRST) ./... & race=$$!; \
 	$(GO) vet ./... && \
 	$(GO) vet -tags nopkcs11 ./internal/keys/ ./cmd/rampart/ && \
 	$(GO) run $(STATICCHECK) ./... && \
@@ -79,11 +77,9 @@ test:
 	$(GO) test $(TESTBUILD) -timeout 10m -run TestPowerLoss ./internal/agent/ && \
 	$(GO) test $(TESTBUILD) -run '^TestBuildTooManyChunks$$' ./internal/chunkindex/ && \
 	$(GO) test $(TESTBUILD) -run '^TestNoOfflineSignatureOnUnaddedContent$$' ./internal/offlinerepo/ && \
-	$(GO) test $(TESTBUILD) -timeout 15m -run '^TestFleetE2E$$' ./internal/sim/ && \
-	GORACE=atexit_sleep_ms=0 $(GO) test -race -gcflags=all=-dwarf=false $(TESTBUILD) -timeout 30m \
-		$$($(GO) list ./... | grep -vxF "$$($(GO) list $(RACE_FIRST))"); other=$$?; \
+	$(GO) test $(TESTBUILD) -timeout 15m -run '^TestFleetE2E$$' ./internal/sim/; other=$$?; \
 	wait $$race; raced=$$?; \
-	if [ $$raced -ne 0 ] || [ $$other -ne 0 ]; then echo "make test: FAILED (race run of $(RACE_FIRST) exit $$raced; vet, staticcheck, the runs without -race and the race run of the other packages exit $$other)"; exit 1; fi
+	if [ $$raced -ne 0 ] || [ $$other -ne 0 ]; then echo "make test: FAILED (race run exit $$raced, vet, staticcheck and the other runs exit $$other)"; exit 1; fi
 
 # Boots the agent on Debian's kernels under real GRUB (x86_64) and U-Boot
 # (arm64) in QEMU (TCG) through update, commit, rollback, failed boots, power
