@@ -16,15 +16,18 @@ RACE_FIRST = ./internal/agent/ ./cmd/rampart/ ./internal/server/ ./cmd/rampart-s
 	./cmd/rampart-agent/ ./internal/offlinerepo/ ./internal/demo/
 
 # The race run compiles modernc.org/sqlite (SQLite's C translated to Go,
-# with its libc, allocator and driver) without the race detector's
-# instrumentation: every memory access of the SQL engine was instrumented,
-# and it cost more CPU than the tests around it (internal/server under
-# -race: 54 s of CPU with it, 12 s without; docs/performance.md "The test
-# suite's time"). This is where a cgo SQLite driver would be anyway, in C
-# the detector never sees. What the detector is for stays instrumented:
-# our packages, and database/sql, through which alone they reach the
-# driver and which serialises each connection's use.
-RACEBUILD = -race -gcflags=all=-dwarf=false '-gcflags=modernc.org/...=-dwarf=false -race=false'
+# with its libc and allocator) without checkptr, the pointer-conversion
+# checks that -race turns on: translated C converts between uintptr and
+# unsafe.Pointer on nearly every memory access, and the checks cost
+# internal/server's race run a quarter of its CPU (57 s with them, 42 s
+# without; docs/performance.md "The test suite's time"). The race
+# detector's own instrumentation stays on everywhere. Turning it off for
+# these packages (-race=false) was tried and undone: the linker keeps one
+# copy of each generic instantiation, and the uninstrumented copies that
+# modernc.org/sqlite and libc compile (sync.Map's, os's atomic.Pointer's)
+# replaced the instrumented ones for the whole binary, so the detector
+# lost their happens-before edges and reported races that are not.
+RACEBUILD = -race -gcflags=all=-dwarf=false '-gcflags=modernc.org/...=-dwarf=false -d=checkptr=0'
 
 # Test binaries are linked without DWARF, and go test runs no vet of its
 # own: make test runs go vet with every analyzer first (make test, below).
@@ -48,7 +51,8 @@ test:
 	#  - vet, staticcheck, then the runs without -race, which reuse vet's
 	#    build.
 	# Tried and undone (docs/performance.md "The test suite's time"):
-	# this chain niced, -p 3 for the race run; both made a cold run slower.
+	# this chain niced, -p 3 for the race run, the small packages' race run
+	# moved to the end of this chain; none made a cold run faster.
 	# RAMPART_TESTBIN: the programs the tests run as processes
 	# (rampart-server, rampart-agent, the scripts' rampart) are built once
 	# for the run, into this directory, by the first test that needs them
