@@ -74,12 +74,18 @@ func publishedServer(t *testing.T) (e *servertest.Env, caFile string) {
 // fails to start.
 func runSim(t *testing.T, s *sim.Sim) <-chan error {
 	failed := make(chan error, 1)
+	returned := make(chan struct{})
 	go func() {
+		defer close(returned)
 		if _, err := s.Run(context.Background()); err != nil {
 			failed <- err
 		}
 	}()
-	t.Cleanup(s.Stop)
+	// Wait for Run to return: the check-ins under way at Stop still write
+	// in the devices' directories, and t.TempDir's removal, which runs
+	// after this cleanup, failed on a directory one of them had just
+	// written to ("directory not empty").
+	t.Cleanup(func() { s.Stop(); <-returned })
 	return failed
 }
 
