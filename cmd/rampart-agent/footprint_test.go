@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/server/servertest"
+	"github.com/rampartfw/rampart/internal/testbin"
 )
 
 // forbidden lists what must never be linked into the device agent: the
@@ -115,7 +116,7 @@ func buildAgent(t *testing.T) string {
 		}
 		builtBin = filepath.Join(dir, "rampart-agent")
 		cmd := exec.Command("go", "build", "-trimpath", "-ldflags=-s -w", "-o", builtBin, ".")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0", testbin.CompilerGOGC)
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("CGO_ENABLED=0 go build: %v\n%s", err, out)
 		}

@@ -30,6 +30,14 @@ import (
 // Env names the directory shared by the test binaries of one run.
 const Env = "RAMPART_TESTBIN"
 
+// CompilerGOGC is the GOGC a test's go build runs with, as make test runs
+// its own go commands: the compiler's collector at its default GOGC=100
+// cost a quarter of a cold build's CPU (a race build of rampart-server,
+// 169 s of CPU at 100, 123 to 135 s at 400; docs/performance.md). The go
+// command passes it to the compiler; the programs built run with their
+// own default.
+const CompilerGOGC = "GOGC=400"
+
 var local struct {
 	once sync.Once
 	dir  string
@@ -173,7 +181,7 @@ func moduleRoot() (string, error) {
 func goCmd(dir string, args ...string) error {
 	cmd := exec.Command("go", args...)
 	cmd.Dir = dir
-	cmd.Env = append(os.Environ(), "GOFLAGS=")
+	cmd.Env = append(os.Environ(), "GOFLAGS=", CompilerGOGC)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("testbin: go %s: %v\n%s", strings.Join(args, " "), err, out)
 	}
