@@ -45,13 +45,14 @@ demo:
 # make test's go commands run with GOGC=400: their CPU is mostly the
 # compiler's (on a fresh machine the first test result came 7 min 22 s into
 # an 11 min 14 s run), and its collector at the default GOGC=100 cost a
-# quarter of it. A race build
-# of rampart-server, with an empty cache: 169 s of CPU at GOGC=100, 123 to
-# 135 s at 400, 147 s at 800; the largest compile's resident memory 0.7 GB
-# at 100, 1.4 GB at 400 (docs/performance.md "The test suite's time"). The
-# versitygw build test-deps.sh starts, vet and staticcheck run with it
-# too; the test binaries do not ($(TESTBUILD)), and the go builds tests
-# make set it themselves (internal/testbin.CompilerGOGC).
+# sixth to a quarter of it. With an empty cache, a race build of
+# rampart-server took 169 s of CPU at GOGC=100, 123 to 135 s at 400 and
+# 147 s at 800, and go vet ./... 275 s at 100 and 229 s at 400; the
+# largest compile's resident memory was 0.7 GB at 100, 1.4 GB at 400
+# (docs/performance.md "The test suite's time"). The versitygw build that
+# test-deps.sh starts, vet and staticcheck run with it too; the test
+# binaries do not ($(TESTBUILD)), and the go builds that tests make set it
+# themselves (internal/testbin.CompilerGOGC).
 test: export GOGC = 400
 test:
 	./scripts/test-deps.sh

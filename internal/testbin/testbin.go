@@ -32,8 +32,9 @@ const Env = "RAMPART_TESTBIN"
 
 // CompilerGOGC is the GOGC a test's go build runs with, as make test runs
 // its own go commands: the compiler's collector at its default GOGC=100
-// cost a quarter of a cold build's CPU (a race build of rampart-server,
-// 169 s of CPU at 100, 123 to 135 s at 400; docs/performance.md). The go
+// cost a sixth to a quarter of a cold build's CPU (a race build of
+// rampart-server, 169 s of CPU at 100, 123 to 135 s at 400;
+// docs/performance.md). The go
 // command passes it to the compiler; the programs built run with their
 // own default.
 const CompilerGOGC = "GOGC=400"
