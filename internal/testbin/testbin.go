@@ -30,13 +30,12 @@ import (
 // Env names the directory shared by the test binaries of one run.
 const Env = "RAMPART_TESTBIN"
 
-// CompilerGOGC is the GOGC a test's go build runs with, as make test runs
-// its own go commands: the compiler's collector at its default GOGC=100
-// cost a sixth to a quarter of a cold build's CPU (a race build of
-// rampart-server, 169 s of CPU at 100, 123 to 135 s at 400;
-// docs/performance.md). The go
-// command passes it to the compiler; the programs built run with their
-// own default.
+// CompilerGOGC is the GOGC a test's go build runs with, the value make
+// test gives its own go commands (the Makefile's "test: export GOGC"; keep
+// the two equal): the compiler's collector at its default GOGC=100 cost a
+// sixth to a quarter of a cold build's CPU (docs/performance.md, "The
+// test suite's time"). The go command passes it to the compiler; the
+// programs built run with their own default.
 const CompilerGOGC = "GOGC=400"
 
 var local struct {
