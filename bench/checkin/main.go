@@ -112,7 +112,8 @@ func main() {
 	devices := flag.Int("devices", 10000, "enrolled devices")
 	duration := flag.Duration("duration", 10*time.Second, "measurement time")
 	workers := flag.Int("workers", 64, "concurrent check-ins")
-	newConn := flag.Bool("new-conn", false, "open a new TLS connection (with session resumption) for every check-in instead of keeping one per device")
+	newConn := flag.Bool("new-conn", false, "open a new TLS connection (with session resumption, as rampart-agent does) for every check-in instead of keeping one per device")
+	flag.BoolVar(&noResume, "no-resume", false, "with -new-conn: a full TLS handshake for every check-in (no session resumption)")
 	compare := flag.Bool("compare", false, "then start a rollout of a second release (phases 1%,10%,50%,100% over a CEL selector on tags) and measure again, side by side")
 	withPolicy := flag.Bool("policy", false, "with -compare: set the example fleet policy (docs/policy.md: three rules over tags, risk, signers and age) before starting the rollout")
 	ceiling := flag.Bool("ceiling", false, "then load a bare net/http mTLS server answering a fixed body the same way, and print both rates and their ratio")
@@ -157,6 +158,9 @@ var storeDSN string
 
 // policy is -policy.
 var policy bool
+
+// noResume is -no-resume.
+var noResume bool
 
 // twoReplicas is -replicas 2.
 var twoReplicas bool
@@ -300,7 +304,9 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		cfg := pki.ClientTLSConfig(pool, &c)
 		tr := &http.Transport{TLSClientConfig: cfg, MaxIdleConnsPerHost: 1}
 		if newConn {
-			cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			if !noResume {
+				cfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
+			}
 			tr.DisableKeepAlives = true
 		}
 		clients[i] = &http.Client{Transport: tr}
@@ -459,6 +465,9 @@ func run(nDevices, workers int, duration time.Duration, newConn, compare, ceilin
 		mode := "one kept-alive connection per device"
 		if newConn {
 			mode = "a new TLS connection per check-in, with session resumption"
+			if noResume {
+				mode = "a new TLS connection per check-in, full handshake"
+			}
 		}
 		rate = float64(count.Load()) / elapsed.Seconds()
 		fmt.Printf("%s: check-ins: %d in %s = %.0f/s with %d workers over %d devices (%s)\n", what, count.Load(), elapsed.Round(time.Millisecond), rate, workers, nDevices, mode)

@@ -189,10 +189,20 @@ func NewHTTPClient(cfg *Config) (*http.Client, error) {
 		}
 		cert = &c
 	}
+	tlsCfg := pki.ClientTLSConfig(pool, cert)
+	// A device checks in once a poll interval (an hour by default), long
+	// after the server has closed the idle connection (2 minutes), so
+	// each check-in would otherwise be a full handshake. With the
+	// server's session ticket the next connection resumes: neither end
+	// signs a CertificateVerify or checks one, the key exchange still
+	// runs (forward secrecy kept), and the server still verifies the
+	// device's certificate and revocation on the resumed session
+	// (pki.ServerTLSConfig). One entry: the device talks to one server.
+	tlsCfg.ClientSessionCache = tls.NewLRUClientSessionCache(1)
 	// Never a redirect: the device talks to server.url and nothing else
 	// (see install.NoRedirects); every request path also enforces it.
 	return install.NoRedirects(&http.Client{
-		Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(pool, cert), ResponseHeaderTimeout: time.Minute},
+		Transport: &http.Transport{TLSClientConfig: tlsCfg, ResponseHeaderTimeout: time.Minute},
 		Timeout:   cfg.Download.Timeout.Duration,
 	}), nil
 }
