@@ -25,6 +25,7 @@ import (
 	"github.com/rampartfw/rampart/internal/blob"
 	"github.com/rampartfw/rampart/internal/blob/s3blob"
 	"github.com/rampartfw/rampart/internal/fsys"
+	"github.com/rampartfw/rampart/internal/hostedrepo"
 	"github.com/rampartfw/rampart/internal/keys"
 	"github.com/rampartfw/rampart/internal/pki"
 	"github.com/rampartfw/rampart/internal/server"
@@ -479,7 +480,7 @@ func OpenWith(ctx context.Context, dir string, c server.Config, o OpenOptions) (
 	}
 	var logOpts []tlog.Option
 	if o.Store != "" {
-		logOpts = append(logOpts, tlog.Shared())
+		logOpts = append(logOpts, tlog.Shared(repositoryTerm))
 	}
 	lg, err := tlog.Open(ctx, logDir, signer, signer.Name(), logOpts...)
 	if err != nil {
@@ -554,4 +555,19 @@ func openBlobs(ctx context.Context, dir string, c server.Config, o OpenOptions) 
 		c.Logger.Info("removed temporary files of unfinished uploads", "files", n)
 	}
 	return blobs, nil
+}
+
+// repositoryTerm is the term of the repository's lease that ctx carries,
+// by which a shared log fences its writers (tlog.Shared): only work done
+// under that lease writes the log. Another lease's fence is no term of
+// it, so the log refuses the write.
+func repositoryTerm(ctx context.Context) (int64, bool) {
+	f, ok := store.FenceFrom(ctx)
+	if !ok {
+		return 0, false
+	}
+	if f.Lease != hostedrepo.LeaseName {
+		return 0, true
+	}
+	return f.Token, true
 }

@@ -153,6 +153,12 @@ func (s *Service) finishPush(ctx context.Context, p *pendingPush, resumed bool) 
 			if err := s.fenced(); err != nil {
 				return err
 			}
+			// A replica paused here, past its check of the lease, may
+			// wake after another took the lease over: the shared log
+			// refuses its append then (tlog.ErrFenced).
+			if err := pushStep("appending " + st.Target); err != nil {
+				return err
+			}
 			if idx, _, err = s.log.Append(ctx, st.Leaf); err != nil {
 				return wrapf(err, "logging %s", st.Target)
 			}

@@ -189,7 +189,7 @@ func TestPushCrashConsistency(t *testing.T) {
 	}
 	want := []string{"checked", "pending"}
 	for _, tg := range targets {
-		want = append(want, "appended "+tg, "recorded "+tg)
+		want = append(want, "appending "+tg, "appended "+tg, "recorded "+tg)
 	}
 	want = append(want, "committed")
 	if !slices.Equal(steps, want) {

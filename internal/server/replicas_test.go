@@ -360,6 +360,70 @@ func TestReplicaKilledMidPushIsFinishedByAnother(t *testing.T) {
 	}
 }
 
+// A replica paused between its last check of the lease and its append
+// to the log (a long garbage collection, a stopped virtual machine)
+// wakes after its lease ran out and another replica finished its push:
+// the shared log refuses the paused replica's append, because a later
+// lease term has claimed it, so the release is logged once. (Without the
+// log's fence it was logged twice.)
+func TestReplicaPausedBeforeAppendIsFenced(t *testing.T) {
+	c := newCluster(t)
+	a := c.replica("replica-a", false)
+	b := c.replica("replica-b", false)
+	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0")
+	a.upload(push)
+
+	paused, resume := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	server.SetPushStep(func(step string) error {
+		// Only replica-a's append pauses; replica-b's goes through.
+		if strings.HasPrefix(step, "appending ") && first.CompareAndSwap(false, true) {
+			// Cut off from the database, replica-a's lease runs out
+			// while it is paused.
+			a.proxy.Cut()
+			close(paused)
+			<-resume
+		}
+		return nil
+	})
+	var let sync.Once
+	wake := func() { let.Do(func() { close(resume) }) }
+	t.Cleanup(func() { server.SetPushStep(nil); wake() })
+	type answer struct {
+		code int
+		body []byte
+	}
+	ans := make(chan answer, 1)
+	go func() {
+		code, body, _ := a.call(a.pool, "POST", "/api/v1/repo/push", c.admin, push.body)
+		ans <- answer{code, body}
+	}()
+	select {
+	case <-paused:
+	case r := <-ans:
+		t.Fatalf("replica-a's push never reached its append: %d %s", r.code, r.body)
+	}
+	ctx := context.Background()
+	if _, ok := pollFor(10*time.Second, func() bool {
+		if _, err := b.srv.RefreshOnline(ctx); err != nil {
+			t.Logf("refresh: %v", err)
+		}
+		_, err := b.inst.Store.PendingPush(ctx)
+		return errors.Is(err, store.ErrNotFound)
+	}); !ok {
+		t.Fatal("replica-b never finished replica-a's paused push")
+	}
+	wake()
+	r := <-ans
+	if r.code < 500 {
+		t.Fatalf("the paused replica's push answered %d %s", r.code, r.body)
+	}
+	// One statement, published: agreement refuses a release logged twice.
+	if got := b.agreement(); len(got) != 1 || got[0] != "acme-gw/1.0.0/fw.img" {
+		t.Fatalf("logged %v", got)
+	}
+}
+
 // An assignment changed on one replica reaches a device checking in at
 // another on its next check-in, and the device's director metadata never
 // goes backwards whichever replica it asks, even when the assignment

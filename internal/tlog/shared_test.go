@@ -13,7 +13,7 @@ import (
 func openShared(t *testing.T, dir string, k keys) *Log {
 	t.Helper()
 	l, err := Open(context.Background(), dir, k.signer, testOrigin,
-		WithBatching(256, 20*time.Millisecond), WithCheckpointInterval(100*time.Millisecond), Shared())
+		WithBatching(256, 20*time.Millisecond), WithCheckpointInterval(100*time.Millisecond), Shared(testTerm))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -84,7 +84,7 @@ func TestSharedLogAcrossReplicas(t *testing.T) {
 	if n, err := x.Size(ctx); err != nil || n != 4 {
 		t.Fatalf("reopened exclusively: %d %v", n, err)
 	}
-	if _, err := Open(ctx, dir, k.signer, testOrigin, Shared()); !errors.Is(err, ErrAlreadyOpen) {
+	if _, err := Open(ctx, dir, k.signer, testOrigin, Shared(testTerm)); !errors.Is(err, ErrAlreadyOpen) {
 		t.Fatalf("a shared open beside this process's exclusive writer: %v, want ErrAlreadyOpen", err)
 	}
 }

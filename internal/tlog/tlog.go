@@ -19,7 +19,9 @@
 // entry bundles from the files, and a writer exists only for the length
 // of one Append or Settle, run by the replica holding the repository's
 // lease (package hostedrepo), so there is one writer at a time across
-// replicas, which is what tessera's POSIX driver assumes.
+// replicas, which is what tessera's POSIX driver assumes. Writers are
+// fenced by the lease's term in the directory itself (fence.go), so a
+// replica whose term ended cannot write after another's began.
 package tlog
 
 import (
@@ -72,6 +74,7 @@ type options struct {
 	cpInterval time.Duration
 	poll       time.Duration
 	shared     bool
+	term       func(context.Context) (int64, bool)
 }
 
 // Shared opens the log as one of several replicas' (see the package
@@ -81,8 +84,14 @@ type options struct {
 // do not exclude within a process), and the caller serialises them
 // across replicas (the repository's lease). Every read goes to the
 // files, so what one replica appended is served by all of them.
-func Shared() Option {
-	return func(o *options) { o.shared = true }
+//
+// term returns the lease term a call's context carries (the repository
+// lease's token, which grows with each term): writers are fenced by it
+// (see claim), so that a replica whose term has ended cannot append
+// after another replica took the lease over, even when it was paused
+// past its own check of the lease.
+func Shared(term func(ctx context.Context) (token int64, ok bool)) Option {
+	return func(o *options) { o.shared, o.term = true, term }
 }
 
 // WithBatching sets how many entries, or how long, tessera collects before
@@ -110,6 +119,7 @@ type Log struct {
 	shared     bool
 	appendOpts func() *tessera.AppendOptions
 	poll       time.Duration
+	term       func(context.Context) (int64, bool)
 
 	mu     sync.RWMutex // guards closed against Close racing with calls
 	closed bool
@@ -221,8 +231,11 @@ func Open(ctx context.Context, dir string, signer note.Signer, origin string, op
 			WithCheckpointInterval(o.cpInterval)
 	}
 	if o.shared {
+		if o.term == nil {
+			return nil, errors.New("tlog: a shared log needs its writers' lease term")
+		}
 		l := &Log{dir: abs, origin: origin, reader: fileReader{client.FileFetcher{Root: abs}, abs}, cancel: func() {},
-			shared: true, appendOpts: appendOpts, poll: o.poll}
+			shared: true, appendOpts: appendOpts, poll: o.poll, term: o.term}
 		// A new log gets its empty checkpoint from its first writer.
 		if _, err := os.Stat(filepath.Join(abs, layout.CheckpointPath)); errors.Is(err, fs.ErrNotExist) {
 			if _, err := l.Settle(ctx); err != nil {
@@ -314,11 +327,14 @@ func (l *Log) Append(ctx context.Context, leaf []byte) (index uint64, checkpoint
 // withWriter runs f with a tessera appender over a shared log's
 // directory, then shuts it down (waiting until what f added is
 // published) and stops its background work, so that no writer outlives
-// the caller's hold on the repository's lease.
+// the caller's hold on the repository's lease. It claims the log for the
+// caller's term first and holds the claim throughout (claim).
 func (l *Log) withWriter(ctx context.Context, f func(app *tessera.Appender, aw *tessera.PublicationAwaiter) error) error {
-	mu, _ := sharedWriters.LoadOrStore(l.dir, new(sync.Mutex))
-	mu.(*sync.Mutex).Lock()
-	defer mu.(*sync.Mutex).Unlock()
+	unlock, err := l.lockShared(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	bg, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	drv, err := posix.New(bg, posix.Config{Path: l.dir})
@@ -336,6 +352,28 @@ func (l *Log) withWriter(ctx context.Context, f func(app *tessera.Appender, aw *
 		ferr = fmt.Errorf("shutting the writer down: %w", err)
 	}
 	return ferr
+}
+
+// termOf returns the lease term ctx carries, for a shared log.
+func (l *Log) termOf(ctx context.Context) (int64, bool) {
+	if !l.shared {
+		return 0, false
+	}
+	return l.term(ctx)
+}
+
+// lockShared takes this process's mutex for a shared log's directory,
+// then the lock file, and claims the log for ctx's term (claim); unlock
+// releases both.
+func (l *Log) lockShared(ctx context.Context) (unlock func(), err error) {
+	mu, _ := sharedWriters.LoadOrStore(l.dir, new(sync.Mutex))
+	mu.(*sync.Mutex).Lock()
+	release, err := l.claim(ctx)
+	if err != nil {
+		mu.(*sync.Mutex).Unlock()
+		return nil, err
+	}
+	return func() { release(); mu.(*sync.Mutex).Unlock() }, nil
 }
 
 // AppendStatement logs the canonical encoding of s and returns a Proof of
@@ -489,6 +527,17 @@ func (l *Log) Entry(ctx context.Context, index uint64) ([]byte, error) {
 // log's background work; Settle lets a caller that must know everything
 // in the log (a server finishing an interrupted push) wait for them.
 func (l *Log) Settle(ctx context.Context) (uint64, error) {
+	if _, hasTerm := l.termOf(ctx); hasTerm {
+		// Claim the log for the caller's term before reading what it
+		// holds: from here on no older term's writer adds to it. (A
+		// caller without a term only reads; should a writer be needed
+		// below, it is refused once a term has claimed the log.)
+		unlock, err := l.lockShared(ctx)
+		if err != nil {
+			return 0, err
+		}
+		unlock()
+	}
 	if err := l.enter(); err != nil {
 		return 0, err
 	}
