@@ -78,7 +78,7 @@ func (l *Log) claim(ctx context.Context) (release func(), err error) {
 	case !hasTerm && last != 0:
 		return nil, fmt.Errorf("%w: a write without a lease term, after term %d claimed the log", ErrFenced, last)
 	case hasTerm && term < last:
-		return nil, fmt.Errorf("%w (this replica's term %d, the log's %d)", ErrFenced, term, last)
+		return nil, fmt.Errorf("%w (this replica's term %d, the log's %d; if every replica is refused, the store was restored from a backup older than the log: stop every replica, then remove %s)", ErrFenced, term, last, filepath.Join(l.dir, termFile))
 	case hasTerm && term > last:
 		if err := atomicfile.WriteFile(filepath.Join(l.dir, termFile), []byte(strconv.FormatInt(term, 10)+"\n"), 0o644); err != nil {
 			return nil, fmt.Errorf("tlog: claiming the log for term %d: %w", term, err)
