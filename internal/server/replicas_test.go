@@ -224,30 +224,10 @@ func TestReplicasPushOnceAndShareTheLog(t *testing.T) {
 	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0")
 	a.upload(push) // the blob store is the shared data directory's
 
-	reached, proceed := make(chan struct{}), make(chan struct{})
-	var first atomic.Bool
-	server.SetPushStep(func(step string) error {
-		// Only the first push to become pending waits: were the other
-		// replica's let through (the bug this test is for), it must
-		// not hang the test.
-		if step == "pending" && first.CompareAndSwap(false, true) {
-			close(reached)
-			<-proceed
-		}
-		return nil
-	})
-	var release sync.Once
-	let := func() { release.Do(func() { close(proceed) }) }
-	t.Cleanup(func() { server.SetPushStep(nil); let() }) // before the replicas close: they wait for the push
-	type answer struct {
-		code int
-		body []byte
-	}
-	ans := make(chan answer, 1)
-	go func() {
-		code, body, _ := a.call(a.pool, "POST", "/api/v1/repo/push", c.admin, push.body)
-		ans <- answer{code, body}
-	}()
+	// Were the other replica's push let through (the bug this test is
+	// for), it must not hang the test: only the first pauses.
+	reached, let := pauseFirstPushAt(t, func(step string) bool { return step == "pending" }, nil)
+	ans := a.pushInBackground(c.admin, push.body)
 	select {
 	case <-reached:
 	case <-time.After(30 * time.Second):
@@ -325,16 +305,7 @@ func TestReplicaKilledMidPushIsFinishedByAnother(t *testing.T) {
 	// While replica-a's lease runs, replica-b does not touch the push.
 	code, body, _ = b.call(b.pool, "POST", "/api/v1/repo/push", c.admin, push.body)
 	wantCode(t, code, body, 409, "conflict")
-	took, ok := pollFor(10*time.Second, func() bool {
-		if _, err := b.srv.RefreshOnline(ctx); err != nil {
-			t.Logf("refresh: %v", err)
-		}
-		_, err := b.inst.Store.PendingPush(ctx)
-		return errors.Is(err, store.ErrNotFound)
-	})
-	if !ok {
-		t.Fatal("replica-b never finished replica-a's interrupted push")
-	}
+	took := b.finishPendingPush(t)
 	if took > takeoverBound {
 		t.Fatalf("finished after %v, bound %v", took, takeoverBound)
 	}
@@ -360,6 +331,65 @@ func TestReplicaKilledMidPushIsFinishedByAnother(t *testing.T) {
 	}
 }
 
+// pauseFirstPushAt pauses the first push to reach a step that match
+// accepts: it calls onPause (if not nil), closes paused and waits for
+// wake. Later pushes pass. The test's cleanup removes the hook and wakes
+// the push, before the replicas close (they wait for it).
+func pauseFirstPushAt(t *testing.T, match func(step string) bool, onPause func()) (paused <-chan struct{}, wake func()) {
+	reached, resume := make(chan struct{}), make(chan struct{})
+	var first atomic.Bool
+	server.SetPushStep(func(step string) error {
+		if match(step) && first.CompareAndSwap(false, true) {
+			if onPause != nil {
+				onPause()
+			}
+			close(reached)
+			<-resume
+		}
+		return nil
+	})
+	var once sync.Once
+	wake = func() { once.Do(func() { close(resume) }) }
+	t.Cleanup(func() { server.SetPushStep(nil); wake() })
+	return reached, wake
+}
+
+// finishPendingPush runs r's refresh until it has finished the pending
+// push (once another replica's lease on the repository has run out), and
+// returns how long that took.
+func (r *replica) finishPendingPush(t *testing.T) time.Duration {
+	t.Helper()
+	ctx := context.Background()
+	took, ok := pollFor(10*time.Second, func() bool {
+		if _, err := r.srv.RefreshOnline(ctx); err != nil {
+			t.Logf("refresh: %v", err)
+		}
+		_, err := r.inst.Store.PendingPush(ctx)
+		return errors.Is(err, store.ErrNotFound)
+	})
+	if !ok {
+		t.Fatalf("%s never finished the pending push", r.name)
+	}
+	return took
+}
+
+// pushAnswer is the answer to a push made in the background.
+type pushAnswer struct {
+	code int
+	body []byte
+}
+
+// pushInBackground pushes body through r and sends the answer on the
+// channel it returns.
+func (r *replica) pushInBackground(admin string, body any) <-chan pushAnswer {
+	ans := make(chan pushAnswer, 1)
+	go func() {
+		code, b, _ := r.call(r.pool, "POST", "/api/v1/repo/push", admin, body)
+		ans <- pushAnswer{code, b}
+	}()
+	return ans
+}
+
 // A replica paused between its last check of the lease and its append
 // to the log (a long garbage collection, a stopped virtual machine)
 // wakes after its lease ran out and another replica finished its push:
@@ -373,46 +403,16 @@ func TestReplicaPausedBeforeAppendIsFenced(t *testing.T) {
 	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0")
 	a.upload(push)
 
-	paused, resume := make(chan struct{}), make(chan struct{})
-	var first atomic.Bool
-	server.SetPushStep(func(step string) error {
-		// Only replica-a's append pauses; replica-b's goes through.
-		if strings.HasPrefix(step, "appending ") && first.CompareAndSwap(false, true) {
-			// Cut off from the database, replica-a's lease runs out
-			// while it is paused.
-			a.proxy.Cut()
-			close(paused)
-			<-resume
-		}
-		return nil
-	})
-	var let sync.Once
-	wake := func() { let.Do(func() { close(resume) }) }
-	t.Cleanup(func() { server.SetPushStep(nil); wake() })
-	type answer struct {
-		code int
-		body []byte
-	}
-	ans := make(chan answer, 1)
-	go func() {
-		code, body, _ := a.call(a.pool, "POST", "/api/v1/repo/push", c.admin, push.body)
-		ans <- answer{code, body}
-	}()
+	// Only replica-a's append pauses; replica-b's goes through. Cut off
+	// from the database, replica-a's lease runs out while it is paused.
+	paused, wake := pauseFirstPushAt(t, func(step string) bool { return strings.HasPrefix(step, "appending ") }, a.proxy.Cut)
+	ans := a.pushInBackground(c.admin, push.body)
 	select {
 	case <-paused:
 	case r := <-ans:
 		t.Fatalf("replica-a's push never reached its append: %d %s", r.code, r.body)
 	}
-	ctx := context.Background()
-	if _, ok := pollFor(10*time.Second, func() bool {
-		if _, err := b.srv.RefreshOnline(ctx); err != nil {
-			t.Logf("refresh: %v", err)
-		}
-		_, err := b.inst.Store.PendingPush(ctx)
-		return errors.Is(err, store.ErrNotFound)
-	}); !ok {
-		t.Fatal("replica-b never finished replica-a's paused push")
-	}
+	b.finishPendingPush(t)
 	wake()
 	r := <-ans
 	if r.code < 500 {
