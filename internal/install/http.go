@@ -295,11 +295,14 @@ func (s *HTTPSource) fetch(ctx context.Context, first int, cs []chunkindex.Chunk
 				return k, status, retryAlways, fmt.Errorf("reading chunk %d after %d of %d bytes: %w", first+k, n, c.Length, err)
 			}
 		}
-		if k == len(cs)-1 && (status == http.StatusPartialContent || whole) {
+		if k == len(cs)-1 {
 			// Probe for one more byte before delivering the last
 			// chunk: a longer body is refused, whatever its end, and
-			// its last chunk is not delivered. (A span answered with
-			// the first bytes of the whole file stops here instead.)
+			// its last chunk is not delivered. Every answer read this
+			// far must end here: a 206 with the span, a 200 with the
+			// whole file (whole), or a 200 whose declared length is
+			// the span's (off 0). net/http's own framing stops a body
+			// at its Content-Length; this does not depend on it.
 			var probe [1]byte
 			if m, _ := io.ReadFull(resp.Body, probe[:]); m > 0 {
 				return k, status, retryNever, fmt.Errorf("%w: the response goes on after byte %d", ErrEndlessData, end)
