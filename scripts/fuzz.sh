@@ -11,12 +11,8 @@ FUZZTIME=${FUZZTIME:-2m}
 FUZZMINIMIZETIME=${FUZZMINIMIZETIME:-1s}
 # Every fuzz target in the module, found rather than listed: a list went
 # stale once (a renamed package, four targets never added).
-mapfile -t targets < <(
-  git grep -l -E '^func Fuzz[A-Za-z0-9_]*\(' -- '*_test.go' | while read -r f; do
-    for n in $(grep -o -E '^func Fuzz[A-Za-z0-9_]*' "$f" | cut -d' ' -f2); do
-      echo "./$(dirname "$f") $n"
-    done
-  done | sort -u)
+mapfile -t targets < <(git grep -o -E '^func Fuzz[A-Za-z0-9_]*' -- '*_test.go' |
+  sed -E 's#^(.*)/[^/]*:func (Fuzz.*)$#./\1 \2#' | sort -u)
 if [ "${#targets[@]}" -eq 0 ]; then
   echo "fuzz: no fuzz targets found" >&2
   exit 1

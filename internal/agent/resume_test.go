@@ -2,7 +2,6 @@ package agent_test
 
 import (
 	"crypto"
-	"encoding/pem"
 	"net/http"
 	"os"
 	"sync"
@@ -61,8 +60,7 @@ func TestCheckInsResumeTLSSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d.cert.Certificate[0]})
-	if err := os.WriteFile(d.cfg.Device.Certificate, certPEM, 0o644); err != nil {
+	if err := os.WriteFile(d.cfg.Device.Certificate, pki.CertPEM(d.cert.Certificate[0]), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(d.cfg.Device.Key, keyPEM, 0o600); err != nil {

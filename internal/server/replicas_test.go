@@ -218,11 +218,7 @@ func TestReplicasDoBackgroundWorkOnce(t *testing.T) {
 // repository's lease; the release is then served by the other replica
 // with a log proof that verifies under the log key.
 func TestReplicasPushOnceAndShareTheLog(t *testing.T) {
-	c := newCluster(t)
-	a := c.replica("replica-a", false)
-	b := c.replica("replica-b", false)
-	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0")
-	a.upload(push) // the blob store is the shared data directory's
+	c, a, b, push := twoReplicasAndRelease(t, "1.0.0")
 
 	// Were the other replica's push let through (the bug this test is
 	// for), it must not hang the test: only the first pauses.
@@ -273,11 +269,7 @@ func TestReplicasPushOnceAndShareTheLog(t *testing.T) {
 // expires the other replica takes it and finishes the push: the release
 // is published and logged once, and the log and the repository agree.
 func TestReplicaKilledMidPushIsFinishedByAnother(t *testing.T) {
-	c := newCluster(t)
-	a := c.replica("replica-a", false)
-	b := c.replica("replica-b", false)
-	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0")
-	a.upload(push)
+	c, a, b, push := twoReplicasAndRelease(t, "1.0.0")
 	var once sync.Once
 	server.SetPushStep(func(step string) error {
 		if strings.HasPrefix(step, "appended ") {
@@ -329,6 +321,19 @@ func TestReplicaKilledMidPushIsFinishedByAnother(t *testing.T) {
 	if pushes != 1 {
 		t.Fatalf("%d accepted pushes audited, want 1", pushes)
 	}
+}
+
+// twoReplicasAndRelease starts two replicas over one database and data
+// directory, and signs releases of acme-gw-rev2 at versions, uploaded
+// through replica-a (the blob store is the shared data directory's) but
+// not pushed.
+func twoReplicasAndRelease(t *testing.T, versions ...string) (c *cluster, a, b *replica, push offlinePush) {
+	c = newCluster(t)
+	a = c.replica("replica-a", false)
+	b = c.replica("replica-b", false)
+	push = a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", versions...)
+	a.upload(push)
+	return c, a, b, push
 }
 
 // pauseFirstPushAt pauses the first push to reach a step that match
@@ -397,11 +402,7 @@ func (r *replica) pushInBackground(admin string, body any) <-chan pushAnswer {
 // lease term has claimed it, so the release is logged once. (Without the
 // log's fence it was logged twice.)
 func TestReplicaPausedBeforeAppendIsFenced(t *testing.T) {
-	c := newCluster(t)
-	a := c.replica("replica-a", false)
-	b := c.replica("replica-b", false)
-	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0")
-	a.upload(push)
+	c, a, b, push := twoReplicasAndRelease(t, "1.0.0")
 
 	// Only replica-a's append pauses; replica-b's goes through. Cut off
 	// from the database, replica-a's lease runs out while it is paused.
@@ -429,11 +430,7 @@ func TestReplicaPausedBeforeAppendIsFenced(t *testing.T) {
 // goes backwards whichever replica it asks, even when the assignment
 // changes there and back (X, Y, X) while one replica does not see it.
 func TestReplicasDirectorFollowsAssignments(t *testing.T) {
-	c := newCluster(t)
-	a := c.replica("replica-a", false)
-	b := c.replica("replica-b", false)
-	push := a.ceremony(newCeremonyKeys(t), "acme-gw-rev2", "1.0.0", "1.1.0")
-	a.upload(push)
+	c, a, b, push := twoReplicasAndRelease(t, "1.0.0", "1.1.0")
 	a.mustCall(a.pool, "POST", "/api/v1/repo/push", c.admin, push.body, 200)
 	root := a.directorRoot(t)
 	a.mustCall(a.pool, "POST", "/api/v1/director/root", c.admin, map[string]any{"roots": [][]byte{root}}, 200)

@@ -4,9 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/rampartfw/rampart/internal/atomicfile"
+	"github.com/rampartfw/rampart/internal/fsys"
 )
 
 // A shared log's writers are fenced by lease term, in the log directory
@@ -92,22 +91,17 @@ func (l *Log) claim(ctx context.Context) (release func(), err error) {
 
 // readTerm reads the last claimed term; 0 when none was.
 func readTerm(path string) (int64, error) {
-	f, err := os.Open(path)
+	b, err := fsys.ReadFile(fsys.OS, path, maxTermFile)
 	if errors.Is(err, fs.ErrNotExist) {
 		return 0, nil
 	}
 	if err != nil {
-		return 0, fmt.Errorf("tlog: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTermFile+1))
-	if err != nil {
-		return 0, fmt.Errorf("tlog: %w", err)
+		return 0, fmt.Errorf("tlog: reading the log's lease term: %w", err)
 	}
 	s := strings.TrimSuffix(string(b), "\n")
 	t, err := strconv.ParseInt(s, 10, 64)
-	if len(b) > maxTermFile || err != nil || t <= 0 {
-		return 0, fmt.Errorf("tlog: %s does not hold a lease term (%q): restore it from a backup of the log directory, or remove it only once no replica is serving", path, strings.ToValidUTF8(s[:min(len(s), maxTermFile)], "?"))
+	if err != nil || t <= 0 {
+		return 0, fmt.Errorf("tlog: %s does not hold a lease term (%q): restore it from a backup of the log directory, or remove it only once no replica is serving", path, strings.ToValidUTF8(s, "?"))
 	}
 	return t, nil
 }

@@ -37,10 +37,7 @@ func testTerm(ctx context.Context) (int64, bool) {
 func TestSharedLogFencesEndedTerms(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
-	k := newKeys(t, testOrigin)
-	dir := filepath.Join(t.TempDir(), "log")
-	a := openShared(t, dir, k)
-	b := openShared(t, dir, k)
+	_, _, a, b := twoShared(t)
 	leaf := func(i int) []byte { return leafOf(t, statement(i, "acme-gw")) }
 
 	if _, _, err := a.Append(withTerm(ctx, 1), leaf(0)); err != nil {
@@ -112,13 +109,7 @@ func TestSharedLogDamagedTermFile(t *testing.T) {
 // fenced.
 func TestSharedLogClaimAcrossProcesses(t *testing.T) {
 	ctx := ctxT(t)
-	skey, vkey, err := GenerateKey(testOrigin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, _ := note.NewSigner(skey)
-	v, _ := note.NewVerifier(vkey)
-	k := keys{s, v}
+	k := newKeys(t, testOrigin)
 	dir := filepath.Join(t.TempDir(), "log")
 	a := openShared(t, dir, k)
 	if _, _, err := a.Append(withTerm(ctx, 4), leafOf(t, statement(0, "acme-gw"))); err != nil {
@@ -150,7 +141,7 @@ func TestSharedLogClaimAcrossProcesses(t *testing.T) {
 	}
 
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestSharedLogWriterProcess$")
-	cmd.Env = append(os.Environ(), "TLOG_WRITER_DIR="+dir, "TLOG_WRITER_KEY="+skey, "TLOG_WRITER_TERM=6")
+	cmd.Env = append(os.Environ(), "TLOG_WRITER_DIR="+dir, "TLOG_WRITER_KEY="+k.skey, "TLOG_WRITER_TERM=6")
 	cmd.Stderr = os.Stderr
 	out, err := cmd.StdoutPipe()
 	if err != nil {

@@ -21,6 +21,14 @@ func openShared(t *testing.T, dir string, k keys) *Log {
 	return l
 }
 
+// twoShared opens one new log directory twice, shared, as two replicas
+// do.
+func twoShared(t *testing.T) (k keys, dir string, a, b *Log) {
+	k = newKeys(t, testOrigin)
+	dir = filepath.Join(t.TempDir(), "log")
+	return k, dir, openShared(t, dir, k), openShared(t, dir, k)
+}
+
 // Two replicas share one log directory: a new log gets its empty
 // checkpoint from the first, what one appends the other proves (its
 // reads go to the files), appends alternate between them into one tree,
@@ -28,10 +36,7 @@ func openShared(t *testing.T, dir string, k keys) *Log {
 func TestSharedLogAcrossReplicas(t *testing.T) {
 	t.Parallel()
 	ctx := ctxT(t)
-	k := newKeys(t, testOrigin)
-	dir := filepath.Join(t.TempDir(), "log")
-	a := openShared(t, dir, k)
-	b := openShared(t, dir, k)
+	k, dir, a, b := twoShared(t)
 	if n, err := b.Size(ctx); err != nil || n != 0 {
 		t.Fatalf("a new shared log: size %d, %v", n, err)
 	}

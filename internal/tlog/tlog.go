@@ -354,14 +354,6 @@ func (l *Log) withWriter(ctx context.Context, f func(app *tessera.Appender, aw *
 	return ferr
 }
 
-// termOf returns the lease term ctx carries, for a shared log.
-func (l *Log) termOf(ctx context.Context) (int64, bool) {
-	if !l.shared {
-		return 0, false
-	}
-	return l.term(ctx)
-}
-
 // lockShared takes this process's mutex for a shared log's directory,
 // then the lock file, and claims the log for ctx's term (claim); unlock
 // releases both.
@@ -527,16 +519,19 @@ func (l *Log) Entry(ctx context.Context, index uint64) ([]byte, error) {
 // log's background work; Settle lets a caller that must know everything
 // in the log (a server finishing an interrupted push) wait for them.
 func (l *Log) Settle(ctx context.Context) (uint64, error) {
-	if _, hasTerm := l.termOf(ctx); hasTerm {
-		// Claim the log for the caller's term before reading what it
-		// holds: from here on no older term's writer adds to it. (A
-		// caller without a term only reads; should a writer be needed
-		// below, it is refused once a term has claimed the log.)
-		unlock, err := l.lockShared(ctx)
-		if err != nil {
-			return 0, err
+	if l.shared {
+		if _, hasTerm := l.term(ctx); hasTerm {
+			// Claim the log for the caller's term before reading what
+			// it holds: from here on no older term's writer adds to it.
+			// (A caller without a term only reads; should a writer be
+			// needed below, it is refused once a term has claimed the
+			// log.)
+			unlock, err := l.lockShared(ctx)
+			if err != nil {
+				return 0, err
+			}
+			unlock()
 		}
-		unlock()
 	}
 	if err := l.enter(); err != nil {
 		return 0, err

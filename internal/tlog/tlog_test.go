@@ -25,6 +25,7 @@ const testOrigin = "log.rampart.test/releases"
 type keys struct {
 	signer   note.Signer
 	verifier note.Verifier
+	skey     string // the signer key's text, for another process
 }
 
 func newKeys(t *testing.T, origin string) keys {
@@ -41,7 +42,7 @@ func newKeys(t *testing.T, origin string) keys {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return keys{s, v}
+	return keys{s, v, skey}
 }
 
 func openLog(t *testing.T, dir string, k keys) *Log {
